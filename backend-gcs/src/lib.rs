@@ -1,0 +1,225 @@
+//! offsite storage backend for Google Cloud Storage.
+//!
+//! This crate only turns a `[[targets]]` table into a configured `object_store`
+//! GCS client; the [`Storage`] behaviour itself lives in `backend-objstore`.
+//! Credentials come from `service_account_path` when given, otherwise from
+//! Application Default Credentials (`GOOGLE_APPLICATION_CREDENTIALS`, the gcloud
+//! ADC file, then the metadata server of a GCE/GKE host). `anonymous` exists for
+//! emulators only. Credential material must never reach a log or an error
+//! message: only the file's path is ever shown.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backend_objstore::{normalize_prefix, ErrorMap, Hints, ObjectStoreStorage, Settings};
+use backup_core::storage::{ByteStream, ErrorKind, ObjectMeta, PutMode, Storage, StorageError};
+use futures::stream::BoxStream;
+use object_store::gcp::{GcpCredential, GoogleCloudStorageBuilder};
+use object_store::{BackoffConfig, ClientOptions, RetryConfig, StaticCredentialProvider};
+use serde::Deserialize;
+
+/// `[[targets]]` settings of `kind = "gcs"`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcsConfig {
+    pub bucket: String,
+    /// Key prefix inside the bucket, so several repositories can share one.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Service URL; only for emulators such as fake-gcs-server
+    /// (`http://127.0.0.1:4443`). A plain `http://` URL is allowed here because
+    /// nobody serves real GCS over it.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// A service account key file (JSON). Without it, Application Default
+    /// Credentials are used.
+    #[serde(default)]
+    pub service_account_path: Option<PathBuf>,
+    /// Send unauthenticated requests: for emulators only.
+    #[serde(default)]
+    pub anonymous: bool,
+    /// Multipart part size in MiB (5..=5120; default 16). Bodies up to one part
+    /// are stored with a single request.
+    #[serde(default)]
+    pub part_size_mib: Option<usize>,
+    /// Parts uploaded in parallel (default 4).
+    #[serde(default)]
+    pub upload_concurrency: Option<usize>,
+    /// Retries of a failed request (5xx, throttling, connection errors) before
+    /// giving up (default 8). Other 4xx answers are never retried.
+    #[serde(default)]
+    pub max_retries: Option<usize>,
+}
+
+const HINTS: Hints = Hints {
+    credentials: "the service account (service_account_path, GOOGLE_APPLICATION_CREDENTIALS \
+                  or the host's default account) and that it has roles/storage.objectCreator \
+                  and roles/storage.objectViewer on this bucket (objectAdmin for prune)",
+    location: "the bucket name and, for an emulator, base_url",
+};
+
+/// A GCS bucket (or a prefix inside one).
+pub struct GcsStorage {
+    inner: ObjectStoreStorage,
+}
+
+impl fmt::Debug for GcsStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("GcsStorage").field(&self.inner.describe()).finish()
+    }
+}
+
+impl GcsStorage {
+    /// Builds the client and reads the credentials file, if any. Nothing is
+    /// sent to the service yet: a wrong bucket or missing role shows up, with a
+    /// message saying what to check, on first use.
+    pub fn open(config: &GcsConfig) -> Result<Self, StorageError> {
+        let prefix = normalize_prefix(config.prefix.as_deref(), &format!("gs://{}", config.bucket))?;
+        let target = if prefix.is_empty() {
+            format!("gs://{}", config.bucket)
+        } else {
+            format!("gs://{}/{prefix}", config.bucket)
+        };
+        if config.bucket.is_empty() {
+            return Err(StorageError::new(
+                ErrorKind::Other,
+                target,
+                "bucket is empty: set bucket = \"...\" in the target",
+            ));
+        }
+        let part_size_mib = config.part_size_mib.unwrap_or(16);
+        if !(5..=5120).contains(&part_size_mib) {
+            return Err(StorageError::new(
+                ErrorKind::Other,
+                target,
+                "part_size_mib must be between 5 and 5120 (GCS's limits for multipart parts)",
+            ));
+        }
+        let allow_http = config
+            .base_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("http://"));
+
+        let mut builder = GoogleCloudStorageBuilder::from_env()
+            .with_bucket_name(&config.bucket)
+            .with_retry(retry_config(config.max_retries.unwrap_or(8)))
+            .with_client_options(
+                ClientOptions::new()
+                    .with_allow_http(allow_http)
+                    .with_connect_timeout(Duration::from_secs(10))
+                    // Generous: one request can carry a whole part.
+                    .with_timeout(Duration::from_secs(300)),
+            );
+        if let Some(url) = &config.base_url {
+            builder = builder.with_base_url(url.trim_end_matches('/'));
+        }
+        if let Some(path) = &config.service_account_path {
+            builder = builder.with_service_account_path(path.to_string_lossy());
+        }
+        if config.anonymous {
+            // A static empty token keeps the builder from looking for ADC or a
+            // metadata server that an emulator setup does not have.
+            builder = builder
+                .with_skip_signature(true)
+                .with_credentials(Arc::new(StaticCredentialProvider::new(GcpCredential {
+                    bearer: String::new(),
+                })));
+        }
+        let store = builder.build().map_err(|e| {
+            let mapped = ErrorMap {
+                target: target.clone().into(),
+                hints: HINTS,
+            }
+            .map(&target, e);
+            StorageError::new(
+                ErrorKind::Other,
+                target.clone(),
+                format!("invalid GCS settings: {}", mapped.message),
+            )
+        })?;
+
+        Ok(GcsStorage {
+            inner: ObjectStoreStorage::new(
+                Arc::new(store),
+                Settings {
+                    target,
+                    hints: HINTS,
+                    prefix,
+                    part_size: part_size_mib << 20,
+                    upload_concurrency: config.upload_concurrency.unwrap_or(4).max(1),
+                },
+            ),
+        })
+    }
+}
+
+/// Exponential backoff (object_store adds jitter) for 5xx, 429 and transport
+/// errors; object_store never retries other 4xx answers.
+fn retry_config(max_retries: usize) -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(15),
+            base: 2.0,
+        },
+        max_retries,
+        retry_timeout: Duration::from_secs(180),
+    }
+}
+
+#[async_trait::async_trait]
+impl Storage for GcsStorage {
+    async fn put(&self, key: &str, body: ByteStream, mode: PutMode) -> Result<(), StorageError> {
+        self.inner.put(key, body, mode).await
+    }
+    async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {
+        self.inner.get(key).await
+    }
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StorageError> {
+        self.inner.head(key).await
+    }
+    fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, StorageError>> {
+        self.inner.list(prefix)
+    }
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.inner.delete(key).await
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_settings_are_rejected() {
+        let err = serde_json::from_str::<GcsConfig>(r#"{"bucket":"b","base-url":"x"}"#).unwrap_err();
+        assert!(err.to_string().contains("base-url"), "{err}");
+    }
+
+    #[test]
+    fn describe_names_bucket_and_prefix() {
+        let cfg = GcsConfig {
+            bucket: "b".into(),
+            prefix: Some("hosts/a/".into()),
+            anonymous: true,
+            ..Default::default()
+        };
+        assert_eq!(GcsStorage::open(&cfg).unwrap().describe(), "gs://b/hosts/a");
+    }
+
+    #[test]
+    fn missing_service_account_file_is_reported() {
+        let cfg = GcsConfig {
+            bucket: "b".into(),
+            service_account_path: Some("/nonexistent/offsite-sa.json".into()),
+            ..Default::default()
+        };
+        let err = GcsStorage::open(&cfg).unwrap_err();
+        assert!(err.message.contains("invalid GCS settings"), "{err}");
+    }
+}

@@ -1,0 +1,468 @@
+//! The [`Storage`] trait implemented once on top of an `object_store` client, for
+//! the cloud backends (`backend-s3`, `backend-gcs`) that differ only in how their
+//! client is configured and in what a user should check when a request fails.
+//!
+//! This crate owns key layout (keys live under the target's prefix), streaming
+//! puts (one request for small bodies, a parallel multipart upload with bounded
+//! memory for large ones), create-if-absent, directory-free prefix listing and
+//! the mapping of `object_store` errors into [`StorageError`] kinds. It must never
+//! read credentials or configuration itself, and never print anything that a
+//! backend's configuration might hold (keys, tokens): messages name only the
+//! target (`s3://bucket/prefix`) and which settings to check.
+//!
+//! Create-if-absent and multipart: `object_store` cannot make the completion of
+//! a multipart upload conditional, so a [`PutMode::Create`] body too large for a
+//! single request is uploaded to a temporary key below [`TMP_DIR`] and then copied
+//! to its final key with a conditional server-side copy (S3: a one-part multipart
+//! copy completed with `If-None-Match: *`; GCS: a copy with
+//! `x-goog-if-generation-match: 0`). The copy either creates the key or fails with
+//! [`ErrorKind::AlreadyExists`], so the race between two creators stays atomic.
+//! The temporary object is deleted afterwards and is never listed.
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use backup_core::storage::{
+    validate_key, ByteStream, ErrorKind, ObjectMeta, PutMode, Storage, StorageError,
+};
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt};
+use object_store::client::{HttpError, HttpErrorKind};
+use object_store::path::Path;
+use object_store::{
+    ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, WriteMultipart,
+};
+
+/// Where large create-if-absent uploads are staged, relative to the target's
+/// prefix. Listings skip it; a lifecycle rule on it cleans up after a crash.
+pub const TMP_DIR: &str = ".offsite-tmp";
+
+/// What a user should check when a request to this kind of service fails.
+#[derive(Debug, Clone, Copy)]
+pub struct Hints {
+    /// Shown with permission errors, e.g. which credentials and permissions.
+    pub credentials: &'static str,
+    /// Shown when the bucket is missing or the service cannot be reached.
+    pub location: &'static str,
+}
+
+/// How a backend wants its uploads shaped.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The target as users know it, e.g. `s3://bucket/prefix`.
+    pub target: String,
+    pub hints: Hints,
+    /// The key prefix inside the bucket, without leading or trailing `/`
+    /// (empty for the whole bucket).
+    pub prefix: String,
+    /// Bodies up to this size go in one request; larger ones in parts of this
+    /// size.
+    pub part_size: usize,
+    /// Parts uploaded at once; memory use is about `part_size * (this + 1)`.
+    pub upload_concurrency: usize,
+}
+
+/// Checks and normalises a configured prefix (`"/backups/host1/"` →
+/// `"backups/host1"`), so keys below it obey the same rules as keys.
+pub fn normalize_prefix(prefix: Option<&str>, target: &str) -> Result<String, StorageError> {
+    let trimmed = prefix.unwrap_or("").trim_matches('/');
+    if trimmed.is_empty() {
+        return Ok(String::new());
+    }
+    validate_key(trimmed).map_err(|_| {
+        StorageError::new(
+            ErrorKind::Other,
+            target,
+            format!(
+                "invalid prefix {trimmed:?}: use /-separated segments of [A-Za-z0-9._-]"
+            ),
+        )
+    })?;
+    Ok(trimmed.to_string())
+}
+
+/// A [`Storage`] on any `object_store` client.
+pub struct ObjectStoreStorage {
+    store: Arc<dyn ObjectStore>,
+    settings: Settings,
+}
+
+impl fmt::Debug for ObjectStoreStorage {
+    // The client's own Debug output can include configuration values; the
+    // target name is all a log needs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObjectStoreStorage")
+            .field("target", &self.settings.target)
+            .field("part_size", &self.settings.part_size)
+            .field("upload_concurrency", &self.settings.upload_concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ObjectStoreStorage {
+    pub fn new(store: Arc<dyn ObjectStore>, settings: Settings) -> Self {
+        ObjectStoreStorage { store, settings }
+    }
+
+    fn path(&self, key: &str) -> Path {
+        if self.settings.prefix.is_empty() {
+            Path::from(key)
+        } else {
+            Path::from(format!("{}/{key}", self.settings.prefix))
+        }
+    }
+
+    fn errors(&self) -> ErrorMap {
+        ErrorMap {
+            target: self.settings.target.clone().into(),
+            hints: self.settings.hints,
+        }
+    }
+
+    async fn put_multipart(
+        &self,
+        key: &str,
+        path: &Path,
+        head: Vec<Bytes>,
+        mut rest: ByteStream,
+    ) -> Result<(), StorageError> {
+        let errors = self.errors();
+        let upload = self
+            .store
+            .put_multipart_opts(path, PutMultipartOptions::default())
+            .await
+            .map_err(|e| errors.map(key, e))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, self.settings.part_size);
+        let concurrency = self.settings.upload_concurrency.max(1);
+
+        let mut pending = head.into_iter();
+        loop {
+            let chunk = match pending.next() {
+                Some(chunk) => chunk,
+                None => match rest.next().await {
+                    Some(Ok(chunk)) => chunk,
+                    Some(Err(e)) => {
+                        abort(writer, key).await;
+                        return Err(e);
+                    }
+                    None => break,
+                },
+            };
+            // Waiting before each write keeps at most `concurrency` parts in
+            // flight plus one being filled: memory stays bounded however
+            // fast the body produces.
+            if let Err(e) = writer.wait_for_capacity(concurrency).await {
+                abort(writer, key).await;
+                return Err(errors.map(key, e));
+            }
+            writer.put(chunk);
+        }
+        // `finish` aborts the upload itself when a part or the completion fails.
+        writer.finish().await.map_err(|e| errors.map(key, e))?;
+        Ok(())
+    }
+
+    async fn create_via_staging(
+        &self,
+        key: &str,
+        head: Vec<Bytes>,
+        rest: ByteStream,
+    ) -> Result<(), StorageError> {
+        let staging_key = format!("{TMP_DIR}/{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
+        let staging = self.path(&staging_key);
+        self.put_multipart(key, &staging, head, rest).await?;
+        let copied = self
+            .store
+            .copy_if_not_exists(&staging, &self.path(key))
+            .await
+            .map_err(|e| self.errors().map(key, e));
+        if let Err(e) = self.store.delete(&staging).await {
+            tracing::warn!(
+                target_name = %self.settings.target,
+                staging_key,
+                error = %e,
+                "could not delete a staged upload; a lifecycle rule on {TMP_DIR}/ will remove it"
+            );
+        }
+        copied
+    }
+}
+
+async fn abort(writer: WriteMultipart, key: &str) {
+    // Best effort: if the abort request fails too, the incomplete upload stays
+    // invisible and the bucket's lifecycle rule removes its parts.
+    if let Err(e) = writer.abort().await {
+        tracing::warn!(key, error = %e, "could not abort a multipart upload");
+    }
+}
+
+#[async_trait]
+impl Storage for ObjectStoreStorage {
+    async fn put(&self, key: &str, mut body: ByteStream, mode: PutMode) -> Result<(), StorageError> {
+        validate_key(key)?;
+        let path = self.path(key);
+        // Read up to one part's worth first: most objects (metadata, small
+        // packs) fit, and one request is cheaper than a multipart upload.
+        let mut head = Vec::new();
+        let mut len = 0usize;
+        while len <= self.settings.part_size {
+            match body.next().await {
+                Some(Ok(chunk)) => {
+                    len += chunk.len();
+                    head.push(chunk);
+                }
+                Some(Err(e)) => return Err(e),
+                None => {
+                    let payload: PutPayload = head.into_iter().collect();
+                    let opts = PutOptions {
+                        mode: match mode {
+                            PutMode::Overwrite => object_store::PutMode::Overwrite,
+                            PutMode::Create => object_store::PutMode::Create,
+                        },
+                        ..Default::default()
+                    };
+                    self.store
+                        .put_opts(&path, payload, opts)
+                        .await
+                        .map_err(|e| self.errors().map(key, e))?;
+                    return Ok(());
+                }
+            }
+        }
+        match mode {
+            PutMode::Overwrite => self.put_multipart(key, &path, head, body).await,
+            PutMode::Create => self.create_via_staging(key, head, body).await,
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {
+        validate_key(key)?;
+        let errors = self.errors();
+        let result = self
+            .store
+            .get(&self.path(key))
+            .await
+            .map_err(|e| errors.map(key, e))?;
+        let key = key.to_string();
+        Ok(Box::pin(
+            result
+                .into_stream()
+                .map(move |chunk| chunk.map_err(|e| errors.map(&key, e))),
+        ))
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StorageError> {
+        validate_key(key)?;
+        let meta = self
+            .store
+            .head(&self.path(key))
+            .await
+            .map_err(|e| self.errors().map(key, e))?;
+        Ok(ObjectMeta {
+            key: key.to_string(),
+            size: meta.size,
+        })
+    }
+
+    fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, StorageError>> {
+        // object_store lists whole directories, while the contract's prefix is
+        // a plain string prefix ("ls/many" matches "ls/manyish"): list the
+        // directory that holds every match and filter.
+        let dir = prefix.rfind('/').map_or("", |i| &prefix[..i]);
+        let root = &self.settings.prefix;
+        let list_path = match (root.is_empty(), dir.is_empty()) {
+            (true, true) => None,
+            (true, false) => Some(Path::from(dir)),
+            (false, true) => Some(Path::from(root.as_str())),
+            (false, false) => Some(Path::from(format!("{root}/{dir}"))),
+        };
+        let strip = if root.is_empty() {
+            String::new()
+        } else {
+            format!("{root}/")
+        };
+        let prefix = prefix.to_string();
+        let staging = format!("{TMP_DIR}/");
+        let errors = self.errors();
+        self.store
+            .list(list_path.as_ref())
+            .filter_map(move |item| {
+                let out = match item {
+                    Ok(meta) => meta
+                        .location
+                        .as_ref()
+                        .strip_prefix(strip.as_str())
+                        .filter(|key| key.starts_with(&prefix) && !key.starts_with(&staging))
+                        .map(|key| {
+                            Ok(ObjectMeta {
+                                key: key.to_string(),
+                                size: meta.size,
+                            })
+                        }),
+                    Err(e) => Some(Err(errors.map(&prefix, e))),
+                };
+                futures::future::ready(out)
+            })
+            .boxed()
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        validate_key(key)?;
+        match self.store.delete(&self.path(key)).await {
+            Ok(()) => Ok(()),
+            // GCS answers 404 for a missing object; deletes are idempotent.
+            Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.errors().map(key, e)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.settings.target.clone()
+    }
+}
+
+/// Turns `object_store` errors into [`StorageError`]s that say which target
+/// failed and what to check.
+#[derive(Debug, Clone)]
+pub struct ErrorMap {
+    pub target: Arc<str>,
+    pub hints: Hints,
+}
+
+impl ErrorMap {
+    pub fn map(&self, key: &str, err: object_store::Error) -> StorageError {
+        use object_store::Error as E;
+        let target = &self.target;
+        let detail = error_chain(&err);
+        let (kind, message) = match &err {
+            E::NotFound { .. } if bucket_missing(&detail) => (
+                ErrorKind::NotFound,
+                format!(
+                    "the bucket of {target} does not exist; check {}",
+                    self.hints.location
+                ),
+            ),
+            E::NotFound { .. } => (ErrorKind::NotFound, format!("no such object in {target}")),
+            // A Create put or copy that lost to an existing object: S3 answers
+            // 412 to If-None-Match, GCS 412 to if-generation-match=0.
+            E::AlreadyExists { .. } | E::Precondition { .. } => (
+                ErrorKind::AlreadyExists,
+                format!("object already exists in {target}"),
+            ),
+            E::PermissionDenied { .. } | E::Unauthenticated { .. } => (
+                ErrorKind::PermissionDenied,
+                format!("{target} refused the request; check {}", self.hints.credentials),
+            ),
+            _ if is_transient(&err, &detail) => (
+                ErrorKind::Transient,
+                format!(
+                    "{target} kept failing after retries (server errors, throttling or \
+                     connection problems); check the network and {}",
+                    self.hints.location
+                ),
+            ),
+            E::Generic { .. } if credential_failure(&detail) => (
+                ErrorKind::PermissionDenied,
+                format!(
+                    "could not get credentials for {target}; check {}",
+                    self.hints.credentials
+                ),
+            ),
+            _ => (
+                ErrorKind::Other,
+                format!("request to {target} failed; check {}", self.hints.location),
+            ),
+        };
+        StorageError::new(kind, key, format!("{message} ({detail})")).with_source(err)
+    }
+}
+
+/// The error and its causes on one line; `object_store` keeps the HTTP status
+/// and service error code in the innermost ones.
+fn error_chain(err: &(dyn StdError + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        cur = e.source();
+    }
+    text
+}
+
+fn bucket_missing(detail: &str) -> bool {
+    detail.contains("NoSuchBucket") || detail.contains("bucket does not exist")
+}
+
+fn credential_failure(detail: &str) -> bool {
+    detail.contains("credential") || detail.contains("InvalidAccessKeyId")
+}
+
+/// Whether the final failure was of a kind `object_store` retries: a transport
+/// error, a 5xx, or throttling. `object_store` does not expose the status of
+/// its request errors as a type outside the crate, so the status is read from
+/// the message it formats ("... status code: 503 ...").
+fn is_transient(err: &(dyn StdError + 'static), detail: &str) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(http) = e.downcast_ref::<HttpError>() {
+            if matches!(
+                http.kind(),
+                HttpErrorKind::Connect
+                    | HttpErrorKind::Request
+                    | HttpErrorKind::Timeout
+                    | HttpErrorKind::Interrupted
+            ) {
+                return true;
+            }
+        }
+        cur = e.source();
+    }
+    if let Some(at) = detail.find("status code: ") {
+        let code: String = detail[at + 13..].chars().take(3).collect();
+        if let Ok(code) = code.parse::<u16>() {
+            return code >= 500 || code == 429;
+        }
+    }
+    detail.contains("SlowDown") || detail.contains("InternalError")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_are_normalised_and_checked() {
+        assert_eq!(normalize_prefix(None, "t").unwrap(), "");
+        assert_eq!(normalize_prefix(Some("/"), "t").unwrap(), "");
+        assert_eq!(
+            normalize_prefix(Some("/backups/host1/"), "t").unwrap(),
+            "backups/host1"
+        );
+        assert!(normalize_prefix(Some("a/../b"), "t").is_err());
+        assert!(normalize_prefix(Some("sp ace"), "t").is_err());
+    }
+
+    #[test]
+    fn statuses_in_messages_classify() {
+        let e = object_store::Error::NotImplemented {
+            operation: "x".into(),
+            implementer: "y".into(),
+        };
+        assert!(is_transient(
+            &e,
+            "Server returned non-2xx status code: 503 Service Unavailable"
+        ));
+        assert!(is_transient(&e, "status code: 429 Too Many Requests"));
+        assert!(!is_transient(&e, "status code: 400 Bad Request"));
+        assert!(!is_transient(&e, "something else"));
+    }
+}

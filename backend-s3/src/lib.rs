@@ -1,0 +1,265 @@
+//! offsite storage backend for Amazon S3 and S3-compatible services (MinIO,
+//! Cloudflare R2, Wasabi, Backblaze B2's S3 endpoint, ...).
+//!
+//! This crate only turns a `[[targets]]` table into a configured `object_store`
+//! S3 client; the [`Storage`] behaviour itself lives in `backend-objstore`.
+//! Credentials come from the configuration when given there, otherwise from the
+//! environment the way AWS tools look for them (`AWS_ACCESS_KEY_ID`,
+//! `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, web identity, ECS task role,
+//! EC2 instance role). Secrets must never reach a log or an error message: the
+//! config's `Debug` output redacts them.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backend_objstore::{normalize_prefix, ErrorMap, Hints, ObjectStoreStorage, Settings};
+use backup_core::storage::{ByteStream, ErrorKind, ObjectMeta, PutMode, Storage, StorageError};
+use futures::stream::BoxStream;
+use object_store::aws::{AmazonS3Builder, S3ConditionalPut, S3CopyIfNotExists};
+use object_store::{BackoffConfig, ClientOptions, RetryConfig};
+use serde::Deserialize;
+
+/// `[[targets]]` settings of `kind = "s3"`.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Key prefix inside the bucket, so several repositories can share one.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Defaults to `AWS_REGION` / `AWS_DEFAULT_REGION`, then `us-east-1`.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Service URL for S3-compatible services, e.g. `https://s3.eu-central-003.backblazeb2.com`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Permit a plain `http://` endpoint (a local MinIO, a test server).
+    #[serde(default)]
+    pub allow_http: bool,
+    /// `https://bucket.endpoint/key` instead of `https://endpoint/bucket/key`.
+    /// Path style is the default because every S3-compatible service has it.
+    #[serde(default)]
+    pub virtual_hosted_style: bool,
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    #[serde(default)]
+    pub session_token: Option<String>,
+    /// Multipart part size in MiB (5..=5120; default 16). Bodies up to one part
+    /// are stored with a single request.
+    #[serde(default)]
+    pub part_size_mib: Option<usize>,
+    /// Parts uploaded in parallel (default 4).
+    #[serde(default)]
+    pub upload_concurrency: Option<usize>,
+    /// Retries of a failed request (5xx, throttling, connection errors) before
+    /// giving up (default 8). Other 4xx answers are never retried.
+    #[serde(default)]
+    pub max_retries: Option<usize>,
+}
+
+impl fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redact = |v: &Option<String>| v.as_ref().map(|_| "<redacted>");
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("allow_http", &self.allow_http)
+            .field("virtual_hosted_style", &self.virtual_hosted_style)
+            .field("access_key_id", &redact(&self.access_key_id))
+            .field("secret_access_key", &redact(&self.secret_access_key))
+            .field("session_token", &redact(&self.session_token))
+            .field("part_size_mib", &self.part_size_mib)
+            .field("upload_concurrency", &self.upload_concurrency)
+            .field("max_retries", &self.max_retries)
+            .finish()
+    }
+}
+
+const HINTS: Hints = Hints {
+    credentials: "the access key (access_key_id/secret_access_key or AWS_ACCESS_KEY_ID/\
+                  AWS_SECRET_ACCESS_KEY, or the instance role) and that its policy allows \
+                  s3:PutObject, s3:GetObject and s3:ListBucket on this bucket \
+                  (s3:DeleteObject for prune)",
+    location: "the bucket name, region and endpoint",
+};
+
+/// An S3 bucket (or a prefix inside one).
+pub struct S3Storage {
+    inner: ObjectStoreStorage,
+}
+
+impl fmt::Debug for S3Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("S3Storage").field(&self.inner.describe()).finish()
+    }
+}
+
+impl S3Storage {
+    /// Builds the client. Nothing is sent to the service yet: a wrong bucket or
+    /// credentials show up, with a message saying what to check, on first use.
+    pub fn open(config: &S3Config) -> Result<Self, StorageError> {
+        let prefix = normalize_prefix(config.prefix.as_deref(), &format!("s3://{}", config.bucket))?;
+        let target = if prefix.is_empty() {
+            format!("s3://{}", config.bucket)
+        } else {
+            format!("s3://{}/{prefix}", config.bucket)
+        };
+        if config.bucket.is_empty() {
+            return Err(StorageError::new(
+                ErrorKind::Other,
+                target,
+                "bucket is empty: set bucket = \"...\" in the target",
+            ));
+        }
+        let part_size_mib = config.part_size_mib.unwrap_or(16);
+        if !(5..=5120).contains(&part_size_mib) {
+            return Err(StorageError::new(
+                ErrorKind::Other,
+                target,
+                "part_size_mib must be between 5 and 5120 (S3's limits for multipart parts)",
+            ));
+        }
+
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(&config.bucket)
+            .with_allow_http(config.allow_http)
+            .with_virtual_hosted_style_request(config.virtual_hosted_style)
+            .with_conditional_put(S3ConditionalPut::ETagMatch)
+            // Create-if-absent of a multipart-sized body is a staged upload
+            // plus this conditional copy (see backend-objstore).
+            .with_copy_if_not_exists(S3CopyIfNotExists::Multipart)
+            .with_retry(retry_config(config.max_retries.unwrap_or(8)))
+            .with_client_options(
+                ClientOptions::new()
+                    .with_allow_http(config.allow_http)
+                    .with_connect_timeout(Duration::from_secs(10))
+                    // Generous: one request can carry a whole part.
+                    .with_timeout(Duration::from_secs(300)),
+            );
+        if let Some(region) = &config.region {
+            builder = builder.with_region(region);
+        }
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        if let Some(v) = &config.access_key_id {
+            builder = builder.with_access_key_id(v);
+        }
+        if let Some(v) = &config.secret_access_key {
+            builder = builder.with_secret_access_key(v);
+        }
+        if let Some(v) = &config.session_token {
+            builder = builder.with_token(v);
+        }
+        let store = builder.build().map_err(|e| {
+            let mapped = ErrorMap {
+                target: target.clone().into(),
+                hints: HINTS,
+            }
+            .map(&target, e);
+            StorageError::new(
+                ErrorKind::Other,
+                target.clone(),
+                format!("invalid S3 settings: {}", mapped.message),
+            )
+        })?;
+
+        Ok(S3Storage {
+            inner: ObjectStoreStorage::new(
+                Arc::new(store),
+                Settings {
+                    target,
+                    hints: HINTS,
+                    prefix,
+                    part_size: part_size_mib << 20,
+                    upload_concurrency: config.upload_concurrency.unwrap_or(4).max(1),
+                },
+            ),
+        })
+    }
+}
+
+/// Exponential backoff (object_store adds jitter) for 5xx, 429 and transport
+/// errors; object_store never retries other 4xx answers.
+fn retry_config(max_retries: usize) -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(15),
+            base: 2.0,
+        },
+        max_retries,
+        retry_timeout: Duration::from_secs(180),
+    }
+}
+
+#[async_trait::async_trait]
+impl Storage for S3Storage {
+    async fn put(&self, key: &str, body: ByteStream, mode: PutMode) -> Result<(), StorageError> {
+        self.inner.put(key, body, mode).await
+    }
+    async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {
+        self.inner.get(key).await
+    }
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StorageError> {
+        self.inner.head(key).await
+    }
+    fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, StorageError>> {
+        self.inner.list(prefix)
+    }
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.inner.delete(key).await
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let cfg = S3Config {
+            bucket: "b".into(),
+            access_key_id: Some("AKIAEXAMPLEKEY".into()),
+            secret_access_key: Some("very-secret".into()),
+            session_token: Some("token-secret".into()),
+            ..Default::default()
+        };
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("very-secret") && !shown.contains("token-secret"));
+        assert!(!shown.contains("AKIAEXAMPLEKEY"));
+        let storage = S3Storage::open(&cfg).unwrap();
+        assert!(!format!("{storage:?}").contains("very-secret"));
+    }
+
+    #[test]
+    fn unknown_settings_are_rejected() {
+        let err = serde_json::from_str::<S3Config>(r#"{"bucket":"b","bukcet":"x"}"#).unwrap_err();
+        assert!(err.to_string().contains("bukcet"), "{err}");
+    }
+
+    #[test]
+    fn describe_names_bucket_and_prefix() {
+        let cfg = S3Config {
+            bucket: "b".into(),
+            prefix: Some("/hosts/a/".into()),
+            access_key_id: Some("k".into()),
+            secret_access_key: Some("s".into()),
+            ..Default::default()
+        };
+        assert_eq!(S3Storage::open(&cfg).unwrap().describe(), "s3://b/hosts/a");
+        let bad = S3Config {
+            part_size_mib: Some(1),
+            ..cfg
+        };
+        assert_eq!(S3Storage::open(&bad).unwrap_err().kind, ErrorKind::Other);
+    }
+}
