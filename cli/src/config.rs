@@ -132,7 +132,9 @@ pub fn load(path: &Path) -> Result<Config> {
             }
         }
     }
-    config.validate()?;
+    config
+        .validate()
+        .with_context(|| format!("invalid config {}", path.display()))?;
     Ok(config)
 }
 
@@ -154,8 +156,16 @@ impl Config {
     fn validate(&self) -> Result<()> {
         let mut names = std::collections::HashSet::new();
         for s in &self.sources {
-            if s.name.is_empty() || !s.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-                bail!("sources: name {:?} must be letters, digits, '-', '_' or '.'", s.name);
+            if s.name.is_empty()
+                || !s
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                bail!(
+                    "sources: name {:?} must be letters, digits, '-', '_' or '.'",
+                    s.name
+                );
             }
             if !names.insert(&s.name) {
                 bail!("sources: name {:?} is used twice", s.name);
@@ -167,6 +177,9 @@ impl Config {
                 bail!("targets: name {:?} is used twice", t.name);
             }
         }
+        for t in &self.targets {
+            crate::targets::check(t)?;
+        }
         if !(1..=19).contains(&self.backup.compression_level) {
             bail!("backup.compression_level must be 1 to 19");
         }
@@ -177,11 +190,18 @@ impl Config {
     }
 
     pub fn source(&self, name: &str) -> Result<&SourceConfig> {
-        self.sources.iter().find(|s| s.name == name).with_context(|| {
-            format!(
-                "no source named {name:?} in the config (sources: {})",
-                self.sources.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
-            )
-        })
+        self.sources
+            .iter()
+            .find(|s| s.name == name)
+            .with_context(|| {
+                format!(
+                    "no source named {name:?} in the config (sources: {})",
+                    self.sources
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
     }
 }
