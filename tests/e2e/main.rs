@@ -610,3 +610,21 @@ fn killed_backup_and_restore_leave_the_database_and_snapshots_intact() {
         "the first snapshot is intact"
     );
 }
+
+#[test]
+fn targets_check_probes_each_target() {
+    let env = Env::new();
+    let out = env.ok(&["targets", "check"]);
+    assert!(
+        out.contains("local") && out.contains("put ok, list ok, get ok, delete ok"),
+        "{out}"
+    );
+    assert!(
+        find_files(&env.repo().join("probe")).is_empty(),
+        "the probe object is removed"
+    );
+    let bad = Env::with_target("/nonexistent-mount/offsite");
+    let (code, out, err) = bad.run(&["targets", "check"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("NOT USABLE"), "{out}");
+}
