@@ -273,3 +273,42 @@ async fn dropped_large_upload_is_cancelled_in_the_background() {
         "abandoned large file was not cancelled"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_race_past_the_existence_check_has_one_winner() {
+    let b2 = B2Emulator::start().await;
+    let s = Arc::new(storage(&b2.config()));
+    let n = 6;
+    // Bodies are read only after put's existence check; holding every body
+    // until all racers got there forces the after-upload settlement to decide.
+    let gate = Arc::new(tokio::sync::Barrier::new(n));
+    let racers: Vec<_> = (0..n)
+        .map(|i| {
+            let (s, gate) = (s.clone(), gate.clone());
+            tokio::spawn(async move {
+                let body: ByteStream = Box::pin(stream::once(async move {
+                    gate.wait().await;
+                    Ok(bytes::Bytes::from(format!("racer {i}")))
+                }));
+                (i, s.put("race", body, PutMode::Create).await)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for r in racers {
+        let (i, result) = r.await.unwrap();
+        match result {
+            Ok(()) => winners.push(i),
+            Err(e) => assert_eq!(e.kind, ErrorKind::AlreadyExists, "racer {i}: {e}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "winners: {winners:?}");
+    assert_eq!(b2.calls("b2_upload_file"), n, "every racer uploaded");
+    assert_eq!(
+        b2.versions_of("repo/race"),
+        1,
+        "losers removed their versions"
+    );
+    let got = collect_bytes(s.get("race").await.unwrap()).await.unwrap();
+    assert_eq!(got, format!("racer {}", winners[0]));
+}
