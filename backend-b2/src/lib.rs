@@ -172,15 +172,14 @@ impl B2Storage {
         mine: &core::FileVersion,
     ) -> Result<(), StorageError> {
         let versions = self.core.versions_of(name).await?;
-        let hidden_at = versions
-            .iter()
-            .filter(|v| v.action == "hide")
-            .map(|v| v.upload_timestamp)
-            .max();
+        // B2 lists a name's versions newest first, so the uploads before the
+        // first hide marker are the ones made since the name was last hidden.
+        // Listing order, not timestamps, because a hide and an upload can
+        // share a millisecond.
         let winner = versions
             .iter()
+            .take_while(|v| v.action != "hide")
             .filter(|v| v.action == "upload")
-            .filter(|v| hidden_at.is_none_or(|t| v.upload_timestamp > t))
             .min_by(|a, b| (a.upload_timestamp, &a.file_id).cmp(&(b.upload_timestamp, &b.file_id)));
         match winner {
             Some(w) if w.file_id != mine.file_id => {
