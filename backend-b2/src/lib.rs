@@ -266,7 +266,10 @@ impl Storage for B2Storage {
         // A concurrent upload can add a version while we delete; go round
         // until the name has none left.
         loop {
-            let versions = self.core.versions_of(&name).await?;
+            let mut versions = self.core.versions_of(&name).await?;
+            // An unfinished large file ("start") is someone's upload in
+            // progress, not a version; its uploader finishes or cancels it.
+            versions.retain(|v| v.action != "start");
             if versions.is_empty() {
                 return Ok(());
             }

@@ -312,3 +312,35 @@ async fn create_race_past_the_existence_check_has_one_winner() {
     let got = collect_bytes(s.get("race").await.unwrap()).await.unwrap();
     assert_eq!(got, format!("racer {}", winners[0]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_leaves_an_upload_in_progress_alone() {
+    let b2 = B2Emulator::start().await;
+    let s = Arc::new(storage(&b2.config()));
+    s.put("k", bytes_stream(&b"old"[..]), PutMode::Overwrite)
+        .await
+        .unwrap();
+    let writer = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let body: ByteStream = Box::pin(
+                testing::pattern_stream("slow", 12 << 20, 1 << 20).chain(stream::pending()),
+            );
+            s.put("k", body, PutMode::Overwrite).await
+        })
+    };
+    while b2.unfinished_large_files() == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.delete("k"))
+        .await
+        .expect("delete does not wait for or spin on an unfinished large file")
+        .unwrap();
+    assert_eq!(b2.versions_of("repo/k"), 0);
+    assert_eq!(
+        b2.unfinished_large_files(),
+        1,
+        "the upload in progress is untouched"
+    );
+    writer.abort();
+}

@@ -362,11 +362,23 @@ impl State {
                     .get("maxFileCount")
                     .and_then(Value::as_u64)
                     .unwrap_or(100) as usize;
-                // Name order, newest version first within a name.
-                let mut all: Vec<&Version> = self
-                    .versions
+                // B2 lists unfinished large files here too, as "start" entries.
+                let starts: Vec<Version> = self
+                    .large
                     .iter()
-                    .rev()
+                    .map(|(id, f)| Version {
+                        file_id: id.clone(),
+                        name: f.name.clone(),
+                        action: "start",
+                        data: Bytes::new(),
+                        sha1: "none".to_string(),
+                        timestamp: now_millis(),
+                    })
+                    .collect();
+                // Name order, newest version first within a name.
+                let mut all: Vec<&Version> = starts
+                    .iter()
+                    .chain(self.versions.iter().rev())
                     .filter(|v| v.name.starts_with(&prefix) && v.name >= start)
                     .collect();
                 all.sort_by(|a, b| a.name.cmp(&b.name));
