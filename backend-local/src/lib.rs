@@ -71,7 +71,6 @@ impl LocalStorage {
             }
             Err(e) => return Err(io_error(&describe, e)),
         }
-        std::fs::create_dir_all(root.join(TMP_DIR)).map_err(|e| io_error(&describe, e))?;
         Ok(LocalStorage { root })
     }
 
@@ -80,6 +79,10 @@ impl LocalStorage {
     }
 
     async fn write_temp(&self, key: &str, mut body: ByteStream) -> Result<PathBuf, StorageError> {
+        // Created on first write, so reading a repository never changes it.
+        tokio::fs::create_dir_all(self.root.join(TMP_DIR))
+            .await
+            .map_err(|e| io_error(key, e))?;
         let tmp = self.root.join(TMP_DIR).join(format!(
             "{}.{:016x}",
             key.replace('/', "_"),

@@ -12,6 +12,9 @@
 //! repository needs.
 
 pub mod retry;
+pub use retry::RetryPolicy;
+#[cfg(feature = "testing")]
+pub mod memory;
 #[cfg(feature = "testing")]
 pub mod testing;
 

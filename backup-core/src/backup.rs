@@ -1,0 +1,500 @@
+//! The backup operation: source -> chunks -> packs -> target.
+//!
+//! Three stages run at once so both cores stay busy and memory stays bounded:
+//! a reader thread walks the source, hashes each chunk, writes the chunk list
+//! and gathers chunks the repository lacks into pack buffers; encoder threads
+//! compress and encrypt full packs; the async side uploads them a few at a time
+//! and writes an index file every [`INDEX_EVERY`] packs. Bounded channels
+//! between the stages make a slow target slow the reader down instead of
+//! filling memory.
+//!
+//! Crash safety: objects go up in the order packs, index, list, manifest. A
+//! snapshot is visible only once its manifest exists; anything an interrupted
+//! run uploaded is either unreferenced (removed by prune) or indexed, and then
+//! reused by the next run, which has less to upload.
+//!
+//! Never writes to the source.
+
+use std::io::{Read, Seek, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::Utc;
+use futures::stream::{FuturesUnordered, StreamExt};
+use sha2::{Digest, Sha256};
+
+use crate::chunk::ChunkId;
+use crate::codec::EncodeWriter;
+use crate::error::{Error, Result};
+use crate::keys::Keys;
+use crate::repo::format::{self, write_index, PackContents};
+use crate::repo::{Index, Manifest, Repository, FORMAT_VERSION, INDEX, LISTS, PACKS, SNAPSHOTS};
+use crate::source::{self, Entry, SourceSpec, Visitor};
+use crate::storage::PutMode;
+
+/// Packs between two index files: bounds what an interrupted run must redo.
+pub const INDEX_EVERY: usize = 16;
+
+/// Live counters a caller may poll to draw progress.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Expected bytes to read, when known.
+    pub total: AtomicU64,
+    pub read: AtomicU64,
+    pub uploaded: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    pub host: String,
+    pub tags: Vec<String>,
+    /// Raw bytes of new chunks per pack.
+    pub pack_size: usize,
+    pub compression_level: i32,
+    pub encoder_threads: usize,
+    pub upload_concurrency: usize,
+    pub progress: Arc<Progress>,
+}
+
+impl Default for BackupOptions {
+    fn default() -> Self {
+        BackupOptions {
+            host: hostname(),
+            tags: Vec::new(),
+            pack_size: 8 << 20,
+            compression_level: 3,
+            encoder_threads: std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .min(4),
+            upload_concurrency: 4,
+            progress: Arc::new(Progress::default()),
+        }
+    }
+}
+
+/// This machine's name, for manifests.
+pub fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupSummary {
+    pub manifest: Manifest,
+    /// Requests made to the target (reads of the index included).
+    pub requests: u64,
+    pub duration: Duration,
+}
+
+struct PackJob {
+    data: Vec<u8>,
+    chunks: Vec<(ChunkId, u32, u32)>,
+}
+
+struct EncodedPack {
+    key: String,
+    data: Bytes,
+    chunks: Vec<(ChunkId, u32, u32)>,
+}
+
+/// What the reader thread returns.
+struct ReadResult {
+    list: std::fs::File,
+    sha256: String,
+    size: u64,
+    files: u64,
+    chunks: u64,
+    new_bytes: u64,
+    page_size: Option<u32>,
+}
+
+/// Backs up one source to one repository.
+pub async fn backup(
+    repo: &Repository,
+    keys: &Keys,
+    spec: &SourceSpec,
+    opts: &BackupOptions,
+) -> Result<BackupSummary> {
+    let clock = Instant::now();
+    repo.check_keys(keys)?;
+    let started = Utc::now();
+    let id = format!(
+        "{}-{:08x}",
+        started.format("%Y%m%dT%H%M%SZ"),
+        rand::random::<u32>()
+    );
+    if let Ok(meta) = std::fs::metadata(&spec.path) {
+        if meta.is_file() {
+            opts.progress.total.store(meta.len(), Ordering::Relaxed);
+        }
+    }
+
+    let index = Arc::new(repo.load_index(&keys.metadata_identities()).await?);
+    tracing::debug!(
+        chunks = index.chunks.len(),
+        packs = index.packs.len(),
+        "index loaded"
+    );
+
+    let (pack_tx, pack_rx) = mpsc::sync_channel::<PackJob>(1);
+    let (enc_tx, mut enc_rx) = tokio::sync::mpsc::channel::<Result<EncodedPack>>(2);
+
+    // Encoders: compress + encrypt whole packs in parallel.
+    let pack_rx = Arc::new(Mutex::new(pack_rx));
+    let recipients = Arc::new(keys.data_recipients_owned());
+    let mut encoders = Vec::new();
+    for _ in 0..opts.encoder_threads.max(1) {
+        let rx = pack_rx.clone();
+        let tx = enc_tx.clone();
+        let recipients = recipients.clone();
+        let level = opts.compression_level;
+        encoders.push(std::thread::spawn(move || loop {
+            let job = match rx.lock().expect("encoder queue").recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            };
+            let refs: Vec<&dyn age::Recipient> = recipients
+                .iter()
+                .map(|r| r as &dyn age::Recipient)
+                .collect();
+            let encoded = crate::codec::encode(&job.data, &refs, level)
+                .map_err(|e| Error::io("encoding a pack", e))
+                .map(|data| {
+                    let name = hex::encode(rand::random::<[u8; 32]>());
+                    EncodedPack {
+                        key: format!("{PACKS}{}/{name}", &name[..2]),
+                        data: Bytes::from(data),
+                        chunks: job.chunks,
+                    }
+                });
+            if tx.blocking_send(encoded).is_err() {
+                return; // the uploader gave up; stop quietly
+            }
+        }));
+    }
+    // Only the encoders may hold the queue's receiver: when they stop (the
+    // uploader gave up), the reader's next send fails and it stops too.
+    drop(pack_rx);
+    drop(enc_tx);
+
+    // Reader: walk the source on a blocking thread.
+    let reader = {
+        let spec = spec.clone();
+        let index = index.clone();
+        let progress = opts.progress.clone();
+        let pack_size = opts.pack_size;
+        let meta_recipients = keys.metadata_recipients();
+        tokio::task::spawn_blocking(move || {
+            read_source(
+                &spec,
+                &index,
+                pack_tx,
+                pack_size,
+                &meta_recipients,
+                &progress,
+            )
+        })
+    };
+
+    // Uploader: runs here until the encoders hang up.
+    let upload_result = upload_packs(repo, keys, &mut enc_rx, opts).await;
+    drop(enc_rx);
+    let read_result = reader
+        .await
+        .map_err(|e| Error::io("reader thread", std::io::Error::other(e.to_string())))?;
+    for e in encoders {
+        let _ = e.join();
+    }
+    let uploaded_packs = upload_result?;
+    let read = read_result?;
+
+    // The chunk list, streamed from its temporary file.
+    let list_key = format!("{LISTS}{id}");
+    let list_len = put_file(repo, &list_key, read.list).await?;
+
+    let manifest = Manifest {
+        format: "offsite-snapshot".into(),
+        version: FORMAT_VERSION,
+        id: id.clone(),
+        source: spec.name.clone(),
+        kind: spec.kind,
+        host: opts.host.clone(),
+        started,
+        finished: Utc::now(),
+        size: read.size,
+        files: read.files,
+        chunks: read.chunks,
+        new_bytes: read.new_bytes,
+        uploaded_bytes: uploaded_packs + list_len,
+        sha256: read.sha256,
+        list: list_key,
+        page_size: read.page_size,
+        tags: opts.tags.clone(),
+        tool: format!("offsite {}", env!("CARGO_PKG_VERSION")),
+    };
+    let body = Repository::encode_metadata(
+        keys,
+        &serde_json::to_vec_pretty(&manifest).expect("manifest serializes"),
+    )?;
+    repo.put_bytes(&format!("{SNAPSHOTS}{id}"), body, PutMode::Create)
+        .await?;
+    Ok(BackupSummary {
+        manifest,
+        requests: repo.stats.total(),
+        duration: clock.elapsed(),
+    })
+}
+
+/// Uploads encoded packs as they come, writing an index file every
+/// [`INDEX_EVERY`] packs and one for the rest at the end (also on failure, so
+/// the next run can reuse what did land). Returns bytes uploaded.
+async fn upload_packs(
+    repo: &Repository,
+    keys: &Keys,
+    rx: &mut tokio::sync::mpsc::Receiver<Result<EncodedPack>>,
+    opts: &BackupOptions,
+) -> Result<u64> {
+    let mut in_flight = FuturesUnordered::new();
+    let mut pending: Vec<PackContents> = Vec::new();
+    let mut uploaded = 0u64;
+    let mut failure: Option<Error> = None;
+    let mut receiving = true;
+    loop {
+        tokio::select! {
+            next = rx.recv(), if receiving && in_flight.len() < opts.upload_concurrency && failure.is_none() => {
+                match next {
+                    Some(Ok(pack)) => {
+                        let progress = opts.progress.clone();
+                        in_flight.push(async move {
+                            let len = pack.data.len() as u64;
+                            repo.put_bytes(&pack.key, pack.data, PutMode::Create).await?;
+                            progress.uploaded.fetch_add(len, Ordering::Relaxed);
+                            Ok::<_, Error>((pack.key, pack.chunks, len))
+                        });
+                    }
+                    Some(Err(e)) => failure = Some(e),
+                    None => receiving = false,
+                }
+            }
+            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                match done {
+                    Ok((key, chunks, len)) => {
+                        uploaded += len;
+                        pending.push((key, chunks));
+                        if pending.len() >= INDEX_EVERY {
+                            uploaded += write_index_file(repo, keys, std::mem::take(&mut pending)).await?;
+                        }
+                    }
+                    Err(e) => failure = Some(e),
+                }
+            }
+            else => break,
+        }
+        if failure.is_some() && in_flight.is_empty() {
+            break;
+        }
+    }
+    if !pending.is_empty() {
+        let written = write_index_file(repo, keys, pending).await;
+        if failure.is_none() {
+            uploaded += written?;
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(uploaded),
+    }
+}
+
+async fn write_index_file(repo: &Repository, keys: &Keys, packs: Vec<PackContents>) -> Result<u64> {
+    let body = Repository::encode_metadata(keys, &write_index(&packs))?;
+    let len = body.len() as u64;
+    let key = format!("{INDEX}{}", hex::encode(rand::random::<[u8; 16]>()));
+    repo.put_bytes(&key, body, PutMode::Create).await?;
+    Ok(len)
+}
+
+/// Uploads a local temporary file, streaming it; returns its length.
+async fn put_file(repo: &Repository, key: &str, mut file: std::fs::File) -> Result<u64> {
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io("chunk list", e))?
+        .len();
+    // A list of a few MiB is read into memory once; larger ones stream and are
+    // retried by re-reading the file.
+    if len <= 32 << 20 {
+        let mut buf = Vec::with_capacity(len as usize);
+        file.rewind()
+            .and_then(|_| file.read_to_end(&mut buf))
+            .map_err(|e| Error::io("chunk list", e))?;
+        repo.put_bytes(key, Bytes::from(buf), PutMode::Create)
+            .await?;
+        return Ok(len);
+    }
+    let file = Arc::new(Mutex::new(file));
+    repo.retry
+        .run(|| {
+            let file = file.clone();
+            async move {
+                let stream = file_stream(file)?;
+                repo.storage().put(key, stream, PutMode::Overwrite).await
+            }
+        })
+        .await
+        .map_err(|e| repo.storage_err(e))?;
+    repo.stats.puts.fetch_add(1, Ordering::Relaxed);
+    Ok(len)
+}
+
+fn file_stream(
+    file: Arc<Mutex<std::fs::File>>,
+) -> Result<crate::storage::ByteStream, crate::storage::StorageError> {
+    use crate::storage::{ErrorKind, StorageError};
+    file.lock()
+        .expect("list file")
+        .rewind()
+        .map_err(|e| StorageError::new(ErrorKind::Other, "list", e.to_string()))?;
+    Ok(Box::pin(futures::stream::unfold(file, |file| async move {
+        let mut buf = vec![0u8; 1 << 20];
+        let read = file.lock().expect("list file").read(&mut buf);
+        let n = match read {
+            Ok(0) => return None,
+            Ok(n) => n,
+            Err(e) => {
+                return Some((
+                    Err(StorageError::new(ErrorKind::Other, "list", e.to_string())),
+                    file,
+                ))
+            }
+        };
+        buf.truncate(n);
+        Some((Ok(Bytes::from(buf)), file))
+    })))
+}
+
+/// The reader stage: a [`Visitor`] that writes the chunk list, hashes the
+/// data, and fills packs with chunks the repository lacks.
+struct Collector<'a> {
+    index: &'a Index,
+    seen: std::collections::HashSet<ChunkId>,
+    list: EncodeWriter<std::io::BufWriter<std::fs::File>>,
+    sha: Sha256,
+    pack: Vec<u8>,
+    pack_chunks: Vec<(ChunkId, u32, u32)>,
+    pack_size: usize,
+    tx: mpsc::SyncSender<PackJob>,
+    progress: &'a Progress,
+    size: u64,
+    files: u64,
+    chunks: u64,
+    new_bytes: u64,
+}
+
+impl Collector<'_> {
+    fn flush_pack(&mut self) -> Result<()> {
+        if self.pack_chunks.is_empty() {
+            return Ok(());
+        }
+        let job = PackJob {
+            data: std::mem::replace(
+                &mut self.pack,
+                Vec::with_capacity(self.pack_size + (256 << 10)),
+            ),
+            chunks: std::mem::take(&mut self.pack_chunks),
+        };
+        self.tx
+            .send(job)
+            .map_err(|_| Error::io("backup", std::io::Error::other("upload stopped")))
+    }
+}
+
+impl Visitor for Collector<'_> {
+    fn entry(&mut self, entry: &Entry) -> Result<()> {
+        if let Entry::File { size, .. } = entry {
+            self.files += 1;
+            self.size += size;
+        }
+        format::write_entry(&mut self.list, entry).map_err(|e| Error::io("chunk list", e))
+    }
+
+    fn chunk(&mut self, data: &[u8]) -> Result<()> {
+        let id = ChunkId::of(data);
+        self.sha.update(data);
+        self.chunks += 1;
+        self.progress
+            .read
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        format::write_chunk(&mut self.list, &id, data.len())
+            .map_err(|e| Error::io("chunk list", e))?;
+        if self.index.contains(&id) || !self.seen.insert(id) {
+            return Ok(());
+        }
+        self.pack_chunks
+            .push((id, self.pack.len() as u32, data.len() as u32));
+        self.pack.extend_from_slice(data);
+        self.new_bytes += data.len() as u64;
+        if self.pack.len() >= self.pack_size {
+            self.flush_pack()?;
+        }
+        Ok(())
+    }
+}
+
+fn read_source(
+    spec: &SourceSpec,
+    index: &Index,
+    tx: mpsc::SyncSender<PackJob>,
+    pack_size: usize,
+    meta_recipients: &[age::x25519::Recipient],
+    progress: &Progress,
+) -> Result<ReadResult> {
+    let tmp =
+        tempfile::tempfile().map_err(|e| Error::io("temporary file for the chunk list", e))?;
+    let list_file = tmp.try_clone().map_err(|e| Error::io("chunk list", e))?;
+    let refs: Vec<&dyn age::Recipient> = meta_recipients
+        .iter()
+        .map(|r| r as &dyn age::Recipient)
+        .collect();
+    let mut list = EncodeWriter::new(std::io::BufWriter::new(tmp), &refs, 6)
+        .map_err(|e| Error::io("chunk list", e))?;
+    writeln!(list, "{}", format::LIST_HEADER).map_err(|e| Error::io("chunk list", e))?;
+    let mut c = Collector {
+        index,
+        seen: Default::default(),
+        list,
+        sha: Sha256::new(),
+        pack: Vec::with_capacity(pack_size + (256 << 10)),
+        pack_chunks: Vec::new(),
+        pack_size,
+        tx,
+        progress,
+        size: 0,
+        files: 0,
+        chunks: 0,
+        new_bytes: 0,
+    };
+    let info = source::read(spec, &mut c)?;
+    c.flush_pack()?;
+    let mut buffered = c.list.finish().map_err(|e| Error::io("chunk list", e))?;
+    buffered.flush().map_err(|e| Error::io("chunk list", e))?;
+    drop(buffered);
+    Ok(ReadResult {
+        list: list_file,
+        sha256: hex::encode(c.sha.finalize()),
+        size: c.size,
+        files: c.files,
+        chunks: c.chunks,
+        new_bytes: c.new_bytes,
+        page_size: info.page_size,
+    })
+}

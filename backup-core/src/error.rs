@@ -1,0 +1,67 @@
+//! The engine's error type. Each variant names what went wrong in terms a user
+//! can act on; the binary adds the hint of what to do next.
+
+use std::path::PathBuf;
+
+use crate::storage::StorageError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{target}: {source}")]
+    Storage {
+        target: String,
+        #[source]
+        source: StorageError,
+    },
+    #[error("{path}: {message}")]
+    Source { path: PathBuf, message: String },
+    #[error("{0} is not a SQLite database")]
+    NotSqlite(PathBuf),
+    #[error("invalid key: {0}")]
+    Key(String),
+    #[error("cannot decrypt {key}: none of the given identities matches its recipients")]
+    WrongIdentity { key: String },
+    #[error("corrupt object {key}: {message}")]
+    Corrupt { key: String, message: String },
+    #[error("{target} is not an offsite repository ({message})")]
+    NotARepository { target: String, message: String },
+    #[error(
+        "repository {target} uses format version {found}; this offsite reads version {supported}"
+    )]
+    UnsupportedVersion {
+        target: String,
+        found: u32,
+        supported: u32,
+    },
+    #[error("repository {target} was created for other recipients (its metadata key is {expected}, these recipients give {found})")]
+    RecipientMismatch {
+        target: String,
+        expected: String,
+        found: String,
+    },
+    #[error("no snapshot matches {0}")]
+    SnapshotNotFound(String),
+    #[error("{0} matches more than one snapshot: {1}")]
+    AmbiguousSnapshot(String, String),
+    #[error("{0} already exists")]
+    TargetExists(PathBuf),
+    #[error("restored data failed verification: {0}")]
+    Verification(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}

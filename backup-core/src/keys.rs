@@ -1,0 +1,243 @@
+//! Keys: who can write, who can read.
+//!
+//! A backup host holds only age recipients (public keys). Packs (the data) are
+//! encrypted to those recipients alone, so only an identity holder can read them.
+//! Metadata (manifests, chunk lists, index files) must also be readable by the
+//! backup host, which needs to deduplicate against and list what is stored; it is
+//! encrypted to the recipients *and* to a metadata identity that every holder of
+//! the recipient set derives the same way (BLAKE3 key derivation over the sorted
+//! recipients). Someone who can read the bucket but does not know the recipients
+//! learns nothing but object sizes and counts. Changing the recipient set changes
+//! the metadata identity, so a repository is tied to the set it was created with.
+//!
+//! This module never writes an identity anywhere; `generate_identity` returns it
+//! to the caller.
+
+use std::str::FromStr;
+
+use age::secrecy::ExposeSecret;
+use age::x25519;
+
+use crate::error::{Error, Result};
+
+/// What a backup host holds: the recipient set and what derives from it.
+pub struct Keys {
+    recipients: Vec<x25519::Recipient>,
+    metadata: x25519::Identity,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys")
+            .field("recipients", &self.recipients.len())
+            .field("metadata_recipient", &self.metadata_recipient())
+            .finish()
+    }
+}
+
+impl Keys {
+    /// Parses `age1...` recipients. At least one is required.
+    pub fn from_recipients(list: &[String]) -> Result<Keys> {
+        if list.is_empty() {
+            return Err(Error::Key(
+                "no recipients configured: set encryption.recipients to at least one age \
+                 public key (age1...), e.g. the one `offsite keygen` prints"
+                    .into(),
+            ));
+        }
+        let mut parsed = Vec::new();
+        let mut canonical = Vec::new();
+        for r in list {
+            let r = r.trim();
+            let rec = x25519::Recipient::from_str(r)
+                .map_err(|e| Error::Key(format!("recipient {r:?}: {e}")))?;
+            canonical.push(rec.to_string());
+            parsed.push(rec);
+        }
+        canonical.sort();
+        canonical.dedup();
+        let secret = blake3::derive_key(
+            "offsite 2026-11 repository metadata identity v1",
+            canonical.join("\n").as_bytes(),
+        );
+        Ok(Keys {
+            recipients: parsed,
+            metadata: identity_from_bytes(&secret),
+        })
+    }
+
+    /// The public half of the derived metadata identity, recorded in the
+    /// repository config so a host with the wrong recipient set is told so.
+    pub fn metadata_recipient(&self) -> String {
+        self.metadata.to_public().to_string()
+    }
+
+    /// Recipients for packs: the configured ones only.
+    pub fn data_recipients(&self) -> Vec<&dyn age::Recipient> {
+        self.recipients
+            .iter()
+            .map(|r| r as &dyn age::Recipient)
+            .collect()
+    }
+
+    /// Owned copies of [`Keys::data_recipients`], for worker threads.
+    pub fn data_recipients_owned(&self) -> Vec<x25519::Recipient> {
+        self.recipients.clone()
+    }
+
+    /// Recipients for metadata: the configured ones plus the metadata identity.
+    pub(crate) fn metadata_recipients(&self) -> Vec<x25519::Recipient> {
+        let mut out = self.recipients.clone();
+        out.push(self.metadata.to_public());
+        out
+    }
+
+    /// The identities a backup host reads metadata with.
+    pub fn metadata_identities(&self) -> Identities {
+        Identities {
+            ids: std::sync::Arc::new(vec![Box::new(self.metadata.clone())]),
+            source: "recipients (metadata only)".into(),
+        }
+    }
+}
+
+fn identity_from_bytes(secret: &[u8; 32]) -> x25519::Identity {
+    let hrp = bech32::Hrp::parse("age-secret-key-").expect("valid hrp");
+    let encoded = bech32::encode::<bech32::Bech32>(hrp, secret).expect("32 bytes fit");
+    x25519::Identity::from_str(&encoded.to_uppercase()).expect("a valid x25519 secret")
+}
+
+/// What a restoring host holds: one or more age identities.
+#[derive(Clone)]
+pub struct Identities {
+    ids: std::sync::Arc<Vec<Box<dyn age::Identity + Send + Sync>>>,
+    source: String,
+}
+
+impl std::fmt::Debug for Identities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Identities({} from {})", self.ids.len(), self.source)
+    }
+}
+
+impl Identities {
+    /// Parses an age identity file (`AGE-SECRET-KEY-1...` lines, `#` comments).
+    pub fn parse(text: &str, source: &str) -> Result<Identities> {
+        let mut ids: Vec<Box<dyn age::Identity + Send + Sync>> = Vec::new();
+        for line in text.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let id = x25519::Identity::from_str(line).map_err(|e| {
+                Error::Key(format!(
+                    "{source}: not an age identity file ({e}); expected AGE-SECRET-KEY-1... lines"
+                ))
+            })?;
+            ids.push(Box::new(id));
+        }
+        if ids.is_empty() {
+            return Err(Error::Key(format!("{source}: contains no age identity")));
+        }
+        Ok(Identities {
+            ids: std::sync::Arc::new(ids),
+            source: source.to_string(),
+        })
+    }
+
+    /// Reads an identity file. A passphrase-protected file (`age -p`) is
+    /// decrypted with `passphrase`.
+    pub fn from_file(path: &std::path::Path, passphrase: Option<&str>) -> Result<Identities> {
+        let source = path.display().to_string();
+        let data =
+            std::fs::read(path).map_err(|e| Error::io(format!("identity file {source}"), e))?;
+        if data.starts_with(b"age-encryption.org/v1") {
+            let Some(pass) = passphrase else {
+                return Err(Error::Key(format!(
+                    "{source} is passphrase-protected: set OFFSITE_IDENTITY_PASSPHRASE"
+                )));
+            };
+            let id = age::scrypt::Identity::new(age::secrecy::SecretString::from(pass.to_string()));
+            let plain = crate::codec::decrypt_all(
+                &data,
+                std::iter::once(&id as &dyn age::Identity),
+                &source,
+            )
+            .map_err(|_| Error::Key(format!("{source}: wrong passphrase")))?;
+            let text = String::from_utf8(plain)
+                .map_err(|_| Error::Key(format!("{source}: not an age identity file")))?;
+            return Self::parse(&text, &source);
+        }
+        let text = String::from_utf8(data)
+            .map_err(|_| Error::Key(format!("{source}: not an age identity file")))?;
+        Self::parse(&text, &source)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &dyn age::Identity> {
+        self.ids.iter().map(|i| i.as_ref() as &dyn age::Identity)
+    }
+}
+
+/// A new identity as `(secret file contents, recipient)`.
+pub fn generate_identity() -> (String, String) {
+    let id = x25519::Identity::generate();
+    let recipient = id.to_public().to_string();
+    let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let text = format!(
+        "# created: {created}\n# public key: {recipient}\n{}\n",
+        id.to_string().expose_secret()
+    );
+    (text, recipient)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_identity_depends_only_on_the_recipient_set() {
+        let (_, a) = generate_identity();
+        let (_, b) = generate_identity();
+        let k1 = Keys::from_recipients(&[a.clone(), b.clone()]).unwrap();
+        let k2 = Keys::from_recipients(&[b.clone(), a.clone(), a.clone()]).unwrap();
+        let k3 = Keys::from_recipients(std::slice::from_ref(&a)).unwrap();
+        assert_eq!(k1.metadata_recipient(), k2.metadata_recipient());
+        assert_ne!(k1.metadata_recipient(), k3.metadata_recipient());
+    }
+
+    #[test]
+    fn passphrase_protected_identity_files_need_the_passphrase() {
+        use std::io::Write;
+        let (secret, recipient) = generate_identity();
+        let enc = age::Encryptor::with_user_passphrase(age::secrecy::SecretString::from(
+            "hunter2".to_string(),
+        ));
+        let mut out = Vec::new();
+        let mut w = enc.wrap_output(&mut out).unwrap();
+        w.write_all(secret.as_bytes()).unwrap();
+        w.finish().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.age");
+        std::fs::write(&path, &out).unwrap();
+
+        let e = Identities::from_file(&path, None).unwrap_err();
+        assert!(e.to_string().contains("OFFSITE_IDENTITY_PASSPHRASE"), "{e}");
+        let e = Identities::from_file(&path, Some("wrong")).unwrap_err();
+        assert!(e.to_string().contains("wrong passphrase"), "{e}");
+        let ids = Identities::from_file(&path, Some("hunter2")).unwrap();
+        let keys = Keys::from_recipients(&[recipient]).unwrap();
+        let data = crate::codec::encode(b"secret data", &keys.data_recipients(), 3).unwrap();
+        assert_eq!(
+            crate::codec::decode(&data, ids.iter(), "k").unwrap(),
+            b"secret data"
+        );
+    }
+
+    #[test]
+    fn bad_recipients_and_identities_are_named() {
+        let e = Keys::from_recipients(&["age1nope".into()]).unwrap_err();
+        assert!(e.to_string().contains("age1nope"), "{e}");
+        assert!(Keys::from_recipients(&[]).is_err());
+        let e = Identities::parse("hello\n", "key.txt").unwrap_err();
+        assert!(e.to_string().contains("key.txt"), "{e}");
+    }
+}

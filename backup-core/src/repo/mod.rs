@@ -1,0 +1,424 @@
+//! The repository: format version 1, as laid out on any target.
+//!
+//! ```text
+//! config                      plaintext JSON: format, version, id, metadata recipient
+//! snapshots/<snapshot-id>     manifest (JSON), metadata-encrypted
+//! lists/<snapshot-id>         chunk list (text), metadata-encrypted
+//! index/<random>              index file (text), metadata-encrypted
+//! packs/<xx>/<random>         concatenated chunks, encrypted to the recipients only
+//! locks/<random>              prune's lock
+//! ```
+//! "Metadata-encrypted" means zstd then age to the recipients plus the derived
+//! metadata identity (see [`crate::keys`]). Object names are random or
+//! timestamps and reveal nothing of the content. A snapshot exists once its
+//! manifest exists, and the manifest is written last, with create-if-absent.
+//! docs/format.md is the normative description; this module implements it.
+
+pub mod format;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::stream::{self, StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::keys::{Identities, Keys};
+use crate::source::SourceKind;
+use crate::storage::{
+    bytes_stream, collect_bytes, list_all, PutMode, RetryPolicy, Storage, StorageError,
+};
+
+pub use format::{Index, Location};
+
+pub const FORMAT_VERSION: u32 = 1;
+pub const CONFIG_KEY: &str = "config";
+pub const SNAPSHOTS: &str = "snapshots/";
+pub const LISTS: &str = "lists/";
+pub const INDEX: &str = "index/";
+pub const PACKS: &str = "packs/";
+pub const LOCKS: &str = "locks/";
+
+/// zstd level for metadata objects; packs use the configured level.
+const METADATA_LEVEL: i32 = 6;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RepoConfig {
+    /// Always `"offsite-repository"`.
+    pub format: String,
+    pub version: u32,
+    pub id: String,
+    pub created: DateTime<Utc>,
+    /// The derived metadata identity's recipient (see [`crate::keys`]).
+    pub metadata_recipient: String,
+}
+
+/// A snapshot's manifest: everything about it except its chunk list.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    /// Always `"offsite-snapshot"`.
+    pub format: String,
+    pub version: u32,
+    pub id: String,
+    pub source: String,
+    pub kind: SourceKind,
+    pub host: String,
+    pub started: DateTime<Utc>,
+    pub finished: DateTime<Utc>,
+    /// Bytes of data in the snapshot (the database size, or the files' total).
+    pub size: u64,
+    pub files: u64,
+    pub chunks: u64,
+    /// Bytes of chunks this snapshot was the first to store (before compression).
+    pub new_bytes: u64,
+    /// Bytes this backup uploaded (packs, index, list, manifest; encoded).
+    pub uploaded_bytes: u64,
+    /// SHA-256 of the snapshot's data: the file contents in list order.
+    pub sha256: String,
+    /// Key of the chunk list object.
+    pub list: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_size: Option<u32>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// `offsite <version>` that wrote it.
+    pub tool: String,
+}
+
+/// Requests made through a repository, for summaries and benchmarks.
+#[derive(Debug, Default)]
+pub struct RequestStats {
+    pub puts: AtomicU64,
+    pub gets: AtomicU64,
+    pub lists: AtomicU64,
+    pub deletes: AtomicU64,
+    pub bytes_put: AtomicU64,
+}
+
+impl RequestStats {
+    pub fn total(&self) -> u64 {
+        self.puts.load(Ordering::Relaxed)
+            + self.gets.load(Ordering::Relaxed)
+            + self.lists.load(Ordering::Relaxed)
+            + self.deletes.load(Ordering::Relaxed)
+    }
+}
+
+/// An opened repository on one target.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    storage: Arc<dyn Storage>,
+    pub config: RepoConfig,
+    pub retry: RetryPolicy,
+    pub stats: Arc<RequestStats>,
+}
+
+impl Repository {
+    /// Opens an existing repository.
+    pub async fn open(storage: Arc<dyn Storage>) -> Result<Repository> {
+        let stats = Arc::new(RequestStats::default());
+        let retry = RetryPolicy::default();
+        stats.gets.fetch_add(1, Ordering::Relaxed);
+        let target = storage.describe();
+        let raw = match retry
+            .run(|| async { collect_bytes(storage.get(CONFIG_KEY).await?).await })
+            .await
+        {
+            Ok(raw) => raw,
+            Err(e) if e.is_not_found() => {
+                return Err(Error::NotARepository {
+                    target,
+                    message: "no config object; run a backup to create one".into(),
+                })
+            }
+            Err(e) => return Err(Error::Storage { target, source: e }),
+        };
+        let config = Self::parse_config(&raw, &target)?;
+        Ok(Repository {
+            storage,
+            config,
+            retry,
+            stats,
+        })
+    }
+
+    /// Opens the repository, creating it if the target is empty, and checks
+    /// that `keys` belong to it.
+    pub async fn open_or_init(storage: Arc<dyn Storage>, keys: &Keys) -> Result<Repository> {
+        let repo = match Self::open(storage.clone()).await {
+            Ok(r) => r,
+            Err(Error::NotARepository { target, .. }) => {
+                let existing =
+                    list_all(storage.as_ref(), "")
+                        .await
+                        .map_err(|e| Error::Storage {
+                            target: target.clone(),
+                            source: e,
+                        })?;
+                if !existing.is_empty() {
+                    return Err(Error::NotARepository {
+                        target,
+                        message: format!(
+                            "it holds {} other objects but no offsite config; use an empty \
+                             directory or prefix",
+                            existing.len()
+                        ),
+                    });
+                }
+                let config = RepoConfig {
+                    format: "offsite-repository".into(),
+                    version: FORMAT_VERSION,
+                    id: hex::encode(rand::random::<[u8; 16]>()),
+                    created: Utc::now(),
+                    metadata_recipient: keys.metadata_recipient(),
+                };
+                let body = serde_json::to_vec_pretty(&config).expect("config serializes");
+                match storage
+                    .put(CONFIG_KEY, bytes_stream(body), PutMode::Create)
+                    .await
+                {
+                    // Another host created it at the same moment: use theirs.
+                    Ok(())
+                    | Err(StorageError {
+                        kind: crate::storage::ErrorKind::AlreadyExists,
+                        ..
+                    }) => {}
+                    Err(e) => return Err(Error::Storage { target, source: e }),
+                }
+                Self::open(storage).await?
+            }
+            Err(e) => return Err(e),
+        };
+        repo.check_keys(keys)?;
+        Ok(repo)
+    }
+
+    fn parse_config(raw: &[u8], target: &str) -> Result<RepoConfig> {
+        #[derive(Deserialize)]
+        struct Probe {
+            format: Option<String>,
+            version: Option<u32>,
+        }
+        let probe: Probe = serde_json::from_slice(raw).map_err(|e| Error::NotARepository {
+            target: target.to_string(),
+            message: format!("config is not valid JSON: {e}"),
+        })?;
+        if probe.format.as_deref() != Some("offsite-repository") {
+            return Err(Error::NotARepository {
+                target: target.to_string(),
+                message: "config is not an offsite repository config".into(),
+            });
+        }
+        let version = probe.version.unwrap_or(0);
+        if version != FORMAT_VERSION {
+            return Err(Error::UnsupportedVersion {
+                target: target.to_string(),
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        serde_json::from_slice(raw).map_err(|e| Error::NotARepository {
+            target: target.to_string(),
+            message: format!("config: {e}"),
+        })
+    }
+
+    pub fn check_keys(&self, keys: &Keys) -> Result<()> {
+        let found = keys.metadata_recipient();
+        if found != self.config.metadata_recipient {
+            return Err(Error::RecipientMismatch {
+                target: self.describe(),
+                expected: self.config.metadata_recipient.clone(),
+                found,
+            });
+        }
+        Ok(())
+    }
+
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    pub fn describe(&self) -> String {
+        self.storage.describe()
+    }
+
+    pub(crate) fn storage_err(&self, e: StorageError) -> Error {
+        Error::Storage {
+            target: self.describe(),
+            source: e,
+        }
+    }
+
+    /// Reads a whole (small) object, with retries.
+    pub async fn get_bytes(&self, key: &str) -> Result<Bytes> {
+        self.stats.gets.fetch_add(1, Ordering::Relaxed);
+        self.retry
+            .run(|| async { collect_bytes(self.storage.get(key).await?).await })
+            .await
+            .map_err(|e| self.storage_err(e))
+    }
+
+    /// Writes an in-memory object, with retries.
+    pub async fn put_bytes(&self, key: &str, data: Bytes, mode: PutMode) -> Result<()> {
+        let len = data.len() as u64;
+        let mut attempt = 0u32;
+        self.retry
+            .run(|| {
+                attempt += 1;
+                let data = data.clone();
+                async move {
+                    let r = self.storage.put(key, bytes_stream(data), mode).await;
+                    // A create whose first attempt landed but whose reply was
+                    // lost reports AlreadyExists on the retry; the object is ours.
+                    match r {
+                        Err(e)
+                            if attempt > 1
+                                && e.kind == crate::storage::ErrorKind::AlreadyExists =>
+                        {
+                            Ok(())
+                        }
+                        r => r,
+                    }
+                }
+            })
+            .await
+            .map_err(|e| self.storage_err(e))?;
+        self.stats.puts.fetch_add(1, Ordering::Relaxed);
+        self.stats.bytes_put.fetch_add(len, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub async fn list(&self, prefix: &str) -> Result<Vec<crate::storage::ObjectMeta>> {
+        self.stats.lists.fetch_add(1, Ordering::Relaxed);
+        self.retry
+            .run(|| list_all(self.storage.as_ref(), prefix))
+            .await
+            .map_err(|e| self.storage_err(e))
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        self.stats.deletes.fetch_add(1, Ordering::Relaxed);
+        self.retry
+            .run(|| self.storage.delete(key))
+            .await
+            .map_err(|e| self.storage_err(e))
+    }
+
+    /// Encodes a metadata object (readable with the identity or the recipients).
+    pub fn encode_metadata(keys: &Keys, plain: &[u8]) -> Result<Bytes> {
+        let recipients = keys.metadata_recipients();
+        let refs: Vec<&dyn age::Recipient> = recipients
+            .iter()
+            .map(|r| r as &dyn age::Recipient)
+            .collect();
+        codec::encode(plain, &refs, METADATA_LEVEL)
+            .map(Bytes::from)
+            .map_err(|e| Error::io("encoding metadata", e))
+    }
+
+    /// Reads and decodes a metadata object.
+    pub async fn get_metadata(&self, key: &str, ids: &Identities) -> Result<Vec<u8>> {
+        let raw = self.get_bytes(key).await?;
+        codec::decode(&raw, ids.iter(), key)
+    }
+
+    pub async fn read_manifest(&self, key: &str, ids: &Identities) -> Result<Manifest> {
+        let plain = self.get_metadata(key, ids).await?;
+        let m: Manifest = serde_json::from_slice(&plain).map_err(|e| Error::Corrupt {
+            key: key.to_string(),
+            message: format!("manifest: {e}"),
+        })?;
+        if m.version != FORMAT_VERSION {
+            return Err(Error::UnsupportedVersion {
+                target: key.to_string(),
+                found: m.version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        Ok(m)
+    }
+
+    /// Every snapshot, newest first.
+    pub async fn snapshots(&self, ids: &Identities) -> Result<Vec<Manifest>> {
+        let keys = self.list(SNAPSHOTS).await?;
+        let mut out: Vec<Manifest> = stream::iter(keys)
+            .map(|m| async move { self.read_manifest(&m.key, ids).await })
+            .buffer_unordered(16)
+            .try_collect()
+            .await?;
+        out.sort_by(|a, b| b.finished.cmp(&a.finished).then(b.id.cmp(&a.id)));
+        Ok(out)
+    }
+
+    /// Merges every index file.
+    pub async fn load_index(&self, ids: &Identities) -> Result<Index> {
+        let keys = self.list(INDEX).await?;
+        let decoded: Vec<(String, Vec<u8>)> = stream::iter(keys)
+            .map(|m| async move {
+                let plain = self.get_metadata(&m.key, ids).await?;
+                Ok::<_, Error>((m.key, plain))
+            })
+            .buffer_unordered(16)
+            .try_collect()
+            .await?;
+        let mut index = Index::default();
+        for (key, plain) in decoded {
+            index.parse_into(&plain[..], &key)?;
+        }
+        Ok(index)
+    }
+}
+
+/// Which snapshot to use.
+#[derive(Debug, Clone)]
+pub enum Selector {
+    Latest,
+    /// A snapshot id, or a unique prefix or suffix of one.
+    Id(String),
+    /// The newest snapshot finished at or before this time.
+    At(DateTime<Utc>),
+}
+
+/// Picks a snapshot of `source` (all sources when `None`) from a newest-first list.
+pub fn select<'a>(
+    snapshots: &'a [Manifest],
+    source: Option<&str>,
+    sel: &Selector,
+) -> Result<&'a Manifest> {
+    let mut candidates = snapshots
+        .iter()
+        .filter(|m| source.is_none_or(|s| m.source == s));
+    match sel {
+        Selector::Latest => candidates.next().ok_or_else(|| {
+            Error::SnapshotNotFound(format!("source {}", source.unwrap_or("(any)")))
+        }),
+        Selector::At(t) => candidates.find(|m| m.finished <= *t).ok_or_else(|| {
+            Error::SnapshotNotFound(format!(
+                "{} at or before {t}",
+                source.unwrap_or("any source")
+            ))
+        }),
+        Selector::Id(id) => {
+            let hits: Vec<&Manifest> = candidates
+                .filter(|m| {
+                    m.id == *id || m.id.starts_with(id.as_str()) || m.id.ends_with(id.as_str())
+                })
+                .collect();
+            match hits.as_slice() {
+                [one] => Ok(one),
+                [] => Err(Error::SnapshotNotFound(format!("id {id}"))),
+                many => Err(Error::AmbiguousSnapshot(
+                    id.clone(),
+                    many.iter()
+                        .map(|m| m.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                )),
+            }
+        }
+    }
+}

@@ -1,0 +1,467 @@
+//! The restore operation: a snapshot back onto disk, checked before it is
+//! put in place.
+//!
+//! Everything is written to a staging path beside the destination (same
+//! filesystem, so the final rename is atomic). Packs are fetched a few at a
+//! time, decoded, and each chunk is checked against its id before it is
+//! written at its offset(s). The staged copy must then match the manifest's
+//! SHA-256 and, for SQLite, pass `PRAGMA integrity_check`. Only then is an
+//! existing destination moved aside (never deleted), with its -wal and -shm,
+//! and the staged copy renamed into place.
+//!
+//! Never: write to the destination path before verification passed, or
+//! delete an existing file.
+
+use std::collections::HashMap;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{self, StreamExt, TryStreamExt};
+use sha2::{Digest, Sha256};
+
+use crate::backup::Progress;
+use crate::chunk::ChunkId;
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::keys::Identities;
+use crate::repo::format::{parse_list, ListItem};
+use crate::repo::{Manifest, Repository};
+use crate::source::{sqlite, Entry, SourceKind};
+
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// Replace an existing destination (which is moved aside, not deleted).
+    pub force: bool,
+    /// Packs downloaded and decoded at once.
+    pub concurrency: usize,
+    pub progress: Arc<Progress>,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        RestoreOptions {
+            force: false,
+            concurrency: 4,
+            progress: Arc::new(Progress::default()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RestoreSummary {
+    pub snapshot: String,
+    pub path: PathBuf,
+    pub bytes: u64,
+    /// Where earlier files at the destination were moved.
+    pub moved_aside: Vec<PathBuf>,
+    pub duration: Duration,
+}
+
+/// A piece of a pack to write: chunk `id` goes to `file` at `file_offset`.
+struct Piece {
+    offset: u32,
+    len: u32,
+    file: u32,
+    file_offset: u64,
+    id: ChunkId,
+}
+
+struct Plan {
+    entries: Vec<Entry>,
+    /// Pack number -> pieces.
+    packs: HashMap<u32, Vec<Piece>>,
+    pack_keys: Vec<String>,
+}
+
+/// Removes a staging path unless disarmed: an interrupted or failed restore
+/// leaves nothing behind.
+struct Staging {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ =
+                std::fs::remove_dir_all(&self.path).or_else(|_| std::fs::remove_file(&self.path));
+            for ext in ["-wal", "-shm", "-journal"] {
+                let _ = std::fs::remove_file(with_suffix(&self.path, ext));
+            }
+        }
+    }
+}
+
+fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
+    let mut s = p.as_os_str().to_os_string();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Restores `manifest`'s snapshot to `to`: a database file for SQLite
+/// sources, a file or directory for file sources.
+pub async fn restore(
+    repo: &Repository,
+    ids: &Identities,
+    manifest: &Manifest,
+    to: &Path,
+    opts: &RestoreOptions,
+) -> Result<RestoreSummary> {
+    let clock = Instant::now();
+    let exists = std::fs::symlink_metadata(to).is_ok();
+    if exists && !opts.force {
+        return Err(Error::TargetExists(to.to_path_buf()));
+    }
+    let parent = match to.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.is_dir() {
+        return Err(Error::io(
+            format!("restore destination {}", to.display()),
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("directory {} does not exist", parent.display()),
+            ),
+        ));
+    }
+    let name = to
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "restore".into());
+    let staging = Staging {
+        path: parent.join(format!(
+            ".{name}.offsite-partial-{:08x}",
+            rand::random::<u32>()
+        )),
+        armed: true,
+    };
+    opts.progress.total.store(manifest.size, Ordering::Relaxed);
+
+    let index = repo.load_index(ids).await?;
+    let list = repo.get_bytes(&manifest.list).await?;
+    let plan = {
+        let list_key = manifest.list.clone();
+        let ids_list = codec::decode_reader(&list[..], ids.iter(), &list_key)?;
+        build_plan(BufReader::new(ids_list), &list_key, &index)?
+    };
+    drop(list);
+    drop(index);
+
+    let single_file = manifest.kind == SourceKind::Sqlite
+        || (plan.entries.len() == 1 && matches!(plan.entries[0], Entry::File { .. }));
+    let files = prepare(&staging.path, &plan.entries, single_file)?;
+    let files = Arc::new(files);
+
+    let pack_keys = Arc::new(plan.pack_keys);
+    stream::iter(plan.packs)
+        .map(|(pack, pieces)| {
+            let key = pack_keys[pack as usize].clone();
+            let files = files.clone();
+            let progress = opts.progress.clone();
+            async move {
+                let raw = repo.get_bytes(&key).await?;
+                let ids = ids.clone();
+                // Decoding is CPU work: keep it off the async threads.
+                let written = tokio::task::spawn_blocking(move || {
+                    write_pack(&raw, &key, &ids, &pieces, &files)
+                })
+                .await
+                .map_err(|e| Error::io("restore", std::io::Error::other(e.to_string())))??;
+                progress.read.fetch_add(written, Ordering::Relaxed);
+                Ok::<_, Error>(())
+            }
+        })
+        .buffer_unordered(opts.concurrency.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+
+    let staged = staging.path.clone();
+    let entries = plan.entries;
+    let kind = manifest.kind;
+    let expected = manifest.sha256.clone();
+    let files_for_check = files.clone();
+    tokio::task::spawn_blocking(move || {
+        finish_staged(&staged, &entries, &files_for_check, &expected, kind)
+    })
+    .await
+    .map_err(|e| Error::io("restore", std::io::Error::other(e.to_string())))??;
+
+    let moved_aside = if exists { move_aside(to)? } else { Vec::new() };
+    std::fs::rename(&staging.path, to)
+        .map_err(|e| Error::io(format!("moving the restored copy to {}", to.display()), e))?;
+    let mut staging = staging;
+    staging.armed = false;
+    if let Ok(d) = std::fs::File::open(&parent) {
+        let _ = d.sync_all();
+    }
+    Ok(RestoreSummary {
+        snapshot: manifest.id.clone(),
+        path: to.to_path_buf(),
+        bytes: manifest.size,
+        moved_aside,
+        duration: clock.elapsed(),
+    })
+}
+
+/// A restore killed outright (SIGKILL, power loss) cannot clean up after
+/// itself; the next restore to the same place removes what it left. Only
+/// names offsite itself makes are touched.
+fn remove_stale_staging(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.offsite-partial-");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file_name = e.file_name().to_string_lossy().into_owned();
+        if file_name.starts_with(&prefix) {
+            tracing::info!(path = %e.path().display(), "removing what an interrupted restore left");
+            let path = e.path();
+            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+        }
+    }
+}
+
+fn build_plan(list: impl std::io::BufRead, key: &str, index: &crate::repo::Index) -> Result<Plan> {
+    let mut entries = Vec::new();
+    let mut packs: HashMap<u32, Vec<Piece>> = HashMap::new();
+    let mut file_offset = 0u64;
+    let mut current: Option<u32> = None;
+    parse_list(list, key, |item| {
+        match item {
+            ListItem::Entry(e) => {
+                current = matches!(e, Entry::File { .. }).then_some(entries.len() as u32);
+                file_offset = 0;
+                entries.push(e);
+            }
+            ListItem::Chunk(id, len) => {
+                let file = current.ok_or_else(|| Error::Corrupt {
+                    key: key.to_string(),
+                    message: "chunk line before any file".into(),
+                })?;
+                let loc = index.get(&id).ok_or_else(|| Error::Corrupt {
+                    key: key.to_string(),
+                    message: format!(
+                        "chunk {id} is not in any index file (a pack or index object is missing)"
+                    ),
+                })?;
+                if loc.len != len {
+                    return Err(Error::Corrupt {
+                        key: key.to_string(),
+                        message: format!(
+                            "chunk {id}: list says {len} bytes, index says {}",
+                            loc.len
+                        ),
+                    });
+                }
+                packs.entry(loc.pack).or_default().push(Piece {
+                    offset: loc.offset,
+                    len,
+                    file,
+                    file_offset,
+                    id,
+                });
+                file_offset += len as u64;
+            }
+        }
+        Ok(())
+    })?;
+    Ok(Plan {
+        entries,
+        packs,
+        pack_keys: index.packs.clone(),
+    })
+}
+
+/// Creates the staging tree; returns the staging path of each entry.
+fn prepare(staging: &Path, entries: &[Entry], single_file: bool) -> Result<Vec<PathBuf>> {
+    let io = |p: &Path, e| Error::io(format!("staging {}", p.display()), e);
+    if !single_file {
+        std::fs::create_dir(staging).map_err(|e| io(staging, e))?;
+    }
+    let mut paths = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let (rel, path) = match entry {
+            Entry::File { path, .. } | Entry::Dir { path, .. } | Entry::Symlink { path, .. } => {
+                (path, path)
+            }
+        };
+        if !single_file
+            && (rel.starts_with('/') || rel.split('/').any(|s| s == ".." || s.is_empty()))
+        {
+            return Err(Error::Corrupt {
+                key: "chunk list".into(),
+                message: format!("unsafe path {rel:?}"),
+            });
+        }
+        let dest = if single_file {
+            staging.to_path_buf()
+        } else {
+            staging.join(path)
+        };
+        match entry {
+            Entry::Dir { .. } => std::fs::create_dir_all(&dest).map_err(|e| io(&dest, e))?,
+            Entry::File { size, .. } => {
+                let f = std::fs::File::create(&dest).map_err(|e| io(&dest, e))?;
+                f.set_len(*size).map_err(|e| io(&dest, e))?;
+            }
+            Entry::Symlink { target, .. } => {
+                #[cfg(unix)]
+                std::os::unix::fs::symlink(target, &dest).map_err(|e| io(&dest, e))?;
+                #[cfg(not(unix))]
+                let _ = target;
+            }
+        }
+        paths.push(dest);
+    }
+    Ok(paths)
+}
+
+fn write_pack(
+    raw: &[u8],
+    key: &str,
+    ids: &Identities,
+    pieces: &[Piece],
+    files: &[PathBuf],
+) -> Result<u64> {
+    let mut plain = Vec::new();
+    codec::decode_reader(raw, ids.iter(), key)?
+        .read_to_end(&mut plain)
+        .map_err(|e| codec::corrupt_read(e, key))?;
+    let mut open: HashMap<u32, std::fs::File> = HashMap::new();
+    let mut written = 0u64;
+    for p in pieces {
+        let start = p.offset as usize;
+        let data = plain
+            .get(start..start + p.len as usize)
+            .ok_or_else(|| Error::Corrupt {
+                key: key.to_string(),
+                message: format!("chunk {} lies outside the pack", p.id),
+            })?;
+        if ChunkId::of(data) != p.id {
+            return Err(Error::Corrupt {
+                key: key.to_string(),
+                message: format!("chunk {} does not match its id", p.id),
+            });
+        }
+        let file = match open.entry(p.file) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let path = &files[p.file as usize];
+                v.insert(
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(path)
+                        .map_err(|e| Error::io(format!("staging {}", path.display()), e))?,
+                )
+            }
+        };
+        write_at(file, data, p.file_offset).map_err(|e| Error::io("writing restored data", e))?;
+        written += data.len() as u64;
+    }
+    Ok(written)
+}
+
+#[cfg(unix)]
+fn write_at(f: &std::fs::File, data: &[u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(f, data, offset)
+}
+
+#[cfg(not(unix))]
+fn write_at(mut f: &std::fs::File, data: &[u8], offset: u64) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    f.seek(SeekFrom::Start(offset))?;
+    f.write_all(data)
+}
+
+/// Syncs, checksums and checks the staged copy, then applies modes and times.
+fn finish_staged(
+    staging: &Path,
+    entries: &[Entry],
+    files: &[PathBuf],
+    expected: &str,
+    kind: SourceKind,
+) -> Result<()> {
+    let mut sha = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for (entry, path) in entries.iter().zip(files) {
+        if let Entry::File { .. } = entry {
+            let mut f = std::fs::File::open(path).map_err(|e| Error::io("reading back", e))?;
+            loop {
+                let n = f.read(&mut buf).map_err(|e| Error::io("reading back", e))?;
+                if n == 0 {
+                    break;
+                }
+                sha.update(&buf[..n]);
+            }
+            f.sync_all()
+                .map_err(|e| Error::io("syncing the restored copy", e))?;
+        }
+    }
+    let got = hex::encode(sha.finalize());
+    if got != expected {
+        return Err(Error::Verification(format!(
+            "SHA-256 of the restored data is {got}, the manifest says {expected}"
+        )));
+    }
+    if kind == SourceKind::Sqlite {
+        let problems = sqlite::integrity_check(staging)?;
+        if !problems.is_empty() {
+            return Err(Error::Verification(format!(
+                "PRAGMA integrity_check: {}",
+                problems.into_iter().take(5).collect::<Vec<_>>().join("; ")
+            )));
+        }
+    }
+    for (entry, path) in entries.iter().zip(files).rev() {
+        match entry {
+            Entry::File { mode, mtime, .. } => {
+                set_mode(path, *mode);
+                if *mtime > 0 {
+                    let t = std::time::UNIX_EPOCH + Duration::from_secs(*mtime as u64);
+                    if let Ok(f) = std::fs::File::options().write(true).open(path) {
+                        let _ = f.set_modified(t);
+                    }
+                }
+            }
+            Entry::Dir { mode, .. } => set_mode(path, *mode),
+            Entry::Symlink { .. } => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    if mode != 0 {
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+    }
+}
+
+#[cfg(not(unix))]
+fn set_mode(_: &Path, _: u32) {}
+
+/// Moves `to` and its SQLite side files to `<name>.offsite-old-<time>`.
+fn move_aside(to: &Path) -> Result<Vec<PathBuf>> {
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+    let mut moved = Vec::new();
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let from = with_suffix(to, suffix);
+        if std::fs::symlink_metadata(&from).is_err() {
+            continue;
+        }
+        let name = to
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let dest = to.with_file_name(format!("{name}.offsite-old-{stamp}{suffix}"));
+        std::fs::rename(&from, &dest)
+            .map_err(|e| Error::io(format!("moving {} aside", from.display()), e))?;
+        moved.push(dest);
+    }
+    Ok(moved)
+}

@@ -1,0 +1,158 @@
+//! Consistent snapshots of a live SQLite database.
+//!
+//! The database is opened read-only and every page is read through the
+//! `sqlite_dbpage` virtual table inside one read transaction. In WAL mode that
+//! transaction sees one committed state while writers go on committing (they
+//! append to the WAL; our snapshot is unaffected), and no temporary copy is
+//! written anywhere. In rollback-journal mode SQLite's own locking makes a
+//! writer wait (its busy timeout) while the pages are read.
+//!
+//! Never: open the database writable, copy the .db/-wal/-shm files, or
+//! checkpoint the WAL.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::{Entry, SourceInfo, Visitor};
+use crate::error::{Error, Result};
+
+fn sql_error(path: &Path, e: rusqlite::Error) -> Error {
+    if let rusqlite::Error::SqliteFailure(f, _) = &e {
+        if f.code == rusqlite::ErrorCode::NotADatabase {
+            return Error::NotSqlite(path.to_path_buf());
+        }
+    }
+    Error::Source {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// Opens a database read-only, for snapshots and checks.
+pub fn open_read_only(path: &Path) -> Result<Connection> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::Source {
+        path: path.to_path_buf(),
+        message: format!("cannot read the database: {e}"),
+    })?;
+    if !meta.is_file() {
+        return Err(Error::Source {
+            path: path.to_path_buf(),
+            message: "not a regular file".into(),
+        });
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| sql_error(path, e))?;
+    conn.busy_timeout(std::time::Duration::from_secs(60))
+        .map_err(|e| sql_error(path, e))?;
+    Ok(conn)
+}
+
+pub fn read(path: &Path, visitor: &mut dyn Visitor) -> Result<SourceInfo> {
+    let conn = open_read_only(path)?;
+    let err = |e| sql_error(path, e);
+    conn.execute_batch("BEGIN").map_err(err)?;
+    // The first read starts the read transaction: from here on every statement
+    // sees the same committed state.
+    let (page_size, page_count): (u32, i64) = conn
+        .query_row(
+            "SELECT page_size, page_count FROM pragma_page_size, pragma_page_count",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(err)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "database".into());
+    visitor.entry(&Entry::File {
+        path: name,
+        mode: file_mode(path),
+        size: page_size as u64 * page_count as u64,
+        mtime: 0,
+    })?;
+    {
+        let mut stmt = conn
+            .prepare("SELECT pgno, data FROM sqlite_dbpage('main') ORDER BY pgno")
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(_, Some(ref m)) if m.contains("no such table") => {
+                    Error::Source {
+                        path: path.to_path_buf(),
+                        message: "this build's SQLite lacks sqlite_dbpage \
+                                  (build with LIBSQLITE3_FLAGS=-DSQLITE_ENABLE_DBPAGE_VTAB)"
+                            .into(),
+                    }
+                }
+                e => err(e),
+            })?;
+        let mut rows = stmt.query([]).map_err(err)?;
+        let mut expected = 1i64;
+        while let Some(row) = rows.next().map_err(err)? {
+            let pgno: i64 = row.get(0).map_err(err)?;
+            let data = row
+                .get_ref(1)
+                .map_err(err)?
+                .as_blob()
+                .map_err(|e| Error::Source {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?;
+            if pgno != expected || data.len() != page_size as usize {
+                return Err(Error::Source {
+                    path: path.to_path_buf(),
+                    message: format!("unexpected page {pgno} of {} bytes", data.len()),
+                });
+            }
+            visitor.chunk(data)?;
+            expected += 1;
+        }
+        if expected - 1 != page_count {
+            return Err(Error::Source {
+                path: path.to_path_buf(),
+                message: format!("read {} pages of {page_count}", expected - 1),
+            });
+        }
+    }
+    conn.execute_batch("COMMIT").map_err(err)?;
+    Ok(SourceInfo {
+        page_size: Some(page_size),
+    })
+}
+
+#[cfg(unix)]
+fn file_mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or(0o644)
+}
+
+#[cfg(not(unix))]
+fn file_mode(_: &Path) -> u32 {
+    0o644
+}
+
+/// Runs `PRAGMA integrity_check` on a database file offsite itself wrote
+/// (a restored copy), returning SQLite's complaints if any.
+pub fn integrity_check(path: &Path) -> Result<Vec<String>> {
+    // Read-write so SQLite can create and remove the copy's own -wal/-shm; this
+    // is never called on a live database.
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(|e| sql_error(path, e))?;
+    let mut stmt = conn
+        .prepare("PRAGMA integrity_check")
+        .map_err(|e| sql_error(path, e))?;
+    let rows: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .map_err(|e| sql_error(path, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| sql_error(path, e))?;
+    if rows == ["ok"] {
+        Ok(Vec::new())
+    } else {
+        Ok(rows)
+    }
+}

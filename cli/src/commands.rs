@@ -1,0 +1,497 @@
+//! The commands: each loads what it needs, calls one backup-core operation per
+//! source and target, and prints the result (a line for people, or JSON).
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use backup_core::backup::{BackupOptions, Progress};
+use backup_core::keys::{generate_identity, Identities, Keys};
+use backup_core::repo::{select, Manifest, Repository, Selector};
+use backup_core::restore::RestoreOptions;
+use backup_core::source::SourceSpec;
+use backup_core::storage::ErrorKind;
+use backup_core::Error;
+use chrono::{DateTime, Local, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use serde_json::json;
+
+use crate::config::{Config, TargetConfig};
+use crate::output::{self, Bar};
+use crate::{targets, RestoreArgs};
+
+pub fn keygen(output: Option<&Path>) -> Result<()> {
+    let (secret, recipient) = generate_identity();
+    match output {
+        Some(path) => {
+            if path.exists() {
+                bail!(
+                    "{} already exists; refusing to overwrite an identity (choose another -o)",
+                    path.display()
+                );
+            }
+            write_private(path, secret.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote the identity to {}", path.display());
+        }
+        None => print!("{secret}"),
+    }
+    eprintln!(
+        "Keep a copy of the identity somewhere other than the backed-up server (a password \
+         manager, a printed copy): without it no backup can be restored.\n\
+         Put the recipient in encryption.recipients on backup hosts:"
+    );
+    println!("{recipient}");
+    Ok(())
+}
+
+/// Writes a file readable only by its owner, failing if it exists.
+pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+fn keys(cfg: &Config) -> Result<Keys> {
+    Keys::from_recipients(&cfg.encryption.recipients).context("encryption.recipients")
+}
+
+fn identities(cfg: &Config, flag: Option<&Path>) -> Result<Identities> {
+    let path = flag
+        .map(Path::to_path_buf)
+        .or_else(|| cfg.encryption.identity_file.clone())
+        .ok_or_else(|| anyhow!("restoring needs the age identity: pass --identity FILE or set encryption.identity_file"))?;
+    let pass = std::env::var("OFFSITE_IDENTITY_PASSPHRASE").ok();
+    Ok(Identities::from_file(&path, pass.as_deref())?)
+}
+
+fn chosen_targets<'a>(cfg: &'a Config, name: Option<&str>) -> Result<Vec<&'a TargetConfig>> {
+    if cfg.targets.is_empty() {
+        bail!("no [[targets]] in the config: add at least one (kind = \"local\" with a path is the simplest)");
+    }
+    match name {
+        None => Ok(cfg.targets.iter().collect()),
+        Some(n) => {
+            let t = cfg.targets.iter().find(|t| t.name == n).with_context(|| {
+                format!(
+                    "no target named {n:?} (targets: {})",
+                    cfg.targets
+                        .iter()
+                        .map(|t| t.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?;
+            Ok(vec![t])
+        }
+    }
+}
+
+fn source_specs(cfg: &Config, name: Option<&str>) -> Result<Vec<SourceSpec>> {
+    if cfg.sources.is_empty() {
+        bail!("no [[sources]] in the config: add one with name, kind (\"sqlite\" or \"files\") and path");
+    }
+    let chosen: Vec<_> = match name {
+        Some(n) => vec![cfg.source(n)?],
+        None => cfg.sources.iter().collect(),
+    };
+    Ok(chosen
+        .into_iter()
+        .map(|s| SourceSpec {
+            name: s.name.clone(),
+            kind: s.kind,
+            path: s.path.clone(),
+        })
+        .collect())
+}
+
+pub async fn backup(
+    cfg: &Config,
+    source: Option<&str>,
+    target: Option<&str>,
+    tags: Vec<String>,
+    as_json: bool,
+) -> Result<()> {
+    let keys = keys(cfg)?;
+    let specs = source_specs(cfg, source)?;
+    let targets = chosen_targets(cfg, target)?;
+    let mut results = Vec::new();
+    let mut failures = 0;
+    // Every source goes to every target; one failure does not stop the others.
+    for t in &targets {
+        let repo = match open_repo_for_backup(t, &keys).await {
+            Ok(r) => r,
+            Err(e) => {
+                failures += specs.len();
+                print_failure(as_json, &mut results, "*", &t.name, &e);
+                continue;
+            }
+        };
+        for spec in &specs {
+            let progress = Arc::new(Progress::default());
+            let opts = BackupOptions {
+                tags: tags.clone(),
+                pack_size: cfg.backup.pack_size_mib << 20,
+                compression_level: cfg.backup.compression_level,
+                upload_concurrency: cfg.backup.upload_concurrency,
+                progress: progress.clone(),
+                ..Default::default()
+            };
+            let bar = Bar::start(format!("{} -> {}", spec.name, t.name), progress, !as_json);
+            let before = repo.stats.total();
+            let result = backup_core::backup::backup(&repo, &keys, spec, &opts).await;
+            drop(bar);
+            match result {
+                Ok(s) => {
+                    let m = &s.manifest;
+                    let requests = s.requests - before;
+                    if as_json {
+                        results.push(json!({
+                            "source": spec.name, "target": t.name, "ok": true,
+                            "snapshot": snapshot_json(m, &t.name),
+                            "requests": requests, "seconds": s.duration.as_secs_f64(),
+                        }));
+                    } else {
+                        println!(
+                            "{} -> {}: snapshot {}, read {}, new {}, uploaded {}, {} requests, {}",
+                            spec.name,
+                            t.name,
+                            m.id,
+                            output::bytes(m.size),
+                            output::bytes(m.new_bytes),
+                            output::bytes(m.uploaded_bytes),
+                            requests,
+                            output::duration(s.duration)
+                        );
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    print_failure(as_json, &mut results, &spec.name, &t.name, &anyhow!(e));
+                }
+            }
+        }
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    }
+    if failures > 0 {
+        bail!(
+            "{failures} of {} backups failed",
+            specs.len() * targets.len()
+        );
+    }
+    Ok(())
+}
+
+fn print_failure(
+    as_json: bool,
+    results: &mut Vec<serde_json::Value>,
+    source: &str,
+    target: &str,
+    e: &anyhow::Error,
+) {
+    if as_json {
+        results.push(
+            json!({"source": source, "target": target, "ok": false, "error": format!("{e:#}")}),
+        );
+    } else {
+        eprintln!("{source} -> {target}: FAILED: {e:#}");
+        if let Some(h) = hint(e) {
+            eprintln!("  hint: {h}");
+        }
+    }
+}
+
+async fn open_repo_for_backup(t: &TargetConfig, keys: &Keys) -> Result<Repository> {
+    let storage = targets::open(t)?;
+    Repository::open_or_init(storage, keys)
+        .await
+        .with_context(|| format!("target {:?}", t.name))
+}
+
+/// The first target (in config order, or the named one) whose repository opens.
+async fn first_repo(cfg: &Config, name: Option<&str>) -> Result<(String, Repository)> {
+    let mut last = None;
+    for t in chosen_targets(cfg, name)? {
+        let attempt = async {
+            let storage = targets::open(t)?;
+            Ok::<_, anyhow::Error>(Repository::open(storage).await?)
+        };
+        match attempt.await {
+            Ok(r) => return Ok((t.name.clone(), r)),
+            Err(e) => {
+                tracing::warn!(target = %t.name, error = %format!("{e:#}"), "target unavailable, trying the next");
+                last = Some(e.context(format!("target {:?}", t.name)));
+            }
+        }
+    }
+    Err(last.expect("at least one target was tried"))
+}
+
+fn snapshot_json(m: &Manifest, target: &str) -> serde_json::Value {
+    json!({
+        "id": m.id,
+        "source": m.source,
+        "kind": m.kind,
+        "host": m.host,
+        "target": target,
+        "started": m.started,
+        "time": m.finished,
+        "size": m.size,
+        "files": m.files,
+        "chunks": m.chunks,
+        "new_bytes": m.new_bytes,
+        "uploaded_bytes": m.uploaded_bytes,
+        "sha256": m.sha256,
+        "tags": m.tags,
+    })
+}
+
+pub async fn snapshots(
+    cfg: &Config,
+    source: Option<&str>,
+    target: Option<&str>,
+    as_json: bool,
+) -> Result<()> {
+    if let Some(s) = source {
+        cfg.source(s)?;
+    }
+    let (tname, repo) = first_repo(cfg, target).await?;
+    // A backup host reads the list with its recipients; a restore host with its identity.
+    let ids = if cfg.encryption.recipients.is_empty() {
+        identities(cfg, None)?
+    } else {
+        keys(cfg)?.metadata_identities()
+    };
+    let all = repo.snapshots(&ids).await?;
+    let list: Vec<&Manifest> = all
+        .iter()
+        .filter(|m| source.is_none_or(|s| m.source == s))
+        .collect();
+    if as_json {
+        let v: Vec<_> = list.iter().map(|m| snapshot_json(m, &tname)).collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    if list.is_empty() {
+        println!(
+            "no snapshots in target {tname:?}{}",
+            source
+                .map(|s| format!(" for source {s:?}"))
+                .unwrap_or_default()
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<26} {:<12} {:<25} {:>10} {:>10}  tags",
+        "ID", "SOURCE", "TIME", "SIZE", "NEW"
+    );
+    for m in list {
+        println!(
+            "{:<26} {:<12} {:<25} {:>10} {:>10}  {}",
+            m.id,
+            m.source,
+            m.finished
+                .with_timezone(&Local)
+                .format("%Y-%m-%d %H:%M:%S %z"),
+            output::bytes(m.size),
+            output::bytes(m.new_bytes),
+            m.tags.join(",")
+        );
+    }
+    Ok(())
+}
+
+pub fn parse_time(s: &str) -> Result<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let naive = [
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+    ]
+    .iter()
+    .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
+    .or_else(|| {
+        NaiveDate::parse_from_str(s, "%Y-%m-%d")
+            .ok()
+            .and_then(|d| d.and_hms_opt(23, 59, 59))
+    });
+    match naive.and_then(|n| Local.from_local_datetime(&n).earliest()) {
+        Some(t) => Ok(t.with_timezone(&Utc)),
+        None => bail!("--at {s:?}: expected a time like 2026-11-20T03:00:00Z, \"2026-11-20 03:00\" or 2026-11-20"),
+    }
+}
+
+pub async fn restore(cfg: &Config, args: &RestoreArgs) -> Result<()> {
+    cfg.source(&args.source)?;
+    let selector = if args.latest {
+        Selector::Latest
+    } else if let Some(id) = &args.snapshot {
+        Selector::Id(id.clone())
+    } else {
+        Selector::At(parse_time(args.at.as_deref().unwrap_or_default())?)
+    };
+    if !args.force && std::fs::symlink_metadata(&args.to).is_ok() {
+        return Err(Error::TargetExists(args.to.clone()).into());
+    }
+    let ids = identities(cfg, args.identity.as_deref())?;
+    let (tname, repo) = first_repo(cfg, args.target.as_deref()).await?;
+    let all = repo.snapshots(&ids).await?;
+    let manifest = select(&all, Some(&args.source), &selector)?.clone();
+    let progress = Arc::new(Progress::default());
+    let opts = RestoreOptions {
+        force: args.force,
+        progress: progress.clone(),
+        ..Default::default()
+    };
+    let bar = Bar::start(format!("restore {}", manifest.id), progress, !args.json);
+    let summary = backup_core::restore::restore(&repo, &ids, &manifest, &args.to, &opts).await;
+    drop(bar);
+    let summary = summary?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "snapshot": snapshot_json(&manifest, &tname),
+                "path": summary.path,
+                "bytes": summary.bytes,
+                "moved_aside": summary.moved_aside,
+                "seconds": summary.duration.as_secs_f64(),
+                "verified": true,
+            }))?
+        );
+    } else {
+        println!(
+            "restored {} ({} of {}, taken {}) from {} to {} in {}; checksum{} verified",
+            manifest.id,
+            output::bytes(manifest.size),
+            manifest.source,
+            manifest
+                .finished
+                .with_timezone(&Local)
+                .format("%Y-%m-%d %H:%M:%S %z"),
+            tname,
+            summary.path.display(),
+            output::duration(summary.duration),
+            if manifest.kind == backup_core::source::SourceKind::Sqlite {
+                " and integrity_check"
+            } else {
+                ""
+            }
+        );
+        for p in &summary.moved_aside {
+            println!("kept the previous file as {}", p.display());
+        }
+    }
+    Ok(())
+}
+
+pub async fn targets_check(cfg: &Config, target: Option<&str>, as_json: bool) -> Result<()> {
+    let mut probes = Vec::new();
+    for t in chosen_targets(cfg, target)? {
+        probes.push(targets::probe(t).await);
+    }
+    if as_json {
+        let v: Vec<_> = probes
+            .iter()
+            .map(|p| {
+                let steps: serde_json::Map<String, serde_json::Value> = p
+                    .steps
+                    .iter()
+                    .map(|(s, r)| (s.to_string(), json!(r.as_ref().err().map_or("ok".to_string(), |e| e.clone()))))
+                    .collect();
+                json!({"target": p.target, "location": p.describe, "backup_ok": p.usable_for_backup(), "steps": steps})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for p in &probes {
+            let steps: Vec<String> = p
+                .steps
+                .iter()
+                .map(|(s, r)| match r {
+                    Ok(()) => format!("{s} ok"),
+                    Err(e) => format!("{s} FAILED ({e})"),
+                })
+                .collect();
+            let verdict = if p.usable_for_backup() {
+                if p.steps.iter().all(|(_, r)| r.is_ok()) {
+                    "ok"
+                } else {
+                    "ok for backup (prune needs delete)"
+                }
+            } else {
+                "NOT USABLE"
+            };
+            println!(
+                "{} {}: {verdict}: {}",
+                p.target,
+                p.describe,
+                steps.join(", ")
+            );
+        }
+    }
+    let bad = probes.iter().filter(|p| !p.usable_for_backup()).count();
+    if bad > 0 {
+        bail!("{bad} target(s) cannot be used for backups; check their credentials, bucket/path and permissions");
+    }
+    Ok(())
+}
+
+/// Prints an error as one line plus a hint, and picks the exit code:
+/// 2 for configuration and usage mistakes, 1 for everything else.
+pub fn report(e: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    if let Some(h) = hint(e) {
+        eprintln!("hint: {h}");
+    }
+    let config_error = e.chain().any(|c| {
+        let s = c.to_string();
+        s.starts_with("invalid config") || s.starts_with("config file")
+    });
+    if config_error {
+        ExitCode::from(2)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn hint(e: &anyhow::Error) -> Option<String> {
+    let core = e.chain().find_map(|c| c.downcast_ref::<Error>())?;
+    Some(match core {
+        Error::WrongIdentity { .. } => {
+            "this needs the identity whose public key was in encryption.recipients when the backup was made; pass --identity FILE".into()
+        }
+        Error::Corrupt { .. } | Error::Verification(_) => {
+            "the stored copy is damaged; restore from another target (--target) or an older snapshot (--snapshot); nothing at the destination was changed".into()
+        }
+        Error::NotSqlite(_) => "check that the source path names the database file itself, or use kind = \"files\" for other data".into(),
+        Error::RecipientMismatch { .. } => {
+            "this repository was created with other recipients: restore the original encryption.recipients, or point the target at an empty directory or prefix".into()
+        }
+        Error::TargetExists(_) => {
+            "pass --force to replace it (the existing file and its -wal/-shm are moved aside, not deleted), or choose another --to".into()
+        }
+        Error::SnapshotNotFound(_) | Error::AmbiguousSnapshot(..) => "list the snapshots with `offsite snapshots --source NAME`".into(),
+        Error::NotARepository { .. } => "point the target at an empty directory or prefix, or at an existing offsite repository".into(),
+        Error::UnsupportedVersion { .. } => "upgrade offsite to a version that reads this repository".into(),
+        Error::Key(_) => "recipients look like age1...; identity files hold AGE-SECRET-KEY-1... lines (create one with `offsite keygen -o FILE`)".into(),
+        Error::Storage { source, .. } => match source.kind {
+            ErrorKind::PermissionDenied => "check the target's credentials and permissions (`offsite targets check`)".into(),
+            ErrorKind::NotFound => "check the target's path, bucket and prefix".into(),
+            ErrorKind::Transient => "the target is unreachable or overloaded; run again later (uploaded data is reused)".into(),
+            _ => return None,
+        },
+        Error::Source { .. } => "check the source path and that this user can read it".into(),
+        Error::Io { .. } => return None,
+    })
+}

@@ -1,0 +1,207 @@
+//! Configuration: a TOML file (`--config`, else `$OFFSITE_CONFIG`, else
+//! `./offsite.toml`) overridden by `OFFSITE_*` environment variables
+//! (`OFFSITE_ENCRYPTION__IDENTITY_FILE=...`: a double underscore separates
+//! levels). Every mistake is reported with the setting's name.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub encryption: Encryption,
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+    #[serde(default)]
+    pub targets: Vec<TargetConfig>,
+    #[serde(default)]
+    pub backup: BackupSettings,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Encryption {
+    /// age recipients (public keys); all a backup host needs.
+    #[serde(default)]
+    pub recipients: Vec<String>,
+    /// The age identity file; needed to restore.
+    pub identity_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub name: String,
+    pub kind: backup_core::source::SourceKind,
+    pub path: PathBuf,
+}
+
+/// A target: its name and kind, plus the backend's own settings, which are
+/// checked by that backend's config type.
+#[derive(Debug, Deserialize)]
+pub struct TargetConfig {
+    pub name: String,
+    pub kind: String,
+    #[serde(flatten)]
+    pub settings: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupSettings {
+    /// zstd level for packs (1-19). 3 is zstd's default balance.
+    #[serde(default = "default_level")]
+    pub compression_level: i32,
+    /// New data per pack object, in MiB.
+    #[serde(default = "default_pack_mib")]
+    pub pack_size_mib: usize,
+    /// Pack uploads in flight per target.
+    #[serde(default = "default_uploads")]
+    pub upload_concurrency: usize,
+}
+
+impl Default for BackupSettings {
+    fn default() -> Self {
+        BackupSettings {
+            compression_level: default_level(),
+            pack_size_mib: default_pack_mib(),
+            upload_concurrency: default_uploads(),
+        }
+    }
+}
+
+fn default_level() -> i32 {
+    3
+}
+fn default_pack_mib() -> usize {
+    8
+}
+fn default_uploads() -> usize {
+    4
+}
+
+/// Which config file to read.
+pub fn config_path(flag: Option<&Path>) -> PathBuf {
+    flag.map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("OFFSITE_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("offsite.toml"))
+}
+
+pub fn load(path: &Path) -> Result<Config> {
+    if !path.exists() {
+        bail!(
+            "config file {} not found; pass --config FILE, set OFFSITE_CONFIG, or run `offsite demo` \
+             to see a working setup",
+            path.display()
+        );
+    }
+    let figment = Figment::new().merge(Toml::file_exact(path)).merge(
+        Env::prefixed("OFFSITE_")
+            .ignore(&["CONFIG", "IDENTITY_PASSPHRASE", "LOG"])
+            .split("__"),
+    );
+    let mut config: Config = figment
+        .extract()
+        .map_err(|e| anyhow::anyhow!("{}", describe_figment_error(e)))
+        .with_context(|| format!("invalid config {}", path.display()))?;
+    // Relative paths in the file are relative to the file, as users expect
+    // when cron runs offsite from another directory.
+    let base = path.parent().unwrap_or(Path::new("."));
+    let fix = |p: &mut PathBuf| {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    };
+    for s in &mut config.sources {
+        fix(&mut s.path);
+    }
+    if let Some(p) = &mut config.encryption.identity_file {
+        fix(p);
+    }
+    for t in &mut config.targets {
+        if t.kind == "local" {
+            if let Some(serde_json::Value::String(p)) = t.settings.get_mut("path") {
+                let mut pb = PathBuf::from(&*p);
+                fix(&mut pb);
+                *p = pb.to_string_lossy().into_owned();
+            }
+        }
+    }
+    config
+        .validate()
+        .with_context(|| format!("invalid config {}", path.display()))?;
+    Ok(config)
+}
+
+fn describe_figment_error(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| {
+            let path = e.path.join(".");
+            if path.is_empty() {
+                e.kind.to_string()
+            } else {
+                format!("{path}: {}", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Config {
+    fn validate(&self) -> Result<()> {
+        let mut names = std::collections::HashSet::new();
+        for s in &self.sources {
+            if s.name.is_empty()
+                || !s
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                bail!(
+                    "sources: name {:?} must be letters, digits, '-', '_' or '.'",
+                    s.name
+                );
+            }
+            if !names.insert(&s.name) {
+                bail!("sources: name {:?} is used twice", s.name);
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for t in &self.targets {
+            if !names.insert(&t.name) {
+                bail!("targets: name {:?} is used twice", t.name);
+            }
+        }
+        for t in &self.targets {
+            crate::targets::check(t)?;
+        }
+        if !(1..=19).contains(&self.backup.compression_level) {
+            bail!("backup.compression_level must be 1 to 19");
+        }
+        if !(1..=256).contains(&self.backup.pack_size_mib) {
+            bail!("backup.pack_size_mib must be 1 to 256");
+        }
+        Ok(())
+    }
+
+    pub fn source(&self, name: &str) -> Result<&SourceConfig> {
+        self.sources
+            .iter()
+            .find(|s| s.name == name)
+            .with_context(|| {
+                format!(
+                    "no source named {name:?} in the config (sources: {})",
+                    self.sources
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+    }
+}

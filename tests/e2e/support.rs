@@ -1,0 +1,156 @@
+//! Test scaffolding: a temporary directory with an identity, a config, a
+//! SQLite source and a local target, and helpers to run the binary.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rusqlite::Connection;
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_offsite")
+}
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    target: String,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Self::build(None, |_| String::new())
+    }
+
+    pub fn with_target(path: &str) -> Env {
+        Self::build(Some(path.to_string()), |_| String::new())
+    }
+
+    pub fn with_sources(extra: impl FnOnce(&Path) -> String) -> Env {
+        Self::build(None, extra)
+    }
+
+    fn build(target: Option<String>, extra: impl FnOnce(&Path) -> String) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key.txt");
+        let out = Command::new(bin())
+            .args(["keygen", "-o", key.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let recipient = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let target = target.unwrap_or_else(|| dir.path().join("repo").display().to_string());
+        let extra = extra(dir.path());
+        std::fs::write(
+            dir.path().join("offsite.toml"),
+            format!(
+                "[encryption]\nrecipients = [\"{recipient}\"]\nidentity_file = \"key.txt\"\n\n\
+                 [[sources]]\nname = \"app\"\nkind = \"sqlite\"\npath = \"app.db\"\n\n{extra}\n\
+                 [[targets]]\nname = \"local\"\nkind = \"local\"\npath = \"{target}\"\n\n\
+                 [backup]\npack_size_mib = 1\n"
+            ),
+        )
+        .unwrap();
+        Env { dir, target }
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.dir.path().join("app.db")
+    }
+    pub fn key(&self) -> PathBuf {
+        self.dir.path().join("key.txt")
+    }
+    pub fn repo(&self) -> PathBuf {
+        PathBuf::from(&self.target)
+    }
+
+    pub fn make_db(&self, path: &Path, rows: usize) {
+        let c = Connection::open(path).unwrap();
+        c.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             CREATE TABLE tasks(id INTEGER PRIMARY KEY, title TEXT, body TEXT, meta TEXT);
+             CREATE INDEX tasks_title ON tasks(title);",
+        )
+        .unwrap();
+        let tx = c.unchecked_transaction().unwrap();
+        for i in 0..rows {
+            tx.execute(
+                "INSERT INTO tasks(title, body, meta) VALUES (?1, ?2, ?3)",
+                (
+                    format!("task {i}"),
+                    format!("body {i} ").repeat(10),
+                    format!(r#"{{"n":{i},"tags":["a","b"]}}"#),
+                ),
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+
+    /// Runs offsite with this environment's config: (exit code, stdout, stderr).
+    pub fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(bin())
+            .arg("--config")
+            .arg(self.dir.path().join("offsite.toml"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs offsite and insists on success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.run(args);
+        assert_eq!(code, 0, "offsite {args:?} failed:\n{out}\n{err}");
+        out
+    }
+}
+
+pub fn snapshots(env: &Env) -> Vec<serde_json::Value> {
+    serde_json::from_str(&env.ok(&["snapshots", "--json"])).unwrap()
+}
+
+pub fn dump(path: &Path) -> Vec<(i64, String, String)> {
+    let c = Connection::open(path).unwrap();
+    let mut s = c
+        .prepare("SELECT id, title, coalesce(body, '') FROM tasks ORDER BY id")
+        .unwrap();
+    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+pub fn dump_count(path: &Path) -> i64 {
+    Connection::open(path)
+        .unwrap()
+        .query_row("SELECT count(*) FROM tasks", [], |r| r.get(0))
+        .unwrap()
+}
+
+pub fn find_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(find_files(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Staging files a failed restore might have left in `dir`.
+pub fn leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("offsite-partial"))
+        .collect()
+}
