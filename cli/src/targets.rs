@@ -24,6 +24,7 @@ fn settings<T: DeserializeOwned>(t: &TargetConfig) -> Result<T> {
 pub fn check(t: &TargetConfig) -> Result<()> {
     match t.kind.as_str() {
         "local" => settings::<backend_local::LocalConfig>(t).map(drop),
+        "b2" => settings::<backend_b2::B2Config>(t).map(drop),
         other => bail!(
             "target {:?}: unknown kind {other:?} (known kinds: {})",
             t.name,
@@ -39,6 +40,10 @@ pub fn open(t: &TargetConfig) -> Result<Arc<dyn Storage>> {
             backend_local::LocalStorage::open(&settings(t)?)
                 .with_context(|| format!("target {:?}", t.name))?,
         ),
+        "b2" => Arc::new(
+            backend_b2::B2Storage::new(&settings(t)?)
+                .with_context(|| format!("target {:?}", t.name))?,
+        ),
         other => bail!(
             "target {:?}: unknown kind {other:?} (known kinds: {})",
             t.name,
@@ -48,7 +53,7 @@ pub fn open(t: &TargetConfig) -> Result<Arc<dyn Storage>> {
     Ok(storage)
 }
 
-pub const KINDS: &[&str] = &["local"];
+pub const KINDS: &[&str] = &["local", "b2"];
 
 /// One line of `offsite targets check`.
 pub struct Probe {
