@@ -67,7 +67,9 @@ pub struct GcsStorage {
 
 impl fmt::Debug for GcsStorage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("GcsStorage").field(&self.inner.describe()).finish()
+        f.debug_tuple("GcsStorage")
+            .field(&self.inner.describe())
+            .finish()
     }
 }
 
@@ -76,7 +78,8 @@ impl GcsStorage {
     /// sent to the service yet: a wrong bucket or missing role shows up, with a
     /// message saying what to check, on first use.
     pub fn open(config: &GcsConfig) -> Result<Self, StorageError> {
-        let prefix = normalize_prefix(config.prefix.as_deref(), &format!("gs://{}", config.bucket))?;
+        let prefix =
+            normalize_prefix(config.prefix.as_deref(), &format!("gs://{}", config.bucket))?;
         let target = if prefix.is_empty() {
             format!("gs://{}", config.bucket)
         } else {
@@ -121,11 +124,11 @@ impl GcsStorage {
         if config.anonymous {
             // A static empty token keeps the builder from looking for ADC or a
             // metadata server that an emulator setup does not have.
-            builder = builder
-                .with_skip_signature(true)
-                .with_credentials(Arc::new(StaticCredentialProvider::new(GcpCredential {
+            builder = builder.with_skip_signature(true).with_credentials(Arc::new(
+                StaticCredentialProvider::new(GcpCredential {
                     bearer: String::new(),
-                })));
+                }),
+            ));
         }
         let store = builder.build().map_err(|e| {
             let mapped = ErrorMap {
@@ -197,7 +200,8 @@ mod tests {
 
     #[test]
     fn unknown_settings_are_rejected() {
-        let err = serde_json::from_str::<GcsConfig>(r#"{"bucket":"b","base-url":"x"}"#).unwrap_err();
+        let err =
+            serde_json::from_str::<GcsConfig>(r#"{"bucket":"b","base-url":"x"}"#).unwrap_err();
         assert!(err.to_string().contains("base-url"), "{err}");
     }
 

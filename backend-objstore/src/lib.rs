@@ -78,9 +78,7 @@ pub fn normalize_prefix(prefix: Option<&str>, target: &str) -> Result<String, St
         StorageError::new(
             ErrorKind::Other,
             target,
-            format!(
-                "invalid prefix {trimmed:?}: use /-separated segments of [A-Za-z0-9._-]"
-            ),
+            format!("invalid prefix {trimmed:?}: use /-separated segments of [A-Za-z0-9._-]"),
         )
     })?;
     Ok(trimmed.to_string())
@@ -173,7 +171,11 @@ impl ObjectStoreStorage {
         head: Vec<Bytes>,
         rest: ByteStream,
     ) -> Result<(), StorageError> {
-        let staging_key = format!("{TMP_DIR}/{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
+        let staging_key = format!(
+            "{TMP_DIR}/{:016x}{:016x}",
+            rand::random::<u64>(),
+            rand::random::<u64>()
+        );
         let staging = self.path(&staging_key);
         self.put_multipart(key, &staging, head, rest).await?;
         let copied = self
@@ -203,7 +205,12 @@ async fn abort(writer: WriteMultipart, key: &str) {
 
 #[async_trait]
 impl Storage for ObjectStoreStorage {
-    async fn put(&self, key: &str, mut body: ByteStream, mode: PutMode) -> Result<(), StorageError> {
+    async fn put(
+        &self,
+        key: &str,
+        mut body: ByteStream,
+        mode: PutMode,
+    ) -> Result<(), StorageError> {
         validate_key(key)?;
         let path = self.path(key);
         // Read up to one part's worth first: most objects (metadata, small
@@ -339,15 +346,23 @@ impl ErrorMap {
         use object_store::Error as E;
         let target = &self.target;
         let detail = error_chain(&err);
+        // List and multipart calls report most HTTP failures as `Generic`
+        // errors: their status is only in the message.
+        let status = http_status(&detail);
         let (kind, message) = match &err {
-            E::NotFound { .. } if bucket_missing(&detail) => (
-                ErrorKind::NotFound,
-                format!(
-                    "the bucket of {target} does not exist; check {}",
-                    self.hints.location
-                ),
-            ),
-            E::NotFound { .. } => (ErrorKind::NotFound, format!("no such object in {target}")),
+            E::NotFound { .. } | E::Generic { .. } if is_not_found(&err, status) => {
+                if bucket_missing(&detail) {
+                    (
+                        ErrorKind::NotFound,
+                        format!(
+                            "the bucket of {target} does not exist; check {}",
+                            self.hints.location
+                        ),
+                    )
+                } else {
+                    (ErrorKind::NotFound, format!("no such object in {target}"))
+                }
+            }
             // A Create put or copy that lost to an existing object: S3 answers
             // 412 to If-None-Match, GCS 412 to if-generation-match=0.
             E::AlreadyExists { .. } | E::Precondition { .. } => (
@@ -356,7 +371,17 @@ impl ErrorMap {
             ),
             E::PermissionDenied { .. } | E::Unauthenticated { .. } => (
                 ErrorKind::PermissionDenied,
-                format!("{target} refused the request; check {}", self.hints.credentials),
+                format!(
+                    "{target} refused the request; check {}",
+                    self.hints.credentials
+                ),
+            ),
+            _ if matches!(status, Some(401 | 403)) => (
+                ErrorKind::PermissionDenied,
+                format!(
+                    "{target} refused the request; check {}",
+                    self.hints.credentials
+                ),
             ),
             _ if is_transient(&err, &detail) => (
                 ErrorKind::Transient,
@@ -378,7 +403,8 @@ impl ErrorMap {
                 format!("request to {target} failed; check {}", self.hints.location),
             ),
         };
-        StorageError::new(kind, key, format!("{message} ({detail})")).with_source(err)
+        StorageError::new(kind, key, format!("{message} ({})", shorten(&detail, 600)))
+            .with_source(err)
     }
 }
 
@@ -395,7 +421,30 @@ fn error_chain(err: &(dyn StdError + 'static)) -> String {
         }
         cur = e.source();
     }
-    text
+    // Response bodies (XML, JSON) come with newlines.
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// At most `max` bytes of `text`, for messages: response bodies can be long.
+fn shorten(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{} ...", &text[..cut])
+}
+
+fn is_not_found(err: &object_store::Error, status: Option<u16>) -> bool {
+    matches!(err, object_store::Error::NotFound { .. }) || status == Some(404)
+}
+
+/// The HTTP status in an `object_store` error message ("... status code: 404 ...").
+fn http_status(detail: &str) -> Option<u16> {
+    let at = detail.find("status code: ")?;
+    detail[at + 13..].get(..3)?.parse().ok()
 }
 
 fn bucket_missing(detail: &str) -> bool {
@@ -426,11 +475,8 @@ fn is_transient(err: &(dyn StdError + 'static), detail: &str) -> bool {
         }
         cur = e.source();
     }
-    if let Some(at) = detail.find("status code: ") {
-        let code: String = detail[at + 13..].chars().take(3).collect();
-        if let Ok(code) = code.parse::<u16>() {
-            return code >= 500 || code == 429;
-        }
+    if let Some(code) = http_status(detail) {
+        return code >= 500 || code == 429;
     }
     detail.contains("SlowDown") || detail.contains("InternalError")
 }

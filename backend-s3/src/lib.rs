@@ -95,7 +95,9 @@ pub struct S3Storage {
 
 impl fmt::Debug for S3Storage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("S3Storage").field(&self.inner.describe()).finish()
+        f.debug_tuple("S3Storage")
+            .field(&self.inner.describe())
+            .finish()
     }
 }
 
@@ -103,7 +105,8 @@ impl S3Storage {
     /// Builds the client. Nothing is sent to the service yet: a wrong bucket or
     /// credentials show up, with a message saying what to check, on first use.
     pub fn open(config: &S3Config) -> Result<Self, StorageError> {
-        let prefix = normalize_prefix(config.prefix.as_deref(), &format!("s3://{}", config.bucket))?;
+        let prefix =
+            normalize_prefix(config.prefix.as_deref(), &format!("s3://{}", config.bucket))?;
         let target = if prefix.is_empty() {
             format!("s3://{}", config.bucket)
         } else {

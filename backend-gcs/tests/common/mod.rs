@@ -4,7 +4,7 @@ use std::process::Command;
 
 use backend_gcs::GcsConfig;
 use backend_objstore::testing::{
-    free_port, http_request, ChildServer, Method, StatusCode, INSTALL_HINT,
+    free_port, http_request, ChildServer, GcsXmlWriteShim, Method, StatusCode, INSTALL_HINT,
 };
 
 pub const BUCKET: &str = "offsite-test";
@@ -32,9 +32,29 @@ fn fake_gcs_binary() -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-/// Starts fake-gcs-server (in memory) and creates [`BUCKET`]; the server stops
-/// when dropped.
-pub async fn fake_gcs() -> ChildServer {
+/// fake-gcs-server behind the harness's XML-write shim (see
+/// [`GcsXmlWriteShim`]): what a GCS client is pointed at.
+pub struct FakeGcs {
+    /// The shim's port: where clients and fault proxies connect.
+    pub port: u16,
+    shim: GcsXmlWriteShim,
+    _server: ChildServer,
+}
+
+impl FakeGcs {
+    pub fn url(&self) -> String {
+        self.shim.url()
+    }
+
+    /// Multipart uploads started and neither completed nor aborted.
+    pub fn open_uploads(&self) -> usize {
+        self.shim.open_uploads()
+    }
+}
+
+/// Starts fake-gcs-server (in memory), creates [`BUCKET`] and puts the write
+/// shim in front; both stop when dropped.
+pub async fn fake_gcs() -> FakeGcs {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let args: Vec<String> = [
@@ -48,8 +68,11 @@ pub async fn fake_gcs() -> ChildServer {
         "memory",
         "-external-url",
         &url,
+        // Without a port, requests for 127.0.0.1 on any port count as
+        // addressed to the public host: the shim and the fault proxies
+        // forward the client's Host header unchanged.
         "-public-host",
-        &format!("127.0.0.1:{port}"),
+        "127.0.0.1",
         "-log-level",
         "error",
     ]
@@ -70,7 +93,12 @@ pub async fn fake_gcs() -> ChildServer {
         "creating the test bucket in fake-gcs-server failed: {}",
         String::from_utf8_lossy(&body)
     );
-    server
+    let shim = GcsXmlWriteShim::start(port).await;
+    FakeGcs {
+        port: shim.port,
+        shim,
+        _server: server,
+    }
 }
 
 /// An anonymous target on `base_url`: no credential lookup (ADC files, the

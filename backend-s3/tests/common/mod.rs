@@ -11,10 +11,17 @@ pub const BUCKET: &str = "offsite-test";
 pub async fn moto() -> ChildServer {
     let port = free_port();
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let args: Vec<String> = ["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let args: Vec<String> = [
+        "-m",
+        "moto.server",
+        "-H",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let server = ChildServer::spawn("moto", &python, &args, port);
     let (status, body) = http_request(port, Method::PUT, &format!("/{BUCKET}"), "").await;
     assert_eq!(
