@@ -152,6 +152,7 @@ impl GcsStorage {
                     prefix,
                     part_size: part_size_mib << 20,
                     upload_concurrency: config.upload_concurrency.unwrap_or(4).max(1),
+                    conditional_create: true,
                 },
             ),
         })

@@ -18,6 +18,10 @@
 //! `x-goog-if-generation-match: 0`). The copy either creates the key or fails with
 //! [`ErrorKind::AlreadyExists`], so the race between two creators stays atomic.
 //! The temporary object is deleted afterwards and is never listed.
+//!
+//! For services without conditional writes ([`Settings::conditional_create`]
+//! off), a create is a `HEAD` (the key must be missing) followed by a plain
+//! upload: not atomic, see docs/backends.md for why the repository tolerates it.
 
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -65,6 +69,9 @@ pub struct Settings {
     pub part_size: usize,
     /// Parts uploaded at once; memory use is about `part_size * (this + 1)`.
     pub upload_concurrency: usize,
+    /// Whether the service enforces create-if-absent (S3 `If-None-Match: *`,
+    /// GCS `ifGenerationMatch=0`). Off: check with `HEAD`, then upload.
+    pub conditional_create: bool,
 }
 
 /// Checks and normalises a configured prefix (`"/backups/host1/"` →
@@ -213,6 +220,15 @@ impl Storage for ObjectStoreStorage {
     ) -> Result<(), StorageError> {
         validate_key(key)?;
         let path = self.path(key);
+        let mode = if mode == PutMode::Create && !self.settings.conditional_create {
+            match self.store.head(&path).await {
+                Ok(_) => return Err(StorageError::already_exists(key)),
+                Err(object_store::Error::NotFound { .. }) => PutMode::Overwrite,
+                Err(e) => return Err(self.errors().map(key, e)),
+            }
+        } else {
+            mode
+        };
         // Read up to one part's worth first: most objects (metadata, small
         // packs) fit, and one request is cheaper than a multipart upload.
         let mut head = Vec::new();

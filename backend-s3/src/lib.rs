@@ -9,6 +9,8 @@
 //! EC2 instance role). Secrets must never reach a log or an error message: the
 //! config's `Debug` output redacts them.
 
+pub mod profile;
+
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +23,7 @@ use object_store::{BackoffConfig, ClientOptions, RetryConfig};
 use serde::Deserialize;
 
 /// `[[targets]]` settings of `kind = "s3"`.
-#[derive(Clone, Default, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3Config {
     pub bucket: String,
@@ -47,6 +49,16 @@ pub struct S3Config {
     pub secret_access_key: Option<String>,
     #[serde(default)]
     pub session_token: Option<String>,
+    /// A profile of the AWS shared credentials file (default: `AWS_PROFILE`,
+    /// then `default` if the file has it). Only used when no keys are set
+    /// here or in the environment.
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// Whether the service enforces `If-None-Match: *` (default true). Set
+    /// false for a service that rejects it: creates then check with HEAD
+    /// before uploading, which is not atomic (see docs/backends.md).
+    #[serde(default = "yes")]
+    pub conditional_writes: bool,
     /// Multipart part size in MiB (5..=5120; default 16). Bodies up to one part
     /// are stored with a single request.
     #[serde(default)]
@@ -58,6 +70,31 @@ pub struct S3Config {
     /// giving up (default 8). Other 4xx answers are never retried.
     #[serde(default)]
     pub max_retries: Option<usize>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            bucket: String::new(),
+            prefix: None,
+            region: None,
+            endpoint: None,
+            allow_http: false,
+            virtual_hosted_style: false,
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            profile: None,
+            conditional_writes: true,
+            part_size_mib: None,
+            upload_concurrency: None,
+            max_retries: None,
+        }
+    }
 }
 
 impl fmt::Debug for S3Config {
@@ -73,6 +110,8 @@ impl fmt::Debug for S3Config {
             .field("access_key_id", &redact(&self.access_key_id))
             .field("secret_access_key", &redact(&self.secret_access_key))
             .field("session_token", &redact(&self.session_token))
+            .field("profile", &self.profile)
+            .field("conditional_writes", &self.conditional_writes)
             .field("part_size_mib", &self.part_size_mib)
             .field("upload_concurrency", &self.upload_concurrency)
             .field("max_retries", &self.max_retries)
@@ -150,14 +189,45 @@ impl S3Storage {
         if let Some(endpoint) = &config.endpoint {
             builder = builder.with_endpoint(endpoint);
         }
-        if let Some(v) = &config.access_key_id {
-            builder = builder.with_access_key_id(v);
-        }
-        if let Some(v) = &config.secret_access_key {
-            builder = builder.with_secret_access_key(v);
-        }
-        if let Some(v) = &config.session_token {
-            builder = builder.with_token(v);
+        let bad = |message: String| StorageError::new(ErrorKind::Other, target.clone(), message);
+        match (&config.access_key_id, &config.secret_access_key) {
+            (Some(id), Some(secret)) => {
+                builder = builder
+                    .with_access_key_id(id)
+                    .with_secret_access_key(secret);
+                if let Some(v) = &config.session_token {
+                    builder = builder.with_token(v);
+                }
+            }
+            (None, None) if env_set("AWS_ACCESS_KEY_ID") => {} // from_env took them
+            (None, None) => {
+                // The shared credentials file comes before roles in the AWS
+                // chain; object_store follows the rest (web identity, ECS
+                // task role, EC2 instance role) itself.
+                let found = profile::load(config.profile.as_deref(), &profile::Sources::from_env())
+                    .map_err(|why| {
+                        bad(format!("{why}; check the profile setting or AWS_PROFILE"))
+                    })?;
+                if let Some(p) = found {
+                    builder = builder
+                        .with_access_key_id(&p.access_key_id)
+                        .with_secret_access_key(&p.secret_access_key);
+                    if let Some(t) = &p.session_token {
+                        builder = builder.with_token(t);
+                    }
+                    let region_from_env = env_set("AWS_REGION") || env_set("AWS_DEFAULT_REGION");
+                    if let (None, false, Some(r)) = (&config.region, region_from_env, &p.region) {
+                        builder = builder.with_region(r);
+                    }
+                }
+            }
+            _ => {
+                return Err(bad(
+                    "set both access_key_id and secret_access_key, or neither (then the \
+                     environment, a profile or the instance role is used)"
+                        .into(),
+                ))
+            }
         }
         let store = builder.build().map_err(|e| {
             let mapped = ErrorMap {
@@ -181,10 +251,15 @@ impl S3Storage {
                     prefix,
                     part_size: part_size_mib << 20,
                     upload_concurrency: config.upload_concurrency.unwrap_or(4).max(1),
+                    conditional_create: config.conditional_writes,
                 },
             ),
         })
     }
+}
+
+fn env_set(name: &str) -> bool {
+    std::env::var_os(name).is_some_and(|v| !v.is_empty())
 }
 
 /// Exponential backoff (object_store adds jitter) for 5xx, 429 and transport

@@ -124,12 +124,15 @@ pub fn load(path: &Path) -> Result<Config> {
         fix(p);
     }
     for t in &mut config.targets {
-        if t.kind == "local" {
-            if let Some(serde_json::Value::String(p)) = t.settings.get_mut("path") {
-                let mut pb = PathBuf::from(&*p);
-                fix(&mut pb);
-                *p = pb.to_string_lossy().into_owned();
-            }
+        let path_setting = match t.kind.as_str() {
+            "local" => "path",
+            "gcs" => "service_account_path",
+            _ => continue,
+        };
+        if let Some(serde_json::Value::String(p)) = t.settings.get_mut(path_setting) {
+            let mut pb = PathBuf::from(&*p);
+            fix(&mut pb);
+            *p = pb.to_string_lossy().into_owned();
         }
     }
     config

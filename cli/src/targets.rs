@@ -25,6 +25,8 @@ pub fn check(t: &TargetConfig) -> Result<()> {
     match t.kind.as_str() {
         "local" => settings::<backend_local::LocalConfig>(t).map(drop),
         "b2" => settings::<backend_b2::B2Config>(t).map(drop),
+        "s3" => settings::<backend_s3::S3Config>(t).map(drop),
+        "gcs" => settings::<backend_gcs::GcsConfig>(t).map(drop),
         other => bail!(
             "target {:?}: unknown kind {other:?} (known kinds: {})",
             t.name,
@@ -44,6 +46,14 @@ pub fn open(t: &TargetConfig) -> Result<Arc<dyn Storage>> {
             backend_b2::B2Storage::new(&settings(t)?)
                 .with_context(|| format!("target {:?}", t.name))?,
         ),
+        "s3" => Arc::new(
+            backend_s3::S3Storage::open(&settings(t)?)
+                .with_context(|| format!("target {:?}", t.name))?,
+        ),
+        "gcs" => Arc::new(
+            backend_gcs::GcsStorage::open(&settings(t)?)
+                .with_context(|| format!("target {:?}", t.name))?,
+        ),
         other => bail!(
             "target {:?}: unknown kind {other:?} (known kinds: {})",
             t.name,
@@ -53,7 +63,7 @@ pub fn open(t: &TargetConfig) -> Result<Arc<dyn Storage>> {
     Ok(storage)
 }
 
-pub const KINDS: &[&str] = &["local", "b2"];
+pub const KINDS: &[&str] = &["local", "b2", "s3", "gcs"];
 
 /// One line of `offsite targets check`.
 pub struct Probe {
