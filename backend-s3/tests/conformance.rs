@@ -112,3 +112,38 @@ async fn large_create_of_existing_key_fails_and_leaves_no_staging() {
     assert_eq!(all.len(), 1, "staging object left behind: {all:?}");
     assert_eq!(common::open_multipart_uploads(server.port).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_conditional_writes_create_checks_first() {
+    let server = common::moto().await;
+    let mut cfg = common::config(&server.url(), Some("nocond"));
+    cfg.conditional_writes = false;
+    let s = S3Storage::open(&cfg).unwrap();
+    s.put("k", bytes_stream(&b"first"[..]), PutMode::Create)
+        .await
+        .unwrap();
+    let err = s
+        .put("k", bytes_stream(&b"second"[..]), PutMode::Create)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::AlreadyExists, "{err}");
+    // Large creates go straight to a multipart upload: no staging copy.
+    s.put(
+        "big",
+        testing::pattern_stream("big", 12 << 20, 1 << 20),
+        PutMode::Create,
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.head("big").await.unwrap().size, 12 << 20);
+    let err = s
+        .put(
+            "big",
+            testing::pattern_stream("big", 12 << 20, 1 << 20),
+            PutMode::Create,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::AlreadyExists, "{err}");
+    assert_eq!(common::open_multipart_uploads(server.port).await, 0);
+}
