@@ -200,6 +200,8 @@ struct ProxyState {
     injected: AtomicUsize,
     /// Method and path-and-query of every request seen.
     seen: Mutex<Vec<(Method, String)>>,
+    /// The `Authorization` header of every request that had one.
+    authorizations: Mutex<Vec<String>>,
 }
 
 /// An HTTP/1 proxy on 127.0.0.1 that forwards to an upstream port on
@@ -267,6 +269,11 @@ impl FaultProxy {
             .count()
     }
 
+    /// The `Authorization` headers sent so far (test credentials only).
+    pub fn authorizations(&self) -> Vec<String> {
+        self.state.authorizations.lock().unwrap().clone()
+    }
+
     /// Requests passed on to the upstream server so far.
     pub fn forwarded(&self) -> usize {
         self.state.forwarded.load(Ordering::SeqCst)
@@ -305,6 +312,13 @@ async fn handle(
         .lock()
         .unwrap()
         .push((req.method().clone(), uri.clone()));
+    if let Some(auth) = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+    {
+        state.authorizations.lock().unwrap().push(auth.to_string());
+    }
     let fault = {
         let mut rules = state.rules.lock().unwrap();
         rules

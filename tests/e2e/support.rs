@@ -13,6 +13,8 @@ pub fn bin() -> &'static str {
 pub struct Env {
     pub dir: tempfile::TempDir,
     target: String,
+    /// Environment variables for every run of the binary.
+    vars: Vec<(String, String)>,
 }
 
 impl Env {
@@ -26,6 +28,28 @@ impl Env {
 
     pub fn with_sources(extra: impl FnOnce(&Path) -> String) -> Env {
         Self::build(None, extra)
+    }
+
+    /// A config whose only target is `target_toml` (a `[[targets]]` table),
+    /// with packs of `pack_size_mib`; `vars` are set for every run.
+    pub fn with_remote_target(
+        target_toml: &str,
+        pack_size_mib: usize,
+        vars: &[(&str, &str)],
+    ) -> Env {
+        let mut env = Self::build(None, |_| String::new());
+        let config = std::fs::read_to_string(env.dir.path().join("offsite.toml")).unwrap();
+        let head = &config[..config.find("[[targets]]").unwrap()];
+        std::fs::write(
+            env.dir.path().join("offsite.toml"),
+            format!("{head}{target_toml}\n[backup]\npack_size_mib = {pack_size_mib}\n"),
+        )
+        .unwrap();
+        env.vars = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        env
     }
 
     fn build(target: Option<String>, extra: impl FnOnce(&Path) -> String) -> Env {
@@ -49,7 +73,11 @@ impl Env {
             ),
         )
         .unwrap();
-        Env { dir, target }
+        Env {
+            dir,
+            target,
+            vars: Vec::new(),
+        }
     }
 
     pub fn db(&self) -> PathBuf {
@@ -91,6 +119,7 @@ impl Env {
             .arg("--config")
             .arg(self.dir.path().join("offsite.toml"))
             .args(args)
+            .envs(self.vars.iter().map(|(k, v)| (k, v)))
             .output()
             .unwrap();
         (
