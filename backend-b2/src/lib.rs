@@ -1,5 +1,5 @@
 //! offsite storage backend for a Backblaze B2 bucket, spoken to over B2's
-//! native JSON API with a small client of its own (see docs/backends-b2.md for
+//! native JSON API with a small client of its own (see docs/backends.md for
 //! why not opendal's B2 service).
 //!
 //! Objects are B2 files named `<prefix>/<key>`. B2 keeps versions of a name, so
