@@ -147,3 +147,10 @@ async fn without_conditional_writes_create_checks_first() {
     assert_eq!(err.kind, ErrorKind::AlreadyExists, "{err}");
     assert_eq!(common::open_multipart_uploads(server.port).await, 0);
 }
+
+// No race test of large creates here, unlike backend-gcs: moto checks
+// `If-None-Match: *` on CompleteMultipartUpload and then assembles the parts
+// without a lock, so concurrent completions all succeed on moto (AWS S3 makes
+// them atomic and answers the losers 412 or 409). What moto can show, and
+// `large_create_of_existing_key_fails_and_leaves_no_staging` checks, is that
+// the staged copy is completed conditionally.
