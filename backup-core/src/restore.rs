@@ -119,15 +119,15 @@ pub async fn restore(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    if !parent.is_dir() {
-        return Err(Error::io(
-            format!("restore destination {}", to.display()),
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("directory {} does not exist", parent.display()),
-            ),
-        ));
-    }
+    // A rebuilt server often lacks the application's directory (/srv/app):
+    // create it, as restic and cp -r would, rather than make the operator
+    // guess which directories the restore needs.
+    std::fs::create_dir_all(&parent).map_err(|e| {
+        Error::io(
+            format!("creating the restore directory {}", parent.display()),
+            e,
+        )
+    })?;
     let name = to
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
