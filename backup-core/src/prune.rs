@@ -55,7 +55,8 @@ pub struct PruneOptions {
 }
 
 impl PruneOptions {
-    fn policy(&self, source: &str) -> &Policy {
+    /// The policy that applies to `source`.
+    pub fn policy(&self, source: &str) -> &Policy {
         self.policies.get(source).unwrap_or(&self.default_policy)
     }
 }
