@@ -43,8 +43,14 @@ pub struct LockInfo {
     /// Last refresh; absent in a lock that was never refreshed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refreshed: Option<DateTime<Utc>>,
-    /// `"backup"`, `"verify"`, `"pin"` (shared) or `"prune"` (exclusive).
+    /// `"backup"`, `"verify"`, `"pin"`, `"prune --dry-run"` (shared) or
+    /// `"prune"` (exclusive).
     pub operation: String,
+    /// Which process-id space `pid` belongs to (Linux: boot id and pid
+    /// namespace). Containers sharing a host name have separate pid spaces;
+    /// without a match, only the age of a lock can make it stale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_scope: Option<String>,
 }
 
 impl LockInfo {
@@ -56,6 +62,7 @@ impl LockInfo {
             created: now,
             refreshed: Some(now),
             operation: operation.to_string(),
+            pid_scope: pid_scope(),
         }
     }
 
@@ -70,7 +77,10 @@ impl LockInfo {
         if age.to_std().is_ok_and(|a| a > STALE_AFTER) {
             return Some(format!("not refreshed for {} minutes", age.num_minutes()));
         }
-        if self.host == crate::backup::hostname() && !process_alive(self.pid) {
+        let same_pid_space = self.host == crate::backup::hostname()
+            && self.pid_scope.is_some()
+            && self.pid_scope == pid_scope();
+        if same_pid_space && !process_alive(self.pid) {
             return Some(format!("process {} on this host is gone", self.pid));
         }
         None
@@ -87,6 +97,14 @@ impl LockInfo {
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         )
     }
+}
+
+/// This process's pid space: `<boot id>/<pid namespace>` on Linux, `None`
+/// where that cannot be known.
+fn pid_scope() -> Option<String> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    Some(format!("{}/{}", boot.trim(), ns.display()))
 }
 
 /// Whether a process of this host is alive. Only Linux can tell (via
@@ -347,6 +365,7 @@ mod tests {
             created: Utc::now() - chrono::Duration::hours(3),
             refreshed: Some(Utc::now() - chrono::Duration::minutes(31)),
             operation: "backup".into(),
+            pid_scope: None,
         };
         let dead = LockInfo {
             host: crate::backup::hostname(),
@@ -355,6 +374,12 @@ mod tests {
             created: Utc::now(),
             refreshed: None,
             operation: "backup".into(),
+            pid_scope: pid_scope(),
+        };
+        // The same pid in another container's pid space may be alive.
+        let other_space = LockInfo {
+            pid_scope: Some("another-boot/pid:[1]".into()),
+            ..dead.clone()
         };
         let alive = LockInfo {
             host: "elsewhere".into(),
@@ -362,15 +387,17 @@ mod tests {
             created: Utc::now(),
             refreshed: Some(Utc::now() - chrono::Duration::minutes(29)),
             operation: "backup".into(),
+            pid_scope: None,
         };
         assert!(old
             .stale_reason(Utc::now())
             .unwrap()
             .contains("not refreshed"));
         assert!(alive.stale_reason(Utc::now()).is_none());
-        if std::path::Path::new("/proc/self").exists() {
+        if pid_scope().is_some() {
             assert!(dead.stale_reason(Utc::now()).unwrap().contains("is gone"));
         }
+        assert!(other_space.stale_reason(Utc::now()).is_none());
         repo.put_bytes("locks/old", encode(&old), PutMode::Create)
             .await
             .unwrap();
