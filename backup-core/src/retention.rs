@@ -364,6 +364,93 @@ mod tests {
         list.iter().find(|c| c.time == at(t)).unwrap().id.clone()
     }
 
+    /// One history, many policies: the kept set and the reason of one kept
+    /// snapshot, worked out by hand from restic's rules.
+    #[test]
+    fn table_of_policies() {
+        let list = snaps(&[
+            "2026-11-23T10:00:00Z", // s0 Monday, 2026-W48
+            "2026-11-23T08:00:00Z", // s1
+            "2026-11-22T22:00:00Z", // s2 Sunday, 2026-W47
+            "2026-11-20T12:00:00Z", // s3 Friday, 2026-W47
+            "2026-11-13T12:00:00Z", // s4 2026-W46
+            "2026-11-01T12:00:00Z", // s5 2026-W44
+            "2026-10-15T12:00:00Z", // s6 2026-W42
+            "2026-09-30T12:00:00Z", // s7 2026-W40
+            "2025-12-31T12:00:00Z", // s8 Wednesday of ISO week 2026-W01
+            "2025-06-15T12:00:00Z", // s9 2025-W24
+        ]);
+        let p = |f: fn(&mut Policy)| {
+            let mut p = Policy::default();
+            f(&mut p);
+            p
+        };
+        // (policy, kept ids, (one kept id, its reasons))
+        type Row = (Policy, Vec<&'static str>, (&'static str, Vec<&'static str>));
+        let table: Vec<Row> = vec![
+            (
+                p(|p| p.last = 4),
+                vec!["s00", "s01", "s02", "s03"],
+                ("s03", vec!["last 4"]),
+            ),
+            (
+                p(|p| p.hourly = 3),
+                vec!["s00", "s01", "s02"],
+                ("s02", vec!["hourly 2026-11-22 22h"]),
+            ),
+            (
+                p(|p| p.daily = 3),
+                vec!["s00", "s02", "s03"],
+                ("s03", vec!["daily 2026-11-20"]),
+            ),
+            (
+                p(|p| p.weekly = 3),
+                vec!["s00", "s02", "s04"],
+                ("s04", vec!["weekly 2026-W46"]),
+            ),
+            (
+                p(|p| p.monthly = 3),
+                vec!["s00", "s06", "s07"],
+                ("s07", vec!["monthly 2026-09"]),
+            ),
+            // Count left at the oldest snapshot: it is kept too.
+            (
+                p(|p| p.yearly = 5),
+                vec!["s00", "s08", "s09"],
+                ("s09", vec!["yearly 2025"]),
+            ),
+            (
+                p(|p| p.weekly = 10),
+                vec!["s00", "s02", "s04", "s05", "s06", "s07", "s08", "s09"],
+                ("s08", vec!["weekly 2026-W01"]),
+            ),
+            (
+                p(|p| p.within = Some("3d".parse().unwrap())),
+                vec!["s00", "s01", "s02", "s03"],
+                ("s03", vec!["within 3d"]),
+            ),
+            (
+                p(|p| p.within = Some("1y".parse().unwrap())),
+                vec![
+                    "s00", "s01", "s02", "s03", "s04", "s05", "s06", "s07", "s08",
+                ],
+                ("s08", vec!["within 1y"]),
+            ),
+            (
+                p(|p| {
+                    p.daily = 2;
+                    p.monthly = 2;
+                }),
+                vec!["s00", "s02", "s06"],
+                ("s00", vec!["daily 2026-11-23", "monthly 2026-11"]),
+            ),
+        ];
+        for (policy, expected, (id, why)) in table {
+            assert_eq!(kept(&policy, &list), expected, "{policy}");
+            assert_eq!(reasons(&policy, &list, id), why, "{policy}");
+        }
+    }
+
     #[test]
     fn durations_parse_like_restic() {
         assert_eq!(
