@@ -180,6 +180,7 @@ impl Lock {
     pub async fn acquire(repo: &Repository, operation: &str, wait: LockWait) -> Result<Lock> {
         let started = std::time::Instant::now();
         let exclusive = operation == "prune";
+        let mut announced = false;
         loop {
             let info = LockInfo::new(operation);
             let key = format!(
@@ -230,7 +231,17 @@ impl Lock {
                     holders: holders.join("; "),
                 });
             }
-            tracing::info!(holders = %holders.join("; "), "waiting for the repository lock");
+            if !announced {
+                // Said once, at warn level: a backup that seems to hang
+                // should say what it is waiting for.
+                tracing::warn!(
+                    "{} is locked by {}; waiting up to {} minutes for it to finish",
+                    repo.describe(),
+                    holders.join("; "),
+                    wait.wait.as_secs() / 60
+                );
+                announced = true;
+            }
             tokio::time::sleep(wait.poll).await;
         }
     }

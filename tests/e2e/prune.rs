@@ -284,6 +284,18 @@ fn locks_of_live_runs_block_prune_and_stale_ones_are_cleared() {
     assert!(find_files(&locks).is_empty());
     let out = env.ok(&["unlock"]);
     assert!(out.contains("no stale locks"), "{out}");
+
+    // A prune that died an hour ago does not hold up the next backup.
+    let dead_prune =
+        lock("db-2", now - chrono::Duration::hours(1)).replace("\"backup\"", "\"prune\"");
+    std::fs::write(locks.join("20261123T000000Z-dead"), dead_prune).unwrap();
+    let (code, _, err) = env.run(&["backup"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("removing the stale lock of prune on host db-2"),
+        "{err}"
+    );
+    assert!(find_files(&locks).is_empty());
 }
 
 #[test]
