@@ -156,9 +156,11 @@ pub async fn backup(
                     let m = &s.manifest;
                     let requests = s.requests - before;
                     if as_json {
+                        let mut snapshot = snapshot_json(m, &t.name);
+                        snapshot["pinned"] = json!(pin);
                         results.push(json!({
                             "source": spec.name, "target": t.name, "ok": true,
-                            "snapshot": snapshot_json(m, &t.name),
+                            "snapshot": snapshot,
                             "requests": requests, "seconds": s.duration.as_secs_f64(),
                         }));
                     } else {
@@ -240,7 +242,7 @@ async fn first_repo(cfg: &Config, name: Option<&str>) -> Result<(String, Reposit
     Err(last.expect("at least one target was tried"))
 }
 
-pub(crate) fn snapshot_json(m: &Manifest, target: &str) -> serde_json::Value {
+fn snapshot_json(m: &Manifest, target: &str) -> serde_json::Value {
     json!({
         "id": m.id,
         "source": m.source,
