@@ -212,7 +212,9 @@ fn pin_by_part_of_the_id_and_per_source_retention() {
     env.make_db(&env.db(), 500);
     env.ok(&["backup"]);
     env.ok(&["backup"]);
-    env.ok(&["backup"]);
+    let json: serde_json::Value =
+        serde_json::from_str(&env.ok(&["backup", "--pin", "--json"])).unwrap();
+    assert_eq!(json[0]["snapshot"]["pinned"], true);
     let all = ids(&env);
     let oldest = all[2].clone();
     let out = env.ok(&["pin", &oldest[..oldest.len() - 2]]);
