@@ -21,6 +21,7 @@ use crate::lock::{Lock, LockWait};
 use crate::repo::format::{parse_list, Index, ListItem};
 use crate::repo::{Manifest, Repository, INDEX, PACKS, SNAPSHOTS};
 use crate::restore::{restore, RestoreOptions};
+use crate::storage::ErrorKind;
 
 #[derive(Debug, Clone, Default)]
 pub struct VerifyOptions {
@@ -66,12 +67,26 @@ pub async fn verify(
     opts: &VerifyOptions,
 ) -> Result<VerifyReport> {
     // A prune running meanwhile would make packs vanish under us.
-    let lock = Lock::acquire(repo, "verify", opts.lock_wait).await?;
+    let lock = match Lock::acquire(repo, "verify", opts.lock_wait).await {
+        Ok(lock) => Some(lock),
+        // Read-only credentials (a restore host's) can still verify.
+        Err(Error::Storage { source, .. }) if source.kind == ErrorKind::PermissionDenied => {
+            tracing::warn!(
+                "cannot write a lock to {} (read-only credentials?); verifying without one: \
+                 a prune running now would show up as missing packs",
+                repo.describe()
+            );
+            None
+        }
+        Err(e) => return Err(e),
+    };
     let result = verify_locked(repo, ids, opts).await;
-    let released = lock.release().await;
-    let report = result?;
-    released?;
-    Ok(report)
+    if let Some(lock) = lock {
+        if let Err(e) = lock.release().await {
+            tracing::warn!(error = %e, "could not remove verify's lock; it will go stale");
+        }
+    }
+    result
 }
 
 async fn verify_locked(

@@ -16,7 +16,9 @@ use backup_core::restore::{restore, RestoreOptions};
 use backup_core::retention::Policy;
 use backup_core::source::{SourceKind, SourceSpec};
 use backup_core::storage::memory::MemoryStorage;
-use backup_core::storage::{testing, ByteStream, ObjectMeta, PutMode, Storage, StorageError};
+use backup_core::storage::{
+    testing, ByteStream, ErrorKind, ObjectMeta, PutMode, Storage, StorageError,
+};
 use backup_core::verify::{verify, VerifyOptions};
 use backup_core::Error;
 use futures::stream::BoxStream;
@@ -275,6 +277,15 @@ async fn verify_finds_flipped_deleted_and_truncated_objects() {
     let report = verify(&repo, &ids, &read).await.unwrap();
     assert!(report.ok(), "{report:?}");
     assert_eq!(report.snapshots.len(), 2);
+    // Read-only credentials cannot write a lock, and still verify.
+    let mut read_only = testing::FaultyStorage::new(mem.clone());
+    read_only.prefix = "locks/".into();
+    read_only.kind = ErrorKind::PermissionDenied;
+    read_only
+        .fail_puts
+        .store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
+    let read_only = Repository::open(Arc::new(read_only)).await.unwrap();
+    assert!(verify(&read_only, &ids, &read).await.unwrap().ok());
 
     // A flipped byte in a pack only shows when the data is read.
     let packs: Vec<String> = mem
