@@ -57,11 +57,11 @@ pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
-fn keys(cfg: &Config) -> Result<Keys> {
+pub(crate) fn keys(cfg: &Config) -> Result<Keys> {
     Keys::from_recipients(&cfg.encryption.recipients).context("encryption.recipients")
 }
 
-fn identities(cfg: &Config, flag: Option<&Path>) -> Result<Identities> {
+pub(crate) fn identities(cfg: &Config, flag: Option<&Path>) -> Result<Identities> {
     let path = flag
         .map(Path::to_path_buf)
         .or_else(|| cfg.encryption.identity_file.clone())
@@ -70,7 +70,10 @@ fn identities(cfg: &Config, flag: Option<&Path>) -> Result<Identities> {
     Ok(Identities::from_file(&path, pass.as_deref())?)
 }
 
-fn chosen_targets<'a>(cfg: &'a Config, name: Option<&str>) -> Result<Vec<&'a TargetConfig>> {
+pub(crate) fn chosen_targets<'a>(
+    cfg: &'a Config,
+    name: Option<&str>,
+) -> Result<Vec<&'a TargetConfig>> {
     if cfg.targets.is_empty() {
         bail!("no [[targets]] in the config: add at least one (kind = \"local\" with a path is the simplest)");
     }
@@ -115,6 +118,7 @@ pub async fn backup(
     source: Option<&str>,
     target: Option<&str>,
     tags: Vec<String>,
+    pin: bool,
     as_json: bool,
 ) -> Result<()> {
     let keys = keys(cfg)?;
@@ -140,6 +144,7 @@ pub async fn backup(
                 compression_level: cfg.backup.compression_level,
                 upload_concurrency: cfg.backup.upload_concurrency,
                 progress: progress.clone(),
+                pin,
                 ..Default::default()
             };
             let bar = Bar::start(format!("{} -> {}", spec.name, t.name), progress, !as_json);
@@ -151,17 +156,20 @@ pub async fn backup(
                     let m = &s.manifest;
                     let requests = s.requests - before;
                     if as_json {
+                        let mut snapshot = snapshot_json(m, &t.name);
+                        snapshot["pinned"] = json!(pin);
                         results.push(json!({
                             "source": spec.name, "target": t.name, "ok": true,
-                            "snapshot": snapshot_json(m, &t.name),
+                            "snapshot": snapshot,
                             "requests": requests, "seconds": s.duration.as_secs_f64(),
                         }));
                     } else {
                         println!(
-                            "{} -> {}: snapshot {}, read {}, new {}, uploaded {}, {} requests, {}",
+                            "{} -> {}: snapshot {}{}, read {}, new {}, uploaded {}, {} requests, {}",
                             spec.name,
                             t.name,
                             m.id,
+                            if pin { " (pinned)" } else { "" },
                             output::bytes(m.size),
                             output::bytes(m.new_bytes),
                             output::bytes(m.uploaded_bytes),
@@ -270,12 +278,20 @@ pub async fn snapshots(
         keys(cfg)?.metadata_identities()
     };
     let all = repo.snapshots(&ids).await?;
+    let pinned = backup_core::pins::pinned(&repo).await?;
     let list: Vec<&Manifest> = all
         .iter()
         .filter(|m| source.is_none_or(|s| m.source == s))
         .collect();
     if as_json {
-        let v: Vec<_> = list.iter().map(|m| snapshot_json(m, &tname)).collect();
+        let v: Vec<_> = list
+            .iter()
+            .map(|m| {
+                let mut v = snapshot_json(m, &tname);
+                v["pinned"] = json!(pinned.contains(&m.id));
+                v
+            })
+            .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
@@ -302,7 +318,12 @@ pub async fn snapshots(
                 .format("%Y-%m-%d %H:%M:%S %z"),
             output::bytes(m.size),
             output::bytes(m.new_bytes),
-            m.tags.join(",")
+            m.tags
+                .iter()
+                .map(String::as_str)
+                .chain(pinned.contains(&m.id).then_some("(pinned)"))
+                .collect::<Vec<_>>()
+                .join(",")
         );
     }
     Ok(())
@@ -561,7 +582,7 @@ pub fn report(e: &anyhow::Error) -> ExitCode {
     }
 }
 
-fn hint(e: &anyhow::Error) -> Option<String> {
+pub(crate) fn hint(e: &anyhow::Error) -> Option<String> {
     let core = e.chain().find_map(|c| c.downcast_ref::<Error>())?;
     Some(match core {
         Error::WrongIdentity { .. } => {
@@ -588,6 +609,7 @@ fn hint(e: &anyhow::Error) -> Option<String> {
             _ => return None,
         },
         Error::Source { .. } => "check the source path and that this user can read it".into(),
+        Error::Locked { .. } => "another offsite run is using the repository: try again when it has finished. If that run was killed, its lock goes stale (process gone on this host, or 30 minutes without a refresh) and is removed automatically; `offsite unlock --all` removes every lock at once".into(),
         Error::Io { .. } => return None,
     })
 }

@@ -21,6 +21,9 @@ pub struct Config {
     pub targets: Vec<TargetConfig>,
     #[serde(default)]
     pub backup: BackupSettings,
+    /// What prune keeps, for sources without their own `retention`.
+    #[serde(default)]
+    pub retention: Option<crate::retention::RetentionConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -39,6 +42,9 @@ pub struct SourceConfig {
     pub name: String,
     pub kind: backup_core::source::SourceKind,
     pub path: PathBuf,
+    /// Replaces the global `[retention]` entirely for this source.
+    #[serde(default)]
+    pub retention: Option<crate::retention::RetentionConfig>,
 }
 
 /// A target: its name and kind, plus the backend's own settings, which are
@@ -185,6 +191,14 @@ impl Config {
         }
         if !(1..=256).contains(&self.backup.pack_size_mib) {
             bail!("backup.pack_size_mib must be 1 to 256");
+        }
+        if let Some(r) = &self.retention {
+            r.policy("retention")?;
+        }
+        for s in &self.sources {
+            if let Some(r) = &s.retention {
+                r.policy(&format!("sources.{}.retention", s.name))?;
+            }
         }
         Ok(())
     }

@@ -2,10 +2,14 @@
 //! configuration, opens the configured targets, calls backup-core's
 //! operations and prints their results. No backup logic lives here.
 
+mod cmd_pin;
+mod cmd_prune;
+mod cmd_verify;
 mod commands;
 mod config;
 mod demo;
 mod output;
+mod retention;
 mod targets;
 
 use std::path::PathBuf;
@@ -47,6 +51,9 @@ enum Command {
         /// Label the snapshot (repeatable).
         #[arg(long)]
         tag: Vec<String>,
+        /// Pin the new snapshots: prune never removes them (until `offsite unpin`).
+        #[arg(long)]
+        pin: bool,
         /// Print a JSON array of results instead of summary lines.
         #[arg(long)]
         json: bool,
@@ -63,6 +70,16 @@ enum Command {
     },
     /// Restore a snapshot to a path, verified before it is put in place.
     Restore(RestoreArgs),
+    /// Remove the snapshots no [retention] rule keeps, then the data only they used.
+    Prune(cmd_prune::PruneArgs),
+    /// Keep a snapshot whatever the retention policy says.
+    Pin(cmd_pin::PinArgs),
+    /// Let retention apply to a pinned snapshot again.
+    Unpin(cmd_pin::PinArgs),
+    /// Remove stale repository locks (left by killed runs), or all with --all.
+    Unlock(cmd_prune::UnlockArgs),
+    /// Check that every snapshot is complete (--read-data: restorable, byte for byte).
+    Verify(cmd_verify::VerifyArgs),
     /// Check each target's credentials and permissions (put, list, get, delete a probe object).
     Targets {
         #[command(subcommand)]
@@ -160,10 +177,11 @@ fn main() -> ExitCode {
                 source,
                 target,
                 tag,
+                pin,
                 json,
             } => {
                 let cfg = config::load(&config_path)?;
-                commands::backup(&cfg, source.as_deref(), target.as_deref(), tag, json).await
+                commands::backup(&cfg, source.as_deref(), target.as_deref(), tag, pin, json).await
             }
             Command::Snapshots {
                 source,
@@ -182,6 +200,26 @@ fn main() -> ExitCode {
             } => {
                 let cfg = config::load(&config_path)?;
                 commands::targets_check(&cfg, target.as_deref(), json).await
+            }
+            Command::Prune(args) => {
+                let cfg = config::load(&config_path)?;
+                cmd_prune::prune(&cfg, &config_path, &args).await
+            }
+            Command::Pin(args) => {
+                let cfg = config::load(&config_path)?;
+                cmd_pin::pin(&cfg, &args).await
+            }
+            Command::Unpin(args) => {
+                let cfg = config::load(&config_path)?;
+                cmd_pin::unpin(&cfg, &args).await
+            }
+            Command::Unlock(args) => {
+                let cfg = config::load(&config_path)?;
+                cmd_prune::unlock(&cfg, &args).await
+            }
+            Command::Verify(args) => {
+                let cfg = config::load(&config_path)?;
+                cmd_verify::verify(&cfg, &args).await
             }
             Command::Demo { dir } => demo::run(&dir).await,
         }

@@ -2,6 +2,7 @@
 //! local target, and for the format procedure the real `age` and `zstd` tools.
 
 mod restore_in_place;
+mod prune;
 mod support;
 
 use std::path::Path;
