@@ -57,11 +57,11 @@ pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
-fn keys(cfg: &Config) -> Result<Keys> {
+pub(crate) fn keys(cfg: &Config) -> Result<Keys> {
     Keys::from_recipients(&cfg.encryption.recipients).context("encryption.recipients")
 }
 
-fn identities(cfg: &Config, flag: Option<&Path>) -> Result<Identities> {
+pub(crate) fn identities(cfg: &Config, flag: Option<&Path>) -> Result<Identities> {
     let path = flag
         .map(Path::to_path_buf)
         .or_else(|| cfg.encryption.identity_file.clone())
@@ -70,7 +70,7 @@ fn identities(cfg: &Config, flag: Option<&Path>) -> Result<Identities> {
     Ok(Identities::from_file(&path, pass.as_deref())?)
 }
 
-fn chosen_targets<'a>(cfg: &'a Config, name: Option<&str>) -> Result<Vec<&'a TargetConfig>> {
+pub(crate) fn chosen_targets<'a>(cfg: &'a Config, name: Option<&str>) -> Result<Vec<&'a TargetConfig>> {
     if cfg.targets.is_empty() {
         bail!("no [[targets]] in the config: add at least one (kind = \"local\" with a path is the simplest)");
     }
@@ -92,7 +92,7 @@ fn chosen_targets<'a>(cfg: &'a Config, name: Option<&str>) -> Result<Vec<&'a Tar
     }
 }
 
-fn source_specs(cfg: &Config, name: Option<&str>) -> Result<Vec<SourceSpec>> {
+pub(crate) fn source_specs(cfg: &Config, name: Option<&str>) -> Result<Vec<SourceSpec>> {
     if cfg.sources.is_empty() {
         bail!("no [[sources]] in the config: add one with name, kind (\"sqlite\" or \"files\") and path");
     }
@@ -216,7 +216,7 @@ async fn open_repo_for_backup(t: &TargetConfig, keys: &Keys) -> Result<Repositor
 }
 
 /// The first target (in config order, or the named one) whose repository opens.
-async fn first_repo(cfg: &Config, name: Option<&str>) -> Result<(String, Repository)> {
+pub(crate) async fn first_repo(cfg: &Config, name: Option<&str>) -> Result<(String, Repository)> {
     let mut last = None;
     for t in chosen_targets(cfg, name)? {
         let attempt = async {
