@@ -29,7 +29,7 @@ use crate::chunk::ChunkId;
 use crate::codec::EncodeWriter;
 use crate::error::{Error, Result};
 use crate::keys::Keys;
-use crate::repo::format::{self, write_index};
+use crate::repo::format::{self, write_index, PackContents};
 use crate::repo::{Index, Manifest, Repository, FORMAT_VERSION, INDEX, LISTS, PACKS, SNAPSHOTS};
 use crate::source::{self, Entry, SourceSpec, Visitor};
 use crate::storage::PutMode;
@@ -265,7 +265,7 @@ async fn upload_packs(
     opts: &BackupOptions,
 ) -> Result<u64> {
     let mut in_flight = FuturesUnordered::new();
-    let mut pending: Vec<(String, Vec<(ChunkId, u32, u32)>)> = Vec::new();
+    let mut pending: Vec<PackContents> = Vec::new();
     let mut uploaded = 0u64;
     let mut failure: Option<Error> = None;
     let mut receiving = true;
@@ -316,11 +316,7 @@ async fn upload_packs(
     }
 }
 
-async fn write_index_file(
-    repo: &Repository,
-    keys: &Keys,
-    packs: Vec<(String, Vec<(ChunkId, u32, u32)>)>,
-) -> Result<u64> {
+async fn write_index_file(repo: &Repository, keys: &Keys, packs: Vec<PackContents>) -> Result<u64> {
     let body = Repository::encode_metadata(keys, &write_index(&packs))?;
     let len = body.len() as u64;
     let key = format!("{INDEX}{}", hex::encode(rand::random::<[u8; 16]>()));

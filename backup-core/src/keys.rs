@@ -205,6 +205,34 @@ mod tests {
     }
 
     #[test]
+    fn passphrase_protected_identity_files_need_the_passphrase() {
+        use std::io::Write;
+        let (secret, recipient) = generate_identity();
+        let enc = age::Encryptor::with_user_passphrase(age::secrecy::SecretString::from(
+            "hunter2".to_string(),
+        ));
+        let mut out = Vec::new();
+        let mut w = enc.wrap_output(&mut out).unwrap();
+        w.write_all(secret.as_bytes()).unwrap();
+        w.finish().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.age");
+        std::fs::write(&path, &out).unwrap();
+
+        let e = Identities::from_file(&path, None).unwrap_err();
+        assert!(e.to_string().contains("OFFSITE_IDENTITY_PASSPHRASE"), "{e}");
+        let e = Identities::from_file(&path, Some("wrong")).unwrap_err();
+        assert!(e.to_string().contains("wrong passphrase"), "{e}");
+        let ids = Identities::from_file(&path, Some("hunter2")).unwrap();
+        let keys = Keys::from_recipients(&[recipient]).unwrap();
+        let data = crate::codec::encode(b"secret data", &keys.data_recipients(), 3).unwrap();
+        assert_eq!(
+            crate::codec::decode(&data, ids.iter(), "k").unwrap(),
+            b"secret data"
+        );
+    }
+
+    #[test]
     fn bad_recipients_and_identities_are_named() {
         let e = Keys::from_recipients(&["age1nope".into()]).unwrap_err();
         assert!(e.to_string().contains("age1nope"), "{e}");

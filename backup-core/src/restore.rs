@@ -132,6 +132,7 @@ pub async fn restore(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "restore".into());
+    remove_stale_staging(&parent, &name);
     let staging = Staging {
         path: parent.join(format!(
             ".{name}.offsite-partial-{:08x}",
@@ -205,6 +206,24 @@ pub async fn restore(
         moved_aside,
         duration: clock.elapsed(),
     })
+}
+
+/// A restore killed outright (SIGKILL, power loss) cannot clean up after
+/// itself; the next restore to the same place removes what it left. Only
+/// names offsite itself makes are touched.
+fn remove_stale_staging(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.offsite-partial-");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file_name = e.file_name().to_string_lossy().into_owned();
+        if file_name.starts_with(&prefix) {
+            tracing::info!(path = %e.path().display(), "removing what an interrupted restore left");
+            let path = e.path();
+            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+        }
+    }
 }
 
 fn build_plan(list: impl std::io::BufRead, key: &str, index: &crate::repo::Index) -> Result<Plan> {

@@ -63,11 +63,27 @@ enum Command {
     },
     /// Restore a snapshot to a path, verified before it is put in place.
     Restore(RestoreArgs),
+    /// Check each target's credentials and permissions (put, list, get, delete a probe object).
+    Targets {
+        #[command(subcommand)]
+        command: TargetsCommand,
+    },
     /// Try offsite on a sample database, with a local target: no setup needed.
     Demo {
         /// Directory for the demo's database, key, config and backups.
         #[arg(long, default_value = "offsite-demo")]
         dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TargetsCommand {
+    /// Probe every target (or one) and report one line each.
+    Check {
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -153,6 +169,12 @@ fn main() -> ExitCode {
             Command::Restore(args) => {
                 let cfg = config::load(&config_path)?;
                 commands::restore(&cfg, &args).await
+            }
+            Command::Targets {
+                command: TargetsCommand::Check { target, json },
+            } => {
+                let cfg = config::load(&config_path)?;
+                commands::targets_check(&cfg, target.as_deref(), json).await
             }
             Command::Demo { dir } => demo::run(&dir).await,
         }

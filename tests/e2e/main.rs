@@ -522,3 +522,109 @@ fn a_repository_written_by_format_v1_still_restores() {
     let expected = std::fs::read_to_string(fixture.join("expected.txt")).unwrap();
     assert_eq!(format!("{n} {sum}"), expected.trim());
 }
+
+#[test]
+fn killed_backup_and_restore_leave_the_database_and_snapshots_intact() {
+    let env = Env::new();
+    env.make_db(&env.db(), 150_000);
+    env.ok(&["backup"]);
+    let before = snapshots(&env);
+    Connection::open(env.db())
+        .unwrap()
+        .execute("UPDATE tasks SET body = 'v2'", [])
+        .unwrap();
+    let live = dump(&env.db());
+
+    // Kill a backup part-way: no new snapshot, the database and the old snapshot intact.
+    let mut child = Command::new(bin())
+        .arg("--config")
+        .arg(env.dir.path().join("offsite.toml"))
+        .arg("backup")
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    let after = snapshots(&env);
+    if !status.success() {
+        assert_eq!(
+            after.len(),
+            before.len(),
+            "a killed backup made no snapshot"
+        );
+    }
+    assert_eq!(dump(&env.db()), live, "live database untouched");
+    env.ok(&["backup"]);
+
+    // Kill a restore part-way: the destination is untouched, and the next
+    // restore clears the leftovers and succeeds.
+    let to = env.dir.path().join("r.db");
+    std::fs::write(&to, b"old").unwrap();
+    let mut child = Command::new(bin())
+        .arg("--config")
+        .arg(env.dir.path().join("offsite.toml"))
+        .args([
+            "restore",
+            "--source",
+            "app",
+            "--latest",
+            "--force",
+            "--to",
+            to.to_str().unwrap(),
+        ])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    child.kill().unwrap();
+    if !child.wait().unwrap().success() {
+        assert_eq!(
+            std::fs::read(&to).unwrap(),
+            b"old",
+            "destination untouched by a killed restore"
+        );
+    }
+    env.ok(&[
+        "restore",
+        "--source",
+        "app",
+        "--latest",
+        "--force",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_eq!(dump(&to), live);
+    assert_eq!(leftovers(env.dir.path()), Vec::<String>::new());
+    let first = before[0]["id"].as_str().unwrap();
+    let old = env.dir.path().join("first.db");
+    env.ok(&[
+        "restore",
+        "--source",
+        "app",
+        "--snapshot",
+        first,
+        "--to",
+        old.to_str().unwrap(),
+    ]);
+    assert!(
+        dump(&old).iter().all(|r| r.2 != "v2"),
+        "the first snapshot is intact"
+    );
+}
+
+#[test]
+fn targets_check_probes_each_target() {
+    let env = Env::new();
+    let out = env.ok(&["targets", "check"]);
+    assert!(
+        out.contains("local") && out.contains("put ok, list ok, get ok, delete ok"),
+        "{out}"
+    );
+    assert!(
+        find_files(&env.repo().join("probe")).is_empty(),
+        "the probe object is removed"
+    );
+    let bad = Env::with_target("/nonexistent-mount/offsite");
+    let (code, out, err) = bad.run(&["targets", "check"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("NOT USABLE"), "{out}");
+}

@@ -231,8 +231,11 @@ impl Index {
     }
 }
 
+/// A pack's key and its chunks as `(id, offset, length)`.
+pub type PackContents = (String, Vec<(ChunkId, u32, u32)>);
+
 /// Writes an index file for `packs`: each pack's key with its chunks.
-pub fn write_index(packs: &[(String, Vec<(ChunkId, u32, u32)>)]) -> Vec<u8> {
+pub fn write_index(packs: &[PackContents]) -> Vec<u8> {
     let mut out = Vec::new();
     writeln!(out, "{INDEX_HEADER}").expect("writing to a Vec");
     for (key, chunks) in packs {

@@ -1,0 +1,336 @@
+//! offsite storage backend for a Backblaze B2 bucket, spoken to over B2's
+//! native JSON API with a small client of its own (see docs/backends-b2.md for
+//! why not opendal's B2 service).
+//!
+//! Objects are B2 files named `<prefix>/<key>`. B2 keeps versions of a name, so
+//! "the object" is the newest version, delete removes every version (hide
+//! markers too), and create-if-absent, which B2 has no conditional write for,
+//! is settled after the fact between the racing uploads (see [`B2Storage`]'s
+//! `put`). Nothing here may print the application key or a token.
+
+mod core;
+mod error;
+mod writer;
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use backup_core::storage::retry::RetryPolicy;
+use backup_core::storage::{
+    validate_key, ByteStream, ErrorKind, ObjectMeta, PutMode, Storage, StorageError,
+};
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use serde::Deserialize;
+
+use crate::core::{Core, Credentials};
+
+/// Where B2 accounts authorize unless `api_url` says otherwise.
+pub const DEFAULT_API_URL: &str = "https://api.backblazeb2.com";
+/// B2's smallest allowed part (all parts but the last).
+pub const MIN_PART_SIZE: u64 = 5_000_000;
+/// B2's largest allowed part, and its largest single-call upload.
+pub const MAX_PART_SIZE: u64 = 5_000_000_000;
+const DEFAULT_PART_SIZE: u64 = 100 << 20;
+const PAGE: u32 = 1000;
+
+/// `[[targets]]` settings of `kind = "b2"`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct B2Config {
+    /// Bucket name.
+    pub bucket: String,
+    /// Folder inside the bucket that holds the repository.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Else `B2_APPLICATION_KEY_ID` from the environment.
+    #[serde(default)]
+    pub application_key_id: Option<String>,
+    /// Else `B2_APPLICATION_KEY` from the environment.
+    #[serde(default)]
+    pub application_key: Option<String>,
+    /// Base URL of the authorize call, for emulators and tests.
+    #[serde(default)]
+    pub api_url: Option<String>,
+    /// Bodies of this size or more go up as large files in parts of this size.
+    #[serde(default = "default_part_size")]
+    pub part_size: u64,
+}
+
+fn default_part_size() -> u64 {
+    DEFAULT_PART_SIZE
+}
+
+impl fmt::Debug for B2Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("B2Config")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("application_key_id", &self.application_key_id)
+            .field(
+                "application_key",
+                &self.application_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("api_url", &self.api_url)
+            .field("part_size", &self.part_size)
+            .finish()
+    }
+}
+
+/// A repository in a B2 bucket.
+pub struct B2Storage {
+    core: Arc<Core>,
+    /// Empty, or the configured prefix with a trailing `/`.
+    prefix: String,
+    part_size: usize,
+}
+
+impl fmt::Debug for B2Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("B2Storage")
+            .field("core", &self.core)
+            .field("prefix", &self.prefix)
+            .field("part_size", &self.part_size)
+            .finish()
+    }
+}
+
+impl B2Storage {
+    /// Checks the configuration; B2 is first contacted by the first call.
+    pub fn new(config: &B2Config) -> Result<Self, StorageError> {
+        Self::with_retry_policy(config, RetryPolicy::default())
+    }
+
+    /// As [`B2Storage::new`], backing off by `retry` instead of the default.
+    pub fn with_retry_policy(config: &B2Config, retry: RetryPolicy) -> Result<Self, StorageError> {
+        let describe = format!("b2://{}", config.bucket);
+        let bad = |msg: String| StorageError::new(ErrorKind::Other, &describe, msg);
+        if config.bucket.is_empty()
+            || !config
+                .bucket
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(bad(format!(
+                "invalid B2 bucket name {:?} (letters, digits and '-')",
+                config.bucket
+            )));
+        }
+        if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&config.part_size) {
+            return Err(bad(format!(
+                "part_size {} is outside B2's limits ({MIN_PART_SIZE}..={MAX_PART_SIZE} bytes)",
+                config.part_size
+            )));
+        }
+        let prefix = match config.prefix.as_deref().map(|p| p.trim_matches('/')) {
+            None | Some("") => String::new(),
+            Some(p) => {
+                validate_key(p).map_err(|_| {
+                    bad(format!(
+                        "invalid prefix {p:?} (expected /-separated segments of [A-Za-z0-9._-])"
+                    ))
+                })?;
+                format!("{p}/")
+            }
+        };
+        let from_env = |value: &Option<String>, var: &str| -> Result<String, StorageError> {
+            match value {
+                Some(v) => Ok(v.clone()),
+                None => std::env::var(var).map_err(|_| {
+                    bad(format!(
+                        "no B2 credentials: set {var} or the target's {} setting",
+                        var.trim_start_matches("B2_").to_ascii_lowercase()
+                    ))
+                }),
+            }
+        };
+        let creds = Credentials {
+            key_id: from_env(&config.application_key_id, "B2_APPLICATION_KEY_ID")?,
+            key: from_env(&config.application_key, "B2_APPLICATION_KEY")?,
+        };
+        let api_url = config.api_url.as_deref().unwrap_or(DEFAULT_API_URL);
+        let core = Core::new(creds, api_url, config.bucket.clone(), retry)?;
+        Ok(B2Storage {
+            core: Arc::new(core),
+            prefix,
+            part_size: config.part_size as usize,
+        })
+    }
+
+    fn name_of(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    /// Settles a create race after our upload of `mine`: of all uploads of
+    /// the name since its last hide marker, the earliest (by B2's upload
+    /// timestamp, then file id) wins. Every racer computes the same answer from
+    /// the same listing, so exactly one keeps its version.
+    async fn settle_create(
+        &self,
+        key: &str,
+        name: &str,
+        mine: &core::FileVersion,
+    ) -> Result<(), StorageError> {
+        let versions = self.core.versions_of(name).await?;
+        // B2 lists a name's versions newest first, so the uploads before the
+        // first hide marker are the ones made since the name was last hidden.
+        // Listing order, not timestamps, because a hide and an upload can
+        // share a millisecond.
+        let winner = versions
+            .iter()
+            .take_while(|v| v.action != "hide")
+            .filter(|v| v.action == "upload")
+            .min_by(|a, b| (a.upload_timestamp, &a.file_id).cmp(&(b.upload_timestamp, &b.file_id)));
+        match winner {
+            Some(w) if w.file_id != mine.file_id => {
+                self.core.delete_file_version(name, &mine.file_id).await?;
+                Err(StorageError::already_exists(key))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl Storage for B2Storage {
+    async fn put(&self, key: &str, body: ByteStream, mode: PutMode) -> Result<(), StorageError> {
+        validate_key(key)?;
+        let name = self.name_of(key);
+        if mode == PutMode::Create && self.core.exists(&name).await? {
+            return Err(StorageError::already_exists(key));
+        }
+        let mine = writer::upload(&self.core, key, &name, body, self.part_size).await?;
+        if mode == PutMode::Create {
+            self.settle_create(key, &name, &mine).await?;
+        }
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {
+        validate_key(key)?;
+        let resp = self.core.download(key, &self.name_of(key)).await?;
+        let key = key.to_string();
+        Ok(Box::pin(resp.bytes_stream().map(move |piece| {
+            piece.map_err(|e| {
+                StorageError::new(ErrorKind::Transient, &key, "B2 download interrupted")
+                    .with_source(e)
+            })
+        })))
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StorageError> {
+        validate_key(key)?;
+        let size = self.core.head(key, &self.name_of(key)).await?;
+        Ok(ObjectMeta {
+            key: key.to_string(),
+            size,
+        })
+    }
+
+    fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, StorageError>> {
+        let full = self.name_of(prefix);
+        // State: Some(start) while pages remain (start None = from the top).
+        let pages = stream::try_unfold(Some(None::<String>), move |state| {
+            let full = full.clone();
+            async move {
+                let Some(start) = state else {
+                    return Ok(None);
+                };
+                let (files, next) = self
+                    .core
+                    .list_file_names(&full, start.as_deref(), PAGE)
+                    .await?;
+                Ok(Some((files, next.map(Some))))
+            }
+        });
+        Box::pin(
+            pages
+                .map_ok(move |files| {
+                    stream::iter(files.into_iter().filter_map(move |f| {
+                        let key = f.file_name.strip_prefix(&self.prefix)?;
+                        (f.action == "upload").then(|| {
+                            Ok(ObjectMeta {
+                                key: key.to_string(),
+                                size: f.content_length,
+                            })
+                        })
+                    }))
+                })
+                .try_flatten(),
+        )
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        validate_key(key)?;
+        let name = self.name_of(key);
+        // A concurrent upload can add a version while we delete; go round
+        // until the name has none left.
+        loop {
+            let mut versions = self.core.versions_of(&name).await?;
+            // An unfinished large file ("start") is someone's upload in
+            // progress, not a version; its uploader finishes or cancels it.
+            versions.retain(|v| v.action != "start");
+            if versions.is_empty() {
+                return Ok(());
+            }
+            for v in versions {
+                self.core.delete_file_version(&name, &v.file_id).await?;
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("b2://{}/{}", self.core.bucket, self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(toml_like: serde_json::Value) -> Result<B2Config, serde_json::Error> {
+        serde_json::from_value(toml_like)
+    }
+
+    #[test]
+    fn unknown_settings_are_refused() {
+        assert!(config(serde_json::json!({"bucket": "b", "bukket": "x"})).is_err());
+        let c = config(serde_json::json!({"bucket": "b"})).unwrap();
+        assert_eq!(c.part_size, DEFAULT_PART_SIZE);
+    }
+
+    #[test]
+    fn debug_hides_the_key() {
+        let c = config(serde_json::json!({
+            "bucket": "b",
+            "application_key_id": "id123",
+            "application_key": "s3cr3t",
+        }))
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        let s = B2Storage::new(&c).unwrap();
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("id123"), "{shown}");
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let base = serde_json::json!({
+            "bucket": "b",
+            "application_key_id": "i",
+            "application_key": "k",
+        });
+        let mut small = base.clone();
+        small["part_size"] = 1_000_000.into();
+        assert!(B2Storage::new(&config(small).unwrap()).is_err());
+        let mut prefix = base.clone();
+        prefix["prefix"] = "a/../b".into();
+        assert!(B2Storage::new(&config(prefix).unwrap()).is_err());
+        let mut ok = base.clone();
+        ok["prefix"] = "/hosts/h1/".into();
+        let s = B2Storage::new(&config(ok).unwrap()).unwrap();
+        assert_eq!(s.describe(), "b2://b/hosts/h1/");
+    }
+}

@@ -1,0 +1,255 @@
+//! Streaming a put body into B2: one `b2_upload_file` for bodies below the
+//! part size, a large-file upload otherwise.
+//!
+//! Memory stays bounded by about three parts: the one being read from the body
+//! and at most [`PARALLEL_PARTS`] in flight. A large file that does not reach
+//! `b2_finish_large_file` is cancelled, so B2 never shows (or bills for) half
+//! an object; this module must never finish a large file whose body failed.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use backup_core::storage::{ByteStream, ErrorKind, StorageError};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use sha1::{Digest, Sha1};
+use tokio::task::JoinSet;
+
+use crate::core::{Core, FileVersion, UploadPool};
+
+/// Parts uploaded at once per large file. B2 gives each its own upload URL.
+const PARALLEL_PARTS: usize = 2;
+/// B2's cap on parts per large file.
+const MAX_PARTS: u32 = 10_000;
+
+/// What a part upload task ends with: its number and SHA-1, or why it failed.
+type PartResult = Result<(u32, String), StorageError>;
+
+/// Cuts a body into parts of exactly `size` bytes (the last may be shorter).
+struct Parts {
+    body: ByteStream,
+    carry: Option<Bytes>,
+    size: usize,
+    done: bool,
+}
+
+impl Parts {
+    async fn next(&mut self) -> Result<Option<Bytes>, StorageError> {
+        let mut buf = BytesMut::new();
+        while !self.done && buf.len() < self.size {
+            let chunk = match self.carry.take() {
+                Some(c) => c,
+                None => match self.body.next().await {
+                    Some(c) => c?,
+                    None => {
+                        self.done = true;
+                        break;
+                    }
+                },
+            };
+            let room = self.size - buf.len();
+            if chunk.len() > room {
+                buf.extend_from_slice(&chunk[..room]);
+                self.carry = Some(chunk.slice(room..));
+            } else {
+                buf.extend_from_slice(&chunk);
+            }
+        }
+        Ok(if buf.is_empty() {
+            None
+        } else {
+            Some(buf.freeze())
+        })
+    }
+}
+
+/// SHA-1 of a buffer, off the async workers: a 100 MiB part takes a while.
+async fn sha1_hex(data: Bytes) -> String {
+    tokio::task::spawn_blocking(move || hex::encode(Sha1::digest(&data)))
+        .await
+        .expect("hashing task panicked")
+}
+
+/// Uploads `body` as `name` and returns the version B2 created.
+pub(crate) async fn upload(
+    core: &Arc<Core>,
+    key: &str,
+    name: &str,
+    body: ByteStream,
+    part_size: usize,
+) -> Result<FileVersion, StorageError> {
+    let mut parts = Parts {
+        body,
+        carry: None,
+        size: part_size,
+        done: false,
+    };
+    let first = parts.next().await?.unwrap_or_default();
+    let second = if first.len() < part_size {
+        None
+    } else {
+        parts.next().await?
+    };
+    let Some(second) = second else {
+        let sha1 = sha1_hex(first.clone()).await;
+        return core.upload_file(key, name, first, &sha1).await;
+    };
+
+    let file_id = core.start_large_file(key, name).await?;
+    let mut guard = CancelOnDrop {
+        core: core.clone(),
+        key: key.to_string(),
+        file_id: Some(file_id.clone()),
+    };
+    match upload_parts(core, key, &file_id, VecDeque::from([first, second]), parts).await {
+        Ok(sha1s) => {
+            let version = core.finish_large_file(key, &file_id, &sha1s).await;
+            if version.is_ok() {
+                guard.file_id = None;
+            }
+            version
+        }
+        Err(e) => {
+            guard.file_id = None;
+            if let Err(cancel) = core.cancel_large_file(key, &file_id).await {
+                tracing::warn!(key, error = %cancel, "could not cancel unfinished B2 large file");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Uploads every part and returns their SHA-1s in part order.
+async fn upload_parts(
+    core: &Arc<Core>,
+    key: &str,
+    file_id: &str,
+    mut ready: VecDeque<Bytes>,
+    mut parts: Parts,
+) -> Result<Vec<String>, StorageError> {
+    let pool = Arc::new(UploadPool::default());
+    // Dropping the set on an early return aborts the parts still in flight.
+    let mut tasks: JoinSet<PartResult> = JoinSet::new();
+    let mut sha1s: Vec<Option<String>> = Vec::new();
+    let mut number = 0u32;
+    loop {
+        let part = match ready.pop_front() {
+            Some(p) => p,
+            None => match parts.next().await? {
+                Some(p) => p,
+                None => break,
+            },
+        };
+        while tasks.len() >= PARALLEL_PARTS {
+            record(&mut sha1s, tasks.join_next().await)?;
+        }
+        number += 1;
+        if number > MAX_PARTS {
+            return Err(StorageError::new(
+                ErrorKind::Other,
+                key,
+                format!("object needs more than {MAX_PARTS} parts; raise part_size"),
+            ));
+        }
+        let (core, pool, file_id, key) = (
+            core.clone(),
+            pool.clone(),
+            file_id.to_string(),
+            key.to_string(),
+        );
+        tasks.spawn(async move {
+            let sha1 = sha1_hex(part.clone()).await;
+            core.upload_part(&key, &pool, &file_id, number, part, &sha1)
+                .await?;
+            Ok((number, sha1))
+        });
+    }
+    while !tasks.is_empty() {
+        record(&mut sha1s, tasks.join_next().await)?;
+    }
+    sha1s
+        .into_iter()
+        .collect::<Option<Vec<String>>>()
+        .ok_or_else(|| StorageError::new(ErrorKind::Other, key, "a part went missing"))
+}
+
+fn record(
+    sha1s: &mut Vec<Option<String>>,
+    joined: Option<Result<PartResult, tokio::task::JoinError>>,
+) -> Result<(), StorageError> {
+    let Some(joined) = joined else {
+        return Ok(());
+    };
+    let (number, sha1) = joined.map_err(|e| {
+        StorageError::new(ErrorKind::Other, "part upload", "part upload task failed").with_source(e)
+    })??;
+    let index = number as usize - 1;
+    if sha1s.len() <= index {
+        sha1s.resize(index + 1, None);
+    }
+    sha1s[index] = Some(sha1);
+    Ok(())
+}
+
+/// Cancels the large file if the put is dropped before it finished or
+/// cancelled it itself (the caller gave up on the future mid-upload).
+struct CancelOnDrop {
+    core: Arc<Core>,
+    key: String,
+    file_id: Option<String>,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let Some(file_id) = self.file_id.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let core = self.core.clone();
+            let key = std::mem::take(&mut self.key);
+            runtime.spawn(async move {
+                let _ = core.cancel_large_file(&key, &file_id).await;
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::stream;
+
+    fn parts_of(pieces: &[&'static [u8]], size: usize) -> Parts {
+        let body: ByteStream = Box::pin(stream::iter(
+            pieces
+                .iter()
+                .map(|p| Ok(Bytes::from_static(p)))
+                .collect::<Vec<_>>(),
+        ));
+        Parts {
+            body,
+            carry: None,
+            size,
+            done: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn parts_are_cut_at_exact_sizes() {
+        let mut p = parts_of(&[b"abc", b"defgh", b"ij"], 4);
+        let mut got = Vec::new();
+        while let Some(part) = p.next().await.unwrap() {
+            got.push(part);
+        }
+        assert_eq!(got, vec!["abcd", "efgh", "ij"]);
+    }
+
+    #[tokio::test]
+    async fn a_body_of_exactly_one_part_is_one_part() {
+        let mut p = parts_of(&[b"ab", b"cd"], 4);
+        assert_eq!(p.next().await.unwrap().unwrap(), "abcd");
+        assert!(p.next().await.unwrap().is_none());
+        let mut empty = parts_of(&[], 4);
+        assert!(empty.next().await.unwrap().is_none());
+    }
+}
