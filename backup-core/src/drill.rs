@@ -25,6 +25,7 @@ use crate::keys::Identities;
 use crate::repo::{Manifest, Repository};
 use crate::restore::{restore, RestoreOptions};
 use crate::source::{sqlite, SourceKind};
+use crate::status::human;
 
 /// A smoke query: its first column of the first row must be at least `min`.
 #[derive(Debug, Clone)]
@@ -83,6 +84,28 @@ impl DrillReport {
         });
     }
 
+    /// The report of a drill that could not start: `detail` says why the
+    /// repository could not be read.
+    pub fn unavailable(source: &str, detail: String) -> DrillReport {
+        let mut r = DrillReport::empty(source, None);
+        r.push("open_repository", false, detail, None);
+        r
+    }
+
+    fn empty(source: &str, rto_target: Option<Duration>) -> DrillReport {
+        DrillReport {
+            source: source.to_string(),
+            snapshot: None,
+            snapshot_time: None,
+            snapshot_size: None,
+            passed: true,
+            rto_seconds: None,
+            rto_target_seconds: rto_target.map(|d| d.as_secs_f64()),
+            query_value: None,
+            steps: Vec::new(),
+        }
+    }
+
     /// The failed steps, for a one-line summary.
     pub fn failures(&self) -> Vec<&Step> {
         self.steps.iter().filter(|s| !s.passed).collect()
@@ -99,17 +122,7 @@ pub async fn drill(
     scratch: &Path,
     now: DateTime<Utc>,
 ) -> Result<DrillReport> {
-    let mut report = DrillReport {
-        source: source.to_string(),
-        snapshot: None,
-        snapshot_time: None,
-        snapshot_size: None,
-        passed: true,
-        rto_seconds: None,
-        rto_target_seconds: opts.rto_target.map(|d| d.as_secs_f64()),
-        query_value: None,
-        steps: Vec::new(),
-    };
+    let mut report = DrillReport::empty(source, opts.rto_target);
     let snapshots = repo.snapshots(ids).await?;
     let Some(newest) = snapshots.iter().find(|m| m.source == source) else {
         report.push(
@@ -173,12 +186,7 @@ pub async fn drill(
             return Ok(report);
         }
         Err(e) => {
-            report.push(
-                "restore",
-                false,
-                e.to_string(),
-                Some(elapsed.as_secs_f64()),
-            );
+            report.push("restore", false, e.to_string(), Some(elapsed.as_secs_f64()));
             return Ok(report);
         }
     }
@@ -212,14 +220,19 @@ pub async fn drill(
     Ok(report)
 }
 
-fn age_step(report: &mut DrillReport, newest: &Manifest, max_age: Option<Duration>, now: DateTime<Utc>) {
+fn age_step(
+    report: &mut DrillReport,
+    newest: &Manifest,
+    max_age: Option<Duration>,
+    now: DateTime<Utc>,
+) {
     let age = (now - newest.finished).to_std().unwrap_or_default();
-    let age_text = format!("{}s old", age.as_secs());
+    let age_text = format!("{} old", human(age));
     match max_age {
         Some(max) => report.push(
             "snapshot_age",
             age <= max,
-            format!("{age_text}, max_age {}s", max.as_secs()),
+            format!("{age_text}, max_age {}", human(max)),
             None,
         ),
         None => report.push(

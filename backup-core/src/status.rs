@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::repo::{Manifest, Repository, PACKS};
+use crate::repo::{Manifest, Repository, INDEX, LISTS, PACKS, SNAPSHOTS};
 
 /// Limits beyond which a source's backups need attention.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -43,7 +43,7 @@ pub struct SourceStatus {
     pub snapshots: u64,
     /// Sum of the snapshots' sizes: what the repository would hold without
     /// deduplication and compression.
-    pub data_bytes: u64,
+    pub logical_bytes: u64,
     pub newest: Option<Newest>,
     /// Thresholds this source breaches, in words; empty when all is well.
     pub breaches: Vec<String>,
@@ -55,10 +55,14 @@ impl SourceStatus {
     }
 }
 
-/// Bytes stored in the repository's packs (the data, deduplicated,
-/// compressed and encrypted).
+/// Bytes the repository holds: its packs (the data, deduplicated, compressed
+/// and encrypted) and its metadata, i.e. what the target bills for.
 pub async fn stored_bytes(repo: &Repository) -> Result<u64> {
-    Ok(repo.list(PACKS).await?.iter().map(|o| o.size).sum())
+    let mut total = 0;
+    for prefix in [PACKS, INDEX, LISTS, SNAPSHOTS] {
+        total += repo.list(prefix).await?.iter().map(|o| o.size).sum::<u64>();
+    }
+    Ok(total)
 }
 
 /// The status of `source` from a repository's newest-first snapshot list.
@@ -114,14 +118,14 @@ pub fn source_status(
     SourceStatus {
         source: source.to_string(),
         snapshots: mine.len() as u64,
-        data_bytes: mine.iter().map(|m| m.size).sum(),
+        logical_bytes: mine.iter().map(|m| m.size).sum(),
         newest,
         breaches,
     }
 }
 
 /// Whole seconds in humantime's style ("1day 2h 3m 4s").
-fn human(d: Duration) -> String {
+pub(crate) fn human(d: Duration) -> String {
     let s = d.as_secs();
     let parts = [
         (s / 86_400, "day"),
@@ -181,7 +185,7 @@ mod tests {
         let ok = source_status(&list, "app", &Thresholds::default(), now);
         assert!(ok.ok());
         assert_eq!(ok.snapshots, 2);
-        assert_eq!(ok.data_bytes, 1400);
+        assert_eq!(ok.logical_bytes, 1400);
         assert_eq!(ok.newest.as_ref().unwrap().previous_size, Some(1000));
 
         let limits = Thresholds {
