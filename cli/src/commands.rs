@@ -17,6 +17,7 @@ use chrono::{DateTime, Local, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use serde_json::json;
 
 use crate::config::{Config, TargetConfig};
+use crate::notify::{self, Event, EventKind};
 use crate::output::{self, Bar};
 use crate::{targets, RestoreArgs};
 
@@ -70,7 +71,10 @@ pub(crate) fn identities(cfg: &Config, flag: Option<&Path>) -> Result<Identities
     Ok(Identities::from_file(&path, pass.as_deref())?)
 }
 
-pub(crate) fn chosen_targets<'a>(cfg: &'a Config, name: Option<&str>) -> Result<Vec<&'a TargetConfig>> {
+pub(crate) fn chosen_targets<'a>(
+    cfg: &'a Config,
+    name: Option<&str>,
+) -> Result<Vec<&'a TargetConfig>> {
     if cfg.targets.is_empty() {
         bail!("no [[targets]] in the config: add at least one (kind = \"local\" with a path is the simplest)");
     }
@@ -120,6 +124,8 @@ pub async fn backup(
     let keys = keys(cfg)?;
     let specs = source_specs(cfg, source)?;
     let targets = chosen_targets(cfg, target)?;
+    notify::start(&cfg.notify, EventKind::Backup).await;
+    let mut events = Vec::new();
     let mut results = Vec::new();
     let mut failures = 0;
     // Every source goes to every target; one failure does not stop the others.
@@ -128,6 +134,9 @@ pub async fn backup(
             Ok(r) => r,
             Err(e) => {
                 failures += specs.len();
+                let mut ev = Event::new(EventKind::Backup, false).at(None, Some(&t.name));
+                ev.error = Some(format!("{e:#}"));
+                events.push(ev);
                 print_failure(as_json, &mut results, "*", &t.name, &e);
                 continue;
             }
@@ -150,6 +159,7 @@ pub async fn backup(
                 Ok(s) => {
                     let m = &s.manifest;
                     let requests = s.requests - before;
+                    events.push(notify::backup_event(&s, &t.name));
                     if as_json {
                         results.push(json!({
                             "source": spec.name, "target": t.name, "ok": true,
@@ -172,6 +182,10 @@ pub async fn backup(
                 }
                 Err(e) => {
                     failures += 1;
+                    let mut ev =
+                        Event::new(EventKind::Backup, false).at(Some(&spec.name), Some(&t.name));
+                    ev.error = Some(e.to_string());
+                    events.push(ev);
                     print_failure(as_json, &mut results, &spec.name, &t.name, &anyhow!(e));
                 }
             }
@@ -180,11 +194,12 @@ pub async fn backup(
     if as_json {
         println!("{}", serde_json::to_string_pretty(&results)?);
     }
+    let total = specs.len() * targets.len();
+    notify::events(&cfg.notify, &events).await;
+    let summary = format!("{} of {total} backups succeeded", total - failures);
+    notify::finish(&cfg.notify, EventKind::Backup, failures == 0, &summary).await;
     if failures > 0 {
-        bail!(
-            "{failures} of {} backups failed",
-            specs.len() * targets.len()
-        );
+        bail!("{failures} of {total} backups failed");
     }
     Ok(())
 }

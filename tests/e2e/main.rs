@@ -1,6 +1,8 @@
 //! End-to-end tests: the real `offsite` binary, real SQLite databases, a real
 //! local target, and for the format procedure the real `age` and `zstd` tools.
 
+mod daemon;
+mod monitor;
 mod support;
 
 use std::path::Path;

@@ -1,0 +1,132 @@
+//! `offsite daemon`: scheduled jobs, a failing job that does not stop it,
+//! clean shutdown on SIGTERM.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// Generous: the deadline guards against a hang, it does not time anything.
+const DEADLINE: Duration = Duration::from_secs(180);
+
+fn spawn_daemon(env: &Env) -> Child {
+    let log = std::fs::File::create(env.dir.path().join("daemon.log")).unwrap();
+    Command::new(bin())
+        .arg("--config")
+        .arg(env.dir.path().join("offsite.toml"))
+        .arg("daemon")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn log(env: &Env) -> String {
+    std::fs::read_to_string(env.dir.path().join("daemon.log")).unwrap_or_default()
+}
+
+fn manifests(env: &Env) -> usize {
+    std::fs::read_dir(env.repo().join("snapshots"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} failed");
+}
+
+fn wait_exit(child: &mut Child, env: &Env) -> i32 {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().unwrap_or(-1);
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            panic!("the daemon did not exit; log:\n{}", log(env));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn daemon_runs_scheduled_backups_survives_failures_and_stops_on_sigterm() {
+    // Every second; the second source does not exist, so every backup job
+    // fails (after backing up app), and the daemon must carry on.
+    let env = Env::with_sources(|_| {
+        "[[sources]]\nname = \"gone\"\nkind = \"files\"\npath = \"no-such-dir\"\n\n\
+         [schedule]\nbackup = \"* * * * * *\"\n"
+            .into()
+    });
+    env.make_db(&env.db(), 300);
+    let mut child = spawn_daemon(&env);
+    let start = Instant::now();
+    while manifests(&env) < 2 {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the daemon exited ({status}); log:\n{}", log(&env));
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no second snapshot; log:\n{}",
+            log(&env)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    signal(&child, "-TERM");
+    assert_eq!(wait_exit(&mut child, &env), 0, "log:\n{}", log(&env));
+
+    let text = log(&env);
+    assert!(text.contains("job=\"backup\""), "{text}");
+    assert!(
+        text.contains("failed") && text.contains("the daemon keeps running"),
+        "{text}"
+    );
+    // Whatever the signal interrupted, every snapshot listed is whole.
+    let list = snapshots(&env);
+    assert!(list.len() >= 2);
+    assert_eq!(list.len(), manifests(&env));
+    let to = env.dir.path().join("restored.db");
+    env.ok(&[
+        "restore",
+        "--source",
+        "app",
+        "--latest",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_eq!(dump_count(&to), 300);
+}
+
+#[test]
+fn sigint_while_idle_exits_0() {
+    // Due once a year: the daemon only waits.
+    let env = Env::with_sources(|_| "[schedule]\nstatus = \"0 0 1 1 *\"\n".into());
+    let mut child = spawn_daemon(&env);
+    let start = Instant::now();
+    while !log(&env).contains("scheduled") {
+        assert!(start.elapsed() < DEADLINE, "not started: {}", log(&env));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(&child, "-INT");
+    assert_eq!(wait_exit(&mut child, &env), 0, "log:\n{}", log(&env));
+    assert!(log(&env).contains("SIGINT received, exiting"));
+}
+
+#[test]
+fn daemon_config_mistakes_exit_2() {
+    let env = Env::new();
+    let (code, _, err) = env.run(&["daemon"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("[schedule] has no jobs"), "{err}");
+
+    let env = Env::with_sources(|_| "[schedule]\nbackup = \"61 * * * *\"\n".into());
+    let (code, _, err) = env.run(&["daemon"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("schedule.backup = \"61 * * * *\""), "{err}");
+}
