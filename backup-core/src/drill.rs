@@ -175,14 +175,16 @@ pub async fn drill(
             };
             report.push("integrity_check", true, what.into(), None);
         }
-        Err(Error::Verification(message)) => {
+        // Damaged stored data: the restore could not produce a verified copy,
+        // and the integrity check is the step that caught it.
+        Err(e @ (Error::Verification(_) | Error::Corrupt { .. })) => {
             report.push(
                 "restore",
-                true,
-                "data downloaded and decrypted".into(),
+                false,
+                "the stored data failed verification; nothing was restored".into(),
                 Some(elapsed.as_secs_f64()),
             );
-            report.push("integrity_check", false, message, None);
+            report.push("integrity_check", false, e.to_string(), None);
             return Ok(report);
         }
         Err(e) => {

@@ -139,6 +139,9 @@ pub fn load(path: &Path) -> Result<Config> {
     if let Some(p) = &mut config.encryption.identity_file {
         fix(p);
     }
+    if let Some(p) = &mut config.status.prometheus_file {
+        fix(p);
+    }
     for t in &mut config.targets {
         if t.kind == "local" {
             if let Some(serde_json::Value::String(p)) = t.settings.get_mut("path") {

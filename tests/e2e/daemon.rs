@@ -104,6 +104,51 @@ fn daemon_runs_scheduled_backups_survives_failures_and_stops_on_sigterm() {
 }
 
 #[test]
+fn daemon_runs_status_and_drill_jobs() {
+    let env = Env::with_sources(|_| {
+        "[schedule]\nstatus = \"* * * * * *\"\ndrill = \"*/2 * * * * *\"\n".into()
+    });
+    append_status_file(&env);
+    env.make_db(&env.db(), 100);
+    env.ok(&["backup"]);
+    let prom = env.dir.path().join("offsite.prom");
+    let mut child = spawn_daemon(&env);
+    let start = Instant::now();
+    loop {
+        let text = log(&env);
+        let drilled = text
+            .lines()
+            .any(|l| l.contains("finished") && l.contains("job=\"drill\""));
+        if drilled && prom.exists() {
+            break;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the daemon exited ({status}); log:\n{text}");
+        }
+        assert!(start.elapsed() < DEADLINE, "jobs did not run; log:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    signal(&child, "-TERM");
+    assert_eq!(wait_exit(&mut child, &env), 0, "log:\n{}", log(&env));
+    let metrics = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        metrics.contains("offsite_status_ok{source=\"app\",target=\"local\"} 1"),
+        "{metrics}"
+    );
+    let text = log(&env);
+    assert!(text.contains("drill app @ local: PASSED"), "{text}");
+}
+
+fn append_status_file(env: &Env) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(env.dir.path().join("offsite.toml"))
+        .unwrap();
+    writeln!(f, "\n[status]\nprometheus_file = \"offsite.prom\"").unwrap();
+}
+
+#[test]
 fn sigint_while_idle_exits_0() {
     // Due once a year: the daemon only waits.
     let env = Env::with_sources(|_| "[schedule]\nstatus = \"0 0 1 1 *\"\n".into());

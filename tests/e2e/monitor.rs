@@ -103,6 +103,49 @@ fn a_failed_drill_step_fails_the_command_and_names_the_step() {
 }
 
 #[test]
+fn a_drill_on_damaged_data_fails_integrity_and_leaves_no_scratch_copy() {
+    let env = Env::new();
+    env.make_db(&env.db(), 3_000);
+    env.ok(&["backup"]);
+    let pack = find_files(&env.repo().join("packs"))[0].clone();
+    let mut data = std::fs::read(&pack).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 1;
+    std::fs::write(&pack, &data).unwrap();
+
+    let tmp = env.dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let out = std::process::Command::new(bin())
+        .arg("--config")
+        .arg(env.dir.path().join("offsite.toml"))
+        .args(["drill", "--json"])
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let steps = v["drills"][0]["steps"].as_array().unwrap();
+    let integrity = steps
+        .iter()
+        .find(|s| s["step"] == "integrity_check")
+        .unwrap();
+    assert_eq!(integrity["passed"], false);
+    assert!(
+        integrity["detail"].as_str().unwrap().contains("corrupt"),
+        "{integrity}"
+    );
+    assert!(
+        steps.iter().all(|s| s["step"] != "rto"),
+        "no RTO without a restore"
+    );
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "the scratch directory is removed"
+    );
+}
+
+#[test]
 fn a_drill_without_snapshots_is_a_clear_failure() {
     let env = Env::with_sources(|dir| {
         std::fs::create_dir(dir.join("docs")).unwrap();
