@@ -175,3 +175,77 @@ fn daemon_config_mistakes_exit_2() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("schedule.backup = \"61 * * * *\""), "{err}");
 }
+
+/// A daemon whose backup job is held at its healthchecks start ping (the
+/// mock answers after a pause), so that a signal reliably arrives mid-job.
+async fn daemon_mid_job(server: &wiremock::MockServer) -> (Env, Child) {
+    use wiremock::matchers::path;
+    use wiremock::{Mock, ResponseTemplate};
+    Mock::given(path("/hc/start"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(4)))
+        .mount(server)
+        .await;
+    Mock::given(path("/hc"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(server)
+        .await;
+    let uri = server.uri();
+    let env = Env::with_sources(|_| {
+        format!(
+            "[[notify]]\nkind = \"healthchecks\"\nurl = \"{uri}/hc\"\n\n\
+             [schedule]\nbackup = \"* * * * * *\"\n"
+        )
+    });
+    env.make_db(&env.db(), 200);
+    let child = spawn_daemon(&env);
+    let start = Instant::now();
+    while !log(&env).contains("starting job=\"backup\"") {
+        assert!(start.elapsed() < DEADLINE, "no job started: {}", log(&env));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (env, child)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_a_job_lets_it_finish_then_exits_0() {
+    let server = wiremock::MockServer::start().await;
+    let (env, mut child) = daemon_mid_job(&server).await;
+    signal(&child, "-TERM");
+    let (env, code) = tokio::task::spawn_blocking(move || {
+        let code = wait_exit(&mut child, &env);
+        (env, code)
+    })
+    .await
+    .unwrap();
+    let text = log(&env);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("finishing the running job"), "{text}");
+    assert!(text.contains("finished job=\"backup\""), "{text}");
+    let list = tokio::task::spawn_blocking(move || snapshots(&env))
+        .await
+        .unwrap();
+    assert_eq!(list.len(), 1, "the job ran to the end");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_signal_abandons_the_job_and_nothing_half_done_is_visible() {
+    let server = wiremock::MockServer::start().await;
+    let (env, mut child) = daemon_mid_job(&server).await;
+    signal(&child, "-TERM");
+    let start = Instant::now();
+    while !log(&env).contains("finishing the running job") {
+        assert!(start.elapsed() < DEADLINE, "{}", log(&env));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal(&child, "-INT");
+    let (env, code) = tokio::task::spawn_blocking(move || {
+        let code = wait_exit(&mut child, &env);
+        (env, code)
+    })
+    .await
+    .unwrap();
+    let text = log(&env);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("abandoning the job"), "{text}");
+    assert_eq!(manifests(&env), 0, "no snapshot from the abandoned job");
+}
