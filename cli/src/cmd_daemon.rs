@@ -9,11 +9,13 @@
 //! done becomes visible: a snapshot exists only once its manifest is written
 //! (docs/format.md), and a drill's scratch directory is removed.
 
+use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
 use chrono::{DateTime, Local};
 use croner::Cron;
+use futures::FutureExt;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::config::Config;
@@ -124,7 +126,10 @@ pub async fn run(cfg: &Config) -> Result<()> {
 async fn run_one(cfg: &Config, name: &'static str, signals: &mut Signals) -> bool {
     tracing::info!(job = name, "starting");
     let clock = Instant::now();
-    let job = run_job(cfg, name);
+    // A bug that panics in one job must not take the schedule down with it.
+    let job = AssertUnwindSafe(run_job(cfg, name))
+        .catch_unwind()
+        .map(|r| r.unwrap_or_else(|_| Err(anyhow::anyhow!("the job panicked"))));
     tokio::pin!(job);
     let mut stopping = false;
     let result = tokio::select! {

@@ -199,7 +199,7 @@ async fn send_events(cfg: &Config, report: &Report) {
 
 fn print_table(report: &Report) {
     println!(
-        "{:<12} {:<10} {:>9} {:<25} {:>9} {:>10} {:>10} {:>10}  STATUS",
+        "{:<12} {:<10} {:>9} {:<25} {:>12} {:>10} {:>10} {:>10}  STATUS",
         "SOURCE", "TARGET", "SNAPSHOTS", "NEWEST", "AGE", "SIZE", "PREVIOUS", "LOGICAL"
     );
     for r in &report.sources {
@@ -210,7 +210,8 @@ fn print_table(report: &Report) {
                     .with_timezone(&Local)
                     .format("%Y-%m-%d %H:%M:%S %z")
                     .to_string(),
-                output::duration(std::time::Duration::from_secs(n.age_seconds)),
+                humantime::format_duration(std::time::Duration::from_secs(n.age_seconds))
+                    .to_string(),
                 output::bytes(n.size),
                 n.previous_size
                     .map(output::bytes)
@@ -219,7 +220,7 @@ fn print_table(report: &Report) {
             None => ("-".into(), "-".into(), "-".into(), "-".into()),
         };
         println!(
-            "{:<12} {:<10} {:>9} {:<25} {:>9} {:>10} {:>10} {:>10}  {}",
+            "{:<12} {:<10} {:>9} {:<25} {:>12} {:>10} {:>10} {:>10}  {}",
             s.source,
             r.target,
             s.snapshots,
