@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 use backup_core::backup::{BackupOptions, Progress};
 use backup_core::keys::{generate_identity, Identities, Keys};
-use backup_core::repo::{select, Manifest, Repository, Selector};
+use backup_core::repo::{select, Manifest, Repository, Selector, PRE_RESTORE_TAG};
 use backup_core::restore::RestoreOptions;
 use backup_core::source::SourceSpec;
 use backup_core::storage::ErrorKind;
@@ -347,7 +347,7 @@ pub fn parse_time(s: &str) -> Result<DateTime<Utc>> {
 }
 
 pub async fn restore(cfg: &Config, args: &RestoreArgs) -> Result<()> {
-    cfg.source(&args.source)?;
+    let source = cfg.source(&args.source)?;
     let selector = if args.latest {
         Selector::Latest
     } else if let Some(id) = &args.snapshot {
@@ -355,13 +355,45 @@ pub async fn restore(cfg: &Config, args: &RestoreArgs) -> Result<()> {
     } else {
         Selector::At(parse_time(args.at.as_deref().unwrap_or_default())?)
     };
-    if !args.force && std::fs::symlink_metadata(&args.to).is_ok() {
-        return Err(Error::TargetExists(args.to.clone()).into());
+    // `--test` restores into a directory of its own that is removed on
+    // return: the whole restore and its checks run, and nothing else is touched.
+    let scratch = if args.test {
+        Some(
+            tempfile::Builder::new()
+                .prefix("offsite-restore-test-")
+                .tempdir()
+                .context(
+                    "creating a temporary directory for --test (set TMPDIR to choose where)",
+                )?,
+        )
+    } else {
+        None
+    };
+    let to = match (&scratch, &args.to) {
+        (Some(dir), _) => dir.path().join(&args.source),
+        (None, Some(to)) => to.clone(),
+        (None, None) => bail!("--to PATH is required (or --test to verify without writing)"),
+    };
+    let replacing = std::fs::symlink_metadata(&to).is_ok();
+    if replacing && !args.force {
+        return Err(Error::TargetExists(to).into());
     }
     let ids = identities(cfg, args.identity.as_deref())?;
     let (tname, repo) = first_repo(cfg, args.target.as_deref()).await?;
     let all = repo.snapshots(&ids).await?;
     let manifest = select(&all, Some(&args.source), &selector)?.clone();
+
+    let pre_restore = if replacing && !args.no_pre_restore_snapshot {
+        let spec = SourceSpec {
+            name: source.name.clone(),
+            kind: source.kind,
+            path: to.clone(),
+        };
+        pre_restore_snapshot(cfg, &repo, &spec, args.json).await
+    } else {
+        None
+    };
+
     let progress = Arc::new(Progress::default());
     let opts = RestoreOptions {
         force: args.force,
@@ -369,45 +401,109 @@ pub async fn restore(cfg: &Config, args: &RestoreArgs) -> Result<()> {
         ..Default::default()
     };
     let bar = Bar::start(format!("restore {}", manifest.id), progress, !args.json);
-    let summary = backup_core::restore::restore(&repo, &ids, &manifest, &args.to, &opts).await;
+    let summary = backup_core::restore::restore(&repo, &ids, &manifest, &to, &opts).await;
     drop(bar);
     let summary = summary?;
+    let checks = if manifest.kind == backup_core::source::SourceKind::Sqlite {
+        "checksum and integrity_check"
+    } else {
+        "checksum"
+    };
     if args.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({
                 "snapshot": snapshot_json(&manifest, &tname),
-                "path": summary.path,
+                "path": if args.test { serde_json::Value::Null } else { json!(summary.path) },
+                "test": args.test,
                 "bytes": summary.bytes,
                 "moved_aside": summary.moved_aside,
+                "pre_restore_snapshot": pre_restore,
                 "seconds": summary.duration.as_secs_f64(),
                 "verified": true,
             }))?
         );
-    } else {
+        return Ok(());
+    }
+    let taken = manifest
+        .finished
+        .with_timezone(&Local)
+        .format("%Y-%m-%d %H:%M:%S %z");
+    if args.test {
         println!(
-            "restored {} ({} of {}, taken {}) from {} to {} in {}; checksum{} verified",
+            "restore test of {} ({} of {}, taken {}) from {}: {checks} ok in {}; nothing was written outside a temporary directory",
             manifest.id,
             output::bytes(manifest.size),
             manifest.source,
-            manifest
-                .finished
-                .with_timezone(&Local)
-                .format("%Y-%m-%d %H:%M:%S %z"),
+            taken,
             tname,
-            summary.path.display(),
             output::duration(summary.duration),
-            if manifest.kind == backup_core::source::SourceKind::Sqlite {
-                " and integrity_check"
-            } else {
-                ""
-            }
         );
-        for p in &summary.moved_aside {
-            println!("kept the previous file as {}", p.display());
-        }
+        return Ok(());
+    }
+    println!(
+        "restored {} ({} of {}, taken {}) from {} to {} in {}; {checks} verified",
+        manifest.id,
+        output::bytes(manifest.size),
+        manifest.source,
+        taken,
+        tname,
+        summary.path.display(),
+        output::duration(summary.duration),
+    );
+    if let Some(id) = &pre_restore {
+        println!("the replaced file was first backed up as snapshot {id} (tag {PRE_RESTORE_TAG})");
+    }
+    for p in &summary.moved_aside {
+        println!("kept the previous file as {}", p.display());
     }
     Ok(())
+}
+
+/// Backs up the file a restore is about to replace, so that an in-place
+/// restore can itself be undone. Best effort: a file that cannot be read as
+/// its source kind (a corrupt database is the usual reason to restore) or a
+/// repository that cannot take the snapshot only warns, because the file is
+/// moved aside in any case, never deleted.
+async fn pre_restore_snapshot(
+    cfg: &Config,
+    repo: &Repository,
+    spec: &SourceSpec,
+    quiet: bool,
+) -> Option<String> {
+    let keys = match keys(cfg) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "no pre-restore snapshot: no recipients");
+            if !quiet {
+                eprintln!(
+                    "warning: no pre-restore snapshot of {} ({e:#}); it will be moved aside",
+                    spec.path.display()
+                );
+            }
+            return None;
+        }
+    };
+    let opts = BackupOptions {
+        tags: vec![PRE_RESTORE_TAG.to_string()],
+        pack_size: cfg.backup.pack_size_mib << 20,
+        compression_level: cfg.backup.compression_level,
+        upload_concurrency: cfg.backup.upload_concurrency,
+        ..Default::default()
+    };
+    match backup_core::backup::backup(repo, &keys, spec, &opts).await {
+        Ok(s) => Some(s.manifest.id),
+        Err(e) => {
+            tracing::warn!(error = %e, "no pre-restore snapshot");
+            if !quiet {
+                eprintln!(
+                    "warning: could not snapshot {} before replacing it ({e}); it will be moved aside instead",
+                    spec.path.display()
+                );
+            }
+            None
+        }
+    }
 }
 
 pub async fn targets_check(cfg: &Config, target: Option<&str>, as_json: bool) -> Result<()> {

@@ -130,11 +130,18 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub at: Option<String>,
     /// Where to write the database (or directory, for file sources).
-    #[arg(long)]
-    pub to: PathBuf,
-    /// Replace an existing PATH; the old file and its -wal/-shm are moved aside, not deleted.
+    #[arg(long, required_unless_present = "test")]
+    pub to: Option<PathBuf>,
+    /// Replace an existing PATH: first snapshot it (tag "pre-restore"), then move it
+    /// and its -wal/-shm aside, never deleting them.
     #[arg(long)]
     pub force: bool,
+    /// With --force: skip the snapshot of the file being replaced (it is still moved aside).
+    #[arg(long, requires = "force")]
+    pub no_pre_restore_snapshot: bool,
+    /// Restore into a temporary directory, verify, and delete it: a check that touches nothing.
+    #[arg(long, conflicts_with_all = ["to", "force"])]
+    pub test: bool,
     /// Target to restore from [default: the first that answers]
     #[arg(long)]
     pub target: Option<String>,

@@ -3,6 +3,7 @@
 
 mod daemon;
 mod monitor;
+mod restore_in_place;
 mod support;
 
 use std::path::Path;

@@ -41,6 +41,11 @@ pub fn open_read_only(path: &Path) -> Result<Connection> {
             message: "not a regular file".into(),
         });
     }
+    // Check the header before SQLite sees the file: opening a non-database
+    // that has a -wal beside it would make SQLite create a -shm there.
+    if meta.len() > 0 && !has_sqlite_header(path) {
+        return Err(Error::NotSqlite(path.to_path_buf()));
+    }
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -49,6 +54,14 @@ pub fn open_read_only(path: &Path) -> Result<Connection> {
     conn.busy_timeout(std::time::Duration::from_secs(60))
         .map_err(|e| sql_error(path, e))?;
     Ok(conn)
+}
+
+fn has_sqlite_header(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 16];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok_and(|()| &magic == b"SQLite format 3\0")
 }
 
 pub fn read(path: &Path, visitor: &mut dyn Visitor) -> Result<SourceInfo> {
