@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::keys::Identities;
-use crate::repo::{Manifest, Repository};
+use crate::repo::{Manifest, Repository, PRE_RESTORE_TAG};
 use crate::restore::{restore, RestoreOptions};
 use crate::source::{sqlite, SourceKind};
 use crate::status::human;
@@ -123,8 +123,15 @@ pub async fn drill(
     now: DateTime<Utc>,
 ) -> Result<DrillReport> {
     let mut report = DrillReport::empty(source, opts.rto_target);
-    let snapshots = repo.snapshots(ids).await?;
-    let Some(newest) = snapshots.iter().find(|m| m.source == source) else {
+    // What `restore --latest` would restore: pre-restore snapshots save a
+    // replaced (maybe damaged) file, not the backups being drilled.
+    let snapshots: Vec<Manifest> = repo
+        .snapshots(ids)
+        .await?
+        .into_iter()
+        .filter(|m| m.source == source && !m.tags.iter().any(|t| t == PRE_RESTORE_TAG))
+        .collect();
+    let Some(newest) = snapshots.first() else {
         report.push(
             "snapshot_exists",
             false,
@@ -146,7 +153,7 @@ pub async fn drill(
             "{} ({} bytes, {} snapshots of {source})",
             newest.id,
             newest.size,
-            snapshots.iter().filter(|m| m.source == source).count()
+            snapshots.len()
         ),
         None,
     );

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::repo::{Manifest, Repository, INDEX, LISTS, PACKS, SNAPSHOTS};
+use crate::repo::{Manifest, Repository, INDEX, LISTS, PACKS, PRE_RESTORE_TAG, SNAPSHOTS};
 
 /// Limits beyond which a source's backups need attention.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -73,12 +73,19 @@ pub fn source_status(
     now: DateTime<Utc>,
 ) -> SourceStatus {
     let mine: Vec<&Manifest> = snapshots.iter().filter(|m| m.source == source).collect();
-    let newest = mine.first().map(|m| Newest {
+    // A pre-restore snapshot saves a file being replaced, maybe a damaged
+    // one: it says nothing about whether backups run, nor how big they are.
+    let regular: Vec<&Manifest> = mine
+        .iter()
+        .copied()
+        .filter(|m| !m.tags.iter().any(|t| t == PRE_RESTORE_TAG))
+        .collect();
+    let newest = regular.first().map(|m| Newest {
         id: m.id.clone(),
         time: m.finished,
         age_seconds: (now - m.finished).num_seconds().max(0) as u64,
         size: m.size,
-        previous_size: mine.get(1).map(|p| p.size),
+        previous_size: regular.get(1).map(|p| p.size),
     });
     let mut breaches = Vec::new();
     match &newest {
@@ -197,6 +204,19 @@ mod tests {
         assert_eq!(s.breaches.len(), 3, "{:?}", s.breaches);
         assert!(s.breaches[0].contains("1day 6h"), "{}", s.breaches[0]);
         assert!(s.breaches[2].contains("60%"), "{}", s.breaches[2]);
+
+        let mut with_pre_restore = list.clone();
+        let mut saved = manifest("app", 10, now);
+        saved.tags = vec![PRE_RESTORE_TAG.into()];
+        with_pre_restore.insert(0, saved);
+        let s = source_status(&with_pre_restore, "app", &limits, now);
+        assert_eq!(s.snapshots, 3, "every stored snapshot counts");
+        assert_eq!(
+            s.newest.as_ref().unwrap().size,
+            400,
+            "pre-restore is not newest"
+        );
+        assert_eq!(s.breaches.len(), 3, "nor does it hide stale backups");
 
         let none = source_status(&list, "missing", &limits, now);
         assert_eq!(none.breaches, vec!["no snapshot of source \"missing\""]);

@@ -483,3 +483,30 @@ fn unreachable_or_failing_notify_endpoints_never_fail_the_backup() {
     assert!(err.contains("notification failed"), "{err}");
     assert_eq!(snapshots(&env).len(), 1);
 }
+
+#[test]
+fn drill_and_status_pass_over_pre_restore_snapshots() {
+    let env = Env::new();
+    env.make_db(&env.db(), 500);
+    env.ok(&["backup"]);
+    let regular = snapshots(&env)[0]["id"].as_str().unwrap().to_string();
+    // An in-place restore first saves the file it replaces (tag pre-restore).
+    env.ok(&[
+        "restore",
+        "--source",
+        "app",
+        "--latest",
+        "--to",
+        env.db().to_str().unwrap(),
+        "--force",
+    ]);
+    let list = snapshots(&env);
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["tags"][0], "pre-restore");
+
+    let drill: serde_json::Value = serde_json::from_str(&env.ok(&["drill", "--json"])).unwrap();
+    assert_eq!(drill["drills"][0]["snapshot"], regular.as_str());
+    let status: serde_json::Value = serde_json::from_str(&env.ok(&["status", "--json"])).unwrap();
+    assert_eq!(status["sources"][0]["newest"]["id"], regular.as_str());
+    assert_eq!(status["sources"][0]["snapshots"], 2);
+}
