@@ -236,7 +236,14 @@ impl Config {
             }
         }
         for (job, expr) in self.schedule.entries() {
-            parse_cron(&format!("schedule.{job}"), expr)?;
+            let cron = parse_cron(&format!("schedule.{job}"), expr)?;
+            // "0 0 30 2 *" parses but never comes: a daemon would never run it.
+            if cron
+                .find_next_occurrence(&chrono::Local::now(), false)
+                .is_err()
+            {
+                bail!("schedule.{job} = {expr:?} never matches a date; check the day and month fields");
+            }
         }
         Ok(())
     }

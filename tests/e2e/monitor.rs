@@ -276,6 +276,7 @@ fn bad_monitoring_settings_are_config_errors_naming_the_setting() {
         ),
         ("[schedule]\nbackup = \"0 25 * * *\"", "schedule.backup"),
         ("[schedule]\ndrill = \"monthly please\"", "schedule.drill"),
+        ("[schedule]\nstatus = \"0 0 30 2 *\"", "schedule.status"),
         ("[schedule]\nbackups = \"0 2 * * *\"", "backups"),
         (
             "[[notify]]\nkind = \"webhook\"\nurl = \"ftp://x\"",
