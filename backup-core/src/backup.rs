@@ -465,7 +465,9 @@ fn read_source(
         .iter()
         .map(|r| r as &dyn age::Recipient)
         .collect();
-    let mut list = EncodeWriter::new(std::io::BufWriter::new(tmp), &refs, 6)
+    // The list is mostly hex chunk ids, which no zstd level squeezes below
+    // half; a higher level would only cost time on every page.
+    let mut list = EncodeWriter::new(std::io::BufWriter::new(tmp), &refs, 3)
         .map_err(|e| Error::io("chunk list", e))?;
     writeln!(list, "{}", format::LIST_HEADER).map_err(|e| Error::io("chunk list", e))?;
     let mut c = Collector {
