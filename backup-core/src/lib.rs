@@ -4,12 +4,13 @@
 //! chunk ids) -> [`codec`] (zstd, then age) -> [`repo`] (format, manifests,
 //! packs, index) -> [`storage`] (the trait every target implements). The
 //! operations ([`backup`], [`restore`], [`prune`] with [`retention`], [`pins`]
-//! and [`lock`], [`verify`]) are thin functions over those and
+//! and [`lock`], [`verify`], [`drill`], [`status`]) are thin functions over those and
 //! return typed results; printing and progress display belong to the caller.
 
 pub mod backup;
 pub mod chunk;
 pub mod codec;
+pub mod drill;
 pub mod error;
 pub mod keys;
 pub mod lock;
@@ -19,6 +20,7 @@ pub mod repo;
 pub mod restore;
 pub mod retention;
 pub mod source;
+pub mod status;
 pub mod storage;
 pub mod verify;
 

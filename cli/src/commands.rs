@@ -17,6 +17,7 @@ use chrono::{DateTime, Local, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use serde_json::json;
 
 use crate::config::{Config, TargetConfig};
+use crate::notify::{self, Event, EventKind};
 use crate::output::{self, Bar};
 use crate::{targets, RestoreArgs};
 
@@ -95,7 +96,7 @@ pub(crate) fn chosen_targets<'a>(
     }
 }
 
-fn source_specs(cfg: &Config, name: Option<&str>) -> Result<Vec<SourceSpec>> {
+pub(crate) fn source_specs(cfg: &Config, name: Option<&str>) -> Result<Vec<SourceSpec>> {
     if cfg.sources.is_empty() {
         bail!("no [[sources]] in the config: add one with name, kind (\"sqlite\" or \"files\") and path");
     }
@@ -124,6 +125,8 @@ pub async fn backup(
     let keys = keys(cfg)?;
     let specs = source_specs(cfg, source)?;
     let targets = chosen_targets(cfg, target)?;
+    notify::start(&cfg.notify, EventKind::Backup).await;
+    let mut events = Vec::new();
     let mut results = Vec::new();
     let mut failures = 0;
     // Every source goes to every target; one failure does not stop the others.
@@ -132,6 +135,9 @@ pub async fn backup(
             Ok(r) => r,
             Err(e) => {
                 failures += specs.len();
+                let mut ev = Event::new(EventKind::Backup, false).at(None, Some(&t.name));
+                ev.error = Some(format!("{e:#}"));
+                events.push(ev);
                 print_failure(as_json, &mut results, "*", &t.name, &e);
                 continue;
             }
@@ -155,6 +161,7 @@ pub async fn backup(
                 Ok(s) => {
                     let m = &s.manifest;
                     let requests = s.requests - before;
+                    events.push(notify::backup_event(&s, &t.name));
                     if as_json {
                         let mut snapshot = snapshot_json(m, &t.name);
                         snapshot["pinned"] = json!(pin);
@@ -180,6 +187,10 @@ pub async fn backup(
                 }
                 Err(e) => {
                     failures += 1;
+                    let mut ev =
+                        Event::new(EventKind::Backup, false).at(Some(&spec.name), Some(&t.name));
+                    ev.error = Some(e.to_string());
+                    events.push(ev);
                     print_failure(as_json, &mut results, &spec.name, &t.name, &anyhow!(e));
                 }
             }
@@ -188,11 +199,12 @@ pub async fn backup(
     if as_json {
         println!("{}", serde_json::to_string_pretty(&results)?);
     }
+    let total = specs.len() * targets.len();
+    notify::events(&cfg.notify, &events).await;
+    let summary = format!("{} of {total} backups succeeded", total - failures);
+    notify::finish(&cfg.notify, EventKind::Backup, failures == 0, &summary).await;
     if failures > 0 {
-        bail!(
-            "{failures} of {} backups failed",
-            specs.len() * targets.len()
-        );
+        bail!("{failures} of {total} backups failed");
     }
     Ok(())
 }
@@ -224,7 +236,7 @@ async fn open_repo_for_backup(t: &TargetConfig, keys: &Keys) -> Result<Repositor
 }
 
 /// The first target (in config order, or the named one) whose repository opens.
-async fn first_repo(cfg: &Config, name: Option<&str>) -> Result<(String, Repository)> {
+pub(crate) async fn first_repo(cfg: &Config, name: Option<&str>) -> Result<(String, Repository)> {
     let mut last = None;
     for t in chosen_targets(cfg, name)? {
         let attempt = async {

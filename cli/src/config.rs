@@ -11,6 +11,8 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
 
+pub use crate::ops_config::{DrillSettings, NotifyConfig, ScheduleSettings, StatusSettings};
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -24,6 +26,14 @@ pub struct Config {
     /// What prune keeps, for sources without their own `retention`.
     #[serde(default)]
     pub retention: Option<crate::retention::RetentionConfig>,
+    #[serde(default)]
+    pub status: StatusSettings,
+    #[serde(default)]
+    pub drill: DrillSettings,
+    #[serde(default)]
+    pub notify: Vec<NotifyConfig>,
+    #[serde(default)]
+    pub schedule: ScheduleSettings,
 }
 
 #[derive(Debug, Deserialize)]
@@ -45,6 +55,12 @@ pub struct SourceConfig {
     /// Replaces the global `[retention]` entirely for this source.
     #[serde(default)]
     pub retention: Option<crate::retention::RetentionConfig>,
+    /// `[sources.drill]`: overrides of the global `[drill]` settings.
+    #[serde(default)]
+    pub drill: Option<DrillSettings>,
+    /// `[sources.status]`: overrides of the global `[status]` thresholds.
+    #[serde(default)]
+    pub status: Option<StatusSettings>,
 }
 
 /// A target: its name and kind, plus the backend's own settings, which are
@@ -129,6 +145,9 @@ pub fn load(path: &Path) -> Result<Config> {
     if let Some(p) = &mut config.encryption.identity_file {
         fix(p);
     }
+    if let Some(p) = &mut config.status.prometheus_file {
+        fix(p);
+    }
     for t in &mut config.targets {
         if t.kind == "local" {
             if let Some(serde_json::Value::String(p)) = t.settings.get_mut("path") {
@@ -200,6 +219,7 @@ impl Config {
                 r.policy(&format!("sources.{}.retention", s.name))?;
             }
         }
+        self.validate_monitoring()?;
         Ok(())
     }
 

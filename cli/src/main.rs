@@ -2,12 +2,17 @@
 //! configuration, opens the configured targets, calls backup-core's
 //! operations and prints their results. No backup logic lives here.
 
+mod cmd_daemon;
+mod cmd_drill;
 mod cmd_pin;
 mod cmd_prune;
+mod cmd_status;
 mod cmd_verify;
 mod commands;
 mod config;
 mod demo;
+mod notify;
+mod ops_config;
 mod output;
 mod retention;
 mod targets;
@@ -85,6 +90,29 @@ enum Command {
         #[command(subcommand)]
         command: TargetsCommand,
     },
+    /// Restore drill: restore each source's newest snapshot to a scratch directory, check and time it.
+    Drill {
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long)]
+        target: Option<String>,
+        /// Identity file [default: encryption.identity_file]
+        #[arg(long, short = 'i')]
+        identity: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Snapshots, sizes and ages per source and target; exit 1 when a [status] threshold is breached.
+    Status {
+        #[arg(long)]
+        json: bool,
+        /// Write node_exporter textfile metrics to FILE (atomically) [default: status.prometheus_file]
+        #[arg(long, value_name = "FILE")]
+        prometheus: Option<PathBuf>,
+    },
+    /// Run the [schedule] jobs at their cron times until SIGTERM or SIGINT.
+    Daemon,
     /// Try offsite on a sample database, with a local target: no setup needed.
     Demo {
         /// Directory for the demo's database, key, config and backups.
@@ -152,13 +180,17 @@ fn init_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes would garble journald and log files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    // A daemon's log is its only output: say what runs when, by default.
+    let daemon = matches!(cli.command, Command::Daemon);
+    init_logging(cli.verbose.max(u8::from(daemon)));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -203,7 +235,12 @@ fn main() -> ExitCode {
             }
             Command::Prune(args) => {
                 let cfg = config::load(&config_path)?;
-                cmd_prune::prune(&cfg, &config_path, &args).await
+                notify::around(
+                    &cfg.notify,
+                    notify::EventKind::Prune,
+                    cmd_prune::prune(&cfg, &config_path, &args),
+                )
+                .await
             }
             Command::Pin(args) => {
                 let cfg = config::load(&config_path)?;
@@ -219,11 +256,42 @@ fn main() -> ExitCode {
             }
             Command::Verify(args) => {
                 let cfg = config::load(&config_path)?;
-                cmd_verify::verify(&cfg, &args).await
+                notify::around(
+                    &cfg.notify,
+                    notify::EventKind::Verify,
+                    cmd_verify::verify(&cfg, &args),
+                )
+                .await
+            }
+            Command::Drill {
+                source,
+                target,
+                identity,
+                json,
+            } => {
+                let cfg = config::load(&config_path)?;
+                cmd_drill::run(
+                    &cfg,
+                    source.as_deref(),
+                    target.as_deref(),
+                    identity.as_deref(),
+                    json,
+                )
+                .await
+            }
+            Command::Status { json, prometheus } => {
+                let cfg = config::load(&config_path)?;
+                cmd_status::run(&cfg, json, prometheus.as_deref()).await
+            }
+            Command::Daemon => {
+                let cfg = config::load(&config_path)?;
+                cmd_daemon::run(&cfg, &config_path).await
             }
             Command::Demo { dir } => demo::run(&dir).await,
         }
     });
+    // Do not wait on threads of a job the daemon abandoned at shutdown.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => commands::report(&e),

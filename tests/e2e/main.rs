@@ -1,8 +1,10 @@
 //! End-to-end tests: the real `offsite` binary, real SQLite databases, a real
 //! local target, and for the format procedure the real `age` and `zstd` tools.
 
-mod restore_in_place;
+mod daemon;
+mod monitor;
 mod prune;
+mod restore_in_place;
 mod support;
 
 use std::path::Path;

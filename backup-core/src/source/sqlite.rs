@@ -169,3 +169,33 @@ pub fn integrity_check(path: &Path) -> Result<Vec<String>> {
         Ok(rows)
     }
 }
+
+/// Runs a drill's smoke query on a restored copy and returns the first column
+/// of the first row as an integer (`None` when the query returns no rows).
+///
+/// The copy is opened read-only and with `query_only`, so a query that tries
+/// to write fails instead of changing the restored data.
+pub fn smoke_query(path: &Path, sql: &str) -> Result<Option<i64>> {
+    let conn = open_read_only(path)?;
+    let err = |e| sql_error(path, e);
+    conn.pragma_update(None, "query_only", true).map_err(err)?;
+    let mut stmt = conn.prepare(sql).map_err(err)?;
+    let mut rows = stmt.query([]).map_err(err)?;
+    let Some(row) = rows.next().map_err(err)? else {
+        return Ok(None);
+    };
+    let value = match row.get_ref(0).map_err(err)? {
+        rusqlite::types::ValueRef::Integer(i) => i,
+        rusqlite::types::ValueRef::Real(f) => f as i64,
+        other => {
+            return Err(Error::Source {
+                path: path.to_path_buf(),
+                message: format!(
+                    "smoke query {sql:?}: the first column is {:?}, not a number",
+                    other.data_type()
+                ),
+            })
+        }
+    };
+    Ok(Some(value))
+}
