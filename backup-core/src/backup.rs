@@ -68,7 +68,7 @@ impl Default for BackupOptions {
         BackupOptions {
             host: hostname(),
             tags: Vec::new(),
-            pack_size: 8 << 20,
+            pack_size: 4 << 20,
             compression_level: 3,
             encoder_threads: std::thread::available_parallelism()
                 .map_or(2, |n| n.get())
