@@ -112,14 +112,7 @@ pub async fn prune(cfg: &Config, config_path: &Path, args: &PruneArgs) -> Result
             Err(e) => {
                 failures += 1;
                 let e = e.context(format!("target {:?}", t.name));
-                if args.json {
-                    results.push(json!({"target": t.name, "ok": false, "error": format!("{e:#}")}));
-                } else {
-                    eprintln!("{}: FAILED: {e:#}", t.name);
-                    if let Some(h) = crate::commands::hint(&e) {
-                        eprintln!("  hint: {h}");
-                    }
-                }
+                crate::commands::print_target_failure(args.json, &mut results, &t.name, &e);
             }
         }
     }

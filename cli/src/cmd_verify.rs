@@ -75,14 +75,7 @@ pub async fn verify(cfg: &Config, args: &VerifyArgs) -> Result<()> {
             Err(e) => {
                 let e = e.context(format!("target {:?}", t.name));
                 failed.push(t.name.clone());
-                if args.json {
-                    results.push(json!({"target": t.name, "ok": false, "error": format!("{e:#}")}));
-                } else {
-                    eprintln!("{}: FAILED: {e:#}", t.name);
-                    if let Some(h) = crate::commands::hint(&e) {
-                        eprintln!("  hint: {h}");
-                    }
-                }
+                crate::commands::print_target_failure(args.json, &mut results, &t.name, &e);
             }
         }
     }

@@ -209,6 +209,24 @@ pub async fn backup(
     Ok(())
 }
 
+/// A target that failed as a whole in a per-target command (prune, verify):
+/// a JSON result entry, or a line on stderr with a hint.
+pub(crate) fn print_target_failure(
+    as_json: bool,
+    results: &mut Vec<serde_json::Value>,
+    target: &str,
+    e: &anyhow::Error,
+) {
+    if as_json {
+        results.push(json!({"target": target, "ok": false, "error": format!("{e:#}")}));
+    } else {
+        eprintln!("{target}: FAILED: {e:#}");
+        if let Some(h) = hint(e) {
+            eprintln!("  hint: {h}");
+        }
+    }
+}
+
 fn print_failure(
     as_json: bool,
     results: &mut Vec<serde_json::Value>,
