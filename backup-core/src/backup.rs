@@ -29,6 +29,7 @@ use crate::chunk::ChunkId;
 use crate::codec::EncodeWriter;
 use crate::error::{Error, Result};
 use crate::keys::Keys;
+use crate::lock::{Lock, LockWait};
 use crate::repo::format::{self, write_index, PackContents};
 use crate::repo::{Index, Manifest, Repository, FORMAT_VERSION, INDEX, LISTS, PACKS, SNAPSHOTS};
 use crate::source::{self, Entry, SourceSpec, Visitor};
@@ -56,6 +57,10 @@ pub struct BackupOptions {
     pub encoder_threads: usize,
     pub upload_concurrency: usize,
     pub progress: Arc<Progress>,
+    /// Pin the snapshot (see [`crate::pins`]) before the backup's lock is released.
+    pub pin: bool,
+    /// How long to wait for a running prune (see [`crate::lock`]).
+    pub lock_wait: LockWait,
 }
 
 impl Default for BackupOptions {
@@ -63,13 +68,15 @@ impl Default for BackupOptions {
         BackupOptions {
             host: hostname(),
             tags: Vec::new(),
-            pack_size: 8 << 20,
+            pack_size: 4 << 20,
             compression_level: 3,
             encoder_threads: std::thread::available_parallelism()
                 .map_or(2, |n| n.get())
                 .min(4),
             upload_concurrency: 4,
             progress: Arc::new(Progress::default()),
+            pin: false,
+            lock_wait: LockWait::default(),
         }
     }
 }
@@ -118,15 +125,34 @@ struct ReadResult {
     page_size: Option<u32>,
 }
 
-/// Backs up one source to one repository.
+/// Backs up one source to one repository, holding a shared lock from before
+/// the index is loaded until the manifest (and pin) are written, so that no
+/// prune can delete what this backup deduplicates against.
 pub async fn backup(
     repo: &Repository,
     keys: &Keys,
     spec: &SourceSpec,
     opts: &BackupOptions,
 ) -> Result<BackupSummary> {
-    let clock = Instant::now();
     repo.check_keys(keys)?;
+    let lock = Lock::acquire(repo, "backup", opts.lock_wait).await?;
+    let result = backup_locked(repo, keys, spec, opts).await;
+    let released = lock.release().await;
+    let summary = result?;
+    if let Err(e) = released {
+        // The snapshot is complete; a lock left behind only goes stale.
+        tracing::warn!(error = %e, "could not remove the backup's lock");
+    }
+    Ok(summary)
+}
+
+async fn backup_locked(
+    repo: &Repository,
+    keys: &Keys,
+    spec: &SourceSpec,
+    opts: &BackupOptions,
+) -> Result<BackupSummary> {
+    let clock = Instant::now();
     let started = Utc::now();
     let id = format!(
         "{}-{:08x}",
@@ -248,6 +274,9 @@ pub async fn backup(
     )?;
     repo.put_bytes(&format!("{SNAPSHOTS}{id}"), body, PutMode::Create)
         .await?;
+    if opts.pin {
+        crate::pins::write_pin(repo, keys, &id).await?;
+    }
     Ok(BackupSummary {
         manifest,
         requests: repo.stats.total(),
@@ -465,7 +494,9 @@ fn read_source(
         .iter()
         .map(|r| r as &dyn age::Recipient)
         .collect();
-    let mut list = EncodeWriter::new(std::io::BufWriter::new(tmp), &refs, 6)
+    // The list is mostly hex chunk ids, which no zstd level squeezes below
+    // half; a higher level would only cost time on every page.
+    let mut list = EncodeWriter::new(std::io::BufWriter::new(tmp), &refs, 3)
         .map_err(|e| Error::io("chunk list", e))?;
     writeln!(list, "{}", format::LIST_HEADER).map_err(|e| Error::io("chunk list", e))?;
     let mut c = Collector {

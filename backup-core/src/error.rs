@@ -47,6 +47,8 @@ pub enum Error {
     TargetExists(PathBuf),
     #[error("restored data failed verification: {0}")]
     Verification(String),
+    #[error("repository {target} is locked by {holders}")]
+    Locked { target: String, holders: String },
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -3,17 +3,25 @@
 //! Reads top-down: [`source`] (what is snapshotted) -> [`chunk`] (splitting and
 //! chunk ids) -> [`codec`] (zstd, then age) -> [`repo`] (format, manifests,
 //! packs, index) -> [`storage`] (the trait every target implements). The
-//! operations ([`backup`], [`restore`]) are thin functions over those and
+//! operations ([`backup`], [`restore`], [`prune`] with [`retention`], [`pins`]
+//! and [`lock`], [`verify`], [`drill`], [`status`]) are thin functions over those and
 //! return typed results; printing and progress display belong to the caller.
 
 pub mod backup;
 pub mod chunk;
 pub mod codec;
+pub mod drill;
 pub mod error;
 pub mod keys;
+pub mod lock;
+pub mod pins;
+pub mod prune;
 pub mod repo;
 pub mod restore;
+pub mod retention;
 pub mod source;
+pub mod status;
 pub mod storage;
+pub mod verify;
 
 pub use error::{Error, Result};

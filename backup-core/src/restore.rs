@@ -119,15 +119,15 @@ pub async fn restore(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    if !parent.is_dir() {
-        return Err(Error::io(
-            format!("restore destination {}", to.display()),
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("directory {} does not exist", parent.display()),
-            ),
-        ));
-    }
+    // A rebuilt server often lacks the application's directory (/srv/app):
+    // create it, as restic and cp -r would, rather than make the operator
+    // guess which directories the restore needs.
+    std::fs::create_dir_all(&parent).map_err(|e| {
+        Error::io(
+            format!("creating the restore directory {}", parent.display()),
+            e,
+        )
+    })?;
     let name = to
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -159,7 +159,7 @@ pub async fn restore(
 
     let pack_keys = Arc::new(plan.pack_keys);
     stream::iter(plan.packs)
-        .map(|(pack, pieces)| {
+        .map(|(pack, mut pieces)| {
             let key = pack_keys[pack as usize].clone();
             let files = files.clone();
             let progress = opts.progress.clone();
@@ -168,7 +168,7 @@ pub async fn restore(
                 let ids = ids.clone();
                 // Decoding is CPU work: keep it off the async threads.
                 let written = tokio::task::spawn_blocking(move || {
-                    write_pack(&raw, &key, &ids, &pieces, &files)
+                    write_pack(&raw, &key, &ids, &mut pieces, &files)
                 })
                 .await
                 .map_err(|e| Error::io("restore", std::io::Error::other(e.to_string())))??;
@@ -321,32 +321,53 @@ fn prepare(staging: &Path, entries: &[Entry], single_file: bool) -> Result<Vec<P
     Ok(paths)
 }
 
+/// Decodes one pack as a stream and writes its pieces where they belong.
+/// Pieces are taken in pack order, so only one chunk is ever held in memory,
+/// not the decoded pack.
 fn write_pack(
     raw: &[u8],
     key: &str,
     ids: &Identities,
-    pieces: &[Piece],
+    pieces: &mut [Piece],
     files: &[PathBuf],
 ) -> Result<u64> {
-    let mut plain = Vec::new();
-    codec::decode_reader(raw, ids.iter(), key)?
-        .read_to_end(&mut plain)
-        .map_err(|e| codec::corrupt_read(e, key))?;
+    pieces.sort_unstable_by_key(|p| p.offset);
+    let mut plain = codec::decode_reader(raw, ids.iter(), key)?;
+    let outside = |p: &Piece| Error::Corrupt {
+        key: key.to_string(),
+        message: format!("chunk {} lies outside the pack", p.id),
+    };
+    let mut pos = 0u64;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut buf_offset = None;
     let mut open: HashMap<u32, std::fs::File> = HashMap::new();
     let mut written = 0u64;
-    for p in pieces {
-        let start = p.offset as usize;
-        let data = plain
-            .get(start..start + p.len as usize)
-            .ok_or_else(|| Error::Corrupt {
-                key: key.to_string(),
-                message: format!("chunk {} lies outside the pack", p.id),
+    for p in pieces.iter() {
+        // The same chunk can be wanted at several places (zeroed pages):
+        // it is read and checked once.
+        if buf_offset != Some(p.offset) {
+            let skip = u64::from(p.offset) - pos;
+            let skipped = std::io::copy(&mut (&mut plain).take(skip), &mut std::io::sink())
+                .map_err(|e| codec::corrupt_read(e, key))?;
+            if skipped != skip {
+                return Err(outside(p));
+            }
+            buf.resize(p.len as usize, 0);
+            plain.read_exact(&mut buf).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    outside(p)
+                } else {
+                    codec::corrupt_read(e, key)
+                }
             })?;
-        if ChunkId::of(data) != p.id {
-            return Err(Error::Corrupt {
-                key: key.to_string(),
-                message: format!("chunk {} does not match its id", p.id),
-            });
+            pos = u64::from(p.offset) + u64::from(p.len);
+            buf_offset = Some(p.offset);
+            if ChunkId::of(&buf) != p.id {
+                return Err(Error::Corrupt {
+                    key: key.to_string(),
+                    message: format!("chunk {} does not match its id", p.id),
+                });
+            }
         }
         let file = match open.entry(p.file) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
@@ -360,8 +381,8 @@ fn write_pack(
                 )
             }
         };
-        write_at(file, data, p.file_offset).map_err(|e| Error::io("writing restored data", e))?;
-        written += data.len() as u64;
+        write_at(file, &buf, p.file_offset).map_err(|e| Error::io("writing restored data", e))?;
+        written += buf.len() as u64;
     }
     Ok(written)
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 use backup_core::backup::{BackupOptions, Progress};
 use backup_core::keys::{generate_identity, Identities, Keys};
-use backup_core::repo::{select, Manifest, Repository, Selector};
+use backup_core::repo::{select, Manifest, Repository, Selector, PRE_RESTORE_TAG};
 use backup_core::restore::RestoreOptions;
 use backup_core::source::SourceSpec;
 use backup_core::storage::ErrorKind;
@@ -17,6 +17,7 @@ use chrono::{DateTime, Local, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use serde_json::json;
 
 use crate::config::{Config, TargetConfig};
+use crate::notify::{self, Event, EventKind};
 use crate::output::{self, Bar};
 use crate::{targets, RestoreArgs};
 
@@ -57,11 +58,11 @@ pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
-fn keys(cfg: &Config) -> Result<Keys> {
+pub(crate) fn keys(cfg: &Config) -> Result<Keys> {
     Keys::from_recipients(&cfg.encryption.recipients).context("encryption.recipients")
 }
 
-fn identities(cfg: &Config, flag: Option<&Path>) -> Result<Identities> {
+pub(crate) fn identities(cfg: &Config, flag: Option<&Path>) -> Result<Identities> {
     let path = flag
         .map(Path::to_path_buf)
         .or_else(|| cfg.encryption.identity_file.clone())
@@ -70,7 +71,10 @@ fn identities(cfg: &Config, flag: Option<&Path>) -> Result<Identities> {
     Ok(Identities::from_file(&path, pass.as_deref())?)
 }
 
-fn chosen_targets<'a>(cfg: &'a Config, name: Option<&str>) -> Result<Vec<&'a TargetConfig>> {
+pub(crate) fn chosen_targets<'a>(
+    cfg: &'a Config,
+    name: Option<&str>,
+) -> Result<Vec<&'a TargetConfig>> {
     if cfg.targets.is_empty() {
         bail!("no [[targets]] in the config: add at least one (kind = \"local\" with a path is the simplest)");
     }
@@ -92,7 +96,7 @@ fn chosen_targets<'a>(cfg: &'a Config, name: Option<&str>) -> Result<Vec<&'a Tar
     }
 }
 
-fn source_specs(cfg: &Config, name: Option<&str>) -> Result<Vec<SourceSpec>> {
+pub(crate) fn source_specs(cfg: &Config, name: Option<&str>) -> Result<Vec<SourceSpec>> {
     if cfg.sources.is_empty() {
         bail!("no [[sources]] in the config: add one with name, kind (\"sqlite\" or \"files\") and path");
     }
@@ -115,11 +119,14 @@ pub async fn backup(
     source: Option<&str>,
     target: Option<&str>,
     tags: Vec<String>,
+    pin: bool,
     as_json: bool,
 ) -> Result<()> {
     let keys = keys(cfg)?;
     let specs = source_specs(cfg, source)?;
     let targets = chosen_targets(cfg, target)?;
+    notify::start(&cfg.notify, EventKind::Backup).await;
+    let mut events = Vec::new();
     let mut results = Vec::new();
     let mut failures = 0;
     // Every source goes to every target; one failure does not stop the others.
@@ -128,6 +135,9 @@ pub async fn backup(
             Ok(r) => r,
             Err(e) => {
                 failures += specs.len();
+                let mut ev = Event::new(EventKind::Backup, false).at(None, Some(&t.name));
+                ev.error = Some(format!("{e:#}"));
+                events.push(ev);
                 print_failure(as_json, &mut results, "*", &t.name, &e);
                 continue;
             }
@@ -140,6 +150,7 @@ pub async fn backup(
                 compression_level: cfg.backup.compression_level,
                 upload_concurrency: cfg.backup.upload_concurrency,
                 progress: progress.clone(),
+                pin,
                 ..Default::default()
             };
             let bar = Bar::start(format!("{} -> {}", spec.name, t.name), progress, !as_json);
@@ -150,18 +161,22 @@ pub async fn backup(
                 Ok(s) => {
                     let m = &s.manifest;
                     let requests = s.requests - before;
+                    events.push(notify::backup_event(&s, &t.name));
                     if as_json {
+                        let mut snapshot = snapshot_json(m, &t.name);
+                        snapshot["pinned"] = json!(pin);
                         results.push(json!({
                             "source": spec.name, "target": t.name, "ok": true,
-                            "snapshot": snapshot_json(m, &t.name),
+                            "snapshot": snapshot,
                             "requests": requests, "seconds": s.duration.as_secs_f64(),
                         }));
                     } else {
                         println!(
-                            "{} -> {}: snapshot {}, read {}, new {}, uploaded {}, {} requests, {}",
+                            "{} -> {}: snapshot {}{}, read {}, new {}, uploaded {}, {} requests, {}",
                             spec.name,
                             t.name,
                             m.id,
+                            if pin { " (pinned)" } else { "" },
                             output::bytes(m.size),
                             output::bytes(m.new_bytes),
                             output::bytes(m.uploaded_bytes),
@@ -172,6 +187,10 @@ pub async fn backup(
                 }
                 Err(e) => {
                     failures += 1;
+                    let mut ev =
+                        Event::new(EventKind::Backup, false).at(Some(&spec.name), Some(&t.name));
+                    ev.error = Some(e.to_string());
+                    events.push(ev);
                     print_failure(as_json, &mut results, &spec.name, &t.name, &anyhow!(e));
                 }
             }
@@ -180,13 +199,32 @@ pub async fn backup(
     if as_json {
         println!("{}", serde_json::to_string_pretty(&results)?);
     }
+    let total = specs.len() * targets.len();
+    notify::events(&cfg.notify, &events).await;
+    let summary = format!("{} of {total} backups succeeded", total - failures);
+    notify::finish(&cfg.notify, EventKind::Backup, failures == 0, &summary).await;
     if failures > 0 {
-        bail!(
-            "{failures} of {} backups failed",
-            specs.len() * targets.len()
-        );
+        bail!("{failures} of {total} backups failed");
     }
     Ok(())
+}
+
+/// A target that failed as a whole in a per-target command (prune, verify):
+/// a JSON result entry, or a line on stderr with a hint.
+pub(crate) fn print_target_failure(
+    as_json: bool,
+    results: &mut Vec<serde_json::Value>,
+    target: &str,
+    e: &anyhow::Error,
+) {
+    if as_json {
+        results.push(json!({"target": target, "ok": false, "error": format!("{e:#}")}));
+    } else {
+        eprintln!("{target}: FAILED: {e:#}");
+        if let Some(h) = hint(e) {
+            eprintln!("  hint: {h}");
+        }
+    }
 }
 
 fn print_failure(
@@ -216,7 +254,7 @@ async fn open_repo_for_backup(t: &TargetConfig, keys: &Keys) -> Result<Repositor
 }
 
 /// The first target (in config order, or the named one) whose repository opens.
-async fn first_repo(cfg: &Config, name: Option<&str>) -> Result<(String, Repository)> {
+pub(crate) async fn first_repo(cfg: &Config, name: Option<&str>) -> Result<(String, Repository)> {
     let mut last = None;
     for t in chosen_targets(cfg, name)? {
         let attempt = async {
@@ -270,12 +308,20 @@ pub async fn snapshots(
         keys(cfg)?.metadata_identities()
     };
     let all = repo.snapshots(&ids).await?;
+    let pinned = backup_core::pins::pinned(&repo).await?;
     let list: Vec<&Manifest> = all
         .iter()
         .filter(|m| source.is_none_or(|s| m.source == s))
         .collect();
     if as_json {
-        let v: Vec<_> = list.iter().map(|m| snapshot_json(m, &tname)).collect();
+        let v: Vec<_> = list
+            .iter()
+            .map(|m| {
+                let mut v = snapshot_json(m, &tname);
+                v["pinned"] = json!(pinned.contains(&m.id));
+                v
+            })
+            .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
@@ -302,7 +348,12 @@ pub async fn snapshots(
                 .format("%Y-%m-%d %H:%M:%S %z"),
             output::bytes(m.size),
             output::bytes(m.new_bytes),
-            m.tags.join(",")
+            m.tags
+                .iter()
+                .map(String::as_str)
+                .chain(pinned.contains(&m.id).then_some("(pinned)"))
+                .collect::<Vec<_>>()
+                .join(",")
         );
     }
     Ok(())
@@ -332,7 +383,7 @@ pub fn parse_time(s: &str) -> Result<DateTime<Utc>> {
 }
 
 pub async fn restore(cfg: &Config, args: &RestoreArgs) -> Result<()> {
-    cfg.source(&args.source)?;
+    let source = cfg.source(&args.source)?;
     let selector = if args.latest {
         Selector::Latest
     } else if let Some(id) = &args.snapshot {
@@ -340,13 +391,45 @@ pub async fn restore(cfg: &Config, args: &RestoreArgs) -> Result<()> {
     } else {
         Selector::At(parse_time(args.at.as_deref().unwrap_or_default())?)
     };
-    if !args.force && std::fs::symlink_metadata(&args.to).is_ok() {
-        return Err(Error::TargetExists(args.to.clone()).into());
+    // `--test` restores into a directory of its own that is removed on
+    // return: the whole restore and its checks run, and nothing else is touched.
+    let scratch = if args.test {
+        Some(
+            tempfile::Builder::new()
+                .prefix("offsite-restore-test-")
+                .tempdir()
+                .context(
+                    "creating a temporary directory for --test (set TMPDIR to choose where)",
+                )?,
+        )
+    } else {
+        None
+    };
+    let to = match (&scratch, &args.to) {
+        (Some(dir), _) => dir.path().join(&args.source),
+        (None, Some(to)) => to.clone(),
+        (None, None) => bail!("--to PATH is required (or --test to verify without writing)"),
+    };
+    let replacing = std::fs::symlink_metadata(&to).is_ok();
+    if replacing && !args.force {
+        return Err(Error::TargetExists(to).into());
     }
     let ids = identities(cfg, args.identity.as_deref())?;
     let (tname, repo) = first_repo(cfg, args.target.as_deref()).await?;
     let all = repo.snapshots(&ids).await?;
     let manifest = select(&all, Some(&args.source), &selector)?.clone();
+
+    let pre_restore = if replacing && !args.no_pre_restore_snapshot {
+        let spec = SourceSpec {
+            name: source.name.clone(),
+            kind: source.kind,
+            path: to.clone(),
+        };
+        pre_restore_snapshot(cfg, &repo, &spec, args.json).await
+    } else {
+        None
+    };
+
     let progress = Arc::new(Progress::default());
     let opts = RestoreOptions {
         force: args.force,
@@ -354,45 +437,109 @@ pub async fn restore(cfg: &Config, args: &RestoreArgs) -> Result<()> {
         ..Default::default()
     };
     let bar = Bar::start(format!("restore {}", manifest.id), progress, !args.json);
-    let summary = backup_core::restore::restore(&repo, &ids, &manifest, &args.to, &opts).await;
+    let summary = backup_core::restore::restore(&repo, &ids, &manifest, &to, &opts).await;
     drop(bar);
     let summary = summary?;
+    let checks = if manifest.kind == backup_core::source::SourceKind::Sqlite {
+        "checksum and integrity_check"
+    } else {
+        "checksum"
+    };
     if args.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({
                 "snapshot": snapshot_json(&manifest, &tname),
-                "path": summary.path,
+                "path": if args.test { serde_json::Value::Null } else { json!(summary.path) },
+                "test": args.test,
                 "bytes": summary.bytes,
                 "moved_aside": summary.moved_aside,
+                "pre_restore_snapshot": pre_restore,
                 "seconds": summary.duration.as_secs_f64(),
                 "verified": true,
             }))?
         );
-    } else {
+        return Ok(());
+    }
+    let taken = manifest
+        .finished
+        .with_timezone(&Local)
+        .format("%Y-%m-%d %H:%M:%S %z");
+    if args.test {
         println!(
-            "restored {} ({} of {}, taken {}) from {} to {} in {}; checksum{} verified",
+            "restore test of {} ({} of {}, taken {}) from {}: {checks} ok in {}; nothing was written outside a temporary directory",
             manifest.id,
             output::bytes(manifest.size),
             manifest.source,
-            manifest
-                .finished
-                .with_timezone(&Local)
-                .format("%Y-%m-%d %H:%M:%S %z"),
+            taken,
             tname,
-            summary.path.display(),
             output::duration(summary.duration),
-            if manifest.kind == backup_core::source::SourceKind::Sqlite {
-                " and integrity_check"
-            } else {
-                ""
-            }
         );
-        for p in &summary.moved_aside {
-            println!("kept the previous file as {}", p.display());
-        }
+        return Ok(());
+    }
+    println!(
+        "restored {} ({} of {}, taken {}) from {} to {} in {}; {checks} verified",
+        manifest.id,
+        output::bytes(manifest.size),
+        manifest.source,
+        taken,
+        tname,
+        summary.path.display(),
+        output::duration(summary.duration),
+    );
+    if let Some(id) = &pre_restore {
+        println!("the replaced file was first backed up as snapshot {id} (tag {PRE_RESTORE_TAG})");
+    }
+    for p in &summary.moved_aside {
+        println!("kept the previous file as {}", p.display());
     }
     Ok(())
+}
+
+/// Backs up the file a restore is about to replace, so that an in-place
+/// restore can itself be undone. Best effort: a file that cannot be read as
+/// its source kind (a corrupt database is the usual reason to restore) or a
+/// repository that cannot take the snapshot only warns, because the file is
+/// moved aside in any case, never deleted.
+async fn pre_restore_snapshot(
+    cfg: &Config,
+    repo: &Repository,
+    spec: &SourceSpec,
+    quiet: bool,
+) -> Option<String> {
+    let keys = match keys(cfg) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "no pre-restore snapshot: no recipients");
+            if !quiet {
+                eprintln!(
+                    "warning: no pre-restore snapshot of {} ({e:#}); it will be moved aside",
+                    spec.path.display()
+                );
+            }
+            return None;
+        }
+    };
+    let opts = BackupOptions {
+        tags: vec![PRE_RESTORE_TAG.to_string()],
+        pack_size: cfg.backup.pack_size_mib << 20,
+        compression_level: cfg.backup.compression_level,
+        upload_concurrency: cfg.backup.upload_concurrency,
+        ..Default::default()
+    };
+    match backup_core::backup::backup(repo, &keys, spec, &opts).await {
+        Ok(s) => Some(s.manifest.id),
+        Err(e) => {
+            tracing::warn!(error = %e, "no pre-restore snapshot");
+            if !quiet {
+                eprintln!(
+                    "warning: could not snapshot {} before replacing it ({e}); it will be moved aside instead",
+                    spec.path.display()
+                );
+            }
+            None
+        }
+    }
 }
 
 pub async fn targets_check(cfg: &Config, target: Option<&str>, as_json: bool) -> Result<()> {
@@ -465,7 +612,7 @@ pub fn report(e: &anyhow::Error) -> ExitCode {
     }
 }
 
-fn hint(e: &anyhow::Error) -> Option<String> {
+pub(crate) fn hint(e: &anyhow::Error) -> Option<String> {
     let core = e.chain().find_map(|c| c.downcast_ref::<Error>())?;
     Some(match core {
         Error::WrongIdentity { .. } => {
@@ -492,6 +639,7 @@ fn hint(e: &anyhow::Error) -> Option<String> {
             _ => return None,
         },
         Error::Source { .. } => "check the source path and that this user can read it".into(),
+        Error::Locked { .. } => "another offsite run is using the repository: try again when it has finished. If that run was killed, its lock goes stale (process gone on this host, or 30 minutes without a refresh) and is removed automatically; `offsite unlock --all` removes every lock at once".into(),
         Error::Io { .. } => return None,
     })
 }

@@ -11,6 +11,8 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
 
+pub use crate::ops_config::{DrillSettings, NotifyConfig, ScheduleSettings, StatusSettings};
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -21,6 +23,17 @@ pub struct Config {
     pub targets: Vec<TargetConfig>,
     #[serde(default)]
     pub backup: BackupSettings,
+    /// What prune keeps, for sources without their own `retention`.
+    #[serde(default)]
+    pub retention: Option<crate::retention::RetentionConfig>,
+    #[serde(default)]
+    pub status: StatusSettings,
+    #[serde(default)]
+    pub drill: DrillSettings,
+    #[serde(default)]
+    pub notify: Vec<NotifyConfig>,
+    #[serde(default)]
+    pub schedule: ScheduleSettings,
 }
 
 #[derive(Debug, Deserialize)]
@@ -39,6 +52,15 @@ pub struct SourceConfig {
     pub name: String,
     pub kind: backup_core::source::SourceKind,
     pub path: PathBuf,
+    /// Replaces the global `[retention]` entirely for this source.
+    #[serde(default)]
+    pub retention: Option<crate::retention::RetentionConfig>,
+    /// `[sources.drill]`: overrides of the global `[drill]` settings.
+    #[serde(default)]
+    pub drill: Option<DrillSettings>,
+    /// `[sources.status]`: overrides of the global `[status]` thresholds.
+    #[serde(default)]
+    pub status: Option<StatusSettings>,
 }
 
 /// A target: its name and kind, plus the backend's own settings, which are
@@ -79,7 +101,10 @@ fn default_level() -> i32 {
     3
 }
 fn default_pack_mib() -> usize {
-    8
+    // 4 MiB of new data is about 1 MiB stored: few enough requests for a
+    // nightly backup, and small enough that the buffers in flight stay
+    // well under restic's footprint.
+    4
 }
 fn default_uploads() -> usize {
     4
@@ -121,6 +146,9 @@ pub fn load(path: &Path) -> Result<Config> {
         fix(&mut s.path);
     }
     if let Some(p) = &mut config.encryption.identity_file {
+        fix(p);
+    }
+    if let Some(p) = &mut config.status.prometheus_file {
         fix(p);
     }
     for t in &mut config.targets {
@@ -189,6 +217,15 @@ impl Config {
         if !(1..=256).contains(&self.backup.pack_size_mib) {
             bail!("backup.pack_size_mib must be 1 to 256");
         }
+        if let Some(r) = &self.retention {
+            r.policy("retention")?;
+        }
+        for s in &self.sources {
+            if let Some(r) = &s.retention {
+                r.policy(&format!("sources.{}.retention", s.name))?;
+            }
+        }
+        self.validate_monitoring()?;
         Ok(())
     }
 

@@ -54,12 +54,12 @@ pub async fn run(dir: &Path) -> Result<()> {
 
     let cfg = config::load(&cfg_path)?;
     println!("\n== offsite --config {} backup", cfg_path.display());
-    commands::backup(&cfg, None, None, Vec::new(), false).await?;
+    commands::backup(&cfg, None, None, Vec::new(), false, false).await?;
     println!("\n== offsite --config {} snapshots", cfg_path.display());
     commands::snapshots(&cfg, None, None, false).await?;
     let to = dir.join("restored.db");
     println!(
-        "\n== offsite --config {} restore --source app --latest --to {} --force",
+        "\n== offsite --config {} restore --source app --latest --to {} --force --no-pre-restore-snapshot",
         cfg_path.display(),
         to.display()
     );
@@ -68,8 +68,11 @@ pub async fn run(dir: &Path) -> Result<()> {
         latest: true,
         snapshot: None,
         at: None,
-        to: to.clone(),
+        to: Some(to.clone()),
         force: true,
+        // The demo's own scratch copy: moving it aside is enough.
+        no_pre_restore_snapshot: true,
+        test: false,
         target: None,
         identity: None,
         json: false,

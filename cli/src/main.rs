@@ -2,10 +2,19 @@
 //! configuration, opens the configured targets, calls backup-core's
 //! operations and prints their results. No backup logic lives here.
 
+mod cmd_daemon;
+mod cmd_drill;
+mod cmd_pin;
+mod cmd_prune;
+mod cmd_status;
+mod cmd_verify;
 mod commands;
 mod config;
 mod demo;
+mod notify;
+mod ops_config;
 mod output;
+mod retention;
 mod targets;
 
 use std::path::PathBuf;
@@ -47,6 +56,9 @@ enum Command {
         /// Label the snapshot (repeatable).
         #[arg(long)]
         tag: Vec<String>,
+        /// Pin the new snapshots: prune never removes them (until `offsite unpin`).
+        #[arg(long)]
+        pin: bool,
         /// Print a JSON array of results instead of summary lines.
         #[arg(long)]
         json: bool,
@@ -63,11 +75,44 @@ enum Command {
     },
     /// Restore a snapshot to a path, verified before it is put in place.
     Restore(RestoreArgs),
+    /// Remove the snapshots no [retention] rule keeps, then the data only they used.
+    Prune(cmd_prune::PruneArgs),
+    /// Keep a snapshot whatever the retention policy says.
+    Pin(cmd_pin::PinArgs),
+    /// Let retention apply to a pinned snapshot again.
+    Unpin(cmd_pin::PinArgs),
+    /// Remove stale repository locks (left by killed runs), or all with --all.
+    Unlock(cmd_prune::UnlockArgs),
+    /// Check that every snapshot is complete (--read-data: restorable, byte for byte).
+    Verify(cmd_verify::VerifyArgs),
     /// Check each target's credentials and permissions (put, list, get, delete a probe object).
     Targets {
         #[command(subcommand)]
         command: TargetsCommand,
     },
+    /// Restore drill: restore each source's newest snapshot to a scratch directory, check and time it.
+    Drill {
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long)]
+        target: Option<String>,
+        /// Identity file [default: encryption.identity_file]
+        #[arg(long, short = 'i')]
+        identity: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Snapshots, sizes and ages per source and target; exit 1 when a [status] threshold is breached.
+    Status {
+        #[arg(long)]
+        json: bool,
+        /// Write node_exporter textfile metrics to FILE (atomically) [default: status.prometheus_file]
+        #[arg(long, value_name = "FILE")]
+        prometheus: Option<PathBuf>,
+    },
+    /// Run the [schedule] jobs at their cron times until SIGTERM or SIGINT.
+    Daemon,
     /// Try offsite on a sample database, with a local target: no setup needed.
     Demo {
         /// Directory for the demo's database, key, config and backups.
@@ -102,11 +147,18 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub at: Option<String>,
     /// Where to write the database (or directory, for file sources).
-    #[arg(long)]
-    pub to: PathBuf,
-    /// Replace an existing PATH; the old file and its -wal/-shm are moved aside, not deleted.
+    #[arg(long, required_unless_present = "test")]
+    pub to: Option<PathBuf>,
+    /// Replace an existing PATH: first snapshot it (tag "pre-restore"), then move it
+    /// and its -wal/-shm aside, never deleting them.
     #[arg(long)]
     pub force: bool,
+    /// With --force: skip the snapshot of the file being replaced (it is still moved aside).
+    #[arg(long, requires = "force")]
+    pub no_pre_restore_snapshot: bool,
+    /// Restore into a temporary directory, verify, and delete it: a check that touches nothing.
+    #[arg(long, conflicts_with_all = ["to", "force"])]
+    pub test: bool,
     /// Target to restore from [default: the first that answers]
     #[arg(long)]
     pub target: Option<String>,
@@ -128,13 +180,17 @@ fn init_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes would garble journald and log files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    // A daemon's log is its only output: say what runs when, by default.
+    let daemon = matches!(cli.command, Command::Daemon);
+    init_logging(cli.verbose.max(u8::from(daemon)));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -153,10 +209,11 @@ fn main() -> ExitCode {
                 source,
                 target,
                 tag,
+                pin,
                 json,
             } => {
                 let cfg = config::load(&config_path)?;
-                commands::backup(&cfg, source.as_deref(), target.as_deref(), tag, json).await
+                commands::backup(&cfg, source.as_deref(), target.as_deref(), tag, pin, json).await
             }
             Command::Snapshots {
                 source,
@@ -176,9 +233,65 @@ fn main() -> ExitCode {
                 let cfg = config::load(&config_path)?;
                 commands::targets_check(&cfg, target.as_deref(), json).await
             }
+            Command::Prune(args) => {
+                let cfg = config::load(&config_path)?;
+                notify::around(
+                    &cfg.notify,
+                    notify::EventKind::Prune,
+                    cmd_prune::prune(&cfg, &config_path, &args),
+                )
+                .await
+            }
+            Command::Pin(args) => {
+                let cfg = config::load(&config_path)?;
+                cmd_pin::pin(&cfg, &args).await
+            }
+            Command::Unpin(args) => {
+                let cfg = config::load(&config_path)?;
+                cmd_pin::unpin(&cfg, &args).await
+            }
+            Command::Unlock(args) => {
+                let cfg = config::load(&config_path)?;
+                cmd_prune::unlock(&cfg, &args).await
+            }
+            Command::Verify(args) => {
+                let cfg = config::load(&config_path)?;
+                notify::around(
+                    &cfg.notify,
+                    notify::EventKind::Verify,
+                    cmd_verify::verify(&cfg, &args),
+                )
+                .await
+            }
+            Command::Drill {
+                source,
+                target,
+                identity,
+                json,
+            } => {
+                let cfg = config::load(&config_path)?;
+                cmd_drill::run(
+                    &cfg,
+                    source.as_deref(),
+                    target.as_deref(),
+                    identity.as_deref(),
+                    json,
+                )
+                .await
+            }
+            Command::Status { json, prometheus } => {
+                let cfg = config::load(&config_path)?;
+                cmd_status::run(&cfg, json, prometheus.as_deref()).await
+            }
+            Command::Daemon => {
+                let cfg = config::load(&config_path)?;
+                cmd_daemon::run(&cfg, &config_path).await
+            }
             Command::Demo { dir } => demo::run(&dir).await,
         }
     });
+    // Do not wait on threads of a job the daemon abandoned at shutdown.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => commands::report(&e),

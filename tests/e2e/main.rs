@@ -2,6 +2,10 @@
 //! local target, and for the format procedure the real `age` and `zstd` tools.
 
 mod cloud;
+mod daemon;
+mod monitor;
+mod prune;
+mod restore_in_place;
 mod support;
 
 use std::path::Path;

@@ -373,13 +373,19 @@ impl Repository {
     }
 }
 
+/// The tag of the snapshot `offsite restore` takes of a file before it
+/// replaces it. Such snapshots hold the state being thrown away, so
+/// `--latest` and `--at` pass over them; they are chosen only by id.
+pub const PRE_RESTORE_TAG: &str = "pre-restore";
+
 /// Which snapshot to use.
 #[derive(Debug, Clone)]
 pub enum Selector {
+    /// The newest snapshot that is not a pre-restore snapshot.
     Latest,
     /// A snapshot id, or a unique prefix or suffix of one.
     Id(String),
-    /// The newest snapshot finished at or before this time.
+    /// The newest snapshot (not a pre-restore one) finished at or before this time.
     At(DateTime<Utc>),
 }
 
@@ -392,16 +398,19 @@ pub fn select<'a>(
     let mut candidates = snapshots
         .iter()
         .filter(|m| source.is_none_or(|s| m.source == s));
+    let regular = |m: &&Manifest| !m.tags.iter().any(|t| t == PRE_RESTORE_TAG);
     match sel {
-        Selector::Latest => candidates.next().ok_or_else(|| {
+        Selector::Latest => candidates.find(regular).ok_or_else(|| {
             Error::SnapshotNotFound(format!("source {}", source.unwrap_or("(any)")))
         }),
-        Selector::At(t) => candidates.find(|m| m.finished <= *t).ok_or_else(|| {
-            Error::SnapshotNotFound(format!(
-                "{} at or before {t}",
-                source.unwrap_or("any source")
-            ))
-        }),
+        Selector::At(t) => candidates
+            .find(|m| regular(m) && m.finished <= *t)
+            .ok_or_else(|| {
+                Error::SnapshotNotFound(format!(
+                    "{} at or before {t}",
+                    source.unwrap_or("any source")
+                ))
+            }),
         Selector::Id(id) => {
             let hits: Vec<&Manifest> = candidates
                 .filter(|m| {

@@ -41,6 +41,11 @@ pub fn open_read_only(path: &Path) -> Result<Connection> {
             message: "not a regular file".into(),
         });
     }
+    // Check the header before SQLite sees the file: opening a non-database
+    // that has a -wal beside it would make SQLite create a -shm there.
+    if meta.len() > 0 && !has_sqlite_header(path) {
+        return Err(Error::NotSqlite(path.to_path_buf()));
+    }
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -49,6 +54,14 @@ pub fn open_read_only(path: &Path) -> Result<Connection> {
     conn.busy_timeout(std::time::Duration::from_secs(60))
         .map_err(|e| sql_error(path, e))?;
     Ok(conn)
+}
+
+fn has_sqlite_header(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 16];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok_and(|()| &magic == b"SQLite format 3\0")
 }
 
 pub fn read(path: &Path, visitor: &mut dyn Visitor) -> Result<SourceInfo> {
@@ -155,4 +168,34 @@ pub fn integrity_check(path: &Path) -> Result<Vec<String>> {
     } else {
         Ok(rows)
     }
+}
+
+/// Runs a drill's smoke query on a restored copy and returns the first column
+/// of the first row as an integer (`None` when the query returns no rows).
+///
+/// The copy is opened read-only and with `query_only`, so a query that tries
+/// to write fails instead of changing the restored data.
+pub fn smoke_query(path: &Path, sql: &str) -> Result<Option<i64>> {
+    let conn = open_read_only(path)?;
+    let err = |e| sql_error(path, e);
+    conn.pragma_update(None, "query_only", true).map_err(err)?;
+    let mut stmt = conn.prepare(sql).map_err(err)?;
+    let mut rows = stmt.query([]).map_err(err)?;
+    let Some(row) = rows.next().map_err(err)? else {
+        return Ok(None);
+    };
+    let value = match row.get_ref(0).map_err(err)? {
+        rusqlite::types::ValueRef::Integer(i) => i,
+        rusqlite::types::ValueRef::Real(f) => f as i64,
+        other => {
+            return Err(Error::Source {
+                path: path.to_path_buf(),
+                message: format!(
+                    "smoke query {sql:?}: the first column is {:?}, not a number",
+                    other.data_type()
+                ),
+            })
+        }
+    };
+    Ok(Some(value))
 }

@@ -1,0 +1,291 @@
+//! The restore drill: the monthly "can we actually get the data back, and how
+//! fast" check, automated. For one source it checks that the newest snapshot
+//! exists and is recent enough, restores it into a scratch directory (the
+//! restore verifies every chunk, the SHA-256 and, for SQLite,
+//! `PRAGMA integrity_check`), optionally runs a read-only smoke query on the
+//! restored copy, and compares the restore time with the recovery time
+//! objective.
+//!
+//! Every check becomes a [`Step`] in a [`DrillReport`], passed or failed; a
+//! failed check is a result, not an error, so the caller can print and send
+//! the whole report. [`Error`] is returned only when the drill could not be
+//! run at all (the repository cannot be read).
+//!
+//! Never: restore anywhere but the scratch directory, or open the restored
+//! copy for writing after the restore's own checks.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::keys::Identities;
+use crate::repo::{Manifest, Repository, PRE_RESTORE_TAG};
+use crate::restore::{restore, RestoreOptions};
+use crate::source::{sqlite, SourceKind};
+use crate::status::human;
+
+/// A smoke query: its first column of the first row must be at least `min`.
+#[derive(Debug, Clone)]
+pub struct SmokeQuery {
+    pub sql: String,
+    pub min: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DrillOptions {
+    /// The newest snapshot must be younger than this.
+    pub max_age: Option<Duration>,
+    /// The restore must take at most this long.
+    pub rto_target: Option<Duration>,
+    /// Run on the restored copy (SQLite sources only).
+    pub query: Option<SmokeQuery>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    /// `snapshot_exists`, `snapshot_age`, `restore`, `integrity_check`,
+    /// `smoke_query` or `rto`.
+    pub step: &'static str,
+    pub passed: bool,
+    /// What was found, in words.
+    pub detail: String,
+    /// How long the step took, when it did work.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DrillReport {
+    pub source: String,
+    /// The snapshot restored, if there was one.
+    pub snapshot: Option<String>,
+    pub snapshot_time: Option<DateTime<Utc>>,
+    pub snapshot_size: Option<u64>,
+    pub passed: bool,
+    /// Measured restore time, when the restore ran.
+    pub rto_seconds: Option<f64>,
+    pub rto_target_seconds: Option<f64>,
+    /// The smoke query's value, when it ran.
+    pub query_value: Option<i64>,
+    pub steps: Vec<Step>,
+}
+
+impl DrillReport {
+    fn push(&mut self, step: &'static str, passed: bool, detail: String, seconds: Option<f64>) {
+        self.passed &= passed;
+        self.steps.push(Step {
+            step,
+            passed,
+            detail,
+            seconds,
+        });
+    }
+
+    /// The report of a drill that could not start: `detail` says why the
+    /// repository could not be read.
+    pub fn unavailable(source: &str, detail: String) -> DrillReport {
+        let mut r = DrillReport::empty(source, None);
+        r.push("open_repository", false, detail, None);
+        r
+    }
+
+    fn empty(source: &str, rto_target: Option<Duration>) -> DrillReport {
+        DrillReport {
+            source: source.to_string(),
+            snapshot: None,
+            snapshot_time: None,
+            snapshot_size: None,
+            passed: true,
+            rto_seconds: None,
+            rto_target_seconds: rto_target.map(|d| d.as_secs_f64()),
+            query_value: None,
+            steps: Vec::new(),
+        }
+    }
+
+    /// The failed steps, for a one-line summary.
+    pub fn failures(&self) -> Vec<&Step> {
+        self.steps.iter().filter(|s| !s.passed).collect()
+    }
+}
+
+/// Runs the drill for `source` on `repo`, restoring into `scratch` (an
+/// existing, empty directory the caller removes afterwards).
+pub async fn drill(
+    repo: &Repository,
+    ids: &Identities,
+    source: &str,
+    opts: &DrillOptions,
+    scratch: &Path,
+    now: DateTime<Utc>,
+) -> Result<DrillReport> {
+    let mut report = DrillReport::empty(source, opts.rto_target);
+    // What `restore --latest` would restore: pre-restore snapshots save a
+    // replaced (maybe damaged) file, not the backups being drilled.
+    let snapshots: Vec<Manifest> = repo
+        .snapshots(ids)
+        .await?
+        .into_iter()
+        .filter(|m| m.source == source && !m.tags.iter().any(|t| t == PRE_RESTORE_TAG))
+        .collect();
+    let Some(newest) = snapshots.first() else {
+        report.push(
+            "snapshot_exists",
+            false,
+            format!(
+                "no snapshot of source {source:?} in {}: nothing to restore",
+                repo.describe()
+            ),
+            None,
+        );
+        return Ok(report);
+    };
+    report.snapshot = Some(newest.id.clone());
+    report.snapshot_time = Some(newest.finished);
+    report.snapshot_size = Some(newest.size);
+    report.push(
+        "snapshot_exists",
+        true,
+        format!(
+            "{} ({} bytes, {} snapshots of {source})",
+            newest.id,
+            newest.size,
+            snapshots.len()
+        ),
+        None,
+    );
+    age_step(&mut report, newest, opts.max_age, now);
+
+    let to = scratch.join(match newest.kind {
+        SourceKind::Sqlite => "restored.db",
+        SourceKind::Files => "restored",
+    });
+    let clock = Instant::now();
+    let restored = restore(repo, ids, newest, &to, &RestoreOptions::default()).await;
+    let elapsed = clock.elapsed();
+    match restored {
+        Ok(summary) => {
+            report.push(
+                "restore",
+                true,
+                format!("{} bytes to a scratch directory", summary.bytes),
+                Some(elapsed.as_secs_f64()),
+            );
+            // The restore refuses to put a copy in place unless the checksum
+            // (and integrity_check for SQLite) passed: reaching here is the check.
+            let what = match newest.kind {
+                SourceKind::Sqlite => "SHA-256 and PRAGMA integrity_check ok",
+                SourceKind::Files => "SHA-256 ok",
+            };
+            report.push("integrity_check", true, what.into(), None);
+        }
+        // Damaged stored data: the restore could not produce a verified copy,
+        // and the integrity check is the step that caught it.
+        Err(e @ (Error::Verification(_) | Error::Corrupt { .. })) => {
+            report.push(
+                "restore",
+                false,
+                "the stored data failed verification; nothing was restored".into(),
+                Some(elapsed.as_secs_f64()),
+            );
+            report.push("integrity_check", false, e.to_string(), None);
+            return Ok(report);
+        }
+        Err(e) => {
+            report.push("restore", false, e.to_string(), Some(elapsed.as_secs_f64()));
+            return Ok(report);
+        }
+    }
+
+    if let Some(q) = &opts.query {
+        query_step(&mut report, newest.kind, &to, q).await;
+    }
+
+    report.rto_seconds = Some(elapsed.as_secs_f64());
+    match opts.rto_target {
+        Some(target) => report.push(
+            "rto",
+            elapsed <= target,
+            format!(
+                "restore took {:.2}s, target {:.0}s",
+                elapsed.as_secs_f64(),
+                target.as_secs_f64()
+            ),
+            Some(elapsed.as_secs_f64()),
+        ),
+        None => report.push(
+            "rto",
+            true,
+            format!(
+                "restore took {:.2}s (no rto_target set)",
+                elapsed.as_secs_f64()
+            ),
+            Some(elapsed.as_secs_f64()),
+        ),
+    }
+    Ok(report)
+}
+
+fn age_step(
+    report: &mut DrillReport,
+    newest: &Manifest,
+    max_age: Option<Duration>,
+    now: DateTime<Utc>,
+) {
+    let age = (now - newest.finished).to_std().unwrap_or_default();
+    let age_text = format!("{} old", human(age));
+    match max_age {
+        Some(max) => report.push(
+            "snapshot_age",
+            age <= max,
+            format!("{age_text}, max_age {}", human(max)),
+            None,
+        ),
+        None => report.push(
+            "snapshot_age",
+            true,
+            format!("{age_text} (no max_age set)"),
+            None,
+        ),
+    }
+}
+
+async fn query_step(report: &mut DrillReport, kind: SourceKind, db: &Path, q: &SmokeQuery) {
+    if kind != SourceKind::Sqlite {
+        report.push(
+            "smoke_query",
+            false,
+            "a smoke query needs a sqlite source".into(),
+            None,
+        );
+        return;
+    }
+    let clock = Instant::now();
+    let (db, sql) = (db.to_path_buf(), q.sql.clone());
+    let result = tokio::task::spawn_blocking(move || sqlite::smoke_query(&db, &sql))
+        .await
+        .map_err(|e| Error::io("smoke query", std::io::Error::other(e.to_string())))
+        .and_then(|r| r);
+    let seconds = Some(clock.elapsed().as_secs_f64());
+    match (result, q.min) {
+        (Err(e), _) => report.push("smoke_query", false, e.to_string(), seconds),
+        (Ok(None), _) => report.push(
+            "smoke_query",
+            q.min.is_none(),
+            format!("{:?} returned no rows", q.sql),
+            seconds,
+        ),
+        (Ok(Some(v)), min) => {
+            report.query_value = Some(v);
+            let passed = min.is_none_or(|m| v >= m);
+            let detail = match min {
+                Some(m) => format!("{:?} = {v}, expected at least {m}", q.sql),
+                None => format!("{:?} = {v}", q.sql),
+            };
+            report.push("smoke_query", passed, detail, seconds);
+        }
+    }
+}

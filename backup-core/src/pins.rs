@@ -1,0 +1,101 @@
+//! Pins: snapshots that prune never removes, whatever the retention policy.
+//!
+//! Manifests are immutable, so a pin is a separate object,
+//! `pins/<snapshot-id>`, whose existence is the pin. Its contents (who pinned
+//! it and when, metadata-encrypted like a manifest) are for people reading
+//! the repository; offsite itself only lists `pins/`. A repository without
+//! `pins/` simply has no pinned snapshots.
+
+use std::collections::HashSet;
+
+use chrono::Utc;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::keys::Keys;
+use crate::lock::{Lock, LockWait};
+use crate::repo::{Repository, SNAPSHOTS};
+use crate::storage::{ErrorKind, PutMode};
+
+pub const PINS: &str = "pins/";
+
+#[derive(Serialize)]
+struct PinRecord<'a> {
+    format: &'a str,
+    version: u32,
+    snapshot: &'a str,
+    created: chrono::DateTime<Utc>,
+    host: String,
+}
+
+/// Ids of every pinned snapshot (one listing, no reads).
+pub async fn pinned(repo: &Repository) -> Result<HashSet<String>> {
+    Ok(repo
+        .list(PINS)
+        .await?
+        .into_iter()
+        .filter_map(|m| m.key.strip_prefix(PINS).map(str::to_string))
+        .collect())
+}
+
+/// Writes the pin of an existing snapshot, assuming the caller holds a lock.
+/// Returns false if it was pinned already.
+pub(crate) async fn write_pin(repo: &Repository, keys: &Keys, id: &str) -> Result<bool> {
+    let record = PinRecord {
+        format: "offsite-pin",
+        version: 1,
+        snapshot: id,
+        created: Utc::now(),
+        host: crate::backup::hostname(),
+    };
+    let body = Repository::encode_metadata(
+        keys,
+        &serde_json::to_vec_pretty(&record).expect("pin serializes"),
+    )?;
+    match repo
+        .put_bytes(&format!("{PINS}{id}"), body, PutMode::Create)
+        .await
+    {
+        Ok(()) => Ok(true),
+        Err(Error::Storage { source, .. }) if source.kind == ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Pins snapshot `id` (a full id). Returns false if it was pinned already.
+pub async fn pin(repo: &Repository, keys: &Keys, id: &str, wait: LockWait) -> Result<bool> {
+    repo.check_keys(keys)?;
+    // Under a lock, so a prune cannot remove the snapshot between our check
+    // that it exists and the pin landing.
+    let lock = Lock::acquire(repo, "pin", wait).await?;
+    let result = async {
+        exists(repo, id).await?;
+        write_pin(repo, keys, id).await
+    }
+    .await;
+    let released = lock.release().await;
+    let r = result?;
+    released?;
+    Ok(r)
+}
+
+/// Removes the pin of `id`. Returns false if it was not pinned.
+pub async fn unpin(repo: &Repository, id: &str) -> Result<bool> {
+    let key = format!("{PINS}{id}");
+    match repo.storage().head(&key).await {
+        Ok(_) => {
+            repo.delete(&key).await?;
+            Ok(true)
+        }
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(repo.storage_err(e)),
+    }
+}
+
+async fn exists(repo: &Repository, id: &str) -> Result<()> {
+    match repo.storage().head(&format!("{SNAPSHOTS}{id}")).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_not_found() => Err(Error::SnapshotNotFound(format!("id {id}"))),
+        Err(e) => Err(repo.storage_err(e)),
+    }
+}

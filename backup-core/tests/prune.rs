@@ -1,0 +1,443 @@
+//! Prune, pins and verify on the in-memory target, and prune racing backups.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use backup_core::backup::{backup, BackupOptions};
+use backup_core::keys::{generate_identity, Identities, Keys};
+use backup_core::lock::LockWait;
+use backup_core::pins;
+use backup_core::prune::{prune, PruneOptions};
+use backup_core::repo::Repository;
+use backup_core::restore::{restore, RestoreOptions};
+use backup_core::retention::Policy;
+use backup_core::source::{SourceKind, SourceSpec};
+use backup_core::storage::memory::MemoryStorage;
+use backup_core::storage::{
+    testing, ByteStream, ErrorKind, ObjectMeta, PutMode, Storage, StorageError,
+};
+use backup_core::verify::{verify, VerifyOptions};
+use backup_core::Error;
+use futures::stream::BoxStream;
+use rusqlite::Connection;
+
+fn keypair() -> (Keys, Identities) {
+    let (secret, recipient) = generate_identity();
+    (
+        Keys::from_recipients(&[recipient]).unwrap(),
+        Identities::parse(&secret, "test").unwrap(),
+    )
+}
+
+fn files(name: &str, path: &Path) -> SourceSpec {
+    SourceSpec {
+        name: name.into(),
+        kind: SourceKind::Files,
+        path: path.to_path_buf(),
+    }
+}
+
+fn keep_last(n: u64) -> PruneOptions {
+    PruneOptions {
+        default_policy: Policy {
+            last: n,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn small_packs() -> BackupOptions {
+    BackupOptions {
+        pack_size: 64 << 10,
+        ..Default::default()
+    }
+}
+
+/// Every snapshot in the repository restores and verifies.
+async fn all_restore(repo: &Repository, ids: &Identities) -> usize {
+    let dir = tempfile::tempdir().unwrap();
+    let snaps = repo.snapshots(ids).await.unwrap();
+    for m in &snaps {
+        let to = dir.path().join(&m.id);
+        restore(repo, ids, m, &to, &RestoreOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("snapshot {} no longer restores: {e}", m.id));
+    }
+    snaps.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_removes_what_no_rule_keeps_and_only_the_data_only_it_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let (keys, ids) = keypair();
+    let mem = Arc::new(MemoryStorage::default());
+    let repo = Repository::open_or_init(mem.clone(), &keys).await.unwrap();
+    let opts = BackupOptions {
+        pack_size: 8 << 20,
+        ..Default::default()
+    };
+
+    // 1: a and b share one pack. 2: only a (b's chunks now unused, in a live
+    // pack). 3: only c, new data (a's pack used by 2 only).
+    std::fs::write(data.join("a"), testing::pattern("a", 300_000)).unwrap();
+    std::fs::write(data.join("b"), testing::pattern("b", 200_000)).unwrap();
+    let s1 = backup(&repo, &keys, &files("d", &data), &opts)
+        .await
+        .unwrap();
+    std::fs::remove_file(data.join("b")).unwrap();
+    let s2 = backup(&repo, &keys, &files("d", &data), &opts)
+        .await
+        .unwrap();
+    std::fs::remove_file(data.join("a")).unwrap();
+    std::fs::write(data.join("c"), testing::pattern("c", 100_000)).unwrap();
+    let s3 = backup(&repo, &keys, &files("d", &data), &opts)
+        .await
+        .unwrap();
+    let packs_before = mem
+        .keys()
+        .iter()
+        .filter(|k| k.starts_with("packs/"))
+        .count();
+    assert_eq!(packs_before, 2);
+
+    // Dry run: the verdicts, and nothing changes.
+    let before = mem.keys();
+    let dry = prune(
+        &repo,
+        &keys,
+        &PruneOptions {
+            dry_run: true,
+            ..keep_last(2)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(mem.keys(), before, "a dry run deletes nothing");
+    let verdicts: Vec<(&str, bool, Vec<String>)> = dry
+        .snapshots
+        .iter()
+        .map(|v| (v.manifest.id.as_str(), v.keep, v.reasons.clone()))
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            (s3.manifest.id.as_str(), true, vec!["last 2".to_string()]),
+            (s2.manifest.id.as_str(), true, vec!["last 2".to_string()]),
+            (s1.manifest.id.as_str(), false, vec![]),
+        ]
+    );
+    assert_eq!(dry.packs_deleted, 0, "the shared pack is still used by 2");
+    assert_eq!(dry.partly_used_packs, 1);
+    assert_eq!(
+        dry.unused_chunk_bytes, 200_000,
+        "b's bytes stay in the pack"
+    );
+
+    // Pin 2, keep only the last: 1 goes, 2 stays (pinned), 3 stays (last).
+    assert!(
+        pins::pin(&repo, &keys, &s2.manifest.id, LockWait::default())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !pins::pin(&repo, &keys, &s2.manifest.id, LockWait::default())
+            .await
+            .unwrap()
+    );
+    let report = prune(&repo, &keys, &keep_last(1)).await.unwrap();
+    assert_eq!(report.removed().count(), 1);
+    assert_eq!(report.snapshots[1].reasons, ["pinned"]);
+    let left: Vec<String> = repo
+        .snapshots(&ids)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(left, [s3.manifest.id.clone(), s2.manifest.id.clone()]);
+    assert!(!mem.keys().contains(&s1.manifest.list), "its list went too");
+    assert_eq!(all_restore(&repo, &ids).await, 2);
+
+    // Unpinned, 2 goes with the pack only it used; the index names live packs only.
+    assert!(pins::unpin(&repo, &s2.manifest.id).await.unwrap());
+    assert!(!pins::unpin(&repo, &s2.manifest.id).await.unwrap());
+    let report = prune(&repo, &keys, &keep_last(1)).await.unwrap();
+    assert_eq!(report.packs_deleted, 1);
+    assert!(report.index_files_deleted >= 1);
+    assert_eq!(report.partly_used_packs, 0);
+    let packs: Vec<String> = mem
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with("packs/"))
+        .collect();
+    assert_eq!(packs.len(), 1);
+    let index = repo.load_index(&ids).await.unwrap();
+    assert_eq!(index.packs, packs, "no index file names a deleted pack");
+    assert_eq!(all_restore(&repo, &ids).await, 1);
+    assert!(verify(&repo, &ids, &VerifyOptions::default())
+        .await
+        .unwrap()
+        .ok());
+    assert!(
+        !mem.keys().iter().any(|k| k.starts_with("locks/")),
+        "every lock was released"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_cleans_up_after_interrupted_backups_and_keeps_sources_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let (keys, ids) = keypair();
+    let mem: Arc<dyn Storage> = Arc::new(MemoryStorage::default());
+    let repo = Repository::open_or_init(mem.clone(), &keys).await.unwrap();
+    std::fs::write(data.join("x"), testing::pattern("x", 500_000)).unwrap();
+    let kept = backup(&repo, &keys, &files("other", &data), &small_packs())
+        .await
+        .unwrap();
+    let packs_of_kept = repo.list("packs/").await.unwrap().len();
+
+    // An interrupted backup: packs and an index file, no manifest.
+    std::fs::write(data.join("y"), testing::pattern("y", 500_000)).unwrap();
+    let mut faulty = testing::FaultyStorage::new(mem.clone());
+    faulty.prefix = "packs/".into();
+    faulty.abort_after = Some(3);
+    let faulty_repo = Repository::open(Arc::new(faulty)).await.unwrap();
+    assert!(
+        backup(&faulty_repo, &keys, &files("d", &data), &small_packs())
+            .await
+            .is_err()
+    );
+    let packs_before = repo.list("packs/").await.unwrap().len();
+
+    // "other" has no policy of its own and the default is empty: all kept.
+    let opts = PruneOptions {
+        policies: HashMap::from([(
+            "d".to_string(),
+            Policy {
+                last: 1,
+                ..Default::default()
+            },
+        )]),
+        ..Default::default()
+    };
+    let report = prune(&repo, &keys, &opts).await.unwrap();
+    assert_eq!(report.sources_without_policy, ["other"]);
+    assert_eq!(report.snapshots[0].reasons, ["no retention policy"]);
+    assert!(packs_before > packs_of_kept);
+    assert_eq!(
+        report.packs_deleted as usize,
+        packs_before - packs_of_kept,
+        "the interrupted run's packs"
+    );
+    assert_eq!(repo.list("packs/").await.unwrap().len(), packs_of_kept);
+    let snaps = repo.snapshots(&ids).await.unwrap();
+    assert_eq!(snaps.len(), 1);
+    assert_eq!(snaps[0].id, kept.manifest.id);
+    assert_eq!(all_restore(&repo, &ids).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_finds_flipped_deleted_and_truncated_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let c = Connection::open(&db).unwrap();
+    c.execute_batch("CREATE TABLE t(x TEXT);").unwrap();
+    let tx = c.unchecked_transaction().unwrap();
+    for i in 0..3000 {
+        tx.execute(
+            "INSERT INTO t VALUES (?1)",
+            [format!("row {i} ").repeat(20)],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+    let (keys, ids) = keypair();
+    let mem = Arc::new(MemoryStorage::default());
+    let repo = Repository::open_or_init(mem.clone(), &keys).await.unwrap();
+    let spec = SourceSpec {
+        name: "app".into(),
+        kind: SourceKind::Sqlite,
+        path: db.clone(),
+    };
+    let s1 = backup(&repo, &keys, &spec, &small_packs()).await.unwrap();
+    c.execute("INSERT INTO t VALUES ('new')", []).unwrap();
+    let s2 = backup(&repo, &keys, &spec, &small_packs()).await.unwrap();
+    let read = VerifyOptions {
+        read_data: true,
+        ..Default::default()
+    };
+    let report = verify(&repo, &ids, &read).await.unwrap();
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.snapshots.len(), 2);
+    // Read-only credentials cannot write a lock, and still verify.
+    let mut read_only = testing::FaultyStorage::new(mem.clone());
+    read_only.prefix = "locks/".into();
+    read_only.kind = ErrorKind::PermissionDenied;
+    read_only
+        .fail_puts
+        .store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
+    let read_only = Repository::open(Arc::new(read_only)).await.unwrap();
+    assert!(verify(&read_only, &ids, &read).await.unwrap().ok());
+
+    // A flipped byte in a pack only shows when the data is read.
+    let packs: Vec<String> = mem
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with("packs/"))
+        .collect();
+    mem.tamper(&packs[0], |d| {
+        let n = d.len() / 2;
+        d[n] ^= 0x40;
+    });
+    let meta_ids = keys.metadata_identities();
+    assert!(verify(&repo, &meta_ids, &VerifyOptions::default())
+        .await
+        .unwrap()
+        .ok());
+    let report = verify(&repo, &ids, &read).await.unwrap();
+    assert!(!report.ok());
+    assert!(
+        report
+            .snapshots
+            .iter()
+            .any(|s| s.fault.as_deref().unwrap_or("").contains(&packs[0])),
+        "{report:?}"
+    );
+
+    // A deleted pack shows without reading data.
+    mem.delete(&packs[1]).await.unwrap();
+    let report = verify(&repo, &meta_ids, &VerifyOptions::default())
+        .await
+        .unwrap();
+    assert!(!report.ok());
+    assert!(report.snapshots.iter().any(|s| s
+        .fault
+        .as_deref()
+        .unwrap_or("")
+        .contains("is missing")));
+
+    // A truncated list breaks only its snapshot.
+    mem.tamper(&s2.manifest.list, |d| d.truncate(d.len() - 40));
+    let report = verify(&repo, &meta_ids, &VerifyOptions::default())
+        .await
+        .unwrap();
+    let s2_check = report
+        .snapshots
+        .iter()
+        .find(|s| s.id == s2.manifest.id)
+        .unwrap();
+    assert!(
+        s2_check.fault.as_deref().unwrap().contains("truncated")
+            || s2_check.fault.as_deref().unwrap().contains("corrupt"),
+        "{s2_check:?}"
+    );
+    assert_eq!(report.snapshots.len(), 2);
+    let _ = s1;
+    // Prune refuses to work on a repository whose kept snapshots lost data.
+    let e = prune(&repo, &keys, &keep_last(5)).await.unwrap_err();
+    assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+}
+
+/// Puts that take a moment, so a backup stays between loading the index and
+/// writing its manifest long enough for a prune to run in the middle.
+#[derive(Debug)]
+struct Slow(Arc<dyn Storage>);
+
+#[async_trait]
+impl Storage for Slow {
+    async fn put(&self, key: &str, body: ByteStream, mode: PutMode) -> Result<(), StorageError> {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        self.0.put(key, body, mode).await
+    }
+    async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {
+        self.0.get(key).await
+    }
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StorageError> {
+        self.0.head(key).await
+    }
+    fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, StorageError>> {
+        self.0.list(prefix)
+    }
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.0.delete(key).await
+    }
+    fn describe(&self) -> String {
+        "slow memory".into()
+    }
+}
+
+/// With prune's lock made shared (so it no longer excludes backups), this
+/// fails within a few rounds: prune deletes the packs a running backup has
+/// uploaded but not yet named in a manifest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_racing_backups_never_loses_a_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let (keys, ids) = keypair();
+    let storage: Arc<dyn Storage> = Arc::new(Slow(Arc::new(MemoryStorage::default())));
+    let repo = Repository::open_or_init(storage, &keys).await.unwrap();
+    let keys = Arc::new(keys);
+    let opts = BackupOptions {
+        pack_size: 32 << 10,
+        lock_wait: LockWait {
+            wait: Duration::from_secs(600),
+            poll: Duration::from_millis(1),
+        },
+        ..Default::default()
+    };
+    let mut pruned = 0;
+    let mut refused = 0;
+    for round in 0..12u64 {
+        // Each round changes half the data: the backup uploads new packs and
+        // dedups the rest against packs the previous snapshot uses, which
+        // the prune (keep only the newest) would delete if it could.
+        std::fs::write(
+            data.join("stable"),
+            testing::pattern(&format!("s{}", round / 2), 200_000),
+        )
+        .unwrap();
+        std::fs::write(
+            data.join("changing"),
+            testing::pattern(&format!("c{round}"), 200_000),
+        )
+        .unwrap();
+        let b = {
+            let (repo, keys, opts, spec) =
+                (repo.clone(), keys.clone(), opts.clone(), files("d", &data));
+            tokio::spawn(async move { backup(&repo, &keys, &spec, &opts).await })
+        };
+        // Start the prune at a different point of the backup each round.
+        tokio::time::sleep(Duration::from_millis(round * 3)).await;
+        match prune(&repo, &keys, &keep_last(1)).await {
+            Ok(_) => pruned += 1,
+            Err(Error::Locked { .. }) => refused += 1,
+            Err(e) => panic!("prune failed: {e}"),
+        }
+        b.await.unwrap().unwrap();
+        all_restore(&repo, &ids).await;
+    }
+    // And once more with nothing running: everything kept still restores.
+    prune(&repo, &keys, &keep_last(1)).await.unwrap();
+    assert_eq!(all_restore(&repo, &ids).await, 1);
+    assert_eq!(pruned + refused, 12);
+    assert!(verify(
+        &repo,
+        &ids,
+        &VerifyOptions {
+            read_data: true,
+            ..Default::default()
+        }
+    )
+    .await
+    .unwrap()
+    .ok());
+}

@@ -1,0 +1,182 @@
+//! `offsite daemon`: runs the `[schedule]` jobs (backup, prune, verify,
+//! drill, status) at their cron times, one at a time, until SIGTERM or
+//! SIGINT. A failing job is logged (and notified by the job itself) and the
+//! daemon carries on; a job whose time passed while another ran starts right
+//! after it, once, however many of its times were missed.
+//!
+//! Shutdown: a signal while idle exits at once; a signal during a job lets
+//! the job finish, and a second signal abandons it. Either way nothing half
+//! done becomes visible: a snapshot exists only once its manifest is written
+//! (docs/format.md), and a drill's scratch directory is removed.
+
+use std::panic::AssertUnwindSafe;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use chrono::{DateTime, Local};
+use croner::Cron;
+use futures::FutureExt;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+use crate::config::Config;
+use crate::notify::{self, EventKind};
+use crate::ops_config::parse_cron;
+use crate::{cmd_drill, cmd_prune, cmd_status, cmd_verify, commands};
+
+struct Job {
+    name: &'static str,
+    cron: Cron,
+    next: DateTime<Local>,
+}
+
+/// SIGTERM (systemd, docker stop, kill) and SIGINT (Ctrl-C).
+struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+/// Runs one job by name. Every scheduled job goes through here, so adding a
+/// command to the daemon is one arm.
+pub async fn run_job(cfg: &Config, config_path: &Path, job: &str) -> Result<()> {
+    match job {
+        "backup" => commands::backup(cfg, None, None, Vec::new(), false, false).await,
+        "drill" => cmd_drill::run(cfg, None, None, None, false).await,
+        "status" => cmd_status::run(cfg, false, None).await,
+        "prune" => {
+            let args = cmd_prune::PruneArgs {
+                dry_run: false,
+                source: None,
+                target: None,
+                json: false,
+            };
+            notify::around(
+                &cfg.notify,
+                EventKind::Prune,
+                cmd_prune::prune(cfg, config_path, &args),
+            )
+            .await
+        }
+        "verify" => {
+            let args = cmd_verify::VerifyArgs {
+                source: None,
+                target: None,
+                read_data: false,
+                identity: None,
+                json: false,
+            };
+            notify::around(
+                &cfg.notify,
+                EventKind::Verify,
+                cmd_verify::verify(cfg, &args),
+            )
+            .await
+        }
+        other => bail!("unknown job {other:?}"),
+    }
+}
+
+fn next_after(cron: &Cron, after: &DateTime<Local>, name: &str) -> Result<DateTime<Local>> {
+    cron.find_next_occurrence(after, false)
+        .map_err(|e| anyhow::anyhow!("schedule.{name}: no next run time ({e})"))
+}
+
+pub async fn run(cfg: &Config, config_path: &Path) -> Result<()> {
+    let now = Local::now();
+    let mut jobs = Vec::new();
+    for (name, expr) in cfg.schedule.entries() {
+        let cron = parse_cron(&format!("schedule.{name}"), expr)?;
+        let next = next_after(&cron, &now, name)?;
+        jobs.push(Job { name, cron, next });
+    }
+    if jobs.is_empty() {
+        bail!(
+            "invalid config: [schedule] has no jobs; add e.g. backup = \"0 2 * * *\" \
+             (jobs: backup, prune, verify, drill, status)"
+        );
+    }
+    let mut signals = Signals::install()?;
+    for j in &jobs {
+        tracing::info!(job = j.name, next = %j.next.to_rfc3339(), "scheduled");
+    }
+    loop {
+        let at = jobs.iter().map(|j| j.next).min().expect("at least one job");
+        let wait = (at - Local::now()).to_std().unwrap_or_default();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            sig = signals.recv() => {
+                tracing::info!("{sig} received, exiting");
+                return Ok(());
+            }
+        }
+        let now = Local::now();
+        for job in jobs.iter_mut().filter(|j| j.next <= now) {
+            let stop = run_one(cfg, config_path, job.name, &mut signals).await;
+            job.next = next_after(&job.cron, &Local::now(), job.name)?;
+            if stop {
+                return Ok(());
+            }
+            tracing::info!(job = job.name, next = %job.next.to_rfc3339(), "scheduled");
+        }
+    }
+}
+
+/// Runs a job, watching for signals. Returns whether the daemon must stop.
+async fn run_one(
+    cfg: &Config,
+    config_path: &Path,
+    name: &'static str,
+    signals: &mut Signals,
+) -> bool {
+    tracing::info!(job = name, "starting");
+    let clock = Instant::now();
+    // A bug that panics in one job must not take the schedule down with it.
+    let job = AssertUnwindSafe(run_job(cfg, config_path, name))
+        .catch_unwind()
+        .map(|r| r.unwrap_or_else(|_| Err(anyhow::anyhow!("the job panicked"))));
+    tokio::pin!(job);
+    let mut stopping = false;
+    let result = tokio::select! {
+        r = &mut job => r,
+        sig = signals.recv() => {
+            tracing::warn!(job = name, "{sig} received: finishing the running job, then exiting (signal again to abandon it)");
+            stopping = true;
+            tokio::select! {
+                r = &mut job => r,
+                sig = signals.recv() => {
+                    tracing::warn!(job = name, "{sig} received again: abandoning the job; nothing it wrote is visible");
+                    return true;
+                }
+            }
+        }
+    };
+    let seconds = clock.elapsed().as_secs_f64();
+    match result {
+        Ok(()) => tracing::info!(job = name, seconds, "finished"),
+        Err(e) => tracing::error!(
+            job = name,
+            seconds,
+            "failed: {e:#}; the daemon keeps running"
+        ),
+    }
+    if stopping {
+        tracing::info!("exiting");
+    }
+    stopping
+}

@@ -1,0 +1,258 @@
+//! `offsite prune` (retention, then unused data) and `offsite unlock`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use backup_core::lock;
+use backup_core::prune::{PruneOptions, PruneReport, Verdict};
+use backup_core::repo::Repository;
+use chrono::Local;
+use clap::Args;
+use serde_json::json;
+
+use crate::commands::{chosen_targets, keys};
+use crate::config::Config;
+use crate::{output, targets};
+
+#[derive(Args)]
+pub struct PruneArgs {
+    /// Show what would be removed; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Apply retention to this source's snapshots only.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Prune this target only [default: every target]
+    #[arg(long)]
+    pub target: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct UnlockArgs {
+    /// This target only [default: every target]
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Remove every lock, not only stale ones. Only when no offsite runs anywhere.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// The policies from `[retention]` and each source's `retention`.
+fn options(cfg: &Config, source: Option<&str>, dry_run: bool) -> Result<PruneOptions> {
+    let default_policy = match &cfg.retention {
+        Some(r) => r.policy("retention")?,
+        None => Default::default(),
+    };
+    let mut policies = HashMap::new();
+    for s in &cfg.sources {
+        if let Some(r) = &s.retention {
+            policies.insert(
+                s.name.clone(),
+                r.policy(&format!("sources.{}.retention", s.name))?,
+            );
+        }
+    }
+    Ok(PruneOptions {
+        dry_run,
+        source: source.map(str::to_string),
+        default_policy,
+        policies,
+    })
+}
+
+pub async fn prune(cfg: &Config, config_path: &Path, args: &PruneArgs) -> Result<()> {
+    if let Some(s) = &args.source {
+        cfg.source(s)?;
+    }
+    let opts = options(cfg, args.source.as_deref(), args.dry_run)?;
+    let any_policy = match &args.source {
+        Some(s) => !opts.policy(s).is_empty(),
+        None => !opts.default_policy.is_empty() || opts.policies.values().any(|p| !p.is_empty()),
+    };
+    if !any_policy {
+        // Exit 2 via the "config file" prefix: this is a configuration gap.
+        bail!(
+            "config file {} has no retention policy{}, so prune would not know what to keep and \
+             deletes nothing; add one, e.g.\n  [retention]\n  keep_daily = 7\n  keep_weekly = 4\n  \
+             keep_monthly = 6\n(or a `retention` table inside a [[sources]] entry)",
+            config_path.display(),
+            args.source
+                .as_deref()
+                .map(|s| format!(" for source {s:?}"))
+                .unwrap_or_default()
+        );
+    }
+    // Prune writes index files, which are encrypted to the recipients.
+    let keys = keys(cfg).context("prune needs encryption.recipients")?;
+    let mut results = Vec::new();
+    let mut failures = 0;
+    for t in chosen_targets(cfg, args.target.as_deref())? {
+        let attempt = async {
+            let repo = Repository::open(targets::open(t)?).await?;
+            Ok::<_, anyhow::Error>(backup_core::prune::prune(&repo, &keys, &opts).await?)
+        };
+        match attempt.await {
+            Ok(report) => {
+                if args.json {
+                    results.push(report_json(&t.name, &report));
+                } else {
+                    print_report(&t.name, &report);
+                }
+                for s in &report.sources_without_policy {
+                    eprintln!(
+                        "warning: source {s:?} has no retention policy: all its snapshots on {} \
+                         are kept (set [retention] or a retention table in its [[sources]] entry)",
+                        t.name
+                    );
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                let e = e.context(format!("target {:?}", t.name));
+                crate::commands::print_target_failure(args.json, &mut results, &t.name, &e);
+            }
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    }
+    if failures > 0 {
+        bail!("prune failed on {failures} target(s)");
+    }
+    Ok(())
+}
+
+fn why(v: &Verdict) -> String {
+    if v.keep {
+        v.reasons.join(", ")
+    } else {
+        "no rule keeps it".into()
+    }
+}
+
+fn print_report(target: &str, r: &PruneReport) {
+    let removed = r.removed().count();
+    let would = if r.dry_run {
+        "would remove"
+    } else {
+        "removing"
+    };
+    println!(
+        "{target}: {} snapshots, keeping {}, {would} {removed}",
+        r.snapshots.len(),
+        r.snapshots.len() - removed
+    );
+    for v in &r.snapshots {
+        let m = &v.manifest;
+        println!(
+            "  {:<6} {:<26} {:<12} {}  {}",
+            if v.keep { "keep" } else { "remove" },
+            m.id,
+            m.source,
+            m.finished.with_timezone(&Local).format("%Y-%m-%d %H:%M"),
+            why(v)
+        );
+    }
+    let verb = if r.dry_run { "would delete" } else { "deleted" };
+    println!(
+        "  {verb} {removed} snapshots, {} lists, {} packs ({}), {} index files (replaced by {}); \
+         kept {} packs ({})",
+        r.lists_deleted,
+        r.packs_deleted,
+        output::bytes(r.pack_bytes_deleted),
+        r.index_files_deleted,
+        r.index_files_written,
+        r.packs_kept,
+        output::bytes(r.pack_bytes_kept),
+    );
+    if r.partly_used_packs > 0 {
+        println!(
+            "  {} partly used packs ({}) still hold {} of unused data (before compression); \
+             prune keeps them because rewriting a pack needs the identity",
+            r.partly_used_packs,
+            output::bytes(r.partly_used_pack_bytes),
+            output::bytes(r.unused_chunk_bytes)
+        );
+    }
+}
+
+fn report_json(target: &str, r: &PruneReport) -> serde_json::Value {
+    let snapshots: Vec<_> = r
+        .snapshots
+        .iter()
+        .map(|v| {
+            json!({
+                "id": v.manifest.id,
+                "source": v.manifest.source,
+                "time": v.manifest.finished,
+                "action": if v.keep { "keep" } else { "remove" },
+                "pinned": v.pinned,
+                "reasons": v.reasons,
+            })
+        })
+        .collect();
+    let removed = r.removed().count();
+    json!({
+        "target": target,
+        "ok": true,
+        "dry_run": r.dry_run,
+        "snapshots": snapshots,
+        "kept": r.snapshots.len() - removed,
+        "removed": removed,
+        "sources_without_policy": r.sources_without_policy,
+        "deleted": {
+            "snapshots": removed,
+            "lists": r.lists_deleted,
+            "pins": r.pins_deleted,
+            "index_files": r.index_files_deleted,
+            "packs": r.packs_deleted,
+            "pack_bytes": r.pack_bytes_deleted,
+        },
+        "index_files_written": r.index_files_written,
+        "packs_kept": r.packs_kept,
+        "pack_bytes_kept": r.pack_bytes_kept,
+        "partly_used": {
+            "packs": r.partly_used_packs,
+            "pack_bytes": r.partly_used_pack_bytes,
+            "unused_bytes": r.unused_chunk_bytes,
+        },
+    })
+}
+
+pub async fn unlock(cfg: &Config, args: &UnlockArgs) -> Result<()> {
+    for t in chosen_targets(cfg, args.target.as_deref())? {
+        let repo = Repository::open(targets::open(t)?)
+            .await
+            .with_context(|| format!("target {:?}", t.name))?;
+        let removed = lock::remove(&repo, args.all)
+            .await
+            .with_context(|| format!("target {:?}", t.name))?;
+        if removed.is_empty() {
+            println!(
+                "{}: no {}locks",
+                t.name,
+                if args.all { "" } else { "stale " }
+            );
+        }
+        for (key, info) in removed {
+            match info {
+                Some(i) => println!("{}: removed the lock of {} ({key})", t.name, i.describe()),
+                None => println!("{}: removed the unreadable lock {key}", t.name),
+            }
+        }
+        if !args.all {
+            let held = lock::list(&repo).await?;
+            for (key, info) in held {
+                let who = info.map_or_else(|| "an unreadable lock".to_string(), |i| i.describe());
+                println!(
+                    "{}: still locked by {who} ({key}); if that run is gone, `offsite unlock --all` removes it",
+                    t.name
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,429 @@
+//! `offsite status`: what each target holds for each source, checked against
+//! the `[status]` thresholds, for people (a table), scripts (`--json`), cron
+//! (exit 1 when a threshold is breached) and Prometheus (a node_exporter
+//! textfile). Reads manifests and object listings only, so a backup host
+//! with just the recipients can run it.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use backup_core::keys::Identities;
+use backup_core::repo::Repository;
+use backup_core::status::{source_status, stored_bytes, SourceStatus};
+use chrono::{DateTime, Local, Utc};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::commands::{chosen_targets, identities, keys};
+use crate::config::Config;
+use crate::notify::{self, Event, EventKind};
+use crate::{output, targets};
+
+/// One target's repository, or why it could not be read.
+#[derive(Debug, Serialize)]
+pub struct TargetStatus {
+    pub target: String,
+    pub location: Option<String>,
+    pub repository_bytes: Option<u64>,
+    pub error: Option<String>,
+}
+
+/// One source in one target.
+#[derive(Debug, Serialize)]
+pub struct Row {
+    pub target: String,
+    pub ok: bool,
+    #[serde(flatten)]
+    pub status: SourceStatus,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub ok: bool,
+    pub time: DateTime<Utc>,
+    pub targets: Vec<TargetStatus>,
+    pub sources: Vec<Row>,
+    /// Every breach, as "source @ target: what".
+    pub breaches: Vec<String>,
+}
+
+/// The identities that read manifests: the metadata identity derived from
+/// the recipients, else (on a restore-only host) the identity file.
+pub fn metadata_identities(cfg: &Config) -> Result<Identities> {
+    if cfg.encryption.recipients.is_empty() {
+        identities(cfg, None)
+    } else {
+        Ok(keys(cfg)?.metadata_identities())
+    }
+}
+
+async fn target_status(
+    cfg: &Config,
+    t: &crate::config::TargetConfig,
+    ids: &Identities,
+    now: DateTime<Utc>,
+) -> Result<(TargetStatus, Vec<SourceStatus>)> {
+    let repo = Repository::open(targets::open(t)?).await?;
+    let snapshots = repo.snapshots(ids).await?;
+    let bytes = stored_bytes(&repo).await?;
+    let rows = cfg
+        .sources
+        .iter()
+        .map(|s| source_status(&snapshots, &s.name, &cfg.thresholds(&s.name), now))
+        .collect();
+    Ok((
+        TargetStatus {
+            target: t.name.clone(),
+            location: Some(repo.describe()),
+            repository_bytes: Some(bytes),
+            error: None,
+        },
+        rows,
+    ))
+}
+
+pub async fn check(cfg: &Config) -> Result<Report> {
+    if cfg.sources.is_empty() {
+        bail!("no [[sources]] in the config: status reports on sources");
+    }
+    let ids = metadata_identities(cfg)?;
+    let now = Utc::now();
+    let mut report = Report {
+        ok: true,
+        time: now,
+        targets: Vec::new(),
+        sources: Vec::new(),
+        breaches: Vec::new(),
+    };
+    for t in chosen_targets(cfg, None)? {
+        match target_status(cfg, t, &ids, now).await {
+            Ok((ts, rows)) => {
+                report.targets.push(ts);
+                for s in rows {
+                    for b in &s.breaches {
+                        report
+                            .breaches
+                            .push(format!("{} @ {}: {b}", s.source, t.name));
+                    }
+                    report.sources.push(Row {
+                        target: t.name.clone(),
+                        ok: s.ok(),
+                        status: s,
+                    });
+                }
+            }
+            Err(e) => {
+                let e = format!("{e:#}");
+                report.breaches.push(format!(
+                    "target {}: cannot read the repository: {e}",
+                    t.name
+                ));
+                report.targets.push(TargetStatus {
+                    target: t.name.clone(),
+                    location: None,
+                    repository_bytes: None,
+                    error: Some(e),
+                });
+            }
+        }
+    }
+    report.ok = report.breaches.is_empty();
+    Ok(report)
+}
+
+pub async fn run(cfg: &Config, as_json: bool, prometheus: Option<&Path>) -> Result<()> {
+    notify::start(&cfg.notify, EventKind::Status).await;
+    let report = check(cfg).await;
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            let mut ev = Event::new(EventKind::Status, false);
+            ev.error = Some(format!("{e:#}"));
+            notify::send(&cfg.notify, ev).await;
+            return Err(e);
+        }
+    };
+    let prom = prometheus.or(cfg.status.prometheus_file.as_deref());
+    if let Some(path) = prom {
+        write_atomically(path, &prometheus_text(&report))
+            .with_context(|| format!("writing the Prometheus metrics to {}", path.display()))?;
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    send_events(cfg, &report).await;
+    if !report.ok {
+        bail!(
+            "{} status check(s) failed: {}",
+            report.breaches.len(),
+            report.breaches.join("; ")
+        );
+    }
+    Ok(())
+}
+
+async fn send_events(cfg: &Config, report: &Report) {
+    let mut events = Vec::new();
+    for r in &report.sources {
+        let mut ev =
+            Event::new(EventKind::Status, r.ok).at(Some(&r.status.source), Some(&r.target));
+        if let Some(n) = &r.status.newest {
+            ev.snapshot = Some(n.id.clone());
+            ev.size = Some(n.size);
+        }
+        ev.error = (!r.ok).then(|| r.status.breaches.join("; "));
+        ev.details = Some(json!({
+            "snapshots": r.status.snapshots,
+            "logical_bytes": r.status.logical_bytes,
+            "newest": r.status.newest,
+            "breaches": r.status.breaches,
+        }));
+        events.push(ev);
+    }
+    for t in report.targets.iter().filter(|t| t.error.is_some()) {
+        let mut ev = Event::new(EventKind::Status, false).at(None, Some(&t.target));
+        ev.error = t.error.clone();
+        events.push(ev);
+    }
+    notify::events(&cfg.notify, &events).await;
+    let summary = if report.ok {
+        "all status checks passed".to_string()
+    } else {
+        report.breaches.join("\n")
+    };
+    notify::finish(&cfg.notify, EventKind::Status, report.ok, &summary).await;
+}
+
+fn print_table(report: &Report) {
+    println!(
+        "{:<12} {:<10} {:>9} {:<25} {:>12} {:>10} {:>10} {:>10}  STATUS",
+        "SOURCE", "TARGET", "SNAPSHOTS", "NEWEST", "AGE", "SIZE", "PREVIOUS", "LOGICAL"
+    );
+    for r in &report.sources {
+        let s = &r.status;
+        let (time, age, size, prev) = match &s.newest {
+            Some(n) => (
+                n.time
+                    .with_timezone(&Local)
+                    .format("%Y-%m-%d %H:%M:%S %z")
+                    .to_string(),
+                humantime::format_duration(std::time::Duration::from_secs(n.age_seconds))
+                    .to_string(),
+                output::bytes(n.size),
+                n.previous_size
+                    .map(output::bytes)
+                    .unwrap_or_else(|| "-".into()),
+            ),
+            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+        };
+        println!(
+            "{:<12} {:<10} {:>9} {:<25} {:>12} {:>10} {:>10} {:>10}  {}",
+            s.source,
+            r.target,
+            s.snapshots,
+            time,
+            age,
+            size,
+            prev,
+            output::bytes(s.logical_bytes),
+            if r.ok { "ok" } else { "ALERT" }
+        );
+    }
+    for t in &report.targets {
+        match (&t.repository_bytes, &t.error) {
+            (Some(b), _) => println!(
+                "target {}: {} stored in {}",
+                t.target,
+                output::bytes(*b),
+                t.location.as_deref().unwrap_or("?")
+            ),
+            (None, Some(e)) => println!("target {}: UNREADABLE: {e}", t.target),
+            (None, None) => {}
+        }
+    }
+    for b in &report.breaches {
+        println!("ALERT {b}");
+    }
+}
+
+/// A Prometheus label value, escaped as the text format requires.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The report in the Prometheus text format, for node_exporter's textfile
+/// collector.
+pub fn prometheus_text(report: &Report) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, help: &str, samples: Vec<(String, String)>| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let st = |r: &Row| {
+        format!(
+            "{{source=\"{}\",target=\"{}\"}}",
+            label(&r.status.source),
+            label(&r.target)
+        )
+    };
+    let rows = &report.sources;
+    let per_row = |f: &dyn Fn(&Row) -> Option<String>| -> Vec<(String, String)> {
+        rows.iter()
+            .filter_map(|r| f(r).map(|v| (st(r), v)))
+            .collect()
+    };
+    family(
+        "offsite_snapshots",
+        "Snapshots of the source in the target's repository.",
+        per_row(&|r| Some(r.status.snapshots.to_string())),
+    );
+    family(
+        "offsite_last_snapshot_timestamp_seconds",
+        "When the newest snapshot finished, in Unix seconds.",
+        per_row(&|r| {
+            r.status
+                .newest
+                .as_ref()
+                .map(|n| format!("{:.3}", n.time.timestamp_millis() as f64 / 1000.0))
+        }),
+    );
+    family(
+        "offsite_last_snapshot_age_seconds",
+        "Age of the newest snapshot when the status was checked.",
+        per_row(&|r| r.status.newest.as_ref().map(|n| n.age_seconds.to_string())),
+    );
+    family(
+        "offsite_last_snapshot_bytes",
+        "Bytes of data in the newest snapshot.",
+        per_row(&|r| r.status.newest.as_ref().map(|n| n.size.to_string())),
+    );
+    family(
+        "offsite_logical_bytes",
+        "Sum of the sizes of the source's snapshots, before deduplication and compression.",
+        per_row(&|r| Some(r.status.logical_bytes.to_string())),
+    );
+    family(
+        "offsite_status_ok",
+        "1 when the source's backups in the target meet every [status] threshold, else 0.",
+        per_row(&|r| Some(u8::from(r.ok).to_string())),
+    );
+    let per_target = |f: &dyn Fn(&TargetStatus) -> Option<String>| -> Vec<(String, String)> {
+        report
+            .targets
+            .iter()
+            .filter_map(|t| f(t).map(|v| (format!("{{target=\"{}\"}}", label(&t.target)), v)))
+            .collect()
+    };
+    family(
+        "offsite_repository_bytes",
+        "Bytes the target's repository holds (deduplicated, compressed, encrypted, metadata included).",
+        per_target(&|t| t.repository_bytes.map(|b| b.to_string())),
+    );
+    family(
+        "offsite_target_up",
+        "1 when the target's repository could be read, else 0.",
+        per_target(&|t| Some(u8::from(t.error.is_none()).to_string())),
+    );
+    family(
+        "offsite_status_timestamp_seconds",
+        "When offsite status last ran, in Unix seconds.",
+        vec![(String::new(), report.time.timestamp().to_string())],
+    );
+    out
+}
+
+/// Writes `path` so that readers see the old or the new content, never a
+/// part: a temporary file in the same directory, renamed over it.
+fn write_atomically(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    // node_exporter reads only *.prom files, so the temporary name is ignored.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".offsite-status-")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    tmp.write_all(text.as_bytes())?;
+    tmp.as_file().sync_all()?;
+    // Readable by the exporter, which usually runs as another user.
+    #[cfg(unix)]
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backup_core::status::Newest;
+
+    #[test]
+    fn prometheus_text_has_help_type_and_escaped_labels() {
+        let time = DateTime::parse_from_rfc3339("2026-11-23T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let report = Report {
+            ok: false,
+            time,
+            targets: vec![
+                TargetStatus {
+                    target: "local".into(),
+                    location: Some("/r".into()),
+                    repository_bytes: Some(4096),
+                    error: None,
+                },
+                TargetStatus {
+                    target: "b\"2".into(),
+                    location: None,
+                    repository_bytes: None,
+                    error: Some("down".into()),
+                },
+            ],
+            sources: vec![Row {
+                target: "local".into(),
+                ok: true,
+                status: SourceStatus {
+                    source: "app".into(),
+                    snapshots: 2,
+                    logical_bytes: 3000,
+                    newest: Some(Newest {
+                        id: "x".into(),
+                        time,
+                        age_seconds: 60,
+                        size: 1500,
+                        previous_size: Some(1500),
+                    }),
+                    breaches: vec![],
+                },
+            }],
+            breaches: vec!["target b\"2: down".into()],
+        };
+        let text = prometheus_text(&report);
+        for line in [
+            "# TYPE offsite_snapshots gauge",
+            "offsite_snapshots{source=\"app\",target=\"local\"} 2",
+            "offsite_last_snapshot_timestamp_seconds{source=\"app\",target=\"local\"} 1795428000.000",
+            "offsite_last_snapshot_bytes{source=\"app\",target=\"local\"} 1500",
+            "offsite_repository_bytes{target=\"local\"} 4096",
+            "offsite_target_up{target=\"b\\\"2\"} 0",
+            "offsite_status_ok{source=\"app\",target=\"local\"} 1",
+            "offsite_status_timestamp_seconds 1795428000",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        assert!(!text.contains("offsite_repository_bytes{target=\"b"));
+    }
+}
