@@ -204,3 +204,89 @@ fn unknown_s3_and_gcs_settings_are_config_errors() {
         assert!(err.contains(key) && err.contains("remote"), "{err}");
     }
 }
+
+/// docs/disaster-recovery.md, part B, against S3: the old server backed up
+/// to a bucket and is gone. The new machine has the binary, the config, the
+/// identity and the credentials in its environment, and nothing else: a
+/// cleared environment, fresh HOME, TMPDIR and working directory, and no
+/// application directory yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuilt_server_restores_from_s3_with_only_config_identity_and_credentials() {
+    let moto = start_moto("offsite-dr").await;
+    let target = format!(
+        "[[targets]]\nname = \"offsite\"\nkind = \"s3\"\nbucket = \"offsite-dr\"\n\
+         prefix = \"hosts/web-1\"\nendpoint = \"http://127.0.0.1:{}\"\nregion = \"us-east-1\"\n\
+         allow_http = true\n",
+        moto.port
+    );
+    let creds = [
+        ("AWS_ACCESS_KEY_ID", "dr-access-key"),
+        ("AWS_SECRET_ACCESS_KEY", "dr-secret-key"),
+    ];
+    let old = Env::with_remote_target(&target, 4, &creds);
+    old.make_db(&old.db(), 5_000);
+    tokio::task::block_in_place(|| old.ok(&["backup"]));
+    Connection::open(old.db())
+        .unwrap()
+        .execute("UPDATE tasks SET title = 'late edit' WHERE id % 7 = 0", [])
+        .unwrap();
+    tokio::task::block_in_place(|| old.ok(&["backup"]));
+    let expected = dump(&old.db());
+
+    let new = tempfile::tempdir().unwrap();
+    let etc = new.path().join("etc/offsite");
+    let home = new.path().join("root");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::copy(old.key(), etc.join("key.txt")).unwrap();
+    let app = new.path().join("srv/app/app.db");
+    std::fs::write(
+        etc.join("offsite.toml"),
+        format!(
+            "[encryption]\nidentity_file = \"key.txt\"\n\n\
+             [[sources]]\nname = \"app\"\nkind = \"sqlite\"\npath = \"{}\"\n\n{target}",
+            app.display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin())
+            .args(args)
+            .current_dir(&home)
+            .env_clear()
+            .env("HOME", &home)
+            .env("TMPDIR", &home)
+            .env("OFFSITE_CONFIG", etc.join("offsite.toml"))
+            .envs(creds)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "offsite {args:?}:\n{text}");
+        text
+    };
+    tokio::task::block_in_place(|| {
+        let check = run(&["targets", "check"]);
+        assert!(
+            check.contains("put ok, list ok, get ok, delete ok"),
+            "{check}"
+        );
+        run(&[
+            "restore",
+            "--source",
+            "app",
+            "--latest",
+            "--to",
+            app.to_str().unwrap(),
+        ]);
+    });
+    assert_eq!(dump(&app), expected);
+    let check: String = Connection::open(&app)
+        .unwrap()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+}
