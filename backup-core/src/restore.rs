@@ -132,6 +132,7 @@ pub async fn restore(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "restore".into());
+    remove_stale_staging(&parent, &name);
     let staging = Staging {
         path: parent.join(format!(
             ".{name}.offsite-partial-{:08x}",
