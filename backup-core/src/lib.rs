@@ -11,6 +11,7 @@ pub mod chunk;
 pub mod codec;
 pub mod error;
 pub mod keys;
+pub mod repair;
 pub mod repo;
 pub mod restore;
 pub mod source;

@@ -2,6 +2,7 @@
 //! configuration, opens the configured targets, calls backup-core's
 //! operations and prints their results. No backup logic lives here.
 
+mod cmd_repair;
 mod commands;
 mod config;
 mod demo;
@@ -67,6 +68,16 @@ enum Command {
     Targets {
         #[command(subcommand)]
         command: TargetsCommand,
+    },
+    /// Salvage a damaged SQLite database into a new file; the original is never changed.
+    Repair {
+        /// The damaged database.
+        path: PathBuf,
+        /// Where to write the salvage (must not exist) [default: PATH.recovered-<time>.db]
+        #[arg(long)]
+        to: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
     },
     /// Try offsite on a sample database, with a local target: no setup needed.
     Demo {
@@ -176,6 +187,7 @@ fn main() -> ExitCode {
                 let cfg = config::load(&config_path)?;
                 commands::targets_check(&cfg, target.as_deref(), json).await
             }
+            Command::Repair { path, to, json } => cmd_repair::run(&path, to.as_deref(), json).await,
             Command::Demo { dir } => demo::run(&dir).await,
         }
     });
