@@ -56,6 +56,10 @@ pub struct BackupOptions {
     pub encoder_threads: usize,
     pub upload_concurrency: usize,
     pub progress: Arc<Progress>,
+    /// Notified once the source has been read (or its reading failed), while
+    /// uploads may still run: source `after` hooks restart an application
+    /// then, not after the upload.
+    pub source_read: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Default for BackupOptions {
@@ -70,6 +74,7 @@ impl Default for BackupOptions {
                 .min(4),
             upload_concurrency: 4,
             progress: Arc::new(Progress::default()),
+            source_read: None,
         }
     }
 }
@@ -194,15 +199,20 @@ pub async fn backup(
         let progress = opts.progress.clone();
         let pack_size = opts.pack_size;
         let meta_recipients = keys.metadata_recipients();
+        let source_read = opts.source_read.clone();
         tokio::task::spawn_blocking(move || {
-            read_source(
+            let result = read_source(
                 &spec,
                 &index,
                 pack_tx,
                 pack_size,
                 &meta_recipients,
                 &progress,
-            )
+            );
+            if let Some(n) = source_read {
+                n.notify_one();
+            }
+            result
         })
     };
 

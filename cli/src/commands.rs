@@ -17,6 +17,7 @@ use chrono::{DateTime, Local, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use serde_json::json;
 
 use crate::config::{Config, TargetConfig};
+use crate::hooks::{self, Event};
 use crate::output::{self, Bar};
 use crate::{targets, RestoreArgs};
 
@@ -122,71 +123,149 @@ pub async fn backup(
     let targets = chosen_targets(cfg, target)?;
     let mut results = Vec::new();
     let mut failures = 0;
-    // Every source goes to every target; one failure does not stop the others.
+    let mut hook_failures = 0;
+    let mut target_errors = Vec::new();
+    let mut repos = Vec::new();
     for t in &targets {
-        let repo = match open_repo_for_backup(t, &keys).await {
-            Ok(r) => r,
+        match open_repo_for_backup(t, &keys).await {
+            Ok(r) => repos.push((t, r)),
             Err(e) => {
                 failures += specs.len();
+                target_errors.push(format!("target {:?}: {e:#}", t.name));
                 print_failure(as_json, &mut results, "*", &t.name, &e);
-                continue;
             }
-        };
-        for spec in &specs {
-            let progress = Arc::new(Progress::default());
-            let opts = BackupOptions {
-                tags: tags.clone(),
-                pack_size: cfg.backup.pack_size_mib << 20,
-                compression_level: cfg.backup.compression_level,
-                upload_concurrency: cfg.backup.upload_concurrency,
-                progress: progress.clone(),
-                ..Default::default()
+        }
+    }
+    // Sources outer, targets inner: a source's hooks run once per run, around
+    // its snapshots to every target. One failure does not stop the others.
+    for spec in &specs {
+        let src = cfg.source(&spec.name)?;
+        let mut errors = target_errors.clone();
+        let mut hook_failed =
+            |results: &mut Vec<serde_json::Value>, event: Event, e: anyhow::Error| {
+                hook_failures += 1;
+                print_hook_failure(as_json, results, &spec.name, event, &e);
+                format!("{e:#}")
             };
-            let bar = Bar::start(format!("{} -> {}", spec.name, t.name), progress, !as_json);
-            let before = repo.stats.total();
-            let result = backup_core::backup::backup(&repo, &keys, spec, &opts).await;
-            drop(bar);
-            match result {
-                Ok(s) => {
-                    let m = &s.manifest;
-                    let requests = s.requests - before;
-                    if as_json {
-                        results.push(json!({
-                            "source": spec.name, "target": t.name, "ok": true,
-                            "snapshot": snapshot_json(m, &t.name),
-                            "requests": requests, "seconds": s.duration.as_secs_f64(),
-                        }));
-                    } else {
-                        println!(
-                            "{} -> {}: snapshot {}, read {}, new {}, uploaded {}, {} requests, {}",
-                            spec.name,
-                            t.name,
-                            m.id,
-                            output::bytes(m.size),
-                            output::bytes(m.new_bytes),
-                            output::bytes(m.uploaded_bytes),
-                            requests,
-                            output::duration(s.duration)
-                        );
+        if repos.is_empty() {
+            // Nothing to back up to: leave the application alone.
+        } else if let Err(e) = hooks::run_async(src, Event::Before, None).await {
+            failures += repos.len();
+            errors.push(hook_failed(&mut results, Event::Before, e));
+        } else {
+            let mut after = None;
+            for (i, (t, repo)) in repos.iter().enumerate() {
+                // `after` starts once the last target's read is done, while
+                // its upload may still be running.
+                let read_done = (i + 1 == repos.len() && src.after.is_some())
+                    .then(|| Arc::new(tokio::sync::Notify::new()));
+                let progress = Arc::new(Progress::default());
+                let opts = BackupOptions {
+                    tags: tags.clone(),
+                    pack_size: cfg.backup.pack_size_mib << 20,
+                    compression_level: cfg.backup.compression_level,
+                    upload_concurrency: cfg.backup.upload_concurrency,
+                    progress: progress.clone(),
+                    source_read: read_done.clone(),
+                    ..Default::default()
+                };
+                let bar = Bar::start(format!("{} -> {}", spec.name, t.name), progress, !as_json);
+                let before = repo.stats.total();
+                let run = backup_core::backup::backup(repo, &keys, spec, &opts);
+                tokio::pin!(run);
+                let result = loop {
+                    tokio::select! {
+                        r = &mut run => break r,
+                        _ = async { read_done.as_ref().expect("guarded").notified().await },
+                            if read_done.is_some() && after.is_none() => {
+                            let s = src.clone();
+                            after = Some(tokio::task::spawn_blocking(move || hooks::run(&s, Event::After, None)));
+                        }
+                    }
+                };
+                drop(bar);
+                match result {
+                    Ok(s) => {
+                        let m = &s.manifest;
+                        let requests = s.requests - before;
+                        if as_json {
+                            results.push(json!({
+                                "source": spec.name, "target": t.name, "ok": true,
+                                "snapshot": snapshot_json(m, &t.name),
+                                "requests": requests, "seconds": s.duration.as_secs_f64(),
+                            }));
+                        } else {
+                            println!(
+                                "{} -> {}: snapshot {}, read {}, new {}, uploaded {}, {} requests, {}",
+                                spec.name,
+                                t.name,
+                                m.id,
+                                output::bytes(m.size),
+                                output::bytes(m.new_bytes),
+                                output::bytes(m.uploaded_bytes),
+                                requests,
+                                output::duration(s.duration)
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        let e = anyhow!(e);
+                        errors.push(format!("target {:?}: {e:#}", t.name));
+                        print_failure(as_json, &mut results, &spec.name, &t.name, &e);
                     }
                 }
-                Err(e) => {
-                    failures += 1;
-                    print_failure(as_json, &mut results, &spec.name, &t.name, &anyhow!(e));
-                }
+            }
+            let after_result = match after {
+                Some(h) => h.await.context("hook thread").and_then(|r| r),
+                None => hooks::run_async(src, Event::After, None).await,
+            };
+            if let Err(e) = after_result {
+                errors.push(hook_failed(&mut results, Event::After, e));
+            }
+        }
+        if !errors.is_empty() {
+            if let Err(e) = hooks::run_async(src, Event::OnError, Some(errors.join("\n"))).await {
+                hook_failed(&mut results, Event::OnError, e);
             }
         }
     }
     if as_json {
         println!("{}", serde_json::to_string_pretty(&results)?);
     }
+    let mut summary = Vec::new();
     if failures > 0 {
-        bail!(
+        summary.push(format!(
             "{failures} of {} backups failed",
             specs.len() * targets.len()
-        );
+        ));
+    }
+    if hook_failures > 0 {
+        summary.push(format!("{hook_failures} source hook(s) failed"));
+    }
+    if !summary.is_empty() {
+        bail!("{}", summary.join("; "));
     }
     Ok(())
+}
+
+fn print_hook_failure(
+    as_json: bool,
+    results: &mut Vec<serde_json::Value>,
+    source: &str,
+    event: Event,
+    e: &anyhow::Error,
+) {
+    if as_json {
+        results.push(
+            json!({"source": source, "hook": event.name(), "ok": false, "error": format!("{e:#}")}),
+        );
+    } else {
+        eprintln!("{source}: {} hook FAILED: {e:#}", event.name());
+        if event == Event::Before {
+            eprintln!("  hint: the source was not backed up; fix the command or its exit status (run it by hand with sh -c)");
+        }
+    }
 }
 
 fn print_failure(

@@ -33,12 +33,21 @@ pub struct Encryption {
     pub identity_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     pub name: String,
     pub kind: backup_core::source::SourceKind,
     pub path: PathBuf,
+    /// Shell command run before the source is read (see hooks.rs).
+    pub before: Option<String>,
+    /// Shell command run once the source has been read.
+    pub after: Option<String>,
+    /// Shell command run when the hooks or the backup of this source failed.
+    pub on_error: Option<String>,
+    /// Where hooks run: the config file's directory.
+    #[serde(skip)]
+    pub hook_dir: Option<PathBuf>,
 }
 
 /// A target: its name and kind, plus the backend's own settings, which are
@@ -119,6 +128,7 @@ pub fn load(path: &Path) -> Result<Config> {
     };
     for s in &mut config.sources {
         fix(&mut s.path);
+        s.hook_dir = (!base.as_os_str().is_empty()).then(|| base.to_path_buf());
     }
     if let Some(p) = &mut config.encryption.identity_file {
         fix(p);
@@ -169,6 +179,18 @@ impl Config {
             }
             if !names.insert(&s.name) {
                 bail!("sources: name {:?} is used twice", s.name);
+            }
+            for (hook, cmd) in [
+                ("before", &s.before),
+                ("after", &s.after),
+                ("on_error", &s.on_error),
+            ] {
+                if cmd.as_deref().is_some_and(|c| c.trim().is_empty()) {
+                    bail!(
+                        "sources {:?}: {hook} is empty; give a shell command or remove the setting",
+                        s.name
+                    );
+                }
             }
         }
         let mut names = std::collections::HashSet::new();

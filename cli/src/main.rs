@@ -6,6 +6,7 @@ mod cmd_repair;
 mod commands;
 mod config;
 mod demo;
+mod hooks;
 mod output;
 mod targets;
 
