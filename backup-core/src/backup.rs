@@ -60,6 +60,8 @@ pub struct BackupOptions {
     /// uploads may still run: source `after` hooks restart an application
     /// then, not after the upload.
     pub source_read: Option<Arc<tokio::sync::Notify>>,
+    /// How long a DuckDB source waits for its writer to close the database.
+    pub lock_timeout: Duration,
 }
 
 impl Default for BackupOptions {
@@ -75,6 +77,7 @@ impl Default for BackupOptions {
             upload_concurrency: 4,
             progress: Arc::new(Progress::default()),
             source_read: None,
+            lock_timeout: source::DEFAULT_LOCK_TIMEOUT,
         }
     }
 }
@@ -200,9 +203,11 @@ pub async fn backup(
         let pack_size = opts.pack_size;
         let meta_recipients = keys.metadata_recipients();
         let source_read = opts.source_read.clone();
+        let lock_timeout = opts.lock_timeout;
         tokio::task::spawn_blocking(move || {
             let result = read_source(
                 &spec,
+                lock_timeout,
                 &index,
                 pack_tx,
                 pack_size,
@@ -462,6 +467,7 @@ impl Visitor for Collector<'_> {
 
 fn read_source(
     spec: &SourceSpec,
+    lock_timeout: Duration,
     index: &Index,
     tx: mpsc::SyncSender<PackJob>,
     pack_size: usize,
@@ -493,7 +499,7 @@ fn read_source(
         chunks: 0,
         new_bytes: 0,
     };
-    let info = source::read(spec, &mut c)?;
+    let info = source::read_with(spec, lock_timeout, &mut c)?;
     c.flush_pack()?;
     let mut buffered = c.list.finish().map_err(|e| Error::io("chunk list", e))?;
     buffered.flush().map_err(|e| Error::io("chunk list", e))?;

@@ -95,7 +95,7 @@ fn chosen_targets<'a>(cfg: &'a Config, name: Option<&str>) -> Result<Vec<&'a Tar
 
 fn source_specs(cfg: &Config, name: Option<&str>) -> Result<Vec<SourceSpec>> {
     if cfg.sources.is_empty() {
-        bail!("no [[sources]] in the config: add one with name, kind (\"sqlite\" or \"files\") and path");
+        bail!("no [[sources]] in the config: add one with name, kind (\"sqlite\", \"duckdb\" or \"files\") and path");
     }
     let chosen: Vec<_> = match name {
         Some(n) => vec![cfg.source(n)?],
@@ -167,6 +167,7 @@ pub async fn backup(
                     upload_concurrency: cfg.backup.upload_concurrency,
                     progress: progress.clone(),
                     source_read: read_done.clone(),
+                    lock_timeout: src.lock_timeout(),
                     ..Default::default()
                 };
                 let bar = Bar::start(format!("{} -> {}", spec.name, t.name), progress, !as_json);
@@ -461,10 +462,10 @@ pub async fn restore(cfg: &Config, args: &RestoreArgs) -> Result<()> {
             tname,
             summary.path.display(),
             output::duration(summary.duration),
-            if manifest.kind == backup_core::source::SourceKind::Sqlite {
-                " and integrity_check"
-            } else {
-                ""
+            match manifest.kind {
+                backup_core::source::SourceKind::Sqlite => " and integrity_check",
+                backup_core::source::SourceKind::Duckdb => " and opened with DuckDB",
+                backup_core::source::SourceKind::Files => "",
             }
         );
         for p in &summary.moved_aside {
@@ -554,6 +555,8 @@ fn hint(e: &anyhow::Error) -> Option<String> {
             "the stored copy is damaged; restore from another target (--target) or an older snapshot (--snapshot); nothing at the destination was changed".into()
         }
         Error::NotSqlite(_) => "check that the source path names the database file itself, or use kind = \"files\" for other data".into(),
+        Error::Busy { .. } => "DuckDB allows a backup only while no process has the database open for writing: raise this source's lock_timeout, or stop the writer around the backup with the source's before/after hooks (e.g. before = \"docker stop app\", after = \"docker start app\")".into(),
+        Error::DuckdbUnavailable(_) => "install libduckdb.so (DuckDB's libduckdb-linux-amd64.zip, or package/libduckdb.so from the npm package @duckdb/node-bindings-linux-x64) where the loader finds it, or set OFFSITE_LIBDUCKDB=/path/to/libduckdb.so; nothing at the destination was changed".into(),
         Error::RecipientMismatch { .. } => {
             "this repository was created with other recipients: restore the original encryption.recipients, or point the target at an empty directory or prefix".into()
         }

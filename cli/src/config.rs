@@ -45,6 +45,10 @@ pub struct SourceConfig {
     pub after: Option<String>,
     /// Shell command run when the hooks or the backup of this source failed.
     pub on_error: Option<String>,
+    /// DuckDB sources: how long to wait for a writer to close the database
+    /// ("30s", "5m"); see [`SourceConfig::lock_timeout`].
+    #[serde(rename = "lock_timeout")]
+    pub lock_timeout_setting: Option<String>,
     /// Where hooks run: the config file's directory.
     #[serde(skip)]
     pub hook_dir: Option<PathBuf>,
@@ -180,6 +184,20 @@ impl Config {
             if !names.insert(&s.name) {
                 bail!("sources: name {:?} is used twice", s.name);
             }
+            if let Some(t) = &s.lock_timeout_setting {
+                if s.kind != backup_core::source::SourceKind::Duckdb {
+                    bail!(
+                        "sources {:?}: lock_timeout applies only to kind = \"duckdb\"",
+                        s.name
+                    );
+                }
+                humantime::parse_duration(t).map_err(|e| {
+                    anyhow::anyhow!(
+                        "sources {:?}: lock_timeout {t:?} is not a duration like \"30s\" or \"5m\" ({e})",
+                        s.name
+                    )
+                })?;
+            }
             for (hook, cmd) in [
                 ("before", &s.before),
                 ("after", &s.after),
@@ -225,5 +243,15 @@ impl Config {
                         .join(", ")
                 )
             })
+    }
+}
+
+impl SourceConfig {
+    /// How long a DuckDB source waits for its writer (validated at load).
+    pub fn lock_timeout(&self) -> std::time::Duration {
+        self.lock_timeout_setting
+            .as_deref()
+            .and_then(|t| humantime::parse_duration(t).ok())
+            .unwrap_or(backup_core::source::DEFAULT_LOCK_TIMEOUT)
     }
 }

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `offsite` binary, real SQLite databases, a real
 //! local target, and for the format procedure the real `age` and `zstd` tools.
 
+mod duckdb;
 mod hooks;
 mod repair;
 mod support;
