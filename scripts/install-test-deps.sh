@@ -19,7 +19,8 @@ fi
 # DuckDB's npm package for Node ships the library; npm is the package client
 # this machine has for it.
 DUCKDB_NPM="@duckdb/node-bindings-linux-x64@1.5.6-r.1"
-if ! ldconfig -p | grep -q 'libduckdb\.so '; then
+ldconfig=$(command -v ldconfig || echo /sbin/ldconfig)
+if ! "$ldconfig" -p | grep -q 'libduckdb\.so '; then
   echo "installing libduckdb.so from $DUCKDB_NPM" >&2
   command -v npm >/dev/null 2>&1 || {
     $sudo apt-get update -qq >/dev/null
@@ -28,6 +29,6 @@ if ! ldconfig -p | grep -q 'libduckdb\.so '; then
   tmp=$(mktemp -d)
   (cd "$tmp" && npm pack --silent "$DUCKDB_NPM" >/dev/null && tar xzf ./*.tgz package/libduckdb.so)
   $sudo install -m 0644 "$tmp/package/libduckdb.so" /usr/local/lib/libduckdb.so
-  $sudo ldconfig
+  $sudo "$ldconfig"
   rm -rf "$tmp"
 fi

@@ -697,6 +697,29 @@ mod tests {
     }
 
     #[test]
+    fn rows_committed_only_to_the_wal_are_salvaged_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("app.db");
+        make_db(&db);
+        let live = Connection::open(&db).unwrap();
+        live.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;
+             INSERT INTO users(name) VALUES ('only in the wal');",
+        )
+        .unwrap();
+        let wal = with_suffix(&db, "-wal");
+        let (db_bytes, wal_bytes) = (std::fs::read(&db).unwrap(), std::fs::read(&wal).unwrap());
+
+        let out = dir.path().join("out.db");
+        let report = repair(&db, &out).unwrap();
+        let users = report.tables.iter().find(|t| t.name == "users").unwrap();
+        assert_eq!(users.recovered, 51);
+        assert_eq!(std::fs::read(&db).unwrap(), db_bytes);
+        assert_eq!(std::fs::read(&wal).unwrap(), wal_bytes);
+        drop(live);
+    }
+
+    #[test]
     fn refuses_what_is_not_sqlite_missing_or_already_there() {
         let dir = tempfile::tempdir().unwrap();
         let text = dir.path().join("notes.txt");

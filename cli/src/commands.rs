@@ -262,7 +262,8 @@ fn print_hook_failure(
             json!({"source": source, "hook": event.name(), "ok": false, "error": format!("{e:#}")}),
         );
     } else {
-        eprintln!("{source}: {} hook FAILED: {e:#}", event.name());
+        // The error names the source and the hook.
+        eprintln!("FAILED: {e:#}");
         if event == Event::Before {
             eprintln!("  hint: the source was not backed up; fix the command or its exit status (run it by hand with sh -c)");
         }
