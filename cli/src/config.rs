@@ -115,7 +115,7 @@ pub fn load(path: &Path) -> Result<Config> {
     }
     let figment = Figment::new().merge(Toml::file_exact(path)).merge(
         Env::prefixed("OFFSITE_")
-            .ignore(&["CONFIG", "IDENTITY_PASSPHRASE", "LOG"])
+            .ignore(&["CONFIG", "IDENTITY_PASSPHRASE", "LOG", "LIBDUCKDB"])
             .split("__"),
     );
     let mut config: Config = figment

@@ -143,3 +143,28 @@ fn a_file_that_is_not_duckdb_and_a_bad_lock_timeout_are_clear_errors() {
     assert_eq!(code, 1);
     assert!(err.contains("not a DuckDB database"), "{err}");
 }
+
+#[test]
+fn a_restore_without_libduckdb_stops_before_touching_the_destination() {
+    let env = duckdb_env("30s");
+    make_duckdb(&env.dir.path().join("analytics.duckdb"));
+    env.ok(&["backup", "--source", "analytics"]);
+    let to = env.dir.path().join("restored.duckdb");
+    let out = std::process::Command::new(bin())
+        .arg("--config")
+        .arg(env.dir.path().join("offsite.toml"))
+        .args(["restore", "--source", "analytics", "--latest", "--to"])
+        .arg(&to)
+        .env(
+            "OFFSITE_LIBDUCKDB",
+            env.dir.path().join("no-such-libduckdb.so"),
+        )
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot load DuckDB"), "{err}");
+    assert!(err.contains("OFFSITE_LIBDUCKDB"), "{err}");
+    assert!(!to.exists());
+    assert!(leftovers(env.dir.path()).is_empty());
+}
