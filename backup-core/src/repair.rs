@@ -117,13 +117,18 @@ pub fn repair(input: &Path, output: &Path) -> Result<RepairReport> {
     f.sync_all()
         .map_err(|e| Error::io("syncing the salvage", e))?;
     // A hard link fails if `output` appeared meanwhile: never overwrite.
-    std::fs::hard_link(&staged, output).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            Error::TargetExists(output.to_path_buf())
-        } else {
-            Error::io(format!("writing {}", output.display()), e)
+    // Filesystems without hard links (FAT) get a rename after a last check.
+    match std::fs::hard_link(&staged, output) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(Error::TargetExists(output.to_path_buf()))
         }
-    })?;
+        Err(_) if std::fs::symlink_metadata(output).is_err() => {
+            std::fs::rename(&staged, output)
+                .map_err(|e| Error::io(format!("writing {}", output.display()), e))?;
+        }
+        Err(_) => return Err(Error::TargetExists(output.to_path_buf())),
+    }
     if let Ok(d) = std::fs::File::open(&parent) {
         let _ = d.sync_all();
     }
