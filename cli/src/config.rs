@@ -46,7 +46,7 @@ pub struct Encryption {
     pub identity_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     pub name: String,
@@ -61,6 +61,19 @@ pub struct SourceConfig {
     /// `[sources.status]`: overrides of the global `[status]` thresholds.
     #[serde(default)]
     pub status: Option<StatusSettings>,
+    /// Shell command run before the source is read (see hooks.rs).
+    pub before: Option<String>,
+    /// Shell command run once the source has been read.
+    pub after: Option<String>,
+    /// Shell command run when the hooks or the backup of this source failed.
+    pub on_error: Option<String>,
+    /// DuckDB sources: how long to wait for a writer to close the database
+    /// ("30s", "5m"); see [`SourceConfig::lock_timeout`].
+    #[serde(rename = "lock_timeout")]
+    pub lock_timeout_setting: Option<String>,
+    /// Where hooks run: the config file's directory.
+    #[serde(skip)]
+    pub hook_dir: Option<PathBuf>,
 }
 
 /// A target: its name and kind, plus the backend's own settings, which are
@@ -127,7 +140,7 @@ pub fn load(path: &Path) -> Result<Config> {
     }
     let figment = Figment::new().merge(Toml::file_exact(path)).merge(
         Env::prefixed("OFFSITE_")
-            .ignore(&["CONFIG", "IDENTITY_PASSPHRASE", "LOG"])
+            .ignore(&["CONFIG", "IDENTITY_PASSPHRASE", "LOG", "LIBDUCKDB"])
             .split("__"),
     );
     let mut config: Config = figment
@@ -144,6 +157,7 @@ pub fn load(path: &Path) -> Result<Config> {
     };
     for s in &mut config.sources {
         fix(&mut s.path);
+        s.hook_dir = (!base.as_os_str().is_empty()).then(|| base.to_path_buf());
     }
     if let Some(p) = &mut config.encryption.identity_file {
         fix(p);
@@ -201,6 +215,32 @@ impl Config {
             if !names.insert(&s.name) {
                 bail!("sources: name {:?} is used twice", s.name);
             }
+            if let Some(t) = &s.lock_timeout_setting {
+                if s.kind != backup_core::source::SourceKind::Duckdb {
+                    bail!(
+                        "sources {:?}: lock_timeout applies only to kind = \"duckdb\"",
+                        s.name
+                    );
+                }
+                humantime::parse_duration(t).map_err(|e| {
+                    anyhow::anyhow!(
+                        "sources {:?}: lock_timeout {t:?} is not a duration like \"30s\" or \"5m\" ({e})",
+                        s.name
+                    )
+                })?;
+            }
+            for (hook, cmd) in [
+                ("before", &s.before),
+                ("after", &s.after),
+                ("on_error", &s.on_error),
+            ] {
+                if cmd.as_deref().is_some_and(|c| c.trim().is_empty()) {
+                    bail!(
+                        "sources {:?}: {hook} is empty; give a shell command or remove the setting",
+                        s.name
+                    );
+                }
+            }
         }
         let mut names = std::collections::HashSet::new();
         for t in &self.targets {
@@ -243,5 +283,15 @@ impl Config {
                         .join(", ")
                 )
             })
+    }
+}
+
+impl SourceConfig {
+    /// How long a DuckDB source waits for its writer (validated at load).
+    pub fn lock_timeout(&self) -> std::time::Duration {
+        self.lock_timeout_setting
+            .as_deref()
+            .and_then(|t| humantime::parse_duration(t).ok())
+            .unwrap_or(backup_core::source::DEFAULT_LOCK_TIMEOUT)
     }
 }

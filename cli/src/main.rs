@@ -6,11 +6,13 @@ mod cmd_daemon;
 mod cmd_drill;
 mod cmd_pin;
 mod cmd_prune;
+mod cmd_repair;
 mod cmd_status;
 mod cmd_verify;
 mod commands;
 mod config;
 mod demo;
+mod hooks;
 mod notify;
 mod ops_config;
 mod output;
@@ -113,6 +115,16 @@ enum Command {
     },
     /// Run the [schedule] jobs at their cron times until SIGTERM or SIGINT.
     Daemon,
+    /// Salvage a damaged SQLite database into a new file; the original is never changed.
+    Repair {
+        /// The damaged database.
+        path: PathBuf,
+        /// Where to write the salvage (must not exist) [default: PATH.recovered-<time>.db]
+        #[arg(long)]
+        to: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Try offsite on a sample database, with a local target: no setup needed.
     Demo {
         /// Directory for the demo's database, key, config and backups.
@@ -287,6 +299,7 @@ fn main() -> ExitCode {
                 let cfg = config::load(&config_path)?;
                 cmd_daemon::run(&cfg, &config_path).await
             }
+            Command::Repair { path, to, json } => cmd_repair::run(&path, to.as_deref(), json).await,
             Command::Demo { dir } => demo::run(&dir).await,
         }
     });

@@ -3,8 +3,11 @@
 
 mod cloud;
 mod daemon;
+mod duckdb;
+mod hooks;
 mod monitor;
 mod prune;
+mod repair;
 mod restore_in_place;
 mod support;
 

@@ -2,6 +2,8 @@
 //! entries and chunks. A source only ever opens its input read-only; nothing in
 //! here writes to, locks for writing, or copies the live data.
 
+pub mod duckdb;
+pub mod duckdb_lib;
 pub mod files;
 pub mod sqlite;
 
@@ -18,6 +20,8 @@ pub enum SourceKind {
     Sqlite,
     /// A file or a directory tree.
     Files,
+    /// A DuckDB database file and its `.wal`, read under DuckDB's own lock.
+    Duckdb,
 }
 
 impl std::fmt::Display for SourceKind {
@@ -25,6 +29,7 @@ impl std::fmt::Display for SourceKind {
         f.write_str(match self {
             SourceKind::Sqlite => "sqlite",
             SourceKind::Files => "files",
+            SourceKind::Duckdb => "duckdb",
         })
     }
 }
@@ -70,10 +75,23 @@ pub struct SourceInfo {
     pub page_size: Option<u32>,
 }
 
+/// How long a DuckDB source waits for a writer to close the database, unless configured.
+pub const DEFAULT_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Reads `spec` into `visitor`. Blocking: run it on a blocking thread.
 pub fn read(spec: &SourceSpec, visitor: &mut dyn Visitor) -> Result<SourceInfo> {
+    read_with(spec, DEFAULT_LOCK_TIMEOUT, visitor)
+}
+
+/// Like [`read`], waiting up to `lock_timeout` for a DuckDB writer.
+pub fn read_with(
+    spec: &SourceSpec,
+    lock_timeout: std::time::Duration,
+    visitor: &mut dyn Visitor,
+) -> Result<SourceInfo> {
     match spec.kind {
         SourceKind::Sqlite => sqlite::read(&spec.path, visitor),
         SourceKind::Files => files::read(&spec.path, visitor).map(|()| SourceInfo::default()),
+        SourceKind::Duckdb => duckdb::read(&spec.path, lock_timeout, visitor),
     }
 }

@@ -1,0 +1,112 @@
+//! Source hooks: shell commands configured per source (`before`, `after`,
+//! `on_error`) that quiesce and resume the application around its snapshot,
+//! e.g. `before = "docker stop app"`, `after = "docker start app"`.
+//!
+//! When each runs, per source and backup run (whatever the number of targets):
+//! - `before`: once, before the source is first read. If it fails (non-zero
+//!   exit), the source is not backed up, `after` does not run (nothing was
+//!   read), and `on_error` runs.
+//! - `after`: once, as soon as the source has been read for the last target,
+//!   whether or not the uploads then succeed: an application stopped by
+//!   `before` must come back even when a target is down.
+//! - `on_error`: once, if `before`, any backup of the source, or `after`
+//!   failed; `OFFSITE_ERROR` holds the errors.
+//!
+//! Each runs as `sh -c COMMAND` in the config file's directory with
+//! `OFFSITE_SOURCE`, `OFFSITE_SOURCE_KIND`, `OFFSITE_SOURCE_PATH` and
+//! `OFFSITE_EVENT` set. Its output goes to the log (`-v`), line by line.
+
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+use crate::config::SourceConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Before,
+    After,
+    OnError,
+}
+
+impl Event {
+    pub fn name(self) -> &'static str {
+        match self {
+            Event::Before => "before",
+            Event::After => "after",
+            Event::OnError => "on_error",
+        }
+    }
+}
+
+/// The command configured for `event`, if any.
+pub fn command(source: &SourceConfig, event: Event) -> Option<&str> {
+    match event {
+        Event::Before => source.before.as_deref(),
+        Event::After => source.after.as_deref(),
+        Event::OnError => source.on_error.as_deref(),
+    }
+}
+
+/// Runs the hook for `event` if one is configured. Blocking.
+pub fn run(source: &SourceConfig, event: Event, error: Option<&str>) -> Result<()> {
+    let Some(cmd) = command(source, event) else {
+        return Ok(());
+    };
+    tracing::info!(source = %source.name, hook = event.name(), command = cmd, "running hook");
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(cmd)
+        .env("OFFSITE_SOURCE", &source.name)
+        .env("OFFSITE_SOURCE_KIND", source.kind.to_string())
+        .env("OFFSITE_SOURCE_PATH", &source.path)
+        .env("OFFSITE_EVENT", event.name())
+        .stdin(Stdio::null());
+    if let Some(dir) = &source.hook_dir {
+        c.current_dir(dir);
+    }
+    if let Some(e) = error {
+        c.env("OFFSITE_ERROR", e);
+    }
+    let out = c.output().with_context(|| {
+        format!(
+            "source {:?}: cannot run its {} hook with sh",
+            source.name,
+            event.name()
+        )
+    })?;
+    log_lines(&source.name, event, "stdout", &out.stdout);
+    log_lines(&source.name, event, "stderr", &out.stderr);
+    if !out.status.success() {
+        let last = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map(|l| format!(": {}", l.trim()))
+            .unwrap_or_default();
+        bail!(
+            "source {:?}: {} hook `{cmd}` failed ({}){last}",
+            source.name,
+            event.name(),
+            out.status
+        );
+    }
+    Ok(())
+}
+
+fn log_lines(source: &str, event: Event, stream: &str, bytes: &[u8]) {
+    for line in String::from_utf8_lossy(bytes).lines() {
+        tracing::info!(source, hook = event.name(), stream, "{line}");
+    }
+}
+
+/// Runs a hook on a blocking thread.
+pub async fn run_async(source: &SourceConfig, event: Event, error: Option<String>) -> Result<()> {
+    if command(source, event).is_none() {
+        return Ok(());
+    }
+    let source = source.clone();
+    tokio::task::spawn_blocking(move || run(&source, event, error.as_deref()))
+        .await
+        .context("hook thread")?
+}

@@ -1,0 +1,170 @@
+//! DuckDB sources through the binary, with real DuckDB (libduckdb.so, see
+//! scripts/install-test-deps.sh): backup and verified restore, the .wal
+//! included; a writer holding the database makes the backup wait, then fail
+//! naming the source and its settings, with nothing written to the target.
+
+use std::path::Path;
+
+use backup_core::source::duckdb_lib::Database;
+
+use crate::support::*;
+
+fn duckdb_env(timeout: &str) -> Env {
+    let timeout = timeout.to_string();
+    Env::with_sources(move |_| {
+        format!(
+            "[[sources]]\nname = \"analytics\"\nkind = \"duckdb\"\npath = \"analytics.duckdb\"\n\
+             lock_timeout = \"{timeout}\"\n"
+        )
+    })
+}
+
+fn make_duckdb(path: &Path) {
+    let mut db = Database::open(path, false).unwrap();
+    db.execute(
+        "CREATE TABLE events(id INTEGER PRIMARY KEY, name VARCHAR, amount DOUBLE);
+         INSERT INTO events SELECT i, 'event ' || i, i * 1.5 FROM range(20000) t(i);
+         CREATE TABLE users(name VARCHAR, joined DATE);
+         INSERT INTO users VALUES ('ada', DATE '2026-01-02'), ('bob', NULL);",
+    )
+    .unwrap();
+}
+
+fn rows(path: &Path) -> Vec<Vec<Option<String>>> {
+    let mut db = Database::open(path, true).unwrap();
+    let mut all = db
+        .query("SELECT id::VARCHAR, name, amount::VARCHAR FROM events ORDER BY id")
+        .unwrap();
+    all.extend(
+        db.query("SELECT name, joined::VARCHAR FROM users ORDER BY name")
+            .unwrap(),
+    );
+    all
+}
+
+#[test]
+fn duckdb_backup_and_restore_with_its_wal() {
+    let env = duckdb_env("30s");
+    let db = env.dir.path().join("analytics.duckdb");
+    make_duckdb(&db);
+    // Work left in the WAL, as an application that was killed leaves it:
+    // the snapshot must carry it for the restore to have these rows.
+    {
+        let mut w = Database::open(&db, false).unwrap();
+        w.execute(
+            "SET wal_autocheckpoint = '1TB'; PRAGMA disable_checkpoint_on_shutdown;
+             INSERT INTO events VALUES (99999, 'only in the wal', 0);",
+        )
+        .unwrap();
+    }
+    let wal = env.dir.path().join("analytics.duckdb.wal");
+    assert!(wal.exists(), "the test needs a database with a WAL");
+    let before = rows(&db);
+    assert_eq!(before.len(), 20_003);
+
+    let out = env.ok(&["backup", "--source", "analytics"]);
+    assert!(out.contains("analytics -> local: snapshot"), "{out}");
+    let snaps = snapshots(&env);
+    assert_eq!(snaps[0]["kind"], "duckdb");
+    assert_eq!(snaps[0]["files"], 2);
+
+    let to = env.dir.path().join("restored.duckdb");
+    let out = env.ok(&[
+        "restore",
+        "--source",
+        "analytics",
+        "--latest",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert!(out.contains("checksum and DuckDB open verified"), "{out}");
+    assert!(env.dir.path().join("restored.duckdb.wal").exists());
+    assert_eq!(rows(&to), before);
+    assert!(leftovers(env.dir.path()).is_empty());
+
+    // --force moves the current database and its WAL aside, never deletes them.
+    let out = env.ok(&[
+        "restore",
+        "--source",
+        "analytics",
+        "--latest",
+        "--to",
+        to.to_str().unwrap(),
+        "--force",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let moved = v["moved_aside"].as_array().unwrap();
+    assert_eq!(moved.len(), 2, "{out}");
+    assert!(moved[1].as_str().unwrap().ends_with(".wal"));
+    assert_eq!(rows(&to), before);
+}
+
+#[test]
+fn a_writer_holding_the_database_makes_the_backup_wait_then_fail_cleanly() {
+    let env = duckdb_env("1s");
+    let db = env.dir.path().join("analytics.duckdb");
+    make_duckdb(&db);
+    env.make_db(&env.db(), 100);
+    env.ok(&["backup", "--source", "app"]);
+    let repo_before = find_files(&env.repo());
+
+    // This test process is the application: DuckDB holds its write lock.
+    let writer = Database::open(&db, false).unwrap();
+    let (code, out, err) = env.run(&["backup", "--source", "analytics"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("analytics -> local: FAILED"), "{err}");
+    assert!(
+        err.contains("still has the database open for writing after waiting 1s"),
+        "{err}"
+    );
+    assert!(
+        err.contains("lock_timeout") && err.contains("before/after hooks"),
+        "{err}"
+    );
+    assert_eq!(find_files(&env.repo()), repo_before, "nothing was written");
+    drop(writer);
+
+    // Once the writer has closed, the same backup goes through.
+    let out = env.ok(&["backup", "--source", "analytics"]);
+    assert!(out.contains("analytics -> local: snapshot"), "{out}");
+}
+
+#[test]
+fn a_file_that_is_not_duckdb_and_a_bad_lock_timeout_are_clear_errors() {
+    let env = duckdb_env("soon");
+    let (code, _, err) = env.run(&["backup"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("lock_timeout \"soon\""), "{err}");
+
+    let env = duckdb_env("5s");
+    std::fs::write(env.dir.path().join("analytics.duckdb"), vec![7u8; 5000]).unwrap();
+    let (code, _, err) = env.run(&["backup", "--source", "analytics"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not a DuckDB database"), "{err}");
+}
+
+#[test]
+fn a_restore_without_libduckdb_stops_before_touching_the_destination() {
+    let env = duckdb_env("30s");
+    make_duckdb(&env.dir.path().join("analytics.duckdb"));
+    env.ok(&["backup", "--source", "analytics"]);
+    let to = env.dir.path().join("restored.duckdb");
+    let out = std::process::Command::new(bin())
+        .arg("--config")
+        .arg(env.dir.path().join("offsite.toml"))
+        .args(["restore", "--source", "analytics", "--latest", "--to"])
+        .arg(&to)
+        .env(
+            "OFFSITE_LIBDUCKDB",
+            env.dir.path().join("no-such-libduckdb.so"),
+        )
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot load DuckDB"), "{err}");
+    assert!(err.contains("OFFSITE_LIBDUCKDB"), "{err}");
+    assert!(!to.exists());
+    assert!(leftovers(env.dir.path()).is_empty());
+}
