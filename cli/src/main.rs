@@ -198,7 +198,23 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
+/// glibc gives each thread that allocates its own arena and keeps freed
+/// memory in it; with the runtime's and the decoders' threads that added
+/// 10 to 20 MB of peak RSS to a restore, varying from run to run. Two arenas
+/// cost no measurable speed on the benchmark.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_malloc_arenas() {
+    // SAFETY: called first thing in main, before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     // A daemon's log is its only output: say what runs when, by default.
     let daemon = matches!(cli.command, Command::Daemon);
