@@ -200,13 +200,17 @@ fn init_logging(verbose: u8) {
 
 /// glibc gives each thread that allocates its own arena and keeps freed
 /// memory in it; with the runtime's and the decoders' threads that added
-/// 10 to 20 MB of peak RSS to a restore, varying from run to run. Two arenas
-/// cost no measurable speed on the benchmark.
+/// 10 to 20 MB of peak RSS to a restore, varying from run to run. And after
+/// the first multi-MiB pack buffer is freed glibc raises its mmap threshold,
+/// so later pack buffers come from the heap and stay resident: a fixed
+/// threshold hands them back to the kernel when freed. Neither costs
+/// measurable speed on the benchmark.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn limit_malloc_arenas() {
     // SAFETY: called first thing in main, before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
     }
 }
 
