@@ -192,16 +192,21 @@ async fn backup_locked(
         let tx = enc_tx.clone();
         let recipients = recipients.clone();
         let level = opts.compression_level;
-        encoders.push(std::thread::spawn(move || loop {
-            let job = match rx.lock().expect("encoder queue").recv() {
-                Ok(job) => job,
-                Err(_) => return,
-            };
-            let refs: Vec<&dyn age::Recipient> = recipients
-                .iter()
-                .map(|r| r as &dyn age::Recipient)
-                .collect();
-            let encoded = crate::codec::encode(&job.data, &refs, level)
+        encoders.push(std::thread::spawn(move || {
+            let mut encoder = crate::codec::Encoder::new(level);
+            loop {
+                let job = match rx.lock().expect("encoder queue").recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                };
+                let refs: Vec<&dyn age::Recipient> = recipients
+                    .iter()
+                    .map(|r| r as &dyn age::Recipient)
+                    .collect();
+                let encoded = match &mut encoder {
+                    Ok(encoder) => encoder.encode(&job.data, &refs),
+                    Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+                }
                 .map_err(|e| Error::io("encoding a pack", e))
                 .map(|data| {
                     let name = hex::encode(rand::random::<[u8; 32]>());
@@ -211,8 +216,9 @@ async fn backup_locked(
                         chunks: job.chunks,
                     }
                 });
-            if tx.blocking_send(encoded).is_err() {
-                return; // the uploader gave up; stop quietly
+                if tx.blocking_send(encoded).is_err() {
+                    return; // the uploader gave up; stop quietly
+                }
             }
         }));
     }

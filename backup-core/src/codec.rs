@@ -42,15 +42,44 @@ impl<W: Write> Write for EncodeWriter<W> {
 /// the streaming encoder (no window copies), and the output is the same
 /// kind of zstd frame, so `zstd -d` reads both.
 pub fn encode(data: &[u8], recipients: &[&dyn age::Recipient], level: i32) -> io::Result<Vec<u8>> {
-    let compressed = zstd::bulk::compress(data, level)?;
-    let encryptor = age::Encryptor::with_recipients(recipients.iter().copied())
-        .map_err(|e| io::Error::other(format!("age: {e}")))?;
-    // age adds a header and 16 bytes per 64 KiB chunk.
-    let mut out = Vec::with_capacity(compressed.len() + compressed.len() / 4096 + 1024);
-    let mut w = encryptor.wrap_output(&mut out)?;
-    w.write_all(&compressed)?;
-    w.finish()?;
-    Ok(out)
+    Encoder::new(level)?.encode(data, recipients)
+}
+
+/// Encodes one object after another with one compression context and
+/// buffer. A fresh zstd context per 4 MiB pack meant several MiB allocated,
+/// faulted in and freed for every pack.
+pub struct Encoder {
+    zstd: zstd::bulk::Compressor<'static>,
+    compressed: Vec<u8>,
+}
+
+impl Encoder {
+    pub fn new(level: i32) -> io::Result<Encoder> {
+        Ok(Encoder {
+            zstd: zstd::bulk::Compressor::new(level)?,
+            compressed: Vec::new(),
+        })
+    }
+
+    pub fn encode(
+        &mut self,
+        data: &[u8],
+        recipients: &[&dyn age::Recipient],
+    ) -> io::Result<Vec<u8>> {
+        self.compressed.clear();
+        self.compressed
+            .reserve(zstd::zstd_safe::compress_bound(data.len()));
+        self.zstd.compress_to_buffer(data, &mut self.compressed)?;
+        let encryptor = age::Encryptor::with_recipients(recipients.iter().copied())
+            .map_err(|e| io::Error::other(format!("age: {e}")))?;
+        // age adds a header and 16 bytes per 64 KiB chunk.
+        let len = self.compressed.len();
+        let mut out = Vec::with_capacity(len + len / 4096 + 1024);
+        let mut w = encryptor.wrap_output(&mut out)?;
+        w.write_all(&self.compressed)?;
+        w.finish()?;
+        Ok(out)
+    }
 }
 
 /// A reader over the plaintext of an encoded object. `key` names the object in errors.
