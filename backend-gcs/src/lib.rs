@@ -11,13 +11,14 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use backend_objstore::{normalize_prefix, ErrorMap, Hints, ObjectStoreStorage, Settings};
+use backend_objstore::{
+    client_options, normalize_prefix, retry_config, ErrorMap, Hints, ObjectStoreStorage, Settings,
+};
 use backup_core::storage::{ByteStream, ErrorKind, ObjectMeta, PutMode, Storage, StorageError};
 use futures::stream::BoxStream;
 use object_store::gcp::{GcpCredential, GoogleCloudStorageBuilder};
-use object_store::{BackoffConfig, ClientOptions, RetryConfig, StaticCredentialProvider};
+use object_store::StaticCredentialProvider;
 use serde::Deserialize;
 
 /// `[[targets]]` settings of `kind = "gcs"`.
@@ -108,13 +109,7 @@ impl GcsStorage {
         let mut builder = GoogleCloudStorageBuilder::from_env()
             .with_bucket_name(&config.bucket)
             .with_retry(retry_config(config.max_retries.unwrap_or(8)))
-            .with_client_options(
-                ClientOptions::new()
-                    .with_allow_http(allow_http)
-                    .with_connect_timeout(Duration::from_secs(10))
-                    // Generous: one request can carry a whole part.
-                    .with_timeout(Duration::from_secs(300)),
-            );
+            .with_client_options(client_options(allow_http));
         if let Some(url) = &config.base_url {
             builder = builder.with_base_url(url.trim_end_matches('/'));
         }
@@ -156,20 +151,6 @@ impl GcsStorage {
                 },
             ),
         })
-    }
-}
-
-/// Exponential backoff (object_store adds jitter) for 5xx, 429 and transport
-/// errors; object_store never retries other 4xx answers.
-fn retry_config(max_retries: usize) -> RetryConfig {
-    RetryConfig {
-        backoff: BackoffConfig {
-            init_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(15),
-            base: 2.0,
-        },
-        max_retries,
-        retry_timeout: Duration::from_secs(180),
     }
 }
 

@@ -29,6 +29,7 @@ pub mod testing;
 use std::error::Error as StdError;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use backup_core::storage::{
@@ -72,6 +73,30 @@ pub struct Settings {
     /// Whether the service enforces create-if-absent (S3 `If-None-Match: *`,
     /// GCS `ifGenerationMatch=0`). Off: check with `HEAD`, then upload.
     pub conditional_create: bool,
+}
+
+/// Retries for the object_store client of every target: exponential backoff
+/// (object_store adds jitter) for 5xx, 429 and transport errors; object_store
+/// never retries other 4xx answers.
+pub fn retry_config(max_retries: usize) -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        backoff: object_store::BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(15),
+            base: 2.0,
+        },
+        max_retries,
+        retry_timeout: Duration::from_secs(180),
+    }
+}
+
+/// HTTP client settings shared by the object_store targets.
+pub fn client_options(allow_http: bool) -> object_store::ClientOptions {
+    object_store::ClientOptions::new()
+        .with_allow_http(allow_http)
+        .with_connect_timeout(Duration::from_secs(10))
+        // Generous: one request can carry a whole part.
+        .with_timeout(Duration::from_secs(300))
 }
 
 /// Checks and normalises a configured prefix (`"/backups/host1/"` →

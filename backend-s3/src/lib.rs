@@ -13,13 +13,13 @@ pub mod profile;
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
-use backend_objstore::{normalize_prefix, ErrorMap, Hints, ObjectStoreStorage, Settings};
+use backend_objstore::{
+    client_options, normalize_prefix, retry_config, ErrorMap, Hints, ObjectStoreStorage, Settings,
+};
 use backup_core::storage::{ByteStream, ErrorKind, ObjectMeta, PutMode, Storage, StorageError};
 use futures::stream::BoxStream;
 use object_store::aws::{AmazonS3Builder, S3ConditionalPut, S3CopyIfNotExists};
-use object_store::{BackoffConfig, ClientOptions, RetryConfig};
 use serde::Deserialize;
 
 /// `[[targets]]` settings of `kind = "s3"`.
@@ -176,13 +176,7 @@ impl S3Storage {
             // plus this conditional copy (see backend-objstore).
             .with_copy_if_not_exists(S3CopyIfNotExists::Multipart)
             .with_retry(retry_config(config.max_retries.unwrap_or(8)))
-            .with_client_options(
-                ClientOptions::new()
-                    .with_allow_http(config.allow_http)
-                    .with_connect_timeout(Duration::from_secs(10))
-                    // Generous: one request can carry a whole part.
-                    .with_timeout(Duration::from_secs(300)),
-            );
+            .with_client_options(client_options(config.allow_http));
         if let Some(region) = &config.region {
             builder = builder.with_region(region);
         }
@@ -260,20 +254,6 @@ impl S3Storage {
 
 fn env_set(name: &str) -> bool {
     std::env::var_os(name).is_some_and(|v| !v.is_empty())
-}
-
-/// Exponential backoff (object_store adds jitter) for 5xx, 429 and transport
-/// errors; object_store never retries other 4xx answers.
-fn retry_config(max_retries: usize) -> RetryConfig {
-    RetryConfig {
-        backoff: BackoffConfig {
-            init_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(15),
-            base: 2.0,
-        },
-        max_retries,
-        retry_timeout: Duration::from_secs(180),
-    }
 }
 
 #[async_trait::async_trait]
