@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use backend_objstore::{
-    client_options, normalize_prefix, retry_config, ErrorMap, Hints, ObjectStoreStorage, Settings,
+    bucket_target, client_options, part_size, retry_config, ErrorMap, Hints, ObjectStoreStorage,
+    Settings,
 };
 use backup_core::storage::{ByteStream, ErrorKind, ObjectMeta, PutMode, Storage, StorageError};
 use futures::stream::BoxStream;
@@ -79,28 +80,8 @@ impl GcsStorage {
     /// sent to the service yet: a wrong bucket or missing role shows up, with a
     /// message saying what to check, on first use.
     pub fn open(config: &GcsConfig) -> Result<Self, StorageError> {
-        let prefix =
-            normalize_prefix(config.prefix.as_deref(), &format!("gs://{}", config.bucket))?;
-        let target = if prefix.is_empty() {
-            format!("gs://{}", config.bucket)
-        } else {
-            format!("gs://{}/{prefix}", config.bucket)
-        };
-        if config.bucket.is_empty() {
-            return Err(StorageError::new(
-                ErrorKind::Other,
-                target,
-                "bucket is empty: set bucket = \"...\" in the target",
-            ));
-        }
-        let part_size_mib = config.part_size_mib.unwrap_or(16);
-        if !(5..=5120).contains(&part_size_mib) {
-            return Err(StorageError::new(
-                ErrorKind::Other,
-                target,
-                "part_size_mib must be between 5 and 5120 (GCS's limits for multipart parts)",
-            ));
-        }
+        let (target, prefix) = bucket_target("gs", &config.bucket, config.prefix.as_deref())?;
+        let part_size = part_size(config.part_size_mib, &target, "GCS")?;
         let allow_http = config
             .base_url
             .as_deref()
@@ -145,7 +126,7 @@ impl GcsStorage {
                     target,
                     hints: HINTS,
                     prefix,
-                    part_size: part_size_mib << 20,
+                    part_size,
                     upload_concurrency: config.upload_concurrency.unwrap_or(4).max(1),
                     conditional_create: true,
                 },

@@ -116,6 +116,46 @@ pub fn normalize_prefix(prefix: Option<&str>, target: &str) -> Result<String, St
     Ok(trimmed.to_string())
 }
 
+/// A bucket target's display name (`s3://bucket/prefix`) and normalised
+/// prefix. An empty bucket name is a configuration error.
+pub fn bucket_target(
+    scheme: &str,
+    bucket: &str,
+    prefix: Option<&str>,
+) -> Result<(String, String), StorageError> {
+    let base = format!("{scheme}://{bucket}");
+    let prefix = normalize_prefix(prefix, &base)?;
+    let target = if prefix.is_empty() {
+        base
+    } else {
+        format!("{base}/{prefix}")
+    };
+    if bucket.is_empty() {
+        return Err(StorageError::new(
+            ErrorKind::Other,
+            target,
+            "bucket is empty: set bucket = \"...\" in the target",
+        ));
+    }
+    Ok((target, prefix))
+}
+
+/// The multipart part size in bytes from a target's `part_size_mib`
+/// (16 by default), within the 5 MiB to 5 GiB that S3 and GCS accept.
+pub fn part_size(mib: Option<usize>, target: &str, service: &str) -> Result<usize, StorageError> {
+    let mib = mib.unwrap_or(16);
+    if !(5..=5120).contains(&mib) {
+        return Err(StorageError::new(
+            ErrorKind::Other,
+            target,
+            format!(
+                "part_size_mib must be between 5 and 5120 ({service}'s limits for multipart parts)"
+            ),
+        ));
+    }
+    Ok(mib << 20)
+}
+
 /// A [`Storage`] on any `object_store` client.
 pub struct ObjectStoreStorage {
     store: Arc<dyn ObjectStore>,
@@ -536,6 +576,22 @@ mod tests {
         );
         assert!(normalize_prefix(Some("a/../b"), "t").is_err());
         assert!(normalize_prefix(Some("sp ace"), "t").is_err());
+    }
+
+    #[test]
+    fn bucket_targets_and_part_sizes() {
+        let (target, prefix) = bucket_target("s3", "b", Some("/host1/")).unwrap();
+        assert_eq!(
+            (target.as_str(), prefix.as_str()),
+            ("s3://b/host1", "host1")
+        );
+        assert_eq!(bucket_target("gs", "b", None).unwrap().0, "gs://b");
+        let err = bucket_target("s3", "", None).unwrap_err();
+        assert!(err.to_string().contains("bucket is empty"), "{err}");
+        assert_eq!(part_size(None, "t", "S3").unwrap(), 16 << 20);
+        assert_eq!(part_size(Some(5), "t", "S3").unwrap(), 5 << 20);
+        let err = part_size(Some(4), "t", "GCS").unwrap_err();
+        assert!(err.to_string().contains("GCS's limits"), "{err}");
     }
 
     #[test]

@@ -15,7 +15,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use backend_objstore::{
-    client_options, normalize_prefix, retry_config, ErrorMap, Hints, ObjectStoreStorage, Settings,
+    bucket_target, client_options, part_size, retry_config, ErrorMap, Hints, ObjectStoreStorage,
+    Settings,
 };
 use backup_core::storage::{ByteStream, ErrorKind, ObjectMeta, PutMode, Storage, StorageError};
 use futures::stream::BoxStream;
@@ -144,28 +145,8 @@ impl S3Storage {
     /// Builds the client. Nothing is sent to the service yet: a wrong bucket or
     /// credentials show up, with a message saying what to check, on first use.
     pub fn open(config: &S3Config) -> Result<Self, StorageError> {
-        let prefix =
-            normalize_prefix(config.prefix.as_deref(), &format!("s3://{}", config.bucket))?;
-        let target = if prefix.is_empty() {
-            format!("s3://{}", config.bucket)
-        } else {
-            format!("s3://{}/{prefix}", config.bucket)
-        };
-        if config.bucket.is_empty() {
-            return Err(StorageError::new(
-                ErrorKind::Other,
-                target,
-                "bucket is empty: set bucket = \"...\" in the target",
-            ));
-        }
-        let part_size_mib = config.part_size_mib.unwrap_or(16);
-        if !(5..=5120).contains(&part_size_mib) {
-            return Err(StorageError::new(
-                ErrorKind::Other,
-                target,
-                "part_size_mib must be between 5 and 5120 (S3's limits for multipart parts)",
-            ));
-        }
+        let (target, prefix) = bucket_target("s3", &config.bucket, config.prefix.as_deref())?;
+        let part_size = part_size(config.part_size_mib, &target, "S3")?;
 
         let mut builder = AmazonS3Builder::from_env()
             .with_bucket_name(&config.bucket)
@@ -243,7 +224,7 @@ impl S3Storage {
                     target,
                     hints: HINTS,
                     prefix,
-                    part_size: part_size_mib << 20,
+                    part_size,
                     upload_concurrency: config.upload_concurrency.unwrap_or(4).max(1),
                     conditional_create: config.conditional_writes,
                 },
