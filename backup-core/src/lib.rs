@@ -12,6 +12,7 @@ pub mod chunk;
 pub mod codec;
 pub mod drill;
 pub mod error;
+pub mod failpoint;
 pub mod keys;
 pub mod lock;
 pub mod pins;
