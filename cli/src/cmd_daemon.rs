@@ -106,10 +106,10 @@ pub async fn run(cfg: &Config, config_path: &Path) -> Result<()> {
         jobs.push(Job { name, cron, next });
     }
     if jobs.is_empty() {
-        bail!(
+        return Err(crate::usage::mistake(
             "invalid config: [schedule] has no jobs; add e.g. backup = \"0 2 * * *\" \
-             (jobs: backup, prune, verify, drill, status)"
-        );
+             (jobs: backup, prune, verify, drill, status)",
+        ));
     }
     let mut signals = Signals::install()?;
     for j in &jobs {

@@ -44,7 +44,9 @@ pub async fn run(
     let sources: Vec<&str> = match source {
         Some(s) => vec![cfg.source(s)?.name.as_str()],
         None if cfg.sources.is_empty() => {
-            bail!("no [[sources]] in the config: a drill restores a source's newest snapshot")
+            return Err(crate::usage::mistake(
+                "no [[sources]] in the config: a drill restores a source's newest snapshot",
+            ))
         }
         None => cfg.sources.iter().map(|s| s.name.as_str()).collect(),
     };

@@ -73,8 +73,8 @@ pub async fn prune(cfg: &Config, config_path: &Path, args: &PruneArgs) -> Result
         None => !opts.default_policy.is_empty() || opts.policies.values().any(|p| !p.is_empty()),
     };
     if !any_policy {
-        // Exit 2 via the "config file" prefix: this is a configuration gap.
-        bail!(
+        // A configuration gap: exit 2.
+        return Err(crate::usage::mistake(format!(
             "config file {} has no retention policy{}, so prune would not know what to keep and \
              deletes nothing; add one, e.g.\n  [retention]\n  keep_daily = 7\n  keep_weekly = 4\n  \
              keep_monthly = 6\n(or a `retention` table inside a [[sources]] entry)",
@@ -83,7 +83,7 @@ pub async fn prune(cfg: &Config, config_path: &Path, args: &PruneArgs) -> Result
                 .as_deref()
                 .map(|s| format!(" for source {s:?}"))
                 .unwrap_or_default()
-        );
+        )));
     }
     // Prune writes index files, which are encrypted to the recipients.
     let keys = keys(cfg).context("prune needs encryption.recipients")?;

@@ -40,7 +40,7 @@ pub async fn verify(cfg: &Config, args: &VerifyArgs) -> Result<()> {
     }
     let ids = if args.read_data {
         if args.identity.is_none() && cfg.encryption.identity_file.is_none() {
-            bail!("verify --read-data decrypts the data and needs the age identity: pass --identity FILE or set encryption.identity_file");
+            return Err(crate::usage::mistake("verify --read-data decrypts the data and needs the age identity: pass --identity FILE or set encryption.identity_file"));
         }
         identities(cfg, args.identity.as_deref())?
     } else if cfg.encryption.recipients.is_empty() {

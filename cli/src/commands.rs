@@ -20,7 +20,7 @@ use crate::config::{Config, TargetConfig};
 use crate::hooks;
 use crate::notify::{self, Event, EventKind};
 use crate::output::{self, Bar};
-use crate::{targets, RestoreArgs};
+use crate::{targets, usage, RestoreArgs};
 
 pub fn keygen(output: Option<&Path>) -> Result<()> {
     let (secret, recipient) = generate_identity();
@@ -67,7 +67,11 @@ pub(crate) fn identities(cfg: &Config, flag: Option<&Path>) -> Result<Identities
     let path = flag
         .map(Path::to_path_buf)
         .or_else(|| cfg.encryption.identity_file.clone())
-        .ok_or_else(|| anyhow!("restoring needs the age identity: pass --identity FILE or set encryption.identity_file"))?;
+        .ok_or_else(|| {
+            usage::mistake(
+                "restoring needs the age identity: pass --identity FILE or set encryption.identity_file",
+            )
+        })?;
     let pass = std::env::var("OFFSITE_IDENTITY_PASSPHRASE").ok();
     Ok(Identities::from_file(&path, pass.as_deref())?)
 }
@@ -77,20 +81,22 @@ pub(crate) fn chosen_targets<'a>(
     name: Option<&str>,
 ) -> Result<Vec<&'a TargetConfig>> {
     if cfg.targets.is_empty() {
-        bail!("no [[targets]] in the config: add at least one (kind = \"local\" with a path is the simplest)");
+        return Err(usage::mistake(
+            "no [[targets]] in the config: add at least one (kind = \"local\" with a path is the simplest)",
+        ));
     }
     match name {
         None => Ok(cfg.targets.iter().collect()),
         Some(n) => {
-            let t = cfg.targets.iter().find(|t| t.name == n).with_context(|| {
-                format!(
+            let t = cfg.targets.iter().find(|t| t.name == n).ok_or_else(|| {
+                usage::mistake(format!(
                     "no target named {n:?} (targets: {})",
                     cfg.targets
                         .iter()
                         .map(|t| t.name.as_str())
                         .collect::<Vec<_>>()
                         .join(", ")
-                )
+                ))
             })?;
             Ok(vec![t])
         }
@@ -99,7 +105,9 @@ pub(crate) fn chosen_targets<'a>(
 
 pub(crate) fn source_specs(cfg: &Config, name: Option<&str>) -> Result<Vec<SourceSpec>> {
     if cfg.sources.is_empty() {
-        bail!("no [[sources]] in the config: add one with name, kind (\"sqlite\", \"duckdb\" or \"files\") and path");
+        return Err(usage::mistake(
+            "no [[sources]] in the config: add one with name, kind (\"sqlite\", \"duckdb\" or \"files\") and path",
+        ));
     }
     let chosen: Vec<_> = match name {
         Some(n) => vec![cfg.source(n)?],
@@ -467,7 +475,9 @@ pub fn parse_time(s: &str) -> Result<DateTime<Utc>> {
     });
     match naive.and_then(|n| Local.from_local_datetime(&n).earliest()) {
         Some(t) => Ok(t.with_timezone(&Utc)),
-        None => bail!("--at {s:?}: expected a time like 2026-11-20T03:00:00Z, \"2026-11-20 03:00\" or 2026-11-20"),
+        None => Err(usage::mistake(format!(
+            "--at {s:?}: expected a time like 2026-11-20T03:00:00Z, \"2026-11-20 03:00\" or 2026-11-20"
+        ))),
     }
 }
 
@@ -683,22 +693,15 @@ pub async fn targets_check(cfg: &Config, target: Option<&str>, as_json: bool) ->
     Ok(())
 }
 
-/// Prints an error as one line plus a hint, and picks the exit code:
-/// 2 for configuration and usage mistakes, 1 for everything else.
+/// Prints an error as one line plus a hint, and picks the exit code by the
+/// error's type (see [`usage`]): 2 for configuration and usage mistakes, 1
+/// for everything else.
 pub fn report(e: &anyhow::Error) -> ExitCode {
     eprintln!("error: {e:#}");
     if let Some(h) = hint(e) {
         eprintln!("hint: {h}");
     }
-    let config_error = e.chain().any(|c| {
-        let s = c.to_string();
-        s.starts_with("invalid config") || s.starts_with("config file")
-    });
-    if config_error {
-        ExitCode::from(2)
-    } else {
-        ExitCode::FAILURE
-    }
+    ExitCode::from(usage::exit_code(e))
 }
 
 pub(crate) fn hint(e: &anyhow::Error) -> Option<String> {

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
+
+use crate::usage::Usage;
 use serde::Deserialize;
 
 pub use crate::ops_config::{DrillSettings, NotifyConfig, ScheduleSettings, StatusSettings};
@@ -132,11 +134,11 @@ pub fn config_path(flag: Option<&Path>) -> PathBuf {
 
 pub fn load(path: &Path) -> Result<Config> {
     if !path.exists() {
-        bail!(
+        return Err(crate::usage::mistake(format!(
             "config file {} not found; pass --config FILE, set OFFSITE_CONFIG, or run `offsite demo` \
              to see a working setup",
             path.display()
-        );
+        )));
     }
     let figment = Figment::new().merge(Toml::file_exact(path)).merge(
         Env::prefixed("OFFSITE_")
@@ -146,7 +148,7 @@ pub fn load(path: &Path) -> Result<Config> {
     let mut config: Config = figment
         .extract()
         .map_err(|e| anyhow::anyhow!("{}", describe_figment_error(e)))
-        .with_context(|| format!("invalid config {}", path.display()))?;
+        .context(Usage::Config(path.to_path_buf()))?;
     // Relative paths in the file are relative to the file, as users expect
     // when cron runs offsite from another directory.
     let base = path.parent().unwrap_or(Path::new("."));
@@ -179,7 +181,7 @@ pub fn load(path: &Path) -> Result<Config> {
     }
     config
         .validate()
-        .with_context(|| format!("invalid config {}", path.display()))?;
+        .context(Usage::Config(path.to_path_buf()))?;
     Ok(config)
 }
 
@@ -270,19 +272,16 @@ impl Config {
     }
 
     pub fn source(&self, name: &str) -> Result<&SourceConfig> {
-        self.sources
-            .iter()
-            .find(|s| s.name == name)
-            .with_context(|| {
-                format!(
-                    "no source named {name:?} in the config (sources: {})",
-                    self.sources
-                        .iter()
-                        .map(|s| s.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            })
+        self.sources.iter().find(|s| s.name == name).ok_or_else(|| {
+            crate::usage::mistake(format!(
+                "no source named {name:?} in the config (sources: {})",
+                self.sources
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
     }
 }
 

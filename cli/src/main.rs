@@ -18,6 +18,7 @@ mod ops_config;
 mod output;
 mod retention;
 mod targets;
+mod usage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -5,6 +5,7 @@ mod cloud;
 mod daemon;
 mod duckdb;
 mod hooks;
+mod hygiene;
 mod monitor;
 mod prune;
 mod repair;

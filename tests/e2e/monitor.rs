@@ -169,7 +169,7 @@ fn a_drill_without_snapshots_is_a_clear_failure() {
     env.ok(&["drill", "--source", "docs"]);
 
     let (code, _, err) = env.run(&["drill", "--source", "nope"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2, "a usage mistake");
     assert!(err.contains("no source named \"nope\""), "{err}");
 }
 

@@ -200,7 +200,7 @@ fn prune_with_recipients_only_keeps_by_rule_and_pin_and_deletes_the_rest() {
     assert!(out.contains("all 1 snapshots complete"), "{out}");
     // --read-data needs the identity, and says so.
     let (code, _, err) = env.run(&["verify", "--read-data"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2, "a usage mistake");
     assert!(err.contains("--identity"), "{err}");
     let out = env.ok(&["verify", "--read-data", "-i", env.key().to_str().unwrap()]);
     assert!(out.contains("restored and checked"), "{out}");
@@ -239,7 +239,7 @@ fn pin_by_part_of_the_id_and_per_source_retention() {
     assert!(out.contains("removing 1"), "{out}");
     assert_eq!(ids(&env), [all[0].clone(), oldest.clone()]);
     let (code, _, err) = env.run(&["prune", "--source", "nope"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2, "a usage mistake");
     assert!(err.contains("no source named"), "{err}");
 }
 
