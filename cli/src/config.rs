@@ -1,13 +1,13 @@
 //! Configuration: a TOML file (`--config`, else `$OFFSITE_CONFIG`, else
-//! `./offsite.toml`) overridden by `OFFSITE_*` environment variables
-//! (`OFFSITE_ENCRYPTION__IDENTITY_FILE=...`: a double underscore separates
-//! levels). Every mistake is reported with the setting's name.
+//! `./offsite.toml`) overridden by `OFFSITE_<SECTION>__<KEY>` environment
+//! variables (`OFFSITE_ENCRYPTION__IDENTITY_FILE=...`; which ones are read:
+//! config_env.rs). Every mistake is reported with the setting's name.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use figment::providers::{Env, Format, Toml};
+use figment::providers::{Format, Toml};
 use figment::Figment;
 
 use crate::usage::Usage;
@@ -140,11 +140,14 @@ pub fn load(path: &Path) -> Result<Config> {
             path.display()
         )));
     }
-    let figment = Figment::new().merge(Toml::file_exact(path)).merge(
-        Env::prefixed("OFFSITE_")
-            .ignore(&["CONFIG", "IDENTITY_PASSPHRASE", "LOG", "LIBDUCKDB"])
-            .split("__"),
-    );
+    let env = crate::config_env::provider(|name| {
+        eprintln!(
+            "warning: ignoring {name}: not a setting (the environment sets \
+             OFFSITE_<SECTION>__<KEY> for the keys of [{}])",
+            crate::config_env::SECTIONS.join("], [")
+        )
+    });
+    let figment = Figment::new().merge(Toml::file_exact(path)).merge(env);
     let mut config: Config = figment
         .extract()
         .map_err(|e| anyhow::anyhow!("{}", describe_figment_error(e)))
@@ -190,10 +193,16 @@ fn describe_figment_error(e: figment::Error) -> String {
         .map(|e| {
             let path = e.path.join(".");
             if path.is_empty() {
-                e.kind.to_string()
-            } else {
-                format!("{path}: {}", e.kind)
+                return e.kind.to_string();
             }
+            // The environment overrides the file: a set variable is where the value came from.
+            let var = crate::config_env::variable_name(&path);
+            let from = if std::env::var_os(&var).is_some() {
+                format!(" (from the environment variable {var})")
+            } else {
+                String::new()
+            };
+            format!("{path}: {}{from}", e.kind)
         })
         .collect::<Vec<_>>()
         .join("; ")

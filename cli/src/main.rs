@@ -11,6 +11,7 @@ mod cmd_status;
 mod cmd_verify;
 mod commands;
 mod config;
+mod config_env;
 mod demo;
 mod hooks;
 mod notify;

@@ -1,7 +1,101 @@
-//! Configuration and process hygiene through the binary: exit code 2 for
-//! usage mistakes.
+//! Configuration and process hygiene through the binary: stray `OFFSITE_*`
+//! variables and exit code 2 for usage mistakes.
+
+use std::process::Command;
 
 use crate::support::*;
+
+fn run_with_env(env: &Env, args: &[&str], vars: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .arg("--config")
+        .arg(env.dir.path().join("offsite.toml"))
+        .args(args)
+        .envs(vars.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn stray_offsite_variables_are_ignored_and_real_settings_still_apply() {
+    let env = Env::new();
+    env.make_db(&env.db(), 200);
+    env.ok(&["backup"]);
+
+    // What a hook sees (it runs offsite, e.g. `offsite snapshots`): offsite's
+    // own variables are passed over silently.
+    let hook_vars = [
+        ("OFFSITE_EVENT", "after"),
+        ("OFFSITE_SOURCE", "app"),
+        ("OFFSITE_SOURCE_KIND", "sqlite"),
+        ("OFFSITE_SOURCE_PATH", "/srv/app.db"),
+        ("OFFSITE_ERROR", "x"),
+        ("OFFSITE_LOG", "warn"),
+    ];
+    let (code, out, err) = run_with_env(&env, &["snapshots"], &hook_vars);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("app"), "{out}");
+    assert!(
+        !err.contains("OFFSITE_"),
+        "own variables are not warned about: {err}"
+    );
+
+    // Anything else is not a setting: a warning naming it, never fatal.
+    let (code, out, err) = run_with_env(
+        &env,
+        &["snapshots"],
+        &[
+            ("OFFSITE_BOGUS", "1"),
+            ("OFFSITE_BACKUP__COMPRESION_LEVEL", "5"),
+            ("OFFSITE_SOURCES__NAME", "x"),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    for var in [
+        "OFFSITE_BOGUS",
+        "OFFSITE_BACKUP__COMPRESION_LEVEL",
+        "OFFSITE_SOURCES__NAME",
+    ] {
+        assert!(
+            err.contains(&format!("warning: ignoring {var}")),
+            "{var}: {err}"
+        );
+    }
+
+    // A documented setting is read, and a bad value in it is a config error.
+    let (code, _, err) = run_with_env(
+        &env,
+        &["snapshots"],
+        &[("OFFSITE_BACKUP__COMPRESSION_LEVEL", "25")],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("backup.compression_level must be 1 to 19"),
+        "{err}"
+    );
+    let (code, _, err) = run_with_env(
+        &env,
+        &["snapshots"],
+        &[("OFFSITE_BACKUP__COMPRESSION_LEVEL", "high")],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("backup.compression_level")
+            && err.contains("OFFSITE_BACKUP__COMPRESSION_LEVEL"),
+        "{err}"
+    );
+    let (code, _, err) = run_with_env(
+        &env,
+        &["snapshots"],
+        &[("OFFSITE_RETENTION__KEEP_WITHIN", "2 weeks")],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("retention.keep_within"), "{err}");
+}
 
 #[test]
 fn usage_mistakes_exit_2_and_failures_exit_1() {
