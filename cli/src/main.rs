@@ -2,6 +2,21 @@
 //! configuration, opens the configured targets, calls backup-core's
 //! operations and prints their results. No backup logic lives here.
 
+// These shadow std's printing macros in every module of the crate (a
+// `macro_rules!` defined before the `mod` lines is in scope in all of them),
+// so that no output can panic on a closed stdout or stderr: see output.rs.
+macro_rules! println {
+    () => { $crate::output::print_out(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::output::print_out(format_args!("{}\n", format_args!($($arg)*))) };
+}
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::output::print_out(format_args!($($arg)*)) };
+}
+macro_rules! eprintln {
+    () => { $crate::output::print_err(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::output::print_err(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
 mod cmd_daemon;
 mod cmd_drill;
 mod cmd_pin;
@@ -329,6 +344,10 @@ fn main() -> ExitCode {
     });
     // Do not wait on threads of a job the daemon abandoned at shutdown.
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    let result = result.and_then(|()| match output::stdout_error() {
+        Some(e) => Err(anyhow::Error::new(e).context("writing the output to stdout")),
+        None => Ok(()),
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => commands::report(&e),

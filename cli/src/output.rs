@@ -1,9 +1,24 @@
-//! Human-readable figures and progress display. Progress goes to stderr and
-//! only when stderr is a terminal, so cron mail and `--json` stay clean.
+//! Human-readable figures, progress display, and the writing of results.
+//! Progress goes to stderr and only when stderr is a terminal, so cron mail
+//! and `--json` stay clean.
+//!
+//! Results go to stdout through [`print_out`] (the crate's `println!`, see
+//! main.rs), which never panics: once stdout is closed (`offsite snapshots |
+//! head` after head exits) the rest of the output is dropped and the command
+//! finishes its work quietly, with the exit code of that work. A command is
+//! never cut short by its output: a backup still reaches its other targets and
+//! runs its `after` hook. Other write errors (a full disk under `> file`) are
+//! kept and reported once the command is done ([`stdout_error`]).
+//!
+//! Why not SIGPIPE's default action, as C tools have: it kills the process at
+//! whichever write meets a closed pipe, which may be stderr to a logger that
+//! died, mid-backup or between the renames of an in-place restore, and an
+//! `after` hook that restarts the application would not run.
 
-use std::io::IsTerminal;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::fmt;
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backup_core::backup::Progress;
@@ -80,4 +95,37 @@ impl Drop for Bar {
             b.finish_and_clear();
         }
     }
+}
+
+/// Set once stdout cannot take more output; later output is dropped.
+static STDOUT_DONE: AtomicBool = AtomicBool::new(false);
+/// The first write error other than a closed pipe.
+static STDOUT_ERROR: Mutex<Option<std::io::Error>> = Mutex::new(None);
+
+/// Writes to stdout; see the module doc for what happens when it fails.
+pub fn print_out(args: fmt::Arguments) {
+    if STDOUT_DONE.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        STDOUT_DONE.store(true, Ordering::Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            let mut first = STDOUT_ERROR.lock().unwrap_or_else(|p| p.into_inner());
+            first.get_or_insert(e);
+        }
+    }
+}
+
+/// Writes to stderr, ignoring errors: there is nowhere left to report them.
+pub fn print_err(args: fmt::Arguments) {
+    let _ = std::io::stderr().lock().write_fmt(args);
+}
+
+/// The error that stopped the output, unless it was a closed pipe.
+pub fn stdout_error() -> Option<std::io::Error> {
+    STDOUT_ERROR
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
 }

@@ -1,7 +1,7 @@
 //! Configuration and process hygiene through the binary: stray `OFFSITE_*`
-//! variables and exit code 2 for usage mistakes.
+//! variables, a closed stdout, and exit code 2 for usage mistakes.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use crate::support::*;
 
@@ -95,6 +95,69 @@ fn stray_offsite_variables_are_ignored_and_real_settings_still_apply() {
     );
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("retention.keep_within"), "{err}");
+}
+
+/// Runs offsite with its stdout a pipe whose reader is already gone, as
+/// `offsite snapshots | head -1` is once head has exited.
+fn run_with_closed_stdout(env: &Env, args: &[&str]) -> (i32, String) {
+    let mut child = Command::new(bin())
+        .arg("--config")
+        .arg(env.dir.path().join("offsite.toml"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    let env = Env::new();
+    env.make_db(&env.db(), 200);
+    env.ok(&["backup"]);
+    for args in [
+        &["snapshots"][..],
+        &["snapshots", "--json"],
+        &["status"],
+        &["verify"],
+    ] {
+        let (code, err) = run_with_closed_stdout(&env, args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe"),
+            "{args:?}: {err}"
+        );
+    }
+    // A backup whose output nobody reads still does all its work.
+    let (code, err) = run_with_closed_stdout(&env, &["backup"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(snapshots(&env).len(), 2, "the backup was stored");
+
+    // Any other write error is reported, once the work is done.
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = Command::new(bin())
+        .arg("--config")
+        .arg(env.dir.path().join("offsite.toml"))
+        .arg("snapshots")
+        .stdout(full)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("error: writing the output to stdout") && !err.contains("panicked"),
+        "{err}"
+    );
 }
 
 #[test]
