@@ -1,18 +1,19 @@
 //! `offsite pin ID` and `offsite unpin ID`: keep a snapshot whatever the
 //! retention policy says, or stop doing so. Snapshot ids differ per target
 //! (each target gets its own backup), so the id is looked up in every
-//! configured target, or the one named.
+//! configured target, or the one named; a target that cannot be read is
+//! passed over with a warning (see across.rs).
 
 use anyhow::{bail, Context, Result};
 use backup_core::lock::LockWait;
 use backup_core::pins;
-use backup_core::repo::{select, Repository, Selector};
+use backup_core::repo::{select, Selector};
 use backup_core::Error;
 use clap::Args;
 
-use crate::commands::{chosen_targets, keys};
+use crate::across;
+use crate::commands::keys;
 use crate::config::Config;
-use crate::targets;
 
 #[derive(Args)]
 pub struct PinArgs {
@@ -28,21 +29,17 @@ pub async fn pin(cfg: &Config, args: &PinArgs) -> Result<()> {
     let keys = keys(cfg).context("pin needs encryption.recipients")?;
     let ids = keys.metadata_identities();
     let mut found = false;
-    for t in chosen_targets(cfg, args.target.as_deref())? {
-        let repo = Repository::open(targets::open(t)?)
-            .await
-            .with_context(|| format!("target {:?}", t.name))?;
-        let all = repo.snapshots(&ids).await?;
-        let id = match select(&all, None, &Selector::Id(args.id.clone())) {
+    for l in across::read(cfg, args.target.as_deref(), &ids).await? {
+        let id = match select(&l.snapshots, None, &Selector::Id(args.id.clone())) {
             Ok(m) => m.id.clone(),
             Err(Error::SnapshotNotFound(_)) => continue,
             Err(e) => return Err(e.into()),
         };
         found = true;
-        if pins::pin(&repo, &keys, &id, LockWait::default()).await? {
-            println!("pinned {id} on {}", t.name);
+        if pins::pin(&l.repo, &keys, &id, LockWait::default()).await? {
+            println!("pinned {id} on {}", l.target);
         } else {
-            println!("{id} on {} was already pinned", t.name);
+            println!("{id} on {} was already pinned", l.target);
         }
     }
     if !found {
@@ -54,11 +51,10 @@ pub async fn pin(cfg: &Config, args: &PinArgs) -> Result<()> {
 pub async fn unpin(cfg: &Config, args: &PinArgs) -> Result<()> {
     // Pins are found by name, so unpinning needs no key at all.
     let mut found = false;
-    for t in chosen_targets(cfg, args.target.as_deref())? {
-        let repo = Repository::open(targets::open(t)?)
+    for (target, repo) in across::open(cfg, args.target.as_deref()).await? {
+        let pinned = pins::pinned(&repo)
             .await
-            .with_context(|| format!("target {:?}", t.name))?;
-        let pinned = pins::pinned(&repo).await?;
+            .with_context(|| format!("target {target:?}"))?;
         let hits: Vec<&String> = pinned
             .iter()
             .filter(|p| {
@@ -70,12 +66,12 @@ pub async fn unpin(cfg: &Config, args: &PinArgs) -> Result<()> {
             [id] => {
                 found = true;
                 pins::unpin(&repo, id).await?;
-                println!("unpinned {id} on {}", t.name);
+                println!("unpinned {id} on {target}");
             }
             many => bail!(
                 "{} matches more than one pinned snapshot on {}: {}",
                 args.id,
-                t.name,
+                target,
                 many.iter()
                     .map(|s| s.as_str())
                     .collect::<Vec<_>>()

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 use backup_core::backup::{BackupOptions, Progress};
 use backup_core::keys::{generate_identity, Identities, Keys};
-use backup_core::repo::{select, Manifest, Repository, Selector, PRE_RESTORE_TAG};
+use backup_core::repo::{Manifest, Repository, Selector, PRE_RESTORE_TAG};
 use backup_core::restore::RestoreOptions;
 use backup_core::source::SourceSpec;
 use backup_core::storage::ErrorKind;
@@ -16,6 +16,7 @@ use backup_core::Error;
 use chrono::{DateTime, Local, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use serde_json::json;
 
+use crate::across;
 use crate::config::{Config, TargetConfig};
 use crate::hooks;
 use crate::notify::{self, Event, EventKind};
@@ -350,25 +351,6 @@ async fn open_repo_for_backup(t: &TargetConfig, keys: &Keys) -> Result<Repositor
         .with_context(|| format!("target {:?}", t.name))
 }
 
-/// The first target (in config order, or the named one) whose repository opens.
-pub(crate) async fn first_repo(cfg: &Config, name: Option<&str>) -> Result<(String, Repository)> {
-    let mut last = None;
-    for t in chosen_targets(cfg, name)? {
-        let attempt = async {
-            let storage = targets::open(t)?;
-            Ok::<_, anyhow::Error>(Repository::open(storage).await?)
-        };
-        match attempt.await {
-            Ok(r) => return Ok((t.name.clone(), r)),
-            Err(e) => {
-                tracing::warn!(target = %t.name, error = %format!("{e:#}"), "target unavailable, trying the next");
-                last = Some(e.context(format!("target {:?}", t.name)));
-            }
-        }
-    }
-    Err(last.expect("at least one target was tried"))
-}
-
 fn snapshot_json(m: &Manifest, target: &str) -> serde_json::Value {
     json!({
         "id": m.id,
@@ -397,25 +379,20 @@ pub async fn snapshots(
     if let Some(s) = source {
         cfg.source(s)?;
     }
-    let (tname, repo) = first_repo(cfg, target).await?;
     // A backup host reads the list with its recipients; a restore host with its identity.
     let ids = if cfg.encryption.recipients.is_empty() {
         identities(cfg, None)?
     } else {
         keys(cfg)?.metadata_identities()
     };
-    let all = repo.snapshots(&ids).await?;
-    let pinned = backup_core::pins::pinned(&repo).await?;
-    let list: Vec<&Manifest> = all
-        .iter()
-        .filter(|m| source.is_none_or(|s| m.source == s))
-        .collect();
+    let listings = across::read(cfg, target, &ids).await?;
+    let list = across::all(&listings, source);
     if as_json {
         let v: Vec<_> = list
             .iter()
-            .map(|m| {
-                let mut v = snapshot_json(m, &tname);
-                v["pinned"] = json!(pinned.contains(&m.id));
+            .map(|(l, m)| {
+                let mut v = snapshot_json(m, &l.target);
+                v["pinned"] = json!(l.pinned.contains(&m.id));
                 v
             })
             .collect();
@@ -423,8 +400,11 @@ pub async fn snapshots(
         return Ok(());
     }
     if list.is_empty() {
+        let names: Vec<String> = listings.iter().map(|l| format!("{:?}", l.target)).collect();
         println!(
-            "no snapshots in target {tname:?}{}",
+            "no snapshots in target{} {}{}",
+            if names.len() == 1 { "" } else { "s" },
+            names.join(", "),
             source
                 .map(|s| format!(" for source {s:?}"))
                 .unwrap_or_default()
@@ -432,14 +412,15 @@ pub async fn snapshots(
         return Ok(());
     }
     println!(
-        "{:<26} {:<12} {:<25} {:>10} {:>10}  tags",
-        "ID", "SOURCE", "TIME", "SIZE", "NEW"
+        "{:<26} {:<12} {:<12} {:<25} {:>10} {:>10}  tags",
+        "ID", "SOURCE", "TARGET", "TIME", "SIZE", "NEW"
     );
-    for m in list {
+    for (l, m) in list {
         println!(
-            "{:<26} {:<12} {:<25} {:>10} {:>10}  {}",
+            "{:<26} {:<12} {:<12} {:<25} {:>10} {:>10}  {}",
             m.id,
             m.source,
+            l.target,
             m.finished
                 .with_timezone(&Local)
                 .format("%Y-%m-%d %H:%M:%S %z"),
@@ -448,7 +429,7 @@ pub async fn snapshots(
             m.tags
                 .iter()
                 .map(String::as_str)
-                .chain(pinned.contains(&m.id).then_some("(pinned)"))
+                .chain(l.pinned.contains(&m.id).then_some("(pinned)"))
                 .collect::<Vec<_>>()
                 .join(",")
         );
@@ -514,9 +495,8 @@ pub async fn restore(cfg: &Config, args: &RestoreArgs) -> Result<()> {
         return Err(Error::TargetExists(to).into());
     }
     let ids = identities(cfg, args.identity.as_deref())?;
-    let (tname, repo) = first_repo(cfg, args.target.as_deref()).await?;
-    let all = repo.snapshots(&ids).await?;
-    let manifest = select(&all, Some(&args.source), &selector)?.clone();
+    let listings = across::read(cfg, args.target.as_deref(), &ids).await?;
+    let (tname, repo, manifest) = across::choose_one(listings, &args.source, &selector)?;
 
     let pre_restore = if replacing && !args.no_pre_restore_snapshot {
         let spec = SourceSpec {

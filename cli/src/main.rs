@@ -17,6 +17,7 @@ macro_rules! eprintln {
     ($($arg:tt)*) => { $crate::output::print_err(format_args!("{}\n", format_args!($($arg)*))) };
 }
 
+mod across;
 mod cmd_daemon;
 mod cmd_drill;
 mod cmd_pin;
@@ -82,11 +83,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List snapshots, newest first.
+    /// List the snapshots of every target (or one), newest first.
     Snapshots {
         #[arg(long)]
         source: Option<String>,
-        /// Target to list [default: the first that answers]
+        /// Target to list [default: every target]
         #[arg(long)]
         target: Option<String>,
         #[arg(long)]
@@ -188,7 +189,8 @@ pub struct RestoreArgs {
     /// Restore into a temporary directory, verify, and delete it: a check that touches nothing.
     #[arg(long, conflicts_with_all = ["to", "force"])]
     pub test: bool,
-    /// Target to restore from [default: the first that answers]
+    /// Target to restore from [default: the one with the chosen snapshot,
+    /// looking at every target]
     #[arg(long)]
     pub target: Option<String>,
     /// Identity file [default: encryption.identity_file]
