@@ -33,7 +33,7 @@ use crate::keys::{Identities, Keys};
 use crate::lock::{Lock, LockWait};
 use crate::pins::{pinned, PINS};
 use crate::repo::format::{parse_list, write_index, Index, ListItem, PackContents};
-use crate::repo::{Manifest, Repository, INDEX, LISTS, PACKS, SNAPSHOTS};
+use crate::repo::{Manifest, Repository, INDEX, LISTS, PACKS, PRE_RESTORE_TAG, SNAPSHOTS};
 use crate::retention::{self, Candidate, Policy};
 use crate::storage::PutMode;
 
@@ -67,8 +67,11 @@ pub struct Verdict {
     pub manifest: Manifest,
     pub keep: bool,
     pub pinned: bool,
-    /// Rules that keep it (`"daily 2026-11-22"`, `"last 3"`, `"pinned"`), empty if removed.
+    /// Rules that keep it (`"daily 2026-11-22"`, `"last 3"`, `"pinned"`,
+    /// `"pre-restore 30d"`), empty if removed.
     pub reasons: Vec<String>,
+    /// For a pre-restore snapshot: when its own rule stops keeping it.
+    pub expires: Option<chrono::DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -159,6 +162,7 @@ async fn prune_locked(
                 id: m.id.clone(),
                 time: m.finished,
                 pinned: pins.contains(&m.id),
+                pre_restore: m.tags.iter().any(|t| t == PRE_RESTORE_TAG),
             })
             .collect();
         let by_id: HashMap<&str, &Manifest> = members.iter().map(|m| (m.id.as_str(), *m)).collect();
@@ -171,6 +175,7 @@ async fn prune_locked(
                 keep: d.keep,
                 pinned: pins.contains(&d.id),
                 reasons: d.reasons,
+                expires: d.expires,
             });
         }
     }

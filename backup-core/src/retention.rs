@@ -14,8 +14,17 @@
 //! - pinned snapshots are always kept; like restic's `--keep-tag` they still
 //!   count in the buckets they fall in.
 //!
-//! A snapshot no rule keeps is removed. An empty policy keeps everything: a
-//! missing configuration must never delete data.
+//! Pre-restore snapshots (the copy of a file that `restore --force` was about
+//! to replace, tagged [`crate::repo::PRE_RESTORE_TAG`]) follow their own rule
+//! instead: each is kept for [`Policy::pre_restore`] after it was taken
+//! (counted from now, by the clock), then removed, unless pinned. They take
+//! no part in the rules above: they fill no bucket, do not count for `last`
+//! and do not anchor `within`. A restore at 10:00 of the snapshot taken at
+//! 02:00 must not make that 02:00 snapshot lose its day to the copy of the
+//! damaged file.
+//!
+//! A snapshot no rule keeps is removed. An empty policy keeps everything,
+//! pre-restore snapshots too: a missing configuration must never delete data.
 
 use std::fmt;
 use std::str::FromStr;
@@ -25,8 +34,16 @@ use chrono::{DateTime, Datelike, Days, Months, TimeZone, Timelike, Utc};
 /// A count meaning "every bucket" (`-1` in the configuration, as in restic).
 pub const UNLIMITED: u64 = u64::MAX;
 
+/// How long a pre-restore snapshot is kept when the policy does not say.
+pub const DEFAULT_PRE_RESTORE: Within = Within {
+    years: 0,
+    months: 0,
+    days: 30,
+    hours: 0,
+};
+
 /// How many snapshots to keep by each rule; zero disables a rule.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     pub last: u64,
     pub hourly: u64,
@@ -35,10 +52,28 @@ pub struct Policy {
     pub monthly: u64,
     pub yearly: u64,
     pub within: Option<Within>,
+    /// How long each pre-restore snapshot is kept after it was taken.
+    pub pre_restore: Within,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            last: 0,
+            hourly: 0,
+            daily: 0,
+            weekly: 0,
+            monthly: 0,
+            yearly: 0,
+            within: None,
+            pre_restore: DEFAULT_PRE_RESTORE,
+        }
+    }
 }
 
 impl Policy {
-    /// True when no rule is set: such a policy keeps every snapshot.
+    /// True when no rule for regular snapshots is set (`pre_restore` alone
+    /// does not count): such a policy keeps every snapshot.
     pub fn is_empty(&self) -> bool {
         self.last == 0
             && self.hourly == 0
@@ -73,6 +108,7 @@ impl fmt::Display for Policy {
         if parts.is_empty() {
             f.write_str("(none)")
         } else {
+            parts.push(format!("pre-restore {}", self.pre_restore));
             f.write_str(&parts.join(", "))
         }
     }
@@ -99,8 +135,17 @@ impl Within {
         let months = self.years * 12 + self.months;
         t.checked_sub_months(Months::new(months))
             .and_then(|t| t.checked_sub_days(Days::new(self.days.into())))
-            .map(|t| t - chrono::Duration::hours(self.hours.into()))
+            .and_then(|t| t.checked_sub_signed(chrono::Duration::hours(self.hours.into())))
             .unwrap_or(DateTime::<Utc>::MIN_UTC)
+    }
+
+    /// `t` plus this duration, with the same calendar arithmetic.
+    pub fn after(&self, t: DateTime<Utc>) -> DateTime<Utc> {
+        let months = self.years * 12 + self.months;
+        t.checked_add_months(Months::new(months))
+            .and_then(|t| t.checked_add_days(Days::new(self.days.into())))
+            .and_then(|t| t.checked_add_signed(chrono::Duration::hours(self.hours.into())))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
 }
 
@@ -162,6 +207,8 @@ pub struct Candidate {
     pub id: String,
     pub time: DateTime<Utc>,
     pub pinned: bool,
+    /// A pre-restore snapshot: kept by [`Policy::pre_restore`] only.
+    pub pre_restore: bool,
 }
 
 /// The verdict on one snapshot: kept (with every rule that keeps it) or not.
@@ -170,9 +217,12 @@ pub struct Decision {
     pub id: String,
     pub time: DateTime<Utc>,
     pub keep: bool,
-    /// Why it is kept, e.g. `"daily 2026-11-22"`, `"last 3"`, `"pinned"`;
-    /// empty when it is removed.
+    /// Why it is kept, e.g. `"daily 2026-11-22"`, `"last 3"`, `"pinned"`,
+    /// `"pre-restore 30d"`; empty when it is removed.
     pub reasons: Vec<String>,
+    /// For a pre-restore snapshot: when its rule stops keeping it (in the
+    /// past when that is why it is removed).
+    pub expires: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Copy)]
@@ -219,18 +269,20 @@ impl Rule {
 
 /// Applies `policy` to one group of snapshots (one source on one target).
 /// Buckets are computed in `tz` (the local time zone in production); `now`
-/// keeps snapshots with clocks in the future from anchoring `within`.
-/// Returns one decision per snapshot, newest first.
+/// keeps snapshots with clocks in the future from anchoring `within`, and is
+/// what pre-restore snapshots expire against. Returns one decision per
+/// snapshot, newest first.
 pub fn apply<Tz: TimeZone>(
     policy: &Policy,
     snapshots: &[Candidate],
     tz: &Tz,
     now: DateTime<Utc>,
 ) -> Vec<Decision> {
-    let mut list: Vec<&Candidate> = snapshots.iter().collect();
-    list.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id)));
-
+    let newest_first =
+        |a: &&Candidate, b: &&Candidate| b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id));
     if policy.is_empty() {
+        let mut list: Vec<&Candidate> = snapshots.iter().collect();
+        list.sort_by(newest_first);
         return list
             .into_iter()
             .map(|c| Decision {
@@ -238,10 +290,49 @@ pub fn apply<Tz: TimeZone>(
                 time: c.time,
                 keep: true,
                 reasons: vec!["no retention policy".into()],
+                expires: None,
             })
             .collect();
     }
+    let (mut undo, mut list): (Vec<&Candidate>, Vec<&Candidate>) =
+        snapshots.iter().partition(|c| c.pre_restore);
+    list.sort_by(newest_first);
+    undo.sort_by(newest_first);
+    let mut decisions = apply_rules(policy, &list, tz, now);
+    decisions.extend(
+        undo.into_iter()
+            .map(|c| pre_restore(policy.pre_restore, c, now)),
+    );
+    decisions.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id)));
+    decisions
+}
 
+/// The verdict on a pre-restore snapshot: kept until its time plus `keep`.
+fn pre_restore(keep: Within, c: &Candidate, now: DateTime<Utc>) -> Decision {
+    let expires = keep.after(c.time);
+    let mut reasons = Vec::new();
+    if c.pinned {
+        reasons.push("pinned".to_string());
+    }
+    if expires > now {
+        reasons.push(format!("pre-restore {keep}"));
+    }
+    Decision {
+        id: c.id.clone(),
+        time: c.time,
+        keep: !reasons.is_empty(),
+        reasons,
+        expires: Some(expires),
+    }
+}
+
+/// The regular rules over `list` (newest first, no pre-restore snapshots).
+fn apply_rules<Tz: TimeZone>(
+    policy: &Policy,
+    list: &[&Candidate],
+    tz: &Tz,
+    now: DateTime<Utc>,
+) -> Vec<Decision> {
     let latest = list
         .iter()
         .map(|c| c.time)
@@ -268,7 +359,7 @@ pub fn apply<Tz: TimeZone>(
     .collect();
 
     let count = list.len();
-    list.into_iter()
+    list.iter()
         .enumerate()
         .map(|(position, c)| {
             let mut reasons = Vec::new();
@@ -306,6 +397,7 @@ pub fn apply<Tz: TimeZone>(
                 time: c.time,
                 keep: !reasons.is_empty(),
                 reasons,
+                expires: None,
             }
         })
         .collect()
@@ -328,6 +420,7 @@ mod tests {
                 id: format!("s{i:02}"),
                 time: at(t),
                 pinned: false,
+                pre_restore: false,
             })
             .collect()
     }
@@ -449,6 +542,109 @@ mod tests {
             assert_eq!(kept(&policy, &list), expected, "{policy}");
             assert_eq!(reasons(&policy, &list, id), why, "{policy}");
         }
+    }
+
+    /// Backups at 02:00 on two days, then at 10:00 a `restore --force` of the
+    /// second day's snapshot: the pre-restore snapshot of the damaged file
+    /// must not take that day's slot from the snapshot that was restored.
+    #[test]
+    fn a_pre_restore_snapshot_takes_no_slot_from_the_snapshot_it_replaced() {
+        let mut list = snaps(&[
+            "2026-11-22T10:00:00Z", // s00: pre-restore, the damaged file
+            "2026-11-22T02:00:00Z", // s01: the good one, restored
+            "2026-11-21T02:00:00Z", // s02
+        ]);
+        list[0].pre_restore = true;
+        let now = at("2026-11-22T11:00:00Z");
+        // (policy, whether the first day's snapshot is kept too)
+        for (p, first_day) in [
+            (
+                Policy {
+                    daily: 7,
+                    ..Default::default()
+                },
+                true,
+            ),
+            (
+                Policy {
+                    last: 2,
+                    ..Default::default()
+                },
+                true,
+            ),
+            (
+                Policy {
+                    hourly: 1,
+                    daily: 1,
+                    ..Default::default()
+                },
+                false,
+            ),
+        ] {
+            let d = apply(&p, &list, &Utc, now);
+            let ids: Vec<(&str, bool)> = d.iter().map(|d| (d.id.as_str(), d.keep)).collect();
+            assert_eq!(
+                ids,
+                [("s00", true), ("s01", true), ("s02", first_day)],
+                "{p}"
+            );
+            assert_eq!(d[0].reasons, ["pre-restore 30d"], "{p}");
+            assert_eq!(d[0].expires, Some(at("2026-12-22T10:00:00Z")));
+            assert_eq!(d[1].expires, None);
+        }
+        let daily = Policy {
+            daily: 7,
+            ..Default::default()
+        };
+        assert_eq!(
+            apply(&daily, &list, &Utc, now)[1].reasons,
+            ["daily 2026-11-22"]
+        );
+    }
+
+    #[test]
+    fn pre_restore_snapshots_expire_by_their_own_rule_unless_pinned() {
+        let mut list = snaps(&[
+            "2026-11-22T10:00:00Z", // s00 pre-restore
+            "2026-11-22T02:00:00Z", // s01
+            "2026-11-01T10:00:00Z", // s02 pre-restore, pinned
+            "2026-10-01T10:00:00Z", // s03 pre-restore
+        ]);
+        for i in [0, 2, 3] {
+            list[i].pre_restore = true;
+        }
+        list[2].pinned = true;
+        let p = Policy {
+            last: 1,
+            within: Some("1d".parse().unwrap()),
+            pre_restore: "1m".parse().unwrap(),
+            ..Default::default()
+        };
+        let d = apply(&p, &list, &Utc, at("2026-12-02T00:00:00Z"));
+        let v: Vec<(&str, bool, Vec<String>)> = d
+            .iter()
+            .map(|d| (d.id.as_str(), d.keep, d.reasons.clone()))
+            .collect();
+        assert_eq!(
+            v,
+            [
+                ("s00", true, vec!["pre-restore 1m".to_string()]),
+                // within counts from the newest regular snapshot, last from the regular ones.
+                ("s01", true, vec!["within 1d".into(), "last 1".into()]),
+                ("s02", true, vec!["pinned".into()]),
+                ("s03", false, vec![]),
+            ]
+        );
+        assert_eq!(d[3].expires, Some(at("2026-11-01T10:00:00Z")));
+        // No policy at all: everything stays, pre-restore snapshots too.
+        let none = apply(&Policy::default(), &list, &Utc, at("2030-01-01T00:00:00Z"));
+        assert!(none.iter().all(|d| d.keep));
+        // A policy of only pre-restore snapshots leaves the others' rules empty.
+        assert!(Policy {
+            pre_restore: "1d".parse().unwrap(),
+            ..Default::default()
+        }
+        .is_empty());
     }
 
     #[test]

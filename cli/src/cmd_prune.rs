@@ -125,11 +125,20 @@ pub async fn prune(cfg: &Config, config_path: &Path, args: &PruneArgs) -> Result
     Ok(())
 }
 
+/// The rules that keep a snapshot, or why none does; a pre-restore
+/// snapshot's line says when its rule ends (or ended).
 fn why(v: &Verdict) -> String {
-    if v.keep {
-        v.reasons.join(", ")
-    } else {
-        "no rule keeps it".into()
+    let until = v
+        .expires
+        .map(|t| t.with_timezone(&Local).format("%Y-%m-%d %H:%M"));
+    match (v.keep, until) {
+        (true, None) => v.reasons.join(", "),
+        (true, Some(t)) if v.reasons.iter().any(|r| r.starts_with("pre-restore")) => {
+            format!("{} (until {t})", v.reasons.join(", "))
+        }
+        (true, Some(t)) => format!("{} (pre-restore: expired {t})", v.reasons.join(", ")),
+        (false, Some(t)) => format!("pre-restore: expired {t} (keep_pre_restore)"),
+        (false, None) => "no rule keeps it".into(),
     }
 }
 
@@ -191,6 +200,7 @@ fn report_json(target: &str, r: &PruneReport) -> serde_json::Value {
                 "action": if v.keep { "keep" } else { "remove" },
                 "pinned": v.pinned,
                 "reasons": v.reasons,
+                "expires": v.expires,
             })
         })
         .collect();

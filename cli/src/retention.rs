@@ -3,7 +3,7 @@
 //! config is loaded, so a typo fails before any backup or prune runs.
 
 use anyhow::{bail, Result};
-use backup_core::retention::{Policy, Within, UNLIMITED};
+use backup_core::retention::{Policy, Within, DEFAULT_PRE_RESTORE, UNLIMITED};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -17,6 +17,10 @@ pub struct RetentionConfig {
     pub keep_yearly: Option<i64>,
     /// A duration such as "2d", "36h" or "1y2m".
     pub keep_within: Option<String>,
+    /// How long each pre-restore snapshot is kept after it was taken, a
+    /// duration like `keep_within` [default: "30d"]. Such snapshots count in
+    /// no other rule.
+    pub keep_pre_restore: Option<String>,
 }
 
 impl RetentionConfig {
@@ -31,12 +35,17 @@ impl RetentionConfig {
                 Some(n) => bail!("{setting}.{name} = {n}: use a count of 0 or more, or -1 to keep one per period for ever"),
             }
         };
+        let duration = |name: &str, v: &str| {
+            v.parse::<Within>()
+                .map_err(|e| anyhow::anyhow!("{setting}.{name}: {e}"))
+        };
         let within = match &self.keep_within {
             None => None,
-            Some(s) => Some(
-                s.parse::<Within>()
-                    .map_err(|e| anyhow::anyhow!("{setting}.keep_within: {e}"))?,
-            ),
+            Some(s) => Some(duration("keep_within", s)?),
+        };
+        let pre_restore = match &self.keep_pre_restore {
+            None => DEFAULT_PRE_RESTORE,
+            Some(s) => duration("keep_pre_restore", s)?,
         };
         Ok(Policy {
             last: count("keep_last", self.keep_last)?,
@@ -46,6 +55,7 @@ impl RetentionConfig {
             monthly: count("keep_monthly", self.keep_monthly)?,
             yearly: count("keep_yearly", self.keep_yearly)?,
             within,
+            pre_restore,
         })
     }
 }

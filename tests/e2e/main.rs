@@ -7,6 +7,7 @@ mod duckdb;
 mod hooks;
 mod hygiene;
 mod monitor;
+mod pre_restore;
 mod prune;
 mod repair;
 mod restore_in_place;
