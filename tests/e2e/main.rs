@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `offsite` binary, real SQLite databases, a real
-//! local target, and for the format procedure the real `age` and `zstd` tools.
+//! local target, and for the format procedure the real `age` and `zstd` tools
+//! (stock_tools.rs).
 
 mod cloud;
 mod daemon;
@@ -11,6 +12,7 @@ mod pre_restore;
 mod prune;
 mod repair;
 mod restore_in_place;
+mod stock_tools;
 mod support;
 mod targets;
 
@@ -447,39 +449,6 @@ fn demo_runs_the_main_job_on_the_embedded_default() {
     }
     let db = demo.join("restored.db");
     assert_eq!(dump_count(&db), 50_000);
-}
-
-#[test]
-fn stock_age_and_zstd_restore_what_offsite_wrote() {
-    for tool in ["age", "zstd"] {
-        let found = Command::new(tool).arg("--version").output().is_ok();
-        assert!(found, "`{tool}` is not installed: run scripts/install-test-deps.sh (apt-get install age zstd)");
-    }
-    let env = Env::new();
-    env.make_db(&env.db(), 5_000);
-    env.ok(&["backup"]);
-    Connection::open(env.db())
-        .unwrap()
-        .execute("UPDATE tasks SET title = 'x' WHERE id % 50 = 0", [])
-        .unwrap();
-    env.ok(&["backup"]);
-    let list = snapshots(&env);
-    let id = list[0]["id"].as_str().unwrap();
-    let out = env.dir.path().join("by-hand.db");
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/restore-without-offsite.sh");
-    let r = Command::new("sh")
-        .arg(script)
-        .args([
-            env.repo().to_str().unwrap(),
-            id,
-            env.key().to_str().unwrap(),
-            out.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    assert_eq!(dump(&out), dump(&env.db()));
 }
 
 #[test]
