@@ -37,7 +37,13 @@ pub fn keygen(output: Option<&Path>) -> Result<()> {
                 .with_context(|| format!("writing {}", path.display()))?;
             eprintln!("wrote the identity to {}", path.display());
         }
-        None => print!("{secret}"),
+        None => {
+            print!("{secret}");
+            // Here the output is the product: a secret nobody read is no identity.
+            if output::stdout_closed() {
+                bail!("the identity could not be written to stdout, so none was kept; run again, or use -o FILE");
+            }
+        }
     }
     eprintln!(
         "Keep a copy of the identity somewhere other than the backed-up server (a password \

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use figment::providers::{Format, Toml};
 use figment::Figment;
-
-use crate::usage::Usage;
 use serde::Deserialize;
+
+use crate::usage::{self, Usage};
 
 pub use crate::ops_config::{DrillSettings, NotifyConfig, ScheduleSettings, StatusSettings};
 
@@ -134,7 +134,7 @@ pub fn config_path(flag: Option<&Path>) -> PathBuf {
 
 pub fn load(path: &Path) -> Result<Config> {
     if !path.exists() {
-        return Err(crate::usage::mistake(format!(
+        return Err(usage::mistake(format!(
             "config file {} not found; pass --config FILE, set OFFSITE_CONFIG, or run `offsite demo` \
              to see a working setup",
             path.display()
@@ -282,7 +282,7 @@ impl Config {
 
     pub fn source(&self, name: &str) -> Result<&SourceConfig> {
         self.sources.iter().find(|s| s.name == name).ok_or_else(|| {
-            crate::usage::mistake(format!(
+            usage::mistake(format!(
                 "no source named {name:?} in the config (sources: {})",
                 self.sources
                     .iter()

@@ -122,6 +122,11 @@ pub fn print_err(args: fmt::Arguments) {
     let _ = std::io::stderr().lock().write_fmt(args);
 }
 
+/// True once output to stdout was dropped (closed, or a write failed).
+pub fn stdout_closed() -> bool {
+    STDOUT_DONE.load(Ordering::Relaxed)
+}
+
 /// The error that stopped the output, unless it was a closed pipe.
 pub fn stdout_error() -> Option<std::io::Error> {
     STDOUT_ERROR

@@ -140,6 +140,19 @@ fn a_closed_stdout_ends_the_command_quietly() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(snapshots(&env).len(), 2, "the backup was stored");
 
+    // Where the output is the product (an identity), losing it is a failure.
+    let mut child = Command::new(bin())
+        .arg("keygen")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("none was kept"), "{err}");
+
     // Any other write error is reported, once the work is done.
     let full = std::fs::OpenOptions::new()
         .write(true)
