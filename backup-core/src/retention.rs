@@ -16,8 +16,9 @@
 //!
 //! Pre-restore snapshots (the copy of a file that `restore --force` was about
 //! to replace, tagged [`crate::repo::PRE_RESTORE_TAG`]) follow their own rule
-//! instead: each is kept for [`Policy::pre_restore`] after it was taken
-//! (counted from now, by the clock), then removed, unless pinned. They take
+//! instead: each is kept until [`Policy::pre_restore`] after it was taken,
+//! compared with `now` (the clock, not the newest snapshot: it is an undo
+//! copy with a shelf life), then removed, unless pinned. They take
 //! no part in the rules above: they fill no bucket, do not count for `last`
 //! and do not anchor `within`. A restore at 10:00 of the snapshot taken at
 //! 02:00 must not make that 02:00 snapshot lose its day to the copy of the
