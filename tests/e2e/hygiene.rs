@@ -227,6 +227,19 @@ fn usage_mistakes_exit_2_and_failures_exit_1() {
         assert!(err.contains(needle), "{what}: {err}");
     }
 
+    // An operation that fails is exit 1 whatever its message looks like.
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["config file.db", "invalid config.db"] {
+        let out = Command::new(bin())
+            .args(["repair", name])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("cannot read the database"), "{err}");
+    }
+
     // A snapshot that does not exist is not a usage mistake.
     let (code, _, err) = restore(&["--source", "app", "--snapshot", "19990101T000000Z-00000000"]);
     assert_eq!(code, 1, "{err}");
