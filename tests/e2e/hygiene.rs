@@ -97,6 +97,24 @@ fn stray_offsite_variables_are_ignored_and_real_settings_still_apply() {
     assert!(err.contains("retention.keep_within"), "{err}");
 }
 
+#[test]
+fn a_hook_that_runs_offsite_works() {
+    let env = Env::with_sources(|dir| {
+        format!(
+            "after = \"'{}' --config '{}' snapshots > listed.txt 2> hook-err.txt\"\n",
+            bin(),
+            dir.join("offsite.toml").display()
+        )
+    });
+    env.make_db(&env.db(), 200);
+    env.ok(&["backup"]);
+    env.ok(&["backup"]);
+    let listed = std::fs::read_to_string(env.dir.path().join("listed.txt")).unwrap();
+    let err = std::fs::read_to_string(env.dir.path().join("hook-err.txt")).unwrap();
+    assert!(listed.contains("TARGET"), "{listed}{err}");
+    assert_eq!(err, "", "nothing to warn about");
+}
+
 /// Runs offsite with its stdout a pipe whose reader is already gone, as
 /// `offsite snapshots | head -1` is once head has exited.
 fn run_with_closed_stdout(env: &Env, args: &[&str]) -> (i32, String) {
