@@ -56,6 +56,14 @@ pub enum Error {
     Verification(String),
     #[error("repository {target} is locked by {holders}")]
     Locked { target: String, holders: String },
+    /// A snapshot's list asks for something a restore never does: write
+    /// outside the destination, or through a symlink.
+    #[error("refusing entry {path:?} of {key}: {reason}")]
+    UnsafeEntry {
+        key: String,
+        path: String,
+        reason: String,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,

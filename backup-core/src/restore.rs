@@ -2,15 +2,16 @@
 //! put in place.
 //!
 //! Everything is written to a staging path beside the destination (same
-//! filesystem, so the final rename is atomic). Packs are fetched a few at a
-//! time, decoded, and each chunk is checked against its id before it is
+//! filesystem, so the final rename is atomic), laid out by [`tree`] so that
+//! nothing is ever written outside it or through a symlink, whatever the
+//! snapshot's list says. Packs are fetched a few at a time, decoded, and each chunk is checked against its id before it is
 //! written at its offset(s). The staged copy must then match the manifest's
 //! SHA-256 and, for SQLite, pass `PRAGMA integrity_check`. Only then is an
 //! existing destination moved aside (never deleted), with its -wal and -shm,
 //! and the staged copy renamed into place.
 //!
-//! Never: write to the destination path before verification passed, or
-//! delete an existing file.
+//! Never: write to the destination path before verification passed, write
+//! outside it, or delete an existing file.
 
 use std::collections::HashMap;
 use std::io::{BufReader, Read};
@@ -30,6 +31,10 @@ use crate::keys::Identities;
 use crate::repo::format::{parse_list, ListItem};
 use crate::repo::{Manifest, Repository};
 use crate::source::{sqlite, Entry, SourceKind};
+
+mod tree;
+
+use tree::Layout;
 
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {
@@ -154,9 +159,10 @@ pub async fn restore(
 
     // A database (SQLite, or DuckDB with its .wal beside it) is restored to
     // `to` itself; side files go to `to` + their suffix.
-    let single_file = matches!(manifest.kind, SourceKind::Sqlite | SourceKind::Duckdb)
-        || (plan.entries.len() == 1 && matches!(plan.entries[0], Entry::File { .. }));
-    let files = prepare(&staging.path, &plan.entries, single_file)?;
+    tree::check(&plan.entries, manifest.kind, &manifest.list)?;
+    let layout = Layout::of(manifest.kind, &plan.entries);
+    let single_file = layout != Layout::Tree;
+    let files = tree::prepare(&staging.path, &plan.entries, layout)?;
     let files = Arc::new(files);
 
     let pack_keys = Arc::new(plan.pack_keys);
@@ -297,68 +303,6 @@ fn build_plan(list: impl std::io::BufRead, key: &str, index: &crate::repo::Index
     })
 }
 
-/// Creates the staging tree; returns the staging path of each entry.
-fn prepare(staging: &Path, entries: &[Entry], single_file: bool) -> Result<Vec<PathBuf>> {
-    let io = |p: &Path, e| Error::io(format!("staging {}", p.display()), e);
-    if !single_file {
-        std::fs::create_dir(staging).map_err(|e| io(staging, e))?;
-    }
-    let mut paths = Vec::with_capacity(entries.len());
-    let first = match entries.first() {
-        Some(Entry::File { path, .. }) => path.clone(),
-        _ => String::new(),
-    };
-    for (i, entry) in entries.iter().enumerate() {
-        let (rel, path) = match entry {
-            Entry::File { path, .. } | Entry::Dir { path, .. } | Entry::Symlink { path, .. } => {
-                (path, path)
-            }
-        };
-        if !single_file
-            && (rel.starts_with('/') || rel.split('/').any(|s| s == ".." || s.is_empty()))
-        {
-            return Err(Error::Corrupt {
-                key: "chunk list".into(),
-                message: format!("unsafe path {rel:?}"),
-            });
-        }
-        let dest = if single_file && i > 0 {
-            // A side file of a database: its name is the database's plus a
-            // suffix (".wal"), kept beside the staged database.
-            match rel.strip_prefix(&first) {
-                Some(suffix) if !suffix.is_empty() && !suffix.contains('/') => {
-                    with_suffix(staging, suffix)
-                }
-                _ => {
-                    return Err(Error::Corrupt {
-                        key: "chunk list".into(),
-                        message: format!("unexpected entry {rel:?} in a database snapshot"),
-                    })
-                }
-            }
-        } else if single_file {
-            staging.to_path_buf()
-        } else {
-            staging.join(path)
-        };
-        match entry {
-            Entry::Dir { .. } => std::fs::create_dir_all(&dest).map_err(|e| io(&dest, e))?,
-            Entry::File { size, .. } => {
-                let f = std::fs::File::create(&dest).map_err(|e| io(&dest, e))?;
-                f.set_len(*size).map_err(|e| io(&dest, e))?;
-            }
-            Entry::Symlink { target, .. } => {
-                #[cfg(unix)]
-                std::os::unix::fs::symlink(target, &dest).map_err(|e| io(&dest, e))?;
-                #[cfg(not(unix))]
-                let _ = target;
-            }
-        }
-        paths.push(dest);
-    }
-    Ok(paths)
-}
-
 /// Decodes one pack as a stream and writes its pieces where they belong.
 /// Pieces are taken in pack order, so only one chunk is ever held in memory,
 /// not the decoded pack.
@@ -452,9 +396,7 @@ impl Coalesce {
             std::collections::hash_map::Entry::Vacant(v) => {
                 let path = &files[self.file as usize];
                 v.insert(
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(path)
+                    tree::open(path, true)
                         .map_err(|e| Error::io(format!("staging {}", path.display()), e))?,
                 )
             }
@@ -494,7 +436,8 @@ fn write_at(mut f: &std::fs::File, data: &[u8], offset: u64) -> std::io::Result<
     f.write_all(data)
 }
 
-/// Syncs, checksums and checks the staged copy, then applies modes and times.
+/// Syncs, checksums and checks the staged copy, then creates its symlinks
+/// and applies modes and times.
 fn finish_staged(
     staging: &Path,
     entries: &[Entry],
@@ -523,22 +466,8 @@ fn finish_staged(
     }
     checked?;
     synced?;
-    for (entry, path) in entries.iter().zip(files).rev() {
-        match entry {
-            Entry::File { mode, mtime, .. } => {
-                set_mode(path, *mode);
-                if *mtime > 0 {
-                    let t = std::time::UNIX_EPOCH + Duration::from_secs(*mtime as u64);
-                    if let Ok(f) = std::fs::File::options().write(true).open(path) {
-                        let _ = f.set_modified(t);
-                    }
-                }
-            }
-            Entry::Dir { mode, .. } => set_mode(path, *mode),
-            Entry::Symlink { .. } => {}
-        }
-    }
-    Ok(())
+    tree::create_links(entries, files)?;
+    tree::apply_metadata(entries, files)
 }
 
 fn sha256_of(entries: &[Entry], files: &[PathBuf]) -> Result<String> {
@@ -546,7 +475,7 @@ fn sha256_of(entries: &[Entry], files: &[PathBuf]) -> Result<String> {
     let mut buf = vec![0u8; 1 << 20];
     for (entry, path) in entries.iter().zip(files) {
         if let Entry::File { .. } = entry {
-            let mut f = std::fs::File::open(path).map_err(|e| Error::io("reading back", e))?;
+            let mut f = tree::open(path, false).map_err(|e| Error::io("reading back", e))?;
             loop {
                 let n = f.read(&mut buf).map_err(|e| Error::io("reading back", e))?;
                 if n == 0 {
@@ -562,7 +491,7 @@ fn sha256_of(entries: &[Entry], files: &[PathBuf]) -> Result<String> {
 fn sync_files(entries: &[Entry], files: &[PathBuf]) -> Result<()> {
     for (entry, path) in entries.iter().zip(files) {
         if let Entry::File { .. } = entry {
-            std::fs::File::open(path)
+            tree::open(path, false)
                 .and_then(|f| f.sync_all())
                 .map_err(|e| Error::io("syncing the restored copy", e))?;
         }
@@ -599,17 +528,6 @@ fn check_database(staging: &Path, kind: SourceKind) -> Result<()> {
     }
     Ok(())
 }
-
-#[cfg(unix)]
-fn set_mode(path: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    if mode != 0 {
-        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
-    }
-}
-
-#[cfg(not(unix))]
-fn set_mode(_: &Path, _: u32) {}
 
 /// Moves `to` and its side files (SQLite's -wal/-shm/-journal, DuckDB's
 /// .wal) to `<name>.offsite-old-<time>`.

@@ -9,6 +9,7 @@ mod monitor;
 mod prune;
 mod repair;
 mod restore_in_place;
+mod restore_paths;
 mod support;
 
 use std::path::Path;
