@@ -64,6 +64,16 @@ pub enum Error {
         path: String,
         reason: String,
     },
+    /// The DuckDB library at hand is older than the one that wrote the
+    /// database: not damage, a version mismatch.
+    #[error("{path}: written by DuckDB {written_by} (storage version {storage_version}), which the libduckdb loaded here ({library}) cannot read: {message}")]
+    DuckdbVersion {
+        path: PathBuf,
+        storage_version: u64,
+        written_by: String,
+        library: String,
+        message: String,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -4,11 +4,13 @@
 //! Everything is written to a staging path beside the destination (same
 //! filesystem, so the final rename is atomic), laid out by [`tree`] so that
 //! nothing is ever written outside it or through a symlink, whatever the
-//! snapshot's list says. Packs are fetched a few at a time, decoded, and each chunk is checked against its id before it is
-//! written at its offset(s). The staged copy must then match the manifest's
-//! SHA-256 and, for SQLite, pass `PRAGMA integrity_check`. Only then is an
-//! existing destination moved aside (never deleted), with its -wal and -shm,
-//! and the staged copy renamed into place.
+//! snapshot's list says. Packs are fetched a few at a time, decoded, and
+//! each chunk is checked against its id before it is written at its
+//! offset(s). The staged copy must then match the manifest's SHA-256 and,
+//! unless the caller asked to skip it, pass the database's own check
+//! (SQLite's `PRAGMA integrity_check`; DuckDB must open it and read every
+//! table). Only then is an existing destination moved aside (never
+//! deleted), with its -wal and -shm, and the staged copy renamed into place.
 //!
 //! Never: write to the destination path before verification passed, write
 //! outside it, or delete an existing file.
@@ -30,7 +32,7 @@ use crate::error::{Error, Result};
 use crate::keys::Identities;
 use crate::repo::format::{parse_list, ListItem};
 use crate::repo::{Manifest, Repository};
-use crate::source::{sqlite, Entry, SourceKind};
+use crate::source::{duckdb_lib, sqlite, Entry, SourceKind};
 
 mod tree;
 
@@ -43,6 +45,10 @@ pub struct RestoreOptions {
     /// Packs downloaded and decoded at once.
     pub concurrency: usize,
     pub progress: Arc<Progress>,
+    /// Run the database's own check (SQLite's integrity_check, DuckDB
+    /// opening it). Off only when the user asks (`--no-database-check`):
+    /// the checksum is verified in any case.
+    pub check_database: bool,
 }
 
 impl Default for RestoreOptions {
@@ -51,6 +57,7 @@ impl Default for RestoreOptions {
             force: false,
             concurrency: 4,
             progress: Arc::new(Progress::default()),
+            check_database: true,
         }
     }
 }
@@ -190,11 +197,16 @@ pub async fn restore(
 
     let staged = staging.path.clone();
     let kind = manifest.kind;
+    let check = Check {
+        kind,
+        database: opts.check_database,
+        label: to.to_path_buf(),
+    };
     let entries = plan.entries;
     let expected = manifest.sha256.clone();
     let files_for_check = files.clone();
     tokio::task::spawn_blocking(move || {
-        finish_staged(&staged, &entries, &files_for_check, &expected, kind)
+        finish_staged(&staged, &entries, &files_for_check, &expected, &check)
     })
     .await
     .map_err(|e| Error::io("restore", std::io::Error::other(e.to_string())))??;
@@ -436,6 +448,15 @@ fn write_at(mut f: &std::fs::File, data: &[u8], offset: u64) -> std::io::Result<
     f.write_all(data)
 }
 
+/// What [`finish_staged`] checks beyond the checksum.
+struct Check {
+    kind: SourceKind,
+    /// The database's own check (off with `--no-database-check`).
+    database: bool,
+    /// The destination, to name in errors instead of the staging path.
+    label: PathBuf,
+}
+
 /// Syncs, checksums and checks the staged copy, then creates its symlinks
 /// and applies modes and times.
 fn finish_staged(
@@ -443,7 +464,7 @@ fn finish_staged(
     entries: &[Entry],
     files: &[PathBuf],
     expected: &str,
-    kind: SourceKind,
+    check: &Check,
 ) -> Result<()> {
     // Reading back for the checksum, syncing and the database's own check
     // each take about a second per GiB; they run side by side, and the
@@ -451,7 +472,7 @@ fn finish_staged(
     let (sha, synced, checked) = std::thread::scope(|scope| {
         let sha = scope.spawn(|| sha256_of(entries, files));
         let synced = scope.spawn(|| sync_files(entries, files));
-        let checked = check_database(staging, kind);
+        let checked = check_database(staging, check);
         (
             sha.join().expect("checksum thread"),
             synced.join().expect("sync thread"),
@@ -500,24 +521,43 @@ fn sync_files(entries: &[Entry], files: &[PathBuf]) -> Result<()> {
 }
 
 /// Opens a restored database with its own engine: DuckDB must read it,
-/// SQLite's `PRAGMA integrity_check` must say ok.
-fn check_database(staging: &Path, kind: SourceKind) -> Result<()> {
-    if kind == SourceKind::Duckdb {
-        match crate::source::duckdb_lib::check(staging) {
-            Ok(c) => tracing::info!(
-                tables = c.tables,
-                rows = c.rows,
-                "DuckDB opened the restored database"
-            ),
-            Err(e @ Error::DuckdbUnavailable(_)) => return Err(e),
-            Err(e) => {
-                return Err(Error::Verification(format!(
-                    "DuckDB cannot read the restored database: {e}"
-                )))
-            }
-        }
+/// SQLite's `PRAGMA integrity_check` must say ok. Returns what DuckDB counted.
+fn check_database(staging: &Path, check: &Check) -> Result<Option<duckdb_lib::Checked>> {
+    if !check.database {
+        return Ok(None);
     }
-    if kind == SourceKind::Sqlite {
+    if check.kind == SourceKind::Duckdb {
+        return match duckdb_lib::check(staging) {
+            Ok(c) => {
+                tracing::info!(
+                    tables = c.tables,
+                    rows = c.rows,
+                    "DuckDB opened the restored database"
+                );
+                Ok(Some(c))
+            }
+            Err(e @ Error::DuckdbUnavailable(_)) => Err(e),
+            Err(e) => match duckdb_lib::explain_open_failure(staging, e) {
+                Error::DuckdbVersion {
+                    storage_version,
+                    written_by,
+                    library,
+                    message,
+                    ..
+                } => Err(Error::DuckdbVersion {
+                    path: check.label.clone(),
+                    storage_version,
+                    written_by,
+                    library,
+                    message,
+                }),
+                e => Err(Error::Verification(format!(
+                    "DuckDB cannot read the restored database: {e}"
+                ))),
+            },
+        };
+    }
+    if check.kind == SourceKind::Sqlite {
         let problems = sqlite::integrity_check(staging)?;
         if !problems.is_empty() {
             return Err(Error::Verification(format!(
@@ -526,7 +566,7 @@ fn check_database(staging: &Path, kind: SourceKind) -> Result<()> {
             )));
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Moves `to` and its side files (SQLite's -wal/-shm/-journal, DuckDB's

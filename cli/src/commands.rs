@@ -523,6 +523,7 @@ pub async fn restore(cfg: &Config, args: &RestoreArgs) -> Result<()> {
     let opts = RestoreOptions {
         force: args.force,
         progress: progress.clone(),
+        check_database: !args.no_database_check,
         ..Default::default()
     };
     let bar = Bar::start(format!("restore {}", manifest.id), progress, !args.json);
@@ -533,6 +534,11 @@ pub async fn restore(cfg: &Config, args: &RestoreArgs) -> Result<()> {
         backup_core::source::SourceKind::Sqlite => "checksum and integrity_check",
         backup_core::source::SourceKind::Duckdb => "checksum and DuckDB open",
         backup_core::source::SourceKind::Files => "checksum",
+    };
+    let (checks, skipped) = if args.no_database_check {
+        ("checksum", " (database check skipped: --no-database-check)")
+    } else {
+        (checks, "")
     };
     if args.json {
         println!(
@@ -546,6 +552,7 @@ pub async fn restore(cfg: &Config, args: &RestoreArgs) -> Result<()> {
                 "pre_restore_snapshot": pre_restore,
                 "seconds": summary.duration.as_secs_f64(),
                 "verified": true,
+                "database_check": !args.no_database_check,
             }))?
         );
         return Ok(());
@@ -556,7 +563,7 @@ pub async fn restore(cfg: &Config, args: &RestoreArgs) -> Result<()> {
         .format("%Y-%m-%d %H:%M:%S %z");
     if args.test {
         println!(
-            "restore test of {} ({} of {}, taken {}) from {}: {checks} ok in {}; nothing was written outside a temporary directory",
+            "restore test of {} ({} of {}, taken {}) from {}: {checks} ok{skipped} in {}; nothing was written outside a temporary directory",
             manifest.id,
             output::bytes(manifest.size),
             manifest.source,
@@ -567,7 +574,7 @@ pub async fn restore(cfg: &Config, args: &RestoreArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "restored {} ({} of {}, taken {}) from {} to {} in {}; {checks} verified",
+        "restored {} ({} of {}, taken {}) from {} to {} in {}; {checks} verified{skipped}",
         manifest.id,
         output::bytes(manifest.size),
         manifest.source,
@@ -732,6 +739,7 @@ pub(crate) fn hint(e: &anyhow::Error) -> Option<String> {
         Error::Source { .. } => "check the source path and that this user can read it".into(),
         Error::Locked { .. } => "another offsite run is using the repository: try again when it has finished. If that run was killed, its lock goes stale (process gone on this host, or 30 minutes without a refresh) and is removed automatically; `offsite unlock --all` removes every lock at once".into(),
         Error::UnsafeEntry { .. } => "offsite never writes outside the destination or through a symlink, so it refused this snapshot's file list and wrote nothing outside the destination. Anyone holding the recipients can write a list: restore from another target (--target) or an older snapshot, and check who can write to this target".into(),
+        Error::DuckdbVersion { .. } => "install a libduckdb at least as new as the DuckDB that wrote the database (set OFFSITE_LIBDUCKDB=/path/to/libduckdb.so), or restore without this check with --no-database-check (the SHA-256 of the data is still verified); nothing at the destination was changed".into(),
         Error::Io { .. } => return None,
     })
 }

@@ -5,11 +5,11 @@
 
 use std::path::Path;
 
-use backup_core::source::duckdb_lib::Database;
+use backup_core::source::duckdb_lib::{self, Database};
 
 use crate::support::*;
 
-fn duckdb_env(timeout: &str) -> Env {
+pub(crate) fn duckdb_env(timeout: &str) -> Env {
     let timeout = timeout.to_string();
     Env::with_sources(move |_| {
         format!(
@@ -19,7 +19,7 @@ fn duckdb_env(timeout: &str) -> Env {
     })
 }
 
-fn make_duckdb(path: &Path) {
+pub(crate) fn make_duckdb(path: &Path) {
     let mut db = Database::open(path, false).unwrap();
     db.execute(
         "CREATE TABLE events(id INTEGER PRIMARY KEY, name VARCHAR, amount DOUBLE);
@@ -167,4 +167,74 @@ fn a_restore_without_libduckdb_stops_before_touching_the_destination() {
     assert!(err.contains("OFFSITE_LIBDUCKDB"), "{err}");
     assert!(!to.exists());
     assert!(leftovers(env.dir.path()).is_empty());
+}
+
+/// DuckDB's block checksum (its `Checksum`: 5381 xor each little-endian
+/// 8-byte word times 0xbf58476d1ce4e5b9), to craft a header DuckDB accepts.
+fn duckdb_checksum(block: &[u8]) -> u64 {
+    block.chunks_exact(8).fold(5381u64, |acc, w| {
+        acc ^ u64::from_le_bytes(w.try_into().unwrap()).wrapping_mul(0xbf58476d1ce4e5b9)
+    })
+}
+
+#[test]
+fn a_database_from_a_newer_duckdb_is_a_version_error_and_restores_when_asked() {
+    let env = duckdb_env("30s");
+    let db = env.dir.path().join("analytics.duckdb");
+    make_duckdb(&db);
+    // The storage version a newer DuckDB writes (bytes 12..20 of the main
+    // header, after the checksum and "DUCK"), which this libduckdb cannot read.
+    let mut bytes = std::fs::read(&db).unwrap();
+    assert_eq!(&bytes[8..12], b"DUCK");
+    bytes[12..20].copy_from_slice(&200u64.to_le_bytes());
+    let sum = duckdb_checksum(&bytes[8..4096]);
+    bytes[..8].copy_from_slice(&sum.to_le_bytes());
+    std::fs::write(&db, &bytes).unwrap();
+    let e = duckdb_lib::check(&db).unwrap_err().to_string();
+    assert!(
+        e.contains("version"),
+        "the crafted file is a version problem for DuckDB: {e}"
+    );
+    env.ok(&["backup", "--source", "analytics"]);
+
+    let to = env.dir.path().join("restored.duckdb");
+    let args = [
+        "restore",
+        "--source",
+        "analytics",
+        "--latest",
+        "--to",
+        to.to_str().unwrap(),
+    ];
+    let (code, out, err) = env.run(&args);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("storage version 200"), "{err}");
+    let library = duckdb_lib::version().unwrap();
+    assert!(err.contains(&library), "names the libduckdb version: {err}");
+    assert!(!err.contains("damaged"), "not reported as damage: {err}");
+    assert!(err.contains("--no-database-check"), "{err}");
+    assert!(!to.exists());
+    assert!(leftovers(env.dir.path()).is_empty());
+
+    // Asked explicitly, the restore goes through on the checksum alone.
+    let mut skip = args.to_vec();
+    skip.push("--no-database-check");
+    let out = env.ok(&skip);
+    assert!(out.contains("database check skipped"), "{out}");
+    assert_eq!(std::fs::read(&to).unwrap(), bytes);
+
+    // The checksum is still verified: a damaged pack fails the restore.
+    for p in find_files(&env.repo().join("packs")) {
+        let mut b = std::fs::read(&p).unwrap();
+        let mid = b.len() / 2;
+        b[mid] ^= 0xff;
+        std::fs::write(&p, b).unwrap();
+    }
+    let again = env.dir.path().join("again.duckdb");
+    let mut skip = skip.clone();
+    let n = skip.len();
+    skip[n - 2] = again.to_str().unwrap();
+    let (code, out, err) = env.run(&skip);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(!again.exists());
 }
