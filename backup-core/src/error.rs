@@ -74,6 +74,9 @@ pub enum Error {
         library: String,
         message: String,
     },
+    /// The destination cannot be replaced safely as it is; nothing was changed.
+    #[error("cannot replace {path}: {reason}")]
+    CannotReplace { path: PathBuf, reason: String },
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -9,8 +9,14 @@
 //! offset(s). The staged copy must then match the manifest's SHA-256 and,
 //! unless the caller asked to skip it, pass the database's own check
 //! (SQLite's `PRAGMA integrity_check`; DuckDB must open it and read every
-//! table). Only then is an existing destination moved aside (never
-//! deleted), with its -wal and -shm, and the staged copy renamed into place.
+//! table, and folds a restored `.wal` into the file). Only then does
+//! [`place`] switch it into the destination: the old database is kept under
+//! a unique name with its -wal/-shm, its log folded into it first so that
+//! the path never holds a mix of old and new.
+//!
+//! [`restore`] does all of it; [`stage`] stops before the switch, so that
+//! a caller can stop the application (the restore hooks) for only the
+//! switch, not the download.
 //!
 //! Never: write to the destination path before verification passed, write
 //! outside it, or delete an existing file.
@@ -34,6 +40,7 @@ use crate::repo::format::{parse_list, ListItem};
 use crate::repo::{Manifest, Repository};
 use crate::source::{duckdb_lib, sqlite, Entry, SourceKind};
 
+mod place;
 mod tree;
 
 use tree::Layout;
@@ -122,6 +129,59 @@ pub async fn restore(
     to: &Path,
     opts: &RestoreOptions,
 ) -> Result<RestoreSummary> {
+    stage(repo, ids, manifest, to, opts)
+        .await?
+        .put_in_place()
+        .await
+}
+
+/// A verified copy of a snapshot staged beside its destination, not yet in
+/// place. Dropping it removes the staged files.
+pub struct Staged {
+    staging: Staging,
+    to: PathBuf,
+    kind: SourceKind,
+    /// A DuckDB `.wal` that was not folded (the database check was skipped).
+    staged_wal: bool,
+    snapshot: String,
+    bytes: u64,
+    clock: Instant,
+}
+
+impl Staged {
+    /// Where it goes.
+    pub fn destination(&self) -> &Path {
+        &self.to
+    }
+
+    /// Switches the staged copy into the destination (see [`place`]).
+    pub async fn put_in_place(self) -> Result<RestoreSummary> {
+        tokio::task::spawn_blocking(move || {
+            let mut this = self;
+            let moved_aside = place::put(&this.staging.path, &this.to, this.kind, this.staged_wal)?;
+            this.staging.armed = false;
+            Ok(RestoreSummary {
+                snapshot: this.snapshot.clone(),
+                path: this.to.clone(),
+                bytes: this.bytes,
+                moved_aside,
+                duration: this.clock.elapsed(),
+            })
+        })
+        .await
+        .map_err(|e| Error::io("restore", std::io::Error::other(e.to_string())))?
+    }
+}
+
+/// Downloads, stages and verifies `manifest`'s snapshot beside `to`,
+/// touching nothing at `to` itself.
+pub async fn stage(
+    repo: &Repository,
+    ids: &Identities,
+    manifest: &Manifest,
+    to: &Path,
+    opts: &RestoreOptions,
+) -> Result<Staged> {
     let clock = Instant::now();
     let exists = std::fs::symlink_metadata(to).is_ok();
     if exists && !opts.force {
@@ -168,7 +228,6 @@ pub async fn restore(
     // `to` itself; side files go to `to` + their suffix.
     tree::check(&plan.entries, manifest.kind, &manifest.list)?;
     let layout = Layout::of(manifest.kind, &plan.entries);
-    let single_file = layout != Layout::Tree;
     let files = tree::prepare(&staging.path, &plan.entries, layout)?;
     let files = Arc::new(files);
 
@@ -196,53 +255,27 @@ pub async fn restore(
         .await?;
 
     let staged = staging.path.clone();
-    let kind = manifest.kind;
     let check = Check {
-        kind,
+        kind: manifest.kind,
         database: opts.check_database,
         label: to.to_path_buf(),
     };
     let entries = plan.entries;
     let expected = manifest.sha256.clone();
     let files_for_check = files.clone();
-    tokio::task::spawn_blocking(move || {
+    let staged_wal = tokio::task::spawn_blocking(move || {
         finish_staged(&staged, &entries, &files_for_check, &expected, &check)
     })
     .await
     .map_err(|e| Error::io("restore", std::io::Error::other(e.to_string())))??;
-
-    // A DuckDB .wal left beside `to` would be replayed onto the restored
-    // database: it is moved aside too, even when `to` itself is absent.
-    let stray_wal =
-        kind == SourceKind::Duckdb && std::fs::symlink_metadata(with_suffix(to, ".wal")).is_ok();
-    let moved_aside = if exists || stray_wal {
-        move_aside(to, kind)?
-    } else {
-        Vec::new()
-    };
-    // Side files first: the database appearing at `to` completes the restore.
-    if single_file {
-        let base = staging.path.to_string_lossy().len();
-        for path in files.iter().skip(1) {
-            let suffix = path.to_string_lossy()[base..].to_string();
-            std::fs::rename(path, with_suffix(to, &suffix)).map_err(|e| {
-                Error::io(format!("moving the restored copy to {}", to.display()), e)
-            })?;
-        }
-    }
-    std::fs::rename(&staging.path, to)
-        .map_err(|e| Error::io(format!("moving the restored copy to {}", to.display()), e))?;
-    let mut staging = staging;
-    staging.armed = false;
-    if let Ok(d) = std::fs::File::open(&parent) {
-        let _ = d.sync_all();
-    }
-    Ok(RestoreSummary {
+    Ok(Staged {
+        staging,
+        to: to.to_path_buf(),
+        kind: manifest.kind,
+        staged_wal,
         snapshot: manifest.id.clone(),
-        path: to.to_path_buf(),
         bytes: manifest.size,
-        moved_aside,
-        duration: clock.elapsed(),
+        clock,
     })
 }
 
@@ -457,15 +490,17 @@ struct Check {
     label: PathBuf,
 }
 
-/// Syncs, checksums and checks the staged copy, then creates its symlinks
-/// and applies modes and times.
+/// Syncs, checksums and checks the staged copy, folds a DuckDB `.wal` into
+/// it, then creates its symlinks and applies modes and times. Returns
+/// whether a DuckDB `.wal` is still staged beside it (not folded because
+/// the check was skipped).
 fn finish_staged(
     staging: &Path,
     entries: &[Entry],
     files: &[PathBuf],
     expected: &str,
     check: &Check,
-) -> Result<()> {
+) -> Result<bool> {
     // Reading back for the checksum, syncing and the database's own check
     // each take about a second per GiB; they run side by side, and the
     // restore waits for all three before anything is renamed.
@@ -485,10 +520,48 @@ fn finish_staged(
             "SHA-256 of the restored data is {got}, the manifest says {expected}"
         )));
     }
-    checked?;
+    let checked = checked?;
     synced?;
+    let staged_wal = fold_staged(staging, check, checked)?;
     tree::create_links(entries, files)?;
-    tree::apply_metadata(entries, files)
+    // A folded .wal is gone: only the database's own metadata applies.
+    let kept = if check.kind == SourceKind::Duckdb && !staged_wal {
+        1.min(entries.len())
+    } else {
+        entries.len()
+    };
+    tree::apply_metadata(&entries[..kept], &files[..kept])?;
+    Ok(staged_wal)
+}
+
+/// DuckDB: a restored `.wal` is folded into the staged database (DuckDB's
+/// own CHECKPOINT), so that one rename puts the whole database in place
+/// (see [`place`]); the folded file is checked again and must hold the same
+/// rows. Returns whether a `.wal` remains (only when the check is skipped).
+fn fold_staged(staging: &Path, check: &Check, before: Option<duckdb_lib::Checked>) -> Result<bool> {
+    let wal = with_suffix(staging, ".wal");
+    if check.kind != SourceKind::Duckdb || std::fs::symlink_metadata(&wal).is_err() {
+        return Ok(false);
+    }
+    if !check.database {
+        return Ok(true);
+    }
+    let failed =
+        |what: String| Error::Verification(format!("the restored DuckDB database: {what}"));
+    duckdb_lib::checkpoint(staging).map_err(|e| failed(format!("cannot fold its .wal: {e}")))?;
+    if std::fs::symlink_metadata(&wal).is_ok() {
+        return Err(failed("DuckDB left its .wal after CHECKPOINT".into()));
+    }
+    let after = duckdb_lib::check(staging).map_err(|e| failed(e.to_string()))?;
+    if before.as_ref() != Some(&after) {
+        return Err(failed(format!(
+            "it held {before:?} before folding its .wal and {after:?} after"
+        )));
+    }
+    tree::open(staging, false)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io("syncing the restored copy", e))?;
+    Ok(false)
 }
 
 fn sha256_of(entries: &[Entry], files: &[PathBuf]) -> Result<String> {
@@ -567,31 +640,4 @@ fn check_database(staging: &Path, check: &Check) -> Result<Option<duckdb_lib::Ch
         }
     }
     Ok(None)
-}
-
-/// Moves `to` and its side files (SQLite's -wal/-shm/-journal, DuckDB's
-/// .wal) to `<name>.offsite-old-<time>`.
-fn move_aside(to: &Path, kind: SourceKind) -> Result<Vec<PathBuf>> {
-    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
-    let mut moved = Vec::new();
-    let suffixes: &[&str] = if kind == SourceKind::Duckdb {
-        &["", ".wal"]
-    } else {
-        &["", "-wal", "-shm", "-journal"]
-    };
-    for suffix in suffixes.iter().copied() {
-        let from = with_suffix(to, suffix);
-        if std::fs::symlink_metadata(&from).is_err() {
-            continue;
-        }
-        let name = to
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let dest = to.with_file_name(format!("{name}.offsite-old-{stamp}{suffix}"));
-        std::fs::rename(&from, &dest)
-            .map_err(|e| Error::io(format!("moving {} aside", from.display()), e))?;
-        moved.push(dest);
-    }
-    Ok(moved)
 }

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `offsite` binary, real SQLite databases, a real
 //! local target, and for the format procedure the real `age` and `zstd` tools.
 
+mod apps;
 mod cloud;
 mod daemon;
 mod duckdb;
@@ -9,6 +10,7 @@ mod monitor;
 mod prune;
 mod repair;
 mod restore_in_place;
+mod restore_interrupted;
 mod restore_paths;
 mod support;
 

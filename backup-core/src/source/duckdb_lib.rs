@@ -283,6 +283,13 @@ pub fn explain_open_failure(path: &Path, e: Error) -> Error {
     }
 }
 
+/// Folds a database's `.wal` into the file (DuckDB's `CHECKPOINT`, which
+/// removes the `.wal`). Only for a database no other process has open.
+pub fn checkpoint(path: &Path) -> Result<()> {
+    let mut db = Database::open(path, false)?;
+    db.execute("CHECKPOINT")
+}
+
 /// What a check of a restored database found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checked {
