@@ -56,6 +56,10 @@ pub enum Error {
     Verification(String),
     #[error("repository {target} is locked by {holders}")]
     Locked { target: String, holders: String },
+    /// Another process has the destination (or its -wal/-shm) open: replacing
+    /// it now would lose what that process writes.
+    #[error("{path} is open in another process ({holders}); replacing it now would lose what that process writes")]
+    InUse { path: PathBuf, holders: String },
     /// A snapshot's list asks for something a restore never does: write
     /// outside the destination, or through a symlink.
     #[error("refusing entry {path:?} of {key}: {reason}")]

@@ -12,7 +12,8 @@
 //! table, and folds a restored `.wal` into the file). Only then does
 //! [`place`] switch it into the destination: the old database is kept under
 //! a unique name with its -wal/-shm, its log folded into it first so that
-//! the path never holds a mix of old and new.
+//! the path never holds a mix of old and new. [`in_use`] refuses the switch
+//! while another process has the database open.
 //!
 //! [`restore`] does all of it; [`stage`] stops before the switch, so that
 //! a caller can stop the application (the restore hooks) for only the
@@ -40,9 +41,11 @@ use crate::repo::format::{parse_list, ListItem};
 use crate::repo::{Manifest, Repository};
 use crate::source::{duckdb_lib, sqlite, Entry, SourceKind};
 
+mod in_use;
 mod place;
 mod tree;
 
+pub use in_use::check_not_in_use;
 use tree::Layout;
 
 #[derive(Debug, Clone)]
@@ -129,6 +132,8 @@ pub async fn restore(
     to: &Path,
     opts: &RestoreOptions,
 ) -> Result<RestoreSummary> {
+    // Refused now rather than after the download; checked again at the switch.
+    check_not_in_use(to, manifest.kind)?;
     stage(repo, ids, manifest, to, opts)
         .await?
         .put_in_place()
@@ -154,7 +159,8 @@ impl Staged {
         &self.to
     }
 
-    /// Switches the staged copy into the destination (see [`place`]).
+    /// Switches the staged copy into the destination (see [`place`]):
+    /// refused while another process has the destination open.
     pub async fn put_in_place(self) -> Result<RestoreSummary> {
         tokio::task::spawn_blocking(move || {
             let mut this = self;

@@ -1,10 +1,12 @@
 //! Applications as separate processes, for the restore tests: a python3
 //! child using SQLite the way an application does (a killed app leaving its
-//! -wal or hot journal behind), and a way to read what SQLite would see at
-//! a path without changing it.
+//! -wal behind, a writer inserting continuously, a process keeping the
+//! database open), and a way to read what SQLite would see at a path
+//! without changing it.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
@@ -89,6 +91,140 @@ pub fn side(db: &Path, suffix: &str) -> PathBuf {
     let mut s = db.as_os_str().to_os_string();
     s.push(suffix);
     PathBuf::from(s)
+}
+
+/// The script of an application that inserts a row with its `marker` every
+/// few milliseconds until SIGTERM, then closes the database and writes how
+/// many rows it inserted to `stopped`. It gives up after a minute, so that a
+/// failed test leaves no process behind for long.
+pub const WRITER: &str = r#"import os, signal, sqlite3, sys, time
+db, marker, stopped = sys.argv[1], sys.argv[2], sys.argv[3]
+running = [True]
+signal.signal(signal.SIGTERM, lambda *_: running.__setitem__(0, False))
+c = sqlite3.connect(db, timeout=30, isolation_level=None)
+c.execute('PRAGMA journal_mode=WAL')
+n, start = 0, time.time()
+while running[0] and time.time() - start < 60:
+    c.execute("INSERT INTO tasks(title, body) VALUES (?, 'written by the app')", (marker,))
+    n += 1
+    time.sleep(0.005)
+c.close()
+open(stopped + '.tmp', 'w').write(str(n))
+os.rename(stopped + '.tmp', stopped)
+"#;
+
+/// Writes [`WRITER`] to `dir/writer.py`, for hooks to start.
+pub fn install_writer(dir: &Path) -> PathBuf {
+    let p = dir.join("writer.py");
+    std::fs::write(&p, WRITER).unwrap();
+    p
+}
+
+/// Starts the writer in the background through `sh`, as a hook would (so it
+/// is not this process's child), recording its pid in `dir/writer.pid`.
+pub fn start_writer(dir: &Path, db: &Path, marker: &str) {
+    python(); // fails clearly when python3 is missing
+    install_writer(dir);
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "python3 writer.py '{}' {marker} writer.stopped >/dev/null 2>&1 & echo $! > writer.pid",
+            db.display()
+        ))
+        .current_dir(dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Stops the writer whose pid is in `dir/writer.pid`; returns the rows it wrote.
+pub fn stop_writer(dir: &Path) -> i64 {
+    let pid: i32 = std::fs::read_to_string(dir.join("writer.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill(2) with a pid this test started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let stopped = dir.join("writer.stopped");
+    wait_for(|| stopped.exists(), "the writer to stop");
+    let n = std::fs::read_to_string(&stopped).unwrap().parse().unwrap();
+    std::fs::remove_file(&stopped).unwrap();
+    n
+}
+
+/// Kills a writer a failed test left running.
+pub struct WriterGuard<'a>(pub &'a Path);
+
+impl Drop for WriterGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.0.join("writer.pid")) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                // SAFETY: kill(2) with a pid this test started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+pub fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Rows with `title = marker` in `db` (opened briefly).
+pub fn count_marked(db: &Path, marker: &str) -> i64 {
+    let c = Connection::open(db).unwrap();
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    c.query_row(
+        "SELECT count(*) FROM tasks WHERE title = ?1",
+        [marker],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+/// A process that opens `db`, reads from it and then keeps it open, idle,
+/// until dropped (its stdin is closed).
+pub struct Holder(std::process::Child);
+
+impl Holder {
+    pub fn start(db: &Path) -> Holder {
+        let mut child = python()
+            .args([
+                "-c",
+                "import sqlite3, sys\n\
+                 c = sqlite3.connect(sys.argv[1])\n\
+                 c.execute('SELECT count(*) FROM tasks').fetchone()\n\
+                 print('ready', flush=True)\n\
+                 sys.stdin.read()\n",
+            ])
+            .arg(db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
+        Holder(child)
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
 }
 
 /// What SQLite sees at `db` together with whatever side files lie beside it:

@@ -10,6 +10,7 @@ mod monitor;
 mod prune;
 mod repair;
 mod restore_in_place;
+mod restore_in_use;
 mod restore_interrupted;
 mod restore_paths;
 mod support;

@@ -92,6 +92,7 @@ pub(super) fn put(
     kind: SourceKind,
     staged_wal: bool,
 ) -> Result<Vec<PathBuf>> {
+    super::in_use::check_not_in_use(to, kind)?;
     let dir = parent_of(to);
     let mut aside = Aside::new(to);
     match std::fs::symlink_metadata(to) {
