@@ -95,8 +95,11 @@ pub(super) fn put(
     super::in_use::check_not_in_use(to, kind)?;
     let dir = parent_of(to);
     let mut aside = Aside::new(to);
+    // A file is replaced by a file in one rename; anything else (a directory
+    // tree, a symlink, a file where a tree goes) is renamed aside first.
+    let staged_file = std::fs::symlink_metadata(staged).is_ok_and(|m| m.is_file());
     match std::fs::symlink_metadata(to) {
-        Ok(m) if m.is_file() => {
+        Ok(m) if m.is_file() && staged_file => {
             let kept = keep_old(to, &mut aside, kind)?;
             sync_dir(&dir);
             if let Err(e) = fold_old(to, kind) {
