@@ -116,6 +116,23 @@ fn duckdb_backup_and_restore_with_its_wal() {
     );
     assert_eq!(rows(&to), before);
     assert!(!env.dir.path().join("restored.duckdb.wal").exists());
+
+    // Without the database check nothing opens the copy: the .wal is put
+    // beside the database, after it, for DuckDB to replay.
+    let unchecked = env.dir.path().join("unchecked.duckdb");
+    let out = env.ok(&[
+        "restore",
+        "--source",
+        "analytics",
+        "--latest",
+        "--no-database-check",
+        "--to",
+        unchecked.to_str().unwrap(),
+    ]);
+    assert!(out.contains("database check skipped"), "{out}");
+    assert!(env.dir.path().join("unchecked.duckdb.wal").exists());
+    assert_eq!(rows(&unchecked), before);
+    assert!(leftovers(env.dir.path()).is_empty());
 }
 
 #[test]
