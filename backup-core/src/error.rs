@@ -56,6 +56,31 @@ pub enum Error {
     Verification(String),
     #[error("repository {target} is locked by {holders}")]
     Locked { target: String, holders: String },
+    /// Another process has the destination (or its -wal/-shm) open: replacing
+    /// it now would lose what that process writes.
+    #[error("{path} is open in another process ({holders}); replacing it now would lose what that process writes")]
+    InUse { path: PathBuf, holders: String },
+    /// A snapshot's list asks for something a restore never does: write
+    /// outside the destination, or through a symlink.
+    #[error("refusing entry {path:?} of {key}: {reason}")]
+    UnsafeEntry {
+        key: String,
+        path: String,
+        reason: String,
+    },
+    /// The DuckDB library at hand is older than the one that wrote the
+    /// database: not damage, a version mismatch.
+    #[error("{path}: written by DuckDB {written_by} (storage version {storage_version}), which the libduckdb loaded here ({library}) cannot read: {message}")]
+    DuckdbVersion {
+        path: PathBuf,
+        storage_version: u64,
+        written_by: String,
+        library: String,
+        message: String,
+    },
+    /// The destination cannot be replaced safely as it is; nothing was changed.
+    #[error("cannot replace {path}: {reason}")]
+    CannotReplace { path: PathBuf, reason: String },
     #[error("{context}: {source}")]
     Io {
         context: String,

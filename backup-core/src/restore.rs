@@ -2,15 +2,25 @@
 //! put in place.
 //!
 //! Everything is written to a staging path beside the destination (same
-//! filesystem, so the final rename is atomic). Packs are fetched a few at a
-//! time, decoded, and each chunk is checked against its id before it is
-//! written at its offset(s). The staged copy must then match the manifest's
-//! SHA-256 and, for SQLite, pass `PRAGMA integrity_check`. Only then is an
-//! existing destination moved aside (never deleted), with its -wal and -shm,
-//! and the staged copy renamed into place.
+//! filesystem, so the final rename is atomic), laid out by [`tree`] so that
+//! nothing is ever written outside it or through a symlink, whatever the
+//! snapshot's list says. Packs are fetched a few at a time, decoded, and
+//! each chunk is checked against its id before it is written at its
+//! offset(s). The staged copy must then match the manifest's SHA-256 and,
+//! unless the caller asked to skip it, pass the database's own check
+//! (SQLite's `PRAGMA integrity_check`; DuckDB must open it and read every
+//! table, and folds a restored `.wal` into the file). Only then does
+//! [`place`] switch it into the destination: the old database is kept under
+//! a unique name with its -wal/-shm, its log folded into it first so that
+//! the path never holds a mix of old and new. [`in_use`] refuses the switch
+//! while another process has the database open.
 //!
-//! Never: write to the destination path before verification passed, or
-//! delete an existing file.
+//! [`restore`] does all of it; [`stage`] stops before the switch, so that
+//! a caller can stop the application (the restore hooks) for only the
+//! switch, not the download.
+//!
+//! Never: write to the destination path before verification passed, write
+//! outside it, or delete an existing file.
 
 use std::collections::HashMap;
 use std::io::{BufReader, Read};
@@ -29,7 +39,14 @@ use crate::error::{Error, Result};
 use crate::keys::Identities;
 use crate::repo::format::{parse_list, ListItem};
 use crate::repo::{Manifest, Repository};
-use crate::source::{sqlite, Entry, SourceKind};
+use crate::source::{duckdb_lib, sqlite, Entry, SourceKind};
+
+mod in_use;
+mod place;
+mod tree;
+
+pub use in_use::check_not_in_use;
+use tree::Layout;
 
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {
@@ -38,6 +55,10 @@ pub struct RestoreOptions {
     /// Packs downloaded and decoded at once.
     pub concurrency: usize,
     pub progress: Arc<Progress>,
+    /// Run the database's own check (SQLite's integrity_check, DuckDB
+    /// opening it). Off only when the user asks (`--no-database-check`):
+    /// the checksum is verified in any case.
+    pub check_database: bool,
 }
 
 impl Default for RestoreOptions {
@@ -46,6 +67,7 @@ impl Default for RestoreOptions {
             force: false,
             concurrency: 4,
             progress: Arc::new(Progress::default()),
+            check_database: true,
         }
     }
 }
@@ -110,6 +132,62 @@ pub async fn restore(
     to: &Path,
     opts: &RestoreOptions,
 ) -> Result<RestoreSummary> {
+    // Refused now rather than after the download; checked again at the switch.
+    check_not_in_use(to, manifest.kind)?;
+    stage(repo, ids, manifest, to, opts)
+        .await?
+        .put_in_place()
+        .await
+}
+
+/// A verified copy of a snapshot staged beside its destination, not yet in
+/// place. Dropping it removes the staged files.
+pub struct Staged {
+    staging: Staging,
+    to: PathBuf,
+    kind: SourceKind,
+    /// A DuckDB `.wal` that was not folded (the database check was skipped).
+    staged_wal: bool,
+    snapshot: String,
+    bytes: u64,
+    clock: Instant,
+}
+
+impl Staged {
+    /// Where it goes.
+    pub fn destination(&self) -> &Path {
+        &self.to
+    }
+
+    /// Switches the staged copy into the destination (see [`place`]):
+    /// refused while another process has the destination open.
+    pub async fn put_in_place(self) -> Result<RestoreSummary> {
+        tokio::task::spawn_blocking(move || {
+            let mut this = self;
+            let moved_aside = place::put(&this.staging.path, &this.to, this.kind, this.staged_wal)?;
+            this.staging.armed = false;
+            Ok(RestoreSummary {
+                snapshot: this.snapshot.clone(),
+                path: this.to.clone(),
+                bytes: this.bytes,
+                moved_aside,
+                duration: this.clock.elapsed(),
+            })
+        })
+        .await
+        .map_err(|e| Error::io("restore", std::io::Error::other(e.to_string())))?
+    }
+}
+
+/// Downloads, stages and verifies `manifest`'s snapshot beside `to`,
+/// touching nothing at `to` itself.
+pub async fn stage(
+    repo: &Repository,
+    ids: &Identities,
+    manifest: &Manifest,
+    to: &Path,
+    opts: &RestoreOptions,
+) -> Result<Staged> {
     let clock = Instant::now();
     let exists = std::fs::symlink_metadata(to).is_ok();
     if exists && !opts.force {
@@ -154,9 +232,9 @@ pub async fn restore(
 
     // A database (SQLite, or DuckDB with its .wal beside it) is restored to
     // `to` itself; side files go to `to` + their suffix.
-    let single_file = matches!(manifest.kind, SourceKind::Sqlite | SourceKind::Duckdb)
-        || (plan.entries.len() == 1 && matches!(plan.entries[0], Entry::File { .. }));
-    let files = prepare(&staging.path, &plan.entries, single_file)?;
+    tree::check(&plan.entries, manifest.kind, &manifest.list)?;
+    let layout = Layout::of(manifest.kind, &plan.entries);
+    let files = tree::prepare(&staging.path, &plan.entries, layout)?;
     let files = Arc::new(files);
 
     let pack_keys = Arc::new(plan.pack_keys);
@@ -183,48 +261,27 @@ pub async fn restore(
         .await?;
 
     let staged = staging.path.clone();
-    let kind = manifest.kind;
+    let check = Check {
+        kind: manifest.kind,
+        database: opts.check_database,
+        label: to.to_path_buf(),
+    };
     let entries = plan.entries;
     let expected = manifest.sha256.clone();
     let files_for_check = files.clone();
-    tokio::task::spawn_blocking(move || {
-        finish_staged(&staged, &entries, &files_for_check, &expected, kind)
+    let staged_wal = tokio::task::spawn_blocking(move || {
+        finish_staged(&staged, &entries, &files_for_check, &expected, &check)
     })
     .await
     .map_err(|e| Error::io("restore", std::io::Error::other(e.to_string())))??;
-
-    // A DuckDB .wal left beside `to` would be replayed onto the restored
-    // database: it is moved aside too, even when `to` itself is absent.
-    let stray_wal =
-        kind == SourceKind::Duckdb && std::fs::symlink_metadata(with_suffix(to, ".wal")).is_ok();
-    let moved_aside = if exists || stray_wal {
-        move_aside(to, kind)?
-    } else {
-        Vec::new()
-    };
-    // Side files first: the database appearing at `to` completes the restore.
-    if single_file {
-        let base = staging.path.to_string_lossy().len();
-        for path in files.iter().skip(1) {
-            let suffix = path.to_string_lossy()[base..].to_string();
-            std::fs::rename(path, with_suffix(to, &suffix)).map_err(|e| {
-                Error::io(format!("moving the restored copy to {}", to.display()), e)
-            })?;
-        }
-    }
-    std::fs::rename(&staging.path, to)
-        .map_err(|e| Error::io(format!("moving the restored copy to {}", to.display()), e))?;
-    let mut staging = staging;
-    staging.armed = false;
-    if let Ok(d) = std::fs::File::open(&parent) {
-        let _ = d.sync_all();
-    }
-    Ok(RestoreSummary {
+    Ok(Staged {
+        staging,
+        to: to.to_path_buf(),
+        kind: manifest.kind,
+        staged_wal,
         snapshot: manifest.id.clone(),
-        path: to.to_path_buf(),
         bytes: manifest.size,
-        moved_aside,
-        duration: clock.elapsed(),
+        clock,
     })
 }
 
@@ -295,68 +352,6 @@ fn build_plan(list: impl std::io::BufRead, key: &str, index: &crate::repo::Index
         packs,
         pack_keys: index.packs.clone(),
     })
-}
-
-/// Creates the staging tree; returns the staging path of each entry.
-fn prepare(staging: &Path, entries: &[Entry], single_file: bool) -> Result<Vec<PathBuf>> {
-    let io = |p: &Path, e| Error::io(format!("staging {}", p.display()), e);
-    if !single_file {
-        std::fs::create_dir(staging).map_err(|e| io(staging, e))?;
-    }
-    let mut paths = Vec::with_capacity(entries.len());
-    let first = match entries.first() {
-        Some(Entry::File { path, .. }) => path.clone(),
-        _ => String::new(),
-    };
-    for (i, entry) in entries.iter().enumerate() {
-        let (rel, path) = match entry {
-            Entry::File { path, .. } | Entry::Dir { path, .. } | Entry::Symlink { path, .. } => {
-                (path, path)
-            }
-        };
-        if !single_file
-            && (rel.starts_with('/') || rel.split('/').any(|s| s == ".." || s.is_empty()))
-        {
-            return Err(Error::Corrupt {
-                key: "chunk list".into(),
-                message: format!("unsafe path {rel:?}"),
-            });
-        }
-        let dest = if single_file && i > 0 {
-            // A side file of a database: its name is the database's plus a
-            // suffix (".wal"), kept beside the staged database.
-            match rel.strip_prefix(&first) {
-                Some(suffix) if !suffix.is_empty() && !suffix.contains('/') => {
-                    with_suffix(staging, suffix)
-                }
-                _ => {
-                    return Err(Error::Corrupt {
-                        key: "chunk list".into(),
-                        message: format!("unexpected entry {rel:?} in a database snapshot"),
-                    })
-                }
-            }
-        } else if single_file {
-            staging.to_path_buf()
-        } else {
-            staging.join(path)
-        };
-        match entry {
-            Entry::Dir { .. } => std::fs::create_dir_all(&dest).map_err(|e| io(&dest, e))?,
-            Entry::File { size, .. } => {
-                let f = std::fs::File::create(&dest).map_err(|e| io(&dest, e))?;
-                f.set_len(*size).map_err(|e| io(&dest, e))?;
-            }
-            Entry::Symlink { target, .. } => {
-                #[cfg(unix)]
-                std::os::unix::fs::symlink(target, &dest).map_err(|e| io(&dest, e))?;
-                #[cfg(not(unix))]
-                let _ = target;
-            }
-        }
-        paths.push(dest);
-    }
-    Ok(paths)
 }
 
 /// Decodes one pack as a stream and writes its pieces where they belong.
@@ -452,9 +447,7 @@ impl Coalesce {
             std::collections::hash_map::Entry::Vacant(v) => {
                 let path = &files[self.file as usize];
                 v.insert(
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(path)
+                    tree::open(path, true)
                         .map_err(|e| Error::io(format!("staging {}", path.display()), e))?,
                 )
             }
@@ -494,21 +487,33 @@ fn write_at(mut f: &std::fs::File, data: &[u8], offset: u64) -> std::io::Result<
     f.write_all(data)
 }
 
-/// Syncs, checksums and checks the staged copy, then applies modes and times.
+/// What [`finish_staged`] checks beyond the checksum.
+struct Check {
+    kind: SourceKind,
+    /// The database's own check (off with `--no-database-check`).
+    database: bool,
+    /// The destination, to name in errors instead of the staging path.
+    label: PathBuf,
+}
+
+/// Syncs, checksums and checks the staged copy, folds a DuckDB `.wal` into
+/// it, then creates its symlinks and applies modes and times. Returns
+/// whether a DuckDB `.wal` is still staged beside it (not folded because
+/// the check was skipped).
 fn finish_staged(
     staging: &Path,
     entries: &[Entry],
     files: &[PathBuf],
     expected: &str,
-    kind: SourceKind,
-) -> Result<()> {
+    check: &Check,
+) -> Result<bool> {
     // Reading back for the checksum, syncing and the database's own check
     // each take about a second per GiB; they run side by side, and the
     // restore waits for all three before anything is renamed.
     let (sha, synced, checked) = std::thread::scope(|scope| {
         let sha = scope.spawn(|| sha256_of(entries, files));
         let synced = scope.spawn(|| sync_files(entries, files));
-        let checked = check_database(staging, kind);
+        let checked = check_database(staging, check);
         (
             sha.join().expect("checksum thread"),
             synced.join().expect("sync thread"),
@@ -521,24 +526,48 @@ fn finish_staged(
             "SHA-256 of the restored data is {got}, the manifest says {expected}"
         )));
     }
-    checked?;
+    let checked = checked?;
     synced?;
-    for (entry, path) in entries.iter().zip(files).rev() {
-        match entry {
-            Entry::File { mode, mtime, .. } => {
-                set_mode(path, *mode);
-                if *mtime > 0 {
-                    let t = std::time::UNIX_EPOCH + Duration::from_secs(*mtime as u64);
-                    if let Ok(f) = std::fs::File::options().write(true).open(path) {
-                        let _ = f.set_modified(t);
-                    }
-                }
-            }
-            Entry::Dir { mode, .. } => set_mode(path, *mode),
-            Entry::Symlink { .. } => {}
-        }
+    let staged_wal = fold_staged(staging, check, checked)?;
+    tree::create_links(entries, files)?;
+    // A folded .wal is gone: only the database's own metadata applies.
+    let kept = if check.kind == SourceKind::Duckdb && !staged_wal {
+        1.min(entries.len())
+    } else {
+        entries.len()
+    };
+    tree::apply_metadata(&entries[..kept], &files[..kept])?;
+    Ok(staged_wal)
+}
+
+/// DuckDB: a restored `.wal` is folded into the staged database (DuckDB's
+/// own CHECKPOINT), so that one rename puts the whole database in place
+/// (see [`place`]); the folded file is checked again and must hold the same
+/// rows. Returns whether a `.wal` remains (only when the check is skipped).
+fn fold_staged(staging: &Path, check: &Check, before: Option<duckdb_lib::Checked>) -> Result<bool> {
+    let wal = with_suffix(staging, ".wal");
+    if check.kind != SourceKind::Duckdb || std::fs::symlink_metadata(&wal).is_err() {
+        return Ok(false);
     }
-    Ok(())
+    if !check.database {
+        return Ok(true);
+    }
+    let failed =
+        |what: String| Error::Verification(format!("the restored DuckDB database: {what}"));
+    duckdb_lib::checkpoint(staging).map_err(|e| failed(format!("cannot fold its .wal: {e}")))?;
+    if std::fs::symlink_metadata(&wal).is_ok() {
+        return Err(failed("DuckDB left its .wal after CHECKPOINT".into()));
+    }
+    let after = duckdb_lib::check(staging).map_err(|e| failed(e.to_string()))?;
+    if before.as_ref() != Some(&after) {
+        return Err(failed(format!(
+            "it held {before:?} before folding its .wal and {after:?} after"
+        )));
+    }
+    tree::open(staging, false)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io("syncing the restored copy", e))?;
+    Ok(false)
 }
 
 fn sha256_of(entries: &[Entry], files: &[PathBuf]) -> Result<String> {
@@ -546,7 +575,7 @@ fn sha256_of(entries: &[Entry], files: &[PathBuf]) -> Result<String> {
     let mut buf = vec![0u8; 1 << 20];
     for (entry, path) in entries.iter().zip(files) {
         if let Entry::File { .. } = entry {
-            let mut f = std::fs::File::open(path).map_err(|e| Error::io("reading back", e))?;
+            let mut f = tree::open(path, false).map_err(|e| Error::io("reading back", e))?;
             loop {
                 let n = f.read(&mut buf).map_err(|e| Error::io("reading back", e))?;
                 if n == 0 {
@@ -562,7 +591,7 @@ fn sha256_of(entries: &[Entry], files: &[PathBuf]) -> Result<String> {
 fn sync_files(entries: &[Entry], files: &[PathBuf]) -> Result<()> {
     for (entry, path) in entries.iter().zip(files) {
         if let Entry::File { .. } = entry {
-            std::fs::File::open(path)
+            tree::open(path, false)
                 .and_then(|f| f.sync_all())
                 .map_err(|e| Error::io("syncing the restored copy", e))?;
         }
@@ -571,24 +600,43 @@ fn sync_files(entries: &[Entry], files: &[PathBuf]) -> Result<()> {
 }
 
 /// Opens a restored database with its own engine: DuckDB must read it,
-/// SQLite's `PRAGMA integrity_check` must say ok.
-fn check_database(staging: &Path, kind: SourceKind) -> Result<()> {
-    if kind == SourceKind::Duckdb {
-        match crate::source::duckdb_lib::check(staging) {
-            Ok(c) => tracing::info!(
-                tables = c.tables,
-                rows = c.rows,
-                "DuckDB opened the restored database"
-            ),
-            Err(e @ Error::DuckdbUnavailable(_)) => return Err(e),
-            Err(e) => {
-                return Err(Error::Verification(format!(
-                    "DuckDB cannot read the restored database: {e}"
-                )))
-            }
-        }
+/// SQLite's `PRAGMA integrity_check` must say ok. Returns what DuckDB counted.
+fn check_database(staging: &Path, check: &Check) -> Result<Option<duckdb_lib::Checked>> {
+    if !check.database {
+        return Ok(None);
     }
-    if kind == SourceKind::Sqlite {
+    if check.kind == SourceKind::Duckdb {
+        return match duckdb_lib::check(staging) {
+            Ok(c) => {
+                tracing::info!(
+                    tables = c.tables,
+                    rows = c.rows,
+                    "DuckDB opened the restored database"
+                );
+                Ok(Some(c))
+            }
+            Err(e @ Error::DuckdbUnavailable(_)) => Err(e),
+            Err(e) => match duckdb_lib::explain_open_failure(staging, e) {
+                Error::DuckdbVersion {
+                    storage_version,
+                    written_by,
+                    library,
+                    message,
+                    ..
+                } => Err(Error::DuckdbVersion {
+                    path: check.label.clone(),
+                    storage_version,
+                    written_by,
+                    library,
+                    message,
+                }),
+                e => Err(Error::Verification(format!(
+                    "DuckDB cannot read the restored database: {e}"
+                ))),
+            },
+        };
+    }
+    if check.kind == SourceKind::Sqlite {
         let problems = sqlite::integrity_check(staging)?;
         if !problems.is_empty() {
             return Err(Error::Verification(format!(
@@ -597,43 +645,5 @@ fn check_database(staging: &Path, kind: SourceKind) -> Result<()> {
             )));
         }
     }
-    Ok(())
-}
-
-#[cfg(unix)]
-fn set_mode(path: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    if mode != 0 {
-        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
-    }
-}
-
-#[cfg(not(unix))]
-fn set_mode(_: &Path, _: u32) {}
-
-/// Moves `to` and its side files (SQLite's -wal/-shm/-journal, DuckDB's
-/// .wal) to `<name>.offsite-old-<time>`.
-fn move_aside(to: &Path, kind: SourceKind) -> Result<Vec<PathBuf>> {
-    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
-    let mut moved = Vec::new();
-    let suffixes: &[&str] = if kind == SourceKind::Duckdb {
-        &["", ".wal"]
-    } else {
-        &["", "-wal", "-shm", "-journal"]
-    };
-    for suffix in suffixes.iter().copied() {
-        let from = with_suffix(to, suffix);
-        if std::fs::symlink_metadata(&from).is_err() {
-            continue;
-        }
-        let name = to
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let dest = to.with_file_name(format!("{name}.offsite-old-{stamp}{suffix}"));
-        std::fs::rename(&from, &dest)
-            .map_err(|e| Error::io(format!("moving {} aside", from.display()), e))?;
-        moved.push(dest);
-    }
-    Ok(moved)
+    Ok(None)
 }

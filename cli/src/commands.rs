@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use backup_core::backup::{BackupOptions, Progress};
 use backup_core::keys::{generate_identity, Identities, Keys};
 use backup_core::repo::{Manifest, Repository, Selector, PRE_RESTORE_TAG};
-use backup_core::restore::RestoreOptions;
+use backup_core::restore::{check_not_in_use, RestoreOptions, RestoreSummary, Staged};
 use backup_core::source::SourceSpec;
 use backup_core::storage::ErrorKind;
 use backup_core::Error;
@@ -17,7 +17,7 @@ use chrono::{DateTime, Local, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use serde_json::json;
 
 use crate::across;
-use crate::config::{Config, TargetConfig};
+use crate::config::{Config, SourceConfig, TargetConfig};
 use crate::hooks;
 use crate::notify::{self, Event, EventKind};
 use crate::output::{self, Bar};
@@ -504,31 +504,18 @@ pub async fn restore(cfg: &Config, args: &RestoreArgs) -> Result<()> {
     let listings = across::read(cfg, args.target.as_deref(), &ids).await?;
     let (tname, repo, manifest) = across::choose_one(listings, &args.source, &selector)?;
 
-    let pre_restore = if replacing && !args.no_pre_restore_snapshot {
-        let spec = SourceSpec {
-            name: source.name.clone(),
-            kind: source.kind,
-            path: to.clone(),
-        };
-        pre_restore_snapshot(cfg, &repo, &spec, args.json).await
-    } else {
-        None
-    };
-
-    let progress = Arc::new(Progress::default());
-    let opts = RestoreOptions {
-        force: args.force,
-        progress: progress.clone(),
-        ..Default::default()
-    };
-    let bar = Bar::start(format!("restore {}", manifest.id), progress, !args.json);
-    let summary = backup_core::restore::restore(&repo, &ids, &manifest, &to, &opts).await;
-    drop(bar);
-    let summary = summary?;
+    let switched =
+        stage_and_switch(cfg, &repo, &ids, source, &manifest, &to, replacing, args).await?;
+    let (summary, pre_restore) = (&switched.summary, &switched.pre_restore);
     let checks = match manifest.kind {
         backup_core::source::SourceKind::Sqlite => "checksum and integrity_check",
         backup_core::source::SourceKind::Duckdb => "checksum and DuckDB open",
         backup_core::source::SourceKind::Files => "checksum",
+    };
+    let (checks, skipped) = if args.no_database_check {
+        ("checksum", " (database check skipped: --no-database-check)")
+    } else {
+        (checks, "")
     };
     if args.json {
         println!(
@@ -542,9 +529,10 @@ pub async fn restore(cfg: &Config, args: &RestoreArgs) -> Result<()> {
                 "pre_restore_snapshot": pre_restore,
                 "seconds": summary.duration.as_secs_f64(),
                 "verified": true,
+                "database_check": !args.no_database_check,
             }))?
         );
-        return Ok(());
+        return switched.after_hook.map_or(Ok(()), Err);
     }
     let taken = manifest
         .finished
@@ -552,7 +540,7 @@ pub async fn restore(cfg: &Config, args: &RestoreArgs) -> Result<()> {
         .format("%Y-%m-%d %H:%M:%S %z");
     if args.test {
         println!(
-            "restore test of {} ({} of {}, taken {}) from {}: {checks} ok in {}; nothing was written outside a temporary directory",
+            "restore test of {} ({} of {}, taken {}) from {}: {checks} ok{skipped} in {}; nothing was written outside a temporary directory",
             manifest.id,
             output::bytes(manifest.size),
             manifest.source,
@@ -563,7 +551,7 @@ pub async fn restore(cfg: &Config, args: &RestoreArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "restored {} ({} of {}, taken {}) from {} to {} in {}; {checks} verified",
+        "restored {} ({} of {}, taken {}) from {} to {} in {}; {checks} verified{skipped}",
         manifest.id,
         output::bytes(manifest.size),
         manifest.source,
@@ -578,7 +566,116 @@ pub async fn restore(cfg: &Config, args: &RestoreArgs) -> Result<()> {
     for p in &summary.moved_aside {
         println!("kept the previous file as {}", p.display());
     }
-    Ok(())
+    switched.after_hook.map_or(Ok(()), Err)
+}
+
+/// A restore put in place, and how its hooks went.
+struct Switched {
+    summary: RestoreSummary,
+    pre_restore: Option<String>,
+    /// The after_restore hook failed (the restore itself succeeded).
+    after_hook: Option<anyhow::Error>,
+}
+
+/// Downloads and verifies the snapshot beside `to`, then switches it into
+/// place. When `to` is the source's own path, the source's before_restore
+/// hook runs after the download (the application is stopped only for the
+/// switch) and after_restore once the restore is over, failed or not.
+#[allow(clippy::too_many_arguments)]
+async fn stage_and_switch(
+    cfg: &Config,
+    repo: &Repository,
+    ids: &Identities,
+    source: &SourceConfig,
+    manifest: &Manifest,
+    to: &Path,
+    replacing: bool,
+    args: &RestoreArgs,
+) -> Result<Switched> {
+    let hooked = !args.test && is_source_path(source, to);
+    // With no hook to stop the application, a database in use is refused
+    // before the download rather than after it.
+    if !hooked || source.before_restore.is_none() {
+        check_not_in_use(to, manifest.kind)?;
+    }
+    let progress = Arc::new(Progress::default());
+    let opts = RestoreOptions {
+        force: args.force,
+        progress: progress.clone(),
+        check_database: !args.no_database_check,
+        ..Default::default()
+    };
+    let bar = Bar::start(format!("restore {}", manifest.id), progress, !args.json);
+    let staged = backup_core::restore::stage(repo, ids, manifest, to, &opts).await;
+    drop(bar);
+    let staged = staged?;
+    if hooked {
+        hooks::run_async(source, hooks::Event::BeforeRestore, None).await?;
+    }
+    let result = switch(cfg, repo, source, staged, replacing, args).await;
+    if !hooked {
+        return result;
+    }
+    let error = result.as_ref().err().map(|e| format!("{e:#}"));
+    let after = hooks::run_async(source, hooks::Event::AfterRestore, error).await;
+    match (result, after) {
+        (Ok(mut s), Err(e)) => {
+            s.after_hook = Some(e);
+            Ok(s)
+        }
+        (Err(e), Err(hook)) => {
+            eprintln!("FAILED: {hook:#}");
+            Err(e)
+        }
+        (result, Ok(())) => result,
+    }
+}
+
+/// With nothing else using the database: the pre-restore snapshot of what
+/// is there, then the switch.
+async fn switch(
+    cfg: &Config,
+    repo: &Repository,
+    source: &SourceConfig,
+    staged: Staged,
+    replacing: bool,
+    args: &RestoreArgs,
+) -> Result<Switched> {
+    let to = staged.destination().to_path_buf();
+    check_not_in_use(&to, source.kind)?;
+    let pre_restore = if replacing && !args.no_pre_restore_snapshot {
+        let spec = SourceSpec {
+            name: source.name.clone(),
+            kind: source.kind,
+            path: to,
+        };
+        pre_restore_snapshot(cfg, repo, &spec, args.json).await
+    } else {
+        None
+    };
+    Ok(Switched {
+        summary: staged.put_in_place().await?,
+        pre_restore,
+        after_hook: None,
+    })
+}
+
+/// Whether a restore to `to` replaces the source's own data (the path the
+/// application uses), so that its restore hooks apply.
+fn is_source_path(source: &SourceConfig, to: &Path) -> bool {
+    let abs = |p: &Path| std::path::absolute(p).ok();
+    if abs(to).is_some() && abs(to) == abs(&source.path) {
+        return true;
+    }
+    // The same file reached another way (a symlinked directory).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(a), Ok(b)) = (std::fs::metadata(to), std::fs::metadata(&source.path)) {
+            return a.dev() == b.dev() && a.ino() == b.ino();
+        }
+    }
+    false
 }
 
 /// Backs up the file a restore is about to replace, so that an in-place
@@ -720,6 +817,10 @@ pub(crate) fn hint(e: &anyhow::Error) -> Option<String> {
         },
         Error::Source { .. } => "check the source path and that this user can read it".into(),
         Error::Locked { .. } => "another offsite run is using the repository: try again when it has finished. If that run was killed, its lock goes stale (process gone on this host, or 30 minutes without a refresh) and is removed automatically; `offsite unlock --all` removes every lock at once".into(),
+        Error::InUse { .. } => "stop the app first, or set a before_restore hook on the source (and after_restore to start it again), e.g. before_restore = \"systemctl stop app\"; nothing was changed".into(),
+        Error::UnsafeEntry { .. } => "offsite never writes outside the destination or through a symlink, so it refused this snapshot's file list and wrote nothing outside the destination. Anyone holding the recipients can write a list: restore from another target (--target) or an older snapshot, and check who can write to this target".into(),
+        Error::DuckdbVersion { .. } => "install a libduckdb at least as new as the DuckDB that wrote the database (set OFFSITE_LIBDUCKDB=/path/to/libduckdb.so), or restore without this check with --no-database-check (the SHA-256 of the data is still verified); nothing at the destination was changed".into(),
+        Error::CannotReplace { .. } => "nothing at the destination was changed: fix the cause and run the restore again, or restore to another path with --to".into(),
         Error::Io { .. } => return None,
     })
 }

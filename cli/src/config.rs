@@ -69,6 +69,10 @@ pub struct SourceConfig {
     pub after: Option<String>,
     /// Shell command run when the hooks or the backup of this source failed.
     pub on_error: Option<String>,
+    /// Shell command run before a restore replaces this source's data.
+    pub before_restore: Option<String>,
+    /// Shell command run after such a restore, whether or not it succeeded.
+    pub after_restore: Option<String>,
     /// DuckDB sources: how long to wait for a writer to close the database
     /// ("30s", "5m"); see [`SourceConfig::lock_timeout`].
     #[serde(rename = "lock_timeout")]
@@ -244,6 +248,8 @@ impl Config {
                 ("before", &s.before),
                 ("after", &s.after),
                 ("on_error", &s.on_error),
+                ("before_restore", &s.before_restore),
+                ("after_restore", &s.after_restore),
             ] {
                 if cmd.as_deref().is_some_and(|c| c.trim().is_empty()) {
                     bail!(

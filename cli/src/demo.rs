@@ -72,6 +72,7 @@ pub async fn run(dir: &Path) -> Result<()> {
         force: true,
         // The demo's own scratch copy: moving it aside is enough.
         no_pre_restore_snapshot: true,
+        no_database_check: false,
         test: false,
         target: None,
         identity: None,

@@ -1,6 +1,8 @@
-//! Source hooks: shell commands configured per source (`before`, `after`,
-//! `on_error`) that quiesce and resume the application around its snapshot,
-//! e.g. `before = "docker stop app"`, `after = "docker start app"`.
+//! Source hooks: shell commands configured per source that quiesce and
+//! resume the application around its snapshot (`before`, `after`,
+//! `on_error`) and around a restore over its data (`before_restore`,
+//! `after_restore`), e.g. `before = "docker stop app"`,
+//! `after = "docker start app"`.
 //!
 //! When each runs, per source and backup run (whatever the number of targets):
 //! - `before`: once, before the source is first read. If it fails (non-zero
@@ -12,9 +14,23 @@
 //! - `on_error`: once, if `before`, any backup of the source, or `after`
 //!   failed; `OFFSITE_ERROR` holds the errors.
 //!
+//! And per `offsite restore` whose `--to` is the source's own path (a
+//! restore elsewhere, or `--test`, leaves the application alone):
+//! - `before_restore`: once the snapshot is downloaded and verified beside
+//!   the database, before anything at the path changes (the check that no
+//!   other process has the database open comes after it, and so does the
+//!   pre-restore snapshot). If it fails, nothing is restored and
+//!   `after_restore` does not run.
+//! - `after_restore`: once the restore is done, whether it succeeded or
+//!   failed after `before_restore` ran (`OFFSITE_ERROR` then holds the
+//!   error), so that an application stopped for the restore is started again.
+//!
 //! Each runs as `sh -c COMMAND` in the config file's directory with
 //! `OFFSITE_SOURCE`, `OFFSITE_SOURCE_KIND`, `OFFSITE_SOURCE_PATH` and
-//! `OFFSITE_EVENT` set. Its output goes to the log (`-v`), line by line.
+//! `OFFSITE_EVENT` set. Its output goes to the log (`-v`), line by line;
+//! offsite waits for the command's output to close, so a hook that starts a
+//! daemon itself must redirect the daemon's output (`systemctl start` and
+//! `docker start` return at once).
 
 use std::process::{Command, Stdio};
 
@@ -27,6 +43,8 @@ pub enum Event {
     Before,
     After,
     OnError,
+    BeforeRestore,
+    AfterRestore,
 }
 
 impl Event {
@@ -35,6 +53,8 @@ impl Event {
             Event::Before => "before",
             Event::After => "after",
             Event::OnError => "on_error",
+            Event::BeforeRestore => "before_restore",
+            Event::AfterRestore => "after_restore",
         }
     }
 }
@@ -45,6 +65,8 @@ pub fn command(source: &SourceConfig, event: Event) -> Option<&str> {
         Event::Before => source.before.as_deref(),
         Event::After => source.after.as_deref(),
         Event::OnError => source.on_error.as_deref(),
+        Event::BeforeRestore => source.before_restore.as_deref(),
+        Event::AfterRestore => source.after_restore.as_deref(),
     }
 }
 

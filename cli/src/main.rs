@@ -186,6 +186,10 @@ pub struct RestoreArgs {
     /// With --force: skip the snapshot of the file being replaced (it is still moved aside).
     #[arg(long, requires = "force")]
     pub no_pre_restore_snapshot: bool,
+    /// Skip the database's own check (SQLite integrity_check, DuckDB opening it), e.g. for a
+    /// DuckDB file newer than the libduckdb here; the SHA-256 of the data is still verified.
+    #[arg(long)]
+    pub no_database_check: bool,
     /// Restore into a temporary directory, verify, and delete it: a check that touches nothing.
     #[arg(long, conflicts_with_all = ["to", "force"])]
     pub test: bool,

@@ -5,11 +5,11 @@
 
 use std::path::Path;
 
-use backup_core::source::duckdb_lib::Database;
+use backup_core::source::duckdb_lib::{self, Database};
 
 use crate::support::*;
 
-fn duckdb_env(timeout: &str) -> Env {
+pub(crate) fn duckdb_env(timeout: &str) -> Env {
     let timeout = timeout.to_string();
     Env::with_sources(move |_| {
         format!(
@@ -19,7 +19,7 @@ fn duckdb_env(timeout: &str) -> Env {
     })
 }
 
-fn make_duckdb(path: &Path) {
+pub(crate) fn make_duckdb(path: &Path) {
     let mut db = Database::open(path, false).unwrap();
     db.execute(
         "CREATE TABLE events(id INTEGER PRIMARY KEY, name VARCHAR, amount DOUBLE);
@@ -78,11 +78,23 @@ fn duckdb_backup_and_restore_with_its_wal() {
         to.to_str().unwrap(),
     ]);
     assert!(out.contains("checksum and DuckDB open verified"), "{out}");
-    assert!(env.dir.path().join("restored.duckdb.wal").exists());
+    // The .wal's work is folded into the restored file by DuckDB itself, so
+    // that one rename puts the whole database in place.
+    assert!(!env.dir.path().join("restored.duckdb.wal").exists());
     assert_eq!(rows(&to), before);
     assert!(leftovers(env.dir.path()).is_empty());
 
-    // --force moves the current database and its WAL aside, never deletes them.
+    // --force keeps the current database, its WAL's work folded into it
+    // first, under a name of its own: never deleted.
+    {
+        let mut w = Database::open(&to, false).unwrap();
+        w.execute(
+            "SET wal_autocheckpoint = '1TB'; PRAGMA disable_checkpoint_on_shutdown;
+             INSERT INTO events VALUES (123456, 'written after the restore', 0);",
+        )
+        .unwrap();
+    }
+    assert!(env.dir.path().join("restored.duckdb.wal").exists());
     let out = env.ok(&[
         "restore",
         "--source",
@@ -95,9 +107,32 @@ fn duckdb_backup_and_restore_with_its_wal() {
     ]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let moved = v["moved_aside"].as_array().unwrap();
-    assert_eq!(moved.len(), 2, "{out}");
-    assert!(moved[1].as_str().unwrap().ends_with(".wal"));
+    assert_eq!(moved.len(), 1, "{out}");
+    let kept = rows(Path::new(moved[0].as_str().unwrap()));
+    assert_eq!(
+        kept.len(),
+        before.len() + 1,
+        "the kept file has the WAL's row"
+    );
     assert_eq!(rows(&to), before);
+    assert!(!env.dir.path().join("restored.duckdb.wal").exists());
+
+    // Without the database check nothing opens the copy: the .wal is put
+    // beside the database, after it, for DuckDB to replay.
+    let unchecked = env.dir.path().join("unchecked.duckdb");
+    let out = env.ok(&[
+        "restore",
+        "--source",
+        "analytics",
+        "--latest",
+        "--no-database-check",
+        "--to",
+        unchecked.to_str().unwrap(),
+    ]);
+    assert!(out.contains("database check skipped"), "{out}");
+    assert!(env.dir.path().join("unchecked.duckdb.wal").exists());
+    assert_eq!(rows(&unchecked), before);
+    assert!(leftovers(env.dir.path()).is_empty());
 }
 
 #[test]
@@ -167,4 +202,74 @@ fn a_restore_without_libduckdb_stops_before_touching_the_destination() {
     assert!(err.contains("OFFSITE_LIBDUCKDB"), "{err}");
     assert!(!to.exists());
     assert!(leftovers(env.dir.path()).is_empty());
+}
+
+/// DuckDB's block checksum (its `Checksum`: 5381 xor each little-endian
+/// 8-byte word times 0xbf58476d1ce4e5b9), to craft a header DuckDB accepts.
+fn duckdb_checksum(block: &[u8]) -> u64 {
+    block.chunks_exact(8).fold(5381u64, |acc, w| {
+        acc ^ u64::from_le_bytes(w.try_into().unwrap()).wrapping_mul(0xbf58476d1ce4e5b9)
+    })
+}
+
+#[test]
+fn a_database_from_a_newer_duckdb_is_a_version_error_and_restores_when_asked() {
+    let env = duckdb_env("30s");
+    let db = env.dir.path().join("analytics.duckdb");
+    make_duckdb(&db);
+    // The storage version a newer DuckDB writes (bytes 12..20 of the main
+    // header, after the checksum and "DUCK"), which this libduckdb cannot read.
+    let mut bytes = std::fs::read(&db).unwrap();
+    assert_eq!(&bytes[8..12], b"DUCK");
+    bytes[12..20].copy_from_slice(&200u64.to_le_bytes());
+    let sum = duckdb_checksum(&bytes[8..4096]);
+    bytes[..8].copy_from_slice(&sum.to_le_bytes());
+    std::fs::write(&db, &bytes).unwrap();
+    let e = duckdb_lib::check(&db).unwrap_err().to_string();
+    assert!(
+        e.contains("version"),
+        "the crafted file is a version problem for DuckDB: {e}"
+    );
+    env.ok(&["backup", "--source", "analytics"]);
+
+    let to = env.dir.path().join("restored.duckdb");
+    let args = [
+        "restore",
+        "--source",
+        "analytics",
+        "--latest",
+        "--to",
+        to.to_str().unwrap(),
+    ];
+    let (code, out, err) = env.run(&args);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("storage version 200"), "{err}");
+    let library = duckdb_lib::version().unwrap();
+    assert!(err.contains(&library), "names the libduckdb version: {err}");
+    assert!(!err.contains("damaged"), "not reported as damage: {err}");
+    assert!(err.contains("--no-database-check"), "{err}");
+    assert!(!to.exists());
+    assert!(leftovers(env.dir.path()).is_empty());
+
+    // Asked explicitly, the restore goes through on the checksum alone.
+    let mut skip = args.to_vec();
+    skip.push("--no-database-check");
+    let out = env.ok(&skip);
+    assert!(out.contains("database check skipped"), "{out}");
+    assert_eq!(std::fs::read(&to).unwrap(), bytes);
+
+    // The checksum is still verified: a damaged pack fails the restore.
+    for p in find_files(&env.repo().join("packs")) {
+        let mut b = std::fs::read(&p).unwrap();
+        let mid = b.len() / 2;
+        b[mid] ^= 0xff;
+        std::fs::write(&p, b).unwrap();
+    }
+    let again = env.dir.path().join("again.duckdb");
+    let mut skip = skip.clone();
+    let n = skip.len();
+    skip[n - 2] = again.to_str().unwrap();
+    let (code, out, err) = env.run(&skip);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(!again.exists());
 }

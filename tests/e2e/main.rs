@@ -2,6 +2,7 @@
 //! local target, and for the format procedure the real `age` and `zstd` tools
 //! (stock_tools.rs).
 
+mod apps;
 mod cloud;
 mod daemon;
 mod duckdb;
@@ -12,6 +13,9 @@ mod pre_restore;
 mod prune;
 mod repair;
 mod restore_in_place;
+mod restore_in_use;
+mod restore_interrupted;
+mod restore_paths;
 mod stock_tools;
 mod support;
 mod targets;
@@ -217,6 +221,51 @@ fn files_source_roundtrip() {
         std::fs::read(to.join("extracts/day.parquet")).unwrap(),
         vec![7u8; 300_000]
     );
+
+    // --force over the restored tree, and over a plain file where the tree
+    // goes: each is kept under a name of its own.
+    std::fs::write(to.join("state.json"), b"edited").unwrap();
+    let plain = env.dir.path().join("plain");
+    std::fs::write(&plain, b"a file where the tree goes").unwrap();
+    for (dest, kept_file, content) in [
+        (&to, "state-restored.offsite-old-", &b"edited"[..]),
+        (
+            &plain,
+            "plain.offsite-old-",
+            &b"a file where the tree goes"[..],
+        ),
+    ] {
+        env.ok(&[
+            "restore",
+            "--source",
+            "state",
+            "--latest",
+            "--force",
+            "--to",
+            dest.to_str().unwrap(),
+        ]);
+        assert_eq!(
+            std::fs::read(dest.join("state.json")).unwrap(),
+            br#"{"cursor": 42}"#
+        );
+        let kept: Vec<_> = std::fs::read_dir(env.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(kept_file)
+            })
+            .collect();
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        let old = if kept[0].is_dir() {
+            std::fs::read(kept[0].join("state.json")).unwrap()
+        } else {
+            std::fs::read(&kept[0]).unwrap()
+        };
+        assert_eq!(old, content);
+    }
 }
 
 #[test]

@@ -115,11 +115,17 @@ impl Env {
 
     /// Runs offsite with this environment's config: (exit code, stdout, stderr).
     pub fn run(&self, args: &[&str]) -> (i32, String, String) {
+        self.run_with(args, &[])
+    }
+
+    /// Like [`Env::run`], with extra environment variables for this run.
+    pub fn run_with(&self, args: &[&str], vars: &[(&str, &str)]) -> (i32, String, String) {
         let out = Command::new(bin())
             .arg("--config")
             .arg(self.dir.path().join("offsite.toml"))
             .args(args)
             .envs(self.vars.iter().map(|(k, v)| (k, v)))
+            .envs(vars.iter().copied())
             .output()
             .unwrap();
         (

@@ -32,6 +32,38 @@ pub fn wal_path(db: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// What a DuckDB file's main header says about who wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// The storage format version (bytes 12..20, little-endian, after the
+    /// 8-byte checksum and "DUCK"): a DuckDB reads only versions up to the
+    /// newest it knows.
+    pub storage_version: u64,
+    /// The writer's release ("v1.5.6"), from bytes 52..84: written since
+    /// DuckDB 1.1, zeros before.
+    pub written_by: Option<String>,
+}
+
+/// Reads the main header of the DuckDB file at `path` (None if it has none).
+pub fn header(path: &Path) -> Option<Header> {
+    let mut head = [0u8; 84];
+    File::open(path).ok()?.read_exact(&mut head).ok()?;
+    if &head[8..12] != b"DUCK" {
+        return None;
+    }
+    let storage_version = u64::from_le_bytes(head[12..20].try_into().expect("8 bytes"));
+    let desc = &head[52..84];
+    let end = desc.iter().position(|&b| b == 0).unwrap_or(desc.len());
+    let written_by = std::str::from_utf8(&desc[..end])
+        .ok()
+        .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic()))
+        .map(str::to_string);
+    Some(Header {
+        storage_version,
+        written_by,
+    })
+}
+
 fn source_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Source {
         path: path.to_path_buf(),

@@ -256,6 +256,40 @@ impl Drop for Database {
     }
 }
 
+/// Tells a version mismatch from damage after DuckDB failed to open `path`.
+///
+/// DuckDB's C API reports why an open failed only as text. A file written
+/// by a newer DuckDB fails with "Trying to read a database file with version
+/// number N, but we can only read ..."; when the message says so and the
+/// file's own header is intact (see [`super::duckdb::header`]), the failure
+/// is [`Error::DuckdbVersion`], naming both versions. Anything else is
+/// returned as it was.
+pub fn explain_open_failure(path: &Path, e: Error) -> Error {
+    let Error::Source { message, .. } = &e else {
+        return e;
+    };
+    if !message.contains("version number") {
+        return e;
+    }
+    let Some(h) = super::duckdb::header(path) else {
+        return e;
+    };
+    Error::DuckdbVersion {
+        path: path.to_path_buf(),
+        storage_version: h.storage_version,
+        written_by: h.written_by.unwrap_or_else(|| "an unknown release".into()),
+        library: version().unwrap_or_else(|_| "?".into()),
+        message: message.lines().next().unwrap_or_default().to_string(),
+    }
+}
+
+/// Folds a database's `.wal` into the file (DuckDB's `CHECKPOINT`, which
+/// removes the `.wal`). Only for a database no other process has open.
+pub fn checkpoint(path: &Path) -> Result<()> {
+    let mut db = Database::open(path, false)?;
+    db.execute("CHECKPOINT")
+}
+
 /// What a check of a restored database found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checked {

@@ -56,7 +56,7 @@ pub fn open_read_only(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
-fn has_sqlite_header(path: &Path) -> bool {
+pub(crate) fn has_sqlite_header(path: &Path) -> bool {
     use std::io::Read;
     let mut magic = [0u8; 16];
     std::fs::File::open(path)
