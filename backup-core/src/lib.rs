@@ -13,6 +13,7 @@ pub mod codec;
 pub mod drill;
 pub mod error;
 pub mod failpoint;
+pub mod fetch;
 pub mod keys;
 pub mod lock;
 pub mod pins;
