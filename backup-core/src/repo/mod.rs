@@ -38,6 +38,7 @@ use crate::storage::{
 
 pub use format::{Damage, Index, Location};
 pub use load::{Cause, SnapshotList, Unreadable};
+pub(crate) use load::decode_with;
 
 pub const FORMAT_VERSION: u32 = 1;
 pub const CONFIG_KEY: &str = "config";
