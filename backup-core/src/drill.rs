@@ -49,6 +49,8 @@ pub struct DrillOptions {
     pub rto_target: Option<Duration>,
     /// Run on the restored copy (SQLite sources only).
     pub query: Option<SmokeQuery>,
+    /// How long to wait for a running prune.
+    pub lock_wait: LockWait,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -131,7 +133,7 @@ pub async fn drill(
 ) -> Result<DrillReport> {
     // Like verify: a prune running meanwhile could remove the snapshot being
     // restored (a newer backup landed), which would read as damage.
-    let lock = Lock::acquire_for_reading(repo, "drill", LockWait::default()).await?;
+    let lock = Lock::acquire_for_reading(repo, "drill", opts.lock_wait).await?;
     let result = drill_locked(repo, ids, source, opts, scratch, now).await;
     Lock::release_quietly(lock, "drill").await;
     result

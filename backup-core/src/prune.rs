@@ -321,7 +321,10 @@ async fn live_chunks(
         .into_iter()
         .map(|m| (m.key, m.size))
         .collect();
-    let lists: Vec<HashSet<ChunkId>> = stream::iter(kept.iter().map(|m| m.list.clone()))
+    // Collected first: a stream over a borrowing iterator makes the
+    // prune future impossible to spawn (a higher-ranked lifetime bound).
+    let keys: Vec<String> = kept.iter().map(|m| m.list.clone()).collect();
+    let lists: Vec<HashSet<ChunkId>> = stream::iter(keys)
         .map(|key| {
             let size = sizes.get(&key).copied();
             async move { list_chunks(repo, ids, key, size).await }
@@ -431,8 +434,10 @@ async fn plan_packs(
     };
     let index = repo
         .load_index_with(ids, &[], |key, file| {
-            view.files
-                .push((key.to_string(), file.iter().map(|(p, _)| p.clone()).collect()));
+            view.files.push((
+                key.to_string(),
+                file.iter().map(|(p, _)| p.clone()).collect(),
+            ));
             for (pack, chunks) in file {
                 let entry = view.packs.entry(pack.clone()).or_default();
                 for (id, off, len) in chunks {
