@@ -103,10 +103,12 @@ fn place(wants: Vec<Want>, lookup: impl Fn(&ChunkId) -> Option<Location>) -> Pla
     };
     for want in wants {
         match lookup(&want.id) {
-            Some(loc) if loc.len == want.len => placed.packs.entry(loc.pack).or_default().push(Piece {
-                offset: loc.offset,
-                want,
-            }),
+            Some(loc) if loc.len == want.len => {
+                placed.packs.entry(loc.pack).or_default().push(Piece {
+                    offset: loc.offset,
+                    want,
+                })
+            }
             _ => placed.left.push(want),
         }
     }
@@ -352,9 +354,10 @@ async fn fetch_pack(
     let ids = ids.clone();
     let files = sink.files.clone();
     // Decoding is CPU work: keep it off the async threads.
-    let outcome = tokio::task::spawn_blocking(move || write_pack(&raw, key, &ids, &mut pieces, &files))
-        .await
-        .map_err(|e| Error::io("restore", std::io::Error::other(e.to_string())))??;
+    let outcome =
+        tokio::task::spawn_blocking(move || write_pack(&raw, key, &ids, &mut pieces, &files))
+            .await
+            .map_err(|e| Error::io("restore", std::io::Error::other(e.to_string())))??;
     sink.progress
         .read
         .fetch_add(outcome.written, Ordering::Relaxed);
@@ -450,8 +453,7 @@ fn read_chunk(
             format!("decryption or decompression failed ({e}); the pack is damaged or truncated")
         }
     };
-    let skipped =
-        std::io::copy(&mut plain.take(skip), &mut std::io::sink()).map_err(failed)?;
+    let skipped = std::io::copy(&mut plain.take(skip), &mut std::io::sink()).map_err(failed)?;
     if skipped != skip {
         return Err(outside());
     }

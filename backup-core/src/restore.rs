@@ -168,8 +168,7 @@ pub async fn restore(
         progress: &opts.progress,
         concurrency: opts.concurrency,
     };
-    let fetched =
-        fetch::fetch_all(repo, ids, index, plan.wants, &opts.fallbacks, &sink).await?;
+    let fetched = fetch::fetch_all(repo, ids, index, plan.wants, &opts.fallbacks, &sink).await?;
 
     let staged = staging.path.clone();
     let kind = manifest.kind;

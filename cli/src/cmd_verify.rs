@@ -164,7 +164,9 @@ fn print_data(target: &str, d: &DataCheck) {
         println!("{target}: damaged  {pack}: {} chunks", chunks.len());
     }
     if let Some(key) = &d.recorded {
-        println!("{target}: recorded the damage as {key}; the next backup stores those chunks again");
+        println!(
+            "{target}: recorded the damage as {key}; the next backup stores those chunks again"
+        );
     }
 }
 

@@ -354,7 +354,10 @@ fn verify_reports_corrupt_missing_and_truncated_objects() {
     std::fs::write(&pack, &original).unwrap();
     let (code, out, _) = env.run(&["verify"]);
     assert_eq!(code, 1);
-    assert!(out.contains("damaged in pack") && out.contains("no intact copy"), "{out}");
+    assert!(
+        out.contains("damaged in pack") && out.contains("no intact copy"),
+        "{out}"
+    );
     env.ok(&["backup"]);
     env.ok(&["verify"]);
 

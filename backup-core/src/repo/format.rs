@@ -347,8 +347,10 @@ impl Damage {
     /// Adds what one record (or an unrecorded finding, `key` empty) names.
     pub fn add(&mut self, key: &str, found: &[DamagedPack]) {
         if !key.is_empty() {
-            self.records
-                .push((key.to_string(), found.iter().map(|(p, _)| p.clone()).collect()));
+            self.records.push((
+                key.to_string(),
+                found.iter().map(|(p, _)| p.clone()).collect(),
+            ));
         }
         for (pack, ids) in found {
             self.chunks.entry(pack.clone()).or_default().extend(ids);
@@ -500,7 +502,9 @@ mod tests {
         impl std::io::Read for BreaksOff<'_> {
             fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
                 if self.0.is_empty() {
-                    return Err(std::io::Error::other("stream ended without its final chunk"));
+                    return Err(std::io::Error::other(
+                        "stream ended without its final chunk",
+                    ));
                 }
                 let n = buf.len().min(self.0.len());
                 buf[..n].copy_from_slice(&self.0[..n]);
@@ -532,7 +536,10 @@ mod tests {
         assert_eq!(parsed, found);
         let mut damage = Damage::default();
         damage.add("damaged/1", &parsed);
-        assert_eq!(damage.records, vec![("damaged/1".into(), vec!["packs/aa/old".into()])]);
+        assert_eq!(
+            damage.records,
+            vec![("damaged/1".into(), vec!["packs/aa/old".into()])]
+        );
         assert!(damage.unknown(&found).is_empty());
 
         let old = write_index(&[("packs/aa/old".into(), vec![(a, 0, 1), (b, 1, 1)])]);

@@ -247,16 +247,13 @@ impl Repository {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.retry
             .run(|| async {
-                let raw = crate::storage::collect_bytes(self.storage().get(&meta.key).await?).await?;
+                let raw =
+                    crate::storage::collect_bytes(self.storage().get(&meta.key).await?).await?;
                 if raw.len() as u64 != meta.size {
                     return Err(StorageError::new(
                         ErrorKind::Transient,
                         &meta.key,
-                        format!(
-                            "read {} bytes, the listing says {}",
-                            raw.len(),
-                            meta.size
-                        ),
+                        format!("read {} bytes, the listing says {}", raw.len(), meta.size),
                     ));
                 }
                 Ok(raw)

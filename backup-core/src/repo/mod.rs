@@ -37,8 +37,8 @@ use crate::storage::{
 };
 
 pub use format::{Damage, Index, Location};
-pub use load::{Cause, SnapshotList, Unreadable};
 pub(crate) use load::decode_with;
+pub use load::{Cause, SnapshotList, Unreadable};
 
 pub const FORMAT_VERSION: u32 = 1;
 pub const CONFIG_KEY: &str = "config";
