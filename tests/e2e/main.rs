@@ -8,6 +8,7 @@ mod hooks;
 mod monitor;
 mod prune;
 mod repair;
+mod repostate;
 mod restore_in_place;
 mod support;
 
