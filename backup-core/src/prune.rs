@@ -28,8 +28,8 @@
 //! [`crate::repo`]). Prune deletes those that are provably junk (empty, not
 //! decodable, or encrypted to other keys, judged on the whole object as
 //! listed, never on a failed download) under `snapshots/`, `index/` and
-//! `damaged/`. A kept snapshot whose list is junk protects nothing (it can
-//! never be restored). Objects written by a newer format version, or that
+//! `damaged/`. A kept snapshot whose list is junk protects the chunks its
+//! readable part names (none, when it is empty). Objects written by a newer format version, or that
 //! decode but do not parse, are never deleted, and a manifest or kept list
 //! of that kind stops the prune before it deletes anything: what it needs
 //! cannot be known.
@@ -253,6 +253,7 @@ async fn prune_locked(
         .chain(&plan.junk_records)
         .cloned()
         .collect();
+    report.junk_deleted.sort();
     if opts.dry_run {
         return Ok(report);
     }
@@ -307,9 +308,9 @@ fn refuse_unknown(unreadable: &[Unreadable]) -> Result<()> {
     }
 }
 
-/// Every chunk the kept snapshots use. A kept snapshot whose list is junk
-/// protects nothing (it cannot be restored by anyone); one whose list
-/// cannot be read for another reason stops the prune.
+/// Every chunk the kept snapshots use. Of a kept snapshot whose list is
+/// junk (empty or damaged), what decodes still counts; one whose list cannot
+/// be read for another reason stops the prune.
 async fn live_chunks(
     repo: &Repository,
     ids: &Identities,
@@ -372,9 +373,15 @@ async fn list_chunks(
         });
         match parsed {
             Ok(()) => Ok(chunks),
+            // What decoded before the damage still protects its chunks: a
+            // person could restore those files by hand.
             Err(u) if u.junk() => {
-                tracing::warn!("{u}: the snapshot cannot be restored and protects no data; `offsite verify` reports it");
-                Ok(HashSet::new())
+                tracing::warn!(
+                    "{u}: the snapshot cannot be restored; prune keeps only the {} chunks its \
+                     readable part names; `offsite verify` reports it",
+                    chunks.len()
+                );
+                Ok(chunks)
             }
             Err(u) => Err(Error::Corrupt {
                 key: u.key,
