@@ -97,6 +97,7 @@ impl Keys {
         Identities {
             ids: std::sync::Arc::new(vec![Box::new(self.metadata.clone())]),
             publics: std::sync::Arc::new(vec![self.metadata.to_public()]),
+            metadata: true,
             source: "recipients (metadata only)".into(),
         }
     }
@@ -114,6 +115,8 @@ pub struct Identities {
     ids: std::sync::Arc<Vec<Box<dyn age::Identity + Send + Sync>>>,
     /// The public halves of `ids`.
     publics: std::sync::Arc<Vec<x25519::Recipient>>,
+    /// Derived from recipients by [`Keys::metadata_identities`].
+    metadata: bool,
     source: String,
 }
 
@@ -146,6 +149,7 @@ impl Identities {
         Ok(Identities {
             ids: std::sync::Arc::new(ids),
             publics: std::sync::Arc::new(publics),
+            metadata: false,
             source: source.to_string(),
         })
     }
@@ -180,6 +184,12 @@ impl Identities {
 
     pub fn iter(&self) -> impl Iterator<Item = &dyn age::Identity> {
         self.ids.iter().map(|i| i.as_ref() as &dyn age::Identity)
+    }
+
+    /// Whether these are the metadata identity derived from recipients
+    /// (which every metadata object is encrypted to), not a user's identity.
+    pub fn is_metadata(&self) -> bool {
+        self.metadata
     }
 
     /// The recipients these identities decrypt for: what an object written

@@ -21,7 +21,7 @@ fn append_config(env: &Env, toml: &str) {
 fn restore(env: &Env, extra: &[&str], name: &str) -> (i32, String, String, PathBuf) {
     let to = env.dir.path().join(name);
     let mut args = vec!["restore", "--source", "app", "--to", to.to_str().unwrap()];
-    if !extra.iter().any(|a| *a == "--snapshot") {
+    if !extra.contains(&"--snapshot") {
         args.push("--latest");
     }
     args.extend_from_slice(extra);

@@ -203,7 +203,12 @@ impl Repository {
             }
             tracing::debug!(round, "index files vanished while reading them (a prune rewrote the index); listing again");
         }
-        wrong_identity(decoded == 0, &unreadable)?;
+        let files: Vec<Unreadable> = unreadable
+            .iter()
+            .filter(|u| u.key.starts_with(INDEX))
+            .cloned()
+            .collect();
+        wrong_identity(decoded == 0, &files)?;
         for u in &unreadable {
             warn_skipped(u);
         }
@@ -232,6 +237,12 @@ impl Repository {
             match f {
                 Fetched::Read(found) => damage.add(&key, &found),
                 Fetched::Gone => {}
+                // A record written by a host holding another identity (and
+                // no recipients) is for the metadata identity: backups and
+                // prune read it; this reader does without.
+                Fetched::Skipped(u) if u.cause == Cause::WrongIdentity && !ids.is_metadata() => {
+                    tracing::debug!("{u}");
+                }
                 Fetched::Skipped(u) => unreadable.push(u),
             }
         }
