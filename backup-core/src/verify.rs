@@ -530,3 +530,53 @@ fn check_chunks(
     damaged.dedup();
     Ok((chunks.len() as u64, damaged))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subsets_parse_and_parts_partition_the_packs() {
+        assert_eq!(
+            "2/7".parse::<Subset>().unwrap(),
+            Subset::Part { n: 2, of: 7 }
+        );
+        assert_eq!("10%".parse::<Subset>().unwrap(), Subset::Percent(10.0));
+        assert_eq!("2.5 %".parse::<Subset>().unwrap(), Subset::Percent(2.5));
+        for bad in [
+            "0/3", "4/3", "1/0", "3", "x/y", "0%", "101%", "-5%", "", "1/3/5",
+        ] {
+            assert!(bad.parse::<Subset>().is_err(), "{bad}");
+        }
+        let keys: Vec<String> = (0..500)
+            .map(|i| format!("packs/{i:02x}/{i:064x}"))
+            .collect();
+        let all: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let mut seen: Vec<&str> = Vec::new();
+        for n in 1..=7 {
+            let part = Subset::Part { n, of: 7 }.select(&all);
+            assert!(
+                part.len() > 40 && part.len() < 110,
+                "part {n}: {}",
+                part.len()
+            );
+            assert_eq!(
+                part,
+                Subset::Part { n, of: 7 }.select(&all),
+                "deterministic"
+            );
+            seen.extend(part);
+        }
+        seen.sort_unstable();
+        let mut expected = all.clone();
+        expected.sort_unstable();
+        assert!(seen == expected, "every pack in exactly one part");
+        assert_eq!(Subset::Percent(10.0).select(&all).len(), 50);
+        assert_eq!(
+            Subset::Percent(0.1).select(&all[..3]).len(),
+            1,
+            "at least one"
+        );
+        assert_eq!(Subset::Percent(100.0).select(&all).len(), all.len());
+    }
+}
