@@ -9,6 +9,12 @@
 //! records whose packs are gone. Recording is best effort for the finders:
 //! a host with read-only credentials still reports the damage, with a
 //! warning that it could not be recorded.
+//!
+//! Interrupted or failed (fail-point `damage.record`): no record, so the
+//! damage is found and recorded again by the next read of those chunks; a
+//! record that landed damaged does not decode and is skipped like any junk.
+//! Two finders at once write two records naming the same chunks, which
+//! reads the same as one.
 
 use std::str::FromStr;
 
@@ -47,6 +53,8 @@ impl Repository {
         let body = codec::encode(&write_damage(found), &refs, METADATA_LEVEL)
             .map_err(|e| Error::io("encoding a damage record", e))?;
         let key = format!("{DAMAGED}{}", hex::encode(rand::random::<[u8; 16]>()));
+        crate::failpoint::hit("damage.record")
+            .map_err(|e| Error::io("writing a damage record", e))?;
         self.put_bytes(&key, Bytes::from(body), PutMode::Create)
             .await?;
         Ok(key)
