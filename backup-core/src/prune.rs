@@ -49,7 +49,8 @@ use crate::lock::{Lock, LockWait};
 use crate::pins::{pinned, PINS};
 use crate::repo::format::{parse_list, write_index, ListItem, PackContents};
 use crate::repo::{
-    decode_with, Manifest, Repository, Unreadable, DAMAGED, INDEX, LISTS, PACKS, SNAPSHOTS,
+    decode_with, Damage, Index, Manifest, Repository, Unreadable, DAMAGED, INDEX, LISTS, PACKS,
+    SNAPSHOTS,
 };
 use crate::retention::{self, Candidate, Policy};
 use crate::storage::PutMode;
@@ -435,24 +436,7 @@ async fn plan_packs(
         .into_iter()
         .map(|m| (m.key, m.size))
         .collect();
-    let mut view = IndexView {
-        packs: HashMap::new(),
-        files: Vec::new(),
-    };
-    let index = repo
-        .load_index_with(ids, &[], |key, file| {
-            view.files.push((
-                key.to_string(),
-                file.iter().map(|(p, _)| p.clone()).collect(),
-            ));
-            for (pack, chunks) in file {
-                let entry = view.packs.entry(pack.clone()).or_default();
-                for (id, off, len) in chunks {
-                    entry.insert(*id, (*off, *len));
-                }
-            }
-        })
-        .await?;
+    let (view, index) = read_view(repo, ids).await?;
     let damage = &index.damage;
     let mut plan = PackPlan {
         dead_packs: Vec::new(),
@@ -474,8 +458,58 @@ async fn plan_packs(
         unused_chunk_bytes: 0,
         damaged_chunks: 0,
     };
+    let intact = intact_copies(repo, &view, &sizes, live, damage)?;
+    plan.damaged_chunks = (live.len() - intact.len()) as u64;
+    let live_packs = mark_live(&mut plan, &view, &sizes, live, damage, &intact);
+    for (key, size) in &sizes {
+        if !live_packs.contains(key.as_str()) {
+            plan.dead_packs.push((key.clone(), *size));
+        }
+    }
+    plan.dead_packs.sort();
+    for (key, packs) in &damage.records {
+        if !packs.iter().any(|p| live_packs.contains(p.as_str())) {
+            plan.dead_records.push(key.clone());
+        }
+    }
+    plan.dead_records.sort();
+    rewrite_index(&mut plan, &view, &live_packs);
+    Ok(plan)
+}
 
-    // Live chunks with a copy no damage record names, in a pack that exists.
+/// The index as prune needs it: every pack's chunks and which packs each
+/// index file names, read the one way every reader reads the index.
+async fn read_view(repo: &Repository, ids: &Identities) -> Result<(IndexView, Index)> {
+    let mut view = IndexView {
+        packs: HashMap::new(),
+        files: Vec::new(),
+    };
+    let index = repo
+        .load_index_with(ids, &[], |key, file| {
+            view.files.push((
+                key.to_string(),
+                file.iter().map(|(p, _)| p.clone()).collect(),
+            ));
+            for (pack, chunks) in file {
+                let entry = view.packs.entry(pack.clone()).or_default();
+                for (id, off, len) in chunks {
+                    entry.insert(*id, (*off, *len));
+                }
+            }
+        })
+        .await?;
+    Ok((view, index))
+}
+
+/// The live chunks that have a copy no damage record names, in a pack that
+/// exists. Fails when a live chunk has no copy at all.
+fn intact_copies(
+    repo: &Repository,
+    view: &IndexView,
+    sizes: &HashMap<String, u64>,
+    live: &HashSet<ChunkId>,
+    damage: &Damage,
+) -> Result<HashSet<ChunkId>> {
     let mut intact: HashSet<ChunkId> = HashSet::new();
     let mut found: HashSet<ChunkId> = HashSet::new();
     for (pack, chunks) in view.packs.iter().filter(|(p, _)| sizes.contains_key(*p)) {
@@ -496,14 +530,24 @@ async fn plan_packs(
             ),
         });
     }
-    plan.damaged_chunks = (found.len() - intact.len()) as u64;
+    Ok(intact)
+}
 
+/// The packs a kept snapshot needs, counted into `plan`. A copy recorded as
+/// damaged keeps its pack only as the last copy of a chunk.
+fn mark_live<'a>(
+    plan: &mut PackPlan,
+    view: &'a IndexView,
+    sizes: &HashMap<String, u64>,
+    live: &HashSet<ChunkId>,
+    damage: &Damage,
+    intact: &HashSet<ChunkId>,
+) -> HashSet<&'a str> {
     let mut live_packs: HashSet<&str> = HashSet::new();
     for (pack, chunks) in &view.packs {
         let Some(size) = sizes.get(pack) else {
             continue; // named by an index file, but gone: that file is rewritten
         };
-        // A damaged copy keeps its pack only as the last copy of a chunk.
         let used = |id: &ChunkId| {
             live.contains(id) && (!damage.contains(pack, id) || !intact.contains(id))
         };
@@ -524,20 +568,7 @@ async fn plan_packs(
             plan.unused_chunk_bytes += unused;
         }
     }
-    for (key, size) in &sizes {
-        if !live_packs.contains(key.as_str()) {
-            plan.dead_packs.push((key.clone(), *size));
-        }
-    }
-    plan.dead_packs.sort();
-    for (key, packs) in &damage.records {
-        if !packs.iter().any(|p| live_packs.contains(p.as_str())) {
-            plan.dead_records.push(key.clone());
-        }
-    }
-    plan.dead_records.sort();
-    rewrite_index(&mut plan, &view, &live_packs);
-    Ok(plan)
+    live_packs
 }
 
 /// Which index files name a dead or missing pack, and the new index files

@@ -228,40 +228,12 @@ async fn verify_locked(
         .extend(index.unreadable.iter().map(|u| u.to_string()));
 
     if let Some(subset) = opts.read_data_subset {
-        let data = read_subset(repo, ids, subset, contents, &packs, &index.damage).await?;
-        if !data.damaged.is_empty() {
-            for (pack, chunks) in index.damage.unknown(&data.damaged) {
-                report.repository_faults.push(format!(
-                    "pack {pack}: {} chunks do not decode or do not match their ids",
-                    chunks.len()
-                ));
-            }
-            // Checked against an index that knows this damage whether or
-            // not it could be recorded.
-            index = repo.load_index_with(ids, &data.damaged, |_, _| {}).await?;
-        }
-        report.data = Some(data);
+        index = check_data(repo, ids, subset, contents, &packs, index, &mut report).await?;
     }
-
     for m in manifests {
-        let Some(fault) = check_snapshot(repo, ids, &m, &index, &packs, opts.read_data).await?
-        else {
-            report.snapshots.push(SnapshotCheck {
-                id: m.id.clone(),
-                manifest: Some(m),
-                fault: None,
-            });
-            continue;
-        };
-        if !exists(repo, &m).await? {
-            tracing::info!(snapshot = %m.id, "removed by a prune while being verified");
-            continue;
+        if let Some(check) = check_snapshot(repo, ids, m, &index, &packs, opts.read_data).await? {
+            report.snapshots.push(check);
         }
-        report.snapshots.push(SnapshotCheck {
-            id: m.id.clone(),
-            manifest: Some(m),
-            fault: Some(fault),
-        });
     }
     if opts.source.is_none() {
         report
@@ -275,26 +247,61 @@ async fn verify_locked(
     Ok(report)
 }
 
-/// The fault of one snapshot, if any: its structure, then with `read_data`
-/// a restore of it.
+/// Reads the packs of `subset`, reports damage found for the first time,
+/// and returns the index to check snapshots against: one that knows the
+/// damage whether or not it could be recorded.
+async fn check_data(
+    repo: &Repository,
+    ids: &Identities,
+    subset: Subset,
+    contents: HashMap<String, Vec<(ChunkId, u32, u32)>>,
+    packs: &HashMap<String, u64>,
+    index: Index,
+    report: &mut VerifyReport,
+) -> Result<Index> {
+    let data = read_subset(repo, ids, subset, contents, packs, &index.damage).await?;
+    let mut index = index;
+    if !data.damaged.is_empty() {
+        for (pack, chunks) in index.damage.unknown(&data.damaged) {
+            report.repository_faults.push(format!(
+                "pack {pack}: {} chunks do not decode or do not match their ids",
+                chunks.len()
+            ));
+        }
+        index = repo.load_index_with(ids, &data.damaged, |_, _| {}).await?;
+    }
+    report.data = Some(data);
+    Ok(index)
+}
+
+/// The check of one snapshot: its structure, then with `read_data` a
+/// restore of it. `None` when a prune removed it meanwhile.
 async fn check_snapshot(
     repo: &Repository,
     ids: &Identities,
-    m: &Manifest,
+    m: Manifest,
     index: &Index,
     packs: &HashMap<String, u64>,
     read_data: bool,
-) -> Result<Option<String>> {
-    let fault = match check_structure(repo, ids, m, index, packs).await {
+) -> Result<Option<SnapshotCheck>> {
+    let mut fault = match check_structure(repo, ids, &m, index, packs).await {
         Ok(problems) if problems.is_empty() => None,
         Ok(problems) => Some(summarize(&problems)),
         Err(e) if is_damage(&e) => Some(e.to_string()),
         Err(e) => return Err(e),
     };
     if fault.is_none() && read_data {
-        return restore_check(repo, ids, m).await;
+        fault = restore_check(repo, ids, &m).await?;
     }
-    Ok(fault)
+    if fault.is_some() && !exists(repo, &m).await? {
+        tracing::info!(snapshot = %m.id, "removed by a prune while being verified");
+        return Ok(None);
+    }
+    Ok(Some(SnapshotCheck {
+        id: m.id.clone(),
+        manifest: Some(m),
+        fault,
+    }))
 }
 
 /// Whether the snapshot's manifest is still there (a prune may have
