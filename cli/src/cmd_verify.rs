@@ -94,8 +94,9 @@ pub async fn verify(cfg: &Config, args: &VerifyArgs) -> Result<()> {
     }
     if !damaged.is_empty() {
         return Err(anyhow!(
-            "damaged snapshots on {}; restore those from another target or pick an intact \
-             snapshot, and take a new backup (it uploads whatever is missing from the index)",
+            "damaged snapshots on {}; a restore takes damaged chunks from your other targets \
+             by itself, or pick an intact snapshot; take a new backup (it stores again whatever \
+             is missing from the index or recorded as damaged)",
             damaged.join(", ")
         ))
         .context("verify found damage");
