@@ -13,6 +13,11 @@
 //! run uploaded is either unreferenced (removed by prune) or indexed, and then
 //! reused by the next run, which has less to upload.
 //!
+//! Damage: the index the backup deduplicates against prefers copies no
+//! damage record names (see [`crate::repo::Damage`]), and a chunk whose
+//! every copy is recorded as damaged is uploaded again, so a damaged pack
+//! found by verify, a drill or a restore does not reach the next snapshot.
+//!
 //! Never writes to the source.
 
 use std::io::{Read, Seek, Write};
@@ -486,7 +491,10 @@ impl Visitor for Collector<'_> {
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         format::write_chunk(&mut self.list, &id, data.len())
             .map_err(|e| Error::io("chunk list", e))?;
-        if self.index.contains(&id) || !self.seen.insert(id) {
+        // A chunk whose only indexed copy is recorded as damaged is stored
+        // again: deduplicating against it would make this snapshot as
+        // unrestorable as the ones that found the damage.
+        if self.index.usable(&id) || !self.seen.insert(id) {
             return Ok(());
         }
         self.pack_chunks

@@ -11,6 +11,12 @@
 //! the whole report. [`Error`] is returned only when the drill could not be
 //! run at all (the repository cannot be read).
 //!
+//! Beside other jobs: the snapshot list is read before the restore loads the
+//! index (a backup committing meanwhile is seen whole or not at all), and a
+//! shared lock keeps prunes out while the drill runs. Objects that do not
+//! decode are skipped with a warning (see [`crate::repo`]); damaged chunks
+//! the restore meets are recorded, so the next backup stores them again.
+//!
 //! Never: restore anywhere but the scratch directory, or open the restored
 //! copy for writing after the restore's own checks.
 
@@ -22,6 +28,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::keys::Identities;
+use crate::lock::{Lock, LockWait};
 use crate::repo::{Manifest, Repository, PRE_RESTORE_TAG};
 use crate::restore::{restore, RestoreOptions};
 use crate::source::{sqlite, SourceKind};
@@ -42,6 +49,8 @@ pub struct DrillOptions {
     pub rto_target: Option<Duration>,
     /// Run on the restored copy (SQLite sources only).
     pub query: Option<SmokeQuery>,
+    /// How long to wait for a running prune.
+    pub lock_wait: LockWait,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -115,6 +124,22 @@ impl DrillReport {
 /// Runs the drill for `source` on `repo`, restoring into `scratch` (an
 /// existing, empty directory the caller removes afterwards).
 pub async fn drill(
+    repo: &Repository,
+    ids: &Identities,
+    source: &str,
+    opts: &DrillOptions,
+    scratch: &Path,
+    now: DateTime<Utc>,
+) -> Result<DrillReport> {
+    // Like verify: a prune running meanwhile could remove the snapshot being
+    // restored (a newer backup landed), which would read as damage.
+    let lock = Lock::acquire_for_reading(repo, "drill", opts.lock_wait).await?;
+    let result = drill_locked(repo, ids, source, opts, scratch, now).await;
+    Lock::release_quietly(lock, "drill").await;
+    result
+}
+
+async fn drill_locked(
     repo: &Repository,
     ids: &Identities,
     source: &str,

@@ -96,6 +96,8 @@ impl Keys {
     pub fn metadata_identities(&self) -> Identities {
         Identities {
             ids: std::sync::Arc::new(vec![Box::new(self.metadata.clone())]),
+            publics: std::sync::Arc::new(vec![self.metadata.to_public()]),
+            metadata: true,
             source: "recipients (metadata only)".into(),
         }
     }
@@ -111,6 +113,10 @@ fn identity_from_bytes(secret: &[u8; 32]) -> x25519::Identity {
 #[derive(Clone)]
 pub struct Identities {
     ids: std::sync::Arc<Vec<Box<dyn age::Identity + Send + Sync>>>,
+    /// The public halves of `ids`.
+    publics: std::sync::Arc<Vec<x25519::Recipient>>,
+    /// Derived from recipients by [`Keys::metadata_identities`].
+    metadata: bool,
     source: String,
 }
 
@@ -124,6 +130,7 @@ impl Identities {
     /// Parses an age identity file (`AGE-SECRET-KEY-1...` lines, `#` comments).
     pub fn parse(text: &str, source: &str) -> Result<Identities> {
         let mut ids: Vec<Box<dyn age::Identity + Send + Sync>> = Vec::new();
+        let mut publics = Vec::new();
         for line in text.lines().map(str::trim) {
             if line.is_empty() || line.starts_with('#') {
                 continue;
@@ -133,6 +140,7 @@ impl Identities {
                     "{source}: not an age identity file ({e}); expected AGE-SECRET-KEY-1... lines"
                 ))
             })?;
+            publics.push(id.to_public());
             ids.push(Box::new(id));
         }
         if ids.is_empty() {
@@ -140,6 +148,8 @@ impl Identities {
         }
         Ok(Identities {
             ids: std::sync::Arc::new(ids),
+            publics: std::sync::Arc::new(publics),
+            metadata: false,
             source: source.to_string(),
         })
     }
@@ -174,6 +184,19 @@ impl Identities {
 
     pub fn iter(&self) -> impl Iterator<Item = &dyn age::Identity> {
         self.ids.iter().map(|i| i.as_ref() as &dyn age::Identity)
+    }
+
+    /// Whether these are the metadata identity derived from recipients
+    /// (which every metadata object is encrypted to), not a user's identity.
+    pub fn is_metadata(&self) -> bool {
+        self.metadata
+    }
+
+    /// The recipients these identities decrypt for: what an object written
+    /// by a host that holds only identities (a damage record found by a
+    /// restore) is encrypted to, besides the metadata recipient.
+    pub fn recipients(&self) -> &[x25519::Recipient] {
+        &self.publics
     }
 }
 

@@ -3,9 +3,10 @@
 //! Reads top-down: [`source`] (what is snapshotted) -> [`chunk`] (splitting and
 //! chunk ids) -> [`codec`] (zstd, then age) -> [`repo`] (format, manifests,
 //! packs, index) -> [`storage`] (the trait every target implements). The
-//! operations ([`backup`], [`restore`], [`prune`] with [`retention`], [`pins`]
-//! and [`lock`], [`verify`], [`drill`], [`status`]) are thin functions over those and
-//! return typed results; printing and progress display belong to the caller.
+//! operations ([`backup`], [`restore`] with [`fetch`], [`prune`] with
+//! [`retention`], [`pins`] and [`lock`], [`verify`], [`drill`], [`status`]) are
+//! thin functions over those and return typed results; printing and progress
+//! display belong to the caller.
 
 pub mod backup;
 pub mod chunk;
@@ -13,6 +14,7 @@ pub mod codec;
 pub mod drill;
 pub mod error;
 pub mod failpoint;
+pub mod fetch;
 pub mod keys;
 pub mod lock;
 pub mod pins;

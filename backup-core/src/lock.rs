@@ -246,6 +246,38 @@ impl Lock {
         }
     }
 
+    /// Takes a shared lock for a run that only reads (verify, a drill): with
+    /// read-only credentials, which cannot write a lock, it warns and goes
+    /// on without one (`None`).
+    pub async fn acquire_for_reading(
+        repo: &Repository,
+        operation: &str,
+        wait: LockWait,
+    ) -> Result<Option<Lock>> {
+        match Lock::acquire(repo, operation, wait).await {
+            Ok(lock) => Ok(Some(lock)),
+            Err(Error::Storage { source, .. }) if source.kind == ErrorKind::PermissionDenied => {
+                tracing::warn!(
+                    "cannot write a lock to {} (read-only credentials?); running {operation} \
+                     without one: a prune running now would show up as missing packs",
+                    repo.describe()
+                );
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Releases a lock taken by [`Lock::acquire_for_reading`]; a lock that
+    /// cannot be removed only goes stale, so that is a warning.
+    pub async fn release_quietly(lock: Option<Lock>, operation: &str) {
+        if let Some(lock) = lock {
+            if let Err(e) = lock.release().await {
+                tracing::warn!(error = %e, "could not remove {operation}'s lock; it will go stale");
+            }
+        }
+    }
+
     /// Fails if the lock object disappeared while held (someone ran
     /// `offsite unlock --all`): whatever this run does next is no longer safe.
     pub fn check(&self) -> Result<()> {

@@ -14,26 +14,44 @@
 //! 2. new index files naming only live packs, written before the old index
 //!    files that named dead packs are deleted, so no live chunk is ever
 //!    unindexed;
-//! 3. dead packs, last: an index never names a pack that is gone, so a later
-//!    backup cannot deduplicate against deleted data.
+//! 3. dead packs: an index never names a pack that is gone, so a later
+//!    backup cannot deduplicate against deleted data;
+//! 4. damage records that name only deleted packs, last: a record deleted
+//!    before its pack would let a backup deduplicate against the damage.
+//!
+//! Damage records: a copy of a chunk recorded as damaged does not keep its
+//! pack alive when an intact copy exists elsewhere; it does when it is the
+//! only copy (a record can be wrong, and nothing else holds that chunk), and
+//! such chunks are counted in the report.
+//!
+//! Junk: objects that do not decode are skipped by every reader (see
+//! [`crate::repo`]). Prune deletes those that are provably junk (empty, not
+//! decodable, or encrypted to other keys, judged on the whole object as
+//! listed, never on a failed download) under `snapshots/`, `index/` and
+//! `damaged/`. A kept snapshot whose list is junk protects the chunks its
+//! readable part names (none, when it is empty). Objects written by a newer format version, or that
+//! decode but do not parse, are never deleted, and a manifest or kept list
+//! of that kind stops the prune before it deletes anything: what it needs
+//! cannot be known.
 //!
 //! The whole run holds the exclusive lock (see [`crate::lock`]), so no backup
 //! is between loading the index and writing its manifest meanwhile.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::BufReader;
 
 use chrono::Utc;
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::chunk::ChunkId;
-use crate::codec;
 use crate::error::{Error, Result};
 use crate::keys::{Identities, Keys};
 use crate::lock::{Lock, LockWait};
 use crate::pins::{pinned, PINS};
-use crate::repo::format::{parse_list, write_index, Index, ListItem, PackContents};
-use crate::repo::{Manifest, Repository, INDEX, LISTS, PACKS, PRE_RESTORE_TAG, SNAPSHOTS};
+use crate::repo::format::{parse_list, write_index, ListItem, PackContents};
+use crate::repo::{
+    decode_with, Damage, Index, Manifest, Repository, Unreadable, DAMAGED, INDEX, LISTS, PACKS,
+    PRE_RESTORE_TAG, SNAPSHOTS,
+};
 use crate::retention::{self, Candidate, Policy};
 use crate::storage::PutMode;
 
@@ -97,6 +115,12 @@ pub struct PruneReport {
     pub partly_used_pack_bytes: u64,
     /// Bytes (before compression) of the unused chunks in them.
     pub unused_chunk_bytes: u64,
+    /// Objects that do not decode (empty, damaged, not offsite's), removed.
+    pub junk_deleted: Vec<String>,
+    /// Damage records whose packs are all gone.
+    pub damage_records_deleted: u64,
+    /// Chunks kept snapshots use whose every copy is recorded as damaged.
+    pub damaged_chunks: u64,
 }
 
 impl PruneReport {
@@ -135,7 +159,9 @@ async fn prune_locked(
     lock: &Lock,
 ) -> Result<PruneReport> {
     let ids = keys.metadata_identities();
-    let manifests = repo.snapshots(&ids).await?;
+    let listed = repo.snapshot_list(&ids).await?;
+    refuse_unknown(&listed.unreadable)?;
+    let manifests = listed.manifests;
     let pins = pinned(repo).await?;
     let mut report = PruneReport {
         dry_run: opts.dry_run,
@@ -224,6 +250,16 @@ async fn prune_locked(
     report.partly_used_packs = plan.partly_used_packs;
     report.partly_used_pack_bytes = plan.partly_used_pack_bytes;
     report.unused_chunk_bytes = plan.unused_chunk_bytes;
+    report.damaged_chunks = plan.damaged_chunks;
+    report.damage_records_deleted = plan.dead_records.len() as u64;
+    let junk_manifests: Vec<String> = junk(&listed.unreadable);
+    report.junk_deleted = junk_manifests
+        .iter()
+        .chain(&plan.junk_index)
+        .chain(&plan.junk_records)
+        .cloned()
+        .collect();
+    report.junk_deleted.sort();
     if opts.dry_run {
         return Ok(report);
     }
@@ -234,6 +270,7 @@ async fn prune_locked(
         .map(|id| format!("{SNAPSHOTS}{id}"))
         .collect();
     delete_all(repo, manifest_keys).await?;
+    delete_all(repo, junk_manifests).await?;
     delete_all(repo, lists).await?;
     delete_all(repo, orphan_pins).await?;
     for batch in plan.new_index.chunks(PACKS_PER_INDEX) {
@@ -243,33 +280,61 @@ async fn prune_locked(
     }
     lock.check()?;
     delete_all(repo, plan.dirty_index).await?;
+    delete_all(repo, plan.junk_index).await?;
     delete_all(repo, plan.dead_packs.into_iter().map(|(k, _)| k).collect()).await?;
+    delete_all(repo, plan.dead_records).await?;
+    delete_all(repo, plan.junk_records).await?;
     Ok(report)
 }
 
-/// Every chunk the kept snapshots use.
+/// Keys of the provably junk objects among `unreadable` (read with the
+/// metadata identity, which every metadata object offsite writes is
+/// encrypted to).
+fn junk(unreadable: &[Unreadable]) -> Vec<String> {
+    unreadable
+        .iter()
+        .filter(|u| u.junk())
+        .map(|u| u.key.clone())
+        .collect()
+}
+
+/// Stops the prune when a manifest is unreadable for a reason other than
+/// being junk: a newer offsite's snapshot, or one that does not parse,
+/// needs data prune cannot know about.
+fn refuse_unknown(unreadable: &[Unreadable]) -> Result<()> {
+    match unreadable.iter().find(|u| !u.junk()) {
+        None => Ok(()),
+        Some(u) => Err(Error::Corrupt {
+            key: u.key.clone(),
+            message: format!(
+                "{}; prune deletes nothing while a snapshot it cannot read may need data                  (a newer offsite reads it; or remove the object if `offsite verify` shows it is not yours)",
+                u.message
+            ),
+        }),
+    }
+}
+
+/// Every chunk the kept snapshots use. Of a kept snapshot whose list is
+/// junk (empty or damaged), what decodes still counts; one whose list cannot
+/// be read for another reason stops the prune.
 async fn live_chunks(
     repo: &Repository,
     ids: &Identities,
     kept: &[&Manifest],
 ) -> Result<HashSet<ChunkId>> {
-    let lists: Vec<HashSet<ChunkId>> = stream::iter(kept.iter().map(|m| m.list.clone()))
-        .map(|key| async move {
-            let raw = repo.get_bytes(&key).await?;
-            let ids = ids.clone();
-            tokio::task::spawn_blocking(move || {
-                let mut chunks = HashSet::new();
-                let plain = codec::decode_reader(&raw[..], ids.iter(), &key)?;
-                parse_list(BufReader::new(plain), &key, |item| {
-                    if let ListItem::Chunk(id, _) = item {
-                        chunks.insert(id);
-                    }
-                    Ok(())
-                })?;
-                Ok::<_, Error>(chunks)
-            })
-            .await
-            .map_err(|e| Error::io("reading lists", std::io::Error::other(e.to_string())))?
+    let sizes: HashMap<String, u64> = repo
+        .list(LISTS)
+        .await?
+        .into_iter()
+        .map(|m| (m.key, m.size))
+        .collect();
+    // Collected first: a stream over a borrowing iterator makes the
+    // prune future impossible to spawn (a higher-ranked lifetime bound).
+    let keys: Vec<String> = kept.iter().map(|m| m.list.clone()).collect();
+    let lists: Vec<HashSet<ChunkId>> = stream::iter(keys)
+        .map(|key| {
+            let size = sizes.get(&key).copied();
+            async move { list_chunks(repo, ids, key, size).await }
         })
         .buffer_unordered(8)
         .try_collect()
@@ -281,7 +346,63 @@ async fn live_chunks(
     Ok(live)
 }
 
-/// What happens to packs and index files.
+/// The chunks one kept snapshot's list names.
+async fn list_chunks(
+    repo: &Repository,
+    ids: &Identities,
+    key: String,
+    size: Option<u64>,
+) -> Result<HashSet<ChunkId>> {
+    let Some(size) = size else {
+        return Err(Error::Corrupt {
+            key,
+            message: "the list of a kept snapshot is missing; prune deletes nothing until \
+                      `offsite verify` shows which snapshots are damaged"
+                .into(),
+        });
+    };
+    let meta = crate::storage::ObjectMeta {
+        key: key.clone(),
+        size,
+    };
+    let raw = repo.get_listed(&meta).await?;
+    let ids = ids.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut chunks = HashSet::new();
+        let parsed = decode_with(&key, &raw, &ids, |r| {
+            parse_list(r, &key, |item| {
+                if let ListItem::Chunk(id, _) = item {
+                    chunks.insert(id);
+                }
+                Ok(())
+            })
+        });
+        match parsed {
+            Ok(()) => Ok(chunks),
+            // What decoded before the damage still protects its chunks: a
+            // person could restore those files by hand.
+            Err(u) if u.junk() => {
+                tracing::warn!(
+                    "{u}: the snapshot cannot be restored; prune keeps only the {} chunks its \
+                     readable part names; `offsite verify` reports it",
+                    chunks.len()
+                );
+                Ok(chunks)
+            }
+            Err(u) => Err(Error::Corrupt {
+                key: u.key,
+                message: format!(
+                    "{}; prune deletes nothing while it cannot tell what a kept snapshot needs",
+                    u.message
+                ),
+            }),
+        }
+    })
+    .await
+    .map_err(|e| Error::io("reading lists", std::io::Error::other(e.to_string())))?
+}
+
+/// What happens to packs, index files and damage records.
 struct PackPlan {
     /// `(key, stored size)` of packs no kept snapshot uses.
     dead_packs: Vec<(String, u64)>,
@@ -289,11 +410,24 @@ struct PackPlan {
     dirty_index: Vec<String>,
     /// Live packs named only in dirty index files, for the new index files.
     new_index: Vec<PackContents>,
+    /// Index files and damage records that are junk.
+    junk_index: Vec<String>,
+    junk_records: Vec<String>,
+    /// Damage records naming no live pack.
+    dead_records: Vec<String>,
     live_packs: u64,
     live_pack_bytes: u64,
     partly_used_packs: u64,
     partly_used_pack_bytes: u64,
     unused_chunk_bytes: u64,
+    damaged_chunks: u64,
+}
+
+/// Every pack's chunks (once each, whichever index files name them), and
+/// which packs each index file names.
+struct IndexView {
+    packs: HashMap<String, HashMap<ChunkId, (u32, u32)>>,
+    files: Vec<(String, Vec<String>)>,
 }
 
 async fn plan_packs(
@@ -307,61 +441,88 @@ async fn plan_packs(
         .into_iter()
         .map(|m| (m.key, m.size))
         .collect();
-    let files: Vec<(String, Index)> = stream::iter(repo.list(INDEX).await?)
-        .map(|meta| async move {
-            let plain = repo.get_metadata(&meta.key, ids).await?;
-            let mut index = Index::default();
-            index.parse_into(&plain[..], &meta.key)?;
-            Ok::<_, Error>((meta.key, index))
-        })
-        .buffer_unordered(16)
-        .try_collect()
-        .await?;
-
-    // Per pack: its chunks (once each, whichever index files name them).
-    let mut packs: HashMap<&str, HashMap<ChunkId, (u32, u32)>> = HashMap::new();
-    for (_, index) in &files {
-        for (id, loc) in &index.chunks {
-            let pack = index.packs[loc.pack as usize].as_str();
-            packs
-                .entry(pack)
-                .or_default()
-                .insert(*id, (loc.offset, loc.len));
-        }
-    }
-    let mut found: HashSet<ChunkId> = HashSet::new();
-    let mut live_packs: HashSet<&str> = HashSet::new();
+    let (view, index) = read_view(repo, ids).await?;
+    let damage = &index.damage;
     let mut plan = PackPlan {
         dead_packs: Vec::new(),
         dirty_index: Vec::new(),
         new_index: Vec::new(),
+        junk_index: junk(&index.unreadable)
+            .into_iter()
+            .filter(|k| k.starts_with(INDEX))
+            .collect(),
+        junk_records: junk(&index.unreadable)
+            .into_iter()
+            .filter(|k| k.starts_with(DAMAGED))
+            .collect(),
+        dead_records: Vec::new(),
         live_packs: 0,
         live_pack_bytes: 0,
         partly_used_packs: 0,
         partly_used_pack_bytes: 0,
         unused_chunk_bytes: 0,
+        damaged_chunks: 0,
     };
-    for (pack, chunks) in &packs {
-        let Some(size) = sizes.get(*pack) else {
-            continue; // named by an index file, but gone: that file is rewritten
-        };
-        let used: Vec<&ChunkId> = chunks.keys().filter(|id| live.contains(*id)).collect();
-        if used.is_empty() {
-            continue;
+    let intact = intact_copies(repo, &view, &sizes, live, damage)?;
+    plan.damaged_chunks = (live.len() - intact.len()) as u64;
+    let live_packs = mark_live(&mut plan, &view, &sizes, live, damage, &intact);
+    for (key, size) in &sizes {
+        if !live_packs.contains(key.as_str()) {
+            plan.dead_packs.push((key.clone(), *size));
         }
-        found.extend(used.iter().copied());
-        live_packs.insert(pack);
-        plan.live_packs += 1;
-        plan.live_pack_bytes += size;
-        let unused: u64 = chunks
-            .iter()
-            .filter(|(id, _)| !live.contains(*id))
-            .map(|(_, (_, len))| u64::from(*len))
-            .sum();
-        if unused > 0 {
-            plan.partly_used_packs += 1;
-            plan.partly_used_pack_bytes += size;
-            plan.unused_chunk_bytes += unused;
+    }
+    plan.dead_packs.sort();
+    for (key, packs) in &damage.records {
+        if !packs.iter().any(|p| live_packs.contains(p.as_str())) {
+            plan.dead_records.push(key.clone());
+        }
+    }
+    plan.dead_records.sort();
+    rewrite_index(&mut plan, &view, &live_packs);
+    Ok(plan)
+}
+
+/// The index as prune needs it: every pack's chunks and which packs each
+/// index file names, read the one way every reader reads the index.
+async fn read_view(repo: &Repository, ids: &Identities) -> Result<(IndexView, Index)> {
+    let mut view = IndexView {
+        packs: HashMap::new(),
+        files: Vec::new(),
+    };
+    let index = repo
+        .load_index_with(ids, &[], |key, file| {
+            view.files.push((
+                key.to_string(),
+                file.iter().map(|(p, _)| p.clone()).collect(),
+            ));
+            for (pack, chunks) in file {
+                let entry = view.packs.entry(pack.clone()).or_default();
+                for (id, off, len) in chunks {
+                    entry.insert(*id, (*off, *len));
+                }
+            }
+        })
+        .await?;
+    Ok((view, index))
+}
+
+/// The live chunks that have a copy no damage record names, in a pack that
+/// exists. Fails when a live chunk has no copy at all.
+fn intact_copies(
+    repo: &Repository,
+    view: &IndexView,
+    sizes: &HashMap<String, u64>,
+    live: &HashSet<ChunkId>,
+    damage: &Damage,
+) -> Result<HashSet<ChunkId>> {
+    let mut intact: HashSet<ChunkId> = HashSet::new();
+    let mut found: HashSet<ChunkId> = HashSet::new();
+    for (pack, chunks) in view.packs.iter().filter(|(p, _)| sizes.contains_key(*p)) {
+        for id in chunks.keys().filter(|id| live.contains(*id)) {
+            found.insert(*id);
+            if !damage.contains(pack, id) {
+                intact.insert(*id);
+            }
         }
     }
     if found.len() < live.len() {
@@ -374,29 +535,66 @@ async fn plan_packs(
             ),
         });
     }
-    for (key, size) in &sizes {
-        if !live_packs.contains(key.as_str()) {
-            plan.dead_packs.push((key.clone(), *size));
+    Ok(intact)
+}
+
+/// The packs a kept snapshot needs, counted into `plan`. A copy recorded as
+/// damaged keeps its pack only as the last copy of a chunk.
+fn mark_live<'a>(
+    plan: &mut PackPlan,
+    view: &'a IndexView,
+    sizes: &HashMap<String, u64>,
+    live: &HashSet<ChunkId>,
+    damage: &Damage,
+    intact: &HashSet<ChunkId>,
+) -> HashSet<&'a str> {
+    let mut live_packs: HashSet<&str> = HashSet::new();
+    for (pack, chunks) in &view.packs {
+        let Some(size) = sizes.get(pack) else {
+            continue; // named by an index file, but gone: that file is rewritten
+        };
+        let used = |id: &ChunkId| {
+            live.contains(id) && (!damage.contains(pack, id) || !intact.contains(id))
+        };
+        if !chunks.keys().any(used) {
+            continue;
+        }
+        live_packs.insert(pack);
+        plan.live_packs += 1;
+        plan.live_pack_bytes += size;
+        let unused: u64 = chunks
+            .iter()
+            .filter(|(id, _)| !used(id))
+            .map(|(_, (_, len))| u64::from(*len))
+            .sum();
+        if unused > 0 {
+            plan.partly_used_packs += 1;
+            plan.partly_used_pack_bytes += size;
+            plan.unused_chunk_bytes += unused;
         }
     }
-    plan.dead_packs.sort();
+    live_packs
+}
 
+/// Which index files name a dead or missing pack, and the new index files
+/// that carry the live packs only they named.
+fn rewrite_index(plan: &mut PackPlan, view: &IndexView, live_packs: &HashSet<&str>) {
     let mut covered: HashSet<&str> = HashSet::new();
-    let mut dirty: Vec<&Index> = Vec::new();
-    for (key, index) in &files {
-        if index.packs.iter().all(|p| live_packs.contains(p.as_str())) {
-            covered.extend(index.packs.iter().map(String::as_str));
+    let mut dirty: Vec<&Vec<String>> = Vec::new();
+    for (key, packs) in &view.files {
+        if packs.iter().all(|p| live_packs.contains(p.as_str())) {
+            covered.extend(packs.iter().map(String::as_str));
         } else {
             plan.dirty_index.push(key.clone());
-            dirty.push(index);
+            dirty.push(packs);
         }
     }
     let mut rewritten: HashSet<&str> = HashSet::new();
-    for index in dirty {
-        for pack in &index.packs {
+    for packs in dirty {
+        for pack in packs {
             let pack = pack.as_str();
             if live_packs.contains(pack) && !covered.contains(pack) && rewritten.insert(pack) {
-                let mut chunks: Vec<(ChunkId, u32, u32)> = packs[pack]
+                let mut chunks: Vec<(ChunkId, u32, u32)> = view.packs[pack]
                     .iter()
                     .map(|(id, (off, len))| (*id, *off, *len))
                     .collect();
@@ -407,7 +605,6 @@ async fn plan_packs(
     }
     plan.new_index.sort_by(|a, b| a.0.cmp(&b.0));
     plan.dirty_index.sort();
-    Ok(plan)
 }
 
 async fn delete_all(repo: &Repository, keys: Vec<String>) -> Result<()> {

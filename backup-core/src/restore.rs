@@ -6,7 +6,8 @@
 //! nothing is ever written outside it or through a symlink, whatever the
 //! snapshot's list says. Packs are fetched a few at a time, decoded, and
 //! each chunk is checked against its id before it is written at its
-//! offset(s). The staged copy must then match the manifest's SHA-256 and,
+//! offset(s) ([`crate::fetch`]: a chunk damaged or missing here is
+//! recorded as damaged and taken from a fallback target, by id). The staged copy must then match the manifest's SHA-256 and,
 //! unless the caller asked to skip it, pass the database's own check
 //! (SQLite's `PRAGMA integrity_check`; DuckDB must open it and read every
 //! table, and folds a restored `.wal` into the file). Only then does
@@ -22,22 +23,21 @@
 //! Never: write to the destination path before verification passed, write
 //! outside it, or delete an existing file.
 
-use std::collections::HashMap;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::stream::{self, StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 
 use crate::backup::Progress;
-use crate::chunk::ChunkId;
 use crate::codec;
 use crate::error::{Error, Result};
+use crate::fetch::{self, Want};
+pub use crate::fetch::{Fallback, FetchedElsewhere};
 use crate::keys::Identities;
-use crate::repo::format::{parse_list, ListItem};
+use crate::repo::format::{parse_list, DamagedPack, ListItem};
 use crate::repo::{Manifest, Repository};
 use crate::source::{duckdb_lib, sqlite, Entry, SourceKind};
 
@@ -46,6 +46,7 @@ mod place;
 mod tree;
 
 pub use in_use::check_not_in_use;
+pub(crate) use tree::open as open_staged;
 use tree::Layout;
 
 #[derive(Debug, Clone)]
@@ -59,6 +60,9 @@ pub struct RestoreOptions {
     /// opening it). Off only when the user asks (`--no-database-check`):
     /// the checksum is verified in any case.
     pub check_database: bool,
+    /// Other targets' repositories, asked by chunk id for chunks that are
+    /// damaged or missing in the one restored from (see [`crate::fetch`]).
+    pub fallbacks: Vec<Fallback>,
 }
 
 impl Default for RestoreOptions {
@@ -68,6 +72,7 @@ impl Default for RestoreOptions {
             concurrency: 4,
             progress: Arc::new(Progress::default()),
             check_database: true,
+            fallbacks: Vec::new(),
         }
     }
 }
@@ -80,22 +85,18 @@ pub struct RestoreSummary {
     /// Where earlier files at the destination were moved.
     pub moved_aside: Vec<PathBuf>,
     pub duration: Duration,
-}
-
-/// A piece of a pack to write: chunk `id` goes to `file` at `file_offset`.
-struct Piece {
-    offset: u32,
-    len: u32,
-    file: u32,
-    file_offset: u64,
-    id: ChunkId,
+    /// Chunks found damaged in the repository restored from, per pack.
+    pub damaged: Vec<DamagedPack>,
+    /// The damage record written for them, if it could be.
+    pub damage_recorded: Option<String>,
+    /// Chunks taken from fallback targets instead.
+    pub fetched_elsewhere: Vec<FetchedElsewhere>,
 }
 
 struct Plan {
     entries: Vec<Entry>,
-    /// Pack number -> pieces.
-    packs: HashMap<u32, Vec<Piece>>,
-    pack_keys: Vec<String>,
+    /// Every chunk placement, in list order.
+    wants: Vec<Want>,
 }
 
 /// Removes a staging path unless disarmed: an interrupted or failed restore
@@ -151,6 +152,9 @@ pub struct Staged {
     snapshot: String,
     bytes: u64,
     clock: Instant,
+    damaged: Vec<DamagedPack>,
+    damage_recorded: Option<String>,
+    fetched_elsewhere: Vec<FetchedElsewhere>,
 }
 
 impl Staged {
@@ -172,6 +176,9 @@ impl Staged {
                 bytes: this.bytes,
                 moved_aside,
                 duration: this.clock.elapsed(),
+                damaged: std::mem::take(&mut this.damaged),
+                damage_recorded: this.damage_recorded.take(),
+                fetched_elsewhere: std::mem::take(&mut this.fetched_elsewhere),
             })
         })
         .await
@@ -225,10 +232,14 @@ pub async fn stage(
     let plan = {
         let list_key = manifest.list.clone();
         let ids_list = codec::decode_reader(&list[..], ids.iter(), &list_key)?;
-        build_plan(BufReader::new(ids_list), &list_key, &index)?
+        build_plan(BufReader::new(ids_list), &list_key)?
     };
     drop(list);
-    drop(index);
+    if opts.fallbacks.is_empty() {
+        // Nothing else could serve a chunk no index names: fail before
+        // downloading anything.
+        fetch::unindexed(&index, &plan.wants, &manifest.list)?;
+    }
 
     // A database (SQLite, or DuckDB with its .wal beside it) is restored to
     // `to` itself; side files go to `to` + their suffix.
@@ -237,28 +248,12 @@ pub async fn stage(
     let files = tree::prepare(&staging.path, &plan.entries, layout)?;
     let files = Arc::new(files);
 
-    let pack_keys = Arc::new(plan.pack_keys);
-    stream::iter(plan.packs)
-        .map(|(pack, mut pieces)| {
-            let key = pack_keys[pack as usize].clone();
-            let files = files.clone();
-            let progress = opts.progress.clone();
-            async move {
-                let raw = repo.get_bytes(&key).await?;
-                let ids = ids.clone();
-                // Decoding is CPU work: keep it off the async threads.
-                let written = tokio::task::spawn_blocking(move || {
-                    write_pack(&raw, &key, &ids, &mut pieces, &files)
-                })
-                .await
-                .map_err(|e| Error::io("restore", std::io::Error::other(e.to_string())))??;
-                progress.read.fetch_add(written, Ordering::Relaxed);
-                Ok::<_, Error>(())
-            }
-        })
-        .buffer_unordered(opts.concurrency.max(1))
-        .try_collect::<Vec<()>>()
-        .await?;
+    let sink = fetch::Sink {
+        files: files.clone(),
+        progress: &opts.progress,
+        concurrency: opts.concurrency,
+    };
+    let fetched = fetch::fetch_all(repo, ids, index, plan.wants, &opts.fallbacks, &sink).await?;
 
     let staged = staging.path.clone();
     let check = Check {
@@ -282,6 +277,9 @@ pub async fn stage(
         snapshot: manifest.id.clone(),
         bytes: manifest.size,
         clock,
+        damaged: fetched.damaged,
+        damage_recorded: fetched.recorded,
+        fetched_elsewhere: fetched.elsewhere,
     })
 }
 
@@ -303,9 +301,9 @@ fn remove_stale_staging(dir: &Path, name: &str) {
     }
 }
 
-fn build_plan(list: impl std::io::BufRead, key: &str, index: &crate::repo::Index) -> Result<Plan> {
+fn build_plan(list: impl std::io::BufRead, key: &str) -> Result<Plan> {
     let mut entries = Vec::new();
-    let mut packs: HashMap<u32, Vec<Piece>> = HashMap::new();
+    let mut wants = Vec::new();
     let mut file_offset = 0u64;
     let mut current: Option<u32> = None;
     parse_list(list, key, |item| {
@@ -320,171 +318,18 @@ fn build_plan(list: impl std::io::BufRead, key: &str, index: &crate::repo::Index
                     key: key.to_string(),
                     message: "chunk line before any file".into(),
                 })?;
-                let loc = index.get(&id).ok_or_else(|| Error::Corrupt {
-                    key: key.to_string(),
-                    message: format!(
-                        "chunk {id} is not in any index file (a pack or index object is missing)"
-                    ),
-                })?;
-                if loc.len != len {
-                    return Err(Error::Corrupt {
-                        key: key.to_string(),
-                        message: format!(
-                            "chunk {id}: list says {len} bytes, index says {}",
-                            loc.len
-                        ),
-                    });
-                }
-                packs.entry(loc.pack).or_default().push(Piece {
-                    offset: loc.offset,
+                wants.push(Want {
+                    id,
                     len,
                     file,
                     file_offset,
-                    id,
                 });
                 file_offset += len as u64;
             }
         }
         Ok(())
     })?;
-    Ok(Plan {
-        entries,
-        packs,
-        pack_keys: index.packs.clone(),
-    })
-}
-
-/// Decodes one pack as a stream and writes its pieces where they belong.
-/// Pieces are taken in pack order, so only one chunk is ever held in memory,
-/// not the decoded pack.
-fn write_pack(
-    raw: &[u8],
-    key: &str,
-    ids: &Identities,
-    pieces: &mut [Piece],
-    files: &[PathBuf],
-) -> Result<u64> {
-    pieces.sort_unstable_by_key(|p| p.offset);
-    let mut plain = codec::decode_reader(raw, ids.iter(), key)?;
-    let outside = |p: &Piece| Error::Corrupt {
-        key: key.to_string(),
-        message: format!("chunk {} lies outside the pack", p.id),
-    };
-    let mut pos = 0u64;
-    let mut buf: Vec<u8> = Vec::new();
-    let mut buf_offset = None;
-    let mut open: HashMap<u32, std::fs::File> = HashMap::new();
-    let mut out = Coalesce::default();
-    let mut written = 0u64;
-    for p in pieces.iter() {
-        // The same chunk can be wanted at several places (zeroed pages):
-        // it is read and checked once.
-        if buf_offset != Some(p.offset) {
-            let skip = u64::from(p.offset) - pos;
-            let skipped = std::io::copy(&mut (&mut plain).take(skip), &mut std::io::sink())
-                .map_err(|e| codec::corrupt_read(e, key))?;
-            if skipped != skip {
-                return Err(outside(p));
-            }
-            buf.resize(p.len as usize, 0);
-            plain.read_exact(&mut buf).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                    outside(p)
-                } else {
-                    codec::corrupt_read(e, key)
-                }
-            })?;
-            pos = u64::from(p.offset) + u64::from(p.len);
-            buf_offset = Some(p.offset);
-            if ChunkId::of(&buf) != p.id {
-                return Err(Error::Corrupt {
-                    key: key.to_string(),
-                    message: format!("chunk {} does not match its id", p.id),
-                });
-            }
-        }
-        if !out.extends(p.file, p.file_offset) {
-            out.flush(&mut open, files)?;
-            out.file = p.file;
-            out.offset = p.file_offset;
-        }
-        out.data.extend_from_slice(&buf);
-        written += buf.len() as u64;
-    }
-    out.flush(&mut open, files)?;
-    for file in open.values() {
-        start_writeback(file);
-    }
-    Ok(written)
-}
-
-/// Consecutive chunks of a pack are usually consecutive in the file (a full
-/// backup packs pages in order): they are written with one call, not one per
-/// 4 KiB page.
-#[derive(Default)]
-struct Coalesce {
-    file: u32,
-    offset: u64,
-    data: Vec<u8>,
-}
-
-impl Coalesce {
-    const MAX: usize = 1 << 20;
-
-    fn extends(&self, file: u32, offset: u64) -> bool {
-        !self.data.is_empty()
-            && self.file == file
-            && self.offset + self.data.len() as u64 == offset
-            && self.data.len() < Self::MAX
-    }
-
-    fn flush(&mut self, open: &mut HashMap<u32, std::fs::File>, files: &[PathBuf]) -> Result<()> {
-        if self.data.is_empty() {
-            return Ok(());
-        }
-        let file = match open.entry(self.file) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                let path = &files[self.file as usize];
-                v.insert(
-                    tree::open(path, true)
-                        .map_err(|e| Error::io(format!("staging {}", path.display()), e))?,
-                )
-            }
-        };
-        write_at(file, &self.data, self.offset)
-            .map_err(|e| Error::io("writing restored data", e))?;
-        self.data.clear();
-        Ok(())
-    }
-}
-
-/// Asks the kernel to start writing a staged file's dirty pages now, so the
-/// fsync before the final rename waits for little instead of the whole
-/// restore's data. Advisory: write errors surface at that fsync.
-#[cfg(target_os = "linux")]
-fn start_writeback(file: &std::fs::File) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: the descriptor stays open for the call, and
-    // SYNC_FILE_RANGE_WRITE only queues writeback; it touches no memory of ours.
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn start_writeback(_: &std::fs::File) {}
-
-#[cfg(unix)]
-fn write_at(f: &std::fs::File, data: &[u8], offset: u64) -> std::io::Result<()> {
-    std::os::unix::fs::FileExt::write_all_at(f, data, offset)
-}
-
-#[cfg(not(unix))]
-fn write_at(mut f: &std::fs::File, data: &[u8], offset: u64) -> std::io::Result<()> {
-    use std::io::{Seek, SeekFrom, Write};
-    f.seek(SeekFrom::Start(offset))?;
-    f.write_all(data)
+    Ok(Plan { entries, wants })
 }
 
 /// What [`finish_staged`] checks beyond the checksum.

@@ -2,35 +2,133 @@
 //!
 //! Without reading data (needs only the recipients): every manifest and list
 //! decodes, every chunk of every list is in the index with the length the
-//! list records, and every pack that holds one exists and is not empty.
-//! Pack sizes are not recorded by the format, so a truncated pack is found
-//! only by reading it.
+//! list records and has a copy that no damage record names, and every pack
+//! that holds one exists and is not empty. Pack contents are not read, so
+//! this says nothing about whether the data itself is intact: a flipped or
+//! truncated pack is found only by reading it.
+//!
+//! With `read_data_subset` (needs the identity): the selected packs (part N
+//! of M, by a hash of their keys, so a nightly job can rotate through the
+//! repository; or a random percentage) are each read once, and every chunk
+//! the index places in them is checked against its id. Damaged chunks are
+//! recorded (`damaged/`, see [`crate::repo::Damage`]) so that the next
+//! backup stores them again, and every snapshot that uses one with no
+//! intact copy is reported.
 //!
 //! With `read_data` (needs the identity): each snapshot that passed is also
 //! restored into a temporary directory by [`crate::restore`], which checks
-//! every chunk against its id, the whole snapshot against the manifest's
-//! SHA-256 and, for SQLite, runs `PRAGMA integrity_check`. Nothing is kept.
+//! every chunk against its id (recording damage the same way), the whole
+//! snapshot against the manifest's SHA-256 and, for SQLite, runs
+//! `PRAGMA integrity_check`. Nothing is kept.
+//!
+//! Beside other jobs: the snapshot list is read before the index (see
+//! [`crate::repo`]'s loader), so a backup committing meanwhile is either not
+//! seen or seen whole; a shared lock keeps prunes out, and without one
+//! (read-only credentials) a snapshot whose manifest vanished during the
+//! run was pruned, not damaged, and is left out of the report. Never:
+//! report damage that is not there.
 
-use std::collections::HashMap;
-use std::io::BufReader;
+use std::collections::{HashMap, HashSet};
+use std::io::{BufReader, Read};
+use std::str::FromStr;
 
+use futures::stream::{self, StreamExt, TryStreamExt};
+
+use crate::chunk::ChunkId;
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::keys::Identities;
 use crate::lock::{Lock, LockWait};
-use crate::repo::format::{parse_list, Index, ListItem};
-use crate::repo::{Manifest, Repository, INDEX, PACKS, SNAPSHOTS};
+use crate::repo::format::{parse_list, Damage, DamagedPack, Index, ListItem};
+use crate::repo::{Manifest, Repository, PACKS, SNAPSHOTS};
 use crate::restore::{restore, RestoreOptions};
-use crate::storage::ErrorKind;
+
+/// Packs read at once by `read_data_subset`.
+const READ_CONCURRENCY: usize = 4;
 
 #[derive(Debug, Clone, Default)]
 pub struct VerifyOptions {
     /// Download and restore every snapshot (needs the identity).
     pub read_data: bool,
+    /// Read this part of the packs and check every chunk in them (needs
+    /// the identity).
+    pub read_data_subset: Option<Subset>,
     /// Check this source's snapshots only.
     pub source: Option<String>,
     /// How long to wait for a running prune.
     pub lock_wait: LockWait,
+}
+
+/// Which packs `verify --read-data-subset` reads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Subset {
+    /// Part `n` (from 1) of `of`: the packs whose key's BLAKE3 hash, as a
+    /// number, is `n - 1` modulo `of`. Parts 1 to `of` together are every
+    /// pack, each once, and a pack stays in its part as packs come and go.
+    Part { n: u32, of: u32 },
+    /// This percentage of the packs, chosen at random on each run.
+    Percent(f64),
+}
+
+/// A `--read-data-subset` value that is neither `N/M` nor `PCT%`.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid subset {0:?}: expected N/M (part N of M, 1 <= N <= M) or a percentage like 10%")]
+pub struct SubsetError(String);
+
+impl FromStr for Subset {
+    type Err = SubsetError;
+
+    fn from_str(s: &str) -> std::result::Result<Subset, SubsetError> {
+        let bad = || SubsetError(s.to_string());
+        if let Some(pct) = s.trim().strip_suffix('%') {
+            let p: f64 = pct.trim().parse().map_err(|_| bad())?;
+            if !(p > 0.0 && p <= 100.0) {
+                return Err(bad());
+            }
+            return Ok(Subset::Percent(p));
+        }
+        let (n, of) = s.split_once('/').ok_or_else(bad)?;
+        let n: u32 = n.trim().parse().map_err(|_| bad())?;
+        let of: u32 = of.trim().parse().map_err(|_| bad())?;
+        if n == 0 || of == 0 || n > of {
+            return Err(bad());
+        }
+        Ok(Subset::Part { n, of })
+    }
+}
+
+impl std::fmt::Display for Subset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subset::Part { n, of } => write!(f, "{n}/{of}"),
+            Subset::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl Subset {
+    /// The packs of `all` (sorted keys) this subset reads.
+    pub fn select<'a>(&self, all: &[&'a str]) -> Vec<&'a str> {
+        match *self {
+            Subset::Part { n, of } => all
+                .iter()
+                .copied()
+                .filter(|key| {
+                    let h = blake3::hash(key.as_bytes());
+                    let x = u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"));
+                    x % u64::from(of) == u64::from(n - 1)
+                })
+                .collect(),
+            Subset::Percent(p) => {
+                let want = ((all.len() as f64) * p / 100.0).ceil() as usize;
+                let mut picked: Vec<usize> =
+                    rand::seq::index::sample(&mut rand::rng(), all.len(), want.min(all.len()))
+                        .into_vec();
+                picked.sort_unstable();
+                picked.into_iter().map(|i| all[i]).collect()
+            }
+        }
+    }
 }
 
 /// The result for one snapshot.
@@ -44,13 +142,33 @@ pub struct SnapshotCheck {
     pub fault: Option<String>,
 }
 
+/// What `read_data_subset` read and found.
+#[derive(Debug, Clone)]
+pub struct DataCheck {
+    pub subset: Subset,
+    /// Packs the index names that exist.
+    pub packs_total: u64,
+    /// The packs read, sorted.
+    pub packs: Vec<String>,
+    pub chunks_checked: u64,
+    /// Encoded bytes downloaded.
+    pub bytes_read: u64,
+    /// Chunks that did not decode or did not match their ids, per pack.
+    pub damaged: Vec<DamagedPack>,
+    /// The damage record written for damage not recorded before.
+    pub recorded: Option<String>,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct VerifyReport {
     /// Newest first; snapshots with unreadable manifests last.
     pub snapshots: Vec<SnapshotCheck>,
-    /// Damage not tied to one snapshot (an unreadable index file).
+    /// Damage not tied to one snapshot: index files and damage records that
+    /// do not decode, damage newly found in packs.
     pub repository_faults: Vec<String>,
     pub read_data: bool,
+    /// Present when packs were read with `read_data_subset`.
+    pub data: Option<DataCheck>,
 }
 
 impl VerifyReport {
@@ -60,32 +178,17 @@ impl VerifyReport {
 }
 
 /// Checks one repository. `ids` reads metadata (the recipients' derived
-/// identity will do) and, with `read_data`, must be the real identity.
+/// identity will do) and, with `read_data` or `read_data_subset`, must be
+/// the real identity.
 pub async fn verify(
     repo: &Repository,
     ids: &Identities,
     opts: &VerifyOptions,
 ) -> Result<VerifyReport> {
     // A prune running meanwhile would make packs vanish under us.
-    let lock = match Lock::acquire(repo, "verify", opts.lock_wait).await {
-        Ok(lock) => Some(lock),
-        // Read-only credentials (a restore host's) can still verify.
-        Err(Error::Storage { source, .. }) if source.kind == ErrorKind::PermissionDenied => {
-            tracing::warn!(
-                "cannot write a lock to {} (read-only credentials?); verifying without one: \
-                 a prune running now would show up as missing packs",
-                repo.describe()
-            );
-            None
-        }
-        Err(e) => return Err(e),
-    };
+    let lock = Lock::acquire_for_reading(repo, "verify", opts.lock_wait).await?;
     let result = verify_locked(repo, ids, opts).await;
-    if let Some(lock) = lock {
-        if let Err(e) = lock.release().await {
-            tracing::warn!(error = %e, "could not remove verify's lock; it will go stale");
-        }
-    }
+    Lock::release_quietly(lock, "verify").await;
     result
 }
 
@@ -98,74 +201,117 @@ async fn verify_locked(
         read_data: opts.read_data,
         ..Default::default()
     };
+    // Snapshots first, then the index: every index file a listed snapshot
+    // needs was stored before its manifest.
+    let listed = repo.snapshot_list(ids).await?;
+    let mut manifests = listed.manifests;
+    manifests.retain(|m| opts.source.as_deref().is_none_or(|s| m.source == s));
 
-    let mut index = Index::default();
-    for meta in repo.list(INDEX).await? {
-        let parsed = async {
-            let plain = repo.get_metadata(&meta.key, ids).await?;
-            let mut one = Index::default();
-            one.parse_into(&plain[..], &meta.key)?;
-            Ok::<_, Error>(one)
-        }
-        .await;
-        match parsed {
-            Ok(one) => {
-                for (id, loc) in one.chunks {
-                    index.add(&one.packs[loc.pack as usize], id, loc.offset, loc.len);
+    let mut contents: HashMap<String, Vec<(ChunkId, u32, u32)>> = HashMap::new();
+    let mut index = repo
+        .load_index_with(ids, &[], |_, file| {
+            if opts.read_data_subset.is_some() {
+                for (pack, chunks) in file {
+                    contents.entry(pack.clone()).or_default().extend(chunks);
                 }
             }
-            Err(e) if is_damage(&e) => report.repository_faults.push(e.to_string()),
-            Err(e) => return Err(e),
-        }
-    }
+        })
+        .await?;
     let packs: HashMap<String, u64> = repo
         .list(PACKS)
         .await?
         .into_iter()
         .map(|m| (m.key, m.size))
         .collect();
+    report
+        .repository_faults
+        .extend(index.unreadable.iter().map(|u| u.to_string()));
 
-    let mut unreadable = Vec::new();
-    let mut manifests = Vec::new();
-    for meta in repo.list(SNAPSHOTS).await? {
-        let id = meta
-            .key
-            .strip_prefix(SNAPSHOTS)
-            .unwrap_or_default()
-            .to_string();
-        match repo.read_manifest(&meta.key, ids).await {
-            Ok(m) => manifests.push(m),
-            Err(e) if is_damage(&e) => unreadable.push(SnapshotCheck {
-                id,
-                manifest: None,
-                fault: Some(e.to_string()),
-            }),
-            Err(e) => return Err(e),
-        }
+    if let Some(subset) = opts.read_data_subset {
+        index = check_data(repo, ids, subset, contents, &packs, index, &mut report).await?;
     }
-    manifests.retain(|m| opts.source.as_deref().is_none_or(|s| m.source == s));
-    manifests.sort_by(|a, b| b.finished.cmp(&a.finished).then(b.id.cmp(&a.id)));
-
     for m in manifests {
-        let mut fault = match check_structure(repo, ids, &m, &index, &packs).await {
-            Ok(problems) if problems.is_empty() => None,
-            Ok(problems) => Some(summarize(&problems)),
-            Err(e) if is_damage(&e) => Some(e.to_string()),
-            Err(e) => return Err(e),
-        };
-        if fault.is_none() && opts.read_data {
-            fault = restore_check(repo, ids, &m).await?;
+        if let Some(check) = check_snapshot(repo, ids, m, &index, &packs, opts.read_data).await? {
+            report.snapshots.push(check);
         }
-        report.snapshots.push(SnapshotCheck {
-            id: m.id.clone(),
-            manifest: Some(m),
-            fault,
-        });
     }
     if opts.source.is_none() {
-        report.snapshots.extend(unreadable);
+        report
+            .snapshots
+            .extend(listed.unreadable.into_iter().map(|u| SnapshotCheck {
+                id: u.key.strip_prefix(SNAPSHOTS).unwrap_or(&u.key).to_string(),
+                manifest: None,
+                fault: Some(u.message),
+            }));
     }
     Ok(report)
+}
+
+/// Reads the packs of `subset`, reports damage found for the first time,
+/// and returns the index to check snapshots against: one that knows the
+/// damage whether or not it could be recorded.
+async fn check_data(
+    repo: &Repository,
+    ids: &Identities,
+    subset: Subset,
+    contents: HashMap<String, Vec<(ChunkId, u32, u32)>>,
+    packs: &HashMap<String, u64>,
+    index: Index,
+    report: &mut VerifyReport,
+) -> Result<Index> {
+    let data = read_subset(repo, ids, subset, contents, packs, &index.damage).await?;
+    let mut index = index;
+    if !data.damaged.is_empty() {
+        for (pack, chunks) in index.damage.unknown(&data.damaged) {
+            report.repository_faults.push(format!(
+                "pack {pack}: {} chunks do not decode or do not match their ids",
+                chunks.len()
+            ));
+        }
+        index = repo.load_index_with(ids, &data.damaged, |_, _| {}).await?;
+    }
+    report.data = Some(data);
+    Ok(index)
+}
+
+/// The check of one snapshot: its structure, then with `read_data` a
+/// restore of it. `None` when a prune removed it meanwhile.
+async fn check_snapshot(
+    repo: &Repository,
+    ids: &Identities,
+    m: Manifest,
+    index: &Index,
+    packs: &HashMap<String, u64>,
+    read_data: bool,
+) -> Result<Option<SnapshotCheck>> {
+    let mut fault = match check_structure(repo, ids, &m, index, packs).await {
+        Ok(problems) if problems.is_empty() => None,
+        Ok(problems) => Some(summarize(&problems)),
+        Err(e) if is_damage(&e) => Some(e.to_string()),
+        Err(e) => return Err(e),
+    };
+    if fault.is_none() && read_data {
+        fault = restore_check(repo, ids, &m).await?;
+    }
+    if fault.is_some() && !exists(repo, &m).await? {
+        tracing::info!(snapshot = %m.id, "removed by a prune while being verified");
+        return Ok(None);
+    }
+    Ok(Some(SnapshotCheck {
+        id: m.id.clone(),
+        manifest: Some(m),
+        fault,
+    }))
+}
+
+/// Whether the snapshot's manifest is still there (a prune may have
+/// removed it while we looked at it, when no lock could be taken).
+async fn exists(repo: &Repository, m: &Manifest) -> Result<bool> {
+    match repo.storage().head(&format!("{SNAPSHOTS}{}", m.id)).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(repo.storage_err(e)),
+    }
 }
 
 /// Errors that describe damage to the repository (reported per snapshot),
@@ -203,7 +349,8 @@ async fn check_structure(
     let plain = codec::decode_reader(&raw[..], ids.iter(), &m.list)?;
     let mut problems = Vec::new();
     let mut chunks = 0u64;
-    let mut reported_packs = std::collections::HashSet::new();
+    let mut reported_packs = HashSet::new();
+    let mut damaged: HashMap<u32, u64> = HashMap::new();
     parse_list(BufReader::new(plain), &m.list, |item| {
         let ListItem::Chunk(id, len) = item else {
             return Ok(());
@@ -224,12 +371,19 @@ async fn check_structure(
                     Some(0) if reported_packs.insert(pack.clone()) => {
                         problems.push(format!("pack {pack} is empty"))
                     }
+                    _ if loc.damaged => *damaged.entry(loc.pack).or_default() += 1,
                     _ => {}
                 }
             }
         }
         Ok(())
     })?;
+    for (pack, n) in damaged {
+        problems.push(format!(
+            "{n} of its chunks are damaged in pack {} and no intact copy is stored",
+            index.packs[pack as usize]
+        ));
+    }
     if chunks != m.chunks {
         problems.push(format!(
             "the list has {chunks} chunks, the manifest says {}",
@@ -254,5 +408,182 @@ async fn restore_check(
         Ok(_) => Ok(None),
         Err(e) if is_damage(&e) => Ok(Some(e.to_string())),
         Err(e) => Err(e),
+    }
+}
+
+/// Reads the packs `subset` selects among those the index names and that
+/// exist, checks every chunk in them and records what is damaged.
+async fn read_subset(
+    repo: &Repository,
+    ids: &Identities,
+    subset: Subset,
+    contents: HashMap<String, Vec<(ChunkId, u32, u32)>>,
+    listed: &HashMap<String, u64>,
+    known: &Damage,
+) -> Result<DataCheck> {
+    let mut all: Vec<&str> = contents
+        .keys()
+        .map(String::as_str)
+        .filter(|p| listed.contains_key(*p))
+        .collect();
+    all.sort_unstable();
+    let selected: Vec<String> = subset.select(&all).into_iter().map(String::from).collect();
+    let checks: Vec<PackCheck> = stream::iter(selected.iter().cloned())
+        .map(|key| {
+            let chunks = contents[&key].clone();
+            async move { check_pack(repo, ids, key, chunks).await }
+        })
+        .buffer_unordered(READ_CONCURRENCY)
+        .try_collect()
+        .await?;
+    let mut data = DataCheck {
+        subset,
+        packs_total: all.len() as u64,
+        packs: selected,
+        chunks_checked: 0,
+        bytes_read: 0,
+        damaged: Vec::new(),
+        recorded: None,
+    };
+    for c in checks {
+        data.chunks_checked += c.chunks;
+        data.bytes_read += c.bytes;
+        if !c.damaged.is_empty() {
+            data.damaged.push((c.key, c.damaged));
+        }
+    }
+    data.damaged.sort();
+    data.recorded = repo.note_damage(ids, known, &data.damaged).await;
+    Ok(data)
+}
+
+/// What reading one pack found.
+struct PackCheck {
+    key: String,
+    chunks: u64,
+    bytes: u64,
+    damaged: Vec<ChunkId>,
+}
+
+/// Reads one pack and checks each of `chunks` against its id.
+async fn check_pack(
+    repo: &Repository,
+    ids: &Identities,
+    key: String,
+    chunks: Vec<(ChunkId, u32, u32)>,
+) -> Result<PackCheck> {
+    let raw = repo.get_bytes(&key).await?;
+    let ids = ids.clone();
+    tokio::task::spawn_blocking(move || {
+        let bytes = raw.len() as u64;
+        let (checked, damaged) = check_chunks(&raw, &key, &ids, chunks)?;
+        Ok(PackCheck {
+            key,
+            chunks: checked,
+            bytes,
+            damaged,
+        })
+    })
+    .await
+    .map_err(|e| Error::io("verify", std::io::Error::other(e.to_string())))?
+}
+
+/// Decodes a pack as a stream and checks each chunk at its offset; returns
+/// how many were checked and the ids of those that are damaged. Past a
+/// point where the pack stops decoding, every chunk is damaged.
+fn check_chunks(
+    raw: &[u8],
+    key: &str,
+    ids: &Identities,
+    mut chunks: Vec<(ChunkId, u32, u32)>,
+) -> Result<(u64, Vec<ChunkId>)> {
+    chunks.sort_unstable_by_key(|(id, off, _)| (*off, *id));
+    chunks.dedup();
+    let all_damaged = |chunks: &[(ChunkId, u32, u32)]| chunks.iter().map(|c| c.0).collect();
+    let mut plain = match codec::decode_reader(raw, ids.iter(), key) {
+        Ok(p) => p,
+        Err(e @ Error::WrongIdentity { .. }) => return Err(e),
+        Err(_) => return Ok((chunks.len() as u64, all_damaged(&chunks))),
+    };
+    let mut damaged = Vec::new();
+    let mut pos = 0u64;
+    let mut buf = Vec::new();
+    for (i, (id, off, len)) in chunks.iter().enumerate() {
+        let off = u64::from(*off);
+        if off < pos {
+            // Overlaps the chunk before: the index entry is wrong.
+            damaged.push(*id);
+            continue;
+        }
+        let skipped = std::io::copy(&mut (&mut plain).take(off - pos), &mut std::io::sink());
+        buf.resize(*len as usize, 0);
+        let read = skipped.and_then(|n| {
+            if n == off - pos {
+                plain.read_exact(&mut buf)
+            } else {
+                Err(std::io::ErrorKind::UnexpectedEof.into())
+            }
+        });
+        if read.is_err() {
+            damaged.extend(chunks[i..].iter().map(|c| c.0));
+            break;
+        }
+        pos = off + u64::from(*len);
+        if ChunkId::of(&buf) != *id {
+            damaged.push(*id);
+        }
+    }
+    damaged.sort_unstable();
+    damaged.dedup();
+    Ok((chunks.len() as u64, damaged))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subsets_parse_and_parts_partition_the_packs() {
+        assert_eq!(
+            "2/7".parse::<Subset>().unwrap(),
+            Subset::Part { n: 2, of: 7 }
+        );
+        assert_eq!("10%".parse::<Subset>().unwrap(), Subset::Percent(10.0));
+        assert_eq!("2.5 %".parse::<Subset>().unwrap(), Subset::Percent(2.5));
+        for bad in [
+            "0/3", "4/3", "1/0", "3", "x/y", "0%", "101%", "-5%", "", "1/3/5",
+        ] {
+            assert!(bad.parse::<Subset>().is_err(), "{bad}");
+        }
+        let keys: Vec<String> = (0..500)
+            .map(|i| format!("packs/{i:02x}/{i:064x}"))
+            .collect();
+        let all: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let mut seen: Vec<&str> = Vec::new();
+        for n in 1..=7 {
+            let part = Subset::Part { n, of: 7 }.select(&all);
+            assert!(
+                part.len() > 40 && part.len() < 110,
+                "part {n}: {}",
+                part.len()
+            );
+            assert_eq!(
+                part,
+                Subset::Part { n, of: 7 }.select(&all),
+                "deterministic"
+            );
+            seen.extend(part);
+        }
+        seen.sort_unstable();
+        let mut expected = all.clone();
+        expected.sort_unstable();
+        assert!(seen == expected, "every pack in exactly one part");
+        assert_eq!(Subset::Percent(10.0).select(&all).len(), 50);
+        assert_eq!(
+            Subset::Percent(0.1).select(&all[..3]).len(),
+            1,
+            "at least one"
+        );
+        assert_eq!(Subset::Percent(100.0).select(&all).len(), all.len());
     }
 }

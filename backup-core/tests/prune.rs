@@ -17,7 +17,8 @@ use backup_core::retention::Policy;
 use backup_core::source::{SourceKind, SourceSpec};
 use backup_core::storage::memory::MemoryStorage;
 use backup_core::storage::{
-    testing, ByteStream, ErrorKind, ObjectMeta, PutMode, Storage, StorageError,
+    bytes_stream, collect_bytes, testing, ByteStream, ErrorKind, ObjectMeta, PutMode, RetryPolicy,
+    Storage, StorageError,
 };
 use backup_core::verify::{verify, VerifyOptions};
 use backup_core::Error;
@@ -325,7 +326,11 @@ async fn verify_finds_flipped_deleted_and_truncated_objects() {
         .contains("is missing")));
 
     // A truncated list breaks only its snapshot.
-    mem.tamper(&s2.manifest.list, |d| d.truncate(d.len() - 40));
+    let mut list = Vec::new();
+    mem.tamper(&s2.manifest.list, |d| {
+        list = d.clone();
+        d.truncate(d.len() - 40)
+    });
     let report = verify(&repo, &meta_ids, &VerifyOptions::default())
         .await
         .unwrap();
@@ -341,7 +346,9 @@ async fn verify_finds_flipped_deleted_and_truncated_objects() {
     );
     assert_eq!(report.snapshots.len(), 2);
     let _ = s1;
-    // Prune refuses to work on a repository whose kept snapshots lost data.
+    // Prune refuses to work on a repository whose kept snapshots lost data
+    // (a pack is missing; the list read again, so what it needs is known).
+    mem.tamper(&s2.manifest.list, |d| *d = list.clone());
     let e = prune(&repo, &keys, &keep_last(5)).await.unwrap_err();
     assert!(matches!(e, Error::Corrupt { .. }), "{e}");
 }
@@ -440,4 +447,169 @@ async fn prune_racing_backups_never_loses_a_chunk() {
     .await
     .unwrap()
     .ok());
+}
+
+/// Reads under `prefix` fail: transiently, or by returning fewer bytes than
+/// are stored (a broken download that reports no error).
+#[derive(Debug)]
+struct BadReads {
+    inner: Arc<dyn Storage>,
+    prefix: String,
+    short: bool,
+}
+
+#[async_trait]
+impl Storage for BadReads {
+    async fn put(&self, key: &str, body: ByteStream, mode: PutMode) -> Result<(), StorageError> {
+        self.inner.put(key, body, mode).await
+    }
+    async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {
+        if !key.starts_with(&self.prefix) {
+            return self.inner.get(key).await;
+        }
+        if !self.short {
+            return Err(StorageError::new(ErrorKind::Transient, key, "injected"));
+        }
+        let all = collect_bytes(self.inner.get(key).await?).await?;
+        Ok(bytes_stream(all.slice(..all.len() / 2)))
+    }
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StorageError> {
+        self.inner.head(key).await
+    }
+    fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, StorageError>> {
+        self.inner.list(prefix)
+    }
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.inner.delete(key).await
+    }
+    fn describe(&self) -> String {
+        "bad reads".into()
+    }
+}
+
+async fn put(mem: &MemoryStorage, key: &str, data: impl Into<bytes::Bytes>) {
+    mem.put(key, bytes_stream(data), PutMode::Create)
+        .await
+        .unwrap();
+}
+
+/// Junk is deleted only when the whole object, as listed, is provably not
+/// offsite's; never on a download that failed or came back short, never an
+/// object a newer offsite may have written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_deletes_provable_junk_only_and_never_on_a_failed_download() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("a"), testing::pattern("a", 200_000)).unwrap();
+    let (keys, ids) = keypair();
+    let mem = Arc::new(MemoryStorage::default());
+    let repo = Repository::open_or_init(mem.clone(), &keys).await.unwrap();
+    let s = backup(&repo, &keys, &files("d", &data), &small_packs())
+        .await
+        .unwrap();
+    let genuine = format!("snapshots/{}", s.manifest.id);
+    let junk = [
+        "damaged/11111111111111111111111111111111",
+        "index/00000000000000000000000000000000",
+        "snapshots/20991231T235959Z-0badc0de",
+    ];
+    let noise: Vec<u8> = (0..300u32).map(|i| (i * 7919 % 251) as u8).collect();
+    put(&mem, junk[0], noise.clone()).await;
+    put(&mem, junk[1], Vec::new()).await;
+    put(&mem, junk[2], noise).await;
+    let everything = mem.keys();
+
+    for (prefix, short) in [
+        (genuine.as_str(), false),
+        (genuine.as_str(), true),
+        (junk[2], true),
+        ("index/", true),
+    ] {
+        let bad = BadReads {
+            inner: mem.clone(),
+            prefix: prefix.to_string(),
+            short,
+        };
+        let mut flaky = Repository::open(Arc::new(bad)).await.unwrap();
+        flaky.retry = RetryPolicy::fast();
+        let e = prune(&flaky, &keys, &keep_last(5)).await.unwrap_err();
+        assert!(matches!(e, Error::Storage { .. }), "{prefix} {short}: {e}");
+        assert_eq!(mem.keys(), everything, "{prefix} {short}: nothing deleted");
+    }
+
+    // A manifest of a newer format is not junk: prune stops, listing skips it.
+    let newer = "snapshots/20990101T000000Z-00000002";
+    let body = Repository::encode_metadata(&keys, br#"{"format":"offsite-snapshot","version":2}"#)
+        .unwrap();
+    put(&mem, newer, body).await;
+    let e = prune(&repo, &keys, &keep_last(5)).await.unwrap_err();
+    assert!(e.to_string().contains(newer), "{e}");
+    assert_eq!(repo.snapshots(&ids).await.unwrap().len(), 1);
+    mem.delete(newer).await.unwrap();
+    assert_eq!(mem.keys(), everything, "nothing deleted");
+
+    let report = prune(&repo, &keys, &keep_last(5)).await.unwrap();
+    assert_eq!(report.junk_deleted, junk.to_vec());
+    let left = mem.keys();
+    for k in junk {
+        assert!(!left.iter().any(|l| l == k), "{k} deleted");
+    }
+    assert_eq!(left.len(), everything.len() - junk.len());
+    assert_eq!(all_restore(&repo, &ids).await, 1);
+}
+
+/// A copy recorded as damaged keeps its pack only while it is the last copy;
+/// once a backup stored the chunks again, the pack and its record go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_keeps_damaged_copies_only_as_last_copies_and_drops_their_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("a"), testing::pattern("a", 300_000)).unwrap();
+    let (keys, ids) = keypair();
+    let mem = Arc::new(MemoryStorage::default());
+    let repo = Repository::open_or_init(mem.clone(), &keys).await.unwrap();
+    let spec = files("d", &data);
+    let s1 = backup(&repo, &keys, &spec, &small_packs()).await.unwrap();
+    let pack = mem
+        .keys()
+        .into_iter()
+        .find(|k| k.starts_with("packs/"))
+        .unwrap();
+    // Its age header: nothing in the pack decodes.
+    mem.tamper(&pack, |d| d[3] ^= 0x01);
+    let out = dir.path().join("r1");
+    restore(&repo, &ids, &s1.manifest, &out, &RestoreOptions::default())
+        .await
+        .unwrap_err();
+    let records = || -> Vec<String> {
+        mem.keys()
+            .into_iter()
+            .filter(|k| k.starts_with("damaged/"))
+            .collect()
+    };
+    assert_eq!(records().len(), 1, "the restore recorded the damage");
+
+    // The only copy: kept, and counted.
+    let report = prune(&repo, &keys, &keep_last(1)).await.unwrap();
+    assert!(report.damaged_chunks > 0);
+    assert!(mem.keys().contains(&pack));
+
+    let s2 = backup(&repo, &keys, &spec, &small_packs()).await.unwrap();
+    assert!(
+        s2.manifest.new_bytes > 0,
+        "the damaged chunks are stored again"
+    );
+    let report = prune(&repo, &keys, &keep_last(1)).await.unwrap();
+    assert_eq!(report.damaged_chunks, 0);
+    assert_eq!(report.damage_records_deleted, 1);
+    assert!(!mem.keys().contains(&pack), "the damaged pack is deleted");
+    assert!(records().is_empty(), "and its record with it");
+    assert_eq!(all_restore(&repo, &ids).await, 1);
+    let read = VerifyOptions {
+        read_data: true,
+        ..Default::default()
+    };
+    assert!(verify(&repo, &ids, &read).await.unwrap().ok());
 }

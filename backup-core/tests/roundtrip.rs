@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use backup_core::backup::{backup, BackupOptions};
 use backup_core::keys::{generate_identity, Identities, Keys};
-use backup_core::repo::{select, Repository, Selector};
+use backup_core::repo::{select, Cause, Repository, Selector};
 use backup_core::restore::{restore, RestoreOptions};
 use backup_core::source::{SourceKind, SourceSpec};
 use backup_core::storage::memory::MemoryStorage;
@@ -293,11 +293,14 @@ async fn damaged_objects_and_wrong_keys_fail_cleanly() {
         d[n] ^= 0x40
     });
 
-    // A truncated manifest.
+    // A truncated manifest is skipped, and named.
     let snap = format!("snapshots/{}", s.manifest.id);
     mem.tamper(&snap, |d| d.truncate(d.len() - 10));
-    let e = repo.snapshots(&ids).await.unwrap_err();
-    assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+    let listed = repo.snapshot_list(&ids).await.unwrap();
+    assert!(listed.manifests.is_empty());
+    assert_eq!(listed.unreadable.len(), 1);
+    assert_eq!(listed.unreadable[0].key, snap);
+    assert_eq!(listed.unreadable[0].cause, Cause::Undecodable);
 
     // Not a database: an error, and the file is untouched.
     let junk = dir.path().join("junk.db");

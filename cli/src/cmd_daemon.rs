@@ -78,6 +78,7 @@ pub async fn run_job(cfg: &Config, config_path: &Path, job: &str) -> Result<()> 
                 source: None,
                 target: None,
                 read_data: false,
+                read_data_subset: None,
                 identity: None,
                 json: false,
             };

@@ -119,6 +119,7 @@ async fn drill_one(cfg: &Config, repo: &Repository, ids: &Identities, source: &s
             sql,
             min: settings.min_rows,
         }),
+        ..Default::default()
     };
     let scratch = match tempfile::Builder::new().prefix("offsite-drill-").tempdir() {
         Ok(d) => d,

@@ -186,6 +186,27 @@ fn print_report(target: &str, r: &PruneReport) {
             output::bytes(r.unused_chunk_bytes)
         );
     }
+    print_repository_state(r, verb);
+}
+
+/// Junk objects and damage records: what prune did about them.
+fn print_repository_state(r: &PruneReport, verb: &str) {
+    for key in &r.junk_deleted {
+        println!("  {verb} {key}: it does not decode (empty, damaged or not offsite's)");
+    }
+    if r.damage_records_deleted > 0 {
+        println!(
+            "  {verb} {} damage records of deleted packs",
+            r.damage_records_deleted
+        );
+    }
+    if r.damaged_chunks > 0 {
+        println!(
+            "  {} chunks kept snapshots use have only damaged copies; their packs are kept \
+             (`offsite verify` names the snapshots)",
+            r.damaged_chunks
+        );
+    }
 }
 
 fn report_json(target: &str, r: &PruneReport) -> serde_json::Value {
@@ -220,7 +241,10 @@ fn report_json(target: &str, r: &PruneReport) -> serde_json::Value {
             "index_files": r.index_files_deleted,
             "packs": r.packs_deleted,
             "pack_bytes": r.pack_bytes_deleted,
+            "junk": r.junk_deleted,
+            "damage_records": r.damage_records_deleted,
         },
+        "damaged_chunks": r.damaged_chunks,
         "index_files_written": r.index_files_written,
         "packs_kept": r.packs_kept,
         "pack_bytes_kept": r.pack_bytes_kept,

@@ -504,9 +504,19 @@ pub async fn restore(cfg: &Config, args: &RestoreArgs) -> Result<()> {
     let listings = across::read(cfg, args.target.as_deref(), &ids).await?;
     let (tname, repo, manifest) = across::choose_one(listings, &args.source, &selector)?;
 
-    let switched =
-        stage_and_switch(cfg, &repo, &ids, source, &manifest, &to, replacing, args).await?;
+    let switched = stage_and_switch(
+        cfg,
+        (&tname, &repo),
+        &ids,
+        source,
+        &manifest,
+        &to,
+        replacing,
+        args,
+    )
+    .await?;
     let (summary, pre_restore) = (&switched.summary, &switched.pre_restore);
+    let repairs = repair_lines(summary, &tname);
     let checks = match manifest.kind {
         backup_core::source::SourceKind::Sqlite => "checksum and integrity_check",
         backup_core::source::SourceKind::Duckdb => "checksum and DuckDB open",
@@ -530,9 +540,17 @@ pub async fn restore(cfg: &Config, args: &RestoreArgs) -> Result<()> {
                 "seconds": summary.duration.as_secs_f64(),
                 "verified": true,
                 "database_check": !args.no_database_check,
+                "fetched_elsewhere": summary.fetched_elsewhere.iter().map(|f| json!({
+                    "target": f.from, "chunks": f.chunks, "bytes": f.bytes,
+                })).collect::<Vec<_>>(),
+                "damaged_chunks": summary.damaged.iter().map(|(_, c)| c.len()).sum::<usize>(),
+                "damage_recorded": summary.damage_recorded,
             }))?
         );
         return switched.after_hook.map_or(Ok(()), Err);
+    }
+    for line in &repairs {
+        println!("{line}");
     }
     let taken = manifest
         .finished
@@ -584,7 +602,7 @@ struct Switched {
 #[allow(clippy::too_many_arguments)]
 async fn stage_and_switch(
     cfg: &Config,
-    repo: &Repository,
+    (repo_target, repo): (&str, &Repository),
     ids: &Identities,
     source: &SourceConfig,
     manifest: &Manifest,
@@ -603,6 +621,7 @@ async fn stage_and_switch(
         force: args.force,
         progress: progress.clone(),
         check_database: !args.no_database_check,
+        fallbacks: fallbacks(cfg, repo_target),
         ..Default::default()
     };
     let bar = Bar::start(format!("restore {}", manifest.id), progress, !args.json);
@@ -676,6 +695,50 @@ fn is_source_path(source: &SourceConfig, to: &Path) -> bool {
         }
     }
     false
+}
+
+/// The other targets, for chunks that are damaged or missing on `chosen`:
+/// restore asks them by chunk id, and only when it needs to.
+fn fallbacks(cfg: &Config, chosen: &str) -> Vec<backup_core::restore::Fallback> {
+    cfg.targets
+        .iter()
+        .filter(|t| t.name != chosen)
+        .filter_map(|t| match targets::open(t) {
+            Ok(storage) => Some(backup_core::restore::Fallback {
+                name: t.name.clone(),
+                storage,
+            }),
+            Err(e) => {
+                tracing::warn!(target = %t.name, error = %format!("{e:#}"), "not usable as a fallback for damaged chunks");
+                None
+            }
+        })
+        .collect()
+}
+
+/// What a restore had to work around, in words.
+fn repair_lines(summary: &backup_core::restore::RestoreSummary, target: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let damaged: usize = summary.damaged.iter().map(|(_, c)| c.len()).sum();
+    if damaged > 0 {
+        let recorded = match &summary.damage_recorded {
+            Some(key) => format!("recorded as {key}; the next backup stores them again"),
+            None => "not recorded".to_string(),
+        };
+        lines.push(format!(
+            "found {damaged} damaged chunks in {} packs of target {target} ({recorded})",
+            summary.damaged.len()
+        ));
+    }
+    for f in &summary.fetched_elsewhere {
+        lines.push(format!(
+            "took {} chunks ({}) that are damaged or missing on target {target} from target {}, each checked against its id",
+            f.chunks,
+            output::bytes(f.bytes),
+            f.from
+        ));
+    }
+    lines
 }
 
 /// Backs up the file a restore is about to replace, so that an in-place

@@ -348,9 +348,20 @@ fn verify_reports_corrupt_missing_and_truncated_objects() {
         "{out}"
     );
 
-    // A truncated list is a damaged snapshot too.
+    // Put back by hand, the pack is still recorded as damaged (verify
+    // --read-data found it so): verify says so until a backup has stored
+    // those chunks again.
     std::fs::write(&pack, &original).unwrap();
+    let (code, out, _) = env.run(&["verify"]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("damaged in pack") && out.contains("no intact copy"),
+        "{out}"
+    );
+    env.ok(&["backup"]);
     env.ok(&["verify"]);
+
+    // A truncated list is a damaged snapshot too.
     let list = find_files(&env.repo().join("lists"))[0].clone();
     let bytes = std::fs::read(&list).unwrap();
     std::fs::write(&list, &bytes[..bytes.len() / 2]).unwrap();

@@ -1,5 +1,5 @@
-//! The text formats inside encrypted metadata objects: chunk lists and index
-//! files. Both are line-oriented so that `age -d | zstd -d | awk` can read them
+//! The text formats inside encrypted metadata objects: chunk lists, index
+//! files and damage records. Both are line-oriented so that `age -d | zstd -d | awk` can read them
 //! when offsite is not around (docs/format.md spells them out).
 //!
 //! Chunk list (`lists/<snapshot>`):
@@ -16,18 +16,26 @@
 //! P <pack-key>
 //! <chunk-id-hex> <offset> <length> (offsets into the decoded pack)
 //! ```
+//! Damage record (`damaged/<name>`):
+//! ```text
+//! offsite-damaged 1
+//! P <pack-key>
+//! <chunk-id-hex>                   (copies in that pack found damaged)
+//! ```
 //! Paths are percent-encoded (bytes outside `[A-Za-z0-9._~/+,@=:-]`), so
 //! fields never contain spaces or newlines.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Write};
 
 use crate::chunk::ChunkId;
 use crate::error::{Error, Result};
+use crate::repo::Unreadable;
 use crate::source::Entry;
 
 pub const LIST_HEADER: &str = "offsite-list 1";
 pub const INDEX_HEADER: &str = "offsite-index 1";
+pub const DAMAGE_HEADER: &str = "offsite-damaged 1";
 
 pub fn encode_path(p: &str) -> String {
     let mut out = String::with_capacity(p.len());
@@ -96,8 +104,9 @@ pub fn parse_list(
     let mut lines = r.lines();
     match lines.next() {
         Some(Ok(h)) if h == LIST_HEADER => {}
-        Some(Ok(h)) => return Err(bad(1, &format!("unknown header {h:?}"))),
-        _ => return Err(bad(1, "missing header")),
+        Some(Ok(h)) => return Err(header_error(&h, "offsite-list", key, 1)),
+        Some(Err(e)) => return Err(crate::codec::corrupt_read(e, key)),
+        None => return Err(bad(1, "missing header")),
     }
     for (n, line) in lines.enumerate() {
         let n = n + 2;
@@ -159,21 +168,41 @@ pub struct Location {
     pub pack: u32,
     pub offset: u32,
     pub len: u32,
+    /// A damage record names this copy (see [`Damage`]): the index holds no
+    /// other copy of the chunk that is not recorded as damaged.
+    pub damaged: bool,
 }
 
-/// Every chunk the repository holds, merged from all index files.
+/// Every chunk the repository holds, merged from all index files that
+/// decode, with the damage records read before them.
 #[derive(Debug, Default)]
 pub struct Index {
     pub packs: Vec<String>,
     pack_numbers: HashMap<String, u32>,
     pub chunks: HashMap<ChunkId, Location>,
+    /// The damage records the index was built with.
+    pub damage: Damage,
+    /// Index files and damage records that were skipped because they do not
+    /// decode (each also logged as a warning when loaded).
+    pub unreadable: Vec<Unreadable>,
 }
 
 impl Index {
-    pub fn contains(&self, id: &ChunkId) -> bool {
-        self.chunks.contains_key(id)
+    /// An empty index that knows which copies are recorded as damaged.
+    pub fn new(damage: Damage) -> Index {
+        Index {
+            damage,
+            ..Default::default()
+        }
     }
 
+    /// Whether the repository holds a copy of `id` that is not recorded as
+    /// damaged: what a backup deduplicates against.
+    pub fn usable(&self, id: &ChunkId) -> bool {
+        self.get(id).is_some_and(|l| !l.damaged)
+    }
+
+    /// The copy of `id` to read: one not recorded as damaged if there is one.
     pub fn get(&self, id: &ChunkId) -> Option<Location> {
         self.chunks.get(id).copied()
     }
@@ -188,46 +217,99 @@ impl Index {
                 n
             }
         };
-        // First writer wins: two packs holding the same chunk (an interrupted
-        // run's leftovers) are both valid copies.
-        self.chunks.entry(id).or_insert(Location {
+        let here = Location {
             pack: n,
             offset,
             len,
-        });
+            damaged: self.damage.contains(pack, &id),
+        };
+        // Two packs holding the same chunk (an interrupted run's leftovers,
+        // or a chunk stored again after damage) are both copies: the first
+        // one met wins, unless it is recorded as damaged and this one is not.
+        match self.chunks.entry(id) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(here);
+            }
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                if o.get().damaged && !here.damaged {
+                    o.insert(here);
+                }
+            }
+        }
     }
 
-    /// Merges one decoded index file.
+    /// Merges one whole index file (see [`parse_index`]).
+    pub fn merge(&mut self, file: &[PackContents]) {
+        for (pack, chunks) in file {
+            for (id, off, len) in chunks {
+                self.add(pack, *id, *off, *len);
+            }
+        }
+    }
+
+    /// Parses one decoded index file and merges it; a file that fails
+    /// anywhere adds nothing.
     pub fn parse_into(&mut self, r: impl BufRead, key: &str) -> Result<()> {
-        let bad = |line: usize| Error::Corrupt {
-            key: key.to_string(),
-            message: format!("line {line}: malformed index line"),
-        };
-        let mut lines = r.lines();
-        match lines.next() {
-            Some(Ok(h)) if h == INDEX_HEADER => {}
-            _ => return Err(bad(1)),
-        }
-        let mut pack: Option<String> = None;
-        for (n, line) in lines.enumerate() {
-            let line = line.map_err(|e| crate::codec::corrupt_read(e, key))?;
-            if let Some(p) = line.strip_prefix("P ") {
-                pack = Some(p.to_string());
-                continue;
-            }
-            let mut f = line.split(' ');
-            let parsed = (|| {
-                let id = ChunkId::parse(f.next()?)?;
-                let off = f.next()?.parse().ok()?;
-                let len = f.next()?.parse().ok()?;
-                Some((id, off, len))
-            })();
-            match (parsed, &pack) {
-                (Some((id, off, len)), Some(p)) => self.add(p, id, off, len),
-                _ => return Err(bad(n + 2)),
-            }
-        }
+        let file = parse_index(r, key)?;
+        self.merge(&file);
         Ok(())
+    }
+}
+
+/// Parses one decoded index file whole. Nothing is returned for a file that
+/// fails anywhere: a truncated object breaks off mid-line, and its last line
+/// could otherwise read as a chunk with a wrong length.
+pub fn parse_index(r: impl BufRead, key: &str) -> Result<Vec<PackContents>> {
+    let bad = |line: usize| Error::Corrupt {
+        key: key.to_string(),
+        message: format!("line {line}: malformed index line"),
+    };
+    let mut lines = r.lines();
+    match lines.next() {
+        Some(Ok(h)) if h == INDEX_HEADER => {}
+        Some(Ok(h)) => return Err(header_error(&h, "offsite-index", key, 1)),
+        Some(Err(e)) => return Err(crate::codec::corrupt_read(e, key)),
+        None => return Err(bad(1)),
+    }
+    let mut out: Vec<PackContents> = Vec::new();
+    for (n, line) in lines.enumerate() {
+        let line = line.map_err(|e| crate::codec::corrupt_read(e, key))?;
+        if let Some(p) = line.strip_prefix("P ") {
+            out.push((p.to_string(), Vec::new()));
+            continue;
+        }
+        let mut f = line.split(' ');
+        let parsed = (|| {
+            let id = ChunkId::parse(f.next()?)?;
+            let off = f.next()?.parse().ok()?;
+            let len = f.next()?.parse().ok()?;
+            Some((id, off, len))
+        })();
+        match (parsed, out.last_mut()) {
+            (Some(entry), Some((_, chunks))) => chunks.push(entry),
+            _ => return Err(bad(n + 2)),
+        }
+    }
+    Ok(out)
+}
+
+/// The error for a header line that is not `expected`: a newer version of
+/// the same object kind is not damage, anything else is.
+fn header_error(line: &str, kind: &str, key: &str, line_no: usize) -> Error {
+    let version = line
+        .strip_prefix(kind)
+        .and_then(|v| v.strip_prefix(' '))
+        .and_then(|v| v.parse::<u32>().ok());
+    match version {
+        Some(found) => Error::UnsupportedVersion {
+            target: key.to_string(),
+            found,
+            supported: crate::repo::FORMAT_VERSION,
+        },
+        None => Error::Corrupt {
+            key: key.to_string(),
+            message: format!("line {line_no}: unknown header {line:?}"),
+        },
     }
 }
 
@@ -245,6 +327,100 @@ pub fn write_index(packs: &[PackContents]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// A pack's key and chunks of it found damaged.
+pub type DamagedPack = (String, Vec<ChunkId>);
+
+/// Damage records (`damaged/<name>`): copies of chunks that were read and
+/// did not decode or did not match their id. The index prefers any other
+/// copy, a backup stores such chunks again, and prune does not count a
+/// damaged copy as one that keeps its pack alive.
+#[derive(Debug, Default, Clone)]
+pub struct Damage {
+    /// Every record read: its key and the packs it names.
+    pub records: Vec<(String, Vec<String>)>,
+    chunks: HashMap<String, HashSet<ChunkId>>,
+}
+
+impl Damage {
+    /// Adds what one record (or an unrecorded finding, `key` empty) names.
+    pub fn add(&mut self, key: &str, found: &[DamagedPack]) {
+        if !key.is_empty() {
+            self.records.push((
+                key.to_string(),
+                found.iter().map(|(p, _)| p.clone()).collect(),
+            ));
+        }
+        for (pack, ids) in found {
+            self.chunks.entry(pack.clone()).or_default().extend(ids);
+        }
+    }
+
+    pub fn contains(&self, pack: &str, id: &ChunkId) -> bool {
+        self.chunks.get(pack).is_some_and(|ids| ids.contains(id))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// Chunks of `found` that no record names yet.
+    pub fn unknown(&self, found: &[DamagedPack]) -> Vec<DamagedPack> {
+        found
+            .iter()
+            .map(|(pack, ids)| {
+                let new: Vec<ChunkId> = ids
+                    .iter()
+                    .filter(|id| !self.contains(pack, id))
+                    .copied()
+                    .collect();
+                (pack.clone(), new)
+            })
+            .filter(|(_, ids)| !ids.is_empty())
+            .collect()
+    }
+}
+
+/// Writes a damage record: each pack's key with its damaged chunks' ids.
+pub fn write_damage(found: &[DamagedPack]) -> Vec<u8> {
+    let mut out = Vec::new();
+    writeln!(out, "{DAMAGE_HEADER}").expect("writing to a Vec");
+    for (pack, ids) in found {
+        writeln!(out, "P {pack}").expect("writing to a Vec");
+        for id in ids {
+            writeln!(out, "{id}").expect("writing to a Vec");
+        }
+    }
+    out
+}
+
+/// Parses one decoded damage record whole.
+pub fn parse_damage(r: impl BufRead, key: &str) -> Result<Vec<DamagedPack>> {
+    let bad = |line: usize| Error::Corrupt {
+        key: key.to_string(),
+        message: format!("line {line}: malformed damage record line"),
+    };
+    let mut lines = r.lines();
+    match lines.next() {
+        Some(Ok(h)) if h == DAMAGE_HEADER => {}
+        Some(Ok(h)) => return Err(header_error(&h, "offsite-damaged", key, 1)),
+        Some(Err(e)) => return Err(crate::codec::corrupt_read(e, key)),
+        None => return Err(bad(1)),
+    }
+    let mut out: Vec<DamagedPack> = Vec::new();
+    for (n, line) in lines.enumerate() {
+        let line = line.map_err(|e| crate::codec::corrupt_read(e, key))?;
+        if let Some(p) = line.strip_prefix("P ") {
+            out.push((p.to_string(), Vec::new()));
+            continue;
+        }
+        match (ChunkId::parse(&line), out.last_mut()) {
+            (Some(id), Some((_, ids))) => ids.push(id),
+            _ => return Err(bad(n + 2)),
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -304,12 +480,83 @@ mod tests {
             Some(Location {
                 pack: 0,
                 offset: 1,
-                len: 1
+                len: 1,
+                damaged: false,
             })
         );
         assert_eq!(idx.packs, vec!["packs/aa/x".to_string()]);
         assert!(Index::default()
             .parse_into(&b"offsite-index 1\nnope\n"[..], "i")
             .is_err());
+    }
+
+    #[test]
+    fn an_index_file_that_breaks_off_adds_nothing() {
+        let chunks: Vec<(ChunkId, u32, u32)> = (0..200u32)
+            .map(|i| (ChunkId::of(&i.to_le_bytes()), i * 4096, 4096))
+            .collect();
+        let text = write_index(&[("packs/aa/x".into(), chunks)]);
+        // A reader that yields most of the file, then fails the way a
+        // truncated age stream does.
+        struct BreaksOff<'a>(&'a [u8]);
+        impl std::io::Read for BreaksOff<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                if self.0.is_empty() {
+                    return Err(std::io::Error::other(
+                        "stream ended without its final chunk",
+                    ));
+                }
+                let n = buf.len().min(self.0.len());
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        // Cut mid-line: the last line would parse with a wrong length.
+        let cut = &text[..text.len() * 2 / 3];
+        assert!(!cut.ends_with(b"\n"));
+        let mut idx = Index::default();
+        let r = idx.parse_into(std::io::BufReader::new(BreaksOff(cut)), "index/1");
+        assert!(r.is_err());
+        assert!(idx.chunks.is_empty(), "a broken file contributes nothing");
+        assert!(idx.packs.is_empty());
+        assert!(matches!(
+            parse_index(&b"offsite-index 2\n"[..], "i"),
+            Err(Error::UnsupportedVersion { found: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn the_index_prefers_copies_no_damage_record_names() {
+        let a = ChunkId::of(b"a");
+        let b = ChunkId::of(b"b");
+        let found: Vec<DamagedPack> = vec![("packs/aa/old".into(), vec![a])];
+        let text = write_damage(&found);
+        let parsed = parse_damage(&text[..], "damaged/1").unwrap();
+        assert_eq!(parsed, found);
+        let mut damage = Damage::default();
+        damage.add("damaged/1", &parsed);
+        assert_eq!(
+            damage.records,
+            vec![("damaged/1".into(), vec!["packs/aa/old".into()])]
+        );
+        assert!(damage.unknown(&found).is_empty());
+
+        let old = write_index(&[("packs/aa/old".into(), vec![(a, 0, 1), (b, 1, 1)])]);
+        let new = write_index(&[("packs/bb/new".into(), vec![(a, 0, 1)])]);
+        for order in [[&old, &new], [&new, &old]] {
+            let mut idx = Index::new(damage.clone());
+            assert!(!idx.usable(&a));
+            for text in order {
+                idx.parse_into(&text[..], "index/x").unwrap();
+            }
+            let loc = idx.get(&a).unwrap();
+            assert_eq!(idx.packs[loc.pack as usize], "packs/bb/new", "{order:?}");
+            assert!(!loc.damaged && idx.usable(&a) && idx.usable(&b));
+        }
+        let mut only_damaged = Index::new(damage);
+        only_damaged.parse_into(&old[..], "index/x").unwrap();
+        assert!(only_damaged.get(&a).unwrap().damaged);
+        assert!(!only_damaged.usable(&a), "a backup stores it again");
     }
 }

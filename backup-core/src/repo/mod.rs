@@ -6,22 +6,26 @@
 //! lists/<snapshot-id>         chunk list (text), metadata-encrypted
 //! index/<random>              index file (text), metadata-encrypted
 //! packs/<xx>/<random>         concatenated chunks, encrypted to the recipients only
+//! damaged/<random>            chunks found damaged in a pack, metadata-encrypted
 //! locks/<random>              prune's lock
 //! ```
 //! "Metadata-encrypted" means zstd then age to the recipients plus the derived
 //! metadata identity (see [`crate::keys`]). Object names are random or
 //! timestamps and reveal nothing of the content. A snapshot exists once its
 //! manifest exists, and the manifest is written last, with create-if-absent.
+//! Reading the snapshot list and the index (with their skipping of objects
+//! that do not decode) is in `load`, writing damage records in `damage`.
 //! docs/format.md is the normative description; this module implements it.
 
+mod damage;
 pub mod format;
+mod load;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
@@ -32,7 +36,9 @@ use crate::storage::{
     bytes_stream, collect_bytes, list_all, PutMode, RetryPolicy, Storage, StorageError,
 };
 
-pub use format::{Index, Location};
+pub use format::{Damage, Index, Location};
+pub(crate) use load::decode_with;
+pub use load::{Cause, SnapshotList, Unreadable};
 
 pub const FORMAT_VERSION: u32 = 1;
 pub const CONFIG_KEY: &str = "config";
@@ -41,9 +47,10 @@ pub const LISTS: &str = "lists/";
 pub const INDEX: &str = "index/";
 pub const PACKS: &str = "packs/";
 pub const LOCKS: &str = "locks/";
+pub const DAMAGED: &str = "damaged/";
 
 /// zstd level for metadata objects; packs use the configured level.
-const METADATA_LEVEL: i32 = 6;
+pub(crate) const METADATA_LEVEL: i32 = 6;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RepoConfig {
@@ -324,55 +331,6 @@ impl Repository {
     pub async fn get_metadata(&self, key: &str, ids: &Identities) -> Result<Vec<u8>> {
         let raw = self.get_bytes(key).await?;
         codec::decode(&raw, ids.iter(), key)
-    }
-
-    pub async fn read_manifest(&self, key: &str, ids: &Identities) -> Result<Manifest> {
-        let plain = self.get_metadata(key, ids).await?;
-        let m: Manifest = serde_json::from_slice(&plain).map_err(|e| Error::Corrupt {
-            key: key.to_string(),
-            message: format!("manifest: {e}"),
-        })?;
-        if m.version != FORMAT_VERSION {
-            return Err(Error::UnsupportedVersion {
-                target: key.to_string(),
-                found: m.version,
-                supported: FORMAT_VERSION,
-            });
-        }
-        Ok(m)
-    }
-
-    /// Every snapshot, newest first.
-    pub async fn snapshots(&self, ids: &Identities) -> Result<Vec<Manifest>> {
-        let keys = self.list(SNAPSHOTS).await?;
-        let mut out: Vec<Manifest> = stream::iter(keys)
-            .map(|m| async move { self.read_manifest(&m.key, ids).await })
-            .buffer_unordered(16)
-            .try_collect()
-            .await?;
-        out.sort_by(|a, b| b.finished.cmp(&a.finished).then(b.id.cmp(&a.id)));
-        Ok(out)
-    }
-
-    /// Merges every index file.
-    pub async fn load_index(&self, ids: &Identities) -> Result<Index> {
-        let keys = self.list(INDEX).await?;
-        // Each index object is decoded as a stream straight into the map:
-        // holding every decoded index file at once would double the peak
-        // memory of a backup or restore (about 25 MB per GiB of database).
-        let mut fetched = stream::iter(keys)
-            .map(|m| async move {
-                let raw = self.get_bytes(&m.key).await?;
-                Ok::<_, Error>((m.key, raw))
-            })
-            .buffer_unordered(4);
-        let mut index = Index::default();
-        while let Some(next) = fetched.next().await {
-            let (key, raw) = next?;
-            let plain = codec::decode_reader(&raw[..], ids.iter(), &key)?;
-            index.parse_into(std::io::BufReader::new(plain), &key)?;
-        }
-        Ok(index)
     }
 }
 

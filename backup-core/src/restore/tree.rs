@@ -204,7 +204,7 @@ fn create_new(path: &Path) -> std::io::Result<File> {
 }
 
 /// Opens a staged file without following a link at its name.
-pub(super) fn open(path: &Path, write: bool) -> std::io::Result<File> {
+pub(crate) fn open(path: &Path, write: bool) -> std::io::Result<File> {
     let mut opts = std::fs::OpenOptions::new();
     opts.read(!write).write(write);
     #[cfg(unix)]
