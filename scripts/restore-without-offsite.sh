@@ -68,11 +68,22 @@ case $list in
   *) die "the manifest names no list" ;;
 esac
 dec "$repo/$list" > "$work/list" || die "cannot decode $list"
-: > "$work/index"
-for f in "$repo"/index/*; do
-  [ -f "$f" ] || continue
-  dec "$f" >> "$work/index" || die "cannot decode index/${f##*/}"
-done
+# An index file or damage record that does not decode (empty, junk) is
+# passed over, as offsite does: it can only matter to chunks it alone names.
+decode_all() { # prefix, output
+  : > "$2"
+  for f in "$repo/$1"/*; do
+    [ -f "$f" ] || continue
+    if dec "$f" > "$work/one" 2>/dev/null; then
+      cat "$work/one" >> "$2"
+    else
+      echo "restore-without-offsite: skipping $1/${f##*/}: it does not decode" >&2
+    fi
+  done
+}
+decode_all index "$work/index"
+# Damage records name pack copies of chunks found damaged: another copy is preferred.
+decode_all damaged "$work/damaged"
 
 # Check the list and join it with the index into a plan, one record a line,
 # paths decoded on lines of their own:
@@ -119,13 +130,22 @@ BEGIN {
   for (i = 0; i < 256; i++) { hexval[sprintf("%02X", i)] = i; chr[i] = sprintf("%c", i) }
 }
 FILENAME == ARGV[1] {
+  if ($0 == "offsite-damaged 1") { dpack = ""; next }
+  if ($1 == "P") { dpack = $2; next }
+  if (NF == 1 && length($1) == 64 && dpack != "") dmg[dpack " " $1] = 1
+  next
+}
+FILENAME == ARGV[2] {
   if (FNR == 1 && $0 != "offsite-index 1") bad("an index file has an unknown header")
   if ($0 == "offsite-index 1") { pack = ""; next }
   if ($1 == "P") {
     if ($2 !~ /^packs\/[0-9a-f][0-9a-f]\/[0-9a-f]+$/) bad("the index names an unsafe pack key " $2)
     pack = $2; next
   }
-  if (NF == 3 && length($1) == 64 && pack != "" && !($1 in loc)) loc[$1] = pack " " $2 " " $3
+  if (NF == 3 && length($1) == 64 && pack != "") {
+    here = ((pack " " $1) in dmg)
+    if (!($1 in loc) || (locdmg[$1] && !here)) { loc[$1] = pack " " $2 " " $3; locdmg[$1] = here }
+  }
   next
 }
 FNR == 1 { if ($0 != "offsite-list 1") bad("the list has an unknown header"); next }
@@ -173,7 +193,7 @@ END {
   print layout > (FILENAME ".layout")
   printf "" > (FILENAME ".packs")
   for (p in packs) print p > (FILENAME ".packs")
-}' "$work/index" "$work/list" > "$work/plan"
+}' "$work/damaged" "$work/index" "$work/list" > "$work/plan"
 layout=$(cat "$work/list.layout")
 
 # Decode each pack the plan needs once.

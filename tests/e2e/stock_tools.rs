@@ -317,3 +317,48 @@ fn hostile_lists_and_unknown_kinds_are_refused_with_nothing_written() {
     );
     assert!(!to.exists());
 }
+
+/// The script, like offsite, passes over an index file that does not decode
+/// and takes a chunk from a copy not recorded as damaged: after verify found
+/// a damaged pack and the next backup stored its chunks again, the first
+/// snapshot restores by hand.
+#[test]
+fn the_script_skips_junk_index_files_and_damaged_copies() {
+    require_tools();
+    let env = Env::new();
+    env.make_db(&env.db(), 3_000);
+    env.ok(&["backup"]);
+    let first = newest(&env, "app");
+    let before = dump(&env.db());
+    let packs = find_files(&env.repo().join("packs"));
+    assert_eq!(packs.len(), 1);
+    let mut data = std::fs::read(&packs[0]).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 0x20;
+    std::fs::write(&packs[0], data).unwrap();
+    let (code, out, err) = env.run(&["verify", "--read-data"]);
+    assert_eq!(code, 1, "verify finds the damage: {out}{err}");
+    assert!(!find_files(&env.repo().join("damaged")).is_empty());
+    env.ok(&["backup"]);
+    std::fs::write(
+        env.repo().join("index").join("0".repeat(64)),
+        b"not an age file",
+    )
+    .unwrap();
+
+    let out = env.dir.path().join("by-hand.db");
+    let r = script(&env, &first, &out);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        r.status.success(),
+        "{}\n{stderr}",
+        String::from_utf8_lossy(&r.stdout)
+    );
+    assert!(stderr.contains("skipping index/"), "{stderr}");
+    let check: String = Connection::open(&out)
+        .unwrap()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    assert_eq!(dump(&out), before);
+}
