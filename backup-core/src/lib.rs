@@ -16,6 +16,7 @@ pub mod failpoint;
 pub mod keys;
 pub mod lock;
 pub mod pins;
+pub mod process;
 pub mod prune;
 pub mod repair;
 pub mod repo;

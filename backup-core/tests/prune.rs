@@ -353,7 +353,12 @@ struct Slow(Arc<dyn Storage>);
 
 #[async_trait]
 impl Storage for Slow {
-    async fn put(&self, key: &str, body: ByteStream, mode: PutMode) -> Result<(), StorageError> {
+    async fn put(
+        &self,
+        key: &str,
+        body: ByteStream,
+        mode: PutMode,
+    ) -> Result<ObjectMeta, StorageError> {
         tokio::time::sleep(Duration::from_millis(2)).await;
         self.0.put(key, body, mode).await
     }
