@@ -4,6 +4,7 @@
 mod cloud;
 mod daemon;
 mod duckdb;
+mod full_disk;
 mod hooks;
 mod monitor;
 mod prune;

@@ -561,24 +561,36 @@ pub async fn full_and_short_writes(inner: Arc<dyn Storage>) {
 /// either the test fails and says how to run it, it does not skip.
 #[derive(Debug)]
 pub struct SmallFs {
-    dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl SmallFs {
-    /// Mounts a tmpfs of `bytes` (rounded up to pages by the kernel).
+    /// Mounts a tmpfs of `bytes` (rounded up to pages by the kernel) on a
+    /// new temporary directory.
     pub fn mount(bytes: u64) -> SmallFs {
         let dir = tempfile::tempdir().expect("a directory to mount on");
+        let mut fs = Self::mount_on(dir.path(), bytes);
+        fs._dir = Some(dir);
+        fs
+    }
+
+    /// Mounts a tmpfs of `bytes` on the existing directory `path`.
+    pub fn mount_on(path: &std::path::Path, bytes: u64) -> SmallFs {
         let out = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(dir.path())
+            .arg(path)
             .output();
         match out {
-            Ok(o) if o.status.success() => SmallFs { dir },
+            Ok(o) if o.status.success() => SmallFs {
+                path: path.to_path_buf(),
+                _dir: None,
+            },
             Ok(o) => panic!(
                 "cannot mount a {bytes}-byte tmpfs at {} ({}): this test needs a small real \
                  filesystem that fills up. Run it as root (as CI does), or in a user and mount \
                  namespace of its own: unshare -rm cargo test ...",
-                dir.path().display(),
+                path.display(),
                 String::from_utf8_lossy(&o.stderr).trim()
             ),
             Err(e) => panic!(
@@ -589,14 +601,13 @@ impl SmallFs {
     }
 
     pub fn path(&self) -> &std::path::Path {
-        self.dir.path()
+        &self.path
     }
 
     /// Bytes still free on it.
     pub fn free(&self) -> u64 {
-        // `df` output would need parsing; statvfs is one call.
         use std::os::unix::ffi::OsStrExt;
-        let c = std::ffi::CString::new(self.path().as_os_str().as_bytes()).unwrap();
+        let c = std::ffi::CString::new(self.path.as_os_str().as_bytes()).unwrap();
         // SAFETY: statvfs writes only into the zeroed struct it is given.
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
         // SAFETY: a valid NUL-terminated path and a valid out-pointer.
@@ -612,7 +623,7 @@ impl Drop for SmallFs {
         // Lazy, so an open file of a failed test cannot keep it mounted.
         let _ = std::process::Command::new("umount")
             .arg("-l")
-            .arg(self.dir.path())
+            .arg(&self.path)
             .status();
     }
 }
