@@ -207,7 +207,7 @@ impl LocalStorage {
 
 /// Removes the temporary files in `dir` whose run is gone or that were not
 /// written to for [`STALE_TEMP_AFTER`]; returns how many and their bytes.
-pub fn sweep_temp(dir: &Path, now: SystemTime) -> (usize, u64) {
+fn sweep_temp(dir: &Path, now: SystemTime) -> (usize, u64) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return (0, 0);
     };
@@ -241,7 +241,9 @@ fn io_error(key: &str, e: std::io::Error) -> StorageError {
         IoKind::Interrupted | IoKind::TimedOut | IoKind::WouldBlock => ErrorKind::Transient,
         _ => ErrorKind::Other,
     };
-    StorageError::new(kind, key, e.to_string()).with_source(e)
+    // The message is the cause; attached as a source too it would be
+    // printed twice.
+    StorageError::new(kind, key, e.to_string())
 }
 
 async fn sync_dir(dir: &Path) {
@@ -437,4 +439,57 @@ fn walk(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweeping_removes_dead_runs_files_and_idle_ones_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mine = run_tag();
+        let scope = mine.split_once('-').unwrap().1.to_string();
+        let now = SystemTime::now();
+        let hours_ago = now - Duration::from_secs(2 * 3600);
+        let files = [
+            // (name, idle for hours, removed)
+            (format!("{mine}.0000000000000001.packs_ab_x"), false, false),
+            (format!("1-{scope}.0000000000000002.index_x"), false, false),
+            (
+                "7-0123456789ab.0000000000000003.lists_x".to_string(),
+                false,
+                false,
+            ),
+            (
+                "7-0123456789ab.0000000000000004.lists_y".to_string(),
+                true,
+                true,
+            ),
+            ("packs_ab_y.0000000000000005".to_string(), false, false),
+            ("packs_ab_z.0000000000000006".to_string(), true, true),
+        ];
+        for (name, idle, _) in &files {
+            let f = std::fs::File::create(dir.path().join(name)).unwrap();
+            f.set_len(10).unwrap();
+            if *idle {
+                f.set_modified(hours_ago).unwrap();
+            }
+        }
+        // A run of this pid space that is gone (no pid that large exists).
+        let dead = format!("{}-{scope}.0000000000000007.snapshots_x", u32::MAX - 1);
+        std::fs::write(dir.path().join(&dead), b"0123456789").unwrap();
+        let dead_removed = backup_core::process::pid_scope().is_some();
+
+        let expected = files.iter().filter(|f| f.2).count() + usize::from(dead_removed);
+        assert_eq!(
+            sweep_temp(dir.path(), now),
+            (expected, 10 * expected as u64)
+        );
+        for (name, _, removed) in &files {
+            assert_eq!(!dir.path().join(name).exists(), *removed, "{name}");
+        }
+        assert_eq!(!dir.path().join(&dead).exists(), dead_removed);
+        assert_eq!(sweep_temp(&dir.path().join("missing"), now), (0, 0));
+    }
 }

@@ -140,7 +140,13 @@ pub fn load(path: &Path) -> Result<Config> {
     }
     let figment = Figment::new().merge(Toml::file_exact(path)).merge(
         Env::prefixed("OFFSITE_")
-            .ignore(&["CONFIG", "IDENTITY_PASSPHRASE", "LOG", "LIBDUCKDB"])
+            .ignore(&[
+                "CONFIG",
+                "IDENTITY_PASSPHRASE",
+                "LOG",
+                "LIBDUCKDB",
+                "FAILPOINTS",
+            ])
             .split("__"),
     );
     let mut config: Config = figment

@@ -118,7 +118,7 @@ fn a_backup_onto_a_full_local_disk_fails_clearly_and_loses_nothing() {
             .iter()
             .map(|s| s["id"].as_str().unwrap().to_string())
             .collect();
-        assert_eq!(listed, [first.clone()], "{case}: snapshots");
+        assert_eq!(listed, std::slice::from_ref(&first), "{case}: snapshots");
         restores_to(&env, &first, &first_rows, &case);
         assert_eq!(
             find_files(&repo.join(".tmp")),

@@ -11,6 +11,7 @@ mod prune;
 mod repair;
 mod restore_in_place;
 mod support;
+mod temp_cleanup;
 
 use std::path::Path;
 use std::process::Command;
