@@ -59,8 +59,8 @@ pub struct Progress {
     pub total: AtomicU64,
     pub read: AtomicU64,
     /// Bytes of chunks read so far that the repository lacked (before
-    /// compression).
-    pub new: AtomicU64,
+    /// compression), as in [`Manifest::new_bytes`].
+    pub new_bytes: AtomicU64,
     /// Encoded bytes of the packs uploaded so far, and the chunk bytes in them.
     pub uploaded: AtomicU64,
     pub uploaded_raw: AtomicU64,
@@ -77,7 +77,7 @@ impl Progress {
             return None;
         }
         let total = self.total.load(Ordering::Relaxed).max(read);
-        let new_total = self.new.load(Ordering::Relaxed) as f64 * total as f64 / read as f64;
+        let new_total = self.new_bytes.load(Ordering::Relaxed) as f64 * total as f64 / read as f64;
         let uploaded = self.uploaded.load(Ordering::Relaxed);
         let raw = self.uploaded_raw.load(Ordering::Relaxed);
         let ratio = if raw > 0 {
@@ -196,7 +196,12 @@ pub async fn backup(
         }
         Ok(summary)
     };
-    locked.await.map_err(|e| match e {
+    locked.await.map_err(|e| with_estimate(e, &opts.progress))
+}
+
+/// Adds to a full-target error about how much the backup would have stored.
+fn with_estimate(e: Error, progress: &Progress) -> Error {
+    match e {
         Error::TargetFull {
             target,
             free,
@@ -205,11 +210,11 @@ pub async fn backup(
         } => Error::TargetFull {
             target,
             free,
-            needed: opts.progress.estimated_upload(),
+            needed: progress.estimated_upload(),
             source,
         },
         e => e,
-    })
+    }
 }
 
 async fn backup_locked(
@@ -584,7 +589,7 @@ impl Visitor for Collector<'_> {
         self.pack.extend_from_slice(data);
         self.new_bytes += data.len() as u64;
         self.progress
-            .new
+            .new_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         if self.pack.len() >= self.pack_size {
             self.flush_pack()?;
