@@ -9,6 +9,7 @@ mod hooks;
 mod monitor;
 mod prune;
 mod repair;
+mod requests;
 mod restore_in_place;
 mod support;
 mod temp_cleanup;
