@@ -62,6 +62,10 @@ pub(crate) struct FileVersion {
     pub file_name: String,
     #[serde(default)]
     pub content_length: u64,
+    /// The SHA-1 B2 computed of a small file's bytes; `none` for a large file
+    /// (its parts' SHA-1s were checked one by one instead).
+    #[serde(default)]
+    pub content_sha1: Option<String>,
     /// `upload`, `hide`, `start` (unfinished large file) or `folder`.
     #[serde(default)]
     pub action: String,

@@ -99,6 +99,8 @@ impl B2Error {
         match self {
             B2Error::Api { status, code, .. } => match (*status, code.as_str()) {
                 (401, "expired_auth_token" | "bad_auth_token") => ErrorKind::Transient,
+                // The account's storage cap (Caps & Alerts) is reached.
+                (403, "storage_cap_exceeded") => ErrorKind::Full,
                 (401 | 403, _) => ErrorKind::PermissionDenied,
                 (404, _) | (400, "file_not_present" | "no_such_file") => ErrorKind::NotFound,
                 (408 | 429, _) | (500..=599, _) => ErrorKind::Transient,
@@ -133,6 +135,10 @@ impl B2Error {
                  this bucket, and that it has the capabilities listBuckets, listFiles, readFiles \
                  and writeFiles (and deleteFiles, which only prune needs)"
             ),
+            ErrorKind::Full => format!(
+                "B2 refuses more data for bucket {bucket:?} ({self}): the account's storage cap \
+                 is reached; raise it under Caps & Alerts in the B2 web console, or prune"
+            ),
             _ => self.to_string(),
         };
         StorageError::new(kind, key, message).with_source(self)
@@ -163,6 +169,8 @@ mod tests {
         assert_eq!(api(503, "service_unavailable").kind(), ErrorKind::Transient);
         assert_eq!(api(429, "too_many_requests").kind(), ErrorKind::Transient);
         assert_eq!(api(400, "bad_request").kind(), ErrorKind::Other);
+        assert_eq!(api(403, "storage_cap_exceeded").kind(), ErrorKind::Full);
+        assert!(!api(403, "storage_cap_exceeded").needs_new_upload_url());
         assert!(api(503, "service_unavailable").needs_new_upload_url());
         assert!(!api(400, "bad_request").needs_new_upload_url());
     }

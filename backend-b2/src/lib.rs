@@ -193,17 +193,26 @@ impl B2Storage {
 
 #[async_trait]
 impl Storage for B2Storage {
-    async fn put(&self, key: &str, body: ByteStream, mode: PutMode) -> Result<(), StorageError> {
+    async fn put(
+        &self,
+        key: &str,
+        body: ByteStream,
+        mode: PutMode,
+    ) -> Result<ObjectMeta, StorageError> {
         validate_key(key)?;
         let name = self.name_of(key);
         if mode == PutMode::Create && self.core.exists(&name).await? {
             return Err(StorageError::already_exists(key));
         }
+        // Checked against the bytes sent before it is returned (writer.rs).
         let mine = writer::upload(&self.core, key, &name, body, self.part_size).await?;
         if mode == PutMode::Create {
             self.settle_create(key, &name, &mine).await?;
         }
-        Ok(())
+        Ok(ObjectMeta {
+            key: key.to_string(),
+            size: mine.content_length,
+        })
     }
 
     async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {

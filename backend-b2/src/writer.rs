@@ -5,6 +5,13 @@
 //! and at most [`PARALLEL_PARTS`] in flight. A large file that does not reach
 //! `b2_finish_large_file` is cancelled, so B2 never shows (or bills for) half
 //! an object; this module must never finish a large file whose body failed.
+//!
+//! What B2 stored is checked against what was sent before a put succeeds:
+//! every upload and part carries its SHA-1, which B2 verifies, and the
+//! `contentLength` (and, for a small file, `contentSha1`) of the version B2
+//! reports is compared with the bytes sent; a version that does not match is
+//! deleted again. A reached storage cap (403 `storage_cap_exceeded`) fails the
+//! put as a full target.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -92,7 +99,9 @@ pub(crate) async fn upload(
     };
     let Some(second) = second else {
         let sha1 = sha1_hex(first.clone()).await;
-        return core.upload_file(key, name, first, &sha1).await;
+        let len = first.len() as u64;
+        let version = core.upload_file(key, name, first, &sha1).await?;
+        return check_stored(core, key, version, len, Some(&sha1)).await;
     };
 
     let file_id = core.start_large_file(key, name).await?;
@@ -102,12 +111,10 @@ pub(crate) async fn upload(
         file_id: Some(file_id.clone()),
     };
     match upload_parts(core, key, &file_id, VecDeque::from([first, second]), parts).await {
-        Ok(sha1s) => {
-            let version = core.finish_large_file(key, &file_id, &sha1s).await;
-            if version.is_ok() {
-                guard.file_id = None;
-            }
-            version
+        Ok((sha1s, sent)) => {
+            let version = core.finish_large_file(key, &file_id, &sha1s).await?;
+            guard.file_id = None;
+            check_stored(core, key, version, sent, None).await
         }
         Err(e) => {
             guard.file_id = None;
@@ -119,19 +126,53 @@ pub(crate) async fn upload(
     }
 }
 
-/// Uploads every part and returns their SHA-1s in part order.
+/// Fails unless B2's `version` holds the `sent` bytes (and, for a small file,
+/// has the SHA-1 sent); a version that does not is deleted again.
+async fn check_stored(
+    core: &Core,
+    key: &str,
+    version: FileVersion,
+    sent: u64,
+    sha1: Option<&str>,
+) -> Result<FileVersion, StorageError> {
+    let sha1_ok = match (sha1, version.content_sha1.as_deref()) {
+        (Some(sent), Some(stored)) => sent == stored,
+        _ => true,
+    };
+    if version.content_length == sent && sha1_ok {
+        return Ok(version);
+    }
+    if let Err(e) = core
+        .delete_file_version(&version.file_name, &version.file_id)
+        .await
+    {
+        tracing::warn!(key, error = %e, "could not delete a B2 version that does not match its upload");
+    }
+    Err(StorageError::new(
+        ErrorKind::Other,
+        key,
+        format!(
+            "B2 stored {} bytes (SHA-1 {}) of the {sent} bytes sent",
+            version.content_length,
+            version.content_sha1.as_deref().unwrap_or("unknown")
+        ),
+    ))
+}
+
+/// Uploads every part; returns their SHA-1s in part order and the bytes sent.
 async fn upload_parts(
     core: &Arc<Core>,
     key: &str,
     file_id: &str,
     mut ready: VecDeque<Bytes>,
     mut parts: Parts,
-) -> Result<Vec<String>, StorageError> {
+) -> Result<(Vec<String>, u64), StorageError> {
     let pool = Arc::new(UploadPool::default());
     // Dropping the set on an early return aborts the parts still in flight.
     let mut tasks: JoinSet<PartResult> = JoinSet::new();
     let mut sha1s: Vec<Option<String>> = Vec::new();
     let mut number = 0u32;
+    let mut sent = 0u64;
     loop {
         let part = match ready.pop_front() {
             Some(p) => p,
@@ -144,6 +185,7 @@ async fn upload_parts(
             record(&mut sha1s, tasks.join_next().await)?;
         }
         number += 1;
+        sent += part.len() as u64;
         if number > MAX_PARTS {
             return Err(StorageError::new(
                 ErrorKind::Other,
@@ -167,10 +209,11 @@ async fn upload_parts(
     while !tasks.is_empty() {
         record(&mut sha1s, tasks.join_next().await)?;
     }
-    sha1s
+    let sha1s = sha1s
         .into_iter()
         .collect::<Option<Vec<String>>>()
-        .ok_or_else(|| StorageError::new(ErrorKind::Other, key, "a part went missing"))
+        .ok_or_else(|| StorageError::new(ErrorKind::Other, key, "a part went missing"))?;
+    Ok((sha1s, sent))
 }
 
 fn record(

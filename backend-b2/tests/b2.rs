@@ -298,7 +298,7 @@ async fn create_race_past_the_existence_check_has_one_winner() {
     for r in racers {
         let (i, result) = r.await.unwrap();
         match result {
-            Ok(()) => winners.push(i),
+            Ok(_) => winners.push(i),
             Err(e) => assert_eq!(e.kind, ErrorKind::AlreadyExists, "racer {i}: {e}"),
         }
     }

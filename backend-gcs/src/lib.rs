@@ -137,7 +137,12 @@ impl GcsStorage {
 
 #[async_trait::async_trait]
 impl Storage for GcsStorage {
-    async fn put(&self, key: &str, body: ByteStream, mode: PutMode) -> Result<(), StorageError> {
+    async fn put(
+        &self,
+        key: &str,
+        body: ByteStream,
+        mode: PutMode,
+    ) -> Result<ObjectMeta, StorageError> {
         self.inner.put(key, body, mode).await
     }
     async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {

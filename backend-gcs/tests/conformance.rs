@@ -132,7 +132,7 @@ async fn concurrent_large_creates_have_one_winner() {
     for r in racers {
         let (i, result) = r.await.unwrap();
         match result {
-            Ok(()) => winners.push(i),
+            Ok(_) => winners.push(i),
             Err(e) => assert_eq!(e.kind, ErrorKind::AlreadyExists, "{e}"),
         }
     }

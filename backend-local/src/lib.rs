@@ -8,11 +8,41 @@
 //! which fails atomically when the name exists; that needs a filesystem with hard
 //! links (every local Unix filesystem and NFS do; FAT and some SMB shares do not,
 //! and then create-if-absent fails with a message saying so).
+//!
+//! What if, during a put,
+//! - the disk fills or a quota runs out: a write, the flush or the fsync fails
+//!   with `ENOSPC`/`EDQUOT`; the put fails with [`ErrorKind::Full`], the
+//!   temporary file is removed and nothing is linked or renamed. (tokio's
+//!   `File` reports a failed write only at the next write or flush, not at
+//!   `sync_all`: the flush before the fsync is what makes the error seen.)
+//! - a write comes up short without an error: after the fsync the file's
+//!   length is compared with the bytes the body delivered, and a mismatch fails
+//!   the put before anything becomes visible. The put returns the file's length
+//!   as the size stored.
+//! - the process is killed: the final name holds the old object or the new
+//!   one, never part of one; a temporary file may stay in `.tmp/`. Temporary
+//!   files are named `<run tag>.<random>.<key>` ([`backup_core::process`]), and
+//!   the first put of a later run removes those whose run is gone (same host
+//!   and pid space, process gone) or that were not written to for
+//!   [`STALE_TEMP_AFTER`] (a run elsewhere, or one whose pid cannot be judged).
+//!   A put that is dropped (its run gave up on it) removes its own file.
+//! - another offsite job writes at the same time: temporary names are
+//!   random, a live job's files are never removed (its process exists, or it
+//!   writes to them), and create-if-absent stays atomic through `link(2)`.
+//!
+//! Fail-points (see [`backup_core::failpoint`]): `local.put.write` before each
+//! piece of a body is written, `local.put.fsync` before the fsync,
+//! `local.put.link` before the link or rename.
 
 use std::io::ErrorKind as IoKind;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use backup_core::failpoint;
+use backup_core::process::{run_is_gone, run_tag};
 use backup_core::storage::{
     validate_key, ByteStream, ErrorKind, ObjectMeta, PutMode, Storage, StorageError,
 };
@@ -30,10 +60,33 @@ pub struct LocalConfig {
 
 const TMP_DIR: &str = ".tmp";
 
+/// A temporary file nobody has written to for this long belongs to a run that
+/// is gone: a live put writes its file without pause until it links it.
+pub const STALE_TEMP_AFTER: Duration = Duration::from_secs(60 * 60);
+
 /// A repository directory on a local or mounted filesystem.
 #[derive(Debug, Clone)]
 pub struct LocalStorage {
     root: PathBuf,
+    /// Whether this instance has looked for temporary files of dead runs.
+    swept: Arc<AtomicBool>,
+}
+
+/// A temporary file being written; removed when dropped unless it was
+/// renamed into place, so a put that fails or is dropped leaves nothing.
+struct TempFile {
+    path: PathBuf,
+    placed: bool,
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.placed {
+            // Synchronous on purpose: Drop cannot wait, and unlinking one
+            // file is a single quick syscall.
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 impl LocalStorage {
@@ -71,44 +124,112 @@ impl LocalStorage {
             }
             Err(e) => return Err(io_error(&describe, e)),
         }
-        Ok(LocalStorage { root })
+        Ok(LocalStorage {
+            root,
+            swept: Arc::new(AtomicBool::new(false)),
+        })
     }
 
     fn path_of(&self, key: &str) -> PathBuf {
         self.root.join(key)
     }
 
-    async fn write_temp(&self, key: &str, mut body: ByteStream) -> Result<PathBuf, StorageError> {
+    /// Streams `body` into a new temporary file, flushes and fsyncs it, and
+    /// checks that it holds every byte the body delivered; returns the file
+    /// and its length.
+    async fn write_temp(
+        &self,
+        key: &str,
+        mut body: ByteStream,
+    ) -> Result<(TempFile, u64), StorageError> {
         // Created on first write, so reading a repository never changes it.
         tokio::fs::create_dir_all(self.root.join(TMP_DIR))
             .await
             .map_err(|e| io_error(key, e))?;
-        let tmp = self.root.join(TMP_DIR).join(format!(
-            "{}.{:016x}",
-            key.replace('/', "_"),
-            rand::random::<u64>()
-        ));
-        let result: Result<(), StorageError> = async {
-            let mut file = tokio::fs::File::create(&tmp)
-                .await
-                .map_err(|e| io_error(key, e))?;
-            while let Some(piece) = body.next().await {
-                file.write_all(&piece?)
-                    .await
-                    .map_err(|e| io_error(key, e))?;
-            }
-            file.sync_all().await.map_err(|e| io_error(key, e))?;
-            Ok(())
+        let tmp = TempFile {
+            path: self.root.join(TMP_DIR).join(format!(
+                "{}.{:016x}.{}",
+                run_tag(),
+                rand::random::<u64>(),
+                key.replace('/', "_")
+            )),
+            placed: false,
+        };
+        let mut file = tokio::fs::File::create(&tmp.path)
+            .await
+            .map_err(|e| io_error(key, e))?;
+        let mut received = 0u64;
+        while let Some(piece) = body.next().await {
+            let piece = piece?;
+            failpoint::hit("local.put.write").map_err(|e| io_error(key, e))?;
+            file.write_all(&piece).await.map_err(|e| io_error(key, e))?;
+            received += piece.len() as u64;
         }
-        .await;
-        match result {
-            Ok(()) => Ok(tmp),
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                Err(e)
+        // tokio's File hands each write to a blocking thread and keeps a
+        // failed write's error for the next write or flush; sync_all does not
+        // report it. Without this flush an ENOSPC would go unseen and a
+        // truncated file would be linked into place.
+        file.flush().await.map_err(|e| io_error(key, e))?;
+        failpoint::hit("local.put.fsync").map_err(|e| io_error(key, e))?;
+        file.sync_all().await.map_err(|e| io_error(key, e))?;
+        let len = file.metadata().await.map_err(|e| io_error(key, e))?.len();
+        if len != received {
+            return Err(StorageError::new(
+                ErrorKind::Other,
+                key,
+                format!(
+                    "short write: the temporary file holds {len} of the {received} bytes written"
+                ),
+            ));
+        }
+        Ok((tmp, len))
+    }
+
+    /// Once per instance, before its first put: removes temporary files left
+    /// by runs that are gone (see the module doc).
+    async fn sweep_once(&self) {
+        if self.swept.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let dir = self.root.join(TMP_DIR);
+        let swept = tokio::task::spawn_blocking(move || sweep_temp(&dir, SystemTime::now())).await;
+        if let Ok((files, bytes)) = swept {
+            if files > 0 {
+                tracing::info!(
+                    "removed {files} temporary files ({bytes} bytes) that interrupted runs \
+                     left in {}",
+                    self.root.join(TMP_DIR).display()
+                );
             }
         }
     }
+}
+
+/// Removes the temporary files in `dir` whose run is gone or that were not
+/// written to for [`STALE_TEMP_AFTER`]; returns how many and their bytes.
+fn sweep_temp(dir: &Path, now: SystemTime) -> (usize, u64) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return (0, 0);
+    };
+    let (mut files, mut bytes) = (0, 0);
+    for entry in entries.flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        if !meta.is_file() {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let tag = name.split('.').next().unwrap_or_default();
+        let idle = meta
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .is_some_and(|age| age > STALE_TEMP_AFTER);
+        if (run_is_gone(tag) || idle) && std::fs::remove_file(entry.path()).is_ok() {
+            files += 1;
+            bytes += meta.len();
+        }
+    }
+    (files, bytes)
 }
 
 fn io_error(key: &str, e: std::io::Error) -> StorageError {
@@ -116,10 +237,13 @@ fn io_error(key: &str, e: std::io::Error) -> StorageError {
         IoKind::NotFound => ErrorKind::NotFound,
         IoKind::AlreadyExists => ErrorKind::AlreadyExists,
         IoKind::PermissionDenied => ErrorKind::PermissionDenied,
+        IoKind::StorageFull | IoKind::QuotaExceeded => ErrorKind::Full,
         IoKind::Interrupted | IoKind::TimedOut | IoKind::WouldBlock => ErrorKind::Transient,
         _ => ErrorKind::Other,
     };
-    StorageError::new(kind, key, e.to_string()).with_source(e)
+    // The message is the cause; attached as a source too it would be
+    // printed twice.
+    StorageError::new(kind, key, e.to_string())
 }
 
 async fn sync_dir(dir: &Path) {
@@ -132,7 +256,12 @@ async fn sync_dir(dir: &Path) {
 
 #[async_trait]
 impl Storage for LocalStorage {
-    async fn put(&self, key: &str, body: ByteStream, mode: PutMode) -> Result<(), StorageError> {
+    async fn put(
+        &self,
+        key: &str,
+        body: ByteStream,
+        mode: PutMode,
+    ) -> Result<ObjectMeta, StorageError> {
         validate_key(key)?;
         let dest = self.path_of(key);
         let dir = dest
@@ -146,17 +275,15 @@ impl Storage for LocalStorage {
             // Cheap early answer; the link below is what makes it atomic.
             return Err(StorageError::already_exists(key));
         }
-        let tmp = self.write_temp(key, body).await?;
+        self.sweep_once().await;
+        let (mut tmp, size) = self.write_temp(key, body).await?;
+        failpoint::hit("local.put.link").map_err(|e| io_error(key, e))?;
         let placed = match mode {
-            PutMode::Overwrite => tokio::fs::rename(&tmp, &dest).await,
-            PutMode::Create => {
-                let linked = tokio::fs::hard_link(&tmp, &dest).await;
-                let _ = tokio::fs::remove_file(&tmp).await;
-                linked
-            }
+            PutMode::Overwrite => tokio::fs::rename(&tmp.path, &dest).await,
+            // The temporary name goes with `tmp`, whatever happens.
+            PutMode::Create => tokio::fs::hard_link(&tmp.path, &dest).await,
         };
         if let Err(e) = placed {
-            let _ = tokio::fs::remove_file(&tmp).await;
             return Err(match e.kind() {
                 IoKind::AlreadyExists => StorageError::already_exists(key),
                 IoKind::Unsupported => StorageError::new(
@@ -168,8 +295,13 @@ impl Storage for LocalStorage {
                 _ => io_error(key, e),
             });
         }
+        tmp.placed = mode == PutMode::Overwrite;
+        drop(tmp);
         sync_dir(&dir).await;
-        Ok(())
+        Ok(ObjectMeta {
+            key: key.to_string(),
+            size,
+        })
     }
 
     async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {
@@ -237,6 +369,35 @@ impl Storage for LocalStorage {
     fn describe(&self) -> String {
         format!("local:{}", self.root.display())
     }
+
+    async fn free_space(&self) -> Option<u64> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || free_bytes(&root))
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+/// Bytes an unprivileged user may still write on the filesystem of `path`.
+#[cfg(unix)]
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs only writes into the struct it is given; all-zero
+    // bytes are a valid value of that plain C struct.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and a valid out-pointer.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+#[cfg(not(unix))]
+fn free_bytes(_path: &Path) -> Option<u64> {
+    None
 }
 
 /// Every file below `root` whose key starts with `prefix`, skipping the
@@ -278,4 +439,57 @@ fn walk(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweeping_removes_dead_runs_files_and_idle_ones_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mine = run_tag();
+        let scope = mine.split_once('-').unwrap().1.to_string();
+        let now = SystemTime::now();
+        let hours_ago = now - Duration::from_secs(2 * 3600);
+        let files = [
+            // (name, idle for hours, removed)
+            (format!("{mine}.0000000000000001.packs_ab_x"), false, false),
+            (format!("1-{scope}.0000000000000002.index_x"), false, false),
+            (
+                "7-0123456789ab.0000000000000003.lists_x".to_string(),
+                false,
+                false,
+            ),
+            (
+                "7-0123456789ab.0000000000000004.lists_y".to_string(),
+                true,
+                true,
+            ),
+            ("packs_ab_y.0000000000000005".to_string(), false, false),
+            ("packs_ab_z.0000000000000006".to_string(), true, true),
+        ];
+        for (name, idle, _) in &files {
+            let f = std::fs::File::create(dir.path().join(name)).unwrap();
+            f.set_len(10).unwrap();
+            if *idle {
+                f.set_modified(hours_ago).unwrap();
+            }
+        }
+        // A run of this pid space that is gone (no pid that large exists).
+        let dead = format!("{}-{scope}.0000000000000007.snapshots_x", u32::MAX - 1);
+        std::fs::write(dir.path().join(&dead), b"0123456789").unwrap();
+        let dead_removed = backup_core::process::pid_scope().is_some();
+
+        let expected = files.iter().filter(|f| f.2).count() + usize::from(dead_removed);
+        assert_eq!(
+            sweep_temp(dir.path(), now),
+            (expected, 10 * expected as u64)
+        );
+        for (name, _, removed) in &files {
+            assert_eq!(!dir.path().join(name).exists(), *removed, "{name}");
+        }
+        assert_eq!(!dir.path().join(&dead).exists(), dead_removed);
+        assert_eq!(sweep_temp(&dir.path().join("missing"), now), (0, 0));
+    }
 }

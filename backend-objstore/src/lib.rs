@@ -22,16 +22,34 @@
 //! For services without conditional writes ([`Settings::conditional_create`]
 //! off), a create is a `HEAD` (the key must be missing) followed by a plain
 //! upload: not atomic, see docs/backends.md for why the repository tolerates it.
+//!
+//! What if the service runs out of room, or a write comes up short? A put
+//! reports as stored only what the service confirmed: a single-request put is
+//! sent with its `Content-Length`, so a 2xx answer means the service holds
+//! exactly those bytes (a body cut short in transit is never answered 2xx);
+//! a multipart upload is checked with one `HEAD` after completion, and a
+//! staged create before it is copied into place. A full service (HTTP 507, a
+//! MinIO "storage full" answer) fails the put with [`ErrorKind::Full`]. If
+//! offsite is killed mid-upload, the service shows nothing (an unfinished
+//! multipart upload is invisible; a bucket lifecycle rule removes its parts),
+//! except a staged create killed between its upload and its copy: staged
+//! objects are named `<run tag>.<random>` ([`backup_core::process`]), and the
+//! first staged create of a later run deletes those whose run is gone or that
+//! are older than [`STALE_STAGED_AFTER`] (a live staged object lives for
+//! seconds).
 
 #[cfg(feature = "testing")]
 pub mod testing;
 
 use std::error::Error as StdError;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use backup_core::failpoint;
+use backup_core::process::{run_is_gone, run_tag};
 use backup_core::storage::{
     validate_key, ByteStream, ErrorKind, ObjectMeta, PutMode, Storage, StorageError,
 };
@@ -46,6 +64,10 @@ use object_store::{
 /// Where large create-if-absent uploads are staged, relative to the target's
 /// prefix. Listings skip it; a lifecycle rule on it cleans up after a crash.
 pub const TMP_DIR: &str = ".offsite-tmp";
+
+/// A staged object this old belongs to a run that is gone: a live one is
+/// copied into place and deleted within seconds of its upload.
+pub const STALE_STAGED_AFTER: Duration = Duration::from_secs(60 * 60);
 
 /// What a user should check when a request to this kind of service fails.
 #[derive(Debug, Clone, Copy)]
@@ -160,6 +182,8 @@ pub fn part_size(mib: Option<usize>, target: &str, service: &str) -> Result<usiz
 pub struct ObjectStoreStorage {
     store: Arc<dyn ObjectStore>,
     settings: Settings,
+    /// Whether this instance has looked for staged objects of dead runs.
+    swept: AtomicBool,
 }
 
 impl fmt::Debug for ObjectStoreStorage {
@@ -176,7 +200,11 @@ impl fmt::Debug for ObjectStoreStorage {
 
 impl ObjectStoreStorage {
     pub fn new(store: Arc<dyn ObjectStore>, settings: Settings) -> Self {
-        ObjectStoreStorage { store, settings }
+        ObjectStoreStorage {
+            store,
+            settings,
+            swept: AtomicBool::new(false),
+        }
     }
 
     fn path(&self, key: &str) -> Path {
@@ -194,13 +222,15 @@ impl ObjectStoreStorage {
         }
     }
 
+    /// Streams a body as a multipart upload to `path`, then checks with a
+    /// `HEAD` that the completed object holds every byte; returns its size.
     async fn put_multipart(
         &self,
         key: &str,
         path: &Path,
         head: Vec<Bytes>,
         mut rest: ByteStream,
-    ) -> Result<(), StorageError> {
+    ) -> Result<u64, StorageError> {
         let errors = self.errors();
         let upload = self
             .store
@@ -210,6 +240,7 @@ impl ObjectStoreStorage {
         let mut writer = WriteMultipart::new_with_chunk_size(upload, self.settings.part_size);
         let concurrency = self.settings.upload_concurrency.max(1);
 
+        let mut sent = 0u64;
         let mut pending = head.into_iter();
         loop {
             let chunk = match pending.next() {
@@ -223,6 +254,7 @@ impl ObjectStoreStorage {
                     None => break,
                 },
             };
+            sent += chunk.len() as u64;
             // Waiting before each write keeps at most `concurrency` parts in
             // flight plus one being filled: memory stays bounded however
             // fast the body produces.
@@ -234,7 +266,25 @@ impl ObjectStoreStorage {
         }
         // `finish` aborts the upload itself when a part or the completion fails.
         writer.finish().await.map_err(|e| errors.map(key, e))?;
-        Ok(())
+        // The service assembles whatever parts it was told of; one HEAD per
+        // multipart object (none for the many small ones) checks the sum.
+        let stored = self
+            .store
+            .head(path)
+            .await
+            .map_err(|e| errors.map(key, e))?
+            .size;
+        if stored != sent {
+            return Err(StorageError::new(
+                ErrorKind::Other,
+                key,
+                format!(
+                    "{} assembled {stored} of the {sent} bytes uploaded",
+                    self.settings.target
+                ),
+            ));
+        }
+        Ok(stored)
     }
 
     async fn create_via_staging(
@@ -242,28 +292,84 @@ impl ObjectStoreStorage {
         key: &str,
         head: Vec<Bytes>,
         rest: ByteStream,
-    ) -> Result<(), StorageError> {
+    ) -> Result<u64, StorageError> {
+        self.sweep_once().await;
         let staging_key = format!(
-            "{TMP_DIR}/{:016x}{:016x}",
+            "{TMP_DIR}/{}.{:016x}{:016x}",
+            run_tag(),
             rand::random::<u64>(),
             rand::random::<u64>()
         );
         let staging = self.path(&staging_key);
-        self.put_multipart(key, &staging, head, rest).await?;
-        let copied = self
-            .store
-            .copy_if_not_exists(&staging, &self.path(key))
-            .await
-            .map_err(|e| self.errors().map(key, e));
-        if let Err(e) = self.store.delete(&staging).await {
-            tracing::warn!(
+        let copied = match self.put_multipart(key, &staging, head, rest).await {
+            Ok(size) => match failpoint::hit("objstore.put.copy") {
+                Ok(()) => self
+                    .store
+                    .copy_if_not_exists(&staging, &self.path(key))
+                    .await
+                    .map(|()| size)
+                    .map_err(|e| self.errors().map(key, e)),
+                Err(e) => Err(StorageError::new(ErrorKind::Other, key, e.to_string())),
+            },
+            Err(e) => Err(e),
+        };
+        // Also after a failure: a staged object that came out short exists.
+        match self.store.delete(&staging).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => tracing::warn!(
                 target_name = %self.settings.target,
                 staging_key,
                 error = %e,
-                "could not delete a staged upload; a lifecycle rule on {TMP_DIR}/ will remove it"
-            );
+                "could not delete a staged upload; a later run or a lifecycle rule on \
+                 {TMP_DIR}/ will remove it"
+            ),
         }
         copied
+    }
+
+    /// Once per instance, before its first staged create: deletes staged
+    /// objects that runs which are gone left behind (see the module doc).
+    /// Costs one listing of [`TMP_DIR`], and only in runs that stage: small
+    /// objects, the common case, never pay for it.
+    async fn sweep_once(&self) {
+        if self.swept.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let dir = self.path(TMP_DIR);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let mut listing = self.store.list(Some(&dir));
+        let mut stale = Vec::new();
+        while let Some(item) = listing.next().await {
+            let Ok(meta) = item else {
+                // Not worth failing a backup over: a later run tries again.
+                return;
+            };
+            let name = meta.location.filename().unwrap_or_default();
+            let tag = name.split('.').next().unwrap_or_default();
+            let age = now - meta.last_modified.timestamp();
+            if run_is_gone(tag) || age > STALE_STAGED_AFTER.as_secs() as i64 {
+                stale.push(meta.location);
+            }
+        }
+        for location in stale {
+            match self.store.delete(&location).await {
+                Ok(()) => tracing::info!(
+                    target_name = %self.settings.target,
+                    "removed {location}, a staged upload an interrupted run left"
+                ),
+                Err(e) => {
+                    tracing::warn!(
+                        target_name = %self.settings.target,
+                        error = %e,
+                        "could not remove staged uploads that interrupted runs left in \
+                         {TMP_DIR}/; a lifecycle rule there removes them"
+                    );
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -282,7 +388,7 @@ impl Storage for ObjectStoreStorage {
         key: &str,
         mut body: ByteStream,
         mode: PutMode,
-    ) -> Result<(), StorageError> {
+    ) -> Result<ObjectMeta, StorageError> {
         validate_key(key)?;
         let path = self.path(key);
         let mode = if mode == PutMode::Create && !self.settings.conditional_create {
@@ -293,6 +399,10 @@ impl Storage for ObjectStoreStorage {
             }
         } else {
             mode
+        };
+        let stored = |size| ObjectMeta {
+            key: key.to_string(),
+            size,
         };
         // Read up to one part's worth first: most objects (metadata, small
         // packs) fit, and one request is cheaper than a multipart upload.
@@ -314,11 +424,13 @@ impl Storage for ObjectStoreStorage {
                         },
                         ..Default::default()
                     };
+                    // Sent with its Content-Length: a 2xx answer means the
+                    // service holds all `len` bytes.
                     self.store
                         .put_opts(&path, payload, opts)
                         .await
                         .map_err(|e| self.errors().map(key, e))?;
-                    return Ok(());
+                    return Ok(stored(len as u64));
                 }
             }
         }
@@ -326,6 +438,7 @@ impl Storage for ObjectStoreStorage {
             PutMode::Overwrite => self.put_multipart(key, &path, head, body).await,
             PutMode::Create => self.create_via_staging(key, head, body).await,
         }
+        .map(stored)
     }
 
     async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {
@@ -464,6 +577,10 @@ impl ErrorMap {
                     self.hints.credentials
                 ),
             ),
+            _ if is_full(status, &detail) => (
+                ErrorKind::Full,
+                format!("{target} has no room for more data"),
+            ),
             _ if is_transient(&err, &detail) => (
                 ErrorKind::Transient,
                 format!(
@@ -526,6 +643,12 @@ fn is_not_found(err: &object_store::Error, status: Option<u16>) -> bool {
 fn http_status(detail: &str) -> Option<u16> {
     let at = detail.find("status code: ")?;
     detail[at + 13..].get(..3)?.parse().ok()
+}
+
+/// HTTP 507 Insufficient Storage, or MinIO's answer when its drives are full
+/// (`XMinioStorageFull`, sent with 507 or 503).
+fn is_full(status: Option<u16>, detail: &str) -> bool {
+    status == Some(507) || detail.contains("XMinioStorageFull")
 }
 
 fn bucket_missing(detail: &str) -> bool {
@@ -607,5 +730,8 @@ mod tests {
         assert!(is_transient(&e, "status code: 429 Too Many Requests"));
         assert!(!is_transient(&e, "status code: 400 Bad Request"));
         assert!(!is_transient(&e, "something else"));
+        assert!(is_full(Some(507), "Insufficient Storage"));
+        assert!(is_full(Some(503), "<Code>XMinioStorageFull</Code>"));
+        assert!(!is_full(Some(503), "SlowDown"));
     }
 }

@@ -239,7 +239,12 @@ fn env_set(name: &str) -> bool {
 
 #[async_trait::async_trait]
 impl Storage for S3Storage {
-    async fn put(&self, key: &str, body: ByteStream, mode: PutMode) -> Result<(), StorageError> {
+    async fn put(
+        &self,
+        key: &str,
+        body: ByteStream,
+        mode: PutMode,
+    ) -> Result<ObjectMeta, StorageError> {
         self.inner.put(key, body, mode).await
     }
     async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {

@@ -18,6 +18,20 @@
 //! every copy is recorded as damaged is uploaded again, so a damaged pack
 //! found by verify, a drill or a restore does not reach the next snapshot.
 //!
+//! What if the target fills up, or a write comes up short? Every object goes
+//! through [`Repository::put_stream`], which fails unless the target stored
+//! all of it (and removes what it stored short), so no index names a short
+//! pack and no manifest a short list. The first failed upload stops the run:
+//! uploads under way finish or fail, the packs that landed are indexed so the
+//! next run reuses them, and no manifest is written. If even that index
+//! cannot be stored (the target is full), those packs are deleted again: no
+//! index would ever name them, and their room is what the next run needs. A
+//! full target ends the backup with [`Error::TargetFull`], which says how
+//! much room is left and about how much this backup needed; once there is
+//! room, the next backup succeeds with nothing to repair. Killed at any
+//! point, the run leaves at most unreferenced objects (and, on a local
+//! target, temporary files that the next run removes).
+//!
 //! Never writes to the source.
 
 use std::io::{Read, Seek, Write};
@@ -49,7 +63,35 @@ pub struct Progress {
     /// Expected bytes to read, when known.
     pub total: AtomicU64,
     pub read: AtomicU64,
+    /// Bytes of chunks read so far that the repository lacked (before
+    /// compression), as in [`Manifest::new_bytes`].
+    pub new_bytes: AtomicU64,
+    /// Encoded bytes of the packs uploaded so far, and the chunk bytes in them.
     pub uploaded: AtomicU64,
+    pub uploaded_raw: AtomicU64,
+}
+
+impl Progress {
+    /// About how many bytes the whole backup stores, extrapolated from what it
+    /// had read, found new and stored so far: the part not read yet is taken
+    /// to be like the part read, and compressed as well as the packs stored.
+    /// `None` before anything was read.
+    pub fn estimated_upload(&self) -> Option<u64> {
+        let read = self.read.load(Ordering::Relaxed);
+        if read == 0 {
+            return None;
+        }
+        let total = self.total.load(Ordering::Relaxed).max(read);
+        let new_total = self.new_bytes.load(Ordering::Relaxed) as f64 * total as f64 / read as f64;
+        let uploaded = self.uploaded.load(Ordering::Relaxed);
+        let raw = self.uploaded_raw.load(Ordering::Relaxed);
+        let ratio = if raw > 0 {
+            uploaded as f64 / raw as f64
+        } else {
+            1.0
+        };
+        Some(((new_total * ratio) as u64).max(uploaded))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -148,15 +190,36 @@ pub async fn backup(
     opts: &BackupOptions,
 ) -> Result<BackupSummary> {
     repo.check_keys(keys)?;
-    let lock = Lock::acquire(repo, "backup", opts.lock_wait).await?;
-    let result = backup_locked(repo, keys, spec, opts).await;
-    let released = lock.release().await;
-    let summary = result?;
-    if let Err(e) = released {
-        // The snapshot is complete; a lock left behind only goes stale.
-        tracing::warn!(error = %e, "could not remove the backup's lock");
+    let locked = async {
+        let lock = Lock::acquire(repo, "backup", opts.lock_wait).await?;
+        let result = backup_locked(repo, keys, spec, opts).await;
+        let released = lock.release().await;
+        let summary = result?;
+        if let Err(e) = released {
+            // The snapshot is complete; a lock left behind only goes stale.
+            tracing::warn!(error = %e, "could not remove the backup's lock");
+        }
+        Ok(summary)
+    };
+    locked.await.map_err(|e| with_estimate(e, &opts.progress))
+}
+
+/// Adds to a full-target error about how much the backup would have stored.
+fn with_estimate(e: Error, progress: &Progress) -> Error {
+    match e {
+        Error::TargetFull {
+            target,
+            free,
+            needed: None,
+            source,
+        } => Error::TargetFull {
+            target,
+            free,
+            needed: progress.estimated_upload(),
+            source,
+        },
+        e => e,
     }
-    Ok(summary)
 }
 
 async fn backup_locked(
@@ -289,7 +352,7 @@ async fn backup_locked(
         new_bytes: read.new_bytes,
         uploaded_bytes: uploaded_packs + list_len,
         sha256: read.sha256,
-        list: list_key,
+        list: list_key.clone(),
         page_size: read.page_size,
         tags: opts.tags.clone(),
         tool: format!("offsite {}", env!("CARGO_PKG_VERSION")),
@@ -298,8 +361,16 @@ async fn backup_locked(
         keys,
         &serde_json::to_vec_pretty(&manifest).expect("manifest serializes"),
     )?;
-    repo.put_bytes(&format!("{SNAPSHOTS}{id}"), body, PutMode::Create)
-        .await?;
+    if let Err(e) = repo
+        .put_bytes(&format!("{SNAPSHOTS}{id}"), body, PutMode::Create)
+        .await
+    {
+        if matches!(e, Error::TargetFull { .. }) {
+            // Nothing will ever refer to the list; its room is needed.
+            let _ = repo.delete(&list_key).await;
+        }
+        return Err(e);
+    }
     if opts.pin {
         crate::pins::write_pin(repo, keys, &id).await?;
     }
@@ -323,6 +394,9 @@ async fn upload_packs(
     let mut pending: Vec<PackContents> = Vec::new();
     let mut uploaded = 0u64;
     let mut failure: Option<Error> = None;
+    // Whether an index naming `pending` failed in a way that leaves open
+    // whether it was stored after all (an answer lost after retries).
+    let mut index_unsure = false;
     let mut receiving = true;
     loop {
         tokio::select! {
@@ -333,7 +407,9 @@ async fn upload_packs(
                         in_flight.push(async move {
                             let len = pack.data.len() as u64;
                             repo.put_bytes(&pack.key, pack.data, PutMode::Create).await?;
+                            let raw: u64 = pack.chunks.iter().map(|c| u64::from(c.2)).sum();
                             progress.uploaded.fetch_add(len, Ordering::Relaxed);
+                            progress.uploaded_raw.fetch_add(raw, Ordering::Relaxed);
                             Ok::<_, Error>((pack.key, pack.chunks, len))
                         });
                     }
@@ -346,8 +422,19 @@ async fn upload_packs(
                     Ok((key, chunks, len)) => {
                         uploaded += len;
                         pending.push((key, chunks));
-                        if pending.len() >= INDEX_EVERY {
-                            uploaded += write_index_file(repo, keys, std::mem::take(&mut pending)).await?;
+                        if pending.len() >= INDEX_EVERY && failure.is_none() {
+                            match write_index_file(repo, keys, &pending).await {
+                                Ok(n) => {
+                                    uploaded += n;
+                                    pending.clear();
+                                }
+                                // Stop taking packs; the uploads under way
+                                // finish, and the end tries once more.
+                                Err(e) => {
+                                    index_unsure |= !matches!(e, Error::TargetFull { .. });
+                                    failure = Some(e);
+                                }
+                            }
                         }
                     }
                     Err(e) => failure = Some(e),
@@ -360,9 +447,14 @@ async fn upload_packs(
         }
     }
     if !pending.is_empty() {
-        let written = write_index_file(repo, keys, pending).await;
-        if failure.is_none() {
-            uploaded += written?;
+        match write_index_file(repo, keys, &pending).await {
+            Ok(n) => uploaded += n,
+            Err(e) => {
+                if matches!(e, Error::TargetFull { .. }) && !index_unsure {
+                    remove_unindexed(repo, &pending).await;
+                }
+                failure.get_or_insert(e);
+            }
         }
     }
     match failure {
@@ -371,8 +463,20 @@ async fn upload_packs(
     }
 }
 
-async fn write_index_file(repo: &Repository, keys: &Keys, packs: Vec<PackContents>) -> Result<u64> {
-    let body = Repository::encode_metadata(keys, &write_index(&packs))?;
+/// Deletes packs of this run that no index file will name because the
+/// target is full: nothing could ever use them, and their room is what the
+/// next run needs. A failed put stores nothing (the storage contract), so
+/// the index that would have named them surely does not exist.
+async fn remove_unindexed(repo: &Repository, packs: &[PackContents]) {
+    for (key, _) in packs {
+        if let Err(e) = repo.delete(key).await {
+            tracing::warn!(key, error = %e, "could not remove a pack no index names; prune will");
+        }
+    }
+}
+
+async fn write_index_file(repo: &Repository, keys: &Keys, packs: &[PackContents]) -> Result<u64> {
+    let body = Repository::encode_metadata(keys, &write_index(packs))?;
     let len = body.len() as u64;
     let key = format!("{INDEX}{}", hex::encode(rand::random::<[u8; 16]>()));
     repo.put_bytes(&key, body, PutMode::Create).await?;
@@ -397,17 +501,8 @@ async fn put_file(repo: &Repository, key: &str, mut file: std::fs::File) -> Resu
         return Ok(len);
     }
     let file = Arc::new(Mutex::new(file));
-    repo.retry
-        .run(|| {
-            let file = file.clone();
-            async move {
-                let stream = file_stream(file)?;
-                repo.storage().put(key, stream, PutMode::Overwrite).await
-            }
-        })
-        .await
-        .map_err(|e| repo.storage_err(e))?;
-    repo.stats.puts.fetch_add(1, Ordering::Relaxed);
+    repo.put_stream(key, len, PutMode::Create, || file_stream(file.clone()))
+        .await?;
     Ok(len)
 }
 
@@ -501,6 +596,9 @@ impl Visitor for Collector<'_> {
             .push((id, self.pack.len() as u32, data.len() as u32));
         self.pack.extend_from_slice(data);
         self.new_bytes += data.len() as u64;
+        self.progress
+            .new_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         if self.pack.len() >= self.pack_size {
             self.flush_pack()?;
         }

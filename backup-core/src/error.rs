@@ -13,6 +13,30 @@ pub enum Error {
         #[source]
         source: StorageError,
     },
+    /// The target has no room left. `free` is what it has left where it can
+    /// tell (a local filesystem), `needed` what the failed operation would
+    /// have stored in all, where it can estimate it (a backup).
+    #[error("target {target} is full: {}", full_detail(*free, *needed))]
+    TargetFull {
+        target: String,
+        free: Option<u64>,
+        needed: Option<u64>,
+        #[source]
+        source: Box<StorageError>,
+    },
+    /// The target stored another number of bytes than it was sent, without
+    /// saying so itself.
+    #[error(
+        "{target} stored {stored} of the {expected} bytes sent for {key}{}",
+        if *removed { "; the incomplete object was removed" } else { "" }
+    )]
+    ShortWrite {
+        target: String,
+        key: String,
+        stored: u64,
+        expected: u64,
+        removed: bool,
+    },
     #[error("{path}: {message}")]
     Source { path: PathBuf, message: String },
     #[error("{0} is not a SQLite database")]
@@ -90,6 +114,34 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn full_detail(free: Option<u64>, needed: Option<u64>) -> String {
+    match (free, needed) {
+        (Some(f), Some(n)) => format!("{} free, about {} needed", human_bytes(f), human_bytes(n)),
+        (Some(f), None) => format!("{} free", human_bytes(f)),
+        (None, Some(n)) => format!(
+            "it refuses more data (it does not say how much is free); about {} needed",
+            human_bytes(n)
+        ),
+        (None, None) => "it refuses more data".into(),
+    }
+}
+
+/// `1536` → `"1.5 KiB"`, for messages.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
 
 impl Error {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {

@@ -18,6 +18,7 @@ pub mod fetch;
 pub mod keys;
 pub mod lock;
 pub mod pins;
+pub mod process;
 pub mod prune;
 pub mod repair;
 pub mod repo;

@@ -26,6 +26,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::process::{pid_scope, process_alive};
 use crate::repo::{Repository, LOCKS};
 use crate::storage::{ErrorKind, PutMode};
 
@@ -97,24 +98,6 @@ impl LockInfo {
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         )
     }
-}
-
-/// This process's pid space: `<boot id>/<pid namespace>` on Linux, `None`
-/// where that cannot be known.
-fn pid_scope() -> Option<String> {
-    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-    let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
-    Some(format!("{}/{}", boot.trim(), ns.display()))
-}
-
-/// Whether a process of this host is alive. Only Linux can tell (via
-/// /proc); elsewhere a lock goes stale by age alone.
-fn process_alive(pid: u32) -> bool {
-    let proc = std::path::Path::new("/proc");
-    if !proc.join("self").exists() {
-        return true;
-    }
-    proc.join(pid.to_string()).exists()
 }
 
 /// How long a shared lock waits for an exclusive one, and how often it looks.

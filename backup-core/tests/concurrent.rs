@@ -51,7 +51,12 @@ fn delay(rules: &[(&'static str, Duration)], key: &str) -> Option<Duration> {
 
 #[async_trait]
 impl Storage for Delayed {
-    async fn put(&self, key: &str, body: ByteStream, mode: PutMode) -> Result<(), StorageError> {
+    async fn put(
+        &self,
+        key: &str,
+        body: ByteStream,
+        mode: PutMode,
+    ) -> Result<ObjectMeta, StorageError> {
         self.inner.put(key, body, mode).await
     }
     async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {

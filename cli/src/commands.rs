@@ -850,6 +850,8 @@ pub fn report(e: &anyhow::Error) -> ExitCode {
     ExitCode::from(usage::exit_code(e))
 }
 
+const FULL_HINT: &str = "make room on the target (free disk space, raise its quota or storage cap, or prune old snapshots), then run again: nothing needs repairing, earlier snapshots are intact, and what this run stored is reused";
+
 pub(crate) fn hint(e: &anyhow::Error) -> Option<String> {
     let core = e.chain().find_map(|c| c.downcast_ref::<Error>())?;
     Some(match core {
@@ -872,7 +874,10 @@ pub(crate) fn hint(e: &anyhow::Error) -> Option<String> {
         Error::NotARepository { .. } => "point the target at an empty directory or prefix, or at an existing offsite repository".into(),
         Error::UnsupportedVersion { .. } => "upgrade offsite to a version that reads this repository".into(),
         Error::Key(_) => "recipients look like age1...; identity files hold AGE-SECRET-KEY-1... lines (create one with `offsite keygen -o FILE`)".into(),
+        Error::TargetFull { .. } => FULL_HINT.into(),
+        Error::ShortWrite { .. } => "the target took less than it was sent without reporting an error: check its disk or service (`offsite targets check`) and run again; nothing refers to the incomplete object, and earlier snapshots are intact".into(),
         Error::Storage { source, .. } => match source.kind {
+            ErrorKind::Full => FULL_HINT.into(),
             ErrorKind::PermissionDenied => "check the target's credentials and permissions (`offsite targets check`)".into(),
             ErrorKind::NotFound => "check the target's path, bucket and prefix".into(),
             ErrorKind::Transient => "the target is unreachable or overloaded; run again later (uploaded data is reused)".into(),

@@ -106,6 +106,7 @@ pub async fn probe(t: &TargetConfig) -> Probe {
             PutMode::Create,
         )
         .await
+        .map(drop)
         .map_err(|e| e.to_string());
     let put_ok = put.is_ok();
     steps.push(("put", put));

@@ -33,7 +33,8 @@ use crate::error::{Error, Result};
 use crate::keys::{Identities, Keys};
 use crate::source::SourceKind;
 use crate::storage::{
-    bytes_stream, collect_bytes, list_all, PutMode, RetryPolicy, Storage, StorageError,
+    bytes_stream, collect_bytes, list_all, ByteStream, ErrorKind, PutMode, RetryPolicy, Storage,
+    StorageError,
 };
 
 pub use format::{Damage, Index, Location};
@@ -182,18 +183,30 @@ impl Repository {
                     created: Utc::now(),
                     metadata_recipient: keys.metadata_recipient(),
                 };
-                let body = serde_json::to_vec_pretty(&config).expect("config serializes");
-                match storage
-                    .put(CONFIG_KEY, bytes_stream(body), PutMode::Create)
-                    .await
+                let body =
+                    Bytes::from(serde_json::to_vec_pretty(&config).expect("config serializes"));
+                let len = body.len() as u64;
+                match store_checked(
+                    storage.as_ref(),
+                    &RetryPolicy::default(),
+                    CONFIG_KEY,
+                    len,
+                    PutMode::Create,
+                    || Ok(bytes_stream(body.clone())),
+                )
+                .await
                 {
                     // Another host created it at the same moment: use theirs.
                     Ok(())
-                    | Err(StorageError {
-                        kind: crate::storage::ErrorKind::AlreadyExists,
+                    | Err(Error::Storage {
+                        source:
+                            StorageError {
+                                kind: ErrorKind::AlreadyExists,
+                                ..
+                            },
                         ..
                     }) => {}
-                    Err(e) => return Err(Error::Storage { target, source: e }),
+                    Err(e) => return Err(e),
                 }
                 Self::open(storage).await?
             }
@@ -269,31 +282,34 @@ impl Repository {
             .map_err(|e| self.storage_err(e))
     }
 
-    /// Writes an in-memory object, with retries.
+    /// Writes an in-memory object, with retries, and checks that the target
+    /// stored all of it (see [`Self::put_stream`]).
     pub async fn put_bytes(&self, key: &str, data: Bytes, mode: PutMode) -> Result<()> {
         let len = data.len() as u64;
-        let mut attempt = 0u32;
-        self.retry
-            .run(|| {
-                attempt += 1;
-                let data = data.clone();
-                async move {
-                    let r = self.storage.put(key, bytes_stream(data), mode).await;
-                    // A create whose first attempt landed but whose reply was
-                    // lost reports AlreadyExists on the retry; the object is ours.
-                    match r {
-                        Err(e)
-                            if attempt > 1
-                                && e.kind == crate::storage::ErrorKind::AlreadyExists =>
-                        {
-                            Ok(())
-                        }
-                        r => r,
-                    }
-                }
-            })
+        self.put_stream(key, len, mode, || Ok(bytes_stream(data.clone())))
             .await
-            .map_err(|e| self.storage_err(e))?;
+    }
+
+    /// Writes an object of `len` bytes whose body `body` produces afresh for
+    /// each attempt, with retries. Every object of the repository is written
+    /// here, so this is where "never success for what was not stored" holds:
+    /// - the target is full: fails at once with [`Error::TargetFull`] (no
+    ///   retry), saying how much room is left where the target knows;
+    /// - the target stored fewer (or more) bytes than `len`, by its own
+    ///   account: fails with [`Error::ShortWrite`], and a created object (the
+    ///   key was fresh and ours alone) is deleted again, so no manifest or
+    ///   index ever refers to it and no reader finds it. An overwritten one
+    ///   (a lock refresh) is left for its owner to replace;
+    /// - a retried create finds the key taken, so an earlier attempt landed
+    ///   but its answer was lost: a head tells whether it landed whole.
+    pub async fn put_stream(
+        &self,
+        key: &str,
+        len: u64,
+        mode: PutMode,
+        body: impl Fn() -> Result<ByteStream, StorageError>,
+    ) -> Result<()> {
+        store_checked(self.storage.as_ref(), &self.retry, key, len, mode, body).await?;
         self.stats.puts.fetch_add(1, Ordering::Relaxed);
         self.stats.bytes_put.fetch_add(len, Ordering::Relaxed);
         Ok(())
@@ -332,6 +348,72 @@ impl Repository {
         let raw = self.get_bytes(key).await?;
         codec::decode(&raw, ids.iter(), key)
     }
+}
+
+/// The one way an object is written: `body` is put under `key` with retries
+/// of transient failures, and the size the target says it stored is compared
+/// with `len` (see [`Repository::put_stream`] for what each failure does).
+async fn store_checked(
+    storage: &dyn Storage,
+    retry: &RetryPolicy,
+    key: &str,
+    len: u64,
+    mode: PutMode,
+    body: impl Fn() -> Result<ByteStream, StorageError>,
+) -> Result<()> {
+    let mut attempt = 0u32;
+    let stored = retry
+        .run(|| {
+            attempt += 1;
+            let retried = attempt > 1;
+            let body = &body;
+            async move {
+                match storage.put(key, body()?, mode).await {
+                    Ok(meta) => Ok((meta.size, true)),
+                    // A create whose first attempt landed but whose answer
+                    // was lost reports AlreadyExists on the retry; the
+                    // object is ours if it is whole.
+                    Err(e) if retried && e.kind == ErrorKind::AlreadyExists => {
+                        Ok((storage.head(key).await?.size, false))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        })
+        .await;
+    let target = storage.describe();
+    let (size, created) = match stored {
+        Ok(done) => done,
+        Err(e) if e.is_full() => {
+            return Err(Error::TargetFull {
+                free: storage.free_space().await,
+                target,
+                needed: None,
+                source: Box::new(e),
+            })
+        }
+        Err(e) => return Err(Error::Storage { target, source: e }),
+    };
+    if size == len {
+        return Ok(());
+    }
+    // Only an object this very put created is surely ours to remove.
+    let removed = created
+        && mode == PutMode::Create
+        && match retry.run(|| storage.delete(key)).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(key, error = %e, "could not remove an incompletely stored object");
+                false
+            }
+        };
+    Err(Error::ShortWrite {
+        target,
+        key: key.to_string(),
+        stored: size,
+        expected: len,
+        removed,
+    })
 }
 
 /// The tag of the snapshot `offsite restore` takes of a file before it

@@ -37,7 +37,7 @@ impl Storage for MemoryStorage {
         key: &str,
         mut body: ByteStream,
         mode: PutMode,
-    ) -> Result<(), StorageError> {
+    ) -> Result<ObjectMeta, StorageError> {
         validate_key(key)?;
         let mut data = Vec::new();
         while let Some(part) = body.next().await {
@@ -47,8 +47,12 @@ impl Storage for MemoryStorage {
         if mode == PutMode::Create && objects.contains_key(key) {
             return Err(StorageError::already_exists(key));
         }
+        let size = data.len() as u64;
         objects.insert(key.to_string(), Bytes::from(data));
-        Ok(())
+        Ok(ObjectMeta {
+            key: key.to_string(),
+            size,
+        })
     }
 
     async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {

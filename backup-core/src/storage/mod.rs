@@ -8,11 +8,22 @@
 //! boundary is bytes, keys and a [`StorageError`] whose kind tells the caller whether
 //! to stop, retry or treat the object as absent.
 //!
+//! What if the target fills up or a write comes up short? A put either stores
+//! the whole body or fails and leaves the previous state: a backend must
+//! never place (link, rename, complete) an object it has not checked to be
+//! complete, and it reports the size it stored as the target itself knows it,
+//! so that the repository layer can compare it with what it sent before any
+//! manifest refers to the object. A full target (`ENOSPC`, a quota, a storage
+//! cap) fails with [`ErrorKind::Full`], which nobody retries: waiting does not
+//! make room. What each backend checks is listed in docs/backends.md.
+//!
 //! Modelled on apache `object_store`'s `ObjectStore`, cut down to what a backup
 //! repository needs.
 
 pub mod retry;
 pub use retry::RetryPolicy;
+#[cfg(feature = "testing")]
+pub mod faulty;
 #[cfg(feature = "testing")]
 pub mod memory;
 #[cfg(feature = "testing")]
@@ -75,6 +86,9 @@ pub enum ErrorKind {
     /// Worth retrying: throttling, 5xx, connection resets, expired tokens that
     /// could not be refreshed in place. Backends retry these themselves first.
     Transient,
+    /// The target has no room for the object: a full filesystem or quota
+    /// (`ENOSPC`, `EDQUOT`), a storage cap or HTTP 507. Never retried.
+    Full,
     /// Anything else: a configuration mistake, a malformed response, local I/O.
     Other,
 }
@@ -86,6 +100,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::AlreadyExists => "already exists",
             ErrorKind::PermissionDenied => "permission denied",
             ErrorKind::Transient => "temporary failure",
+            ErrorKind::Full => "target full",
             ErrorKind::Other => "error",
         })
     }
@@ -133,6 +148,10 @@ impl StorageError {
     pub fn is_transient(&self) -> bool {
         self.kind == ErrorKind::Transient
     }
+
+    pub fn is_full(&self) -> bool {
+        self.kind == ErrorKind::Full
+    }
 }
 
 /// A backup target. Implementations must be cheap to share (`Arc<dyn Storage>`).
@@ -141,15 +160,27 @@ impl StorageError {
 /// - keys are `/`-separated relative paths of `[A-Za-z0-9._-]` segments;
 /// - a put is all-or-nothing: a reader never sees a partial object, and a failed
 ///   or dropped put leaves the previous state (absent or the old object);
+/// - a put returns the object as the target stored it: its size is what the
+///   target reports (a file's length after fsync, the length in the
+///   service's answer, a HEAD after a multipart upload, or the bytes of a
+///   single request whose `Content-Length` the service enforces), never just
+///   the number of bytes the body yielded;
+/// - a target with no room fails the put with [`ErrorKind::Full`];
 /// - `get` and `head` of a missing key fail with [`ErrorKind::NotFound`];
 /// - `list` returns every object whose key starts with the prefix, in no
 ///   particular order, each once;
 /// - `delete` of a missing key succeeds (deletes are idempotent).
 #[async_trait]
 pub trait Storage: Send + Sync + fmt::Debug {
-    /// Stores the bytes of `body` under `key`. Large bodies must be streamed to
-    /// the service (multipart or large-file uploads), never collected in memory.
-    async fn put(&self, key: &str, body: ByteStream, mode: PutMode) -> Result<(), StorageError>;
+    /// Stores the bytes of `body` under `key` and returns what was stored.
+    /// Large bodies must be streamed to the service (multipart or large-file
+    /// uploads), never collected in memory.
+    async fn put(
+        &self,
+        key: &str,
+        body: ByteStream,
+        mode: PutMode,
+    ) -> Result<ObjectMeta, StorageError>;
 
     /// Streams an object's bytes.
     async fn get(&self, key: &str) -> Result<ByteStream, StorageError>;
@@ -165,6 +196,13 @@ pub trait Storage: Send + Sync + fmt::Debug {
 
     /// A short human description for messages, e.g. `s3://bucket/prefix`.
     fn describe(&self) -> String;
+
+    /// Bytes still free for objects, where the target can know it (a local
+    /// filesystem); `None` for services that do not say. Only used to word
+    /// the error when the target is full.
+    async fn free_space(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Collects a listing. Listings are small (thousands of keys at most) next to

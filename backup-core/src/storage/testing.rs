@@ -12,8 +12,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 
+pub use super::faulty::FaultyStorage;
 use super::{
-    bytes_stream, collect_bytes, list_all, ByteStream, ErrorKind, PutMode, Storage, StorageError,
+    bytes_stream, collect_bytes, list_all, ByteStream, ErrorKind, ObjectMeta, PutMode, Storage,
+    StorageError,
 };
 
 /// Deterministic pseudo-random bytes (a BLAKE3 XOF keyed by `seed`), so large
@@ -92,6 +94,7 @@ pub async fn run_all(storage: Arc<dyn Storage>, large_size: u64) {
     list_semantics(storage.as_ref()).await;
     delete_semantics(storage.as_ref()).await;
     failed_put_leaves_nothing(storage.as_ref()).await;
+    full_and_short_writes(storage.clone()).await;
     invalid_keys_rejected(storage.as_ref()).await;
     large_streamed_object(storage.as_ref(), large_size).await;
 }
@@ -105,9 +108,12 @@ pub async fn put_get_roundtrip(s: &dyn Storage) {
         ("rt/nested/deeper/obj.bin", pattern("nested", 70_001)),
     ];
     for (key, data) in &cases {
-        s.put(key, bytes_stream(data.clone()), PutMode::Overwrite)
+        let stored = s
+            .put(key, bytes_stream(data.clone()), PutMode::Overwrite)
             .await
             .unwrap_or_else(|e| panic!("put {key}: {e}"));
+        assert_eq!(stored.size, data.len() as u64, "put {key} reports its size");
+        assert_eq!(stored.key, *key, "put reports the key it stored");
         assert_eq!(
             &get_all(s, key).await[..],
             &data[..],
@@ -122,13 +128,15 @@ pub async fn put_get_roundtrip(s: &dyn Storage) {
     }
     // A body that arrives in many small pieces is one object.
     let seed = "rt-pieces";
-    s.put(
-        "rt/pieces",
-        pattern_stream(seed, 1_000_003, 4096),
-        PutMode::Overwrite,
-    )
-    .await
-    .expect("put of a many-piece stream");
+    let stored = s
+        .put(
+            "rt/pieces",
+            pattern_stream(seed, 1_000_003, 4096),
+            PutMode::Overwrite,
+        )
+        .await
+        .expect("put of a many-piece stream");
+    assert_eq!(stored.size, 1_000_003);
     assert_eq!(
         &get_all(s, "rt/pieces").await[..],
         &pattern(seed, 1_000_003)[..]
@@ -182,7 +190,7 @@ pub async fn create_if_absent(s: &dyn Storage) {
 /// holds the winner's bytes.
 pub async fn concurrent_creates(s: Arc<dyn Storage>) {
     let n = 8;
-    let results: Vec<(usize, Result<(), StorageError>)> = stream::iter(0..n)
+    let results: Vec<(usize, Result<ObjectMeta, StorageError>)> = stream::iter(0..n)
         .map(|i| {
             let s = s.clone();
             async move {
@@ -391,13 +399,15 @@ pub async fn invalid_keys_rejected(s: &dyn Storage) {
 /// suite, and comes back bit for bit.
 pub async fn large_streamed_object(s: &dyn Storage, size: u64) {
     let seed = "large-object";
-    s.put(
-        "large/obj",
-        pattern_stream(seed, size, 1 << 20),
-        PutMode::Create,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("put of a {size}-byte streamed object: {e}"));
+    let stored = s
+        .put(
+            "large/obj",
+            pattern_stream(seed, size, 1 << 20),
+            PutMode::Create,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("put of a {size}-byte streamed object: {e}"));
+    assert_eq!(stored.size, size, "put of a large object reports its size");
     assert_eq!(s.head("large/obj").await.unwrap().size, size);
     let (len, digest) = stream_digest(s.get("large/obj").await.unwrap()).await;
     assert_eq!(len, size, "large object length");
@@ -405,68 +415,215 @@ pub async fn large_streamed_object(s: &dyn Storage, size: u64) {
     s.delete("large/obj").await.unwrap();
 }
 
-/// A wrapper that makes a real store fail on purpose, for fault tests of the
-/// layers above a backend: the first `fail_puts` puts whose key starts with
-/// `prefix` fail with `kind`, and puts after `abort_after` successful ones fail
-/// permanently (a crash mid-backup).
+/// The target runs out of space, or a body is cut short, in the middle of an
+/// object (injected by wrapping `inner` in [`FaultyStorage`]). Bodies of 12
+/// MiB span several parts of a multipart or large-file upload at 5 MiB parts.
+///
+/// - A put that cannot store its whole body fails with [`ErrorKind::Full`]
+///   (the body's own error, passed through) and stores nothing, at any fill
+///   level: no new object, an old object under the key intact, and the key
+///   still free for a later create once space comes back.
+/// - A put whose body was silently cut short reports the size it really
+///   stored (what head says), so the layer above can tell it from the size
+///   it sent.
+/// - A body that fails after N bytes with another kind fails the put with
+///   that kind and stores nothing.
+pub async fn full_and_short_writes(inner: Arc<dyn Storage>) {
+    const BIG: u64 = 12 << 20;
+    let s = FaultyStorage::new(inner);
+    s.put(
+        "full/old",
+        bytes_stream(&b"keep me"[..]),
+        PutMode::Overwrite,
+    )
+    .await
+    .unwrap();
+    for free in [0, 1, 64 << 10, 6 << 20, BIG - 1] {
+        s.set_free(Some(free));
+        let e = s
+            .put(
+                "full/new",
+                pattern_stream("full", BIG, 1 << 20),
+                PutMode::Create,
+            )
+            .await
+            .expect_err("a create larger than the free space must fail");
+        assert_eq!(
+            e.kind,
+            ErrorKind::Full,
+            "create with {free} bytes free: {e}"
+        );
+        assert_eq!(
+            s.head("full/new").await.unwrap_err().kind,
+            ErrorKind::NotFound,
+            "a put that ran out of space at {free} bytes left an object"
+        );
+        let e = s
+            .put(
+                "full/old",
+                pattern_stream("full", BIG, 1 << 20),
+                PutMode::Overwrite,
+            )
+            .await
+            .expect_err("an overwrite larger than the free space must fail");
+        assert_eq!(
+            e.kind,
+            ErrorKind::Full,
+            "overwrite with {free} bytes free: {e}"
+        );
+        assert_eq!(
+            &get_all(&s, "full/old").await[..],
+            b"keep me",
+            "an overwrite that ran out of space at {free} bytes replaced the object"
+        );
+    }
+    s.set_free(Some(3));
+    let e = s
+        .put("full/small", bytes_stream(&b"hello"[..]), PutMode::Create)
+        .await
+        .expect_err("a small put into a full store");
+    assert_eq!(e.kind, ErrorKind::Full, "{e}");
+    let keys: Vec<String> = list_all(&s, "full/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
+    assert_eq!(keys, ["full/old"], "failed puts left objects behind");
+
+    // Space comes back: the key is still free, and the object lands whole.
+    s.set_free(None);
+    let stored = s
+        .put(
+            "full/new",
+            pattern_stream("full", BIG, 1 << 20),
+            PutMode::Create,
+        )
+        .await
+        .expect("a create once space came back");
+    assert_eq!(stored.size, BIG);
+    let (len, digest) = stream_digest(s.get("full/new").await.unwrap()).await;
+    assert_eq!((len, digest), (BIG, pattern_digest("full", BIG)));
+
+    for cut in [0, 1000, 6 << 20] {
+        s.cut_bodies("short/", cut, 1);
+        let key = format!("short/{cut}");
+        let stored = s
+            .put(&key, pattern_stream("short", BIG, 1 << 20), PutMode::Create)
+            .await
+            .unwrap_or_else(|e| panic!("put of a body cut at {cut} bytes: {e}"));
+        assert_eq!(
+            stored.size, cut,
+            "a put whose body was cut at {cut} bytes must report the size it stored"
+        );
+        assert_eq!(s.head(&key).await.unwrap().size, cut);
+        assert_eq!(
+            &get_all(&s, &key).await[..],
+            &pattern("short", cut as usize)[..]
+        );
+    }
+
+    for (after, kind) in [
+        (0, ErrorKind::Other),
+        (5 << 20, ErrorKind::Transient),
+        (BIG - 1, ErrorKind::Other),
+    ] {
+        s.fail_bodies("err/", after, kind, 1);
+        let e = s
+            .put(
+                "err/x",
+                pattern_stream("err", BIG, 1 << 20),
+                PutMode::Create,
+            )
+            .await
+            .expect_err("a put whose body fails must fail");
+        assert_eq!(e.kind, kind, "body failing after {after} bytes: {e}");
+        assert_eq!(
+            s.head("err/x").await.unwrap_err().kind,
+            ErrorKind::NotFound,
+            "a body failing after {after} bytes left an object"
+        );
+    }
+    for key in [
+        "full/old",
+        "full/new",
+        "short/0",
+        "short/1000",
+        "short/6291456",
+    ] {
+        s.delete(key).await.unwrap();
+    }
+}
+
+/// A size-limited tmpfs mounted for a test, unmounted when dropped: a real
+/// filesystem that fills up, for full-disk tests of the local target and the
+/// binary. Mounting needs root (as in CI) or a user namespace; without
+/// either the test fails and says how to run it, it does not skip.
 #[derive(Debug)]
-pub struct FaultyStorage {
-    pub inner: Arc<dyn Storage>,
-    pub prefix: String,
-    pub kind: ErrorKind,
-    pub fail_puts: AtomicUsize,
-    pub abort_after: Option<usize>,
-    pub puts_done: AtomicUsize,
+pub struct SmallFs {
+    path: std::path::PathBuf,
+    _dir: Option<tempfile::TempDir>,
 }
 
-impl FaultyStorage {
-    pub fn new(inner: Arc<dyn Storage>) -> Self {
-        FaultyStorage {
-            inner,
-            prefix: String::new(),
-            kind: ErrorKind::Transient,
-            fail_puts: AtomicUsize::new(0),
-            abort_after: None,
-            puts_done: AtomicUsize::new(0),
+impl SmallFs {
+    /// Mounts a tmpfs of `bytes` (rounded up to pages by the kernel) on a
+    /// new temporary directory.
+    pub fn mount(bytes: u64) -> SmallFs {
+        let dir = tempfile::tempdir().expect("a directory to mount on");
+        let mut fs = Self::mount_on(dir.path(), bytes);
+        fs._dir = Some(dir);
+        fs
+    }
+
+    /// Mounts a tmpfs of `bytes` on the existing directory `path`.
+    pub fn mount_on(path: &std::path::Path, bytes: u64) -> SmallFs {
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(path)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => SmallFs {
+                path: path.to_path_buf(),
+                _dir: None,
+            },
+            Ok(o) => panic!(
+                "cannot mount a {bytes}-byte tmpfs at {} ({}): this test needs a small real \
+                 filesystem that fills up. Run it as root (as CI does), or in a user and mount \
+                 namespace of its own: unshare -rm cargo test ...",
+                path.display(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            Err(e) => panic!(
+                "cannot run mount(8) ({e}): this test needs a small tmpfs; run it as root \
+                 with util-linux installed, or under unshare -rm"
+            ),
         }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Bytes still free on it.
+    pub fn free(&self) -> u64 {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(self.path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: statvfs writes only into the zeroed struct it is given.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid NUL-terminated path and a valid out-pointer.
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+        #[allow(clippy::unnecessary_cast)]
+        let free = st.f_bavail as u64 * st.f_frsize as u64;
+        free
     }
 }
 
-#[async_trait::async_trait]
-impl Storage for FaultyStorage {
-    async fn put(&self, key: &str, body: ByteStream, mode: PutMode) -> Result<(), StorageError> {
-        if key.starts_with(&self.prefix) {
-            if let Some(limit) = self.abort_after {
-                if self.puts_done.load(Ordering::SeqCst) >= limit {
-                    return Err(StorageError::new(ErrorKind::Other, key, "injected crash"));
-                }
-            }
-            let left = self.fail_puts.load(Ordering::SeqCst);
-            if left > 0 {
-                self.fail_puts.store(left - 1, Ordering::SeqCst);
-                return Err(StorageError::new(self.kind, key, "injected failure"));
-            }
-        }
-        self.inner.put(key, body, mode).await?;
-        self.puts_done.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-    async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {
-        self.inner.get(key).await
-    }
-    async fn head(&self, key: &str) -> Result<super::ObjectMeta, StorageError> {
-        self.inner.head(key).await
-    }
-    fn list(
-        &self,
-        prefix: &str,
-    ) -> futures::stream::BoxStream<'_, Result<super::ObjectMeta, StorageError>> {
-        self.inner.list(prefix)
-    }
-    async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        self.inner.delete(key).await
-    }
-    fn describe(&self) -> String {
-        format!("faulty({})", self.inner.describe())
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        // Lazy, so an open file of a failed test cannot keep it mounted.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
     }
 }

@@ -1,0 +1,301 @@
+//! Backups onto a target that fills up, cuts writes short or fails mid-object
+//! (the in-memory target behind [`testing::FaultyStorage`]). Whatever happens,
+//! a backup that could not store its snapshot fails with the reason, writes
+//! no manifest, leaves no short or undecodable object behind, and every
+//! earlier snapshot still restores and equals its source; once the target is
+//! healthy again, the next backup succeeds.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backup_core::backup::{backup, BackupOptions};
+use backup_core::keys::{generate_identity, Identities, Keys};
+use backup_core::repo::{Manifest, Repository, INDEX, LISTS, PACKS, SNAPSHOTS};
+use backup_core::restore::{restore, RestoreOptions};
+use backup_core::source::{SourceKind, SourceSpec};
+use backup_core::storage::memory::MemoryStorage;
+use backup_core::storage::testing::FaultyStorage;
+use backup_core::storage::{ErrorKind, Storage};
+use backup_core::Error;
+use rusqlite::Connection;
+
+fn keypair() -> (Keys, Identities) {
+    let (secret, recipient) = generate_identity();
+    (
+        Keys::from_recipients(&[recipient]).unwrap(),
+        Identities::parse(&secret, "test").unwrap(),
+    )
+}
+
+/// Adds `rows` rows of text that compresses about as well as real data
+/// (random hex: to half).
+fn add_rows(path: &Path, from: usize, rows: usize) {
+    let c = Connection::open(path).unwrap();
+    c.execute_batch(
+        "CREATE TABLE IF NOT EXISTS tasks(id INTEGER PRIMARY KEY, title TEXT, body TEXT)",
+    )
+    .unwrap();
+    let tx = c.unchecked_transaction().unwrap();
+    for i in from..from + rows {
+        tx.execute(
+            "INSERT INTO tasks(title, body) VALUES (?1, ?2)",
+            (format!("task {i}"), hex::encode(rand::random::<[u8; 96]>())),
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+}
+
+fn dump(path: &Path) -> Vec<(i64, String, String)> {
+    let c = Connection::open(path).unwrap();
+    let mut s = c
+        .prepare("SELECT id, title, body FROM tasks ORDER BY id")
+        .unwrap();
+    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn opts() -> BackupOptions {
+    BackupOptions {
+        // Many packs, so index files are written mid-run too.
+        pack_size: 32 << 10,
+        ..Default::default()
+    }
+}
+
+/// A repository on a fault-injecting in-memory target, holding one snapshot
+/// of `db`, whose rows were then changed so the next backup has new data.
+struct Fixture {
+    dir: tempfile::TempDir,
+    db: std::path::PathBuf,
+    keys: Keys,
+    ids: Identities,
+    faulty: Arc<FaultyStorage>,
+    repo: Repository,
+    first: Manifest,
+    first_rows: Vec<(i64, String, String)>,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    add_rows(&db, 0, 4_000);
+    let (keys, ids) = keypair();
+    let faulty = Arc::new(FaultyStorage::new(Arc::new(MemoryStorage::default())));
+    let mut repo = Repository::open_or_init(faulty.clone(), &keys)
+        .await
+        .unwrap();
+    repo.retry = backup_core::storage::RetryPolicy::fast();
+    let first = backup(&repo, &keys, &spec(&db), &opts())
+        .await
+        .unwrap()
+        .manifest;
+    let first_rows = dump(&db);
+    add_rows(&db, 4_000, 4_000);
+    Fixture {
+        dir,
+        db,
+        keys,
+        ids,
+        faulty,
+        repo,
+        first,
+        first_rows,
+    }
+}
+
+fn spec(path: &Path) -> SourceSpec {
+    SourceSpec {
+        name: "app".into(),
+        kind: SourceKind::Sqlite,
+        path: path.to_path_buf(),
+    }
+}
+
+impl Fixture {
+    /// Everything a reader depends on is whole: the only snapshot is the
+    /// first one, every manifest, list and index file decodes, every pack an
+    /// index names exists, and the first snapshot restores to its rows.
+    async fn check_intact(&self, case: &str) {
+        let snapshots = self.repo.snapshots(&self.ids).await.unwrap();
+        let ids: Vec<&str> = snapshots.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, [self.first.id.as_str()], "{case}: snapshots");
+        for prefix in [SNAPSHOTS, LISTS, INDEX] {
+            for meta in self.repo.list(prefix).await.unwrap() {
+                self.repo
+                    .get_metadata(&meta.key, &self.ids)
+                    .await
+                    .unwrap_or_else(|e| panic!("{case}: {} does not decode: {e}", meta.key));
+            }
+        }
+        let index = self.repo.load_index(&self.ids).await.unwrap();
+        for pack in &index.packs {
+            let size = self.faulty.head(pack).await.map(|m| m.size);
+            assert!(
+                size.as_ref().is_ok_and(|s| *s > 0),
+                "{case}: indexed pack {pack}: {size:?}"
+            );
+        }
+        let out = self
+            .dir
+            .path()
+            .join(format!("restored-{}.db", rand::random::<u32>()));
+        restore(
+            &self.repo,
+            &self.ids,
+            &self.first,
+            &out,
+            &RestoreOptions::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{case}: the earlier snapshot does not restore: {e}"));
+        assert_eq!(dump(&out), self.first_rows, "{case}: restored rows");
+        std::fs::remove_file(out).unwrap();
+    }
+
+    /// With the faults cleared, a backup succeeds and restores to `db`.
+    async fn backup_succeeds(&self, case: &str) {
+        self.faulty.set_free(None);
+        let s = backup(&self.repo, &self.keys, &spec(&self.db), &opts())
+            .await
+            .unwrap_or_else(|e| panic!("{case}: backup once the target is healthy: {e}"));
+        let out = self.dir.path().join("after.db");
+        restore(
+            &self.repo,
+            &self.ids,
+            &s.manifest,
+            &out,
+            &RestoreOptions::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(dump(&out), dump(&self.db), "{case}: the new snapshot");
+        std::fs::remove_file(out).unwrap();
+    }
+
+    async fn bytes_stored(&self) -> u64 {
+        self.repo
+            .list("")
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.size)
+            .sum()
+    }
+
+    /// Packs that no index file names.
+    async fn unindexed_packs(&self) -> Vec<String> {
+        let index = self.repo.load_index(&self.ids).await.unwrap();
+        let mut out: Vec<String> = self
+            .repo
+            .list(PACKS)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .filter(|k| !index.packs.contains(k))
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_onto_a_target_that_fills_up_fails_cleanly_at_every_fill_level() {
+    // What the second backup stores in all, measured on a healthy target.
+    let needed = {
+        let f = fixture().await;
+        let before = f.bytes_stored().await;
+        f.backup_succeeds("measuring").await;
+        f.bytes_stored().await - before
+    };
+    assert!(
+        needed > 300 << 10,
+        "the second backup has data to store: {needed}"
+    );
+
+    let levels = (0..12).map(|i| match i {
+        0 => 0,
+        1 => 1,
+        // The manifest, the last object, is a few hundred bytes.
+        11 => needed - 600,
+        i => needed * i / 12,
+    });
+    for free in levels {
+        let case = format!("{free} of {needed} bytes free");
+        let f = fixture().await;
+        // Slow puts, so several uploads are in flight when one fails.
+        f.faulty.set_delay(Some(Duration::from_millis(1)));
+        f.faulty.set_free(Some(free));
+        let e = backup(&f.repo, &f.keys, &spec(&f.db), &opts())
+            .await
+            .expect_err(&case);
+        let Error::TargetFull {
+            free: told_free,
+            needed: told_needed,
+            ..
+        } = &e
+        else {
+            panic!("{case}: not a full-target error: {e}");
+        };
+        let message = e.to_string();
+        assert!(
+            message.starts_with("target faulty(memory) is full: "),
+            "{case}: {message}"
+        );
+        assert!(told_free.is_some_and(|n| n <= free), "{case}: {message}");
+        // Once the lock fit, the backup read data and can estimate; the
+        // estimate is an estimate, but in the right range.
+        if free > 4096 {
+            let n = told_needed.unwrap_or_else(|| panic!("{case}: no estimate: {message}"));
+            assert!(message.contains(" free, about "), "{case}: {message}");
+            assert!(n > needed / 4 && n < needed * 4, "{case}: {message}");
+        }
+        f.check_intact(&case).await;
+        // What the failed run kept is what the next run reuses: packs that
+        // no index could name were removed again.
+        assert_eq!(f.unindexed_packs().await, Vec::<String>::new(), "{case}");
+        eprintln!("{case}: {message}");
+        f.backup_succeeds(&case).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_writes_and_failing_bodies_never_become_part_of_a_snapshot() {
+    for prefix in [PACKS, INDEX, LISTS, SNAPSHOTS, "locks/"] {
+        for cut in [0u64, 10, 200] {
+            let case = format!("{prefix} cut at {cut} bytes");
+            let f = fixture().await;
+            // The second pack: the run is then under way, with others stored
+            // already. (The first index file is written after 16 packs.)
+            let skip = usize::from(prefix == PACKS);
+            f.faulty.cut_bodies(prefix, u64::MAX, skip);
+            f.faulty.cut_bodies(prefix, cut, 1);
+            let e = backup(&f.repo, &f.keys, &spec(&f.db), &opts())
+                .await
+                .expect_err(&case);
+            assert!(
+                matches!(e, Error::ShortWrite { removed: true, .. }),
+                "{case}: {e}"
+            );
+            assert!(
+                e.to_string().contains("incomplete object was removed"),
+                "{e}"
+            );
+            f.check_intact(&case).await;
+            f.backup_succeeds(&case).await;
+        }
+        let case = format!("{prefix} failing after 100 bytes");
+        let f = fixture().await;
+        f.faulty.fail_bodies(prefix, 100, ErrorKind::Other, 1);
+        let e = backup(&f.repo, &f.keys, &spec(&f.db), &opts())
+            .await
+            .expect_err(&case);
+        assert!(matches!(e, Error::Storage { .. }), "{case}: {e}");
+        f.check_intact(&case).await;
+        f.backup_succeeds(&case).await;
+    }
+}
