@@ -360,7 +360,12 @@ struct Slow(Arc<dyn Storage>);
 
 #[async_trait]
 impl Storage for Slow {
-    async fn put(&self, key: &str, body: ByteStream, mode: PutMode) -> Result<(), StorageError> {
+    async fn put(
+        &self,
+        key: &str,
+        body: ByteStream,
+        mode: PutMode,
+    ) -> Result<ObjectMeta, StorageError> {
         tokio::time::sleep(Duration::from_millis(2)).await;
         self.0.put(key, body, mode).await
     }
@@ -460,7 +465,12 @@ struct BadReads {
 
 #[async_trait]
 impl Storage for BadReads {
-    async fn put(&self, key: &str, body: ByteStream, mode: PutMode) -> Result<(), StorageError> {
+    async fn put(
+        &self,
+        key: &str,
+        body: ByteStream,
+        mode: PutMode,
+    ) -> Result<ObjectMeta, StorageError> {
         self.inner.put(key, body, mode).await
     }
     async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {
@@ -612,4 +622,160 @@ async fn prune_keeps_damaged_copies_only_as_last_copies_and_drops_their_records(
         ..Default::default()
     };
     assert!(verify(&repo, &ids, &read).await.unwrap().ok());
+}
+
+/// A process killed mid-prune: after `after` writes and deletes (locks
+/// aside, which a killed run's successor clears as stale), every later one
+/// fails, as nothing more reaches the target.
+#[derive(Debug)]
+struct DiesAfter {
+    inner: Arc<dyn Storage>,
+    after: usize,
+    done: std::sync::atomic::AtomicUsize,
+}
+
+impl DiesAfter {
+    fn step(&self, key: &str) -> Result<(), StorageError> {
+        if key.starts_with("locks/") {
+            return Ok(());
+        }
+        let n = self.done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if n >= self.after {
+            return Err(StorageError::new(ErrorKind::Other, key, "killed"));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Storage for DiesAfter {
+    async fn put(
+        &self,
+        key: &str,
+        body: ByteStream,
+        mode: PutMode,
+    ) -> Result<ObjectMeta, StorageError> {
+        self.step(key)?;
+        self.inner.put(key, body, mode).await
+    }
+    async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {
+        self.inner.get(key).await
+    }
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StorageError> {
+        self.inner.head(key).await
+    }
+    fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, StorageError>> {
+        self.inner.list(prefix)
+    }
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.step(key)?;
+        self.inner.delete(key).await
+    }
+    fn describe(&self) -> String {
+        "dies after some steps".into()
+    }
+}
+
+/// A copy of every object of `from`.
+async fn copy_of(from: &MemoryStorage) -> Arc<MemoryStorage> {
+    let to = Arc::new(MemoryStorage::default());
+    for key in from.keys() {
+        let body = collect_bytes(from.get(&key).await.unwrap()).await.unwrap();
+        put(&to, &key, body).await;
+    }
+    to
+}
+
+/// Prune cut off after each of its writes and deletes in turn: every
+/// snapshot still listed restores, the ones the rules keep are all there,
+/// and the next prune finishes the job to the same result as an
+/// uninterrupted one, with a repository that verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_killed_after_any_step_loses_nothing_and_the_next_one_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let (keys, ids) = keypair();
+    let base = Arc::new(MemoryStorage::default());
+    let repo = Repository::open_or_init(base.clone(), &keys).await.unwrap();
+    for i in 0..4 {
+        std::fs::write(
+            data.join(format!("f{i}")),
+            testing::pattern(&i.to_string(), 150_000),
+        )
+        .unwrap();
+        if i == 2 {
+            std::fs::remove_file(data.join("f0")).unwrap();
+        }
+        backup(&repo, &keys, &files("d", &data), &small_packs())
+            .await
+            .unwrap();
+    }
+
+    let whole = copy_of(&base).await;
+    let whole_repo = Repository::open(whole.clone()).await.unwrap();
+    let report = prune(&whole_repo, &keys, &keep_last(2)).await.unwrap();
+    assert!(report.packs_deleted > 0, "the test needs packs to delete");
+    let expected: Vec<String> = whole_repo
+        .snapshots(&ids)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.id.clone())
+        .collect();
+    assert_eq!(expected.len(), 2);
+    let mutations = whole
+        .keys()
+        .iter()
+        .filter(|k| !base.keys().contains(k))
+        .count()
+        + base
+            .keys()
+            .iter()
+            .filter(|k| !whole.keys().contains(k) && !k.starts_with("locks/"))
+            .count();
+    assert!(mutations >= 6, "only {mutations} steps to cut prune at");
+
+    for after in 0..mutations {
+        let copy = copy_of(&base).await;
+        let dying = Arc::new(DiesAfter {
+            inner: copy.clone(),
+            after,
+            done: Default::default(),
+        });
+        let dying_repo = Repository::open(dying).await.unwrap();
+        assert!(
+            prune(&dying_repo, &keys, &keep_last(2)).await.is_err(),
+            "killed after {after} of {mutations} steps, prune said it succeeded"
+        );
+        let copy_repo = Repository::open(copy.clone()).await.unwrap();
+        let left = copy_repo.snapshots(&ids).await.unwrap();
+        for id in &expected {
+            assert!(
+                left.iter().any(|m| &m.id == id),
+                "killed after {after} steps: kept snapshot {id} is gone"
+            );
+        }
+        all_restore(&copy_repo, &ids).await;
+        prune(&copy_repo, &keys, &keep_last(2)).await.unwrap();
+        let now: Vec<String> = copy_repo
+            .snapshots(&ids)
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.id.clone())
+            .collect();
+        assert_eq!(now, expected, "killed after {after} steps");
+        assert_eq!(
+            copy_repo.list("packs/").await.unwrap().len(),
+            whole_repo.list("packs/").await.unwrap().len(),
+            "killed after {after} steps: the next prune left other packs"
+        );
+        let read = VerifyOptions {
+            read_data: true,
+            ..Default::default()
+        };
+        let check = verify(&copy_repo, &ids, &read).await.unwrap();
+        assert!(check.ok(), "killed after {after} steps: {check:?}");
+    }
 }
