@@ -34,7 +34,7 @@
 //!
 //! Never writes to the source.
 
-use std::io::{Read, Seek, Write};
+use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -169,39 +169,143 @@ struct EncodedPack {
     chunks: Vec<(ChunkId, u32, u32)>,
 }
 
-/// What the reader thread returns.
+/// What the reader thread returns: the one snapshot every target stores.
 struct ReadResult {
-    list: std::fs::File,
+    list: Arc<std::fs::File>,
     sha256: String,
     size: u64,
     files: u64,
     chunks: u64,
-    new_bytes: u64,
+    /// What each target lacked, in the order of the targets.
+    new_bytes: Vec<u64>,
     page_size: Option<u32>,
 }
 
-/// Backs up one source to one repository, holding a shared lock from before
-/// the index is loaded until the manifest (and pin) are written, so that no
-/// prune can delete what this backup deduplicates against.
+/// A target ready to take the snapshot: locked, with its index loaded.
+struct Prepared {
+    lock: Lock,
+    index: Arc<Index>,
+    /// This target's part: what it lacked and what was uploaded to it.
+    progress: Arc<Progress>,
+}
+
+/// What the targets of one run share.
+struct Snapshot<'a> {
+    id: &'a str,
+    started: chrono::DateTime<Utc>,
+    finished: chrono::DateTime<Utc>,
+    spec: &'a SourceSpec,
+    opts: &'a BackupOptions,
+}
+
+/// Backs up one source to one repository (see [`backup_many`]).
 pub async fn backup(
     repo: &Repository,
     keys: &Keys,
     spec: &SourceSpec,
     opts: &BackupOptions,
 ) -> Result<BackupSummary> {
-    repo.check_keys(keys)?;
-    let locked = async {
-        let lock = Lock::acquire(repo, "backup", opts.lock_wait).await?;
-        let result = backup_locked(repo, keys, spec, opts).await;
-        let released = lock.release().await;
-        let summary = result?;
-        if let Err(e) = released {
-            // The snapshot is complete; a lock left behind only goes stale.
-            tracing::warn!(error = %e, "could not remove the backup's lock");
+    backup_many(&[repo], keys, spec, opts)
+        .await?
+        .pop()
+        .expect("one result per target")
+}
+
+/// Backs up one source to every repository in `repos` in one run: the
+/// source is read once and every target stores the same snapshot (same id,
+/// chunk list, size and checksum; only what each had to upload differs).
+/// Each target holds a shared lock from before its index is loaded until
+/// its manifest (and pin) are written, so that no prune can delete what this
+/// backup deduplicates against, and checks that it still holds it right
+/// before the manifest is written.
+///
+/// Targets are independent: one that cannot be locked, read or written
+/// fails its own result only, and the others go on. Each target has its own
+/// bounded pipeline (a pack queue, encoders, a few uploads in flight), so a
+/// slow target holds the reader back only once its queue is full; memory is
+/// bounded by targets x (queue + uploads in flight) x pack size.
+///
+/// Returns one result per repository, in order; `Err` when the source
+/// itself could not be read (then no target has a new snapshot).
+pub async fn backup_many(
+    repos: &[&Repository],
+    keys: &Keys,
+    spec: &SourceSpec,
+    opts: &BackupOptions,
+) -> Result<Vec<Result<BackupSummary>>> {
+    let clock = Instant::now();
+    let started = Utc::now();
+    let id = format!(
+        "{}-{:08x}",
+        started.format("%Y%m%dT%H%M%SZ"),
+        rand::random::<u32>()
+    );
+    if let Ok(meta) = std::fs::metadata(&spec.path) {
+        if meta.is_file() {
+            opts.progress.total.store(meta.len(), Ordering::Relaxed);
         }
-        Ok(summary)
-    };
-    locked.await.map_err(|e| with_estimate(e, &opts.progress))
+    }
+    let requests_before: Vec<u64> = repos.iter().map(|r| r.stats.total()).collect();
+    let prepared =
+        futures::future::join_all(repos.iter().map(|repo| prepare(repo, keys, opts))).await;
+    let live: Vec<(&Repository, &Prepared)> = repos
+        .iter()
+        .zip(&prepared)
+        .filter_map(|(repo, p)| Some((*repo, p.as_ref().ok()?)))
+        .collect();
+    let mut committed = Vec::new();
+    let mut read_failure = None;
+    if !live.is_empty() {
+        let (read, uploads) = run_pipelines(&live, keys, spec, opts).await;
+        let snapshot = Snapshot {
+            id: &id,
+            started,
+            finished: Utc::now(),
+            spec,
+            opts,
+        };
+        match read {
+            // The reader stopped because every upload had failed: those
+            // failures are what happened.
+            Err(e) if uploads.iter().any(|u| u.is_ok()) => read_failure = Some(e),
+            read => {
+                let read = read.as_ref().ok();
+                let snapshot = &snapshot;
+                committed = futures::future::join_all(live.iter().zip(uploads).enumerate().map(
+                    |(n, ((repo, p), uploaded))| async move {
+                        let uploaded = uploaded?;
+                        let read = read.expect("checked: the source was read");
+                        commit(repo, keys, p, read, n, uploaded, snapshot).await
+                    },
+                ))
+                .await;
+            }
+        }
+    }
+    let mut committed = committed.into_iter();
+    let mut results = Vec::with_capacity(repos.len());
+    for ((repo, p), before) in repos.iter().zip(prepared).zip(requests_before) {
+        results.push(match p {
+            Err(e) => Err(with_estimate(e, &opts.progress)),
+            Ok(p) => {
+                Lock::release_quietly(Some(p.lock), "backup").await;
+                match committed.next() {
+                    Some(r) => r
+                        .map(|manifest| BackupSummary {
+                            manifest,
+                            requests: repo.stats.total() - before,
+                            duration: clock.elapsed(),
+                        })
+                        .map_err(|e| with_estimate(e, &p.progress)),
+                    None => Err(Error::io("backup", std::io::Error::other("not committed"))),
+                }
+            }
+        });
+    }
+    match read_failure {
+        Some(e) => Err(e),
+        None => Ok(results),
+    }
 }
 
 /// Adds to a full-target error about how much the backup would have stored.
@@ -222,83 +326,59 @@ fn with_estimate(e: Error, progress: &Progress) -> Error {
     }
 }
 
-async fn backup_locked(
-    repo: &Repository,
+/// Locks a target and loads its index.
+async fn prepare(repo: &Repository, keys: &Keys, opts: &BackupOptions) -> Result<Prepared> {
+    repo.check_keys(keys)?;
+    let lock = Lock::acquire(repo, "backup", opts.lock_wait).await?;
+    match repo.load_index(&keys.metadata_identities()).await {
+        Ok(index) => {
+            tracing::debug!(
+                target = %repo.describe(),
+                chunks = index.chunks.len(),
+                packs = index.packs.len(),
+                "index loaded"
+            );
+            let progress = Arc::new(Progress::default());
+            let total = opts.progress.total.load(Ordering::Relaxed);
+            progress.total.store(total, Ordering::Relaxed);
+            Ok(Prepared {
+                lock,
+                index: Arc::new(index),
+                progress,
+            })
+        }
+        Err(e) => {
+            Lock::release_quietly(Some(lock), "backup").await;
+            Err(e)
+        }
+    }
+}
+
+/// Reads the source once, feeding one pipeline per target, and uploads to
+/// all of them at once. Returns what was read and, per target, the bytes
+/// uploaded (packs and index files).
+async fn run_pipelines(
+    live: &[(&Repository, &Prepared)],
     keys: &Keys,
     spec: &SourceSpec,
     opts: &BackupOptions,
-) -> Result<BackupSummary> {
-    let clock = Instant::now();
-    let started = Utc::now();
-    let id = format!(
-        "{}-{:08x}",
-        started.format("%Y%m%dT%H%M%SZ"),
-        rand::random::<u32>()
-    );
-    if let Ok(meta) = std::fs::metadata(&spec.path) {
-        if meta.is_file() {
-            opts.progress.total.store(meta.len(), Ordering::Relaxed);
-        }
-    }
-
-    let index = Arc::new(repo.load_index(&keys.metadata_identities()).await?);
-    tracing::debug!(
-        chunks = index.chunks.len(),
-        packs = index.packs.len(),
-        "index loaded"
-    );
-
-    let (pack_tx, pack_rx) = mpsc::sync_channel::<PackJob>(1);
-    let (enc_tx, mut enc_rx) = tokio::sync::mpsc::channel::<Result<EncodedPack>>(2);
-
-    // Encoders: compress + encrypt whole packs in parallel.
-    let pack_rx = Arc::new(Mutex::new(pack_rx));
-    let recipients = Arc::new(keys.data_recipients_owned());
+) -> (Result<ReadResult>, Vec<Result<u64>>) {
+    let mut sinks = Vec::new();
+    let mut queues = Vec::new();
     let mut encoders = Vec::new();
-    for _ in 0..opts.encoder_threads.max(1) {
-        let rx = pack_rx.clone();
-        let tx = enc_tx.clone();
-        let recipients = recipients.clone();
-        let level = opts.compression_level;
-        encoders.push(std::thread::spawn(move || {
-            let mut encoder = crate::codec::Encoder::new(level);
-            loop {
-                let job = match rx.lock().expect("encoder queue").recv() {
-                    Ok(job) => job,
-                    Err(_) => return,
-                };
-                let refs: Vec<&dyn age::Recipient> = recipients
-                    .iter()
-                    .map(|r| r as &dyn age::Recipient)
-                    .collect();
-                let encoded = match &mut encoder {
-                    Ok(encoder) => encoder.encode(&job.data, &refs),
-                    Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
-                }
-                .map_err(|e| Error::io("encoding a pack", e))
-                .map(|data| {
-                    let name = hex::encode(rand::random::<[u8; 32]>());
-                    EncodedPack {
-                        key: format!("{PACKS}{}/{name}", &name[..2]),
-                        data: Bytes::from(data),
-                        chunks: job.chunks,
-                    }
-                });
-                if tx.blocking_send(encoded).is_err() {
-                    return; // the uploader gave up; stop quietly
-                }
-            }
-        }));
+    for (_, p) in live {
+        let (pack_tx, enc_rx, threads) = start_encoders(keys, opts);
+        sinks.push(Sink::new(
+            p.index.clone(),
+            p.progress.clone(),
+            pack_tx,
+            opts.pack_size,
+        ));
+        queues.push(enc_rx);
+        encoders.extend(threads);
     }
-    // Only the encoders may hold the queue's receiver: when they stop (the
-    // uploader gave up), the reader's next send fails and it stops too.
-    drop(pack_rx);
-    drop(enc_tx);
-
-    // Reader: walk the source on a blocking thread.
     let reader = {
         let spec = spec.clone();
-        let index = index.clone();
         let progress = opts.progress.clone();
         let pack_size = opts.pack_size;
         let meta_recipients = keys.metadata_recipients();
@@ -308,8 +388,7 @@ async fn backup_locked(
             let result = read_source(
                 &spec,
                 lock_timeout,
-                &index,
-                pack_tx,
+                sinks,
                 pack_size,
                 &meta_recipients,
                 &progress,
@@ -320,49 +399,131 @@ async fn backup_locked(
             result
         })
     };
-
-    // Uploader: runs here until the encoders hang up.
-    let upload_result = upload_packs(repo, keys, &mut enc_rx, opts).await;
-    drop(enc_rx);
-    let read_result = reader
+    // Each uploader drops its queue when it stops, so its encoders hang up
+    // and the reader stops feeding that target.
+    let uploads = futures::future::join_all(
+        live.iter()
+            .zip(queues)
+            .map(|((repo, p), mut rx)| async move {
+                upload_packs(repo, keys, &mut rx, opts, &p.progress).await
+            }),
+    )
+    .await;
+    let read = reader
         .await
-        .map_err(|e| Error::io("reader thread", std::io::Error::other(e.to_string())))?;
+        .map_err(|e| Error::io("reader thread", std::io::Error::other(e.to_string())))
+        .and_then(|r| r);
     for e in encoders {
         let _ = e.join();
     }
-    let uploaded_packs = upload_result?;
-    let read = read_result?;
+    (read, uploads)
+}
 
-    // The chunk list, streamed from its temporary file.
-    let list_key = format!("{LISTS}{id}");
-    let list_len = put_file(repo, &list_key, read.list).await?;
+/// Encoder threads of one target: compress + encrypt whole packs in
+/// parallel, from a queue of one pack to a queue of two encoded ones.
+fn start_encoders(
+    keys: &Keys,
+    opts: &BackupOptions,
+) -> (
+    mpsc::SyncSender<PackJob>,
+    tokio::sync::mpsc::Receiver<Result<EncodedPack>>,
+    Vec<std::thread::JoinHandle<()>>,
+) {
+    let (pack_tx, pack_rx) = mpsc::sync_channel::<PackJob>(1);
+    let (enc_tx, enc_rx) = tokio::sync::mpsc::channel::<Result<EncodedPack>>(2);
+    let pack_rx = Arc::new(Mutex::new(pack_rx));
+    let recipients = Arc::new(keys.data_recipients_owned());
+    let threads = (0..opts.encoder_threads.max(1))
+        .map(|_| {
+            let rx = pack_rx.clone();
+            let tx = enc_tx.clone();
+            let recipients = recipients.clone();
+            let level = opts.compression_level;
+            std::thread::spawn(move || encode_packs(&rx, &tx, &recipients, level))
+        })
+        .collect();
+    // Only the encoders hold the queue's receiver: when they stop (the
+    // uploader gave up), the reader's next send to this target fails.
+    (pack_tx, enc_rx, threads)
+}
 
+fn encode_packs(
+    rx: &Mutex<mpsc::Receiver<PackJob>>,
+    tx: &tokio::sync::mpsc::Sender<Result<EncodedPack>>,
+    recipients: &[age::x25519::Recipient],
+    level: i32,
+) {
+    let mut encoder = crate::codec::Encoder::new(level);
+    loop {
+        let job = match rx.lock().expect("encoder queue").recv() {
+            Ok(job) => job,
+            Err(_) => return,
+        };
+        let refs: Vec<&dyn age::Recipient> = recipients
+            .iter()
+            .map(|r| r as &dyn age::Recipient)
+            .collect();
+        let encoded = match &mut encoder {
+            Ok(encoder) => encoder.encode(&job.data, &refs),
+            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+        }
+        .map_err(|e| Error::io("encoding a pack", e))
+        .map(|data| {
+            let name = hex::encode(rand::random::<[u8; 32]>());
+            EncodedPack {
+                key: format!("{PACKS}{}/{name}", &name[..2]),
+                data: Bytes::from(data),
+                chunks: job.chunks,
+            }
+        });
+        if tx.blocking_send(encoded).is_err() {
+            return; // the uploader gave up; stop quietly
+        }
+    }
+}
+
+/// Stores the chunk list and the manifest on one target whose packs are
+/// all up: the commit point, once the target's lock is known to be held.
+async fn commit(
+    repo: &Repository,
+    keys: &Keys,
+    prepared: &Prepared,
+    read: &ReadResult,
+    n: usize,
+    uploaded: u64,
+    snap: &Snapshot<'_>,
+) -> Result<Manifest> {
+    let list_key = format!("{LISTS}{}", snap.id);
+    let list_len = put_file(repo, &list_key, read.list.clone()).await?;
     let manifest = Manifest {
         format: "offsite-snapshot".into(),
         version: FORMAT_VERSION,
-        id: id.clone(),
-        source: spec.name.clone(),
-        kind: spec.kind,
-        host: opts.host.clone(),
-        started,
-        finished: Utc::now(),
+        id: snap.id.to_string(),
+        source: snap.spec.name.clone(),
+        kind: snap.spec.kind,
+        host: snap.opts.host.clone(),
+        started: snap.started,
+        finished: snap.finished,
         size: read.size,
         files: read.files,
         chunks: read.chunks,
-        new_bytes: read.new_bytes,
-        uploaded_bytes: uploaded_packs + list_len,
-        sha256: read.sha256,
+        new_bytes: read.new_bytes[n],
+        uploaded_bytes: uploaded + list_len,
+        sha256: read.sha256.clone(),
         list: list_key.clone(),
         page_size: read.page_size,
-        tags: opts.tags.clone(),
+        tags: snap.opts.tags.clone(),
         tool: format!("offsite {}", env!("CARGO_PKG_VERSION")),
     };
     let body = Repository::encode_metadata(
         keys,
         &serde_json::to_vec_pretty(&manifest).expect("manifest serializes"),
     )?;
+    // `offsite unlock --all` under this run, or a lock gone stale: a prune
+    // may be deleting what this snapshot needs, so it must not appear.
+    prepared.lock.ensure_held().await?;
     if let Err(e) = repo
-        .put_bytes(&format!("{SNAPSHOTS}{id}"), body, PutMode::Create)
+        .put_bytes(&format!("{SNAPSHOTS}{}", snap.id), body, PutMode::Create)
         .await
     {
         if matches!(e, Error::TargetFull { .. }) {
@@ -371,14 +532,10 @@ async fn backup_locked(
         }
         return Err(e);
     }
-    if opts.pin {
-        crate::pins::write_pin(repo, keys, &id).await?;
+    if snap.opts.pin {
+        crate::pins::write_pin(repo, keys, snap.id).await?;
     }
-    Ok(BackupSummary {
-        manifest,
-        requests: repo.stats.total(),
-        duration: clock.elapsed(),
-    })
+    Ok(manifest)
 }
 
 /// Uploads encoded packs as they come, writing an index file every
@@ -389,6 +546,7 @@ async fn upload_packs(
     keys: &Keys,
     rx: &mut tokio::sync::mpsc::Receiver<Result<EncodedPack>>,
     opts: &BackupOptions,
+    target_progress: &Arc<Progress>,
 ) -> Result<u64> {
     let mut in_flight = FuturesUnordered::new();
     let mut pending: Vec<PackContents> = Vec::new();
@@ -403,13 +561,15 @@ async fn upload_packs(
             next = rx.recv(), if receiving && in_flight.len() < opts.upload_concurrency && failure.is_none() => {
                 match next {
                     Some(Ok(pack)) => {
-                        let progress = opts.progress.clone();
+                        let progress = [opts.progress.clone(), target_progress.clone()];
                         in_flight.push(async move {
                             let len = pack.data.len() as u64;
                             repo.put_bytes(&pack.key, pack.data, PutMode::Create).await?;
                             let raw: u64 = pack.chunks.iter().map(|c| u64::from(c.2)).sum();
-                            progress.uploaded.fetch_add(len, Ordering::Relaxed);
-                            progress.uploaded_raw.fetch_add(raw, Ordering::Relaxed);
+                            for p in &progress {
+                                p.uploaded.fetch_add(len, Ordering::Relaxed);
+                                p.uploaded_raw.fetch_add(raw, Ordering::Relaxed);
+                            }
                             Ok::<_, Error>((pack.key, pack.chunks, len))
                         });
                     }
@@ -483,8 +643,11 @@ async fn write_index_file(repo: &Repository, keys: &Keys, packs: &[PackContents]
     Ok(len)
 }
 
-/// Uploads a local temporary file, streaming it; returns its length.
-async fn put_file(repo: &Repository, key: &str, mut file: std::fs::File) -> Result<u64> {
+/// Uploads the chunk list from its temporary file (shared by the targets:
+/// it is read by offset, never through a shared file position); returns its
+/// length.
+async fn put_file(repo: &Repository, key: &str, file: Arc<std::fs::File>) -> Result<u64> {
+    use std::os::unix::fs::FileExt;
     let len = file
         .metadata()
         .map_err(|e| Error::io("chunk list", e))?
@@ -492,80 +655,124 @@ async fn put_file(repo: &Repository, key: &str, mut file: std::fs::File) -> Resu
     // A list of a few MiB is read into memory once; larger ones stream and are
     // retried by re-reading the file.
     if len <= 32 << 20 {
-        let mut buf = Vec::with_capacity(len as usize);
-        file.rewind()
-            .and_then(|_| file.read_to_end(&mut buf))
+        let mut buf = vec![0u8; len as usize];
+        file.read_exact_at(&mut buf, 0)
             .map_err(|e| Error::io("chunk list", e))?;
         repo.put_bytes(key, Bytes::from(buf), PutMode::Create)
             .await?;
         return Ok(len);
     }
-    let file = Arc::new(Mutex::new(file));
-    repo.put_stream(key, len, PutMode::Create, || file_stream(file.clone()))
-        .await?;
+    repo.put_stream(key, len, PutMode::Create, || {
+        Ok(file_stream(file.clone(), len))
+    })
+    .await?;
     Ok(len)
 }
 
-fn file_stream(
-    file: Arc<Mutex<std::fs::File>>,
-) -> Result<crate::storage::ByteStream, crate::storage::StorageError> {
+fn file_stream(file: Arc<std::fs::File>, len: u64) -> crate::storage::ByteStream {
     use crate::storage::{ErrorKind, StorageError};
-    file.lock()
-        .expect("list file")
-        .rewind()
-        .map_err(|e| StorageError::new(ErrorKind::Other, "list", e.to_string()))?;
-    Ok(Box::pin(futures::stream::unfold(file, |file| async move {
-        let mut buf = vec![0u8; 1 << 20];
-        let read = file.lock().expect("list file").read(&mut buf);
-        let n = match read {
-            Ok(0) => return None,
-            Ok(n) => n,
-            Err(e) => {
-                return Some((
-                    Err(StorageError::new(ErrorKind::Other, "list", e.to_string())),
-                    file,
-                ))
+    use std::os::unix::fs::FileExt;
+    Box::pin(futures::stream::unfold(0u64, move |at| {
+        let file = file.clone();
+        async move {
+            if at >= len {
+                return None;
             }
+            let mut buf = vec![0u8; (len - at).min(1 << 20) as usize];
+            match file.read_exact_at(&mut buf, at) {
+                Ok(()) => Some((Ok(Bytes::from(buf)), at + (len - at).min(1 << 20))),
+                Err(e) => Some((
+                    Err(StorageError::new(ErrorKind::Other, "list", e.to_string())),
+                    len,
+                )),
+            }
+        }
+    }))
+}
+
+/// One target's share of the reader: the chunks its repository lacks,
+/// gathered into packs for its encoders. Once its pipeline has stopped (the
+/// target failed), it takes nothing more.
+struct Sink {
+    index: Arc<Index>,
+    progress: Arc<Progress>,
+    tx: Option<mpsc::SyncSender<PackJob>>,
+    seen: std::collections::HashSet<ChunkId>,
+    pack: Vec<u8>,
+    pack_chunks: Vec<(ChunkId, u32, u32)>,
+    new_bytes: u64,
+}
+
+impl Sink {
+    fn new(
+        index: Arc<Index>,
+        progress: Arc<Progress>,
+        tx: mpsc::SyncSender<PackJob>,
+        pack_size: usize,
+    ) -> Sink {
+        Sink {
+            index,
+            progress,
+            tx: Some(tx),
+            seen: Default::default(),
+            pack: Vec::with_capacity(pack_size + (256 << 10)),
+            pack_chunks: Vec::new(),
+            new_bytes: 0,
+        }
+    }
+
+    /// Takes a chunk if this target lacks it. Returns whether it did.
+    fn take(&mut self, id: ChunkId, data: &[u8], pack_size: usize) -> bool {
+        self.progress
+            .read
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        // A chunk whose only indexed copy is recorded as damaged is stored
+        // again: deduplicating against it would make this snapshot as
+        // unrestorable as the ones that found the damage.
+        if self.tx.is_none() || self.index.usable(&id) || !self.seen.insert(id) {
+            return false;
+        }
+        self.pack_chunks
+            .push((id, self.pack.len() as u32, data.len() as u32));
+        self.pack.extend_from_slice(data);
+        self.new_bytes += data.len() as u64;
+        self.progress
+            .new_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        if self.pack.len() >= pack_size {
+            self.flush(pack_size);
+        }
+        true
+    }
+
+    fn flush(&mut self, pack_size: usize) {
+        let Some(tx) = &self.tx else { return };
+        if self.pack_chunks.is_empty() {
+            return;
+        }
+        let job = PackJob {
+            data: std::mem::replace(&mut self.pack, Vec::with_capacity(pack_size + (256 << 10))),
+            chunks: std::mem::take(&mut self.pack_chunks),
         };
-        buf.truncate(n);
-        Some((Ok(Bytes::from(buf)), file))
-    })))
+        if tx.send(job).is_err() {
+            // The target's uploader gave up: its error is reported there.
+            self.tx = None;
+            self.pack = Vec::new();
+        }
+    }
 }
 
 /// The reader stage: a [`Visitor`] that writes the chunk list, hashes the
-/// data, and fills packs with chunks the repository lacks.
+/// data, and hands each target's sink the chunks.
 struct Collector<'a> {
-    index: &'a Index,
-    seen: std::collections::HashSet<ChunkId>,
+    sinks: Vec<Sink>,
     list: EncodeWriter<std::io::BufWriter<std::fs::File>>,
     sha: Sha256,
-    pack: Vec<u8>,
-    pack_chunks: Vec<(ChunkId, u32, u32)>,
     pack_size: usize,
-    tx: mpsc::SyncSender<PackJob>,
     progress: &'a Progress,
     size: u64,
     files: u64,
     chunks: u64,
-    new_bytes: u64,
-}
-
-impl Collector<'_> {
-    fn flush_pack(&mut self) -> Result<()> {
-        if self.pack_chunks.is_empty() {
-            return Ok(());
-        }
-        let job = PackJob {
-            data: std::mem::replace(
-                &mut self.pack,
-                Vec::with_capacity(self.pack_size + (256 << 10)),
-            ),
-            chunks: std::mem::take(&mut self.pack_chunks),
-        };
-        self.tx
-            .send(job)
-            .map_err(|_| Error::io("backup", std::io::Error::other("upload stopped")))
-    }
 }
 
 impl Visitor for Collector<'_> {
@@ -586,21 +793,20 @@ impl Visitor for Collector<'_> {
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         format::write_chunk(&mut self.list, &id, data.len())
             .map_err(|e| Error::io("chunk list", e))?;
-        // A chunk whose only indexed copy is recorded as damaged is stored
-        // again: deduplicating against it would make this snapshot as
-        // unrestorable as the ones that found the damage.
-        if self.index.usable(&id) || !self.seen.insert(id) {
-            return Ok(());
+        let mut new = false;
+        for sink in &mut self.sinks {
+            new |= sink.take(id, data, self.pack_size);
         }
-        self.pack_chunks
-            .push((id, self.pack.len() as u32, data.len() as u32));
-        self.pack.extend_from_slice(data);
-        self.new_bytes += data.len() as u64;
-        self.progress
-            .new_bytes
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        if self.pack.len() >= self.pack_size {
-            self.flush_pack()?;
+        if new {
+            self.progress
+                .new_bytes
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        if self.sinks.iter().all(|s| s.tx.is_none()) {
+            return Err(Error::io(
+                "backup",
+                std::io::Error::other("every target's upload stopped"),
+            ));
         }
         Ok(())
     }
@@ -609,8 +815,7 @@ impl Visitor for Collector<'_> {
 fn read_source(
     spec: &SourceSpec,
     lock_timeout: Duration,
-    index: &Index,
-    tx: mpsc::SyncSender<PackJob>,
+    sinks: Vec<Sink>,
     pack_size: usize,
     meta_recipients: &[age::x25519::Recipient],
     progress: &Progress,
@@ -628,32 +833,29 @@ fn read_source(
         .map_err(|e| Error::io("chunk list", e))?;
     writeln!(list, "{}", format::LIST_HEADER).map_err(|e| Error::io("chunk list", e))?;
     let mut c = Collector {
-        index,
-        seen: Default::default(),
+        sinks,
         list,
         sha: Sha256::new(),
-        pack: Vec::with_capacity(pack_size + (256 << 10)),
-        pack_chunks: Vec::new(),
         pack_size,
-        tx,
         progress,
         size: 0,
         files: 0,
         chunks: 0,
-        new_bytes: 0,
     };
     let info = source::read_with(spec, lock_timeout, &mut c)?;
-    c.flush_pack()?;
+    for sink in &mut c.sinks {
+        sink.flush(pack_size);
+    }
     let mut buffered = c.list.finish().map_err(|e| Error::io("chunk list", e))?;
     buffered.flush().map_err(|e| Error::io("chunk list", e))?;
     drop(buffered);
     Ok(ReadResult {
-        list: list_file,
+        list: Arc::new(list_file),
         sha256: hex::encode(c.sha.finalize()),
         size: c.size,
         files: c.files,
         chunks: c.chunks,
-        new_bytes: c.new_bytes,
+        new_bytes: c.sinks.iter().map(|s| s.new_bytes).collect(),
         page_size: info.page_size,
     })
 }

@@ -24,6 +24,7 @@ pub mod repair;
 pub mod repo;
 pub mod restore;
 pub mod retention;
+pub mod run;
 pub mod source;
 pub mod status;
 pub mod storage;

@@ -273,6 +273,21 @@ impl Lock {
         Ok(())
     }
 
+    /// Like [`Self::check`], but asks the target now instead of trusting the
+    /// last refresh: what a run calls right before a commit point.
+    pub async fn ensure_held(&self) -> Result<()> {
+        self.check()?;
+        match self.repo.storage().head(&self.key).await {
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                self.lost.store(true, Ordering::SeqCst);
+                self.check()
+            }
+            // Unreachable for a moment is not lost: the put that follows
+            // meets the same target and fails or succeeds on its own.
+            _ => Ok(()),
+        }
+    }
+
     pub fn key(&self) -> &str {
         &self.key
     }

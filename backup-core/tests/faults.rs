@@ -299,3 +299,95 @@ async fn short_writes_and_failing_bodies_never_become_part_of_a_snapshot() {
         f.backup_succeeds(&case).await;
     }
 }
+
+/// One run to three targets, one of which fails mid-backup and one of which
+/// is slow: the failing one reports its error and stores no manifest, the
+/// other two store the same snapshot, which restores from each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_failing_mid_run_fails_only_its_part_of_a_multi_target_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    add_rows(&db, 0, 3_000);
+    let (keys, ids) = keypair();
+    let healthy = Repository::open_or_init(Arc::new(MemoryStorage::default()), &keys)
+        .await
+        .unwrap();
+    let slow_store = FaultyStorage::new(Arc::new(MemoryStorage::default()));
+    slow_store.set_delay(Some(Duration::from_millis(30)));
+    let slow = Repository::open_or_init(Arc::new(slow_store), &keys)
+        .await
+        .unwrap();
+    let mut failing_store = FaultyStorage::new(Arc::new(MemoryStorage::default()));
+    failing_store.prefix = PACKS.into();
+    failing_store.kind = ErrorKind::PermissionDenied;
+    failing_store.abort_after = Some(3);
+    let failing_store = Arc::new(failing_store);
+    let failing = Repository::open_or_init(failing_store.clone(), &keys)
+        .await
+        .unwrap();
+
+    let results =
+        backup_core::backup::backup_many(&[&healthy, &failing, &slow], &keys, &spec(&db), &opts())
+            .await
+            .expect("the source was read");
+    assert_eq!(results.len(), 3);
+    assert!(results[1].is_err(), "the failing target's part failed");
+    let a = &results[0].as_ref().unwrap().manifest;
+    let b = &results[2].as_ref().unwrap().manifest;
+    assert_eq!((&a.id, &a.sha256, a.size), (&b.id, &b.sha256, b.size));
+    let stored = backup_core::storage::list_all(failing_store.inner.as_ref(), SNAPSHOTS)
+        .await
+        .unwrap();
+    assert!(stored.is_empty(), "no manifest on the failing target");
+    for repo in [&healthy, &slow] {
+        let to = dir
+            .path()
+            .join(format!("restored-{}.db", rand::random::<u32>()));
+        let m = repo.snapshots(&ids).await.unwrap().remove(0);
+        assert_eq!(m.id, a.id);
+        restore(repo, &ids, &m, &to, &RestoreOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(dump(&to), dump(&db));
+    }
+}
+
+/// `offsite unlock --all` under a running backup: the backup finds its lock
+/// gone right before its commit point and fails without a manifest, since a
+/// prune may meanwhile be deleting what it deduplicated against.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_whose_lock_was_removed_does_not_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    add_rows(&db, 0, 2_000);
+    let keys = Arc::new(keypair().0);
+    let store = FaultyStorage::new(Arc::new(MemoryStorage::default()));
+    store.set_delay(Some(Duration::from_millis(40)));
+    let store = Arc::new(store);
+    let repo = Repository::open_or_init(store.clone(), &keys)
+        .await
+        .unwrap();
+    let run = {
+        let (repo, keys, spec) = (repo.clone(), keys.clone(), spec(&db));
+        // Keys is not Clone; the Arc shares it with the task.
+        tokio::spawn(async move { backup(&repo, &keys, &spec, &opts()).await })
+    };
+    // Wait until the backup holds its lock, then remove every lock.
+    let removed = loop {
+        let locks = backup_core::lock::list(&repo).await.unwrap();
+        if !locks.is_empty() {
+            break backup_core::lock::remove(&repo, true).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert_eq!(removed.len(), 1);
+    let err = run
+        .await
+        .unwrap()
+        .expect_err("the backup committed without its lock");
+    assert!(matches!(err, Error::Locked { .. }), "{err}");
+    let manifests = backup_core::storage::list_all(store.inner.as_ref(), SNAPSHOTS)
+        .await
+        .unwrap();
+    assert!(manifests.is_empty());
+}

@@ -6,9 +6,10 @@
 //! disk) hides nothing. A target that cannot be read is a warning naming it;
 //! only when no target can be read is it an error.
 //!
-//! Today each target holds its own snapshot ids for the same backup run, but
-//! nothing here assumes so: the same id on several targets is one snapshot,
-//! taken from the first of them.
+//! A backup run stores one snapshot (one id) on every target, so the same id
+//! on several targets is one snapshot: listed once with the targets that
+//! hold it, and restored from the first of them unless `--target` says
+//! otherwise.
 
 use std::collections::HashSet;
 
@@ -112,6 +113,29 @@ pub fn all<'a>(listings: &'a [Listing], source: Option<&str>) -> Vec<(&'a Listin
             .then(b.id.cmp(&a.id))
     });
     out.into_iter().map(|(i, m)| (&listings[i], m)).collect()
+}
+
+/// Every snapshot once, newest first, with the listings that hold it (in
+/// config order); the manifest shown is the first target's.
+pub fn grouped<'a>(
+    listings: &'a [Listing],
+    source: Option<&str>,
+) -> Vec<(Vec<&'a Listing>, &'a Manifest)> {
+    let mut out: Vec<(Vec<&Listing>, &Manifest)> = Vec::new();
+    let mut at: std::collections::HashMap<String, usize> = Default::default();
+    for (l, m) in all(listings, source) {
+        match at.get(&m.id) {
+            Some(&i) => out[i].0.push(l),
+            None => {
+                at.insert(m.id.clone(), out.len());
+                out.push((vec![l], m));
+            }
+        }
+    }
+    for (held, _) in &mut out {
+        held.sort_by_key(|l| listings.iter().position(|x| std::ptr::eq(x, *l)));
+    }
+    out
 }
 
 /// The snapshot of `source` that `sel` picks across the targets, and the

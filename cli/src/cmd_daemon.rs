@@ -22,7 +22,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use crate::config::Config;
 use crate::notify::{self, EventKind};
 use crate::ops_config::parse_cron;
-use crate::{cmd_drill, cmd_prune, cmd_status, cmd_verify, commands};
+use crate::{cmd_backup, cmd_drill, cmd_prune, cmd_status, cmd_verify};
 
 struct Job {
     name: &'static str,
@@ -56,7 +56,7 @@ impl Signals {
 /// command to the daemon is one arm.
 pub async fn run_job(cfg: &Config, config_path: &Path, job: &str) -> Result<()> {
     match job {
-        "backup" => commands::backup(cfg, None, None, Vec::new(), false, false).await,
+        "backup" => cmd_backup::backup(cfg, None, None, Vec::new(), false, false).await,
         "drill" => cmd_drill::run(cfg, None, None, None, false).await,
         "status" => cmd_status::run(cfg, false, None).await,
         "prune" => {

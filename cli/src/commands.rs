@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use backup_core::backup::{BackupOptions, Progress};
 use backup_core::keys::{generate_identity, Identities, Keys};
 use backup_core::repo::{Manifest, Repository, Selector, PRE_RESTORE_TAG};
@@ -19,7 +19,6 @@ use serde_json::json;
 use crate::across;
 use crate::config::{Config, SourceConfig, TargetConfig};
 use crate::hooks;
-use crate::notify::{self, Event, EventKind};
 use crate::output::{self, Bar};
 use crate::{targets, usage, RestoreArgs};
 
@@ -130,169 +129,6 @@ pub(crate) fn source_specs(cfg: &Config, name: Option<&str>) -> Result<Vec<Sourc
         .collect())
 }
 
-pub async fn backup(
-    cfg: &Config,
-    source: Option<&str>,
-    target: Option<&str>,
-    tags: Vec<String>,
-    pin: bool,
-    as_json: bool,
-) -> Result<()> {
-    let keys = keys(cfg)?;
-    let specs = source_specs(cfg, source)?;
-    let targets = chosen_targets(cfg, target)?;
-    notify::start(&cfg.notify, EventKind::Backup).await;
-    let mut events = Vec::new();
-    let mut results = Vec::new();
-    let mut failures = 0;
-    let mut hook_failures = 0;
-    let mut target_errors = Vec::new();
-    let mut repos = Vec::new();
-    for t in &targets {
-        match open_repo_for_backup(t, &keys).await {
-            Ok(r) => repos.push((t, r)),
-            Err(e) => {
-                failures += specs.len();
-                let mut ev = Event::new(EventKind::Backup, false).at(None, Some(&t.name));
-                ev.error = Some(format!("{e:#}"));
-                events.push(ev);
-                target_errors.push(format!("target {:?}: {e:#}", t.name));
-                print_failure(as_json, &mut results, "*", &t.name, &e);
-            }
-        }
-    }
-    // Sources outer, targets inner: a source's hooks run once per run, around
-    // its snapshots to every target. One failure does not stop the others.
-    for spec in &specs {
-        let src = cfg.source(&spec.name)?;
-        let mut errors = target_errors.clone();
-        let mut hook_failed =
-            |results: &mut Vec<serde_json::Value>, event: hooks::Event, e: anyhow::Error| {
-                hook_failures += 1;
-                print_hook_failure(as_json, results, &spec.name, event, &e);
-                format!("{e:#}")
-            };
-        if repos.is_empty() {
-            // Nothing to back up to: leave the application alone.
-        } else if let Err(e) = hooks::run_async(src, hooks::Event::Before, None).await {
-            failures += repos.len();
-            errors.push(hook_failed(&mut results, hooks::Event::Before, e));
-        } else {
-            let mut after = None;
-            for (i, (t, repo)) in repos.iter().enumerate() {
-                // `after` starts once the last target's read is done, while
-                // its upload may still be running.
-                let read_done = (i + 1 == repos.len() && src.after.is_some())
-                    .then(|| Arc::new(tokio::sync::Notify::new()));
-                let progress = Arc::new(Progress::default());
-                let opts = BackupOptions {
-                    tags: tags.clone(),
-                    pack_size: cfg.backup.pack_size_mib << 20,
-                    compression_level: cfg.backup.compression_level,
-                    upload_concurrency: cfg.backup.upload_concurrency,
-                    progress: progress.clone(),
-                    source_read: read_done.clone(),
-                    lock_timeout: src.lock_timeout(),
-                    pin,
-                    ..Default::default()
-                };
-                let bar = Bar::start(format!("{} -> {}", spec.name, t.name), progress, !as_json);
-                let before = repo.stats.total();
-                let run = backup_core::backup::backup(repo, &keys, spec, &opts);
-                tokio::pin!(run);
-                let result = loop {
-                    tokio::select! {
-                        r = &mut run => break r,
-                        _ = async { read_done.as_ref().expect("guarded").notified().await },
-                            if read_done.is_some() && after.is_none() => {
-                            let s = src.clone();
-                            after = Some(tokio::task::spawn_blocking(move || hooks::run(&s, hooks::Event::After, None)));
-                        }
-                    }
-                };
-                drop(bar);
-                match result {
-                    Ok(s) => {
-                        let m = &s.manifest;
-                        let requests = s.requests - before;
-                        events.push(notify::backup_event(&s, &t.name));
-                        if as_json {
-                            let mut snapshot = snapshot_json(m, &t.name);
-                            snapshot["pinned"] = json!(pin);
-                            results.push(json!({
-                                "source": spec.name, "target": t.name, "ok": true,
-                                "snapshot": snapshot,
-                                "requests": requests, "seconds": s.duration.as_secs_f64(),
-                            }));
-                        } else {
-                            println!(
-                                "{} -> {}: snapshot {}{}, read {}, new {}, uploaded {}, {} requests, {}",
-                                spec.name,
-                                t.name,
-                                m.id,
-                                if pin { " (pinned)" } else { "" },
-                                output::bytes(m.size),
-                                output::bytes(m.new_bytes),
-                                output::bytes(m.uploaded_bytes),
-                                requests,
-                                output::duration(s.duration)
-                            );
-                        }
-                    }
-                    Err(e) => {
-                        failures += 1;
-                        let mut ev = Event::new(EventKind::Backup, false)
-                            .at(Some(&spec.name), Some(&t.name));
-                        ev.error = Some(e.to_string());
-                        events.push(ev);
-                        let e = anyhow!(e);
-                        errors.push(format!("target {:?}: {e:#}", t.name));
-                        print_failure(as_json, &mut results, &spec.name, &t.name, &e);
-                    }
-                }
-            }
-            let after_result = match after {
-                Some(h) => h.await.context("hook thread").and_then(|r| r),
-                None => hooks::run_async(src, hooks::Event::After, None).await,
-            };
-            if let Err(e) = after_result {
-                errors.push(hook_failed(&mut results, hooks::Event::After, e));
-            }
-        }
-        if !errors.is_empty() {
-            if let Err(e) =
-                hooks::run_async(src, hooks::Event::OnError, Some(errors.join("\n"))).await
-            {
-                hook_failed(&mut results, hooks::Event::OnError, e);
-            }
-        }
-    }
-    if as_json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
-    }
-    let total = specs.len() * targets.len();
-    notify::events(&cfg.notify, &events).await;
-    let summary = format!("{} of {total} backups succeeded", total - failures);
-    notify::finish(
-        &cfg.notify,
-        EventKind::Backup,
-        failures == 0 && hook_failures == 0,
-        &summary,
-    )
-    .await;
-    let mut summary = Vec::new();
-    if failures > 0 {
-        summary.push(format!("{failures} of {total} backups failed"));
-    }
-    if hook_failures > 0 {
-        summary.push(format!("{hook_failures} source hook(s) failed"));
-    }
-    if !summary.is_empty() {
-        bail!("{}", summary.join("; "));
-    }
-    Ok(())
-}
-
 /// A target that failed as a whole in a per-target command (prune, verify):
 /// a JSON result entry, or a line on stderr with a hint.
 pub(crate) fn print_target_failure(
@@ -311,53 +147,7 @@ pub(crate) fn print_target_failure(
     }
 }
 
-fn print_hook_failure(
-    as_json: bool,
-    results: &mut Vec<serde_json::Value>,
-    source: &str,
-    event: hooks::Event,
-    e: &anyhow::Error,
-) {
-    if as_json {
-        results.push(
-            json!({"source": source, "hook": event.name(), "ok": false, "error": format!("{e:#}")}),
-        );
-    } else {
-        // The error names the source and the hook.
-        eprintln!("FAILED: {e:#}");
-        if event == hooks::Event::Before {
-            eprintln!("  hint: the source was not backed up; fix the command or its exit status (run it by hand with sh -c)");
-        }
-    }
-}
-
-fn print_failure(
-    as_json: bool,
-    results: &mut Vec<serde_json::Value>,
-    source: &str,
-    target: &str,
-    e: &anyhow::Error,
-) {
-    if as_json {
-        results.push(
-            json!({"source": source, "target": target, "ok": false, "error": format!("{e:#}")}),
-        );
-    } else {
-        eprintln!("{source} -> {target}: FAILED: {e:#}");
-        if let Some(h) = hint(e) {
-            eprintln!("  hint: {h}");
-        }
-    }
-}
-
-async fn open_repo_for_backup(t: &TargetConfig, keys: &Keys) -> Result<Repository> {
-    let storage = targets::open(t)?;
-    Repository::open_or_init(storage, keys)
-        .await
-        .with_context(|| format!("target {:?}", t.name))
-}
-
-fn snapshot_json(m: &Manifest, target: &str) -> serde_json::Value {
+pub(crate) fn snapshot_json(m: &Manifest, target: &str) -> serde_json::Value {
     json!({
         "id": m.id,
         "source": m.source,
@@ -392,13 +182,14 @@ pub async fn snapshots(
         keys(cfg)?.metadata_identities()
     };
     let listings = across::read(cfg, target, &ids).await?;
-    let list = across::all(&listings, source);
+    let list = across::grouped(&listings, source);
     if as_json {
         let v: Vec<_> = list
             .iter()
-            .map(|(l, m)| {
-                let mut v = snapshot_json(m, &l.target);
-                v["pinned"] = json!(l.pinned.contains(&m.id));
+            .map(|(held, m)| {
+                let mut v = snapshot_json(m, &held[0].target);
+                v["targets"] = json!(held.iter().map(|l| &l.target).collect::<Vec<_>>());
+                v["pinned"] = json!(held.iter().any(|l| l.pinned.contains(&m.id)));
                 v
             })
             .collect();
@@ -417,16 +208,22 @@ pub async fn snapshots(
         );
         return Ok(());
     }
+    let width = list
+        .iter()
+        .map(|(held, _)| held_by(held).len())
+        .max()
+        .unwrap_or(0)
+        .max(12);
     println!(
-        "{:<26} {:<12} {:<12} {:<25} {:>10} {:>10}  tags",
-        "ID", "SOURCE", "TARGET", "TIME", "SIZE", "NEW"
+        "{:<26} {:<12} {:<width$} {:<25} {:>10} {:>10}  tags",
+        "ID", "SOURCE", "TARGETS", "TIME", "SIZE", "NEW"
     );
-    for (l, m) in list {
+    for (held, m) in list {
         println!(
-            "{:<26} {:<12} {:<12} {:<25} {:>10} {:>10}  {}",
+            "{:<26} {:<12} {:<width$} {:<25} {:>10} {:>10}  {}",
             m.id,
             m.source,
-            l.target,
+            held_by(&held),
             m.finished
                 .with_timezone(&Local)
                 .format("%Y-%m-%d %H:%M:%S %z"),
@@ -435,12 +232,24 @@ pub async fn snapshots(
             m.tags
                 .iter()
                 .map(String::as_str)
-                .chain(l.pinned.contains(&m.id).then_some("(pinned)"))
+                .chain(
+                    held.iter()
+                        .any(|l| l.pinned.contains(&m.id))
+                        .then_some("(pinned)")
+                )
                 .collect::<Vec<_>>()
                 .join(",")
         );
     }
     Ok(())
+}
+
+/// "local,s3": the targets holding a snapshot.
+fn held_by(held: &[&across::Listing]) -> String {
+    held.iter()
+        .map(|l| l.target.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 pub fn parse_time(s: &str) -> Result<DateTime<Utc>> {

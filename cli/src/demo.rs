@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use rusqlite::Connection;
 
-use crate::{commands, config, RestoreArgs};
+use crate::{cmd_backup, commands, config, RestoreArgs};
 
 const ROWS: i64 = 50_000;
 
@@ -54,7 +54,7 @@ pub async fn run(dir: &Path) -> Result<()> {
 
     let cfg = config::load(&cfg_path)?;
     println!("\n== offsite --config {} backup", cfg_path.display());
-    commands::backup(&cfg, None, None, Vec::new(), false, false).await?;
+    cmd_backup::backup(&cfg, None, None, Vec::new(), false, false).await?;
     println!("\n== offsite --config {} snapshots", cfg_path.display());
     commands::snapshots(&cfg, None, None, false).await?;
     let to = dir.join("restored.db");

@@ -18,6 +18,7 @@ macro_rules! eprintln {
 }
 
 mod across;
+mod cmd_backup;
 mod cmd_daemon;
 mod cmd_drill;
 mod cmd_pin;
@@ -270,7 +271,7 @@ fn main() -> ExitCode {
                 json,
             } => {
                 let cfg = config::load(&config_path)?;
-                commands::backup(&cfg, source.as_deref(), target.as_deref(), tag, pin, json).await
+                cmd_backup::backup(&cfg, source.as_deref(), target.as_deref(), tag, pin, json).await
             }
             Command::Snapshots {
                 source,

@@ -10,6 +10,7 @@ mod full_disk;
 mod hooks;
 mod hygiene;
 mod monitor;
+mod one_run;
 mod pre_restore;
 mod prune;
 mod repair;

@@ -1,0 +1,365 @@
+//! One backup run: every configured source to every target, the way a
+//! scheduled `offsite backup` does it. The binary resolves the
+//! configuration into a [`Plan`] and gets a [`RunReport`]; what it prints or
+//! sends as notifications comes from the [`RunEvent`]s handed to its
+//! [`Observer`] as they happen. Hooks are the caller's (a [`Hooks`]
+//! implementation): this module decides when they run and what a failure
+//! means, never how a command is started.
+//!
+//! Order and failure rules:
+//! - sources one after the other; each is read once and stored as one
+//!   snapshot (one id, one checksum) on every target that could be opened
+//!   (see [`crate::backup::backup_many`]);
+//! - a source's `before` hook runs once before it is read, and its failure
+//!   skips that source (the application is left as it was); `after` runs as
+//!   soon as the source has been read, while uploads may still run, and also
+//!   when the backup failed; `on_error` runs with every error of that
+//!   source, target-wide ones included;
+//! - a target that cannot be opened fails every source's part on it; a
+//!   target that fails during a backup fails that source's part on it only.
+//!   Nothing stops the other sources or targets. A source with no target to
+//!   go to is not read at all, and its hooks do not run.
+//!
+//! Never swallows a failure: every part that did not store a snapshot is
+//! counted in the report and told to the observer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backup::{backup_many, BackupOptions, BackupSummary, Progress};
+use crate::error::Error;
+use crate::keys::Keys;
+use crate::repo::Repository;
+use crate::source::SourceSpec;
+
+/// The source hooks of a backup run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Before,
+    After,
+    OnError,
+}
+
+/// Runs a source's hook commands. `errors` is given to `on_error`. An
+/// implementation blocks until the command is done; a source without that
+/// hook is a success.
+pub trait Hooks: Send + Sync {
+    fn has(&self, source: &str, hook: Hook) -> bool;
+    fn run(&self, source: &str, hook: Hook, errors: Option<&str>) -> Result<(), String>;
+}
+
+/// Any error of a part of the run: the engine's own, or the caller's (a
+/// target the configuration could not open).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What happened, in order, for printing and notifications.
+#[derive(Debug)]
+pub enum RunEvent {
+    /// A source is about to be read; `progress` counts its reading.
+    SourceStarted {
+        source: String,
+        progress: Arc<Progress>,
+    },
+    /// The source's part is over on every target (stored or failed).
+    SourceFinished { source: String },
+    Stored {
+        source: String,
+        target: String,
+        summary: BackupSummary,
+    },
+    /// `source` is `None` for a target that could not be opened: every
+    /// source's part on it failed.
+    Failed {
+        source: Option<String>,
+        target: String,
+        error: BoxError,
+    },
+    /// A source could not be read: its part on every open target (named
+    /// in `targets`) failed.
+    SourceFailed {
+        source: String,
+        targets: Vec<String>,
+        error: Error,
+    },
+    HookFailed {
+        source: String,
+        hook: Hook,
+        message: String,
+    },
+}
+
+/// Told of each [`RunEvent`] as it happens.
+pub trait Observer: Send + Sync {
+    fn event(&self, event: RunEvent);
+}
+
+/// A source of the run and how long a DuckDB one waits for its writer.
+#[derive(Debug, Clone)]
+pub struct PlannedSource {
+    pub spec: SourceSpec,
+    pub lock_timeout: Duration,
+}
+
+/// A target of the run, opened or not.
+pub struct PlannedTarget {
+    pub name: String,
+    pub repo: Result<Repository, BoxError>,
+}
+
+/// Everything a run needs, resolved from the configuration.
+pub struct Plan {
+    pub sources: Vec<PlannedSource>,
+    pub targets: Vec<PlannedTarget>,
+    /// Per-snapshot settings; `progress`, `source_read` and `lock_timeout`
+    /// are set by the run for each source.
+    pub options: BackupOptions,
+}
+
+/// How the run went: `parts` is sources x targets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunReport {
+    pub parts: usize,
+    pub failed: usize,
+    pub hooks_failed: usize,
+}
+
+impl RunReport {
+    pub fn ok(&self) -> bool {
+        self.failed == 0 && self.hooks_failed == 0
+    }
+
+    /// "2 of 4 backups failed; 1 source hook(s) failed", or `None`.
+    pub fn failure_summary(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if self.failed > 0 {
+            parts.push(format!("{} of {} backups failed", self.failed, self.parts));
+        }
+        if self.hooks_failed > 0 {
+            parts.push(format!("{} source hook(s) failed", self.hooks_failed));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+}
+
+/// An error with its causes, as the `on_error` hook receives it.
+fn described(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// Runs the plan: see the module doc for the order and the failure rules.
+pub async fn run(
+    plan: Plan,
+    keys: &Keys,
+    hooks: Arc<dyn Hooks>,
+    observer: &dyn Observer,
+) -> RunReport {
+    let mut report = RunReport {
+        parts: plan.sources.len() * plan.targets.len(),
+        ..Default::default()
+    };
+    let mut target_errors = Vec::new();
+    let mut repos = Vec::new();
+    let mut names = Vec::new();
+    for t in plan.targets {
+        match t.repo {
+            Ok(repo) => {
+                repos.push(repo);
+                names.push(t.name);
+            }
+            Err(error) => {
+                report.failed += plan.sources.len();
+                target_errors.push(format!(
+                    "target {:?}: {}",
+                    t.name,
+                    described(error.as_ref())
+                ));
+                observer.event(RunEvent::Failed {
+                    source: None,
+                    target: t.name,
+                    error,
+                });
+            }
+        }
+    }
+    let repos: Vec<&Repository> = repos.iter().collect();
+    for source in &plan.sources {
+        let mut errors = target_errors.clone();
+        if !repos.is_empty() {
+            let part = SourcePart {
+                source,
+                repos: &repos,
+                names: &names,
+                keys,
+                hooks: &hooks,
+                observer,
+                options: &plan.options,
+            };
+            part.run(&mut report, &mut errors).await;
+        }
+        if !errors.is_empty() {
+            let name = source.spec.name.clone();
+            if let Err(message) =
+                run_hook(&hooks, &name, Hook::OnError, Some(errors.join("\n"))).await
+            {
+                report.hooks_failed += 1;
+                observer.event(RunEvent::HookFailed {
+                    source: name,
+                    hook: Hook::OnError,
+                    message,
+                });
+            }
+        }
+    }
+    report
+}
+
+async fn run_hook(
+    hooks: &Arc<dyn Hooks>,
+    source: &str,
+    hook: Hook,
+    errors: Option<String>,
+) -> Result<(), String> {
+    if !hooks.has(source, hook) {
+        return Ok(());
+    }
+    let hooks = hooks.clone();
+    let source = source.to_string();
+    tokio::task::spawn_blocking(move || hooks.run(&source, hook, errors.as_deref()))
+        .await
+        .map_err(|e| format!("hook thread: {e}"))?
+}
+
+/// One source onto the open targets.
+struct SourcePart<'a> {
+    source: &'a PlannedSource,
+    repos: &'a [&'a Repository],
+    names: &'a [String],
+    keys: &'a Keys,
+    hooks: &'a Arc<dyn Hooks>,
+    observer: &'a dyn Observer,
+    options: &'a BackupOptions,
+}
+
+impl SourcePart<'_> {
+    fn name(&self) -> &str {
+        &self.source.spec.name
+    }
+
+    fn hook_failed(&self, report: &mut RunReport, errors: &mut Vec<String>, hook: Hook, m: String) {
+        report.hooks_failed += 1;
+        errors.push(m.clone());
+        self.observer.event(RunEvent::HookFailed {
+            source: self.name().to_string(),
+            hook,
+            message: m,
+        });
+    }
+
+    async fn run(&self, report: &mut RunReport, errors: &mut Vec<String>) {
+        if let Err(m) = run_hook(self.hooks, self.name(), Hook::Before, None).await {
+            report.failed += self.repos.len();
+            self.hook_failed(report, errors, Hook::Before, m);
+            return;
+        }
+        let progress = Arc::new(Progress::default());
+        self.observer.event(RunEvent::SourceStarted {
+            source: self.name().to_string(),
+            progress: progress.clone(),
+        });
+        let (result, after) = self.backup(progress).await;
+        self.observer.event(RunEvent::SourceFinished {
+            source: self.name().to_string(),
+        });
+        self.record(result, report, errors);
+        if let Err(m) = after {
+            self.hook_failed(report, errors, Hook::After, m);
+        }
+    }
+
+    /// The backup itself, with the `after` hook started once the source
+    /// has been read.
+    async fn backup(
+        &self,
+        progress: Arc<Progress>,
+    ) -> (
+        crate::error::Result<Vec<crate::error::Result<BackupSummary>>>,
+        Result<(), String>,
+    ) {
+        let read_done = Arc::new(tokio::sync::Notify::new());
+        let opts = BackupOptions {
+            progress,
+            source_read: Some(read_done.clone()),
+            lock_timeout: self.source.lock_timeout,
+            ..self.options.clone()
+        };
+        let run = backup_many(self.repos, self.keys, &self.source.spec, &opts);
+        tokio::pin!(run);
+        let mut after = None;
+        let result = loop {
+            tokio::select! {
+                r = &mut run => break r,
+                _ = read_done.notified(), if after.is_none() => {
+                    let hooks = self.hooks.clone();
+                    let name = self.name().to_string();
+                    after = Some(tokio::spawn(async move {
+                        run_hook(&hooks, &name, Hook::After, None).await
+                    }));
+                }
+            }
+        };
+        let after = match after {
+            Some(h) => h.await.unwrap_or_else(|e| Err(format!("hook task: {e}"))),
+            None => run_hook(self.hooks, self.name(), Hook::After, None).await,
+        };
+        (result, after)
+    }
+
+    fn record(
+        &self,
+        result: crate::error::Result<Vec<crate::error::Result<BackupSummary>>>,
+        report: &mut RunReport,
+        errors: &mut Vec<String>,
+    ) {
+        let results = match result {
+            Ok(results) => results,
+            Err(error) => {
+                report.failed += self.repos.len();
+                errors.push(described(&error));
+                self.observer.event(RunEvent::SourceFailed {
+                    source: self.name().to_string(),
+                    targets: self.names.to_vec(),
+                    error,
+                });
+                return;
+            }
+        };
+        for (target, r) in self.names.iter().zip(results) {
+            match r {
+                Ok(summary) => self.observer.event(RunEvent::Stored {
+                    source: self.name().to_string(),
+                    target: target.clone(),
+                    summary,
+                }),
+                Err(error) => {
+                    report.failed += 1;
+                    errors.push(format!("target {target:?}: {}", described(&error)));
+                    self.observer.event(RunEvent::Failed {
+                        source: Some(self.name().to_string()),
+                        target: target.clone(),
+                        error: Box::new(error),
+                    });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! `offsite backup`: resolves the configuration into a run plan, hands it to
+//! [`backup_core::run`], and prints what happens (a line per snapshot for
+//! people, or one JSON array) and notifies. The run's order, hooks and
+//! failure rules are the engine's; nothing here decides them.
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::{anyhow, bail, Result};
+use backup_core::backup::BackupOptions;
+use backup_core::repo::Repository;
+use backup_core::run::{self, Hook, Hooks, Observer, Plan, PlannedSource, PlannedTarget, RunEvent};
+use serde_json::json;
+
+use crate::commands::{chosen_targets, hint, keys, snapshot_json, source_specs};
+use crate::config::{Config, SourceConfig};
+use crate::hooks;
+use crate::notify::{self, Event, EventKind};
+use crate::output::{self, Bar};
+use crate::targets;
+
+pub async fn backup(
+    cfg: &Config,
+    source: Option<&str>,
+    target: Option<&str>,
+    tags: Vec<String>,
+    pin: bool,
+    as_json: bool,
+) -> Result<()> {
+    let keys = keys(cfg)?;
+    let plan = plan(cfg, source, target, tags, pin, &keys).await?;
+    notify::start(&cfg.notify, EventKind::Backup).await;
+    let observer = Printer {
+        as_json,
+        pin,
+        state: Mutex::default(),
+    };
+    let hooks = Arc::new(ConfigHooks(cfg.sources.clone()));
+    let report = run::run(plan, &keys, hooks, &observer).await;
+    let state = observer.state.into_inner().expect("printer state");
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&state.results)?);
+    }
+    notify::events(&cfg.notify, &state.events).await;
+    let summary = format!(
+        "{} of {} backups succeeded",
+        report.parts - report.failed,
+        report.parts
+    );
+    notify::finish(&cfg.notify, EventKind::Backup, report.ok(), &summary).await;
+    if let Some(failed) = report.failure_summary() {
+        bail!("{failed}");
+    }
+    Ok(())
+}
+
+/// The configuration, resolved once: sources, opened targets, options.
+async fn plan(
+    cfg: &Config,
+    source: Option<&str>,
+    target: Option<&str>,
+    tags: Vec<String>,
+    pin: bool,
+    keys: &backup_core::keys::Keys,
+) -> Result<Plan> {
+    let mut sources = Vec::new();
+    for spec in source_specs(cfg, source)? {
+        let lock_timeout = cfg.source(&spec.name)?.lock_timeout();
+        sources.push(PlannedSource { spec, lock_timeout });
+    }
+    let mut planned = Vec::new();
+    for t in chosen_targets(cfg, target)? {
+        let repo = match targets::open(t) {
+            Ok(storage) => Repository::open_or_init(storage, keys).await.map_err(|e| {
+                anyhow::Error::from(e)
+                    .context(format!("target {:?}", t.name))
+                    .into()
+            }),
+            Err(e) => Err(e.into()),
+        };
+        planned.push(PlannedTarget {
+            name: t.name.clone(),
+            repo,
+        });
+    }
+    Ok(Plan {
+        sources,
+        targets: planned,
+        options: BackupOptions {
+            tags,
+            pack_size: cfg.backup.pack_size_mib << 20,
+            compression_level: cfg.backup.compression_level,
+            upload_concurrency: cfg.backup.upload_concurrency,
+            pin,
+            ..Default::default()
+        },
+    })
+}
+
+/// The `[[sources]]` hook commands.
+struct ConfigHooks(Vec<SourceConfig>);
+
+impl ConfigHooks {
+    fn source(&self, name: &str) -> Result<&SourceConfig, String> {
+        self.0
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| format!("no source named {name:?}"))
+    }
+}
+
+fn hook_event(hook: Hook) -> hooks::Event {
+    match hook {
+        Hook::Before => hooks::Event::Before,
+        Hook::After => hooks::Event::After,
+        Hook::OnError => hooks::Event::OnError,
+    }
+}
+
+impl Hooks for ConfigHooks {
+    fn has(&self, source: &str, hook: Hook) -> bool {
+        self.source(source)
+            .is_ok_and(|s| hooks::command(s, hook_event(hook)).is_some())
+    }
+
+    fn run(&self, source: &str, hook: Hook, errors: Option<&str>) -> Result<(), String> {
+        let src = self.source(source)?;
+        hooks::run(src, hook_event(hook), errors).map_err(|e| format!("{e:#}"))
+    }
+}
+
+#[derive(Default)]
+struct PrinterState {
+    results: Vec<serde_json::Value>,
+    events: Vec<Event>,
+    bar: Option<Bar>,
+}
+
+/// Prints each event as it comes and keeps what `--json` and the
+/// notifications need.
+struct Printer {
+    as_json: bool,
+    pin: bool,
+    state: Mutex<PrinterState>,
+}
+
+impl Observer for Printer {
+    fn event(&self, event: RunEvent) {
+        let mut state = self.state.lock().expect("printer state");
+        match event {
+            RunEvent::SourceStarted { source, progress } => {
+                state.bar = Some(Bar::start(source, progress, !self.as_json));
+            }
+            RunEvent::SourceFinished { .. } => state.bar = None,
+            RunEvent::Stored {
+                source,
+                target,
+                summary,
+            } => self.stored(&mut state, &source, &target, summary),
+            RunEvent::Failed {
+                source,
+                target,
+                error,
+            } => {
+                // A target that could not be opened is named in its error.
+                let (source, e, skip) = match source {
+                    None => ("*".to_string(), anyhow::Error::from_boxed(error), 0),
+                    Some(source) => {
+                        let e = anyhow::Error::from_boxed(error);
+                        (source, e.context(format!("target {target:?}")), 1)
+                    }
+                };
+                self.failed(&mut state, &source, &[target], skip, &e);
+            }
+            RunEvent::SourceFailed {
+                source,
+                targets,
+                error,
+            } => self.failed(&mut state, &source, &targets, 0, &anyhow!(error)),
+            RunEvent::HookFailed {
+                source,
+                hook,
+                message,
+            } => self.hook_failed(&mut state, &source, hook, &message),
+        }
+    }
+}
+
+impl Printer {
+    fn stored(
+        &self,
+        state: &mut PrinterState,
+        source: &str,
+        target: &str,
+        s: backup_core::backup::BackupSummary,
+    ) {
+        let m = &s.manifest;
+        state.events.push(notify::backup_event(&s, target));
+        if self.as_json {
+            let mut snapshot = snapshot_json(m, target);
+            snapshot["pinned"] = json!(self.pin);
+            state.results.push(json!({
+                "source": source, "target": target, "ok": true,
+                "snapshot": snapshot,
+                "requests": s.requests, "seconds": s.duration.as_secs_f64(),
+            }));
+            return;
+        }
+        println!(
+            "{source} -> {target}: snapshot {}{}, read {}, new {}, uploaded {}, {} requests, {}",
+            m.id,
+            if self.pin { " (pinned)" } else { "" },
+            output::bytes(m.size),
+            output::bytes(m.new_bytes),
+            output::bytes(m.uploaded_bytes),
+            s.requests,
+            output::duration(s.duration)
+        );
+    }
+
+    /// Parts that stored nothing: one source on `targets` (all of them
+    /// when the source itself failed). `skip` leading contexts of `e` are
+    /// not printed (the line names the target already).
+    fn failed(
+        &self,
+        state: &mut PrinterState,
+        source: &str,
+        targets: &[String],
+        skip: usize,
+        e: &anyhow::Error,
+    ) {
+        let src = (source != "*").then_some(source);
+        for target in targets {
+            let mut ev = Event::new(EventKind::Backup, false).at(src, Some(target));
+            ev.error = Some(format!("{e:#}"));
+            state.events.push(ev);
+            if self.as_json {
+                state.results.push(
+                    json!({"source": source, "target": target, "ok": false, "error": format!("{e:#}")}),
+                );
+            }
+        }
+        if self.as_json {
+            return;
+        }
+        let text: Vec<String> = e.chain().skip(skip).map(|c| c.to_string()).collect();
+        eprintln!(
+            "{source} -> {}: FAILED: {}",
+            targets.join(", "),
+            text.join(": ")
+        );
+        if let Some(h) = hint(e) {
+            eprintln!("  hint: {h}");
+        }
+    }
+
+    fn hook_failed(&self, state: &mut PrinterState, source: &str, hook: Hook, message: &str) {
+        let hook = hook_event(hook);
+        if self.as_json {
+            state.results.push(
+                json!({"source": source, "hook": hook.name(), "ok": false, "error": message}),
+            );
+            return;
+        }
+        // The message names the source and the hook.
+        eprintln!("FAILED: {message}");
+        if hook == hooks::Event::Before {
+            eprintln!("  hint: the source was not backed up; fix the command or its exit status (run it by hand with sh -c)");
+        }
+    }
+}
