@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use rusqlite::Connection;
 
-use crate::{cmd_backup, commands, config, RestoreArgs};
+use crate::{cmd_backup, cmd_restore, commands, config, RestoreArgs};
 
 const ROWS: i64 = 50_000;
 
@@ -64,7 +64,8 @@ pub async fn run(dir: &Path) -> Result<()> {
         to.display()
     );
     let args = RestoreArgs {
-        source: "app".into(),
+        source: Some("app".into()),
+        all: false,
         latest: true,
         snapshot: None,
         at: None,
@@ -78,7 +79,7 @@ pub async fn run(dir: &Path) -> Result<()> {
         identity: None,
         json: false,
     };
-    commands::restore(&cfg, &args).await?;
+    cmd_restore::restore(&cfg, &args).await?;
     let count: i64 =
         Connection::open(&to)?.query_row("SELECT count(*) FROM tasks", [], |r| r.get(0))?;
     println!(

@@ -24,6 +24,7 @@ mod cmd_drill;
 mod cmd_pin;
 mod cmd_prune;
 mod cmd_repair;
+mod cmd_restore;
 mod cmd_status;
 mod cmd_verify;
 mod commands;
@@ -165,9 +166,15 @@ enum TargetsCommand {
 
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("which").required(true).args(["latest", "snapshot", "at"])))]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["source", "all"])))]
 pub struct RestoreArgs {
+    /// The source to restore (a `[[sources]]` name).
     #[arg(long)]
-    pub source: String,
+    pub source: Option<String>,
+    /// Every source of the config, each to the path in its `[[sources]]` entry
+    /// (a rebuilt server in one command); with --latest or --at.
+    #[arg(long, conflicts_with_all = ["snapshot", "to"])]
+    pub all: bool,
     /// The newest snapshot.
     #[arg(long)]
     pub latest: bool,
@@ -177,8 +184,9 @@ pub struct RestoreArgs {
     /// The newest snapshot taken at or before TIME (RFC 3339, or "YYYY-MM-DD[ HH:MM[:SS]]" local time).
     #[arg(long)]
     pub at: Option<String>,
-    /// Where to write the database (or directory, for file sources).
-    #[arg(long, required_unless_present = "test")]
+    /// Where to write the database file (or directory, for file sources)
+    /// [default: the source's own path from the config].
+    #[arg(long)]
     pub to: Option<PathBuf>,
     /// Replace an existing PATH: first snapshot it (tag "pre-restore"), then move it
     /// and its -wal/-shm aside, never deleting them.
@@ -283,7 +291,7 @@ fn main() -> ExitCode {
             }
             Command::Restore(args) => {
                 let cfg = config::load(&config_path)?;
-                commands::restore(&cfg, &args).await
+                cmd_restore::restore(&cfg, &args).await
             }
             Command::Targets {
                 command: TargetsCommand::Check { target, json },

@@ -16,6 +16,7 @@ mod prune;
 mod repair;
 mod repostate;
 mod requests;
+mod restore_all;
 mod restore_in_place;
 mod restore_in_use;
 mod restore_interrupted;
