@@ -493,3 +493,9 @@ mod tests {
         assert_eq!(sweep_temp(&dir.path().join("missing"), now), (0, 0));
     }
 }
+
+/// docs/library.md, compiled and run as a doctest: the engine used as a
+/// library, without the binary.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/library.md")]
+pub struct LibraryExample;
