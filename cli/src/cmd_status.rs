@@ -44,8 +44,65 @@ pub struct Report {
     pub time: DateTime<Utc>,
     pub targets: Vec<TargetStatus>,
     pub sources: Vec<Row>,
+    /// Per source: on how many targets its newest snapshot is.
+    pub copies: Vec<Copies>,
     /// Every breach, as "source @ target: what".
     pub breaches: Vec<String>,
+}
+
+/// Where a source's newest snapshot is. A backup run stores one snapshot on
+/// every target, so "complete on N of M targets" means: the newest snapshot
+/// of the source on any target (by time, pre-restore snapshots aside) is
+/// held by N of the M configured targets; the others (`missing`, a target
+/// that could not be read included) hold only older ones or none, usually
+/// because a run failed there. The next successful run brings them level.
+#[derive(Debug, Serialize)]
+pub struct Copies {
+    pub source: String,
+    /// The newest snapshot's id; `None` when no target holds one.
+    pub newest: Option<String>,
+    pub complete_on: usize,
+    pub targets: usize,
+    pub missing: Vec<String>,
+}
+
+/// Copies of each source's newest snapshot across the readable rows.
+fn copies(cfg: &Config, rows: &[Row], targets: &[TargetStatus]) -> Vec<Copies> {
+    cfg.sources
+        .iter()
+        .map(|src| {
+            let mine: Vec<&Row> = rows
+                .iter()
+                .filter(|r| r.status.source == src.name)
+                .collect();
+            let newest = mine
+                .iter()
+                .filter_map(|r| r.status.newest.as_ref())
+                .max_by_key(|n| n.time)
+                .map(|n| n.id.clone());
+            let holds = |t: &str| {
+                mine.iter().any(|r| {
+                    r.target == t && r.status.newest.as_ref().map(|n| &n.id) == newest.as_ref()
+                })
+            };
+            let missing: Vec<String> = targets
+                .iter()
+                .map(|t| t.target.clone())
+                .filter(|t| newest.is_none() || !holds(t))
+                .collect();
+            Copies {
+                source: src.name.clone(),
+                complete_on: if newest.is_some() {
+                    targets.len() - missing.len()
+                } else {
+                    0
+                },
+                targets: targets.len(),
+                newest,
+                missing,
+            }
+        })
+        .collect()
 }
 
 /// The identities that read manifests: the metadata identity derived from
@@ -94,6 +151,7 @@ pub async fn check(cfg: &Config) -> Result<Report> {
         time: now,
         targets: Vec::new(),
         sources: Vec::new(),
+        copies: Vec::new(),
         breaches: Vec::new(),
     };
     for t in chosen_targets(cfg, None)? {
@@ -128,6 +186,7 @@ pub async fn check(cfg: &Config) -> Result<Report> {
             }
         }
     }
+    report.copies = copies(cfg, &report.sources, &report.targets);
     report.ok = report.breaches.is_empty();
     Ok(report)
 }
@@ -242,6 +301,22 @@ fn print_table(report: &Report) {
             ),
             (None, Some(e)) => println!("target {}: UNREADABLE: {e}", t.target),
             (None, None) => {}
+        }
+    }
+    for c in &report.copies {
+        match &c.newest {
+            Some(id) if c.missing.is_empty() => println!(
+                "source {}: newest snapshot {id} complete on {} of {} targets",
+                c.source, c.complete_on, c.targets
+            ),
+            Some(id) => println!(
+                "source {}: newest snapshot {id} complete on {} of {} targets (not on {})",
+                c.source,
+                c.complete_on,
+                c.targets,
+                c.missing.join(", ")
+            ),
+            None => {}
         }
     }
     for b in &report.breaches {

@@ -122,6 +122,19 @@ fn a_target_that_missed_a_run_gets_the_next_runs_snapshot() {
     assert!(err.contains("second: FAILED"), "{err}");
     assert!(err.contains("1 of 2 backups failed"), "{err}");
     assert_eq!(snapshots(&env).len(), 1);
+    let copies = |env: &Env| {
+        let (_, out, err) = env.run(&["status", "--json"]);
+        let report = json(&out);
+        assert!(report["copies"].is_array(), "{out}{err}");
+        report["copies"][0].clone()
+    };
+    let c = copies(&env);
+    assert_eq!(
+        (c["complete_on"].as_u64(), c["targets"].as_u64()),
+        (Some(1), Some(2)),
+        "{c}"
+    );
+    assert_eq!(c["missing"], serde_json::json!(["second"]));
 
     std::fs::remove_file(&blocked).unwrap();
     std::fs::create_dir(&blocked).unwrap();
@@ -142,6 +155,11 @@ fn a_target_that_missed_a_run_gets_the_next_runs_snapshot() {
     let listed = snapshots(&env);
     let newest = listed.iter().find(|s| s["id"] == ids[0]).unwrap();
     assert_eq!(newest["targets"], serde_json::json!(["second", "local"]));
+    let c = copies(&env);
+    assert_eq!(c["complete_on"].as_u64(), Some(2), "{c}");
+    assert_eq!(c["newest"].as_str(), Some(ids[0]));
+    let table = env.ok(&["status"]);
+    assert!(table.contains("complete on 2 of 2 targets"), "{table}");
     let to = env.dir.path().join("latest.db");
     env.ok(&[
         "restore",
