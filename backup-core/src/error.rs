@@ -7,12 +7,10 @@ use crate::storage::StorageError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{target}: {source}")]
-    Storage {
-        target: String,
-        #[source]
-        source: StorageError,
-    },
+    /// The message carries the cause; it is not also a `source()`, so that
+    /// a printed error chain says it once.
+    #[error("{target}: {cause}")]
+    Storage { target: String, cause: StorageError },
     /// The target has no room left. `free` is what it has left where it can
     /// tell (a local filesystem), `needed` what the failed operation would
     /// have stored in all, where it can estimate it (a backup).
@@ -105,11 +103,11 @@ pub enum Error {
     /// The destination cannot be replaced safely as it is; nothing was changed.
     #[error("cannot replace {path}: {reason}")]
     CannotReplace { path: PathBuf, reason: String },
-    #[error("{context}: {source}")]
+    /// Like [`Error::Storage`]: the cause is in the message only.
+    #[error("{context}: {cause}")]
     Io {
         context: String,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -147,7 +145,7 @@ impl Error {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
             context: context.into(),
-            source,
+            cause: source,
         }
     }
 }

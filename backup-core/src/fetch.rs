@@ -345,7 +345,7 @@ async fn fetch_pack(
 ) -> Result<PackOutcome> {
     let raw = match repo.get_bytes(&key).await {
         Ok(raw) => raw,
-        Err(Error::Storage { source, .. }) if source.is_not_found() => {
+        Err(Error::Storage { cause: source, .. }) if source.is_not_found() => {
             let problem = format!("pack {key} is missing");
             return Ok(PackOutcome::failed(key, &pieces, false, problem));
         }

@@ -135,7 +135,7 @@ pub async fn list(repo: &Repository) -> Result<Vec<(String, Option<LockInfo>)>> 
         match repo.get_bytes(&meta.key).await {
             Ok(raw) => out.push((meta.key, serde_json::from_slice(&raw).ok())),
             // Released between the listing and the read.
-            Err(Error::Storage { source, .. }) if source.is_not_found() => {}
+            Err(Error::Storage { cause: source, .. }) if source.is_not_found() => {}
             Err(e) => return Err(e),
         }
     }
@@ -239,7 +239,9 @@ impl Lock {
     ) -> Result<Option<Lock>> {
         match Lock::acquire(repo, operation, wait).await {
             Ok(lock) => Ok(Some(lock)),
-            Err(Error::Storage { source, .. }) if source.kind == ErrorKind::PermissionDenied => {
+            Err(Error::Storage { cause: source, .. })
+                if source.kind == ErrorKind::PermissionDenied =>
+            {
                 tracing::warn!(
                     "cannot write a lock to {} (read-only credentials?); running {operation} \
                      without one: a prune running now would show up as missing packs",

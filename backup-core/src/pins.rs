@@ -57,7 +57,9 @@ pub(crate) async fn write_pin(repo: &Repository, keys: &Keys, id: &str) -> Resul
         .await
     {
         Ok(()) => Ok(true),
-        Err(Error::Storage { source, .. }) if source.kind == ErrorKind::AlreadyExists => Ok(false),
+        Err(Error::Storage { cause: source, .. }) if source.kind == ErrorKind::AlreadyExists => {
+            Ok(false)
+        }
         Err(e) => Err(e),
     }
 }

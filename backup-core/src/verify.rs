@@ -319,7 +319,7 @@ async fn exists(repo: &Repository, m: &Manifest) -> Result<bool> {
 fn is_damage(e: &Error) -> bool {
     match e {
         Error::Corrupt { .. } | Error::Verification(_) | Error::UnsupportedVersion { .. } => true,
-        Error::Storage { source, .. } => source.is_not_found(),
+        Error::Storage { cause: source, .. } => source.is_not_found(),
         _ => false,
     }
 }

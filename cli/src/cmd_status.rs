@@ -467,6 +467,7 @@ mod tests {
                     error: Some("down".into()),
                 },
             ],
+            copies: Vec::new(),
             sources: vec![Row {
                 target: "local".into(),
                 ok: true,

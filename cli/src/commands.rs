@@ -364,7 +364,7 @@ pub(crate) fn hint(e: &anyhow::Error) -> Option<String> {
         Error::Key(_) => "recipients look like age1...; identity files hold AGE-SECRET-KEY-1... lines (create one with `offsite keygen -o FILE`)".into(),
         Error::TargetFull { .. } => FULL_HINT.into(),
         Error::ShortWrite { .. } => "the target took less than it was sent without reporting an error: check its disk or service (`offsite targets check`) and run again; nothing refers to the incomplete object, and earlier snapshots are intact".into(),
-        Error::Storage { source, .. } => match source.kind {
+        Error::Storage { cause: source, .. } => match source.kind {
             ErrorKind::Full => FULL_HINT.into(),
             ErrorKind::PermissionDenied => "check the target's credentials and permissions (`offsite targets check`)".into(),
             ErrorKind::NotFound => "check the target's path, bucket and prefix".into(),
@@ -379,4 +379,29 @@ pub(crate) fn hint(e: &anyhow::Error) -> Option<String> {
         Error::CannotReplace { .. } => "nothing at the destination was changed: fix the cause and run the restore again, or restore to another path with --to".into(),
         Error::Io { .. } => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use backup_core::storage::{ErrorKind, StorageError};
+    use backup_core::Error;
+
+    /// An error chain as the binary prints it (`{:#}`) says each cause once.
+    #[test]
+    fn a_storage_or_io_failure_is_printed_with_its_cause_once() {
+        let storage = anyhow::Error::from(Error::Storage {
+            target: "s3 bucket/prefix".into(),
+            cause: StorageError::new(ErrorKind::Transient, "packs/ab", "connection reset"),
+        })
+        .context("target \"s3\"");
+        let text = format!("{storage:#}");
+        assert_eq!(text.matches("connection reset").count(), 1, "{text}");
+        assert!(text.contains("s3 bucket/prefix"), "{text}");
+        let io = anyhow::Error::from(Error::Io {
+            context: "chunk list".into(),
+            cause: std::io::Error::other("disk quota exceeded"),
+        });
+        let text = format!("{io:#}");
+        assert_eq!(text.matches("disk quota exceeded").count(), 1, "{text}");
+    }
 }

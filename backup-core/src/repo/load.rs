@@ -284,7 +284,7 @@ impl Repository {
     ) -> Result<Fetched<T>> {
         let raw = match self.get_listed(meta).await {
             Ok(raw) => raw,
-            Err(Error::Storage { source, .. }) if source.is_not_found() => {
+            Err(Error::Storage { cause: source, .. }) if source.is_not_found() => {
                 return Ok(Fetched::Gone)
             }
             Err(e) => return Err(e),

@@ -142,7 +142,7 @@ impl Repository {
                     message: "no config object; run a backup to create one".into(),
                 })
             }
-            Err(e) => return Err(Error::Storage { target, source: e }),
+            Err(e) => return Err(Error::Storage { target, cause: e }),
         };
         let config = Self::parse_config(&raw, &target)?;
         Ok(Repository {
@@ -164,7 +164,7 @@ impl Repository {
                         .await
                         .map_err(|e| Error::Storage {
                             target: target.clone(),
-                            source: e,
+                            cause: e,
                         })?;
                 if !existing.is_empty() {
                     return Err(Error::NotARepository {
@@ -199,7 +199,7 @@ impl Repository {
                     // Another host created it at the same moment: use theirs.
                     Ok(())
                     | Err(Error::Storage {
-                        source:
+                        cause:
                             StorageError {
                                 kind: ErrorKind::AlreadyExists,
                                 ..
@@ -269,7 +269,7 @@ impl Repository {
     pub(crate) fn storage_err(&self, e: StorageError) -> Error {
         Error::Storage {
             target: self.describe(),
-            source: e,
+            cause: e,
         }
     }
 
@@ -392,7 +392,7 @@ async fn store_checked(
                 source: Box::new(e),
             })
         }
-        Err(e) => return Err(Error::Storage { target, source: e }),
+        Err(e) => return Err(Error::Storage { target, cause: e }),
     };
     if size == len {
         return Ok(());
