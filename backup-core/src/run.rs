@@ -32,12 +32,29 @@ use crate::keys::Keys;
 use crate::repo::Repository;
 use crate::source::SourceSpec;
 
-/// The source hooks of a backup run.
+/// A source's hooks: `before`, `after` and `on_error` around its backup
+/// (run here), `before_restore` and `after_restore` around an in-place
+/// restore of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
     Before,
     After,
     OnError,
+    BeforeRestore,
+    AfterRestore,
+}
+
+impl Hook {
+    /// The hook's setting name in `[[sources]]`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Before => "before",
+            Hook::After => "after",
+            Hook::OnError => "on_error",
+            Hook::BeforeRestore => "before_restore",
+            Hook::AfterRestore => "after_restore",
+        }
+    }
 }
 
 /// Runs a source's hook commands. `errors` is given to `on_error`. An

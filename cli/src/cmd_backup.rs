@@ -108,23 +108,15 @@ impl ConfigHooks {
     }
 }
 
-fn hook_event(hook: Hook) -> hooks::Event {
-    match hook {
-        Hook::Before => hooks::Event::Before,
-        Hook::After => hooks::Event::After,
-        Hook::OnError => hooks::Event::OnError,
-    }
-}
-
 impl Hooks for ConfigHooks {
     fn has(&self, source: &str, hook: Hook) -> bool {
         self.source(source)
-            .is_ok_and(|s| hooks::command(s, hook_event(hook)).is_some())
+            .is_ok_and(|s| hooks::command(s, hook).is_some())
     }
 
     fn run(&self, source: &str, hook: Hook, errors: Option<&str>) -> Result<(), String> {
         let src = self.source(source)?;
-        hooks::run(src, hook_event(hook), errors).map_err(|e| format!("{e:#}"))
+        hooks::run(src, hook, errors).map_err(|e| format!("{e:#}"))
     }
 }
 
@@ -254,7 +246,6 @@ impl Printer {
     }
 
     fn hook_failed(&self, state: &mut PrinterState, source: &str, hook: Hook, message: &str) {
-        let hook = hook_event(hook);
         if self.as_json {
             state.results.push(
                 json!({"source": source, "hook": hook.name(), "ok": false, "error": message}),
@@ -263,7 +254,7 @@ impl Printer {
         }
         // The message names the source and the hook.
         eprintln!("FAILED: {message}");
-        if hook == hooks::Event::Before {
+        if hook == Hook::Before {
             eprintln!("  hint: the source was not backed up; fix the command or its exit status (run it by hand with sh -c)");
         }
     }

@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use backup_core::drill::{drill, DrillOptions, DrillReport, SmokeQuery};
+use backup_core::drill::{drill, DrillReport};
 use backup_core::keys::Identities;
 use backup_core::repo::Repository;
 use chrono::Utc;
@@ -22,7 +22,7 @@ use crate::targets;
 
 /// One drill: a source on a target.
 #[derive(Debug, Serialize)]
-pub struct Drill {
+pub struct TargetDrill {
     pub target: String,
     #[serde(flatten)]
     pub report: DrillReport,
@@ -31,7 +31,7 @@ pub struct Drill {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub passed: bool,
-    pub drills: Vec<Drill>,
+    pub drills: Vec<TargetDrill>,
 }
 
 pub async fn run(
@@ -68,7 +68,7 @@ pub async fn run(
                 print_drill(&t.name, &r);
             }
             report.passed &= r.passed;
-            report.drills.push(Drill {
+            report.drills.push(TargetDrill {
                 target: t.name.clone(),
                 report: r,
             });
@@ -111,16 +111,7 @@ async fn open(t: &TargetConfig) -> Result<Repository, String> {
 }
 
 async fn drill_one(cfg: &Config, repo: &Repository, ids: &Identities, source: &str) -> DrillReport {
-    let settings = cfg.drill_settings(source);
-    let opts = DrillOptions {
-        max_age: Some(settings.max_age),
-        rto_target: settings.rto_target,
-        query: settings.query.map(|sql| SmokeQuery {
-            sql,
-            min: settings.min_rows,
-        }),
-        ..Default::default()
-    };
+    let opts = cfg.drill_options(source);
     let scratch = match tempfile::Builder::new().prefix("offsite-drill-").tempdir() {
         Ok(d) => d,
         Err(e) => {

@@ -316,14 +316,14 @@ async fn stage_and_switch(
     drop(bar);
     let staged = staged?;
     if hooked {
-        hooks::run_async(source, hooks::Event::BeforeRestore, None).await?;
+        hooks::run_async(source, hooks::Hook::BeforeRestore, None).await?;
     }
     let result = switch(cfg, repo, source, staged, replacing, args).await;
     if !hooked {
         return result;
     }
     let error = result.as_ref().err().map(|e| format!("{e:#}"));
-    let after = hooks::run_async(source, hooks::Event::AfterRestore, error).await;
+    let after = hooks::run_async(source, hooks::Hook::AfterRestore, error).await;
     match (result, after) {
         (Ok(mut s), Err(e)) => {
             s.after_hook = Some(e);

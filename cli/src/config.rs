@@ -27,7 +27,7 @@ pub struct Config {
     pub backup: BackupSettings,
     /// What prune keeps, for sources without their own `retention`.
     #[serde(default)]
-    pub retention: Option<crate::retention::RetentionConfig>,
+    pub retention: Option<crate::config_retention::RetentionConfig>,
     #[serde(default)]
     pub status: StatusSettings,
     #[serde(default)]
@@ -56,7 +56,7 @@ pub struct SourceConfig {
     pub path: PathBuf,
     /// Replaces the global `[retention]` entirely for this source.
     #[serde(default)]
-    pub retention: Option<crate::retention::RetentionConfig>,
+    pub retention: Option<crate::config_retention::RetentionConfig>,
     /// `[sources.drill]`: overrides of the global `[drill]` settings.
     #[serde(default)]
     pub drill: Option<DrillSettings>,

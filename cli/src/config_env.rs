@@ -19,7 +19,7 @@ use figment::providers::Env;
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 
 use crate::config::{BackupSettings, DrillSettings, Encryption, ScheduleSettings, StatusSettings};
-use crate::retention::RetentionConfig;
+use crate::config_retention::RetentionConfig;
 
 pub const PREFIX: &str = "OFFSITE_";
 

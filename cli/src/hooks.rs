@@ -36,42 +36,23 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
+pub use backup_core::run::Hook;
+
 use crate::config::SourceConfig;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
-    Before,
-    After,
-    OnError,
-    BeforeRestore,
-    AfterRestore,
-}
-
-impl Event {
-    pub fn name(self) -> &'static str {
-        match self {
-            Event::Before => "before",
-            Event::After => "after",
-            Event::OnError => "on_error",
-            Event::BeforeRestore => "before_restore",
-            Event::AfterRestore => "after_restore",
-        }
-    }
-}
-
 /// The command configured for `event`, if any.
-pub fn command(source: &SourceConfig, event: Event) -> Option<&str> {
+pub fn command(source: &SourceConfig, event: Hook) -> Option<&str> {
     match event {
-        Event::Before => source.before.as_deref(),
-        Event::After => source.after.as_deref(),
-        Event::OnError => source.on_error.as_deref(),
-        Event::BeforeRestore => source.before_restore.as_deref(),
-        Event::AfterRestore => source.after_restore.as_deref(),
+        Hook::Before => source.before.as_deref(),
+        Hook::After => source.after.as_deref(),
+        Hook::OnError => source.on_error.as_deref(),
+        Hook::BeforeRestore => source.before_restore.as_deref(),
+        Hook::AfterRestore => source.after_restore.as_deref(),
     }
 }
 
 /// Runs the hook for `event` if one is configured. Blocking.
-pub fn run(source: &SourceConfig, event: Event, error: Option<&str>) -> Result<()> {
+pub fn run(source: &SourceConfig, event: Hook, error: Option<&str>) -> Result<()> {
     let Some(cmd) = command(source, event) else {
         return Ok(());
     };
@@ -116,14 +97,14 @@ pub fn run(source: &SourceConfig, event: Event, error: Option<&str>) -> Result<(
     Ok(())
 }
 
-fn log_lines(source: &str, event: Event, stream: &str, bytes: &[u8]) {
+fn log_lines(source: &str, event: Hook, stream: &str, bytes: &[u8]) {
     for line in String::from_utf8_lossy(bytes).lines() {
         tracing::info!(source, hook = event.name(), stream, "{line}");
     }
 }
 
 /// Runs a hook on a blocking thread.
-pub async fn run_async(source: &SourceConfig, event: Event, error: Option<String>) -> Result<()> {
+pub async fn run_async(source: &SourceConfig, event: Hook, error: Option<String>) -> Result<()> {
     if command(source, event).is_none() {
         return Ok(());
     }

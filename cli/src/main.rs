@@ -30,12 +30,12 @@ mod cmd_verify;
 mod commands;
 mod config;
 mod config_env;
+mod config_retention;
 mod demo;
 mod hooks;
 mod notify;
 mod ops_config;
 mod output;
-mod retention;
 mod targets;
 mod usage;
 

@@ -174,15 +174,6 @@ pub fn parse_cron(setting: &str, expr: &str) -> Result<croner::Cron> {
         })
 }
 
-/// The resolved drill settings of one source.
-#[derive(Debug, Clone)]
-pub struct Drill {
-    pub max_age: Duration,
-    pub rto_target: Option<Duration>,
-    pub query: Option<String>,
-    pub min_rows: Option<i64>,
-}
-
 impl Config {
     pub(crate) fn validate_monitoring(&self) -> Result<()> {
         let pct = |p: &Option<f64>, name: &str| -> Result<()> {
@@ -273,10 +264,10 @@ impl Config {
         }
     }
 
-    /// The drill settings of `source`: `[sources.drill]` over `[drill]`. A
+    /// The drill options of `source`: `[sources.drill]` over `[drill]`. A
     /// global query only applies to SQLite sources; max_age falls back to the
     /// status threshold.
-    pub fn drill_settings(&self, source: &str) -> Drill {
+    pub fn drill_options(&self, source: &str) -> backup_core::drill::DrillOptions {
         let src = self.source_config(source);
         let own = src.and_then(|s| s.drill.clone()).unwrap_or_default();
         let global = &self.drill;
@@ -286,16 +277,17 @@ impl Config {
             None if sqlite => (global.query.clone(), own.min_rows.or(global.min_rows)),
             None => (None, None),
         };
-        Drill {
-            max_age: own
-                .max_age
-                .or(global.max_age)
-                .map(|d| d.0)
-                .or(self.thresholds(source).max_age)
-                .unwrap_or(Duration::from_secs(26 * 3600)),
+        backup_core::drill::DrillOptions {
+            max_age: Some(
+                own.max_age
+                    .or(global.max_age)
+                    .map(|d| d.0)
+                    .or(self.thresholds(source).max_age)
+                    .unwrap_or(Duration::from_secs(26 * 3600)),
+            ),
             rto_target: own.rto_target.or(global.rto_target).map(|d| d.0),
-            query,
-            min_rows,
+            query: query.map(|sql| backup_core::drill::SmokeQuery { sql, min: min_rows }),
+            ..Default::default()
         }
     }
 }
