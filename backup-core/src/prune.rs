@@ -167,10 +167,44 @@ async fn prune_locked(
         dry_run: opts.dry_run,
         ..Default::default()
     };
+    let removed = decide(&manifests, &pins, opts, &mut report);
+    let kept: Vec<&Manifest> = manifests
+        .iter()
+        .filter(|m| !removed.contains(m.id.as_str()))
+        .collect();
+    let live = live_chunks(repo, &ids, &kept).await?;
+    let plan = plan_packs(repo, &ids, &live).await?;
+    let step1 = Step1 {
+        manifests: removed
+            .iter()
+            .map(|id| format!("{SNAPSHOTS}{id}"))
+            .collect(),
+        junk_manifests: junk(&listed.unreadable),
+        lists: dead_lists(repo, &manifests, &removed, &kept).await?,
+        pins: pins
+            .iter()
+            .filter(|id| !manifests.iter().any(|m| &m.id == *id))
+            .map(|id| format!("{PINS}{id}"))
+            .collect(),
+    };
+    count(&mut report, &step1, &plan);
+    if opts.dry_run {
+        return Ok(report);
+    }
+    execute(repo, keys, lock, step1, plan).await?;
+    Ok(report)
+}
 
-    // Decide per source, newest first within each.
+/// Applies each source's retention policy (newest first within a source),
+/// filling `report.snapshots`; returns the ids of the snapshots to remove.
+fn decide<'m>(
+    manifests: &'m [Manifest],
+    pins: &HashSet<String>,
+    opts: &PruneOptions,
+    report: &mut PruneReport,
+) -> HashSet<&'m str> {
     let mut groups: BTreeMap<&str, Vec<&Manifest>> = BTreeMap::new();
-    for m in &manifests {
+    for m in manifests {
         groups.entry(m.source.as_str()).or_default().push(m);
     }
     let mut removed: HashSet<&str> = HashSet::new();
@@ -211,15 +245,25 @@ async fn prune_locked(
             .cmp(&a.manifest.finished)
             .then_with(|| b.manifest.id.cmp(&a.manifest.id))
     });
-    let kept: Vec<&Manifest> = manifests
-        .iter()
-        .filter(|m| !removed.contains(m.id.as_str()))
-        .collect();
+    removed
+}
 
-    let live = live_chunks(repo, &ids, &kept).await?;
-    let plan = plan_packs(repo, &ids, &live).await?;
+/// What step 1 of the module doc deletes.
+struct Step1 {
+    manifests: Vec<String>,
+    junk_manifests: Vec<String>,
+    lists: Vec<String>,
+    pins: Vec<String>,
+}
 
-    // Objects to delete in step 1.
+/// Lists of removed snapshots, and lists no manifest names (interrupted
+/// backups) that no kept snapshot refers to.
+async fn dead_lists(
+    repo: &Repository,
+    manifests: &[Manifest],
+    removed: &HashSet<&str>,
+    kept: &[&Manifest],
+) -> Result<Vec<String>> {
     let mut lists: Vec<String> = manifests
         .iter()
         .filter(|m| removed.contains(m.id.as_str()))
@@ -233,14 +277,12 @@ async fn prune_locked(
             lists.push(meta.key);
         }
     }
-    let orphan_pins: Vec<String> = pins
-        .iter()
-        .filter(|id| !existing.contains(id.as_str()))
-        .map(|id| format!("{PINS}{id}"))
-        .collect();
+    Ok(lists)
+}
 
-    report.lists_deleted = lists.len() as u64;
-    report.pins_deleted = orphan_pins.len() as u64;
+fn count(report: &mut PruneReport, step1: &Step1, plan: &PackPlan) {
+    report.lists_deleted = step1.lists.len() as u64;
+    report.pins_deleted = step1.pins.len() as u64;
     report.index_files_deleted = plan.dirty_index.len() as u64;
     report.index_files_written = plan.new_index.chunks(PACKS_PER_INDEX).count() as u64;
     report.packs_deleted = plan.dead_packs.len() as u64;
@@ -252,39 +294,42 @@ async fn prune_locked(
     report.unused_chunk_bytes = plan.unused_chunk_bytes;
     report.damaged_chunks = plan.damaged_chunks;
     report.damage_records_deleted = plan.dead_records.len() as u64;
-    let junk_manifests: Vec<String> = junk(&listed.unreadable);
-    report.junk_deleted = junk_manifests
+    report.junk_deleted = step1
+        .junk_manifests
         .iter()
         .chain(&plan.junk_index)
         .chain(&plan.junk_records)
         .cloned()
         .collect();
     report.junk_deleted.sort();
-    if opts.dry_run {
-        return Ok(report);
-    }
+}
 
-    lock.check()?;
-    let manifest_keys: Vec<String> = removed
-        .iter()
-        .map(|id| format!("{SNAPSHOTS}{id}"))
-        .collect();
-    delete_all(repo, manifest_keys).await?;
-    delete_all(repo, junk_manifests).await?;
-    delete_all(repo, lists).await?;
-    delete_all(repo, orphan_pins).await?;
+/// The deletions, in the order of the module doc; the lock is asked for
+/// before each step that removes what others may need.
+async fn execute(
+    repo: &Repository,
+    keys: &Keys,
+    lock: &Lock,
+    step1: Step1,
+    plan: PackPlan,
+) -> Result<()> {
+    lock.ensure_held().await?;
+    delete_all(repo, step1.manifests).await?;
+    delete_all(repo, step1.junk_manifests).await?;
+    delete_all(repo, step1.lists).await?;
+    delete_all(repo, step1.pins).await?;
     for batch in plan.new_index.chunks(PACKS_PER_INDEX) {
         let body = Repository::encode_metadata(keys, &write_index(batch))?;
         let key = format!("{INDEX}{}", hex::encode(rand::random::<[u8; 16]>()));
         repo.put_bytes(&key, body, PutMode::Create).await?;
     }
-    lock.check()?;
+    lock.ensure_held().await?;
     delete_all(repo, plan.dirty_index).await?;
     delete_all(repo, plan.junk_index).await?;
     delete_all(repo, plan.dead_packs.into_iter().map(|(k, _)| k).collect()).await?;
     delete_all(repo, plan.dead_records).await?;
     delete_all(repo, plan.junk_records).await?;
-    Ok(report)
+    Ok(())
 }
 
 /// Keys of the provably junk objects among `unreadable` (read with the
