@@ -52,7 +52,7 @@ pub fn run(located: &Located, as_json: bool) -> Result<()> {
             _ => println!("# environment: {name} is ignored: not a setting"),
         }
     }
-    println!("# secrets are shown as \"{REDACTED}\"");
+    println!("# secrets are shown as \"{REDACTED}\"; settings not shown take their defaults");
     let text = toml::to_string(&merged).context("formatting the configuration as TOML")?;
     print!("{text}");
     Ok(())

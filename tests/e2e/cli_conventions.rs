@@ -243,3 +243,215 @@ fn quiet_backup_prints_nothing_on_success_and_still_reports_failure() {
     assert_eq!(code, 2);
     assert!(err.contains("cannot be used with"), "{err}");
 }
+
+/// A config that holds one secret of every kind offsite knows.
+const SECRETS: &[&str] = &[
+    "AKIAEXAMPLEKEYID",
+    "s3-secret-wJalrXUtnFEMI",
+    "s3-session-token-FwoGZX",
+    "b2-key-id-0012345",
+    "b2-application-key-K001xyz",
+    "minio-user",
+    "minio-pass",
+    "T000/B000/hooktoken123",
+    "hc-uuid-5f2a9c",
+    "sig=querytoken",
+    "passphrase-from-env-42",
+];
+
+fn config_with_secrets(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("offsite.toml");
+    std::fs::write(
+        &path,
+        "[encryption]\n\
+         recipients = [\"age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p\"]\n\
+         identity_file = \"key.txt\"\n\
+         [[sources]]\nname = \"app\"\nkind = \"sqlite\"\npath = \"app.db\"\n\
+         [[targets]]\nname = \"s3\"\nkind = \"s3\"\nbucket = \"b\"\n\
+         endpoint = \"http://minio-user:minio-pass@127.0.0.1:9000/?sig=querytoken\"\nallow_http = true\n\
+         access_key_id = \"AKIAEXAMPLEKEYID\"\nsecret_access_key = \"s3-secret-wJalrXUtnFEMI\"\n\
+         session_token = \"s3-session-token-FwoGZX\"\n\
+         [[targets]]\nname = \"b2\"\nkind = \"b2\"\nbucket = \"b\"\n\
+         application_key_id = \"b2-key-id-0012345\"\napplication_key = \"b2-application-key-K001xyz\"\n\
+         [[targets]]\nname = \"disk\"\nkind = \"local\"\npath = \"repo\"\n\
+         [[notify]]\nkind = \"webhook\"\nurl = \"https://hooks.example.com/services/T000/B000/hooktoken123\"\n\
+         [[notify]]\nkind = \"healthchecks\"\nurl = \"https://hc-ping.com/hc-uuid-5f2a9c\"\n\
+         [backup]\ncompression_level = 3\n",
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn config_shows_the_resolved_settings_and_where_they_came_from_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_with_secrets(dir.path());
+    let run = |args: &[&str]| {
+        let mut cmd = Command::new(bin());
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy()
+                .to_ascii_uppercase()
+                .starts_with("OFFSITE_")
+            {
+                cmd.env_remove(k);
+            }
+        }
+        let out = cmd
+            .args(["--config", path.to_str().unwrap()])
+            .args(args)
+            .env("OFFSITE_BACKUP__COMPRESSION_LEVEL", "7")
+            .env("OFFSITE_IDENTITY_PASSPHRASE", "passphrase-from-env-42")
+            .env("OFFSITE_BOGUS", "1")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        (stdout(&out), stderr(&out))
+    };
+
+    let (text, err) = run(&["config"]);
+    for (out, what) in [(&text, "stdout"), (&err, "stderr")] {
+        for secret in SECRETS {
+            assert!(!out.contains(secret), "{what} shows {secret}:\n{out}");
+        }
+    }
+    assert!(
+        text.contains(&format!("# file: {} (given by --config)", path.display())),
+        "{text}"
+    );
+    assert!(
+        text.contains("OFFSITE_BACKUP__COMPRESSION_LEVEL sets backup.compression_level"),
+        "{text}"
+    );
+    assert!(
+        text.contains("OFFSITE_IDENTITY_PASSPHRASE is set"),
+        "{text}"
+    );
+    assert!(text.contains("OFFSITE_BOGUS is ignored"), "{text}");
+    assert!(
+        text.contains("compression_level = 7"),
+        "the environment wins: {text}"
+    );
+    assert!(text.contains("https://hc-ping.com/<redacted>"), "{text}");
+    assert!(
+        text.contains("https://hooks.example.com/<redacted>"),
+        "{text}"
+    );
+    assert!(text.contains("bucket = \"b\""), "{text}");
+    // Relative paths are shown as offsite resolves them: next to the file.
+    let repo = dir.path().join("repo");
+    assert!(
+        text.contains(&format!("path = \"{}\"", repo.display())),
+        "{text}"
+    );
+    // What is printed is TOML (the header is comments).
+    let body: String = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(
+        body.contains("[[targets]]") && body.contains("[encryption]"),
+        "{body}"
+    );
+
+    let (json, _) = run(&["config", "--json"]);
+    for secret in SECRETS {
+        assert!(!json.contains(secret), "--json shows {secret}:\n{json}");
+    }
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["origin"], "flag");
+    assert_eq!(v["config"]["backup"]["compression_level"], 7);
+    assert_eq!(v["config"]["targets"][0]["secret_access_key"], "<redacted>");
+    assert_eq!(v["config"]["targets"][1]["application_key"], "<redacted>");
+    let vars = v["environment"].as_array().unwrap();
+    assert!(
+        vars.iter()
+            .any(|e| e["variable"] == "OFFSITE_BACKUP__COMPRESSION_LEVEL"
+                && e["setting"] == "backup.compression_level"),
+        "{json}"
+    );
+    assert!(vars
+        .iter()
+        .any(|e| e["variable"] == "OFFSITE_BOGUS" && e["use"] == "ignored"));
+}
+
+#[test]
+fn config_lookup_is_flag_then_variable_then_working_directory_and_the_error_lists_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path().join("cwd");
+    std::fs::create_dir(&cwd).unwrap();
+    let write = |p: &Path, level: u8| {
+        std::fs::write(
+            p,
+            format!("[encryption]\nrecipients = []\n[backup]\ncompression_level = {level}\n"),
+        )
+        .unwrap();
+    };
+    let (flag, var, local) = (
+        dir.path().join("flag.toml"),
+        dir.path().join("var.toml"),
+        cwd.join("offsite.toml"),
+    );
+    write(&flag, 1);
+    write(&var, 2);
+    write(&local, 3);
+    let level = |args: &[&str], var_value: Option<&Path>| {
+        let mut cmd = Command::new(bin());
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy()
+                .to_ascii_uppercase()
+                .starts_with("OFFSITE_")
+            {
+                cmd.env_remove(k);
+            }
+        }
+        if let Some(v) = var_value {
+            cmd.env("OFFSITE_CONFIG", v);
+        }
+        let out = cmd
+            .args(args)
+            .args(["config", "--json"])
+            .current_dir(&cwd)
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            return Err((out.status.code(), stderr(&out)));
+        }
+        let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        Ok((
+            v["config"]["backup"]["compression_level"].as_i64().unwrap(),
+            v["origin"].as_str().unwrap().to_string(),
+        ))
+    };
+    let f = flag.to_str().unwrap();
+    assert_eq!(
+        level(&["--config", f], Some(&var)).unwrap(),
+        (1, "flag".into())
+    );
+    assert_eq!(level(&[], Some(&var)).unwrap(), (2, "env".into()));
+    assert_eq!(level(&[], None).unwrap(), (3, "working_dir".into()));
+
+    // A file named by the flag or the variable must exist: no fallback.
+    let (code, err) = level(&[], Some(&dir.path().join("missing.toml"))).unwrap_err();
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("missing.toml") && err.contains("$OFFSITE_CONFIG"),
+        "{err}"
+    );
+
+    std::fs::remove_file(&local).unwrap();
+    let out = offsite(&["backup"], &cwd);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    if Path::new("/etc/offsite/offsite.toml").exists() {
+        panic!("/etc/offsite/offsite.toml exists on this machine: the lookup found it, the test cannot check the error");
+    }
+    for place in [
+        "--config",
+        "$OFFSITE_CONFIG",
+        "./offsite.toml",
+        "/etc/offsite/offsite.toml",
+    ] {
+        assert!(err.contains(place), "the error names {place}: {err}");
+    }
+}
