@@ -26,6 +26,7 @@ pub struct PruneArgs {
     /// Prune this target only [default: every target]
     #[arg(long)]
     pub target: Option<String>,
+    /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
 }

@@ -38,6 +38,7 @@ pub struct VerifyArgs {
     /// Identity file, for --read-data [default: encryption.identity_file]
     #[arg(long, short = 'i')]
     pub identity: Option<PathBuf>,
+    /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
 }

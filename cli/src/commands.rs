@@ -351,6 +351,8 @@ pub(crate) fn hint(e: &anyhow::Error) -> Option<String> {
         }
         Error::NotSqlite(_) => "check that the source path names the database file itself, or use kind = \"files\" for other data".into(),
         Error::Busy { .. } => "DuckDB allows a backup only while no process has the database open for writing: raise this source's lock_timeout, or stop the writer around the backup with the source's before/after hooks (e.g. before = \"docker stop app\", after = \"docker start app\")".into(),
+        // A static (musl) offsite has no dynamic loader to load the library with.
+        Error::DuckdbUnavailable(_) if cfg!(target_feature = "crt-static") => "this offsite is statically linked and cannot load libduckdb.so: restore with --no-database-check (the SHA-256 is still verified), or use a dynamically linked offsite (see README, Install); nothing at the destination was changed".into(),
         Error::DuckdbUnavailable(_) => "install libduckdb.so (DuckDB's libduckdb-linux-amd64.zip, or package/libduckdb.so from the npm package @duckdb/node-bindings-linux-x64) where the loader finds it, or set OFFSITE_LIBDUCKDB=/path/to/libduckdb.so; nothing at the destination was changed".into(),
         Error::RecipientMismatch { .. } => {
             "this repository was created with other recipients: restore the original encryption.recipients, or point the target at an empty directory or prefix".into()

@@ -1,6 +1,7 @@
 //! Configuration: a TOML file (`--config`, else `$OFFSITE_CONFIG`, else
-//! `./offsite.toml`) overridden by `OFFSITE_<SECTION>__<KEY>` environment
-//! variables (`OFFSITE_ENCRYPTION__IDENTITY_FILE=...`; which ones are read:
+//! `./offsite.toml`, else `/etc/offsite/offsite.toml`: [`locate`]) overridden
+//! by `OFFSITE_<SECTION>__<KEY>` environment variables
+//! (`OFFSITE_ENCRYPTION__IDENTITY_FILE=...`; which ones are read:
 //! config_env.rs). Every mistake is reported with the setting's name.
 
 use std::collections::BTreeMap;
@@ -129,11 +130,92 @@ fn default_uploads() -> usize {
     4
 }
 
-/// Which config file to read.
-pub fn config_path(flag: Option<&Path>) -> PathBuf {
-    flag.map(Path::to_path_buf)
-        .or_else(|| std::env::var_os("OFFSITE_CONFIG").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("offsite.toml"))
+/// The config file of a system-wide install, looked at last.
+pub const SYSTEM_CONFIG: &str = "/etc/offsite/offsite.toml";
+
+/// A config file, and what chose it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    pub path: PathBuf,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Flag,
+    Env,
+    WorkingDir,
+    System,
+}
+
+impl Origin {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Origin::Flag => "given by --config",
+            Origin::Env => "given by $OFFSITE_CONFIG",
+            Origin::WorkingDir => "./offsite.toml in the working directory",
+            Origin::System => "the system-wide config",
+        }
+    }
+}
+
+/// Which config file to read: `--config`, else `$OFFSITE_CONFIG`, else the
+/// first of `./offsite.toml` and [`SYSTEM_CONFIG`] that exists. A file named
+/// by the flag or the variable must exist: falling back to another file
+/// would back up what the user did not ask for.
+pub fn locate(flag: Option<&Path>) -> Result<Located> {
+    locate_in(
+        flag,
+        std::env::var_os("OFFSITE_CONFIG"),
+        Path::new(SYSTEM_CONFIG),
+    )
+}
+
+fn locate_in(
+    flag: Option<&Path>,
+    env: Option<std::ffi::OsString>,
+    system: &Path,
+) -> Result<Located> {
+    let explicit = match (flag, env.filter(|v| !v.is_empty())) {
+        (Some(p), _) => Some((p.to_path_buf(), Origin::Flag)),
+        (None, Some(v)) => Some((PathBuf::from(v), Origin::Env)),
+        (None, None) => None,
+    };
+    if let Some((path, origin)) = explicit {
+        if !path.exists() {
+            return Err(usage::mistake(format!(
+                "config file {} ({}) not found",
+                path.display(),
+                origin.describe()
+            )));
+        }
+        return Ok(Located { path, origin });
+    }
+    let candidates = [
+        (PathBuf::from("offsite.toml"), Origin::WorkingDir),
+        (system.to_path_buf(), Origin::System),
+    ];
+    for (path, origin) in candidates {
+        if path.exists() {
+            return Ok(Located { path, origin });
+        }
+    }
+    Err(usage::mistake(format!(
+        "no config file found; looked for, in order: --config FILE (not given), \
+         $OFFSITE_CONFIG (not set), ./offsite.toml (not in {}), {} (does not exist). \
+         Pass --config FILE, set OFFSITE_CONFIG, or run `offsite demo` to see a working setup",
+        std::env::current_dir()
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|_| "the working directory".into()),
+        system.display()
+    )))
+}
+
+/// The file and the environment, merged: what [`load`] reads. `ignored` is
+/// called with each `OFFSITE_*` variable that is not a setting.
+pub fn figment(path: &Path, ignored: impl FnMut(&str)) -> Figment {
+    let env = crate::config_env::provider(ignored);
+    Figment::new().merge(Toml::file_exact(path)).merge(env)
 }
 
 pub fn load(path: &Path) -> Result<Config> {
@@ -144,14 +226,13 @@ pub fn load(path: &Path) -> Result<Config> {
             path.display()
         )));
     }
-    let env = crate::config_env::provider(|name| {
+    let figment = figment(path, |name| {
         eprintln!(
             "warning: ignoring {name}: not a setting (the environment sets \
              OFFSITE_<SECTION>__<KEY> for the keys of [{}])",
             crate::config_env::SECTIONS.join("], [")
         )
     });
-    let figment = Figment::new().merge(Toml::file_exact(path)).merge(env);
     let mut config: Config = figment
         .extract()
         .map_err(|e| anyhow::anyhow!("{}", describe_figment_error(e)))
@@ -307,5 +388,51 @@ impl SourceConfig {
             .as_deref()
             .and_then(|t| humantime::parse_duration(t).ok())
             .unwrap_or(backup_core::source::DEFAULT_LOCK_TIMEOUT)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The working directory is the crate's, which has no offsite.toml; the
+    /// system path is a temporary file, since /etc cannot be written here.
+    #[test]
+    fn lookup_order_is_flag_variable_then_system_path() {
+        assert!(!Path::new("offsite.toml").exists());
+        let dir = tempfile::tempdir().unwrap();
+        let (flag, var, system) = (
+            dir.path().join("flag.toml"),
+            dir.path().join("var.toml"),
+            dir.path().join("system.toml"),
+        );
+        for f in [&flag, &var, &system] {
+            std::fs::write(f, "").unwrap();
+        }
+        let found = |f: Option<&Path>, v: Option<&Path>| {
+            locate_in(f, v.map(|v| v.as_os_str().to_owned()), &system)
+        };
+        let at = |path: &Path, origin| Located {
+            path: path.to_path_buf(),
+            origin,
+        };
+        assert_eq!(
+            found(Some(&flag), Some(&var)).unwrap(),
+            at(&flag, Origin::Flag)
+        );
+        assert_eq!(found(None, Some(&var)).unwrap(), at(&var, Origin::Env));
+        assert_eq!(found(None, None).unwrap(), at(&system, Origin::System));
+        std::fs::remove_file(&var).unwrap();
+        let err = found(None, Some(&var)).unwrap_err().to_string();
+        assert!(
+            err.contains("var.toml") && err.contains("$OFFSITE_CONFIG"),
+            "{err}"
+        );
+        std::fs::remove_file(&system).unwrap();
+        let err = found(None, None).unwrap_err().to_string();
+        assert!(
+            err.contains("./offsite.toml") && err.contains("system.toml"),
+            "{err}"
+        );
     }
 }

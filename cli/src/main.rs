@@ -19,7 +19,9 @@ macro_rules! eprintln {
 
 mod across;
 mod cmd_backup;
+mod cmd_config;
 mod cmd_daemon;
+mod cmd_docs;
 mod cmd_drill;
 mod cmd_pin;
 mod cmd_prune;
@@ -51,12 +53,16 @@ use clap::{Args, Parser, Subcommand};
     about = "Encrypted, deduplicated, verified backups of SQLite databases and files"
 )]
 struct Cli {
-    /// Config file [default: $OFFSITE_CONFIG, else ./offsite.toml]
-    #[arg(long, short = 'c', global = true)]
+    /// Config file [default: $OFFSITE_CONFIG, else ./offsite.toml, else /etc/offsite/offsite.toml]
+    #[arg(long, short = 'c', global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     /// More log output (-v info, -vv debug). Also OFFSITE_LOG=debug.
     #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// No progress and no summaries on stdout; errors, warnings, --json and
+    /// requested output (keygen, snapshots, config, completions, man) stay.
+    #[arg(long, short = 'q', global = true, conflicts_with = "verbose")]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -71,8 +77,10 @@ enum Command {
     },
     /// Snapshot every source (or one) to every target (or one).
     Backup {
+        /// Back up this source only [default: every source]
         #[arg(long)]
         source: Option<String>,
+        /// Back up to this target only [default: every target]
         #[arg(long)]
         target: Option<String>,
         /// Label the snapshot (repeatable).
@@ -87,15 +95,17 @@ enum Command {
     },
     /// List the snapshots of every target (or one), newest first.
     Snapshots {
+        /// List this source's snapshots only [default: every source]
         #[arg(long)]
         source: Option<String>,
         /// Target to list [default: every target]
         #[arg(long)]
         target: Option<String>,
+        /// Print a JSON array of snapshots instead of a table.
         #[arg(long)]
         json: bool,
     },
-    /// Restore a snapshot to a path, verified before it is put in place.
+    /// Restore a snapshot of one source (or of every source with --all), verified before it is put in place.
     Restore(RestoreArgs),
     /// Remove the snapshots no [retention] rule keeps, then the data only they used.
     Prune(cmd_prune::PruneArgs),
@@ -114,8 +124,10 @@ enum Command {
     },
     /// Restore drill: restore each source's newest snapshot to a scratch directory, check and time it.
     Drill {
+        /// Drill this source only [default: every source]
         #[arg(long)]
         source: Option<String>,
+        /// Restore from this target only [default: every target]
         #[arg(long)]
         target: Option<String>,
         /// Identity file [default: encryption.identity_file]
@@ -127,6 +139,7 @@ enum Command {
     },
     /// Snapshots, sizes and ages per source and target; exit 1 when a [status] threshold is breached.
     Status {
+        /// Print the report as JSON instead of a table.
         #[arg(long)]
         json: bool,
         /// Write node_exporter textfile metrics to FILE (atomically) [default: status.prometheus_file]
@@ -142,6 +155,7 @@ enum Command {
         /// Where to write the salvage (must not exist) [default: PATH.recovered-<time>.db]
         #[arg(long)]
         to: Option<PathBuf>,
+        /// Print the salvage report as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -151,14 +165,72 @@ enum Command {
         #[arg(long, default_value = "offsite-demo")]
         dir: PathBuf,
     },
+    /// Print the resolved configuration (secrets redacted), the file it came
+    /// from and the OFFSITE_* variables that took part.
+    Config {
+        /// Print it as JSON: file, origin, environment and config.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script: `offsite completions bash > /etc/bash_completion.d/offsite`.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page offsite(1) in roff, or write one page per command to --dir.
+    Man {
+        /// Write offsite.1, offsite-backup.1, ... to DIR instead of offsite(1) to stdout.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+impl Command {
+    /// Whether the command reads the config file.
+    fn needs_config(&self) -> bool {
+        !matches!(
+            self,
+            Command::Keygen { .. }
+                | Command::Repair { .. }
+                | Command::Demo { .. }
+                | Command::Completions { .. }
+                | Command::Man { .. }
+        )
+    }
+
+    /// Whether stdout is what the command was asked for (kept by --quiet)
+    /// rather than a summary for people.
+    fn stdout_is_product(&self) -> bool {
+        match self {
+            Command::Keygen { .. }
+            | Command::Snapshots { .. }
+            | Command::Config { .. }
+            | Command::Completions { .. }
+            | Command::Man { .. } => true,
+            Command::Backup { json, .. }
+            | Command::Drill { json, .. }
+            | Command::Status { json, .. }
+            | Command::Repair { json, .. }
+            | Command::Targets {
+                command: TargetsCommand::Check { json, .. },
+            } => *json,
+            Command::Restore(a) => a.json,
+            Command::Prune(a) => a.json,
+            Command::Verify(a) => a.json,
+            Command::Pin(_) | Command::Unpin(_) | Command::Unlock(_) => false,
+            Command::Daemon | Command::Demo { .. } => false,
+        }
+    }
 }
 
 #[derive(Subcommand)]
 enum TargetsCommand {
     /// Probe every target (or one) and report one line each.
     Check {
+        /// Probe this target only [default: every target]
         #[arg(long)]
         target: Option<String>,
+        /// Print the results as a JSON array.
         #[arg(long)]
         json: bool,
     },
@@ -168,7 +240,7 @@ enum TargetsCommand {
 #[command(group(clap::ArgGroup::new("which").required(true).args(["latest", "snapshot", "at"])))]
 #[command(group(clap::ArgGroup::new("what").required(true).args(["source", "all"])))]
 pub struct RestoreArgs {
-    /// The source to restore (a `[[sources]]` name).
+    /// The source to restore (a name of [[sources]]).
     #[arg(long)]
     pub source: Option<String>,
     /// Every source of the config, each to the path in its `[[sources]]` entry
@@ -209,6 +281,7 @@ pub struct RestoreArgs {
     /// Identity file [default: encryption.identity_file]
     #[arg(long, short = 'i')]
     pub identity: Option<PathBuf>,
+    /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -257,6 +330,9 @@ fn main() -> ExitCode {
     // A daemon's log is its only output: say what runs when, by default.
     let daemon = matches!(cli.command, Command::Daemon);
     init_logging(cli.verbose.max(u8::from(daemon)));
+    if cli.quiet {
+        output::set_quiet(cli.command.stdout_is_product());
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -267,7 +343,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let config_path = config::config_path(cli.config.as_deref());
+    let located = match cli
+        .command
+        .needs_config()
+        .then(|| config::locate(cli.config.as_deref()))
+        .transpose()
+    {
+        Ok(l) => l,
+        Err(e) => return commands::report(&e),
+    };
+    let config_path = located.as_ref().map(|l| l.path.clone()).unwrap_or_default();
     let result = runtime.block_on(async {
         match cli.command {
             Command::Keygen { output } => commands::keygen(output.as_deref()),
@@ -355,6 +440,12 @@ fn main() -> ExitCode {
             }
             Command::Repair { path, to, json } => cmd_repair::run(&path, to.as_deref(), json).await,
             Command::Demo { dir } => demo::run(&dir).await,
+            Command::Config { json } => match &located {
+                Some(l) => cmd_config::run(l, json),
+                None => unreachable!("config needs_config"),
+            },
+            Command::Completions { shell } => cmd_docs::completions(shell),
+            Command::Man { dir } => cmd_docs::man(dir.as_deref()),
         }
     });
     // Do not wait on threads of a job the daemon abandoned at shutdown.

@@ -2,6 +2,11 @@
 //! Progress goes to stderr and only when stderr is a terminal, so cron mail
 //! and `--json` stay clean.
 //!
+//! `--quiet` ([`set_quiet`]) drops the progress display and the results a
+//! command prints for people; main.rs leaves stdout on when it is the
+//! command's product (`--json`, `keygen`, `snapshots`, `config`, ...).
+//! Errors and warnings go to stderr whatever the flag says.
+//!
 //! Results go to stdout through [`print_out`] (the crate's `println!`, see
 //! main.rs), which never panics: once stdout is closed (`offsite snapshots |
 //! head` after head exits) the rest of the output is dropped and the command
@@ -56,7 +61,7 @@ pub struct Bar {
 
 impl Bar {
     pub fn start(label: String, progress: Arc<Progress>, enabled: bool) -> Bar {
-        if !enabled || !std::io::stderr().is_terminal() {
+        if !enabled || QUIET.load(Ordering::Relaxed) || !std::io::stderr().is_terminal() {
             return Bar {
                 bar: None,
                 task: None,
@@ -102,9 +107,22 @@ static STDOUT_DONE: AtomicBool = AtomicBool::new(false);
 /// The first write error other than a closed pipe.
 static STDOUT_ERROR: Mutex<Option<std::io::Error>> = Mutex::new(None);
 
+/// Set by `--quiet`: no progress, and stdout only for a command's product.
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// `--quiet`: `stdout` says whether the command's stdout is kept (see the
+/// module doc); the progress display is off either way.
+pub fn set_quiet(stdout: bool) {
+    QUIET.store(true, Ordering::Relaxed);
+    STDOUT_QUIET.store(!stdout, Ordering::Relaxed);
+}
+
+/// Set by `--quiet` for commands whose stdout is only for people.
+static STDOUT_QUIET: AtomicBool = AtomicBool::new(false);
+
 /// Writes to stdout; see the module doc for what happens when it fails.
 pub fn print_out(args: fmt::Arguments) {
-    if STDOUT_DONE.load(Ordering::Relaxed) {
+    if STDOUT_DONE.load(Ordering::Relaxed) || STDOUT_QUIET.load(Ordering::Relaxed) {
         return;
     }
     let mut out = std::io::stdout().lock();

@@ -3,6 +3,7 @@
 //! (stock_tools.rs).
 
 mod apps;
+mod cli_conventions;
 mod cloud;
 mod daemon;
 mod duckdb;

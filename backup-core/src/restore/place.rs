@@ -416,14 +416,18 @@ fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
             std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other)
         };
         let (f, t) = (c(from)?, c(to)?);
+        // The system call, not libc's renameat2(): the musl that Rust's
+        // x86_64-unknown-linux-musl target links (1.2.3) has no such
+        // function, so a static build would not link.
         // SAFETY: two NUL-terminated paths that outlive the call.
         let rc = unsafe {
-            libc::renameat2(
+            libc::syscall(
+                libc::SYS_renameat2,
                 libc::AT_FDCWD,
                 f.as_ptr(),
                 libc::AT_FDCWD,
                 t.as_ptr(),
-                libc::RENAME_NOREPLACE as _,
+                libc::RENAME_NOREPLACE,
             )
         };
         if rc == 0 {
