@@ -48,7 +48,7 @@ use crate::chunk::ChunkId;
 use crate::codec::EncodeWriter;
 use crate::error::{Error, Result};
 use crate::keys::Keys;
-use crate::lock::{Lock, LockWait};
+use crate::lock::{Lock, LockKind, LockWait};
 use crate::repo::format::{self, write_index, PackContents};
 use crate::repo::{Index, Manifest, Repository, FORMAT_VERSION, INDEX, LISTS, PACKS, SNAPSHOTS};
 use crate::source::{self, Entry, SourceSpec, Visitor};
@@ -288,7 +288,7 @@ pub async fn backup_many(
         results.push(match p {
             Err(e) => Err(with_estimate(e, &opts.progress)),
             Ok(p) => {
-                Lock::release_quietly(Some(p.lock), "backup").await;
+                p.lock.release().await;
                 match committed.next() {
                     Some(r) => r
                         .map(|manifest| BackupSummary {
@@ -329,7 +329,7 @@ fn with_estimate(e: Error, progress: &Progress) -> Error {
 /// Locks a target and loads its index.
 async fn prepare(repo: &Repository, keys: &Keys, opts: &BackupOptions) -> Result<Prepared> {
     repo.check_keys(keys)?;
-    let lock = Lock::acquire(repo, "backup", opts.lock_wait).await?;
+    let lock = Lock::acquire(repo, LockKind::Shared, "backup", opts.lock_wait).await?;
     match repo.load_index(&keys.metadata_identities()).await {
         Ok(index) => {
             tracing::debug!(
@@ -348,7 +348,7 @@ async fn prepare(repo: &Repository, keys: &Keys, opts: &BackupOptions) -> Result
             })
         }
         Err(e) => {
-            Lock::release_quietly(Some(lock), "backup").await;
+            lock.release().await;
             Err(e)
         }
     }

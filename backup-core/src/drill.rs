@@ -135,7 +135,7 @@ pub async fn drill(
     // restored (a newer backup landed), which would read as damage.
     let lock = Lock::acquire_for_reading(repo, "drill", opts.lock_wait).await?;
     let result = drill_locked(repo, ids, source, opts, scratch, now).await;
-    Lock::release_quietly(lock, "drill").await;
+    Lock::release_optional(lock).await;
     result
 }
 

@@ -47,6 +47,10 @@ pub struct LockInfo {
     /// `"backup"`, `"verify"`, `"pin"`, `"prune --dry-run"` (shared) or
     /// `"prune"` (exclusive).
     pub operation: String,
+    /// Whether the lock is exclusive. Absent in locks of earlier releases,
+    /// where only `"prune"` is exclusive (which is still true).
+    #[serde(default)]
+    pub exclusive: bool,
     /// Which process-id space `pid` belongs to (Linux: boot id and pid
     /// namespace). Containers sharing a host name have separate pid spaces;
     /// without a match, only the age of a lock can make it stale.
@@ -54,8 +58,17 @@ pub struct LockInfo {
     pub pid_scope: Option<String>,
 }
 
+/// What a lock allows others: a shared lock (backup, verify, drill, pin,
+/// a dry-run prune) lets other shared ones in, an exclusive one (prune)
+/// nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockKind {
+    Shared,
+    Exclusive,
+}
+
 impl LockInfo {
-    fn new(operation: &str) -> LockInfo {
+    fn new(kind: LockKind, operation: &str) -> LockInfo {
         let now = Utc::now();
         LockInfo {
             host: crate::backup::hostname(),
@@ -63,12 +76,13 @@ impl LockInfo {
             created: now,
             refreshed: Some(now),
             operation: operation.to_string(),
+            exclusive: kind == LockKind::Exclusive,
             pid_scope: pid_scope(),
         }
     }
 
     pub fn exclusive(&self) -> bool {
-        self.operation == "prune"
+        self.exclusive || self.operation == "prune"
     }
 
     /// Why this lock is stale, or `None` while its holder may be alive.
@@ -117,8 +131,10 @@ impl Default for LockWait {
     }
 }
 
-/// A lock object on the repository. Call [`Lock::release`] when done; a run
-/// that dies leaves its lock behind to go stale.
+/// A lock object on the repository, refreshed while held. Every operation
+/// ends it the same way, with [`Lock::release`]; a run that dies leaves its
+/// lock behind to go stale. Before a commit point (a manifest written, data
+/// deleted) the holder calls [`Lock::ensure_held`].
 #[derive(Debug)]
 pub struct Lock {
     repo: Repository,
@@ -157,15 +173,20 @@ pub async fn remove(repo: &Repository, all: bool) -> Result<Vec<(String, Option<
 }
 
 impl Lock {
-    /// Takes a lock for `operation` (`"prune"` is exclusive, others shared).
+    /// Takes a lock of `kind` for `operation` (a name shown to others).
     /// An exclusive lock is refused at once if any other lock is held; a
     /// shared one waits up to `wait.wait` for exclusive holders to finish.
-    pub async fn acquire(repo: &Repository, operation: &str, wait: LockWait) -> Result<Lock> {
+    pub async fn acquire(
+        repo: &Repository,
+        kind: LockKind,
+        operation: &str,
+        wait: LockWait,
+    ) -> Result<Lock> {
         let started = std::time::Instant::now();
-        let exclusive = operation == "prune";
+        let exclusive = kind == LockKind::Exclusive;
         let mut announced = false;
         loop {
-            let info = LockInfo::new(operation);
+            let info = LockInfo::new(kind, operation);
             let key = format!(
                 "{LOCKS}{}-{}",
                 info.created.format("%Y%m%dT%H%M%SZ"),
@@ -237,7 +258,7 @@ impl Lock {
         operation: &str,
         wait: LockWait,
     ) -> Result<Option<Lock>> {
-        match Lock::acquire(repo, operation, wait).await {
+        match Lock::acquire(repo, LockKind::Shared, operation, wait).await {
             Ok(lock) => Ok(Some(lock)),
             Err(Error::Storage { cause: source, .. })
                 if source.kind == ErrorKind::PermissionDenied =>
@@ -253,13 +274,11 @@ impl Lock {
         }
     }
 
-    /// Releases a lock taken by [`Lock::acquire_for_reading`]; a lock that
-    /// cannot be removed only goes stale, so that is a warning.
-    pub async fn release_quietly(lock: Option<Lock>, operation: &str) {
+    /// Releases a lock taken by [`Lock::acquire_for_reading`] (see
+    /// [`Lock::release`]).
+    pub async fn release_optional(lock: Option<Lock>) {
         if let Some(lock) = lock {
-            if let Err(e) = lock.release().await {
-                tracing::warn!(error = %e, "could not remove {operation}'s lock; it will go stale");
-            }
+            lock.release().await;
         }
     }
 
@@ -294,10 +313,14 @@ impl Lock {
         &self.key
     }
 
-    /// Removes the lock object.
-    pub async fn release(self) -> Result<()> {
+    /// Removes the lock object. One that cannot be removed only goes stale
+    /// (others then wait for [`STALE_AFTER`] at most), so that is a warning,
+    /// not a failure of the operation that held it.
+    pub async fn release(self) {
         self.refresher.abort();
-        self.repo.delete(&self.key).await
+        if let Err(e) = self.repo.delete(&self.key).await {
+            tracing::warn!(lock = %self.key, error = %e, "could not remove our lock; it will go stale");
+        }
     }
 }
 
@@ -356,9 +379,15 @@ mod tests {
     #[tokio::test]
     async fn shared_locks_coexist_and_exclude_prune() {
         let repo = repo().await;
-        let a = Lock::acquire(&repo, "backup", no_wait()).await.unwrap();
-        let b = Lock::acquire(&repo, "verify", no_wait()).await.unwrap();
-        let e = Lock::acquire(&repo, "prune", no_wait()).await.unwrap_err();
+        let a = Lock::acquire(&repo, LockKind::Shared, "backup", no_wait())
+            .await
+            .unwrap();
+        let b = Lock::acquire(&repo, LockKind::Shared, "verify", no_wait())
+            .await
+            .unwrap();
+        let e = Lock::acquire(&repo, LockKind::Exclusive, "prune", no_wait())
+            .await
+            .unwrap_err();
         assert!(matches!(e, Error::Locked { .. }), "{e}");
         assert!(e.to_string().contains("backup on host"), "{e}");
         assert_eq!(
@@ -366,22 +395,30 @@ mod tests {
             2,
             "the refused prune cleaned up"
         );
-        a.release().await.unwrap();
-        b.release().await.unwrap();
-        let p = Lock::acquire(&repo, "prune", no_wait()).await.unwrap();
-        let e = Lock::acquire(&repo, "backup", no_wait()).await.unwrap_err();
+        a.release().await;
+        b.release().await;
+        let p = Lock::acquire(&repo, LockKind::Exclusive, "prune", no_wait())
+            .await
+            .unwrap();
+        let e = Lock::acquire(&repo, LockKind::Shared, "backup", no_wait())
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("prune on host"), "{e}");
-        let e = Lock::acquire(&repo, "prune", no_wait()).await.unwrap_err();
+        let e = Lock::acquire(&repo, LockKind::Exclusive, "prune", no_wait())
+            .await
+            .unwrap_err();
         assert!(matches!(e, Error::Locked { .. }));
         p.check().unwrap();
-        p.release().await.unwrap();
+        p.release().await;
         assert!(list(&repo).await.unwrap().is_empty());
     }
 
     #[tokio::test]
     async fn a_shared_lock_waits_for_a_prune_to_finish() {
         let repo = repo().await;
-        let p = Lock::acquire(&repo, "prune", no_wait()).await.unwrap();
+        let p = Lock::acquire(&repo, LockKind::Exclusive, "prune", no_wait())
+            .await
+            .unwrap();
         let waiter = {
             let repo = repo.clone();
             tokio::spawn(async move {
@@ -389,14 +426,14 @@ mod tests {
                     wait: Duration::from_secs(3600),
                     poll: Duration::from_millis(5),
                 };
-                Lock::acquire(&repo, "backup", wait).await
+                Lock::acquire(&repo, LockKind::Shared, "backup", wait).await
             })
         };
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
-        p.release().await.unwrap();
+        p.release().await;
         let lock = waiter.await.unwrap().unwrap();
-        lock.release().await.unwrap();
+        lock.release().await;
     }
 
     #[tokio::test]
@@ -408,6 +445,7 @@ mod tests {
             created: Utc::now() - chrono::Duration::hours(3),
             refreshed: Some(Utc::now() - chrono::Duration::minutes(31)),
             operation: "backup".into(),
+            exclusive: false,
             pid_scope: None,
         };
         let dead = LockInfo {
@@ -417,6 +455,7 @@ mod tests {
             created: Utc::now(),
             refreshed: None,
             operation: "backup".into(),
+            exclusive: false,
             pid_scope: pid_scope(),
         };
         // The same pid in another container's pid space may be alive.
@@ -430,6 +469,7 @@ mod tests {
             created: Utc::now(),
             refreshed: Some(Utc::now() - chrono::Duration::minutes(29)),
             operation: "backup".into(),
+            exclusive: false,
             pid_scope: None,
         };
         assert!(old
@@ -444,13 +484,15 @@ mod tests {
         repo.put_bytes("locks/old", encode(&old), PutMode::Create)
             .await
             .unwrap();
-        let p = Lock::acquire(&repo, "prune", no_wait()).await.unwrap();
+        let p = Lock::acquire(&repo, LockKind::Exclusive, "prune", no_wait())
+            .await
+            .unwrap();
         assert_eq!(
             list(&repo).await.unwrap().len(),
             1,
             "the stale lock is gone"
         );
-        p.release().await.unwrap();
+        p.release().await;
 
         repo.put_bytes("locks/alive", encode(&alive), PutMode::Create)
             .await
@@ -462,10 +504,32 @@ mod tests {
         )
         .await
         .unwrap();
-        let e = Lock::acquire(&repo, "prune", no_wait()).await.unwrap_err();
+        let e = Lock::acquire(&repo, LockKind::Exclusive, "prune", no_wait())
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("unreadable lock locks/junk"), "{e}");
         assert!(remove(&repo, false).await.unwrap().is_empty());
         assert_eq!(remove(&repo, true).await.unwrap().len(), 2);
         assert!(list(&repo).await.unwrap().is_empty());
+    }
+
+    /// Locks name their kind; those of earlier releases (no `exclusive`
+    /// field) still read as before: only `"prune"` is exclusive.
+    #[test]
+    fn lock_kinds_are_written_and_old_locks_still_read() {
+        let new = LockInfo::new(LockKind::Exclusive, "prune");
+        let json: serde_json::Value = serde_json::from_slice(&encode(&new)).unwrap();
+        assert_eq!(json["exclusive"], true);
+        for (op, exclusive) in [
+            ("prune", true),
+            ("backup", false),
+            ("prune --dry-run", false),
+        ] {
+            let old = format!(
+                r#"{{"host":"h","pid":1,"created":"2026-11-23T09:55:46Z","operation":"{op}"}}"#
+            );
+            let info: LockInfo = serde_json::from_str(&old).unwrap();
+            assert_eq!(info.exclusive(), exclusive, "{op}");
+        }
     }
 }

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::keys::Keys;
-use crate::lock::{Lock, LockWait};
+use crate::lock::{Lock, LockKind, LockWait};
 use crate::repo::{Repository, SNAPSHOTS};
 use crate::storage::{ErrorKind, PutMode};
 
@@ -69,16 +69,14 @@ pub async fn pin(repo: &Repository, keys: &Keys, id: &str, wait: LockWait) -> Re
     repo.check_keys(keys)?;
     // Under a lock, so a prune cannot remove the snapshot between our check
     // that it exists and the pin landing.
-    let lock = Lock::acquire(repo, "pin", wait).await?;
+    let lock = Lock::acquire(repo, LockKind::Shared, "pin", wait).await?;
     let result = async {
         exists(repo, id).await?;
         write_pin(repo, keys, id).await
     }
     .await;
-    let released = lock.release().await;
-    let r = result?;
-    released?;
-    Ok(r)
+    lock.release().await;
+    result
 }
 
 /// Removes the pin of `id`. Returns false if it was not pinned.

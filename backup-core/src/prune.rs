@@ -45,7 +45,7 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use crate::chunk::ChunkId;
 use crate::error::{Error, Result};
 use crate::keys::{Identities, Keys};
-use crate::lock::{Lock, LockWait};
+use crate::lock::{Lock, LockKind, LockWait};
 use crate::pins::{pinned, PINS};
 use crate::repo::format::{parse_list, write_index, ListItem, PackContents};
 use crate::repo::{
@@ -144,12 +144,16 @@ pub async fn prune(repo: &Repository, keys: &Keys, opts: &PruneOptions) -> Resul
         wait: std::time::Duration::ZERO,
         poll: std::time::Duration::ZERO,
     };
-    let lock = Lock::acquire(repo, operation, no_wait).await?;
+    // A dry run deletes nothing: a shared lock keeps only deleters away.
+    let kind = if opts.dry_run {
+        LockKind::Shared
+    } else {
+        LockKind::Exclusive
+    };
+    let lock = Lock::acquire(repo, kind, operation, no_wait).await?;
     let result = prune_locked(repo, keys, opts, &lock).await;
-    let released = lock.release().await;
-    let report = result?;
-    released?;
-    Ok(report)
+    lock.release().await;
+    result
 }
 
 async fn prune_locked(

@@ -188,7 +188,7 @@ pub async fn verify(
     // A prune running meanwhile would make packs vanish under us.
     let lock = Lock::acquire_for_reading(repo, "verify", opts.lock_wait).await?;
     let result = verify_locked(repo, ids, opts).await;
-    Lock::release_quietly(lock, "verify").await;
+    Lock::release_optional(lock).await;
     result
 }
 
