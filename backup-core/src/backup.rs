@@ -245,7 +245,7 @@ pub async fn backup_many(
             opts.progress.total.store(meta.len(), Ordering::Relaxed);
         }
     }
-    let requests_before: Vec<u64> = repos.iter().map(|r| r.stats.total()).collect();
+    let requests_before: Vec<u64> = repos.iter().map(|r| r.requests()).collect();
     let prepared =
         futures::future::join_all(repos.iter().map(|repo| prepare(repo, keys, opts))).await;
     let live: Vec<(&Repository, &Prepared)> = repos
@@ -293,7 +293,7 @@ pub async fn backup_many(
                     Some(r) => r
                         .map(|manifest| BackupSummary {
                             manifest,
-                            requests: repo.stats.total() - before,
+                            requests: repo.requests() - before,
                             duration: clock.elapsed(),
                         })
                         .map_err(|e| with_estimate(e, &p.progress)),

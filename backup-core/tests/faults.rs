@@ -85,10 +85,10 @@ async fn fixture() -> Fixture {
     add_rows(&db, 0, 4_000);
     let (keys, ids) = keypair();
     let faulty = Arc::new(FaultyStorage::new(Arc::new(MemoryStorage::default())));
-    let mut repo = Repository::open_or_init(faulty.clone(), &keys)
+    let repo = Repository::open_or_init(faulty.clone(), &keys)
         .await
-        .unwrap();
-    repo.retry = backup_core::storage::RetryPolicy::fast();
+        .unwrap()
+        .with_retry(backup_core::storage::RetryPolicy::fast());
     let first = backup(&repo, &keys, &spec(&db), &opts())
         .await
         .unwrap()

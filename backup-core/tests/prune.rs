@@ -541,8 +541,10 @@ async fn prune_deletes_provable_junk_only_and_never_on_a_failed_download() {
             prefix: prefix.to_string(),
             short,
         };
-        let mut flaky = Repository::open(Arc::new(bad)).await.unwrap();
-        flaky.retry = RetryPolicy::fast();
+        let flaky = Repository::open(Arc::new(bad))
+            .await
+            .unwrap()
+            .with_retry(RetryPolicy::fast());
         let e = prune(&flaky, &keys, &keep_last(5)).await.unwrap_err();
         assert!(matches!(e, Error::Storage { .. }), "{prefix} {short}: {e}");
         assert_eq!(mem.keys(), everything, "{prefix} {short}: nothing deleted");

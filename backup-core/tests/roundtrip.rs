@@ -370,8 +370,10 @@ async fn transient_failures_are_retried() {
     Repository::open_or_init(mem.clone(), &keys).await.unwrap();
     let faulty = testing::FaultyStorage::new(mem.clone());
     faulty.fail_puts.store(3, Ordering::SeqCst);
-    let mut repo = Repository::open(Arc::new(faulty)).await.unwrap();
-    repo.retry = backup_core::storage::RetryPolicy::fast();
+    let repo = Repository::open(Arc::new(faulty))
+        .await
+        .unwrap()
+        .with_retry(backup_core::storage::RetryPolicy::fast());
     let s = backup(
         &repo,
         &keys,

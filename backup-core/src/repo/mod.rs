@@ -119,9 +119,9 @@ impl RequestStats {
 #[derive(Debug, Clone)]
 pub struct Repository {
     storage: Arc<dyn Storage>,
-    pub config: RepoConfig,
-    pub retry: RetryPolicy,
-    pub stats: Arc<RequestStats>,
+    config: RepoConfig,
+    retry: RetryPolicy,
+    stats: Arc<RequestStats>,
 }
 
 impl Repository {
@@ -258,8 +258,26 @@ impl Repository {
         Ok(())
     }
 
-    pub fn storage(&self) -> &Arc<dyn Storage> {
+    /// The store itself, for the engine's own modules only: everything
+    /// outside goes through the methods here, with their retries and stats.
+    pub(crate) fn storage(&self) -> &Arc<dyn Storage> {
         &self.storage
+    }
+
+    /// The repository's `config` object.
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    /// Requests made to the target through this repository so far.
+    pub fn requests(&self) -> u64 {
+        self.stats.total()
+    }
+
+    /// The same repository with another retry policy (tests use a fast one).
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Repository {
+        self.retry = retry;
+        self
     }
 
     pub fn describe(&self) -> String {
