@@ -549,77 +549,114 @@ async fn upload_packs(
     target_progress: &Arc<Progress>,
 ) -> Result<u64> {
     let mut in_flight = FuturesUnordered::new();
-    let mut pending: Vec<PackContents> = Vec::new();
-    let mut uploaded = 0u64;
-    let mut failure: Option<Error> = None;
-    // Whether an index naming `pending` failed in a way that leaves open
-    // whether it was stored after all (an answer lost after retries).
-    let mut index_unsure = false;
+    let mut state = Uploads::default();
     let mut receiving = true;
     loop {
         tokio::select! {
-            next = rx.recv(), if receiving && in_flight.len() < opts.upload_concurrency && failure.is_none() => {
+            next = rx.recv(), if receiving && in_flight.len() < opts.upload_concurrency && state.failure.is_none() => {
                 match next {
                     Some(Ok(pack)) => {
                         let progress = [opts.progress.clone(), target_progress.clone()];
-                        in_flight.push(async move {
-                            let len = pack.data.len() as u64;
-                            repo.put_bytes(&pack.key, pack.data, PutMode::Create).await?;
-                            let raw: u64 = pack.chunks.iter().map(|c| u64::from(c.2)).sum();
-                            for p in &progress {
-                                p.uploaded.fetch_add(len, Ordering::Relaxed);
-                                p.uploaded_raw.fetch_add(raw, Ordering::Relaxed);
-                            }
-                            Ok::<_, Error>((pack.key, pack.chunks, len))
-                        });
+                        in_flight.push(upload_pack(repo, pack, progress));
                     }
-                    Some(Err(e)) => failure = Some(e),
+                    Some(Err(e)) => state.failure = Some(e),
                     None => receiving = false,
                 }
             }
             Some(done) = in_flight.next(), if !in_flight.is_empty() => {
-                match done {
-                    Ok((key, chunks, len)) => {
-                        uploaded += len;
-                        pending.push((key, chunks));
-                        if pending.len() >= INDEX_EVERY && failure.is_none() {
-                            match write_index_file(repo, keys, &pending).await {
-                                Ok(n) => {
-                                    uploaded += n;
-                                    pending.clear();
-                                }
-                                // Stop taking packs; the uploads under way
-                                // finish, and the end tries once more.
-                                Err(e) => {
-                                    index_unsure |= !matches!(e, Error::TargetFull { .. });
-                                    failure = Some(e);
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => failure = Some(e),
-                }
+                state.landed(repo, keys, done).await;
             }
             else => break,
         }
-        if failure.is_some() && in_flight.is_empty() {
+        if state.failure.is_some() && in_flight.is_empty() {
             break;
         }
     }
-    if !pending.is_empty() {
-        match write_index_file(repo, keys, &pending).await {
-            Ok(n) => uploaded += n,
+    state.finish(repo, keys).await
+}
+
+/// Puts one pack and counts it; returns its key, chunks and size.
+async fn upload_pack(
+    repo: &Repository,
+    pack: EncodedPack,
+    progress: [Arc<Progress>; 2],
+) -> Result<(String, Vec<(ChunkId, u32, u32)>, u64)> {
+    let len = pack.data.len() as u64;
+    repo.put_bytes(&pack.key, pack.data, PutMode::Create)
+        .await?;
+    let raw: u64 = pack.chunks.iter().map(|c| u64::from(c.2)).sum();
+    for p in &progress {
+        p.uploaded.fetch_add(len, Ordering::Relaxed);
+        p.uploaded_raw.fetch_add(raw, Ordering::Relaxed);
+    }
+    Ok((pack.key, pack.chunks, len))
+}
+
+/// One target's uploads so far: packs up but not yet in an index file, and
+/// the first failure (after which no new pack is taken).
+#[derive(Default)]
+struct Uploads {
+    pending: Vec<PackContents>,
+    uploaded: u64,
+    failure: Option<Error>,
+    /// Whether an index naming `pending` failed in a way that leaves open
+    /// whether it was stored after all (an answer lost after retries).
+    index_unsure: bool,
+}
+
+impl Uploads {
+    /// A pack upload ended: on success it waits for an index file, written
+    /// every [`INDEX_EVERY`] packs.
+    async fn landed(
+        &mut self,
+        repo: &Repository,
+        keys: &Keys,
+        done: Result<(String, Vec<(ChunkId, u32, u32)>, u64)>,
+    ) {
+        let (key, chunks, len) = match done {
+            Ok(done) => done,
             Err(e) => {
-                if matches!(e, Error::TargetFull { .. }) && !index_unsure {
-                    remove_unindexed(repo, &pending).await;
-                }
-                failure.get_or_insert(e);
+                self.failure = Some(e);
+                return;
+            }
+        };
+        self.uploaded += len;
+        self.pending.push((key, chunks));
+        if self.pending.len() < INDEX_EVERY || self.failure.is_some() {
+            return;
+        }
+        match write_index_file(repo, keys, &self.pending).await {
+            Ok(n) => {
+                self.uploaded += n;
+                self.pending.clear();
+            }
+            // Stop taking packs; the uploads under way finish, and the end
+            // tries once more.
+            Err(e) => {
+                self.index_unsure |= !matches!(e, Error::TargetFull { .. });
+                self.failure = Some(e);
             }
         }
     }
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(uploaded),
+
+    /// Indexes what landed (also after a failure, so the next run can reuse
+    /// it); returns the bytes uploaded or the first failure.
+    async fn finish(mut self, repo: &Repository, keys: &Keys) -> Result<u64> {
+        if !self.pending.is_empty() {
+            match write_index_file(repo, keys, &self.pending).await {
+                Ok(n) => self.uploaded += n,
+                Err(e) => {
+                    if matches!(e, Error::TargetFull { .. }) && !self.index_unsure {
+                        remove_unindexed(repo, &self.pending).await;
+                    }
+                    self.failure.get_or_insert(e);
+                }
+            }
+        }
+        match self.failure {
+            Some(e) => Err(e),
+            None => Ok(self.uploaded),
+        }
     }
 }
 
