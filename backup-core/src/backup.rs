@@ -575,12 +575,15 @@ async fn upload_packs(
     state.finish(repo, keys).await
 }
 
-/// Puts one pack and counts it; returns its key, chunks and size.
+/// A pack that is up: its key, its chunks (id, offset, length) and size.
+type Landed = (String, Vec<(ChunkId, u32, u32)>, u64);
+
+/// Puts one pack and counts it.
 async fn upload_pack(
     repo: &Repository,
     pack: EncodedPack,
     progress: [Arc<Progress>; 2],
-) -> Result<(String, Vec<(ChunkId, u32, u32)>, u64)> {
+) -> Result<Landed> {
     let len = pack.data.len() as u64;
     repo.put_bytes(&pack.key, pack.data, PutMode::Create)
         .await?;
@@ -611,7 +614,7 @@ impl Uploads {
         &mut self,
         repo: &Repository,
         keys: &Keys,
-        done: Result<(String, Vec<(ChunkId, u32, u32)>, u64)>,
+        done: Result<Landed>,
     ) {
         let (key, chunks, len) = match done {
             Ok(done) => done,
