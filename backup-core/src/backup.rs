@@ -610,12 +610,7 @@ struct Uploads {
 impl Uploads {
     /// A pack upload ended: on success it waits for an index file, written
     /// every [`INDEX_EVERY`] packs.
-    async fn landed(
-        &mut self,
-        repo: &Repository,
-        keys: &Keys,
-        done: Result<Landed>,
-    ) {
+    async fn landed(&mut self, repo: &Repository, keys: &Keys, done: Result<Landed>) {
         let (key, chunks, len) = match done {
             Ok(done) => done,
             Err(e) => {

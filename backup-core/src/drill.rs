@@ -29,7 +29,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::keys::Identities;
 use crate::lock::{Lock, LockWait};
-use crate::repo::{Manifest, Repository, PRE_RESTORE_TAG};
+use crate::repo::{Manifest, Repository};
 use crate::restore::{restore, RestoreOptions};
 use crate::source::{sqlite, SourceKind};
 use crate::status::human;
@@ -154,7 +154,7 @@ async fn drill_locked(
         .snapshots(ids)
         .await?
         .into_iter()
-        .filter(|m| m.source == source && !m.tags.iter().any(|t| t == PRE_RESTORE_TAG))
+        .filter(|m| m.source == source && !m.is_pre_restore())
         .collect();
     let Some(newest) = snapshots.first() else {
         report.push(

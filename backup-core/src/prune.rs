@@ -50,7 +50,7 @@ use crate::pins::{pinned, PINS};
 use crate::repo::format::{parse_list, write_index, ListItem, PackContents};
 use crate::repo::{
     decode_with, Damage, Index, Manifest, Repository, Unreadable, DAMAGED, INDEX, LISTS, PACKS,
-    PRE_RESTORE_TAG, SNAPSHOTS,
+    SNAPSHOTS,
 };
 use crate::retention::{self, Candidate, Policy};
 use crate::storage::PutMode;
@@ -226,7 +226,7 @@ fn decide<'m>(
                 id: m.id.clone(),
                 time: m.finished,
                 pinned: pins.contains(&m.id),
-                pre_restore: m.tags.iter().any(|t| t == PRE_RESTORE_TAG),
+                pre_restore: m.is_pre_restore(),
             })
             .collect();
         let by_id: HashMap<&str, &Manifest> = members.iter().map(|m| (m.id.as_str(), *m)).collect();

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::repo::{Manifest, Repository, INDEX, LISTS, PACKS, PRE_RESTORE_TAG, SNAPSHOTS};
+use crate::repo::{Manifest, Repository, INDEX, LISTS, PACKS, SNAPSHOTS};
 
 /// Limits beyond which a source's backups need attention.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -78,7 +78,7 @@ pub fn source_status(
     let regular: Vec<&Manifest> = mine
         .iter()
         .copied()
-        .filter(|m| !m.tags.iter().any(|t| t == PRE_RESTORE_TAG))
+        .filter(|m| !m.is_pre_restore())
         .collect();
     let newest = regular.first().map(|m| Newest {
         id: m.id.clone(),
@@ -207,7 +207,7 @@ mod tests {
 
         let mut with_pre_restore = list.clone();
         let mut saved = manifest("app", 10, now);
-        saved.tags = vec![PRE_RESTORE_TAG.into()];
+        saved.tags = vec![crate::repo::PRE_RESTORE_TAG.into()];
         with_pre_restore.insert(0, saved);
         let s = source_status(&with_pre_restore, "app", &limits, now);
         assert_eq!(s.snapshots, 3, "every stored snapshot counts");

@@ -96,6 +96,16 @@ pub struct Manifest {
     pub tool: String,
 }
 
+impl Manifest {
+    /// Whether this is the snapshot `offsite restore` took of a file before
+    /// replacing it ([`PRE_RESTORE_TAG`]): it saves what was thrown away, so
+    /// `--latest`, `--at`, drills, status and retention's regular rules pass
+    /// over it. The one test for it.
+    pub fn is_pre_restore(&self) -> bool {
+        self.tags.iter().any(|t| t == PRE_RESTORE_TAG)
+    }
+}
+
 /// Requests made through a repository, for summaries and benchmarks.
 #[derive(Debug, Default)]
 pub struct RequestStats {
@@ -459,7 +469,7 @@ pub fn select<'a>(
     let mut candidates = snapshots
         .iter()
         .filter(|m| source.is_none_or(|s| m.source == s));
-    let regular = |m: &&Manifest| !m.tags.iter().any(|t| t == PRE_RESTORE_TAG);
+    let regular = |m: &&Manifest| !m.is_pre_restore();
     match sel {
         Selector::Latest => candidates.find(regular).ok_or_else(|| {
             Error::SnapshotNotFound(format!("source {}", source.unwrap_or("(any)")))
