@@ -200,31 +200,7 @@ pub async fn stage(
     if exists && !opts.force {
         return Err(Error::TargetExists(to.to_path_buf()));
     }
-    let parent = match to.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    // A rebuilt server often lacks the application's directory (/srv/app):
-    // create it, as restic and cp -r would, rather than make the operator
-    // guess which directories the restore needs.
-    std::fs::create_dir_all(&parent).map_err(|e| {
-        Error::io(
-            format!("creating the restore directory {}", parent.display()),
-            e,
-        )
-    })?;
-    let name = to
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "restore".into());
-    remove_stale_staging(&parent, &name);
-    let staging = Staging {
-        path: parent.join(format!(
-            ".{name}.offsite-partial-{:08x}",
-            rand::random::<u32>()
-        )),
-        armed: true,
-    };
+    let staging = staging_beside(to)?;
     opts.progress.total.store(manifest.size, Ordering::Relaxed);
 
     let index = repo.load_index(ids).await?;
@@ -280,6 +256,37 @@ pub async fn stage(
         damaged: fetched.damaged,
         damage_recorded: fetched.recorded,
         fetched_elsewhere: fetched.elsewhere,
+    })
+}
+
+/// A fresh staging path beside `to` (in its directory, created if missing,
+/// so the final rename stays on one filesystem), after removing what an
+/// interrupted restore to the same place left.
+fn staging_beside(to: &Path) -> Result<Staging> {
+    let parent = match to.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    // A rebuilt server often lacks the application's directory (/srv/app):
+    // create it, as restic and cp -r would, rather than make the operator
+    // guess which directories the restore needs.
+    std::fs::create_dir_all(&parent).map_err(|e| {
+        Error::io(
+            format!("creating the restore directory {}", parent.display()),
+            e,
+        )
+    })?;
+    let name = to
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "restore".into());
+    remove_stale_staging(&parent, &name);
+    Ok(Staging {
+        path: parent.join(format!(
+            ".{name}.offsite-partial-{:08x}",
+            rand::random::<u32>()
+        )),
+        armed: true,
     })
 }
 
