@@ -11,8 +11,8 @@ use backup_core::drill::{drill, DrillOptions, DrillProgress, SmokeQuery};
 use backup_core::keys::{generate_identity, Identities, Keys};
 use backup_core::repo::Repository;
 use backup_core::source::{SourceKind, SourceSpec};
-use backup_core::storage::memory::MemoryStorage;
 use backup_core::storage::list_all;
+use backup_core::storage::memory::MemoryStorage;
 use backup_core::verify::{verify, Subset, VerifyOptions, VerifyProgress};
 use rusqlite::Connection;
 
@@ -127,9 +127,16 @@ async fn drill_progress_names_each_step_and_counts_the_restored_bytes() {
         ..Default::default()
     };
     let scratch = tempfile::tempdir().unwrap();
-    let report = drill(&repo, &ids, "app", &opts, scratch.path(), chrono::Utc::now())
-        .await
-        .unwrap();
+    let report = drill(
+        &repo,
+        &ids,
+        "app",
+        &opts,
+        scratch.path(),
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
     assert!(report.passed, "{report:?}");
     assert_eq!(p.step(), "smoke_query", "the last step that did work");
     assert_eq!(load(&p.restored.total), newest.size);
@@ -142,9 +149,16 @@ async fn drill_progress_names_each_step_and_counts_the_restored_bytes() {
         ..Default::default()
     };
     let scratch = tempfile::tempdir().unwrap();
-    let report = drill(&repo, &ids, "app", &opts, scratch.path(), chrono::Utc::now())
-        .await
-        .unwrap();
+    let report = drill(
+        &repo,
+        &ids,
+        "app",
+        &opts,
+        scratch.path(),
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
     assert!(report.passed, "{report:?}");
     assert_eq!(p.step(), "restore");
     assert_eq!(load(&p.restored.read), newest.size);
