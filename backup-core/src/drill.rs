@@ -17,15 +17,20 @@
 //! decode are skipped with a warning (see [`crate::repo`]); damaged chunks
 //! the restore meets are recorded, so the next backup stores them again.
 //!
+//! A caller may pass [`DrillProgress`] to show the step being run and the
+//! bytes restored; it never decides anything.
+//!
 //! Never: restore anywhere but the scratch directory, or open the restored
 //! copy for writing after the restore's own checks.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::backup::Progress;
 use crate::error::{Error, Result};
 use crate::keys::Identities;
 use crate::lock::{Lock, LockWait};
@@ -51,6 +56,41 @@ pub struct DrillOptions {
     pub query: Option<SmokeQuery>,
     /// How long to wait for a running prune.
     pub lock_wait: LockWait,
+    /// Where to show the step being run and the bytes restored.
+    pub progress: Option<Arc<DrillProgress>>,
+}
+
+/// Live state of a drill, for a progress display.
+#[derive(Debug, Default)]
+pub struct DrillProgress {
+    step: Mutex<&'static str>,
+    /// The restore adds the bytes it writes to `read`; its `total` is the
+    /// snapshot's size.
+    pub restored: Arc<Progress>,
+}
+
+impl DrillProgress {
+    /// The [`Step::step`] being run ("" before the first).
+    pub fn step(&self) -> &'static str {
+        *self.step.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Says that `step` runs now, if anyone is watching.
+fn enter(opts: &DrillOptions, step: &'static str) {
+    if let Some(p) = &opts.progress {
+        *p.step.lock().unwrap_or_else(|p| p.into_inner()) = step;
+    }
+}
+
+/// The drill's restore: the defaults, counting into the progress if any.
+fn restore_options(opts: &DrillOptions) -> RestoreOptions {
+    enter(opts, "restore");
+    let mut ro = RestoreOptions::default();
+    if let Some(p) = &opts.progress {
+        ro.progress = p.restored.clone();
+    }
+    ro
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -148,6 +188,7 @@ async fn drill_locked(
     now: DateTime<Utc>,
 ) -> Result<DrillReport> {
     let mut report = DrillReport::empty(source, opts.rto_target);
+    enter(opts, "snapshot_exists");
     // What `restore --latest` would restore: pre-restore snapshots save a
     // replaced (maybe damaged) file, not the backups being drilled.
     let snapshots: Vec<Manifest> = repo
@@ -190,7 +231,7 @@ async fn drill_locked(
         SourceKind::Files => "restored",
     });
     let clock = Instant::now();
-    let restored = restore(repo, ids, newest, &to, &RestoreOptions::default()).await;
+    let restored = restore(repo, ids, newest, &to, &restore_options(opts)).await;
     let elapsed = clock.elapsed();
     match restored {
         Ok(summary) => {
@@ -228,6 +269,7 @@ async fn drill_locked(
     }
 
     if let Some(q) = &opts.query {
+        enter(opts, "smoke_query");
         query_step(&mut report, newest.kind, &to, q).await;
     }
 

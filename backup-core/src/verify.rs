@@ -27,13 +27,19 @@
 //! (read-only credentials) a snapshot whose manifest vanished during the
 //! run was pruned, not damaged, and is left out of the report. Never:
 //! report damage that is not there.
+//!
+//! A caller may pass [`VerifyProgress`] counters to draw progress from; they
+//! count work done and never decide anything.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufReader, Read};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 
+use crate::backup::Progress;
 use crate::chunk::ChunkId;
 use crate::codec;
 use crate::error::{Error, Result};
@@ -57,6 +63,46 @@ pub struct VerifyOptions {
     pub source: Option<String>,
     /// How long to wait for a running prune.
     pub lock_wait: LockWait,
+    /// Counters to draw progress from, updated as the run goes.
+    pub progress: Option<Arc<VerifyProgress>>,
+}
+
+/// Live counters of a verify, for a progress display. Each total is set
+/// before the work it counts starts.
+#[derive(Debug, Default)]
+pub struct VerifyProgress {
+    /// Snapshots to check (after `source` is applied), and checked so far.
+    pub snapshots_total: AtomicU64,
+    pub snapshots_done: AtomicU64,
+    /// Packs `read_data_subset` reads, and read so far.
+    pub packs_total: AtomicU64,
+    pub packs_done: AtomicU64,
+    /// Bytes to read: the selected packs' stored sizes with
+    /// `read_data_subset`, the snapshots' sizes with `read_data`.
+    pub bytes_total: AtomicU64,
+    /// Encoded bytes of the packs read by `read_data_subset`.
+    pub packs_read: AtomicU64,
+    /// The restores of `read_data` add the bytes they write to `read`
+    /// (their `total` is the snapshot being restored).
+    pub restored: Arc<Progress>,
+}
+
+impl VerifyProgress {
+    /// Bytes read so far, by either kind of data check.
+    pub fn bytes_done(&self) -> u64 {
+        self.packs_read.load(Ordering::Relaxed) + self.restored.read.load(Ordering::Relaxed)
+    }
+}
+
+/// Adds `n` to one of the counters, if there are counters.
+fn count(
+    progress: &Option<Arc<VerifyProgress>>,
+    counter: impl Fn(&VerifyProgress) -> &AtomicU64,
+    n: u64,
+) {
+    if let Some(p) = progress {
+        counter(p).fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 /// Which packs `verify --read-data-subset` reads.
@@ -206,6 +252,15 @@ async fn verify_locked(
     let listed = repo.snapshot_list(ids).await?;
     let mut manifests = listed.manifests;
     manifests.retain(|m| opts.source.as_deref().is_none_or(|s| m.source == s));
+    count(
+        &opts.progress,
+        |p| &p.snapshots_total,
+        manifests.len() as u64,
+    );
+    if opts.read_data {
+        let size = manifests.iter().map(|m| m.size).sum();
+        count(&opts.progress, |p| &p.bytes_total, size);
+    }
 
     let mut contents: HashMap<String, Vec<(ChunkId, u32, u32)>> = HashMap::new();
     let mut index = repo
@@ -227,13 +282,12 @@ async fn verify_locked(
         .repository_faults
         .extend(index.unreadable.iter().map(|u| u.to_string()));
 
-    if let Some(subset) = opts.read_data_subset {
-        index = check_data(repo, ids, subset, contents, &packs, index, &mut report).await?;
-    }
+    index = check_data(repo, ids, opts, contents, &packs, index, &mut report).await?;
     for m in manifests {
-        if let Some(check) = check_snapshot(repo, ids, m, &index, &packs, opts.read_data).await? {
+        if let Some(check) = check_snapshot(repo, ids, m, &index, &packs, opts).await? {
             report.snapshots.push(check);
         }
+        count(&opts.progress, |p| &p.snapshots_done, 1);
     }
     if opts.source.is_none() {
         report
@@ -247,19 +301,22 @@ async fn verify_locked(
     Ok(report)
 }
 
-/// Reads the packs of `subset`, reports damage found for the first time,
-/// and returns the index to check snapshots against: one that knows the
-/// damage whether or not it could be recorded.
+/// With `read_data_subset`, reads its packs, reports damage found for the
+/// first time, and returns the index to check snapshots against: one that
+/// knows the damage whether or not it could be recorded.
 async fn check_data(
     repo: &Repository,
     ids: &Identities,
-    subset: Subset,
+    opts: &VerifyOptions,
     contents: HashMap<String, Vec<(ChunkId, u32, u32)>>,
     packs: &HashMap<String, u64>,
     index: Index,
     report: &mut VerifyReport,
 ) -> Result<Index> {
-    let data = read_subset(repo, ids, subset, contents, packs, &index.damage).await?;
+    let (Some(subset), progress) = (opts.read_data_subset, &opts.progress) else {
+        return Ok(index);
+    };
+    let data = read_subset(repo, ids, subset, contents, packs, &index.damage, progress).await?;
     let mut index = index;
     if !data.damaged.is_empty() {
         for (pack, chunks) in index.damage.unknown(&data.damaged) {
@@ -282,7 +339,7 @@ async fn check_snapshot(
     m: Manifest,
     index: &Index,
     packs: &HashMap<String, u64>,
-    read_data: bool,
+    opts: &VerifyOptions,
 ) -> Result<Option<SnapshotCheck>> {
     let mut fault = match check_structure(repo, ids, &m, index, packs).await {
         Ok(problems) if problems.is_empty() => None,
@@ -290,8 +347,8 @@ async fn check_snapshot(
         Err(e) if is_damage(&e) => Some(e.to_string()),
         Err(e) => return Err(e),
     };
-    if fault.is_none() && read_data {
-        fault = restore_check(repo, ids, &m).await?;
+    if fault.is_none() && opts.read_data {
+        fault = restore_check(repo, ids, &m, &opts.progress).await?;
     }
     if fault.is_some() && !exists(repo, &m).await? {
         tracing::info!(snapshot = %m.id, "removed by a prune while being verified");
@@ -398,13 +455,18 @@ async fn restore_check(
     repo: &Repository,
     ids: &Identities,
     m: &Manifest,
+    progress: &Option<Arc<VerifyProgress>>,
 ) -> Result<Option<String>> {
     let dir = tempfile::Builder::new()
         .prefix("offsite-verify-")
         .tempdir()
         .map_err(|e| Error::io("temporary directory for verify --read-data", e))?;
     let to = dir.path().join(&m.id);
-    match restore(repo, ids, m, &to, &RestoreOptions::default()).await {
+    let mut opts = RestoreOptions::default();
+    if let Some(p) = progress {
+        opts.progress = p.restored.clone();
+    }
+    match restore(repo, ids, m, &to, &opts).await {
         Ok(_) => Ok(None),
         Err(e) if is_damage(&e) => Ok(Some(e.to_string())),
         Err(e) => Err(e),
@@ -420,6 +482,7 @@ async fn read_subset(
     contents: HashMap<String, Vec<(ChunkId, u32, u32)>>,
     listed: &HashMap<String, u64>,
     known: &Damage,
+    progress: &Option<Arc<VerifyProgress>>,
 ) -> Result<DataCheck> {
     let mut all: Vec<&str> = contents
         .keys()
@@ -428,10 +491,18 @@ async fn read_subset(
         .collect();
     all.sort_unstable();
     let selected: Vec<String> = subset.select(&all).into_iter().map(String::from).collect();
+    count(progress, |p| &p.packs_total, selected.len() as u64);
+    let size = selected.iter().map(|k| listed[k]).sum();
+    count(progress, |p| &p.bytes_total, size);
     let checks: Vec<PackCheck> = stream::iter(selected.iter().cloned())
         .map(|key| {
             let chunks = contents[&key].clone();
-            async move { check_pack(repo, ids, key, chunks).await }
+            async move {
+                let check = check_pack(repo, ids, key, chunks).await?;
+                count(progress, |p| &p.packs_read, check.bytes);
+                count(progress, |p| &p.packs_done, 1);
+                Ok::<_, Error>(check)
+            }
         })
         .buffer_unordered(READ_CONCURRENCY)
         .try_collect()

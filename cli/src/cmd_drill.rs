@@ -2,14 +2,18 @@
 //! every target (or one): the newest snapshot restored into a scratch
 //! directory, checked, queried and timed against the RTO target. Prints one
 //! block per drill (or `--json`), notifies, and fails when any step failed.
+//! On a terminal a progress line on stderr shows the step being run and the
+//! bytes restored.
 //!
 //! Never: restore anywhere but a fresh temporary directory, which is removed
 //! afterwards whatever happens.
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use backup_core::drill::{drill, DrillReport};
+use backup_core::drill::{drill, DrillOptions, DrillProgress, DrillReport};
 use backup_core::keys::Identities;
 use backup_core::repo::Repository;
 use chrono::Utc;
@@ -18,6 +22,7 @@ use serde::Serialize;
 use crate::commands::{chosen_targets, identities};
 use crate::config::{Config, TargetConfig};
 use crate::notify::{self, Event, EventKind};
+use crate::output::{Bar, Sample, STEP_AND_BYTES};
 use crate::targets;
 
 /// One drill: a source on a target.
@@ -61,7 +66,7 @@ pub async fn run(
         let repo = open(t).await;
         for s in &sources {
             let r = match &repo {
-                Ok(repo) => drill_one(cfg, repo, &ids, s).await,
+                Ok(repo) => drill_one(cfg, repo, &ids, s, &t.name, as_json).await,
                 Err(e) => DrillReport::unavailable(s, e.clone()),
             };
             if !as_json {
@@ -110,8 +115,30 @@ async fn open(t: &TargetConfig) -> Result<Repository, String> {
         .map_err(|e| format!("target {:?}: {e}", t.name))
 }
 
-async fn drill_one(cfg: &Config, repo: &Repository, ids: &Identities, source: &str) -> DrillReport {
-    let opts = cfg.drill_options(source);
+/// Drills `source` from `repo` (the target named `target`), with a progress
+/// line unless the output is JSON.
+async fn drill_one(
+    cfg: &Config,
+    repo: &Repository,
+    ids: &Identities,
+    source: &str,
+    target: &str,
+    as_json: bool,
+) -> DrillReport {
+    let progress = Arc::new(DrillProgress::default());
+    let opts = DrillOptions {
+        progress: Some(progress.clone()),
+        ..cfg.drill_options(source)
+    };
+    let label = format!("drill {source} @ {target}");
+    let _bar = Bar::watch(label, STEP_AND_BYTES, !as_json, move || Sample {
+        message: match progress.step() {
+            "" => "starting".to_string(),
+            step => step.to_string(),
+        },
+        done: progress.restored.read.load(Ordering::Relaxed),
+        total: progress.restored.total.load(Ordering::Relaxed),
+    });
     let scratch = match tempfile::Builder::new().prefix("offsite-drill-").tempdir() {
         Ok(d) => d,
         Err(e) => {

@@ -335,84 +335,120 @@ fn label(v: &str) -> String {
 /// collector.
 pub fn prometheus_text(report: &Report) -> String {
     let mut out = String::new();
-    let mut family = |name: &str, help: &str, samples: Vec<(String, String)>| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} gauge");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-    };
-    let st = |r: &Row| {
-        format!(
-            "{{source=\"{}\",target=\"{}\"}}",
-            label(&r.status.source),
-            label(&r.target)
-        )
-    };
-    let rows = &report.sources;
-    let per_row = |f: &dyn Fn(&Row) -> Option<String>| -> Vec<(String, String)> {
-        rows.iter()
-            .filter_map(|r| f(r).map(|v| (st(r), v)))
-            .collect()
-    };
+    source_families(&mut out, &report.sources);
+    target_families(&mut out, &report.targets);
     family(
-        "offsite_snapshots",
-        "Snapshots of the source in the target's repository.",
-        per_row(&|r| Some(r.status.snapshots.to_string())),
-    );
-    family(
-        "offsite_last_snapshot_timestamp_seconds",
-        "When the newest snapshot finished, in Unix seconds.",
-        per_row(&|r| {
-            r.status
-                .newest
-                .as_ref()
-                .map(|n| format!("{:.3}", n.time.timestamp_millis() as f64 / 1000.0))
-        }),
-    );
-    family(
-        "offsite_last_snapshot_age_seconds",
-        "Age of the newest snapshot when the status was checked.",
-        per_row(&|r| r.status.newest.as_ref().map(|n| n.age_seconds.to_string())),
-    );
-    family(
-        "offsite_last_snapshot_bytes",
-        "Bytes of data in the newest snapshot.",
-        per_row(&|r| r.status.newest.as_ref().map(|n| n.size.to_string())),
-    );
-    family(
-        "offsite_logical_bytes",
-        "Sum of the sizes of the source's snapshots, before deduplication and compression.",
-        per_row(&|r| Some(r.status.logical_bytes.to_string())),
-    );
-    family(
-        "offsite_status_ok",
-        "1 when the source's backups in the target meet every [status] threshold, else 0.",
-        per_row(&|r| Some(u8::from(r.ok).to_string())),
-    );
-    let per_target = |f: &dyn Fn(&TargetStatus) -> Option<String>| -> Vec<(String, String)> {
-        report
-            .targets
-            .iter()
-            .filter_map(|t| f(t).map(|v| (format!("{{target=\"{}\"}}", label(&t.target)), v)))
-            .collect()
-    };
-    family(
-        "offsite_repository_bytes",
-        "Bytes the target's repository holds (deduplicated, compressed, encrypted, metadata included).",
-        per_target(&|t| t.repository_bytes.map(|b| b.to_string())),
-    );
-    family(
-        "offsite_target_up",
-        "1 when the target's repository could be read, else 0.",
-        per_target(&|t| Some(u8::from(t.error.is_none()).to_string())),
-    );
-    family(
+        &mut out,
         "offsite_status_timestamp_seconds",
         "When offsite status last ran, in Unix seconds.",
         vec![(String::new(), report.time.timestamp().to_string())],
     );
     out
+}
+
+/// One gauge family: its HELP and TYPE lines, then a line per (labels, value).
+fn family(out: &mut String, name: &str, help: &str, samples: Vec<(String, String)>) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{labels} {value}");
+    }
+}
+
+/// `f`'s value for each (source, target) row that has one, labelled with both.
+fn per_row(rows: &[Row], f: impl Fn(&Row) -> Option<String>) -> Vec<(String, String)> {
+    rows.iter()
+        .filter_map(|r| {
+            let labels = format!(
+                "{{source=\"{}\",target=\"{}\"}}",
+                label(&r.status.source),
+                label(&r.target)
+            );
+            f(r).map(|v| (labels, v))
+        })
+        .collect()
+}
+
+/// `f`'s value for each target that has one, labelled with its name.
+fn per_target(
+    targets: &[TargetStatus],
+    f: impl Fn(&TargetStatus) -> Option<String>,
+) -> Vec<(String, String)> {
+    targets
+        .iter()
+        .filter_map(|t| f(t).map(|v| (format!("{{target=\"{}\"}}", label(&t.target)), v)))
+        .collect()
+}
+
+/// The families with a sample per source and target.
+fn source_families(out: &mut String, rows: &[Row]) {
+    family(
+        out,
+        "offsite_snapshots",
+        "Snapshots of the source in the target's repository.",
+        per_row(rows, |r| Some(r.status.snapshots.to_string())),
+    );
+    newest_families(out, rows);
+    family(
+        out,
+        "offsite_logical_bytes",
+        "Sum of the sizes of the source's snapshots, before deduplication and compression.",
+        per_row(rows, |r| Some(r.status.logical_bytes.to_string())),
+    );
+    family(
+        out,
+        "offsite_status_ok",
+        "1 when the source's backups in the target meet every [status] threshold, else 0.",
+        per_row(rows, |r| Some(u8::from(r.ok).to_string())),
+    );
+}
+
+/// The families about the newest snapshot of each source on each target.
+fn newest_families(out: &mut String, rows: &[Row]) {
+    family(
+        out,
+        "offsite_last_snapshot_timestamp_seconds",
+        "When the newest snapshot finished, in Unix seconds.",
+        per_row(rows, |r| {
+            let newest = r.status.newest.as_ref()?;
+            Some(format!(
+                "{:.3}",
+                newest.time.timestamp_millis() as f64 / 1000.0
+            ))
+        }),
+    );
+    family(
+        out,
+        "offsite_last_snapshot_age_seconds",
+        "Age of the newest snapshot when the status was checked.",
+        per_row(rows, |r| {
+            r.status.newest.as_ref().map(|n| n.age_seconds.to_string())
+        }),
+    );
+    family(
+        out,
+        "offsite_last_snapshot_bytes",
+        "Bytes of data in the newest snapshot.",
+        per_row(rows, |r| {
+            r.status.newest.as_ref().map(|n| n.size.to_string())
+        }),
+    );
+}
+
+/// The families with a sample per target.
+fn target_families(out: &mut String, targets: &[TargetStatus]) {
+    family(
+        out,
+        "offsite_repository_bytes",
+        "Bytes the target's repository holds (deduplicated, compressed, encrypted, metadata included).",
+        per_target(targets, |t| t.repository_bytes.map(|b| b.to_string())),
+    );
+    family(
+        out,
+        "offsite_target_up",
+        "1 when the target's repository could be read, else 0.",
+        per_target(targets, |t| Some(u8::from(t.error.is_none()).to_string())),
+    );
 }
 
 /// Writes `path` so that readers see the old or the new content, never a

@@ -2,18 +2,24 @@
 //! `--read-data-subset` are the chunks in a part of the packs intact, and
 //! with `--read-data` is every snapshot restorable byte for byte? Says what
 //! it checked: without reading data it never claims the data is intact.
+//! On a terminal a progress line on stderr shows the snapshot being checked
+//! and, when data is read, the bytes read.
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
+use backup_core::keys::Identities;
 use backup_core::repo::Repository;
-use backup_core::verify::{DataCheck, Subset, VerifyOptions, VerifyReport};
+use backup_core::verify::{DataCheck, Subset, VerifyOptions, VerifyProgress, VerifyReport};
 use chrono::Local;
 use clap::Args;
 use serde_json::json;
 
 use crate::commands::{chosen_targets, identities, keys};
-use crate::config::Config;
+use crate::config::{Config, TargetConfig};
+use crate::output::{Bar, Sample, STEP, STEP_AND_BYTES};
 use crate::targets;
 
 #[derive(Args)]
@@ -68,11 +74,7 @@ pub async fn verify(cfg: &Config, args: &VerifyArgs) -> Result<()> {
     let mut damaged = Vec::new();
     let mut failed = Vec::new();
     for t in chosen_targets(cfg, args.target.as_deref())? {
-        let attempt = async {
-            let repo = Repository::open(targets::open(t)?).await?;
-            Ok::<_, anyhow::Error>(backup_core::verify::verify(&repo, &ids, &opts).await?)
-        };
-        match attempt.await {
+        match verify_target(t, &ids, &opts, args.json).await {
             Ok(report) => {
                 if !report.ok() {
                     damaged.push(t.name.clone());
@@ -106,6 +108,53 @@ pub async fn verify(cfg: &Config, args: &VerifyArgs) -> Result<()> {
         bail!("could not verify {}", failed.join(", "));
     }
     Ok(())
+}
+
+/// Verifies one target, with a progress line while it runs.
+async fn verify_target(
+    t: &TargetConfig,
+    ids: &Identities,
+    opts: &VerifyOptions,
+    as_json: bool,
+) -> Result<VerifyReport> {
+    let progress = Arc::new(VerifyProgress::default());
+    let opts = VerifyOptions {
+        progress: Some(progress.clone()),
+        ..opts.clone()
+    };
+    let template = if opts.read_data || opts.read_data_subset.is_some() {
+        STEP_AND_BYTES
+    } else {
+        STEP
+    };
+    let _bar = Bar::watch(
+        format!("verify {}", t.name),
+        template,
+        !as_json,
+        move || progress_sample(&progress),
+    );
+    let repo = Repository::open(targets::open(t)?).await?;
+    Ok(backup_core::verify::verify(&repo, ids, &opts).await?)
+}
+
+/// "reading the index", "packs read 3/40" while `--read-data-subset` reads packs, then
+/// "snapshot 2/12" for the snapshot being checked.
+fn progress_sample(p: &VerifyProgress) -> Sample {
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let (packs, packs_total) = (load(&p.packs_done), load(&p.packs_total));
+    let (snapshots, total) = (load(&p.snapshots_done), load(&p.snapshots_total));
+    let message = if packs < packs_total {
+        format!("packs read {packs}/{packs_total}")
+    } else if total == 0 {
+        "reading the index".to_string()
+    } else {
+        format!("snapshot {}/{total}", (snapshots + 1).min(total))
+    };
+    Sample {
+        message,
+        done: p.bytes_done(),
+        total: load(&p.bytes_total),
+    }
 }
 
 fn print_report(target: &str, r: &VerifyReport) {

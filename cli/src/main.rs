@@ -327,12 +327,7 @@ fn limit_malloc_arenas() {}
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
-    // A daemon's log is its only output: say what runs when, by default.
-    let daemon = matches!(cli.command, Command::Daemon);
-    init_logging(cli.verbose.max(u8::from(daemon)));
-    if cli.quiet {
-        output::set_quiet(cli.command.stdout_is_product());
-    }
+    init(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -352,102 +347,7 @@ fn main() -> ExitCode {
         Ok(l) => l,
         Err(e) => return commands::report(&e),
     };
-    let config_path = located.as_ref().map(|l| l.path.clone()).unwrap_or_default();
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Keygen { output } => commands::keygen(output.as_deref()),
-            Command::Backup {
-                source,
-                target,
-                tag,
-                pin,
-                json,
-            } => {
-                let cfg = config::load(&config_path)?;
-                cmd_backup::backup(&cfg, source.as_deref(), target.as_deref(), tag, pin, json).await
-            }
-            Command::Snapshots {
-                source,
-                target,
-                json,
-            } => {
-                let cfg = config::load(&config_path)?;
-                commands::snapshots(&cfg, source.as_deref(), target.as_deref(), json).await
-            }
-            Command::Restore(args) => {
-                let cfg = config::load(&config_path)?;
-                cmd_restore::restore(&cfg, &args).await
-            }
-            Command::Targets {
-                command: TargetsCommand::Check { target, json },
-            } => {
-                let cfg = config::load(&config_path)?;
-                commands::targets_check(&cfg, target.as_deref(), json).await
-            }
-            Command::Prune(args) => {
-                let cfg = config::load(&config_path)?;
-                notify::around(
-                    &cfg.notify,
-                    notify::EventKind::Prune,
-                    cmd_prune::prune(&cfg, &config_path, &args),
-                )
-                .await
-            }
-            Command::Pin(args) => {
-                let cfg = config::load(&config_path)?;
-                cmd_pin::pin(&cfg, &args).await
-            }
-            Command::Unpin(args) => {
-                let cfg = config::load(&config_path)?;
-                cmd_pin::unpin(&cfg, &args).await
-            }
-            Command::Unlock(args) => {
-                let cfg = config::load(&config_path)?;
-                cmd_prune::unlock(&cfg, &args).await
-            }
-            Command::Verify(args) => {
-                let cfg = config::load(&config_path)?;
-                notify::around(
-                    &cfg.notify,
-                    notify::EventKind::Verify,
-                    cmd_verify::verify(&cfg, &args),
-                )
-                .await
-            }
-            Command::Drill {
-                source,
-                target,
-                identity,
-                json,
-            } => {
-                let cfg = config::load(&config_path)?;
-                cmd_drill::run(
-                    &cfg,
-                    source.as_deref(),
-                    target.as_deref(),
-                    identity.as_deref(),
-                    json,
-                )
-                .await
-            }
-            Command::Status { json, prometheus } => {
-                let cfg = config::load(&config_path)?;
-                cmd_status::run(&cfg, json, prometheus.as_deref()).await
-            }
-            Command::Daemon => {
-                let cfg = config::load(&config_path)?;
-                cmd_daemon::run(&cfg, &config_path).await
-            }
-            Command::Repair { path, to, json } => cmd_repair::run(&path, to.as_deref(), json).await,
-            Command::Demo { dir } => demo::run(&dir).await,
-            Command::Config { json } => match &located {
-                Some(l) => cmd_config::run(l, json),
-                None => unreachable!("config needs_config"),
-            },
-            Command::Completions { shell } => cmd_docs::completions(shell),
-            Command::Man { dir } => cmd_docs::man(dir.as_deref()),
-        }
-    });
+    let result = runtime.block_on(dispatch(cli.command, located));
     // Do not wait on threads of a job the daemon abandoned at shutdown.
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     let result = result.and_then(|()| match output::stdout_error() {
@@ -457,5 +357,93 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => commands::report(&e),
+    }
+}
+
+/// Logging and `--quiet`, before anything can print.
+fn init(cli: &Cli) {
+    // A daemon's log is its only output: say what runs when, by default.
+    let daemon = matches!(cli.command, Command::Daemon);
+    init_logging(cli.verbose.max(u8::from(daemon)));
+    if cli.quiet {
+        output::set_quiet(cli.command.stdout_is_product());
+    }
+}
+
+/// Runs `command`; `located` is the config file, for the commands that
+/// read one (see [`Command::needs_config`]).
+async fn dispatch(command: Command, located: Option<config::Located>) -> anyhow::Result<()> {
+    let Some(located) = located else {
+        return without_config(command).await;
+    };
+    if let Command::Config { json } = command {
+        // Shown as found, before (and whether or not) it loads.
+        return cmd_config::run(&located, json);
+    }
+    let cfg = config::load(&located.path)?;
+    with_config(command, &cfg, &located.path).await
+}
+
+/// The commands that read no config file.
+async fn without_config(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Keygen { output } => commands::keygen(output.as_deref()),
+        Command::Repair { path, to, json } => cmd_repair::run(&path, to.as_deref(), json).await,
+        Command::Demo { dir } => demo::run(&dir).await,
+        Command::Completions { shell } => cmd_docs::completions(shell),
+        Command::Man { dir } => cmd_docs::man(dir.as_deref()),
+        _ => unreachable!("needs_config: this command reads the config file"),
+    }
+}
+
+/// The commands that run on a loaded config (`config_path` is where it
+/// came from).
+async fn with_config(
+    command: Command,
+    cfg: &config::Config,
+    config_path: &std::path::Path,
+) -> anyhow::Result<()> {
+    match command {
+        Command::Backup {
+            source,
+            target,
+            tag,
+            pin,
+            json,
+        } => cmd_backup::backup(cfg, source.as_deref(), target.as_deref(), tag, pin, json).await,
+        Command::Snapshots {
+            source,
+            target,
+            json,
+        } => commands::snapshots(cfg, source.as_deref(), target.as_deref(), json).await,
+        Command::Restore(args) => cmd_restore::restore(cfg, &args).await,
+        Command::Targets {
+            command: TargetsCommand::Check { target, json },
+        } => commands::targets_check(cfg, target.as_deref(), json).await,
+        Command::Prune(args) => {
+            let prune = cmd_prune::prune(cfg, config_path, &args);
+            notify::around(&cfg.notify, notify::EventKind::Prune, prune).await
+        }
+        Command::Pin(args) => cmd_pin::pin(cfg, &args).await,
+        Command::Unpin(args) => cmd_pin::unpin(cfg, &args).await,
+        Command::Unlock(args) => cmd_prune::unlock(cfg, &args).await,
+        Command::Verify(args) => {
+            let verify = cmd_verify::verify(cfg, &args);
+            notify::around(&cfg.notify, notify::EventKind::Verify, verify).await
+        }
+        Command::Drill {
+            source,
+            target,
+            identity,
+            json,
+        } => {
+            let (source, target) = (source.as_deref(), target.as_deref());
+            cmd_drill::run(cfg, source, target, identity.as_deref(), json).await
+        }
+        Command::Status { json, prometheus } => {
+            cmd_status::run(cfg, json, prometheus.as_deref()).await
+        }
+        Command::Daemon => cmd_daemon::run(cfg, config_path).await,
+        _ => unreachable!("without_config runs the commands that read no config file"),
     }
 }

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backup_core::backup::Progress;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -53,34 +53,77 @@ pub fn duration(d: Duration) -> String {
     }
 }
 
-/// A progress bar fed from `progress` until the returned guard is dropped.
+/// A progress line on stderr, redrawn from live counters until the guard is
+/// dropped. Never drawn with `--quiet`, when the caller says so (`--json`),
+/// or when stderr is not a terminal.
 pub struct Bar {
     bar: Option<ProgressBar>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// What a progress line shows at one moment: a message and bytes done of a
+/// total.
+pub struct Sample {
+    pub message: String,
+    pub done: u64,
+    pub total: u64,
+}
+
+/// The label, then a bar of bytes.
+const BYTES: &str = "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {elapsed}";
+/// The label, what is being done, then a bar of bytes as wide as the
+/// terminal leaves room for (a line that wraps is redrawn as two).
+pub const STEP_AND_BYTES: &str =
+    "{prefix}: {msg} [{wide_bar}] {bytes}/{total_bytes} {bytes_per_sec} {elapsed}";
+/// The label and what is being done, for work that is not counted in bytes.
+pub const STEP: &str = "{prefix}: {msg} {elapsed}";
+
 impl Bar {
+    /// A bar of the bytes a backup or restore has read of its total.
     pub fn start(label: String, progress: Arc<Progress>, enabled: bool) -> Bar {
+        Bar::watch(label, BYTES, enabled, move || Sample {
+            message: String::new(),
+            done: progress.read.load(Ordering::Relaxed),
+            total: progress.total.load(Ordering::Relaxed),
+        })
+    }
+
+    /// A line drawn with `template` (an indicatif template: [`STEP`],
+    /// [`STEP_AND_BYTES`]) from what `sample` says, ten times a second.
+    pub fn watch(
+        label: String,
+        template: &'static str,
+        enabled: bool,
+        sample: impl Fn() -> Sample + Send + 'static,
+    ) -> Bar {
         if !enabled || QUIET.load(Ordering::Relaxed) || !std::io::stderr().is_terminal() {
             return Bar {
                 bar: None,
                 task: None,
             };
         }
-        let bar = ProgressBar::new(0);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {elapsed}",
+        // Hidden until the first sample is in: no frame without a message.
+        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::hidden())
+            .with_style(
+                ProgressStyle::with_template(template)
+                    .expect("valid template")
+                    .progress_chars("=> "),
             )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        bar.set_prefix(label);
+            .with_prefix(label);
         let b = bar.clone();
         let task = tokio::spawn(async move {
             loop {
-                b.set_length(progress.total.load(Ordering::Relaxed));
-                b.set_position(progress.read.load(Ordering::Relaxed));
+                let now = sample();
+                b.set_message(now.message);
+                b.set_length(now.total);
+                b.set_position(now.done);
+                if b.is_hidden() {
+                    b.set_draw_target(ProgressDrawTarget::stderr());
+                }
+                // Each setter may draw (at most 20 times a second) with the
+                // others' old values, and the last may not: one frame with
+                // all three.
+                b.force_draw();
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });

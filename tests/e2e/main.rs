@@ -13,6 +13,7 @@ mod hygiene;
 mod monitor;
 mod one_run;
 mod pre_restore;
+mod progress;
 mod prune;
 mod repair;
 mod repostate;
