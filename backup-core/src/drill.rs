@@ -233,6 +233,26 @@ async fn drill_locked(
     let clock = Instant::now();
     let restored = restore(repo, ids, newest, &to, &restore_options(opts)).await;
     let elapsed = clock.elapsed();
+    if !restore_step(&mut report, newest.kind, restored, elapsed) {
+        return Ok(report);
+    }
+
+    if let Some(q) = &opts.query {
+        enter(opts, "smoke_query");
+        query_step(&mut report, newest.kind, &to, q).await;
+    }
+
+    rto_step(&mut report, opts.rto_target, elapsed);
+    Ok(report)
+}
+
+/// The restore and integrity steps; returns whether the drill goes on.
+fn restore_step(
+    report: &mut DrillReport,
+    kind: SourceKind,
+    restored: Result<crate::restore::RestoreSummary>,
+    elapsed: Duration,
+) -> bool {
     match restored {
         Ok(summary) => {
             report.push(
@@ -243,12 +263,13 @@ async fn drill_locked(
             );
             // The restore refuses to put a copy in place unless the checksum
             // (and integrity_check for SQLite) passed: reaching here is the check.
-            let what = match newest.kind {
+            let what = match kind {
                 SourceKind::Sqlite => "SHA-256 and PRAGMA integrity_check ok",
                 SourceKind::Duckdb => "SHA-256 ok, and DuckDB opened it and read every table",
                 SourceKind::Files => "SHA-256 ok",
             };
             report.push("integrity_check", true, what.into(), None);
+            true
         }
         // Damaged stored data: the restore could not produce a verified copy,
         // and the integrity check is the step that caught it.
@@ -260,21 +281,19 @@ async fn drill_locked(
                 Some(elapsed.as_secs_f64()),
             );
             report.push("integrity_check", false, e.to_string(), None);
-            return Ok(report);
+            false
         }
         Err(e) => {
             report.push("restore", false, e.to_string(), Some(elapsed.as_secs_f64()));
-            return Ok(report);
+            false
         }
     }
+}
 
-    if let Some(q) = &opts.query {
-        enter(opts, "smoke_query");
-        query_step(&mut report, newest.kind, &to, q).await;
-    }
-
+/// How long the restore took against `rto_target`.
+fn rto_step(report: &mut DrillReport, target: Option<Duration>, elapsed: Duration) {
     report.rto_seconds = Some(elapsed.as_secs_f64());
-    match opts.rto_target {
+    match target {
         Some(target) => report.push(
             "rto",
             elapsed <= target,
@@ -295,7 +314,6 @@ async fn drill_locked(
             Some(elapsed.as_secs_f64()),
         ),
     }
-    Ok(report)
 }
 
 fn age_step(
