@@ -1,18 +1,21 @@
 //! The B2 native API client: account authorization and its renewal, upload URL
 //! reuse, and one method per B2 call that offsite makes.
 //!
-//! Every call goes through [`Core::with_auth`], which owns the three recovery
-//! rules B2 asks of clients: authorize again after `expired_auth_token`, fetch a
-//! new upload URL after a failed upload, and back off on 5xx/408/429 with the
-//! shared [`RetryPolicy`]. This module must never log or format the
-//! application key or any authorization token.
+//! Every call goes through [`Core::with_auth`], which owns the two recovery
+//! rules B2 asks of clients that are not retries: authorize again after
+//! `expired_auth_token` and repeat the call once, and drop an upload URL after
+//! a failed upload so that the next attempt fetches a new one. Backing off and
+//! trying again after a 5xx/408/429 or a broken connection is not done here:
+//! such a failure is returned as [`ErrorKind::Transient`] after one request,
+//! and the core's `RetryPolicy` retries the whole object, the one retry layer
+//! of every backend (docs/backends.md, "Retries"). This module must never log
+//! or format the application key or any authorization token.
 
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backup_core::storage::retry::RetryPolicy;
 use backup_core::storage::{ErrorKind, StorageError};
 use bytes::Bytes;
 use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
@@ -147,7 +150,6 @@ pub(crate) struct Core {
     creds: Credentials,
     authorize_url: String,
     pub bucket: String,
-    retry: RetryPolicy,
     auth: tokio::sync::Mutex<Option<Arc<Auth>>>,
     uploads: UploadPool,
 }
@@ -167,7 +169,6 @@ impl Core {
         creds: Credentials,
         api_url: &str,
         bucket: String,
-        retry: RetryPolicy,
     ) -> Result<Self, StorageError> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(30))
@@ -186,7 +187,6 @@ impl Core {
                 api_url.trim_end_matches('/')
             ),
             bucket,
-            retry,
             auth: tokio::sync::Mutex::new(None),
             uploads: UploadPool::default(),
         })
@@ -298,33 +298,35 @@ impl Core {
             })
     }
 
-    /// Runs `op` with the current authorization until it succeeds or fails for
-    /// good: an expired token is dropped so the next attempt authorizes anew,
-    /// and transient failures are retried with the shared backoff.
+    /// Runs `op` once with the current authorization. If B2 says the account
+    /// token expired (B2 tokens live at most a day, and B2 may end them
+    /// sooner), authorizes again, once for all concurrent callers, and
+    /// repeats `op` once with the new token: renewing a credential B2 asks
+    /// clients to renew, not a retry of a failed transfer, so it does not
+    /// count against the core's budget. Any other failure, transient or
+    /// not, is returned at once for the core to decide on.
     pub(crate) async fn with_auth<T, F, Fut>(&self, key: &str, op: F) -> Result<T, StorageError>
     where
         F: Fn(Arc<Auth>) -> Fut,
         Fut: Future<Output = Result<T, B2Error>>,
     {
-        let op = &op;
-        self.retry
-            .run(move || async move {
-                let auth = self
-                    .auth()
-                    .await
-                    .map_err(|e| e.into_storage(&self.bucket, key))?;
-                match op(auth.clone()).await {
-                    Ok(v) => Ok(v),
-                    Err(e) => {
-                        if e.is_expired_token() {
-                            tracing::debug!(bucket = %self.bucket, "B2 token expired, re-authorizing");
-                            self.forget(&auth).await;
-                        }
-                        Err(e.into_storage(&self.bucket, key))
-                    }
+        let into_storage = |e: B2Error| e.into_storage(&self.bucket, key);
+        let auth = self.auth().await.map_err(into_storage)?;
+        match op(auth.clone()).await {
+            Err(e) if e.is_expired_token() => {
+                tracing::debug!(bucket = %self.bucket, "B2 token expired, re-authorizing");
+                self.forget(&auth).await;
+                let renewed = self.auth().await.map_err(into_storage)?;
+                let again = op(renewed.clone()).await;
+                if again.as_ref().is_err_and(B2Error::is_expired_token) {
+                    // A token that expires at once is B2's trouble; the
+                    // next attempt, if the core makes one, starts afresh.
+                    self.forget(&renewed).await;
                 }
-            })
-            .await
+                again.map_err(into_storage)
+            }
+            other => other.map_err(into_storage),
+        }
     }
 
     /// One POST to a JSON API endpoint.
@@ -345,7 +347,7 @@ impl Core {
         read_json(op, resp).await
     }
 
-    /// A JSON API call with authorization and retries.
+    /// A JSON API call with authorization (see [`Core::with_auth`]).
     async fn api<T: DeserializeOwned>(
         &self,
         key: &str,

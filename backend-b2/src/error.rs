@@ -75,9 +75,11 @@ impl B2Error {
 
     /// The account token this call used is no longer good: authorize again and
     /// repeat. B2 tokens live at most 24 hours, and B2 may revoke them earlier.
+    /// A 401 without a code is an answer to a `HEAD`, which has no body to
+    /// say why: worth one renewal too (a second 401 is then a refusal).
     pub(crate) fn is_expired_token(&self) -> bool {
         matches!(self, B2Error::Api { status: 401, code, .. }
-            if code == "expired_auth_token" || code == "bad_auth_token")
+            if code == "expired_auth_token" || code == "bad_auth_token" || code.is_empty())
     }
 
     /// An upload URL (or its token) has gone bad. B2's upload documentation
@@ -179,6 +181,13 @@ mod tests {
     fn bodiless_errors_classify_by_status() {
         let e = B2Error::from_response("head", 404, b"");
         assert_eq!(e.kind(), ErrorKind::NotFound);
+        let e = B2Error::from_response("head", 401, b"");
+        assert!(e.is_expired_token(), "a bodiless 401 is worth one renewal");
+        assert_eq!(
+            e.kind(),
+            ErrorKind::PermissionDenied,
+            "and a refusal after it"
+        );
     }
 
     #[test]

@@ -16,9 +16,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use backup_core::storage::retry::RetryPolicy;
 use backup_core::storage::{
-    validate_key, ByteStream, ErrorKind, ObjectMeta, PutMode, Storage, StorageError,
+    validate_key, Backend, ByteStream, ErrorKind, ObjectMeta, PutMode, Storage, StorageError,
 };
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use serde::Deserialize;
@@ -31,7 +30,11 @@ pub const DEFAULT_API_URL: &str = "https://api.backblazeb2.com";
 pub const MIN_PART_SIZE: u64 = 5_000_000;
 /// B2's largest allowed part, and its largest single-call upload.
 pub const MAX_PART_SIZE: u64 = 5_000_000_000;
-const DEFAULT_PART_SIZE: u64 = 100 << 20;
+/// B2 recommends 100 MB parts; bodies smaller than a part (every pack and
+/// index file) go up in one call.
+const DEFAULT_PART_SIZE_MIB: u64 = 100;
+/// Parts of one large file uploaded at once, each on its own part URL.
+const DEFAULT_UPLOAD_CONCURRENCY: usize = 2;
 const PAGE: u32 = 1000;
 
 /// `[[targets]]` settings of `kind = "b2"`.
@@ -52,13 +55,50 @@ pub struct B2Config {
     /// Base URL of the authorize call, for emulators and tests.
     #[serde(default)]
     pub api_url: Option<String>,
-    /// Bodies of this size or more go up as large files in parts of this size.
-    #[serde(default = "default_part_size")]
-    pub part_size: u64,
+    /// Part size of large files in MiB (5..=4768, B2's 5 MB to 5 GB; default
+    /// 100). Bodies of this size or more go up as large files in parts of
+    /// this size, smaller ones with one call.
+    #[serde(default)]
+    pub part_size_mib: Option<u64>,
+    /// Parts of one large file uploaded in parallel (default 2); memory use
+    /// is about `part_size_mib * (upload_concurrency + 1)` per object.
+    #[serde(default)]
+    pub upload_concurrency: Option<usize>,
+    /// Deprecated: the part size in bytes, as offsite 0.1 documented it.
+    /// Still honoured (with a warning) when `part_size_mib` is not set.
+    #[serde(default)]
+    pub part_size: Option<u64>,
 }
 
-fn default_part_size() -> u64 {
-    DEFAULT_PART_SIZE
+impl B2Config {
+    /// The part size in bytes, from `part_size_mib` or the deprecated
+    /// `part_size`, within B2's limits.
+    fn part_size_bytes(&self) -> Result<u64, String> {
+        let bytes = match (self.part_size_mib, self.part_size) {
+            (Some(_), Some(_)) => {
+                return Err(
+                    "set part_size_mib only (part_size is its deprecated form, in \
+                            bytes)"
+                        .into(),
+                )
+            }
+            (Some(mib), None) => mib.saturating_mul(1 << 20),
+            (None, Some(bytes)) => bytes,
+            (None, None) => DEFAULT_PART_SIZE_MIB << 20,
+        };
+        if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&bytes) {
+            return Err(match self.part_size_mib {
+                Some(mib) => format!(
+                    "part_size_mib = {mib} is outside B2's limits (5 to 4768 MiB: 5 MB to 5 GB)"
+                ),
+                None => format!(
+                    "part_size {bytes} is outside B2's limits ({MIN_PART_SIZE}..={MAX_PART_SIZE} \
+                     bytes)"
+                ),
+            });
+        }
+        Ok(bytes)
+    }
 }
 
 impl fmt::Debug for B2Config {
@@ -72,6 +112,8 @@ impl fmt::Debug for B2Config {
                 &self.application_key.as_ref().map(|_| "<redacted>"),
             )
             .field("api_url", &self.api_url)
+            .field("part_size_mib", &self.part_size_mib)
+            .field("upload_concurrency", &self.upload_concurrency)
             .field("part_size", &self.part_size)
             .finish()
     }
@@ -82,7 +124,7 @@ pub struct B2Storage {
     core: Arc<Core>,
     /// Empty, or the configured prefix with a trailing `/`.
     prefix: String,
-    part_size: usize,
+    shape: writer::Shape,
 }
 
 impl fmt::Debug for B2Storage {
@@ -90,19 +132,14 @@ impl fmt::Debug for B2Storage {
         f.debug_struct("B2Storage")
             .field("core", &self.core)
             .field("prefix", &self.prefix)
-            .field("part_size", &self.part_size)
+            .field("shape", &self.shape)
             .finish()
     }
 }
 
 impl B2Storage {
     /// Checks the configuration; B2 is first contacted by the first call.
-    pub fn new(config: &B2Config) -> Result<Self, StorageError> {
-        Self::with_retry_policy(config, RetryPolicy::default())
-    }
-
-    /// As [`B2Storage::new`], backing off by `retry` instead of the default.
-    pub fn with_retry_policy(config: &B2Config, retry: RetryPolicy) -> Result<Self, StorageError> {
+    pub fn open(config: &B2Config) -> Result<Self, StorageError> {
         let describe = format!("b2://{}", config.bucket);
         let bad = |msg: String| StorageError::new(ErrorKind::Other, &describe, msg);
         if config.bucket.is_empty()
@@ -116,12 +153,7 @@ impl B2Storage {
                 config.bucket
             )));
         }
-        if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&config.part_size) {
-            return Err(bad(format!(
-                "part_size {} is outside B2's limits ({MIN_PART_SIZE}..={MAX_PART_SIZE} bytes)",
-                config.part_size
-            )));
-        }
+        let part_size = config.part_size_bytes().map_err(bad)?;
         let prefix = match config.prefix.as_deref().map(|p| p.trim_matches('/')) {
             None | Some("") => String::new(),
             Some(p) => {
@@ -149,11 +181,17 @@ impl B2Storage {
             key: from_env(&config.application_key, "B2_APPLICATION_KEY")?,
         };
         let api_url = config.api_url.as_deref().unwrap_or(DEFAULT_API_URL);
-        let core = Core::new(creds, api_url, config.bucket.clone(), retry)?;
+        let core = Core::new(creds, api_url, config.bucket.clone())?;
         Ok(B2Storage {
             core: Arc::new(core),
             prefix,
-            part_size: config.part_size as usize,
+            shape: writer::Shape {
+                part_size: part_size as usize,
+                concurrency: config
+                    .upload_concurrency
+                    .unwrap_or(DEFAULT_UPLOAD_CONCURRENCY)
+                    .max(1),
+            },
         })
     }
 
@@ -205,7 +243,7 @@ impl Storage for B2Storage {
             return Err(StorageError::already_exists(key));
         }
         // Checked against the bytes sent before it is returned (writer.rs).
-        let mine = writer::upload(&self.core, key, &name, body, self.part_size).await?;
+        let mine = writer::upload(&self.core, key, &name, body, self.shape).await?;
         if mode == PutMode::Create {
             self.settle_create(key, &name, &mine).await?;
         }
@@ -293,6 +331,26 @@ impl Storage for B2Storage {
     }
 }
 
+impl Backend for B2Storage {
+    const KIND: &'static str = "b2";
+    type Config = B2Config;
+
+    fn open(config: &B2Config) -> Result<Self, StorageError> {
+        B2Storage::open(config)
+    }
+
+    fn deprecations(config: &B2Config) -> Vec<String> {
+        match (config.part_size, config.part_size_mib) {
+            (Some(bytes), None) => vec![format!(
+                "part_size is deprecated: write part_size_mib = {} (MiB, as for s3 and gcs \
+                 targets); the {bytes} bytes set are used until then",
+                bytes.div_ceil(1 << 20)
+            )],
+            _ => Vec::new(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,7 +363,7 @@ mod tests {
     fn unknown_settings_are_refused() {
         assert!(config(serde_json::json!({"bucket": "b", "bukket": "x"})).is_err());
         let c = config(serde_json::json!({"bucket": "b"})).unwrap();
-        assert_eq!(c.part_size, DEFAULT_PART_SIZE);
+        assert_eq!(c.part_size_bytes().unwrap(), DEFAULT_PART_SIZE_MIB << 20);
     }
 
     #[test]
@@ -318,10 +376,35 @@ mod tests {
         .unwrap();
         let shown = format!("{c:?}");
         assert!(!shown.contains("s3cr3t"), "{shown}");
-        let s = B2Storage::new(&c).unwrap();
+        let s = B2Storage::open(&c).unwrap();
         let shown = format!("{s:?}");
         assert!(!shown.contains("s3cr3t"), "{shown}");
         assert!(shown.contains("id123"), "{shown}");
+    }
+
+    #[test]
+    fn part_size_in_bytes_still_works_with_a_warning() {
+        let old = config(serde_json::json!({"bucket": "b", "part_size": 5_000_000})).unwrap();
+        assert_eq!(old.part_size_bytes().unwrap(), 5_000_000);
+        let warned = B2Storage::deprecations(&old);
+        assert_eq!(warned.len(), 1);
+        assert!(warned[0].contains("part_size_mib = 5"), "{warned:?}");
+        let new = config(serde_json::json!({"bucket": "b", "part_size_mib": 8})).unwrap();
+        assert_eq!(new.part_size_bytes().unwrap(), 8 << 20);
+        assert!(B2Storage::deprecations(&new).is_empty());
+        let both = serde_json::json!({"bucket": "b", "part_size_mib": 8, "part_size": 5_000_000});
+        assert!(config(both).unwrap().part_size_bytes().is_err());
+        for mib in [4, 4769] {
+            let c = config(serde_json::json!({"bucket": "b", "part_size_mib": mib})).unwrap();
+            let e = c.part_size_bytes().unwrap_err();
+            assert!(e.contains("5 to 4768 MiB"), "{e}");
+        }
+        assert!(
+            config(serde_json::json!({"bucket": "b", "part_size_mib": 4768}))
+                .unwrap()
+                .part_size_bytes()
+                .is_ok()
+        );
     }
 
     #[test]
@@ -333,13 +416,13 @@ mod tests {
         });
         let mut small = base.clone();
         small["part_size"] = 1_000_000.into();
-        assert!(B2Storage::new(&config(small).unwrap()).is_err());
+        assert!(B2Storage::open(&config(small).unwrap()).is_err());
         let mut prefix = base.clone();
         prefix["prefix"] = "a/../b".into();
-        assert!(B2Storage::new(&config(prefix).unwrap()).is_err());
+        assert!(B2Storage::open(&config(prefix).unwrap()).is_err());
         let mut ok = base.clone();
         ok["prefix"] = "/hosts/h1/".into();
-        let s = B2Storage::new(&config(ok).unwrap()).unwrap();
+        let s = B2Storage::open(&config(ok).unwrap()).unwrap();
         assert_eq!(s.describe(), "b2://b/hosts/h1/");
     }
 }

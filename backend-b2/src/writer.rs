@@ -1,8 +1,8 @@
 //! Streaming a put body into B2: one `b2_upload_file` for bodies below the
 //! part size, a large-file upload otherwise.
 //!
-//! Memory stays bounded by about three parts: the one being read from the body
-//! and at most [`PARALLEL_PARTS`] in flight. A large file that does not reach
+//! Memory stays bounded by about `concurrency + 1` parts: the one being read
+//! from the body and at most [`Shape::concurrency`] in flight. A large file that does not reach
 //! `b2_finish_large_file` is cancelled, so B2 never shows (or bills for) half
 //! an object; this module must never finish a large file whose body failed.
 //!
@@ -24,8 +24,15 @@ use tokio::task::JoinSet;
 
 use crate::core::{Core, FileVersion, UploadPool};
 
-/// Parts uploaded at once per large file. B2 gives each its own upload URL.
-const PARALLEL_PARTS: usize = 2;
+/// How a target cuts and sends large files (its `part_size_mib` and
+/// `upload_concurrency` settings).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shape {
+    /// Bodies of this many bytes or more are large files in parts of this size.
+    pub part_size: usize,
+    /// Parts uploaded at once per large file, each on its own part URL.
+    pub concurrency: usize,
+}
 /// B2's cap on parts per large file.
 const MAX_PARTS: u32 = 10_000;
 
@@ -83,8 +90,9 @@ pub(crate) async fn upload(
     key: &str,
     name: &str,
     body: ByteStream,
-    part_size: usize,
+    shape: Shape,
 ) -> Result<FileVersion, StorageError> {
+    let part_size = shape.part_size;
     let mut parts = Parts {
         body,
         carry: None,
@@ -110,7 +118,8 @@ pub(crate) async fn upload(
         key: key.to_string(),
         file_id: Some(file_id.clone()),
     };
-    match upload_parts(core, key, &file_id, VecDeque::from([first, second]), parts).await {
+    let ready = VecDeque::from([first, second]);
+    match upload_parts(core, key, &file_id, ready, parts, shape.concurrency).await {
         Ok((sha1s, sent)) => {
             let version = core.finish_large_file(key, &file_id, &sha1s).await?;
             guard.file_id = None;
@@ -166,6 +175,7 @@ async fn upload_parts(
     file_id: &str,
     mut ready: VecDeque<Bytes>,
     mut parts: Parts,
+    concurrency: usize,
 ) -> Result<(Vec<String>, u64), StorageError> {
     let pool = Arc::new(UploadPool::default());
     // Dropping the set on an early return aborts the parts still in flight.
@@ -181,7 +191,7 @@ async fn upload_parts(
                 None => break,
             },
         };
-        while tasks.len() >= PARALLEL_PARTS {
+        while tasks.len() >= concurrency {
             record(&mut sha1s, tasks.join_next().await)?;
         }
         number += 1;
@@ -190,7 +200,7 @@ async fn upload_parts(
             return Err(StorageError::new(
                 ErrorKind::Other,
                 key,
-                format!("object needs more than {MAX_PARTS} parts; raise part_size"),
+                format!("object needs more than {MAX_PARTS} parts; raise part_size_mib"),
             ));
         }
         let (core, pool, file_id, key) = (

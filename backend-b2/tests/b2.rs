@@ -15,14 +15,20 @@ use futures::stream::{self, StreamExt};
 use support::B2Emulator;
 
 fn storage(cfg: &B2Config) -> B2Storage {
-    B2Storage::with_retry_policy(cfg, RetryPolicy::fast()).expect("valid config")
+    B2Storage::open(cfg).expect("valid config")
+}
+
+/// The core's retry policy, without the waiting: the backend sends each
+/// request once, so anything expected to be retried away goes through it.
+fn retry() -> RetryPolicy {
+    RetryPolicy::fast()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_suite() {
     let b2 = B2Emulator::start().await;
     let s: Arc<dyn Storage> = Arc::new(storage(&b2.config()));
-    // 64 MiB in 5 MB parts: a 14-part large file.
+    // 64 MiB in 5 MiB parts: a 13-part large file.
     testing::run_all(s, 64 << 20).await;
     assert!(
         b2.calls("b2_finish_large_file") >= 1,
@@ -58,7 +64,8 @@ async fn failed_upload_url_is_replaced() {
     let b2 = B2Emulator::start().await;
     let s = storage(&b2.config());
     b2.fail("b2_upload_file", 503, "service_unavailable", 1);
-    s.put("a", bytes_stream(&b"data"[..]), PutMode::Overwrite)
+    retry()
+        .run(|| s.put("a", bytes_stream(&b"data"[..]), PutMode::Overwrite))
         .await
         .unwrap();
     assert_eq!(b2.calls("b2_upload_file"), 2);
@@ -77,20 +84,33 @@ async fn failed_upload_url_is_replaced() {
 }
 
 #[tokio::test]
-async fn failed_part_url_is_replaced() {
+async fn failed_part_fails_the_attempt_and_the_next_starts_afresh() {
     let b2 = B2Emulator::start().await;
     let cfg = b2.config();
     let s = storage(&cfg);
     b2.fail("b2_upload_part", 503, "service_unavailable", 1);
     let size = 12 << 20;
-    s.put(
-        "big",
-        testing::pattern_stream("big", size, 1 << 20),
-        PutMode::Overwrite,
-    )
-    .await
-    .unwrap();
-    assert_eq!(b2.calls("b2_upload_part"), 4, "three parts, one retried");
+    retry()
+        .run(|| {
+            s.put(
+                "big",
+                testing::pattern_stream("big", size, 1 << 20),
+                PutMode::Overwrite,
+            )
+        })
+        .await
+        .unwrap();
+    // The failed attempt's large file is cancelled, not finished; the next
+    // attempt is a new large file with new part URLs.
+    assert_eq!(b2.calls("b2_start_large_file"), 2);
+    assert_eq!(b2.calls("b2_cancel_large_file"), 1);
+    assert_eq!(b2.calls("b2_finish_large_file"), 1);
+    assert_eq!(b2.unfinished_large_files(), 0);
+    let parts = b2.calls("b2_upload_part");
+    assert!(
+        (4..=6).contains(&parts),
+        "three parts, and 1 to 3 of the failed attempt: {parts}"
+    );
     let got = collect_bytes(s.get("big").await.unwrap()).await.unwrap();
     assert_eq!(&got[..], &testing::pattern("big", size as usize)[..]);
 }
@@ -101,10 +121,12 @@ async fn server_errors_are_retried() {
     let s = storage(&b2.config());
     b2.fail("b2_list_file_names", 500, "internal_error", 1);
     b2.fail("b2_list_file_names", 503, "service_unavailable", 1);
-    assert!(list_all(&s, "").await.unwrap().is_empty());
+    let listed = retry().run(|| list_all(&s, "")).await.unwrap();
+    assert!(listed.is_empty());
     assert_eq!(b2.calls("b2_list_file_names"), 3);
     b2.fail("b2_download_file_by_name", 503, "service_unavailable", 2);
-    assert_eq!(s.head("x").await.unwrap_err().kind, ErrorKind::NotFound);
+    let head = retry().run(|| s.head("x")).await.unwrap_err();
+    assert_eq!(head.kind, ErrorKind::NotFound);
     assert_eq!(b2.calls("b2_download_file_by_name"), 3);
 }
 
@@ -113,13 +135,91 @@ async fn persistent_server_errors_end_as_transient() {
     let b2 = B2Emulator::start().await;
     let s = storage(&b2.config());
     b2.fail("b2_list_file_names", 503, "service_unavailable", 100);
-    let e = list_all(&s, "").await.unwrap_err();
+    let e = retry().run(|| list_all(&s, "")).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Transient, "{e}");
     assert_eq!(
         b2.calls("b2_list_file_names"),
         6,
         "RetryPolicy::fast gives six tries"
     );
+    assert!(e.message.contains("gave up after 6 attempts"), "{e}");
+}
+
+/// A B2 that answers 503 to every call of one kind costs exactly the core's
+/// budget of attempts per object (not the core's times a loop of the
+/// client's own), whichever call it is; only a token renewal is repeated in
+/// place, and it happens once.
+#[tokio::test]
+async fn one_retry_budget_per_object() {
+    let budget = retry().max_attempts as usize;
+    let forever = 1_000_000;
+    let fresh = || async {
+        let b2 = B2Emulator::start().await;
+        let s = storage(&b2.config());
+        (b2, s)
+    };
+    let expect = |b2: &B2Emulator, op: &str, e: StorageError| {
+        assert_eq!(e.kind, ErrorKind::Transient, "{op}: {e}");
+        assert_eq!(b2.calls(op), budget, "{op}: calls for one object");
+    };
+
+    let (b2, s) = fresh().await;
+    b2.fail("b2_authorize_account", 503, "service_unavailable", forever);
+    let e = retry().run(|| s.head("k")).await.unwrap_err();
+    expect(&b2, "b2_authorize_account", e);
+
+    let (b2, s) = fresh().await;
+    b2.fail("b2_upload_file", 503, "service_unavailable", forever);
+    let put = || s.put("k", bytes_stream(&b"x"[..]), PutMode::Overwrite);
+    expect(&b2, "b2_upload_file", retry().run(put).await.unwrap_err());
+    assert_eq!(
+        b2.calls("b2_get_upload_url"),
+        budget,
+        "a new URL each attempt"
+    );
+
+    let (b2, s) = fresh().await;
+    b2.fail("b2_start_large_file", 503, "service_unavailable", forever);
+    let big = || {
+        s.put(
+            "k",
+            testing::pattern_stream("k", 12 << 20, 1 << 20),
+            PutMode::Create,
+        )
+    };
+    expect(
+        &b2,
+        "b2_start_large_file",
+        retry().run(big).await.unwrap_err(),
+    );
+
+    let (b2, s) = fresh().await;
+    b2.fail(
+        "b2_download_file_by_name",
+        503,
+        "service_unavailable",
+        forever,
+    );
+    let get = || async { collect_bytes(s.get("k").await?).await };
+    expect(
+        &b2,
+        "b2_download_file_by_name",
+        retry().run(get).await.unwrap_err(),
+    );
+
+    let (b2, s) = fresh().await;
+    b2.fail("b2_list_file_versions", 503, "service_unavailable", forever);
+    let e = retry().run(|| s.delete("k")).await.unwrap_err();
+    expect(&b2, "b2_list_file_versions", e);
+
+    // An expired token is renewed once, in place, within one attempt.
+    let (b2, s) = fresh().await;
+    s.put("k", bytes_stream(&b"x"[..]), PutMode::Overwrite)
+        .await
+        .unwrap();
+    b2.expire_tokens();
+    s.head("k").await.expect("renewed without the core's help");
+    assert_eq!(b2.calls("b2_authorize_account"), 2);
 }
 
 #[tokio::test]

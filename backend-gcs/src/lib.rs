@@ -13,10 +13,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use backend_objstore::{
-    bucket_target, client_options, part_size, retry_config, ErrorMap, Hints, ObjectStoreStorage,
-    Settings,
+    bucket_target, client_options, deprecated_max_retries, no_retries, part_size, ErrorMap, Hints,
+    ObjectStoreStorage, Settings,
 };
-use backup_core::storage::{ByteStream, ErrorKind, ObjectMeta, PutMode, Storage, StorageError};
+use backup_core::storage::{
+    Backend, ByteStream, ErrorKind, ObjectMeta, PutMode, Storage, StorageError,
+};
 use futures::stream::BoxStream;
 use object_store::gcp::{GcpCredential, GoogleCloudStorageBuilder};
 use object_store::StaticCredentialProvider;
@@ -49,8 +51,9 @@ pub struct GcsConfig {
     /// Parts uploaded in parallel (default 4).
     #[serde(default)]
     pub upload_concurrency: Option<usize>,
-    /// Retries of a failed request (5xx, throttling, connection errors) before
-    /// giving up (default 8). Other 4xx answers are never retried.
+    /// Deprecated and ignored: retries are the core's, one budget per object
+    /// for every kind of target (docs/backends.md, "Retries"). Still accepted
+    /// so that configs that set it keep loading, with a warning.
     #[serde(default)]
     pub max_retries: Option<usize>,
 }
@@ -89,7 +92,7 @@ impl GcsStorage {
 
         let mut builder = GoogleCloudStorageBuilder::from_env()
             .with_bucket_name(&config.bucket)
-            .with_retry(retry_config(config.max_retries.unwrap_or(8)))
+            .with_retry(no_retries())
             .with_client_options(client_options(allow_http));
         if let Some(url) = &config.base_url {
             builder = builder.with_base_url(url.trim_end_matches('/'));
@@ -159,6 +162,24 @@ impl Storage for GcsStorage {
     }
     fn describe(&self) -> String {
         self.inner.describe()
+    }
+}
+
+impl Backend for GcsStorage {
+    const KIND: &'static str = "gcs";
+    const PATH_SETTINGS: &'static [&'static str] = &["service_account_path"];
+    type Config = GcsConfig;
+
+    fn open(config: &GcsConfig) -> Result<Self, StorageError> {
+        GcsStorage::open(config)
+    }
+
+    fn deprecations(config: &GcsConfig) -> Vec<String> {
+        config
+            .max_retries
+            .map(|_| deprecated_max_retries())
+            .into_iter()
+            .collect()
     }
 }
 

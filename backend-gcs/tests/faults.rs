@@ -1,140 +1,40 @@
-//! backend-gcs behind a fault-injecting proxy in front of fake-gcs-server: transient
-//! failures are retried away, permanent ones fail at once with a message that
-//! says what to check, and an interrupted upload leaves nothing visible.
+//! backend-gcs through the shared fault scenarios
+//! (`backend_objstore::testing::faults`), each against a fake-gcs-server of
+//! its own (behind the XML write shim) and a fault-injecting proxy.
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use backend_gcs::GcsStorage;
-use backend_objstore::testing::{Fault, FaultProxy, Method, Rule};
-use backup_core::storage::{
-    bytes_stream, collect_bytes, list_all, testing, ErrorKind, PutMode, Storage,
-};
+use backend_objstore::testing::faults::FaultTarget;
+use backend_objstore::testing::FakeGcs;
+use backup_core::storage::Storage;
 
-const SLOW_DOWN: &str =
-    "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
-const INTERNAL: &str =
-    "<Error><Code>InternalError</Code><Message>We encountered an internal error.</Message></Error>";
-const DENIED: &str = "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>";
+struct Gcs(FakeGcs);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transient_failures_are_retried() {
-    let server = common::fake_gcs().await;
-    let proxy = FaultProxy::start(server.port).await;
-    let s = GcsStorage::open(&common::config(&proxy.url(), Some("retry"))).unwrap();
-
-    proxy.add(Rule::new(Fault::Status(503, SLOW_DOWN), 2).method(Method::PUT));
-    s.put("small", bytes_stream(&b"hello"[..]), PutMode::Create)
-        .await
-        .unwrap();
-
-    proxy.add(Rule::new(Fault::Status(500, INTERNAL), 3).uri_contains("partNumber="));
-    proxy.add(Rule::new(Fault::Drop, 1).uri_contains("partNumber="));
-    let size = 16 << 20;
-    s.put(
-        "big",
-        testing::pattern_stream("big", size, 1 << 20),
-        PutMode::Overwrite,
-    )
-    .await
-    .unwrap();
-
-    proxy.add(Rule::new(Fault::Drop, 2).method(Method::GET));
-    proxy.add(Rule::new(Fault::Status(503, SLOW_DOWN), 2).method(Method::GET));
-    let body = collect_bytes(s.get("small").await.unwrap()).await.unwrap();
-    assert_eq!(&body[..], b"hello");
-    assert_eq!(s.head("big").await.unwrap().size, size);
-    assert_eq!(list_all(&s, "").await.unwrap().len(), 2);
-    assert_eq!(
-        proxy.injected(),
-        10,
-        "every injected fault was hit and retried"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retries_run_out_as_a_transient_error() {
-    let server = common::fake_gcs().await;
-    let proxy = FaultProxy::start(server.port).await;
-    let mut cfg = common::config(&proxy.url(), None);
-    cfg.max_retries = Some(2);
-    let s = GcsStorage::open(&cfg).unwrap();
-    proxy.add(Rule::new(Fault::Status(503, SLOW_DOWN), usize::MAX));
-    let err = s.head("k").await.unwrap_err();
-    assert_eq!(err.kind, ErrorKind::Transient, "{err}");
-    assert_eq!(proxy.injected(), 3, "one try and two retries");
-    assert!(err.message.contains("gs://offsite-test"), "{err}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn permission_denied_fails_fast_and_says_what_to_check() {
-    let server = common::fake_gcs().await;
-    let proxy = FaultProxy::start(server.port).await;
-    let s = GcsStorage::open(&common::config(&proxy.url(), Some("denied"))).unwrap();
-    proxy.add(Rule::new(Fault::Status(403, DENIED), usize::MAX));
-
-    let started = Instant::now();
-    let err = s
-        .put("k", bytes_stream(&b"x"[..]), PutMode::Overwrite)
-        .await
-        .unwrap_err();
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "403 was retried"
-    );
-    assert_eq!(err.kind, ErrorKind::PermissionDenied, "{err}");
-    assert_eq!(proxy.injected(), 1, "403 must not be retried");
-    assert!(err.message.contains("gs://offsite-test/denied"), "{err}");
-    assert!(err.message.contains("objectCreator"), "{err}");
-
-    let got = s.get("k").await.err().expect("get must fail");
-    assert_eq!(got.kind, ErrorKind::PermissionDenied);
-    let listed = list_all(&s, "").await.unwrap_err();
-    assert_eq!(listed.kind, ErrorKind::PermissionDenied);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn interrupted_multipart_upload_leaves_nothing() {
-    let server = common::fake_gcs().await;
-    let proxy = FaultProxy::start(server.port).await;
-    let mut cfg = common::config(&proxy.url(), Some("cut"));
-    cfg.max_retries = Some(1);
-    let s = GcsStorage::open(&cfg).unwrap();
-
-    for mode in [PutMode::Overwrite, PutMode::Create] {
-        proxy.clear();
-        // The connection dies during every upload of the third part onwards.
-        proxy.add(Rule::new(Fault::Drop, usize::MAX).uri_contains("partNumber=3"));
-        let err = s
-            .put(
-                "obj",
-                testing::pattern_stream("cut", 30 << 20, 1 << 20),
-                mode,
-            )
-            .await
-            .unwrap_err();
-        assert_eq!(err.kind, ErrorKind::Transient, "{mode:?}: {err}");
-        proxy.clear();
-        assert_eq!(s.head("obj").await.unwrap_err().kind, ErrorKind::NotFound);
-        assert!(list_all(&s, "").await.unwrap().is_empty());
-        assert_eq!(server.open_uploads(), 0, "{mode:?}: upload not aborted");
+#[async_trait::async_trait]
+impl FaultTarget for Gcs {
+    fn port(&self) -> u16 {
+        self.0.port
     }
-    let whole = GcsStorage::open(&common::config(&server.url(), None)).unwrap();
-    assert!(
-        list_all(&whole, "").await.unwrap().is_empty(),
-        "staging object left"
-    );
+    fn open(&self, endpoint: &str, bucket: &str, prefix: Option<&str>) -> Arc<dyn Storage> {
+        let mut cfg = common::config(endpoint, prefix);
+        cfg.bucket = bucket.into();
+        Arc::new(GcsStorage::open(&cfg).unwrap())
+    }
+    fn bucket(&self) -> &'static str {
+        common::BUCKET
+    }
+    fn scheme(&self) -> &'static str {
+        "gs"
+    }
+    fn permission_hint(&self) -> &'static str {
+        "objectCreator"
+    }
+    async fn open_uploads(&self) -> usize {
+        self.0.open_uploads()
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_bucket_names_the_bucket() {
-    let server = common::fake_gcs().await;
-    let mut cfg = common::config(&server.url(), None);
-    cfg.bucket = "no-such-bucket".into();
-    let s = GcsStorage::open(&cfg).unwrap();
-    let err = list_all(&s, "").await.unwrap_err();
-    assert_eq!(err.kind, ErrorKind::NotFound, "{err}");
-    assert!(err.message.contains("gs://no-such-bucket"), "{err}");
-    assert!(err.message.contains("bucket name"), "{err}");
-}
+backend_objstore::fault_suite!(async { Gcs(common::fake_gcs().await) });

@@ -44,7 +44,7 @@ use async_trait::async_trait;
 use backup_core::failpoint;
 use backup_core::process::{run_is_gone, run_tag};
 use backup_core::storage::{
-    validate_key, ByteStream, ErrorKind, ObjectMeta, PutMode, Storage, StorageError,
+    validate_key, Backend, ByteStream, ErrorKind, ObjectMeta, PutMode, Storage, StorageError,
 };
 use futures::stream::{self, BoxStream, StreamExt};
 use serde::Deserialize;
@@ -439,6 +439,16 @@ fn walk(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
         }
     }
     Ok(out)
+}
+
+impl Backend for LocalStorage {
+    const KIND: &'static str = "local";
+    const PATH_SETTINGS: &'static [&'static str] = &["path"];
+    type Config = LocalConfig;
+
+    fn open(config: &LocalConfig) -> Result<Self, StorageError> {
+        LocalStorage::open(config)
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //! This crate owns key layout (keys live under the target's prefix), streaming
 //! puts (one request for small bodies, a parallel multipart upload with bounded
 //! memory for large ones), create-if-absent, directory-free prefix listing and
-//! the mapping of `object_store` errors into [`StorageError`] kinds. It must never
+//! the mapping of `object_store` errors into [`StorageError`] kinds. It sends
+//! every request once ([`no_retries`]): retrying is the core's. It must never
 //! read credentials or configuration itself, and never print anything that a
 //! backend's configuration might hold (keys, tokens): messages name only the
 //! target (`s3://bucket/prefix`) and which settings to check.
@@ -97,19 +98,27 @@ pub struct Settings {
     pub conditional_create: bool,
 }
 
-/// Retries for the object_store client of every target: exponential backoff
-/// (object_store adds jitter) for 5xx, 429 and transport errors; object_store
-/// never retries other 4xx answers.
-pub fn retry_config(max_retries: usize) -> object_store::RetryConfig {
+/// The object_store client's own retries: none. Every request is sent once
+/// and a failure is returned at once; the core's `RetryPolicy` retries the
+/// whole object (docs/backends.md, "Retries"). With object_store's default
+/// of 10 retries inside the core's 6 attempts, one object that kept failing
+/// cost up to 66 requests (54 with the 8 offsite used to set) and minutes of
+/// backoff, which is what this prevents.
+pub fn no_retries() -> object_store::RetryConfig {
     object_store::RetryConfig {
-        backoff: object_store::BackoffConfig {
-            init_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(15),
-            base: 2.0,
-        },
-        max_retries,
-        retry_timeout: Duration::from_secs(180),
+        max_retries: 0,
+        ..Default::default()
     }
+}
+
+/// The warning for a target that still sets `max_retries`, which S3 and GCS
+/// targets had when object_store retried each request itself.
+pub fn deprecated_max_retries() -> String {
+    format!(
+        "max_retries is deprecated and ignored: every kind of target now tries a \
+         failing object {} times in all (docs/backends.md, \"Retries\"); remove the setting",
+        backup_core::storage::RetryPolicy::default().max_attempts
+    )
 }
 
 /// HTTP client settings shared by the object_store targets.
@@ -224,12 +233,15 @@ impl ObjectStoreStorage {
 
     /// Streams a body as a multipart upload to `path`, then checks with a
     /// `HEAD` that the completed object holds every byte; returns its size.
+    /// `completed` is set once the service may have assembled an object at
+    /// `path`: before that, a failure leaves nothing there.
     async fn put_multipart(
         &self,
         key: &str,
         path: &Path,
         head: Vec<Bytes>,
         mut rest: ByteStream,
+        completed: &mut bool,
     ) -> Result<u64, StorageError> {
         let errors = self.errors();
         let upload = self
@@ -265,6 +277,9 @@ impl ObjectStoreStorage {
             writer.put(chunk);
         }
         // `finish` aborts the upload itself when a part or the completion fails.
+        // From here an object may appear at `path`, even if the answer to
+        // the completion is lost.
+        *completed = true;
         writer.finish().await.map_err(|e| errors.map(key, e))?;
         // The service assembles whatever parts it was told of; one HEAD per
         // multipart object (none for the many small ones) checks the sum.
@@ -301,7 +316,11 @@ impl ObjectStoreStorage {
             rand::random::<u64>()
         );
         let staging = self.path(&staging_key);
-        let copied = match self.put_multipart(key, &staging, head, rest).await {
+        let mut staged = false;
+        let copied = match self
+            .put_multipart(key, &staging, head, rest, &mut staged)
+            .await
+        {
             Ok(size) => match failpoint::hit("objstore.put.copy") {
                 Ok(()) => self
                     .store
@@ -313,6 +332,12 @@ impl ObjectStoreStorage {
             },
             Err(e) => Err(e),
         };
+        if !staged {
+            // The upload failed before the service assembled anything (and
+            // it was aborted): there is nothing to delete, and a request
+            // here would only add to a failing service's load.
+            return copied;
+        }
         // Also after a failure: a staged object that came out short exists.
         match self.store.delete(&staging).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
@@ -435,7 +460,11 @@ impl Storage for ObjectStoreStorage {
             }
         }
         match mode {
-            PutMode::Overwrite => self.put_multipart(key, &path, head, body).await,
+            PutMode::Overwrite => {
+                let mut completed = false;
+                self.put_multipart(key, &path, head, body, &mut completed)
+                    .await
+            }
             PutMode::Create => self.create_via_staging(key, head, body).await,
         }
         .map(stored)
@@ -584,8 +613,8 @@ impl ErrorMap {
             _ if is_transient(&err, &detail) => (
                 ErrorKind::Transient,
                 format!(
-                    "{target} kept failing after retries (server errors, throttling or \
-                     connection problems); check the network and {}",
+                    "{target} failed for now (a server error, throttling or a connection \
+                     problem); check the network and {}",
                     self.hints.location
                 ),
             ),
@@ -659,8 +688,8 @@ fn credential_failure(detail: &str) -> bool {
     detail.contains("credential") || detail.contains("InvalidAccessKeyId")
 }
 
-/// Whether the final failure was of a kind `object_store` retries: a transport
-/// error, a 5xx, or throttling. `object_store` does not expose the status of
+/// Whether a failure is worth retrying (by the core): a transport error, a
+/// 5xx, or throttling. `object_store` does not expose the status of
 /// its request errors as a type outside the crate, so the status is read from
 /// the message it formats ("... status code: 503 ...").
 fn is_transient(err: &(dyn StdError + 'static), detail: &str) -> bool {

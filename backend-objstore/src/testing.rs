@@ -5,6 +5,10 @@
 //! process or task it starts is stopped when its handle is dropped, including
 //! when a test panics. A missing emulator is a test failure with install
 //! instructions, never a silent skip.
+//!
+//! [`faults`] holds the fault scenarios that the S3 and GCS backends share.
+
+pub mod faults;
 
 use std::convert::Infallible;
 use std::fs::File;

@@ -15,10 +15,12 @@ use std::fmt;
 use std::sync::Arc;
 
 use backend_objstore::{
-    bucket_target, client_options, part_size, retry_config, ErrorMap, Hints, ObjectStoreStorage,
-    Settings,
+    bucket_target, client_options, deprecated_max_retries, no_retries, part_size, ErrorMap, Hints,
+    ObjectStoreStorage, Settings,
 };
-use backup_core::storage::{ByteStream, ErrorKind, ObjectMeta, PutMode, Storage, StorageError};
+use backup_core::storage::{
+    Backend, ByteStream, ErrorKind, ObjectMeta, PutMode, Storage, StorageError,
+};
 use futures::stream::BoxStream;
 use object_store::aws::{AmazonS3Builder, S3ConditionalPut, S3CopyIfNotExists};
 use serde::Deserialize;
@@ -67,8 +69,9 @@ pub struct S3Config {
     /// Parts uploaded in parallel (default 4).
     #[serde(default)]
     pub upload_concurrency: Option<usize>,
-    /// Retries of a failed request (5xx, throttling, connection errors) before
-    /// giving up (default 8). Other 4xx answers are never retried.
+    /// Deprecated and ignored: retries are the core's, one budget per object
+    /// for every kind of target (docs/backends.md, "Retries"). Still accepted
+    /// so that configs that set it keep loading, with a warning.
     #[serde(default)]
     pub max_retries: Option<usize>,
 }
@@ -156,7 +159,7 @@ impl S3Storage {
             // Create-if-absent of a multipart-sized body is a staged upload
             // plus this conditional copy (see backend-objstore).
             .with_copy_if_not_exists(S3CopyIfNotExists::Multipart)
-            .with_retry(retry_config(config.max_retries.unwrap_or(8)))
+            .with_retry(no_retries())
             .with_client_options(client_options(config.allow_http));
         if let Some(region) = &config.region {
             builder = builder.with_region(region);
@@ -264,6 +267,23 @@ impl Storage for S3Storage {
     }
 }
 
+impl Backend for S3Storage {
+    const KIND: &'static str = "s3";
+    type Config = S3Config;
+
+    fn open(config: &S3Config) -> Result<Self, StorageError> {
+        S3Storage::open(config)
+    }
+
+    fn deprecations(config: &S3Config) -> Vec<String> {
+        config
+            .max_retries
+            .map(|_| deprecated_max_retries())
+            .into_iter()
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,6 +302,18 @@ mod tests {
         assert!(!shown.contains("AKIAEXAMPLEKEY"));
         let storage = S3Storage::open(&cfg).unwrap();
         assert!(!format!("{storage:?}").contains("very-secret"));
+    }
+
+    #[test]
+    fn max_retries_is_accepted_ignored_and_warned_about() {
+        let cfg: S3Config = serde_json::from_str(r#"{"bucket":"b","max_retries":3}"#).unwrap();
+        let warned = S3Storage::deprecations(&cfg);
+        assert_eq!(warned.len(), 1);
+        assert!(
+            warned[0].contains("max_retries is deprecated"),
+            "{warned:?}"
+        );
+        assert!(S3Storage::deprecations(&S3Config::default()).is_empty());
     }
 
     #[test]

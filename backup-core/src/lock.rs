@@ -337,7 +337,7 @@ fn encode(info: &LockInfo) -> Bytes {
 async fn refresh(repo: Repository, key: String, mut info: LockInfo, lost: Arc<AtomicBool>) {
     loop {
         tokio::time::sleep(REFRESH_EVERY).await;
-        match repo.storage().head(&key).await {
+        match repo.head(&key).await {
             Err(e) if e.kind == ErrorKind::NotFound => {
                 tracing::error!(lock = %key, "our repository lock was removed by someone else");
                 lost.store(true, Ordering::SeqCst);

@@ -82,7 +82,7 @@ pub async fn pin(repo: &Repository, keys: &Keys, id: &str, wait: LockWait) -> Re
 /// Removes the pin of `id`. Returns false if it was not pinned.
 pub async fn unpin(repo: &Repository, id: &str) -> Result<bool> {
     let key = format!("{PINS}{id}");
-    match repo.storage().head(&key).await {
+    match repo.head(&key).await {
         Ok(_) => {
             repo.delete(&key).await?;
             Ok(true)
@@ -93,7 +93,7 @@ pub async fn unpin(repo: &Repository, id: &str) -> Result<bool> {
 }
 
 async fn exists(repo: &Repository, id: &str) -> Result<()> {
-    match repo.storage().head(&format!("{SNAPSHOTS}{id}")).await {
+    match repo.head(&format!("{SNAPSHOTS}{id}")).await {
         Ok(_) => Ok(()),
         Err(e) if e.is_not_found() => Err(Error::SnapshotNotFound(format!("id {id}"))),
         Err(e) => Err(repo.storage_err(e)),

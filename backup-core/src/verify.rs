@@ -364,7 +364,7 @@ async fn check_snapshot(
 /// Whether the snapshot's manifest is still there (a prune may have
 /// removed it while we looked at it, when no lock could be taken).
 async fn exists(repo: &Repository, m: &Manifest) -> Result<bool> {
-    match repo.storage().head(&format!("{SNAPSHOTS}{}", m.id)).await {
+    match repo.head(&format!("{SNAPSHOTS}{}", m.id)).await {
         Ok(_) => Ok(true),
         Err(e) if e.is_not_found() => Ok(false),
         Err(e) => Err(repo.storage_err(e)),

@@ -256,15 +256,12 @@ pub fn load(path: &Path) -> Result<Config> {
         fix(p);
     }
     for t in &mut config.targets {
-        let path_setting = match t.kind.as_str() {
-            "local" => "path",
-            "gcs" => "service_account_path",
-            _ => continue,
-        };
-        if let Some(serde_json::Value::String(p)) = t.settings.get_mut(path_setting) {
-            let mut pb = PathBuf::from(&*p);
-            fix(&mut pb);
-            *p = pb.to_string_lossy().into_owned();
+        for setting in crate::targets::path_settings(&t.kind) {
+            if let Some(serde_json::Value::String(p)) = t.settings.get_mut(*setting) {
+                let mut pb = PathBuf::from(&*p);
+                fix(&mut pb);
+                *p = pb.to_string_lossy().into_owned();
+            }
         }
     }
     config
@@ -347,7 +344,9 @@ impl Config {
             }
         }
         for t in &self.targets {
-            crate::targets::check(t)?;
+            for warning in crate::targets::check(t)? {
+                eprintln!("warning: target {:?}: {warning}", t.name);
+            }
         }
         if !(1..=19).contains(&self.backup.compression_level) {
             bail!("backup.compression_level must be 1 to 19");

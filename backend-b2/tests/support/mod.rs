@@ -592,7 +592,7 @@ impl B2Emulator {
         B2Emulator { server, state }
     }
 
-    /// A target on this emulator with B2's smallest part size.
+    /// A target on this emulator with 5 MiB parts, about B2's smallest.
     pub fn config(&self) -> B2Config {
         serde_json::from_value(json!({
             "bucket": BUCKET,
@@ -600,7 +600,7 @@ impl B2Emulator {
             "application_key_id": KEY_ID,
             "application_key": KEY,
             "api_url": self.server.uri(),
-            "part_size": MIN_PART,
+            "part_size_mib": 5,
         }))
         .expect("valid config")
     }

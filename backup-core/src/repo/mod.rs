@@ -343,6 +343,15 @@ impl Repository {
         Ok(())
     }
 
+    /// What the target knows of one object, with retries. Returns the
+    /// storage error itself, so that callers can tell "absent" apart.
+    pub async fn head(
+        &self,
+        key: &str,
+    ) -> std::result::Result<crate::storage::ObjectMeta, StorageError> {
+        self.retry.run(|| self.storage.head(key)).await
+    }
+
     pub async fn list(&self, prefix: &str) -> Result<Vec<crate::storage::ObjectMeta>> {
         self.stats.lists.fetch_add(1, Ordering::Relaxed);
         self.retry

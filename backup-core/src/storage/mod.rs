@@ -4,7 +4,7 @@
 //! own prefix) holding immutable objects. The repository layer above never asks for
 //! more than this: put (optionally create-if-absent), get as a stream, head, list by
 //! prefix as a stream, delete. Everything a backend knows about its service (HTTP
-//! calls, auth, multipart uploads, retries) stays inside its crate; what crosses this
+//! calls, auth, multipart uploads) stays inside its crate; what crosses this
 //! boundary is bytes, keys and a [`StorageError`] whose kind tells the caller whether
 //! to stop, retry or treat the object as absent.
 //!
@@ -20,7 +20,9 @@
 //! Modelled on apache `object_store`'s `ObjectStore`, cut down to what a backup
 //! repository needs.
 
+pub mod backend;
 pub mod retry;
+pub use backend::Backend;
 pub use retry::RetryPolicy;
 #[cfg(feature = "testing")]
 pub mod faulty;
@@ -84,7 +86,8 @@ pub enum ErrorKind {
     /// Credentials were refused or lack a permission.
     PermissionDenied,
     /// Worth retrying: throttling, 5xx, connection resets, expired tokens that
-    /// could not be refreshed in place. Backends retry these themselves first.
+    /// could not be refreshed in place. Backends return these after one
+    /// request; the core's [`RetryPolicy`] is the only layer that retries.
     Transient,
     /// The target has no room for the object: a full filesystem or quota
     /// (`ENOSPC`, `EDQUOT`), a storage cap or HTTP 507. Never retried.

@@ -1,10 +1,16 @@
-//! Retrying transient storage failures: one policy, used by every backend that
-//! does not get retries from its client library, and by the core around whole
-//! object uploads.
+//! Retrying transient storage failures: the one retry layer of offsite. The
+//! repository runs every storage call (a whole object's put, get, head,
+//! delete, a listing) through a [`RetryPolicy`]; the backends send each
+//! request once and never retry themselves (object_store's own retries are
+//! switched off, B2's client has no loop), so an object costs at most
+//! [`RetryPolicy::max_attempts`] attempts, not a product of nested loops.
+//! What a backend still does in place is not a retry of a failed transfer:
+//! B2 renews an expired account token and repeats the call once.
 //!
 //! Only [`ErrorKind::Transient`](super::ErrorKind::Transient) is retried; a
 //! permission or not-found error fails at once so a misconfigured target is
-//! reported in seconds, not after minutes of backoff.
+//! reported in seconds, not after minutes of backoff. The figures are in
+//! docs/backends.md ("Retries").
 
 use std::future::Future;
 use std::time::Duration;
@@ -70,7 +76,14 @@ impl RetryPolicy {
                     tokio::time::sleep(wait).await;
                     attempt += 1;
                 }
-                Err(e) => return Err(e),
+                Err(mut e) => {
+                    if e.is_transient() && attempt > 1 {
+                        // The message is the last attempt's; say that it
+                        // was not the only one.
+                        e.message = format!("{} (gave up after {attempt} attempts)", e.message);
+                    }
+                    return Err(e);
+                }
             }
         }
     }
@@ -125,6 +138,7 @@ mod tests {
             .unwrap_err();
         assert!(err.is_transient());
         assert_eq!(calls.load(Ordering::SeqCst), 6);
+        assert!(err.message.ends_with("(gave up after 6 attempts)"), "{err}");
     }
 
     #[test]
