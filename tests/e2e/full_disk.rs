@@ -17,13 +17,6 @@ use crate::support::*;
 const FS_SIZE: u64 = 8 << 20;
 const LEVELS: u64 = 18;
 
-fn integrity(path: &Path) -> String {
-    Connection::open(path)
-        .unwrap()
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap()
-}
-
 fn tree_bytes(dir: &Path) -> u64 {
     find_files(dir)
         .iter()

@@ -26,17 +26,6 @@ fn add_second_target(env: &Env, path: &std::path::Path) {
     .unwrap();
 }
 
-fn integrity(path: &std::path::Path) -> String {
-    Connection::open(path)
-        .unwrap()
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap()
-}
-
-fn json(text: &str) -> serde_json::Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
-}
-
 #[test]
 fn two_targets_store_one_snapshot_while_a_writer_commits_and_either_restores_it() {
     let env = Env::new();

@@ -29,13 +29,6 @@ fn restore(env: &Env, extra: &[&str], name: &str) -> (i32, String, String, PathB
     (code, out, err, to)
 }
 
-fn integrity(path: &Path) -> String {
-    Connection::open(path)
-        .unwrap()
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap()
-}
-
 /// Keys (relative to the repository) of the objects under `prefix`.
 fn keys(env: &Env, prefix: &str) -> Vec<String> {
     find_files(&env.repo().join(prefix))
@@ -60,10 +53,6 @@ fn flip_middle_byte(path: &Path) {
 /// bucket can drop, no key needed.
 fn junk_bytes() -> Vec<u8> {
     (0..300u32).map(|i| (i * 7919 % 251) as u8).collect()
-}
-
-fn json(text: &str) -> serde_json::Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
 #[test]

@@ -1,19 +1,11 @@
 //! Restores that replace a live database, `restore --test`, and the
 //! rebuilt-server path of docs/disaster-recovery.md.
 
-use std::path::Path;
 use std::process::Command;
 
 use rusqlite::Connection;
 
 use crate::support::*;
-
-fn integrity(path: &Path) -> String {
-    Connection::open(path)
-        .unwrap()
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap()
-}
 
 #[test]
 fn in_place_restore_snapshots_the_current_database_then_moves_it_aside() {

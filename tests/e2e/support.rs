@@ -189,3 +189,16 @@ pub fn leftovers(dir: &Path) -> Vec<String> {
         .filter(|n| n.contains("offsite-partial"))
         .collect()
 }
+
+/// `PRAGMA integrity_check` of a database file: "ok" when it is whole.
+pub fn integrity(path: &Path) -> String {
+    Connection::open(path)
+        .unwrap()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Parses a command's JSON output, showing it when it is not JSON.
+pub fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
