@@ -330,7 +330,7 @@ fn with_estimate(e: Error, progress: &Progress) -> Error {
 async fn prepare(repo: &Repository, keys: &Keys, opts: &BackupOptions) -> Result<Prepared> {
     repo.check_keys(keys)?;
     let lock = Lock::acquire(repo, LockKind::Shared, "backup", opts.lock_wait).await?;
-    match repo.load_index(&keys.metadata_identities()).await {
+    match repo.load_index(&keys.metadata_key()).await {
         Ok(index) => {
             tracing::debug!(
                 target = %repo.describe(),

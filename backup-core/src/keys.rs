@@ -92,12 +92,12 @@ impl Keys {
         out
     }
 
-    /// The identities a backup host reads metadata with.
-    pub fn metadata_identities(&self) -> Identities {
-        Identities {
+    /// The key a backup host reads metadata with: the metadata identity
+    /// derived from the recipients. It reads no pack.
+    pub fn metadata_key(&self) -> MetadataKey {
+        MetadataKey {
             ids: std::sync::Arc::new(vec![Box::new(self.metadata.clone())]),
-            publics: std::sync::Arc::new(vec![self.metadata.to_public()]),
-            metadata: true,
+            derived: true,
             source: "recipients (metadata only)".into(),
         }
     }
@@ -109,20 +109,88 @@ fn identity_from_bytes(secret: &[u8; 32]) -> x25519::Identity {
     x25519::Identity::from_str(&encoded.to_uppercase()).expect("a valid x25519 secret")
 }
 
-/// What a restoring host holds: one or more age identities.
+/// What reads metadata (manifests, chunk lists, index files, damage
+/// records, pins) and nothing else: every metadata object is encrypted to the
+/// recipients and to the metadata identity, so both a backup host
+/// ([`Keys::metadata_key`]) and a restoring host ([`Identities`], which
+/// dereferences to one) hold a key. Listing, pruning and checking structure
+/// take this; restoring and reading packs take [`Identities`], so that a
+/// host holding recipients only cannot even ask for them: the compiler
+/// refuses it.
+///
+/// Lists with a backup host's key, restores only with identities:
+///
+/// ```no_run
+/// # async fn f(repo: backup_core::repo::Repository, keys: backup_core::keys::Keys,
+/// #            ids: backup_core::keys::Identities) -> backup_core::Result<()> {
+/// use backup_core::restore::{restore, RestoreOptions};
+/// let newest = repo.snapshots(&keys.metadata_key()).await?.remove(0);
+/// restore(&repo, &ids, &newest, "/srv/app.db".as_ref(), &RestoreOptions::default()).await?;
+/// # Ok(()) }
+/// ```
+///
+/// ```compile_fail
+/// # async fn f(repo: backup_core::repo::Repository, keys: backup_core::keys::Keys)
+/// #     -> backup_core::Result<()> {
+/// use backup_core::restore::{restore, RestoreOptions};
+/// let key = keys.metadata_key();
+/// let newest = repo.snapshots(&key).await?.remove(0);
+/// // A metadata key is not an identity: this does not compile.
+/// restore(&repo, &key, &newest, "/srv/app.db".as_ref(), &RestoreOptions::default()).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct MetadataKey {
+    ids: std::sync::Arc<Vec<Box<dyn age::Identity + Send + Sync>>>,
+    /// Derived from recipients, not a user's identity.
+    derived: bool,
+    source: String,
+}
+
+impl std::fmt::Debug for MetadataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MetadataKey({} from {})", self.ids.len(), self.source)
+    }
+}
+
+impl MetadataKey {
+    /// The identities metadata is decrypted with.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &dyn age::Identity> {
+        self.ids.iter().map(|i| i.as_ref() as &dyn age::Identity)
+    }
+
+    /// Whether this is the metadata identity derived from recipients (which
+    /// every metadata object is encrypted to), not a user's identity.
+    pub(crate) fn is_derived(&self) -> bool {
+        self.derived
+    }
+}
+
+/// What a restoring host holds: one or more age identities. They read packs
+/// (restore, `verify --read-data`, drill) and, as a [`MetadataKey`] (by
+/// dereference), metadata.
 #[derive(Clone)]
 pub struct Identities {
-    ids: std::sync::Arc<Vec<Box<dyn age::Identity + Send + Sync>>>,
-    /// The public halves of `ids`.
+    key: MetadataKey,
+    /// The public halves of the identities.
     publics: std::sync::Arc<Vec<x25519::Recipient>>,
-    /// Derived from recipients by [`Keys::metadata_identities`].
-    metadata: bool,
-    source: String,
+}
+
+impl std::ops::Deref for Identities {
+    type Target = MetadataKey;
+    fn deref(&self) -> &MetadataKey {
+        &self.key
+    }
 }
 
 impl std::fmt::Debug for Identities {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Identities({} from {})", self.ids.len(), self.source)
+        write!(
+            f,
+            "Identities({} from {})",
+            self.key.ids.len(),
+            self.key.source
+        )
     }
 }
 
@@ -147,10 +215,12 @@ impl Identities {
             return Err(Error::Key(format!("{source}: contains no age identity")));
         }
         Ok(Identities {
-            ids: std::sync::Arc::new(ids),
+            key: MetadataKey {
+                ids: std::sync::Arc::new(ids),
+                derived: false,
+                source: source.to_string(),
+            },
             publics: std::sync::Arc::new(publics),
-            metadata: false,
-            source: source.to_string(),
         })
     }
 
@@ -182,14 +252,14 @@ impl Identities {
         Self::parse(&text, &source)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &dyn age::Identity> {
-        self.ids.iter().map(|i| i.as_ref() as &dyn age::Identity)
+    /// Their key for metadata alone, to hand to what reads nothing else.
+    pub fn metadata_key(&self) -> MetadataKey {
+        self.key.clone()
     }
 
-    /// Whether these are the metadata identity derived from recipients
-    /// (which every metadata object is encrypted to), not a user's identity.
-    pub fn is_metadata(&self) -> bool {
-        self.metadata
+    /// The identities packs (and metadata) are decrypted with.
+    pub fn iter(&self) -> impl Iterator<Item = &dyn age::Identity> {
+        self.key.iter()
     }
 
     /// The recipients these identities decrypt for: what an object written

@@ -44,7 +44,7 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::chunk::ChunkId;
 use crate::error::{Error, Result};
-use crate::keys::{Identities, Keys};
+use crate::keys::{Keys, MetadataKey};
 use crate::lock::{Lock, LockKind, LockWait};
 use crate::pins::{pinned, PINS};
 use crate::repo::format::{parse_list, write_index, ListItem, PackContents};
@@ -162,7 +162,7 @@ async fn prune_locked(
     opts: &PruneOptions,
     lock: &Lock,
 ) -> Result<PruneReport> {
-    let ids = keys.metadata_identities();
+    let ids = keys.metadata_key();
     let listed = repo.snapshot_list(&ids).await?;
     refuse_unknown(&listed.unreadable)?;
     let manifests = listed.manifests;
@@ -368,7 +368,7 @@ fn refuse_unknown(unreadable: &[Unreadable]) -> Result<()> {
 /// be read for another reason stops the prune.
 async fn live_chunks(
     repo: &Repository,
-    ids: &Identities,
+    ids: &MetadataKey,
     kept: &[&Manifest],
 ) -> Result<HashSet<ChunkId>> {
     let sizes: HashMap<String, u64> = repo
@@ -398,7 +398,7 @@ async fn live_chunks(
 /// The chunks one kept snapshot's list names.
 async fn list_chunks(
     repo: &Repository,
-    ids: &Identities,
+    ids: &MetadataKey,
     key: String,
     size: Option<u64>,
 ) -> Result<HashSet<ChunkId>> {
@@ -481,7 +481,7 @@ struct IndexView {
 
 async fn plan_packs(
     repo: &Repository,
-    ids: &Identities,
+    ids: &MetadataKey,
     live: &HashSet<ChunkId>,
 ) -> Result<PackPlan> {
     let sizes: HashMap<String, u64> = repo
@@ -533,7 +533,7 @@ async fn plan_packs(
 
 /// The index as prune needs it: every pack's chunks and which packs each
 /// index file names, read the one way every reader reads the index.
-async fn read_view(repo: &Repository, ids: &Identities) -> Result<(IndexView, Index)> {
+async fn read_view(repo: &Repository, ids: &MetadataKey) -> Result<(IndexView, Index)> {
     let mut view = IndexView {
         packs: HashMap::new(),
         files: Vec::new(),

@@ -43,7 +43,7 @@ use crate::backup::Progress;
 use crate::chunk::ChunkId;
 use crate::codec;
 use crate::error::{Error, Result};
-use crate::keys::Identities;
+use crate::keys::{Identities, MetadataKey};
 use crate::lock::{Lock, LockWait};
 use crate::repo::format::{parse_list, Damage, DamagedPack, Index, ListItem};
 use crate::repo::{Manifest, Repository, PACKS, SNAPSHOTS};
@@ -54,17 +54,44 @@ const READ_CONCURRENCY: usize = 4;
 
 #[derive(Debug, Clone, Default)]
 pub struct VerifyOptions {
-    /// Download and restore every snapshot (needs the identity).
-    pub read_data: bool,
-    /// Read this part of the packs and check every chunk in them (needs
-    /// the identity).
-    pub read_data_subset: Option<Subset>,
+    /// What to read of the data, with the identity that can; `None`
+    /// checks structure only, which a backup host's metadata key can do.
+    pub data: Option<ReadData>,
     /// Check this source's snapshots only.
     pub source: Option<String>,
     /// How long to wait for a running prune.
     pub lock_wait: LockWait,
     /// Counters to draw progress from, updated as the run goes.
     pub progress: Option<Arc<VerifyProgress>>,
+}
+
+/// The data a verify reads, with the identity that can.
+#[derive(Debug, Clone)]
+pub enum ReadData {
+    /// Download and restore every snapshot (`--read-data`).
+    Snapshots(Identities),
+    /// Read this part of the packs and check every chunk in them
+    /// (`--read-data-subset`).
+    Packs(Identities, Subset),
+}
+
+impl VerifyOptions {
+    /// The identity to restore every snapshot with, under `--read-data`.
+    fn restoring(&self) -> Option<&Identities> {
+        match &self.data {
+            Some(ReadData::Snapshots(ids)) => Some(ids),
+            _ => None,
+        }
+    }
+
+    /// The packs to read and the identity to read them with, under
+    /// `--read-data-subset`.
+    fn subset(&self) -> Option<(&Identities, Subset)> {
+        match &self.data {
+            Some(ReadData::Packs(ids, subset)) => Some((ids, *subset)),
+            _ => None,
+        }
+    }
 }
 
 /// Live counters of a verify, for a progress display. Each total is set
@@ -223,12 +250,12 @@ impl VerifyReport {
     }
 }
 
-/// Checks one repository. `ids` reads metadata (the recipients' derived
-/// identity will do) and, with `read_data` or `read_data_subset`, must be
-/// the real identity.
+/// Checks one repository. `ids` reads metadata (a backup host's
+/// [`Keys::metadata_key`](crate::keys::Keys::metadata_key) will do); what
+/// [`VerifyOptions::data`] asks for is read with its identity.
 pub async fn verify(
     repo: &Repository,
-    ids: &Identities,
+    ids: &MetadataKey,
     opts: &VerifyOptions,
 ) -> Result<VerifyReport> {
     // A prune running meanwhile would make packs vanish under us.
@@ -240,11 +267,11 @@ pub async fn verify(
 
 async fn verify_locked(
     repo: &Repository,
-    ids: &Identities,
+    ids: &MetadataKey,
     opts: &VerifyOptions,
 ) -> Result<VerifyReport> {
     let mut report = VerifyReport {
-        read_data: opts.read_data,
+        read_data: opts.restoring().is_some(),
         ..Default::default()
     };
     // Snapshots first, then the index: every index file a listed snapshot
@@ -257,7 +284,7 @@ async fn verify_locked(
         |p| &p.snapshots_total,
         manifests.len() as u64,
     );
-    if opts.read_data {
+    if opts.restoring().is_some() {
         let size = manifests.iter().map(|m| m.size).sum();
         count(&opts.progress, |p| &p.bytes_total, size);
     }
@@ -265,7 +292,7 @@ async fn verify_locked(
     let mut contents: HashMap<String, Vec<(ChunkId, u32, u32)>> = HashMap::new();
     let mut index = repo
         .load_index_with(ids, &[], |_, file| {
-            if opts.read_data_subset.is_some() {
+            if opts.subset().is_some() {
                 for (pack, chunks) in file {
                     contents.entry(pack.clone()).or_default().extend(chunks);
                 }
@@ -306,17 +333,26 @@ async fn verify_locked(
 /// knows the damage whether or not it could be recorded.
 async fn check_data(
     repo: &Repository,
-    ids: &Identities,
+    ids: &MetadataKey,
     opts: &VerifyOptions,
     contents: HashMap<String, Vec<(ChunkId, u32, u32)>>,
     packs: &HashMap<String, u64>,
     index: Index,
     report: &mut VerifyReport,
 ) -> Result<Index> {
-    let (Some(subset), progress) = (opts.read_data_subset, &opts.progress) else {
+    let (Some((data_ids, subset)), progress) = (opts.subset(), &opts.progress) else {
         return Ok(index);
     };
-    let data = read_subset(repo, ids, subset, contents, packs, &index.damage, progress).await?;
+    let data = read_subset(
+        repo,
+        data_ids,
+        subset,
+        contents,
+        packs,
+        &index.damage,
+        progress,
+    )
+    .await?;
     let mut index = index;
     if !data.damaged.is_empty() {
         for (pack, chunks) in index.damage.unknown(&data.damaged) {
@@ -335,7 +371,7 @@ async fn check_data(
 /// restore of it. `None` when a prune removed it meanwhile.
 async fn check_snapshot(
     repo: &Repository,
-    ids: &Identities,
+    ids: &MetadataKey,
     m: Manifest,
     index: &Index,
     packs: &HashMap<String, u64>,
@@ -347,8 +383,8 @@ async fn check_snapshot(
         Err(e) if is_damage(&e) => Some(e.to_string()),
         Err(e) => return Err(e),
     };
-    if fault.is_none() && opts.read_data {
-        fault = restore_check(repo, ids, &m, &opts.progress).await?;
+    if let (None, Some(data_ids)) = (&fault, opts.restoring()) {
+        fault = restore_check(repo, data_ids, &m, &opts.progress).await?;
     }
     if fault.is_some() && !exists(repo, &m).await? {
         tracing::info!(snapshot = %m.id, "removed by a prune while being verified");
@@ -397,7 +433,7 @@ fn summarize(problems: &[String]) -> String {
 /// Every problem of one snapshot's list against the index and the packs.
 async fn check_structure(
     repo: &Repository,
-    ids: &Identities,
+    ids: &MetadataKey,
     m: &Manifest,
     index: &Index,
     packs: &HashMap<String, u64>,

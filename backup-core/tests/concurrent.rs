@@ -170,7 +170,7 @@ async fn verify_beside_backups_reports_no_false_alarm() {
         slow_gets: vec![],
     });
     let repo = Repository::open_or_init(storage, &keys).await.unwrap();
-    let ids = keys.metadata_identities();
+    let ids = keys.metadata_key();
     backup(&repo, &keys, &files(&data), &options())
         .await
         .unwrap();
@@ -228,7 +228,7 @@ async fn status_and_drill_beside_backups_and_prunes_report_no_false_alarm() {
         ],
     });
     let repo = Repository::open_or_init(storage, &keys).await.unwrap();
-    let meta_ids = keys.metadata_identities();
+    let meta_ids = keys.metadata_key();
     backup(&repo, &keys, &files(&data), &options())
         .await
         .unwrap();

@@ -10,7 +10,7 @@ use backup_core::repo::Repository;
 use backup_core::source::{SourceKind, SourceSpec};
 use backup_core::storage::memory::MemoryStorage;
 use backup_core::storage::testing;
-use backup_core::verify::{verify, VerifyOptions};
+use backup_core::verify::{verify, ReadData, VerifyOptions};
 
 fn keypair() -> (Keys, Identities) {
     let (secret, recipient) = generate_identity();
@@ -56,7 +56,7 @@ async fn damage_that_cannot_be_recorded_is_reported_and_recorded_next_time() {
         .unwrap();
     mem.tamper(&pack, |d| d[3] ^= 0x01);
     let opts = VerifyOptions {
-        read_data_subset: Some("1/1".parse().unwrap()),
+        data: Some(ReadData::Packs(ids.clone(), "1/1".parse().unwrap())),
         ..Default::default()
     };
     let records = || {

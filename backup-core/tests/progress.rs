@@ -13,7 +13,7 @@ use backup_core::repo::Repository;
 use backup_core::source::{SourceKind, SourceSpec};
 use backup_core::storage::list_all;
 use backup_core::storage::memory::MemoryStorage;
-use backup_core::verify::{verify, Subset, VerifyOptions, VerifyProgress};
+use backup_core::verify::{verify, ReadData, Subset, VerifyOptions, VerifyProgress};
 use rusqlite::Connection;
 
 fn keypair() -> (Keys, Identities) {
@@ -77,7 +77,7 @@ async fn verify_counters_reach_their_totals_with_read_data_and_a_subset() {
 
     let p = Arc::new(VerifyProgress::default());
     let opts = VerifyOptions {
-        read_data: true,
+        data: Some(ReadData::Snapshots(ids.clone())),
         progress: Some(p.clone()),
         ..Default::default()
     };
@@ -94,7 +94,7 @@ async fn verify_counters_reach_their_totals_with_read_data_and_a_subset() {
     let stored: u64 = packs.iter().map(|m| m.size).sum();
     let p = Arc::new(VerifyProgress::default());
     let opts = VerifyOptions {
-        read_data_subset: Some(Subset::Part { n: 1, of: 1 }),
+        data: Some(ReadData::Packs(ids.clone(), Subset::Part { n: 1, of: 1 })),
         progress: Some(p.clone()),
         ..Default::default()
     };

@@ -20,7 +20,7 @@ use backup_core::storage::{
     bytes_stream, collect_bytes, testing, ByteStream, ErrorKind, ObjectMeta, PutMode, RetryPolicy,
     Storage, StorageError,
 };
-use backup_core::verify::{verify, VerifyOptions};
+use backup_core::verify::{verify, ReadData, VerifyOptions};
 use backup_core::Error;
 use futures::stream::BoxStream;
 use rusqlite::Connection;
@@ -272,7 +272,7 @@ async fn verify_finds_flipped_deleted_and_truncated_objects() {
     c.execute("INSERT INTO t VALUES ('new')", []).unwrap();
     let s2 = backup(&repo, &keys, &spec, &small_packs()).await.unwrap();
     let read = VerifyOptions {
-        read_data: true,
+        data: Some(ReadData::Snapshots(ids.clone())),
         ..Default::default()
     };
     let report = verify(&repo, &ids, &read).await.unwrap();
@@ -298,7 +298,7 @@ async fn verify_finds_flipped_deleted_and_truncated_objects() {
         let n = d.len() / 2;
         d[n] ^= 0x40;
     });
-    let meta_ids = keys.metadata_identities();
+    let meta_ids = keys.metadata_key();
     assert!(verify(&repo, &meta_ids, &VerifyOptions::default())
         .await
         .unwrap()
@@ -445,7 +445,7 @@ async fn prune_racing_backups_never_loses_a_chunk() {
         &repo,
         &ids,
         &VerifyOptions {
-            read_data: true,
+            data: Some(ReadData::Snapshots(ids.clone())),
             ..Default::default()
         }
     )
@@ -620,7 +620,7 @@ async fn prune_keeps_damaged_copies_only_as_last_copies_and_drops_their_records(
     assert!(records().is_empty(), "and its record with it");
     assert_eq!(all_restore(&repo, &ids).await, 1);
     let read = VerifyOptions {
-        read_data: true,
+        data: Some(ReadData::Snapshots(ids.clone())),
         ..Default::default()
     };
     assert!(verify(&repo, &ids, &read).await.unwrap().ok());
@@ -774,7 +774,7 @@ async fn prune_killed_after_any_step_loses_nothing_and_the_next_one_finishes() {
             "killed after {after} steps: the next prune left other packs"
         );
         let read = VerifyOptions {
-            read_data: true,
+            data: Some(ReadData::Snapshots(ids.clone())),
             ..Default::default()
         };
         let check = verify(&copy_repo, &ids, &read).await.unwrap();

@@ -14,7 +14,7 @@
 use std::collections::HashSet;
 
 use anyhow::{Context, Result};
-use backup_core::keys::Identities;
+use backup_core::keys::MetadataKey;
 use backup_core::repo::{select, Manifest, Repository, Selector};
 use backup_core::Error;
 
@@ -53,7 +53,7 @@ pub async fn open(cfg: &Config, name: Option<&str>) -> Result<Vec<(String, Repos
 
 /// Reads every chosen target's snapshots and pins, in config order,
 /// passing over targets that cannot be read with a warning.
-pub async fn read(cfg: &Config, name: Option<&str>, ids: &Identities) -> Result<Vec<Listing>> {
+pub async fn read(cfg: &Config, name: Option<&str>, ids: &MetadataKey) -> Result<Vec<Listing>> {
     let mut listings = Vec::new();
     let mut failed = Vec::new();
     for (target, repo) in open(cfg, name).await? {

@@ -27,7 +27,7 @@ pub struct PinArgs {
 pub async fn pin(cfg: &Config, args: &PinArgs) -> Result<()> {
     // The pin record is metadata, encrypted to the recipients.
     let keys = keys(cfg).context("pin needs encryption.recipients")?;
-    let ids = keys.metadata_identities();
+    let ids = keys.metadata_key();
     let mut found = false;
     for l in across::read(cfg, args.target.as_deref(), &ids).await? {
         let id = match select(&l.snapshots, None, &Selector::Id(args.id.clone())) {

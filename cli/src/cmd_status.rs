@@ -8,14 +8,14 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use backup_core::keys::Identities;
+use backup_core::keys::MetadataKey;
 use backup_core::repo::Repository;
 use backup_core::status::{source_status, stored_bytes, SourceStatus};
 use chrono::{DateTime, Local, Utc};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::commands::{chosen_targets, identities, keys};
+use crate::commands::{chosen_targets, metadata_key};
 use crate::config::Config;
 use crate::notify::{self, Event, EventKind};
 use crate::{output, targets};
@@ -105,20 +105,10 @@ fn copies(cfg: &Config, rows: &[Row], targets: &[TargetStatus]) -> Vec<Copies> {
         .collect()
 }
 
-/// The identities that read manifests: the metadata identity derived from
-/// the recipients, else (on a restore-only host) the identity file.
-pub fn metadata_identities(cfg: &Config) -> Result<Identities> {
-    if cfg.encryption.recipients.is_empty() {
-        identities(cfg, None)
-    } else {
-        Ok(keys(cfg)?.metadata_identities())
-    }
-}
-
 async fn target_status(
     cfg: &Config,
     t: &crate::config::TargetConfig,
-    ids: &Identities,
+    ids: &MetadataKey,
     now: DateTime<Utc>,
 ) -> Result<(TargetStatus, Vec<SourceStatus>)> {
     let repo = Repository::open(targets::open(t)?).await?;
@@ -144,7 +134,7 @@ pub async fn check(cfg: &Config) -> Result<Report> {
     if cfg.sources.is_empty() {
         bail!("no [[sources]] in the config: status reports on sources");
     }
-    let ids = metadata_identities(cfg)?;
+    let ids = metadata_key(cfg)?;
     let now = Utc::now();
     let mut report = Report {
         ok: true,

@@ -10,9 +10,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
-use backup_core::keys::Identities;
+use backup_core::keys::MetadataKey;
 use backup_core::repo::Repository;
-use backup_core::verify::{DataCheck, Subset, VerifyOptions, VerifyProgress, VerifyReport};
+use backup_core::verify::{
+    DataCheck, ReadData, Subset, VerifyOptions, VerifyProgress, VerifyReport,
+};
 use chrono::Local;
 use clap::Args;
 use serde_json::json;
@@ -53,20 +55,9 @@ pub async fn verify(cfg: &Config, args: &VerifyArgs) -> Result<()> {
     if let Some(s) = &args.source {
         cfg.source(s)?;
     }
-    let reads_data = args.read_data || args.read_data_subset.is_some();
-    let ids = if reads_data {
-        if args.identity.is_none() && cfg.encryption.identity_file.is_none() {
-            return Err(crate::usage::mistake("verify --read-data and --read-data-subset decrypt the data and need the age identity: pass --identity FILE or set encryption.identity_file"));
-        }
-        identities(cfg, args.identity.as_deref())?
-    } else if cfg.encryption.recipients.is_empty() {
-        identities(cfg, args.identity.as_deref())?
-    } else {
-        keys(cfg)?.metadata_identities()
-    };
+    let (ids, data) = keys_for(cfg, args)?;
     let opts = VerifyOptions {
-        read_data: args.read_data,
-        read_data_subset: args.read_data_subset,
+        data,
         source: args.source.clone(),
         ..Default::default()
     };
@@ -110,10 +101,35 @@ pub async fn verify(cfg: &Config, args: &VerifyArgs) -> Result<()> {
     Ok(())
 }
 
+/// The key that reads metadata, and what of the data to read with the
+/// identity: reading data needs the identity file, checking structure the
+/// recipients (or, on a restore-only host, the identity) only.
+fn keys_for(cfg: &Config, args: &VerifyArgs) -> Result<(MetadataKey, Option<ReadData>)> {
+    if !args.read_data && args.read_data_subset.is_none() {
+        return if cfg.encryption.recipients.is_empty() {
+            Ok((
+                identities(cfg, args.identity.as_deref())?.metadata_key(),
+                None,
+            ))
+        } else {
+            Ok((keys(cfg)?.metadata_key(), None))
+        };
+    }
+    if args.identity.is_none() && cfg.encryption.identity_file.is_none() {
+        return Err(crate::usage::mistake("verify --read-data and --read-data-subset decrypt the data and need the age identity: pass --identity FILE or set encryption.identity_file"));
+    }
+    let ids = identities(cfg, args.identity.as_deref())?;
+    let key = ids.metadata_key();
+    Ok(match args.read_data_subset {
+        Some(subset) => (key, Some(ReadData::Packs(ids, subset))),
+        None => (key, Some(ReadData::Snapshots(ids))),
+    })
+}
+
 /// Verifies one target, with a progress line while it runs.
 async fn verify_target(
     t: &TargetConfig,
-    ids: &Identities,
+    ids: &MetadataKey,
     opts: &VerifyOptions,
     as_json: bool,
 ) -> Result<VerifyReport> {
@@ -122,7 +138,7 @@ async fn verify_target(
         progress: Some(progress.clone()),
         ..opts.clone()
     };
-    let template = if opts.read_data || opts.read_data_subset.is_some() {
+    let template = if opts.data.is_some() {
         STEP_AND_BYTES
     } else {
         STEP

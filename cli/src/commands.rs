@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use backup_core::keys::{generate_identity, Identities, Keys};
+use backup_core::keys::{generate_identity, Identities, Keys, MetadataKey};
 use backup_core::repo::Manifest;
 use backup_core::source::SourceSpec;
 use backup_core::storage::ErrorKind;
@@ -78,6 +78,17 @@ pub(crate) fn identities(cfg: &Config, flag: Option<&Path>) -> Result<Identities
         })?;
     let pass = std::env::var("OFFSITE_IDENTITY_PASSPHRASE").ok();
     Ok(Identities::from_file(&path, pass.as_deref())?)
+}
+
+/// What reads manifests, lists and the index: the metadata key derived from
+/// the recipients on a backup host, else (on a restore-only host) the
+/// identity file's.
+pub(crate) fn metadata_key(cfg: &Config) -> Result<MetadataKey> {
+    if cfg.encryption.recipients.is_empty() {
+        Ok(identities(cfg, None)?.metadata_key())
+    } else {
+        Ok(keys(cfg)?.metadata_key())
+    }
 }
 
 pub(crate) fn chosen_targets<'a>(
@@ -173,12 +184,7 @@ pub async fn snapshots(
     if let Some(s) = source {
         cfg.source(s)?;
     }
-    // A backup host reads the list with its recipients; a restore host with its identity.
-    let ids = if cfg.encryption.recipients.is_empty() {
-        identities(cfg, None)?
-    } else {
-        keys(cfg)?.metadata_identities()
-    };
+    let ids = metadata_key(cfg)?;
     let listings = across::read(cfg, target, &ids).await?;
     let list = across::grouped(&listings, source);
     if as_json {

@@ -31,7 +31,7 @@ use super::format::{parse_damage, parse_index, Damage, DamagedPack, Index, PackC
 use super::{Manifest, Repository, DAMAGED, FORMAT_VERSION, INDEX, SNAPSHOTS};
 use crate::codec;
 use crate::error::{Error, Result};
-use crate::keys::Identities;
+use crate::keys::MetadataKey;
 use crate::storage::{ErrorKind, ObjectMeta, StorageError};
 
 /// How often the index listing is read again when index files vanish
@@ -101,7 +101,7 @@ enum Fetched<T> {
 impl Repository {
     /// Every snapshot whose manifest reads, newest first; manifests that do
     /// not are skipped with a warning naming them.
-    pub async fn snapshots(&self, ids: &Identities) -> Result<Vec<Manifest>> {
+    pub async fn snapshots(&self, ids: &MetadataKey) -> Result<Vec<Manifest>> {
         Ok(self.snapshot_list(ids).await?.manifests)
     }
 
@@ -109,7 +109,7 @@ impl Repository {
     ///
     /// Fails with [`Error::WrongIdentity`] when no manifest reads and some
     /// are encrypted to other keys: that is the wrong identity, not junk.
-    pub async fn snapshot_list(&self, ids: &Identities) -> Result<SnapshotList> {
+    pub async fn snapshot_list(&self, ids: &MetadataKey) -> Result<SnapshotList> {
         let listed = self.list(SNAPSHOTS).await?;
         let fetched: Vec<Fetched<Manifest>> = stream::iter(listed)
             .map(|meta| async move {
@@ -138,7 +138,7 @@ impl Repository {
     }
 
     /// Reads and decodes one manifest.
-    pub async fn read_manifest(&self, key: &str, ids: &Identities) -> Result<Manifest> {
+    pub async fn read_manifest(&self, key: &str, ids: &MetadataKey) -> Result<Manifest> {
         let raw = self.get_bytes(key).await?;
         let plain = codec::decode(&raw, ids.iter(), key)?;
         parse_manifest(&mut &plain[..], key)
@@ -146,7 +146,7 @@ impl Repository {
 
     /// Merges every index file that decodes, preferring copies that no
     /// damage record names. Skipped files are in [`Index::unreadable`].
-    pub async fn load_index(&self, ids: &Identities) -> Result<Index> {
+    pub async fn load_index(&self, ids: &MetadataKey) -> Result<Index> {
         self.load_index_with(ids, &[], |_, _| {}).await
     }
 
@@ -155,7 +155,7 @@ impl Repository {
     /// file that decodes, whole, to `each` with its key.
     pub async fn load_index_with(
         &self,
-        ids: &Identities,
+        ids: &MetadataKey,
         extra: &[DamagedPack],
         mut each: impl FnMut(&str, &[PackContents]),
     ) -> Result<Index> {
@@ -219,7 +219,7 @@ impl Repository {
 
     /// Every damage record that decodes, and those that were skipped
     /// (warned about by the caller).
-    async fn read_damage(&self, ids: &Identities) -> Result<(Damage, Vec<Unreadable>)> {
+    async fn read_damage(&self, ids: &MetadataKey) -> Result<(Damage, Vec<Unreadable>)> {
         let listed = self.list(DAMAGED).await?;
         let fetched: Vec<(String, Fetched<Vec<DamagedPack>>)> = stream::iter(listed)
             .map(|meta| async move {
@@ -240,7 +240,7 @@ impl Repository {
                 // A record written by a host holding another identity (and
                 // no recipients) is for the metadata identity: backups and
                 // prune read it; this reader does without.
-                Fetched::Skipped(u) if u.cause == Cause::WrongIdentity && !ids.is_metadata() => {
+                Fetched::Skipped(u) if u.cause == Cause::WrongIdentity && !ids.is_derived() => {
                     tracing::debug!("{u}");
                 }
                 Fetched::Skipped(u) => unreadable.push(u),
@@ -279,7 +279,7 @@ impl Repository {
     async fn fetch_metadata<T>(
         &self,
         meta: &ObjectMeta,
-        ids: &Identities,
+        ids: &MetadataKey,
         parse: impl FnOnce(&mut dyn BufRead) -> Result<T>,
     ) -> Result<Fetched<T>> {
         let raw = match self.get_listed(meta).await {
@@ -301,7 +301,7 @@ impl Repository {
 pub(crate) fn decode_with<T>(
     key: &str,
     raw: &[u8],
-    ids: &Identities,
+    ids: &MetadataKey,
     parse: impl FnOnce(&mut dyn BufRead) -> Result<T>,
 ) -> std::result::Result<T, Unreadable> {
     let skipped = |cause, message: String| Unreadable {

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::error::{Error, Result};
-use crate::keys::{Identities, Keys};
+use crate::keys::{Keys, MetadataKey};
 use crate::source::SourceKind;
 use crate::storage::{
     bytes_stream, collect_bytes, list_all, ByteStream, ErrorKind, PutMode, RetryPolicy, Storage,
@@ -381,7 +381,7 @@ impl Repository {
     }
 
     /// Reads and decodes a metadata object.
-    pub async fn get_metadata(&self, key: &str, ids: &Identities) -> Result<Vec<u8>> {
+    pub async fn get_metadata(&self, key: &str, ids: &MetadataKey) -> Result<Vec<u8>> {
         let raw = self.get_bytes(key).await?;
         codec::decode(&raw, ids.iter(), key)
     }
