@@ -6,8 +6,10 @@
 //! when a test panics. A missing emulator is a test failure with install
 //! instructions, never a silent skip.
 //!
-//! [`faults`] holds the fault scenarios that the S3 and GCS backends share.
+//! [`faults`] and [`conformance`] hold the fault and conformance scenarios
+//! that the S3 and GCS backends share.
 
+pub mod conformance;
 pub mod faults;
 
 use std::convert::Infallible;

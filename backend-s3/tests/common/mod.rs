@@ -1,7 +1,12 @@
 //! A moto S3 server on 127.0.0.1 for the tests, and targets pointing at it.
 
+use std::sync::Arc;
+
+use backend_objstore::testing::faults::FaultTarget;
 use backend_objstore::testing::{s3_open_multipart_uploads, start_moto, ChildServer};
 use backend_s3::S3Config;
+use backend_s3::S3Storage;
+use backup_core::storage::Storage;
 
 pub const BUCKET: &str = "offsite-test";
 
@@ -29,4 +34,36 @@ pub fn config(endpoint: &str, prefix: Option<&str>) -> S3Config {
 /// Multipart uploads that were started and neither completed nor aborted.
 pub async fn open_multipart_uploads(port: u16) -> usize {
     s3_open_multipart_uploads(port, BUCKET).await
+}
+
+/// The server as a target of the shared scenarios.
+pub struct Moto(pub ChildServer);
+
+#[async_trait::async_trait]
+impl FaultTarget for Moto {
+    fn port(&self) -> u16 {
+        self.0.port
+    }
+    fn open(&self, endpoint: &str, bucket: &str, prefix: Option<&str>) -> Arc<dyn Storage> {
+        let mut cfg = config(endpoint, prefix);
+        cfg.bucket = bucket.into();
+        Arc::new(S3Storage::open(&cfg).unwrap())
+    }
+    fn bucket(&self) -> &'static str {
+        BUCKET
+    }
+    fn scheme(&self) -> &'static str {
+        "s3"
+    }
+    fn permission_hint(&self) -> &'static str {
+        "s3:PutObject"
+    }
+    async fn open_uploads(&self) -> usize {
+        open_multipart_uploads(self.0.port).await
+    }
+}
+
+/// A fresh server, as a target of the shared fault and conformance scenarios.
+pub async fn moto_target() -> Moto {
+    Moto(moto().await)
 }
