@@ -16,10 +16,7 @@ use backend_objstore::{
     bucket_target, client_options, deprecated_max_retries, no_retries, part_size, ErrorMap, Hints,
     ObjectStoreStorage, Settings,
 };
-use backup_core::storage::{
-    Backend, ByteStream, ErrorKind, ObjectMeta, PutMode, Storage, StorageError,
-};
-use futures::stream::BoxStream;
+use backup_core::storage::{Backend, ErrorKind, Storage, StorageError};
 use object_store::gcp::{GcpCredential, GoogleCloudStorageBuilder};
 use object_store::StaticCredentialProvider;
 use serde::Deserialize;
@@ -138,32 +135,7 @@ impl GcsStorage {
     }
 }
 
-#[async_trait::async_trait]
-impl Storage for GcsStorage {
-    async fn put(
-        &self,
-        key: &str,
-        body: ByteStream,
-        mode: PutMode,
-    ) -> Result<ObjectMeta, StorageError> {
-        self.inner.put(key, body, mode).await
-    }
-    async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {
-        self.inner.get(key).await
-    }
-    async fn head(&self, key: &str) -> Result<ObjectMeta, StorageError> {
-        self.inner.head(key).await
-    }
-    fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, StorageError>> {
-        self.inner.list(prefix)
-    }
-    async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        self.inner.delete(key).await
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-}
+backend_objstore::storage_via_inner!(GcsStorage);
 
 impl Backend for GcsStorage {
     const KIND: &'static str = "gcs";

@@ -714,6 +714,55 @@ fn is_transient(err: &(dyn StdError + 'static), detail: &str) -> bool {
     detail.contains("SlowDown") || detail.contains("InternalError")
 }
 
+/// Implements [`Storage`] for a backend type that wraps an
+/// [`ObjectStoreStorage`] in a field named `inner`, by handing every call to
+/// it: the S3 and GCS backends differ in how they are configured, not in
+/// how they store. The crate using it depends on `async_trait` and
+/// `futures`, as every backend does.
+#[macro_export]
+macro_rules! storage_via_inner {
+    ($ty:ty) => {
+        #[async_trait::async_trait]
+        impl backup_core::storage::Storage for $ty {
+            async fn put(
+                &self,
+                key: &str,
+                body: backup_core::storage::ByteStream,
+                mode: backup_core::storage::PutMode,
+            ) -> Result<backup_core::storage::ObjectMeta, backup_core::storage::StorageError> {
+                self.inner.put(key, body, mode).await
+            }
+            async fn get(
+                &self,
+                key: &str,
+            ) -> Result<backup_core::storage::ByteStream, backup_core::storage::StorageError> {
+                self.inner.get(key).await
+            }
+            async fn head(
+                &self,
+                key: &str,
+            ) -> Result<backup_core::storage::ObjectMeta, backup_core::storage::StorageError> {
+                self.inner.head(key).await
+            }
+            fn list(
+                &self,
+                prefix: &str,
+            ) -> futures::stream::BoxStream<
+                '_,
+                Result<backup_core::storage::ObjectMeta, backup_core::storage::StorageError>,
+            > {
+                self.inner.list(prefix)
+            }
+            async fn delete(&self, key: &str) -> Result<(), backup_core::storage::StorageError> {
+                self.inner.delete(key).await
+            }
+            fn describe(&self) -> String {
+                self.inner.describe()
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,10 +18,7 @@ use backend_objstore::{
     bucket_target, client_options, deprecated_max_retries, no_retries, part_size, ErrorMap, Hints,
     ObjectStoreStorage, Settings,
 };
-use backup_core::storage::{
-    Backend, ByteStream, ErrorKind, ObjectMeta, PutMode, Storage, StorageError,
-};
-use futures::stream::BoxStream;
+use backup_core::storage::{Backend, ErrorKind, Storage, StorageError};
 use object_store::aws::{AmazonS3Builder, S3ConditionalPut, S3CopyIfNotExists};
 use serde::Deserialize;
 
@@ -240,32 +237,7 @@ fn env_set(name: &str) -> bool {
     std::env::var_os(name).is_some_and(|v| !v.is_empty())
 }
 
-#[async_trait::async_trait]
-impl Storage for S3Storage {
-    async fn put(
-        &self,
-        key: &str,
-        body: ByteStream,
-        mode: PutMode,
-    ) -> Result<ObjectMeta, StorageError> {
-        self.inner.put(key, body, mode).await
-    }
-    async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {
-        self.inner.get(key).await
-    }
-    async fn head(&self, key: &str) -> Result<ObjectMeta, StorageError> {
-        self.inner.head(key).await
-    }
-    fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, StorageError>> {
-        self.inner.list(prefix)
-    }
-    async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        self.inner.delete(key).await
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-}
+backend_objstore::storage_via_inner!(S3Storage);
 
 impl Backend for S3Storage {
     const KIND: &'static str = "s3";
