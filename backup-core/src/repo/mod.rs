@@ -20,6 +20,7 @@
 mod damage;
 pub mod format;
 mod load;
+mod ops;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
