@@ -119,7 +119,11 @@ impl std::fmt::Display for NoTargetReadable {
             // One target: its own error says it all.
             return self.first.fmt(f);
         }
-        write!(f, "no target could be read (also: {})", self.also.join("; "))
+        write!(
+            f,
+            "no target could be read (also: {})",
+            self.also.join("; ")
+        )
     }
 }
 
@@ -196,7 +200,7 @@ pub struct Restored {
 #[derive(Debug)]
 pub enum Outcome {
     Restored {
-        restored: Restored,
+        restored: Box<Restored>,
         after_restore: Option<String>,
     },
     Failed {
@@ -286,7 +290,9 @@ pub enum RestoreEvent<'a> {
         snapshot: &'a str,
         progress: Arc<Progress>,
     },
-    Downloaded { source: &'a str },
+    Downloaded {
+        source: &'a str,
+    },
     /// The file at `path` is replaced without a snapshot of it first.
     NoPreRestoreSnapshot {
         source: &'a str,
@@ -382,12 +388,11 @@ impl Run<'_> {
     async fn choose(&self, source: &str) -> Result<Chosen, RestoreError> {
         let listings = self.listings(source).await?;
         let lists: Vec<&[Manifest]> = listings.iter().map(|l| l.snapshots.as_slice()).collect();
-        let (i, manifest) = choose(&lists, source, &self.plan.selector).map_err(|error| {
-            RestoreError::Choice {
+        let (i, manifest) =
+            choose(&lists, source, &self.plan.selector).map_err(|error| RestoreError::Choice {
                 targets: listings.iter().map(|l| l.target.clone()).collect(),
                 error,
-            }
-        })?;
+            })?;
         let manifest = manifest.clone();
         let chosen = listings.into_iter().nth(i).expect("index of a listing");
         Ok(Chosen {
@@ -400,6 +405,9 @@ impl Run<'_> {
     /// Every planned target opened and listed, in order; those that cannot
     /// be are passed over, told to the observer.
     async fn listings(&self, source: &str) -> Result<Vec<Listing>, RestoreError> {
+        if self.plan.targets.is_empty() {
+            return Err(RestoreError::NoTargets);
+        }
         let mut open = Vec::new();
         let mut failed = Vec::new();
         for t in &self.plan.targets {
@@ -414,7 +422,9 @@ impl Run<'_> {
                 Err(e) => failed.push(e),
             }
         }
-        let open = self.settle(source, open, failed)?;
+        let open = self
+            .settle(source, open, failed)
+            .map_err(RestoreError::NoTarget)?;
         let mut listings = Vec::new();
         let mut failed = Vec::new();
         for (target, repo) in open {
@@ -428,6 +438,7 @@ impl Run<'_> {
             }
         }
         self.settle(source, listings, failed)
+            .map_err(RestoreError::NoTarget)
     }
 
     /// What could be read, each failure told to the observer; an error
@@ -437,12 +448,13 @@ impl Run<'_> {
         source: &str,
         ok: Vec<T>,
         failed: Vec<SharedError>,
-    ) -> Result<Vec<T>, RestoreError> {
+    ) -> Result<Vec<T>, NoTargetReadable> {
         if ok.is_empty() {
             let mut failed = failed.into_iter();
-            let first = failed.next().ok_or(RestoreError::NoTargets)?;
+            // Every target was tried (there is one: see `listings`).
+            let first = failed.next().expect("a target that failed");
             let also = failed.map(|e| error_text(&*e)).collect();
-            return Err(RestoreError::NoTarget(NoTargetReadable { first, also }));
+            return Err(NoTargetReadable { first, also });
         }
         for error in &failed {
             self.observer.event(RestoreEvent::TargetPassedOver {
@@ -492,12 +504,12 @@ impl Run<'_> {
         };
         match result {
             Ok((summary, pre_restore)) => Outcome::Restored {
-                restored: Restored {
+                restored: Box::new(Restored {
                     target: chosen.target,
                     manifest: chosen.manifest,
                     summary,
                     pre_restore,
-                },
+                }),
                 after_restore,
             },
             Err(e) => Outcome::Failed {
@@ -652,5 +664,91 @@ pub fn choose<'a>(
         (Some(b), _) => Ok(b),
         (None, Some(e)) => Err(e),
         (None, None) => Err(Error::SnapshotNotFound(format!("source {source}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::SourceKind;
+    use chrono::{DateTime, Utc};
+
+    fn snap(id: &str, time: &str, tags: &[&str]) -> Manifest {
+        let t: DateTime<Utc> = time.parse().unwrap();
+        Manifest {
+            format: "offsite-snapshot".into(),
+            version: 1,
+            id: id.into(),
+            source: "app".into(),
+            kind: SourceKind::Sqlite,
+            host: "h".into(),
+            started: t,
+            finished: t,
+            size: 1,
+            files: 1,
+            chunks: 1,
+            new_bytes: 1,
+            uploaded_bytes: 1,
+            sha256: String::new(),
+            list: format!("lists/{id}"),
+            page_size: None,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            tool: "test".into(),
+        }
+    }
+
+    fn chosen(lists: &[&[Manifest]], sel: &Selector) -> Result<(usize, String), Error> {
+        choose(lists, "app", sel).map(|(i, m)| (i, m.id.clone()))
+    }
+
+    #[test]
+    fn choice_is_over_every_target() {
+        let empty: Vec<Manifest> = Vec::new();
+        let a = vec![
+            snap("a2", "2026-11-22T10:00:00Z", &[PRE_RESTORE_TAG]),
+            snap("a1", "2026-11-21T02:00:00Z", &[]),
+        ];
+        let b = vec![
+            snap("b2", "2026-11-22T02:00:00Z", &[]),
+            snap("b1", "2026-11-20T02:00:00Z", &[]),
+        ];
+        let lists: [&[Manifest]; 3] = [&empty, &a, &b];
+        // The newest regular snapshot, whichever target holds it.
+        assert_eq!(chosen(&lists, &Selector::Latest).unwrap(), (2, "b2".into()));
+        let at = |t: &str| Selector::At(t.parse().unwrap());
+        assert_eq!(
+            chosen(&lists, &at("2026-11-21T12:00:00Z")).unwrap(),
+            (1, "a1".into())
+        );
+        assert_eq!(
+            chosen(&lists, &Selector::Id("b1".into())).unwrap(),
+            (2, "b1".into())
+        );
+        // A pre-restore snapshot is still chosen by its id.
+        assert_eq!(
+            chosen(&lists, &Selector::Id("a2".into())).unwrap(),
+            (1, "a2".into())
+        );
+        assert!(matches!(
+            chosen(&lists, &at("2026-01-01T00:00:00Z")),
+            Err(Error::SnapshotNotFound(_))
+        ));
+        assert!(matches!(
+            chosen(&[&empty], &Selector::Latest),
+            Err(Error::SnapshotNotFound(_))
+        ));
+        // A part of an id that matches snapshots on two targets is ambiguous...
+        assert!(matches!(
+            chosen(&lists, &Selector::Id("2".into())),
+            Err(Error::AmbiguousSnapshot(..))
+        ));
+        // ...but one id held by several targets is one snapshot, from the first.
+        let copy = vec![snap("b2", "2026-11-22T02:00:00Z", &[])];
+        let lists: [&[Manifest]; 2] = [&copy, &b];
+        assert_eq!(
+            chosen(&lists, &Selector::Id("b2".into())).unwrap(),
+            (0, "b2".into())
+        );
+        assert_eq!(chosen(&lists, &Selector::Latest).unwrap(), (0, "b2".into()));
     }
 }
