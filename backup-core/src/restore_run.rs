@@ -614,7 +614,7 @@ fn target_error(target: &str, error: Error) -> SharedError {
 
 /// Whether a restore to `to` replaces the source's own data (the path the
 /// application uses), so that its restore hooks apply.
-pub fn is_source_path(source_path: &Path, to: &Path) -> bool {
+fn is_source_path(source_path: &Path, to: &Path) -> bool {
     let abs = |p: &Path| std::path::absolute(p).ok();
     if abs(to).is_some() && abs(to) == abs(source_path) {
         return true;
