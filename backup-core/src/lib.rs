@@ -6,7 +6,8 @@
 //! operations ([`backup`], [`restore`] with [`fetch`], [`prune`] with
 //! [`retention`], [`pins`] and [`lock`], [`verify`], [`drill`], [`status`]) are
 //! thin functions over those and return typed results; printing and progress
-//! display belong to the caller.
+//! display belong to the caller. [`run`] and [`restore_run`] are whole
+//! `offsite backup` and `offsite restore` runs over them, hooks included.
 
 pub mod backup;
 pub mod chunk;
@@ -23,6 +24,7 @@ pub mod prune;
 pub mod repair;
 pub mod repo;
 pub mod restore;
+pub mod restore_run;
 pub mod retention;
 pub mod run;
 pub mod source;

@@ -240,7 +240,8 @@ pub async fn run(
     report
 }
 
-async fn run_hook(
+/// Runs one hook on a blocking thread; a source without it is a success.
+pub(crate) async fn run_hook(
     hooks: &Arc<dyn Hooks>,
     source: &str,
     hook: Hook,

@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex};
 use anyhow::{anyhow, bail, Result};
 use backup_core::backup::BackupOptions;
 use backup_core::repo::Repository;
-use backup_core::run::{self, Hook, Hooks, Observer, Plan, PlannedSource, PlannedTarget, RunEvent};
+use backup_core::run::{self, Hook, Observer, Plan, PlannedSource, PlannedTarget, RunEvent};
 use serde_json::json;
 
 use crate::commands::{chosen_targets, hint, keys, snapshot_json, source_specs};
-use crate::config::{Config, SourceConfig};
-use crate::hooks;
+use crate::config::Config;
+use crate::hooks::ConfigHooks;
 use crate::notify::{self, Event, EventKind};
 use crate::output::{self, Bar};
 use crate::targets;
@@ -94,30 +94,6 @@ async fn plan(
             ..Default::default()
         },
     })
-}
-
-/// The `[[sources]]` hook commands.
-struct ConfigHooks(Vec<SourceConfig>);
-
-impl ConfigHooks {
-    fn source(&self, name: &str) -> Result<&SourceConfig, String> {
-        self.0
-            .iter()
-            .find(|s| s.name == name)
-            .ok_or_else(|| format!("no source named {name:?}"))
-    }
-}
-
-impl Hooks for ConfigHooks {
-    fn has(&self, source: &str, hook: Hook) -> bool {
-        self.source(source)
-            .is_ok_and(|s| hooks::command(s, hook).is_some())
-    }
-
-    fn run(&self, source: &str, hook: Hook, errors: Option<&str>) -> Result<(), String> {
-        let src = self.source(source)?;
-        hooks::run(src, hook, errors).map_err(|e| format!("{e:#}"))
-    }
 }
 
 #[derive(Default)]

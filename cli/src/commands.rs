@@ -347,7 +347,18 @@ pub fn report(e: &anyhow::Error) -> ExitCode {
 const FULL_HINT: &str = "make room on the target (free disk space, raise its quota or storage cap, or prune old snapshots), then run again: nothing needs repairing, earlier snapshots are intact, and what this run stored is reused";
 
 pub(crate) fn hint(e: &anyhow::Error) -> Option<String> {
-    let core = e.chain().find_map(|c| c.downcast_ref::<Error>())?;
+    core_hint(e.chain().find_map(|c| c.downcast_ref::<Error>())?)
+}
+
+/// [`hint`] for an error and its causes that are not an `anyhow::Error`.
+pub(crate) fn hint_in(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    core_hint(
+        std::iter::successors(Some(e), |e| (*e).source())
+            .find_map(|c| c.downcast_ref::<Error>())?,
+    )
+}
+
+fn core_hint(core: &Error) -> Option<String> {
     Some(match core {
         Error::WrongIdentity { .. } => {
             "this needs the identity whose public key was in encryption.recipients when the backup was made; pass --identity FILE".into()

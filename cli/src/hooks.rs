@@ -4,7 +4,9 @@
 //! `after_restore`), e.g. `before = "docker stop app"`,
 //! `after = "docker start app"`.
 //!
-//! When each runs, per source and backup run (whatever the number of targets):
+//! When each runs is decided by the engine (`backup_core::run` and
+//! `backup_core::restore_run`, through [`ConfigHooks`]); in short, per
+//! source and backup run (whatever the number of targets):
 //! - `before`: once, before the source is first read. If it fails (non-zero
 //!   exit), the source is not backed up, `after` does not run (nothing was
 //!   read), and `on_error` runs.
@@ -37,6 +39,7 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 
 pub use backup_core::run::Hook;
+use backup_core::run::Hooks;
 
 use crate::config::SourceConfig;
 
@@ -103,13 +106,32 @@ fn log_lines(source: &str, event: Hook, stream: &str, bytes: &[u8]) {
     }
 }
 
-/// Runs a hook on a blocking thread.
-pub async fn run_async(source: &SourceConfig, event: Hook, error: Option<String>) -> Result<()> {
-    if command(source, event).is_none() {
-        return Ok(());
+/// The `[[sources]]` hook commands, as the engine's runs call them: the
+/// one way a hook is run, for backups and restores alike.
+pub struct ConfigHooks(pub Vec<SourceConfig>);
+
+impl ConfigHooks {
+    fn source(&self, name: &str) -> std::result::Result<&SourceConfig, String> {
+        self.0
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| format!("no source named {name:?}"))
     }
-    let source = source.clone();
-    tokio::task::spawn_blocking(move || run(&source, event, error.as_deref()))
-        .await
-        .context("hook thread")?
+}
+
+impl Hooks for ConfigHooks {
+    fn has(&self, source: &str, hook: Hook) -> bool {
+        self.source(source)
+            .is_ok_and(|s| command(s, hook).is_some())
+    }
+
+    fn run(
+        &self,
+        source: &str,
+        hook: Hook,
+        errors: Option<&str>,
+    ) -> std::result::Result<(), String> {
+        let src = self.source(source)?;
+        run(src, hook, errors).map_err(|e| format!("{e:#}"))
+    }
 }
