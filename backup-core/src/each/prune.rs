@@ -52,6 +52,8 @@ pub type LockEntry = (String, Option<LockInfo>);
 /// What unlock did on one target.
 #[derive(Debug, Clone)]
 pub struct UnlockReport {
+    /// Whether every lock was to go, not only the stale ones.
+    pub all: bool,
     /// Every lock with `all`, else the stale ones.
     pub removed: Vec<LockEntry>,
     /// Without `all`: the locks left, held by live runs.
@@ -90,7 +92,7 @@ pub async fn unlock_all(
             } else {
                 lock::list(repo).await?
             };
-            Ok(UnlockReport { removed, held })
+            Ok(UnlockReport { all, removed, held })
         },
         observer,
     )
