@@ -230,6 +230,7 @@ async fn drills_and_status_of_an_unopened_target_fail_there_only() {
         .map(|d| (d.target.as_str(), d.report.passed))
         .collect();
     assert_eq!(verdicts, [("local", true), ("down", false)]);
+    assert_eq!(run.summary(), "1 of 2 drills passed");
     assert_eq!(
         run.failure_summary().as_deref(),
         Some(

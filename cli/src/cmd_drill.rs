@@ -155,7 +155,11 @@ async fn send_events(cfg: &Config, report: &DrillRun) {
         })
         .collect();
     notify::events(&cfg.notify, &events).await;
-    let passed = report.drills.iter().filter(|d| d.report.passed).count();
-    let summary = format!("{passed} of {} drills passed", report.drills.len());
-    notify::finish(&cfg.notify, EventKind::Drill, report.passed, &summary).await;
+    notify::finish(
+        &cfg.notify,
+        EventKind::Drill,
+        report.passed,
+        &report.summary(),
+    )
+    .await;
 }

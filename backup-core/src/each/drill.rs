@@ -38,6 +38,12 @@ pub struct DrillRun {
 }
 
 impl DrillRun {
+    /// "1 of 2 drills passed".
+    pub fn summary(&self) -> String {
+        let passed = self.drills.iter().filter(|d| d.report.passed).count();
+        format!("{passed} of {} drills passed", self.drills.len())
+    }
+
     /// "1 of 2 drills failed: app @ local (restore: ...)", or `None`.
     pub fn failure_summary(&self) -> Option<String> {
         let failed: Vec<String> = self
