@@ -5,14 +5,17 @@
 //! packs, index) -> [`storage`] (the trait every target implements). The
 //! operations ([`backup`], [`restore`] with [`fetch`], [`prune`] with
 //! [`retention`], [`pins`] and [`lock`], [`verify`], [`drill`], [`status`]) are
-//! thin functions over those and return typed results; printing and progress
-//! display belong to the caller. [`run`] and [`restore_run`] are whole
-//! `offsite backup` and `offsite restore` runs over them, hooks included.
+//! thin functions over those and return typed results; [`run`] (a backup of
+//! every source to every target), [`restore_run`] (a whole `offsite restore`,
+//! hooks included) and [`each`] (the other operations on every target)
+//! decide the order and what a failure means. Printing and progress display
+//! belong to the caller.
 
 pub mod backup;
 pub mod chunk;
 pub mod codec;
 pub mod drill;
+pub mod each;
 pub mod error;
 pub mod failpoint;
 pub mod fetch;

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backup::{backup_many, BackupOptions, BackupSummary, Progress};
+pub use crate::each::{BoxError, PlannedTarget};
 use crate::error::Error;
 use crate::keys::Keys;
 use crate::repo::Repository;
@@ -64,10 +65,6 @@ pub trait Hooks: Send + Sync {
     fn has(&self, source: &str, hook: Hook) -> bool;
     fn run(&self, source: &str, hook: Hook, errors: Option<&str>) -> Result<(), String>;
 }
-
-/// Any error of a part of the run: the engine's own, or the caller's (a
-/// target the configuration could not open).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What happened, in order, for printing and notifications.
 #[derive(Debug)]
@@ -115,12 +112,6 @@ pub trait Observer: Send + Sync {
 pub struct PlannedSource {
     pub spec: SourceSpec,
     pub lock_timeout: Duration,
-}
-
-/// A target of the run, opened or not.
-pub struct PlannedTarget {
-    pub name: String,
-    pub repo: Result<Repository, BoxError>,
 }
 
 /// Everything a run needs, resolved from the configuration.

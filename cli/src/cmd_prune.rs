@@ -1,19 +1,22 @@
-//! `offsite prune` (retention, then unused data) and `offsite unlock`.
+//! `offsite prune` (retention, then unused data) and `offsite unlock`: the
+//! configuration resolved into options and planned targets, the engine's
+//! [`backup_core::each::prune`] run on them, each target's report printed
+//! as it is done.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use backup_core::lock;
+use backup_core::each::prune::{prune_all, unlock_all, UnlockReport};
 use backup_core::prune::{PruneOptions, PruneReport, Verdict};
-use backup_core::repo::Repository;
 use chrono::Local;
 use clap::Args;
 use serde_json::json;
 
-use crate::commands::{chosen_targets, keys};
+use crate::commands::keys;
 use crate::config::Config;
-use crate::{output, targets};
+use crate::output;
+use crate::per_target::{planned_targets, TargetPrinter};
 
 #[derive(Args)]
 pub struct PruneArgs {
@@ -88,42 +91,32 @@ pub async fn prune(cfg: &Config, config_path: &Path, args: &PruneArgs) -> Result
     }
     // Prune writes index files, which are encrypted to the recipients.
     let keys = keys(cfg).context("prune needs encryption.recipients")?;
-    let mut results = Vec::new();
-    let mut failures = 0;
-    for t in chosen_targets(cfg, args.target.as_deref())? {
-        let attempt = async {
-            let repo = Repository::open(targets::open(t)?).await?;
-            Ok::<_, anyhow::Error>(backup_core::prune::prune(&repo, &keys, &opts).await?)
-        };
-        match attempt.await {
-            Ok(report) => {
-                if args.json {
-                    results.push(report_json(&t.name, &report));
-                } else {
-                    print_report(&t.name, &report);
-                }
-                for s in &report.sources_without_policy {
-                    eprintln!(
-                        "warning: source {s:?} has no retention policy: all its snapshots on {} \
-                         are kept (set [retention] or a retention table in its [[sources]] entry)",
-                        t.name
-                    );
-                }
-            }
-            Err(e) => {
-                failures += 1;
-                let e = e.context(format!("target {:?}", t.name));
-                crate::commands::print_target_failure(args.json, &mut results, &t.name, &e);
-            }
-        }
-    }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
-    }
-    if failures > 0 {
-        bail!("prune failed on {failures} target(s)");
+    let targets = planned_targets(cfg, args.target.as_deref()).await?;
+    let printer = TargetPrinter::new(args.json, show_report, None);
+    let run = prune_all(targets, &keys, &opts, &printer).await;
+    printer.finish()?;
+    if let Some(failed) = run.failure_summary() {
+        bail!("{failed}");
     }
     Ok(())
+}
+
+/// One target's report: its JSON entry with `--json`, else printed; with a
+/// warning on stderr either way for each source without a policy.
+fn show_report(target: &str, report: &PruneReport, as_json: bool) -> Option<serde_json::Value> {
+    let entry = if as_json {
+        Some(report_json(target, report))
+    } else {
+        print_report(target, report);
+        None
+    };
+    for s in &report.sources_without_policy {
+        eprintln!(
+            "warning: source {s:?} has no retention policy: all its snapshots on {target} \
+             are kept (set [retention] or a retention table in its [[sources]] entry)"
+        );
+    }
+    entry
 }
 
 /// The rules that keep a snapshot, or why none does; a pre-restore
@@ -258,36 +251,32 @@ fn report_json(target: &str, r: &PruneReport) -> serde_json::Value {
 }
 
 pub async fn unlock(cfg: &Config, args: &UnlockArgs) -> Result<()> {
-    for t in chosen_targets(cfg, args.target.as_deref())? {
-        let repo = Repository::open(targets::open(t)?)
-            .await
-            .with_context(|| format!("target {:?}", t.name))?;
-        let removed = lock::remove(&repo, args.all)
-            .await
-            .with_context(|| format!("target {:?}", t.name))?;
-        if removed.is_empty() {
-            println!(
-                "{}: no {}locks",
-                t.name,
-                if args.all { "" } else { "stale " }
-            );
-        }
-        for (key, info) in removed {
-            match info {
-                Some(i) => println!("{}: removed the lock of {} ({key})", t.name, i.describe()),
-                None => println!("{}: removed the unreadable lock {key}", t.name),
-            }
-        }
-        if !args.all {
-            let held = lock::list(&repo).await?;
-            for (key, info) in held {
-                let who = info.map_or_else(|| "an unreadable lock".to_string(), |i| i.describe());
-                println!(
-                    "{}: still locked by {who} ({key}); if that run is gone, `offsite unlock --all` removes it",
-                    t.name
-                );
-            }
-        }
+    let targets = planned_targets(cfg, args.target.as_deref()).await?;
+    let printer = TargetPrinter::new(false, show_unlock, None);
+    let run = unlock_all(targets, args.all, &printer).await;
+    if let Some(failed) = run.failure_summary() {
+        bail!("{failed}");
     }
     Ok(())
+}
+
+fn show_unlock(target: &str, r: &UnlockReport, _: bool) -> Option<serde_json::Value> {
+    if r.removed.is_empty() {
+        println!("{target}: no {}locks", if r.all { "" } else { "stale " });
+    }
+    for (key, info) in &r.removed {
+        match info {
+            Some(i) => println!("{target}: removed the lock of {} ({key})", i.describe()),
+            None => println!("{target}: removed the unreadable lock {key}"),
+        }
+    }
+    for (key, info) in &r.held {
+        let who = info
+            .as_ref()
+            .map_or_else(|| "an unreadable lock".to_string(), |i| i.describe());
+        println!(
+            "{target}: still locked by {who} ({key}); if that run is gone, `offsite unlock --all` removes it"
+        );
+    }
+    None
 }

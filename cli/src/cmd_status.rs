@@ -8,17 +8,17 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use backup_core::keys::MetadataKey;
-use backup_core::repo::Repository;
-use backup_core::status::{source_status, stored_bytes, SourceStatus};
+use backup_core::each::status::{status_all, Copies, StatusRun, Watched};
+use backup_core::status::SourceStatus;
 use chrono::{DateTime, Local, Utc};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::commands::{chosen_targets, metadata_key};
+use crate::commands::metadata_key;
 use crate::config::Config;
 use crate::notify::{self, Event, EventKind};
-use crate::{output, targets};
+use crate::output;
+use crate::per_target::planned_targets;
 
 /// One target's repository, or why it could not be read.
 #[derive(Debug, Serialize)]
@@ -50,135 +50,64 @@ pub struct Report {
     pub breaches: Vec<String>,
 }
 
-/// Where a source's newest snapshot is. A backup run stores one snapshot on
-/// every target, so "complete on N of M targets" means: the newest snapshot
-/// of the source on any target (by time, pre-restore snapshots aside) is
-/// held by N of the M configured targets; the others (`missing`, a target
-/// that could not be read included) hold only older ones or none, usually
-/// because a run failed there. The next successful run brings them level.
-#[derive(Debug, Serialize)]
-pub struct Copies {
-    pub source: String,
-    /// The newest snapshot's id; `None` when no target holds one.
-    pub newest: Option<String>,
-    pub complete_on: usize,
-    pub targets: usize,
-    pub missing: Vec<String>,
-}
-
-/// Copies of each source's newest snapshot across the readable rows.
-fn copies(cfg: &Config, rows: &[Row], targets: &[TargetStatus]) -> Vec<Copies> {
-    cfg.sources
-        .iter()
-        .map(|src| {
-            let mine: Vec<&Row> = rows
-                .iter()
-                .filter(|r| r.status.source == src.name)
-                .collect();
-            let newest = mine
-                .iter()
-                .filter_map(|r| r.status.newest.as_ref())
-                .max_by_key(|n| n.time)
-                .map(|n| n.id.clone());
-            let holds = |t: &str| {
-                mine.iter().any(|r| {
-                    r.target == t && r.status.newest.as_ref().map(|n| &n.id) == newest.as_ref()
-                })
-            };
-            let missing: Vec<String> = targets
-                .iter()
-                .map(|t| t.target.clone())
-                .filter(|t| newest.is_none() || !holds(t))
-                .collect();
-            Copies {
-                source: src.name.clone(),
-                complete_on: if newest.is_some() {
-                    targets.len() - missing.len()
-                } else {
-                    0
-                },
-                targets: targets.len(),
-                newest,
-                missing,
-            }
-        })
-        .collect()
-}
-
-async fn target_status(
-    cfg: &Config,
-    t: &crate::config::TargetConfig,
-    ids: &MetadataKey,
-    now: DateTime<Utc>,
-) -> Result<(TargetStatus, Vec<SourceStatus>)> {
-    let repo = Repository::open(targets::open(t)?).await?;
-    let snapshots = repo.snapshots(ids).await?;
-    let bytes = stored_bytes(&repo).await?;
-    let rows = cfg
-        .sources
-        .iter()
-        .map(|s| source_status(&snapshots, &s.name, &cfg.thresholds(&s.name), now))
-        .collect();
-    Ok((
-        TargetStatus {
-            target: t.name.clone(),
-            location: Some(repo.describe()),
-            repository_bytes: Some(bytes),
-            error: None,
-        },
-        rows,
-    ))
-}
-
+/// Every target's status for every source, and the breaches: the engine's
+/// verdict ([`status_all`]) in the shape `--json` and Prometheus show.
 pub async fn check(cfg: &Config) -> Result<Report> {
     if cfg.sources.is_empty() {
         bail!("no [[sources]] in the config: status reports on sources");
     }
     let ids = metadata_key(cfg)?;
-    let now = Utc::now();
-    let mut report = Report {
-        ok: true,
-        time: now,
-        targets: Vec::new(),
-        sources: Vec::new(),
-        copies: Vec::new(),
-        breaches: Vec::new(),
-    };
-    for t in chosen_targets(cfg, None)? {
-        match target_status(cfg, t, &ids, now).await {
-            Ok((ts, rows)) => {
-                report.targets.push(ts);
-                for s in rows {
-                    for b in &s.breaches {
-                        report
-                            .breaches
-                            .push(format!("{} @ {}: {b}", s.source, t.name));
-                    }
-                    report.sources.push(Row {
-                        target: t.name.clone(),
-                        ok: s.ok(),
-                        status: s,
+    let targets = planned_targets(cfg, None).await?;
+    let watched: Vec<Watched> = cfg
+        .sources
+        .iter()
+        .map(|s| Watched {
+            source: s.name.clone(),
+            thresholds: cfg.thresholds(&s.name),
+        })
+        .collect();
+    let run = status_all(targets, &ids, &watched, Utc::now()).await;
+    Ok(Report::from(&run))
+}
+
+impl From<&StatusRun> for Report {
+    fn from(run: &StatusRun) -> Report {
+        let mut targets = Vec::new();
+        let mut sources = Vec::new();
+        for o in run.outcomes.iter() {
+            let target = o.target.clone();
+            match &o.result {
+                Ok(h) => {
+                    targets.push(TargetStatus {
+                        target: target.clone(),
+                        location: Some(h.location.clone()),
+                        repository_bytes: Some(h.repository_bytes),
+                        error: None,
                     });
+                    sources.extend(h.sources.iter().map(|s| Row {
+                        target: target.clone(),
+                        ok: s.ok(),
+                        status: s.clone(),
+                    }));
                 }
-            }
-            Err(e) => {
-                let e = format!("{e:#}");
-                report.breaches.push(format!(
-                    "target {}: cannot read the repository: {e}",
-                    t.name
-                ));
-                report.targets.push(TargetStatus {
-                    target: t.name.clone(),
+                Err(e) => targets.push(TargetStatus {
+                    target,
                     location: None,
                     repository_bytes: None,
-                    error: Some(e),
-                });
+                    error: Some(e.chain()),
+                }),
             }
         }
+        let breaches = run.breaches();
+        Report {
+            ok: breaches.is_empty(),
+            time: run.time,
+            targets,
+            sources,
+            copies: run.copies(),
+            breaches,
+        }
     }
-    report.copies = copies(cfg, &report.sources, &report.targets);
-    report.ok = report.breaches.is_empty();
-    Ok(report)
 }
 
 pub async fn run(cfg: &Config, as_json: bool, prometheus: Option<&Path>) -> Result<()> {

@@ -7,11 +7,10 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
+use backup_core::each::verify::{verify_all, VerifyFailure};
 use backup_core::keys::MetadataKey;
-use backup_core::repo::Repository;
 use backup_core::verify::{
     DataCheck, ReadData, Subset, VerifyOptions, VerifyProgress, VerifyReport,
 };
@@ -19,10 +18,10 @@ use chrono::Local;
 use clap::Args;
 use serde_json::json;
 
-use crate::commands::{chosen_targets, identities, keys};
-use crate::config::{Config, TargetConfig};
+use crate::commands::{identities, keys};
+use crate::config::Config;
 use crate::output::{Bar, Sample, STEP, STEP_AND_BYTES};
-use crate::targets;
+use crate::per_target::{planned_targets, StartBar, TargetPrinter};
 
 #[derive(Args)]
 pub struct VerifyArgs {
@@ -61,44 +60,15 @@ pub async fn verify(cfg: &Config, args: &VerifyArgs) -> Result<()> {
         source: args.source.clone(),
         ..Default::default()
     };
-    let mut results = Vec::new();
-    let mut damaged = Vec::new();
-    let mut failed = Vec::new();
-    for t in chosen_targets(cfg, args.target.as_deref())? {
-        match verify_target(t, &ids, &opts, args.json).await {
-            Ok(report) => {
-                if !report.ok() {
-                    damaged.push(t.name.clone());
-                }
-                if args.json {
-                    results.push(report_json(&t.name, &report));
-                } else {
-                    print_report(&t.name, &report);
-                }
-            }
-            Err(e) => {
-                let e = e.context(format!("target {:?}", t.name));
-                failed.push(t.name.clone());
-                crate::commands::print_target_failure(args.json, &mut results, &t.name, &e);
-            }
-        }
+    let targets = planned_targets(cfg, args.target.as_deref()).await?;
+    let printer = TargetPrinter::new(args.json, show_report, Some(start_bar(opts.data.is_some())));
+    let run = verify_all(targets, &ids, &opts, &printer).await;
+    printer.finish()?;
+    match run.verdict() {
+        Err(e @ VerifyFailure::Damaged(_)) => Err(anyhow!(e)).context("verify found damage"),
+        Err(e) => Err(e.into()),
+        Ok(()) => Ok(()),
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
-    }
-    if !damaged.is_empty() {
-        return Err(anyhow!(
-            "damaged snapshots on {}; a restore takes damaged chunks from your other targets \
-             by itself, or pick an intact snapshot; take a new backup (it stores again whatever \
-             is missing from the index or recorded as damaged)",
-            damaged.join(", ")
-        ))
-        .context("verify found damage");
-    }
-    if !failed.is_empty() {
-        bail!("could not verify {}", failed.join(", "));
-    }
-    Ok(())
 }
 
 /// The key that reads metadata, and what of the data to read with the
@@ -126,31 +96,24 @@ fn keys_for(cfg: &Config, args: &VerifyArgs) -> Result<(MetadataKey, Option<Read
     })
 }
 
-/// Verifies one target, with a progress line while it runs.
-async fn verify_target(
-    t: &TargetConfig,
-    ids: &MetadataKey,
-    opts: &VerifyOptions,
-    as_json: bool,
-) -> Result<VerifyReport> {
-    let progress = Arc::new(VerifyProgress::default());
-    let opts = VerifyOptions {
-        progress: Some(progress.clone()),
-        ..opts.clone()
-    };
-    let template = if opts.data.is_some() {
-        STEP_AND_BYTES
-    } else {
-        STEP
-    };
-    let _bar = Bar::watch(
-        format!("verify {}", t.name),
-        template,
-        !as_json,
-        move || progress_sample(&progress),
-    );
-    let repo = Repository::open(targets::open(t)?).await?;
-    Ok(backup_core::verify::verify(&repo, ids, &opts).await?)
+/// One target's report: its JSON entry with `--json`, else printed.
+fn show_report(target: &str, report: &VerifyReport, as_json: bool) -> Option<serde_json::Value> {
+    if as_json {
+        return Some(report_json(target, report));
+    }
+    print_report(target, report);
+    None
+}
+
+/// The progress line while a target is verified: with the bytes read when
+/// data is read.
+fn start_bar(reads_data: bool) -> StartBar<VerifyProgress> {
+    let template = if reads_data { STEP_AND_BYTES } else { STEP };
+    Box::new(move |target, progress, enabled| {
+        Bar::watch(format!("verify {target}"), template, enabled, move || {
+            progress_sample(&progress)
+        })
+    })
 }
 
 /// "reading the index", "packs read 3/40" while `--read-data-subset` reads packs, then

@@ -138,24 +138,6 @@ pub(crate) fn source_specs(cfg: &Config, name: Option<&str>) -> Result<Vec<Sourc
         .collect())
 }
 
-/// A target that failed as a whole in a per-target command (prune, verify):
-/// a JSON result entry, or a line on stderr with a hint.
-pub(crate) fn print_target_failure(
-    as_json: bool,
-    results: &mut Vec<serde_json::Value>,
-    target: &str,
-    e: &anyhow::Error,
-) {
-    if as_json {
-        results.push(json!({"target": target, "ok": false, "error": format!("{e:#}")}));
-    } else {
-        eprintln!("{target}: FAILED: {e:#}");
-        if let Some(h) = hint(e) {
-            eprintln!("  hint: {h}");
-        }
-    }
-}
-
 pub(crate) fn snapshot_json(m: &Manifest, target: &str) -> serde_json::Value {
     json!({
         "id": m.id,
@@ -347,18 +329,13 @@ pub fn report(e: &anyhow::Error) -> ExitCode {
 const FULL_HINT: &str = "make room on the target (free disk space, raise its quota or storage cap, or prune old snapshots), then run again: nothing needs repairing, earlier snapshots are intact, and what this run stored is reused";
 
 pub(crate) fn hint(e: &anyhow::Error) -> Option<String> {
-    core_hint(e.chain().find_map(|c| c.downcast_ref::<Error>())?)
+    hint_in(e.as_ref())
 }
 
-/// [`hint`] for an error and its causes that are not an `anyhow::Error`.
+/// The hint for the first engine [`Error`] among `e` and its causes.
 pub(crate) fn hint_in(e: &(dyn std::error::Error + 'static)) -> Option<String> {
-    core_hint(
-        std::iter::successors(Some(e), |e| (*e).source())
-            .find_map(|c| c.downcast_ref::<Error>())?,
-    )
-}
-
-fn core_hint(core: &Error) -> Option<String> {
+    let core =
+        std::iter::successors(Some(e), |c| c.source()).find_map(|c| c.downcast_ref::<Error>())?;
     Some(match core {
         Error::WrongIdentity { .. } => {
             "this needs the identity whose public key was in encryption.recipients when the backup was made; pass --identity FILE".into()

@@ -38,6 +38,7 @@ mod hooks;
 mod notify;
 mod ops_config;
 mod output;
+mod per_target;
 mod targets;
 mod usage;
 

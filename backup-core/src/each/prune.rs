@@ -1,0 +1,101 @@
+//! Prune and unlock on every planned target, and what their outcomes mean:
+//! the command failed when any target has no report.
+//!
+//! Never: stop at a failed target; the others are pruned (or unlocked) all
+//! the same, since each repository is independent.
+
+use super::{each_observed, Observer, Outcomes, PlannedTarget};
+use crate::keys::Keys;
+use crate::lock::{self, LockInfo};
+use crate::prune::{prune, PruneOptions, PruneReport};
+
+/// A prune of every planned target.
+#[derive(Debug)]
+pub struct PruneRun {
+    pub outcomes: Outcomes<PruneReport>,
+}
+
+impl PruneRun {
+    pub fn failed(&self) -> Vec<&str> {
+        self.outcomes.failed()
+    }
+
+    /// "prune failed on 1 target(s)", or `None` when every target was pruned.
+    pub fn failure_summary(&self) -> Option<String> {
+        failed_on("prune", self.failed().len())
+    }
+}
+
+fn failed_on(what: &str, failed: usize) -> Option<String> {
+    (failed > 0).then(|| format!("{what} failed on {failed} target(s)"))
+}
+
+/// Prunes each target in turn; `observer` hears of each as it is done.
+pub async fn prune_all(
+    targets: Vec<PlannedTarget>,
+    keys: &Keys,
+    opts: &PruneOptions,
+    observer: &dyn Observer<PruneReport>,
+) -> PruneRun {
+    let outcomes = each_observed(
+        targets,
+        async |_, repo| prune(repo, keys, opts).await,
+        observer,
+    )
+    .await;
+    PruneRun { outcomes }
+}
+
+/// A lock and what it says about its holder (`None`: it does not decode).
+pub type LockEntry = (String, Option<LockInfo>);
+
+/// What unlock did on one target.
+#[derive(Debug, Clone)]
+pub struct UnlockReport {
+    /// Whether every lock was to go, not only the stale ones.
+    pub all: bool,
+    /// Every lock with `all`, else the stale ones.
+    pub removed: Vec<LockEntry>,
+    /// Without `all`: the locks left, held by live runs.
+    pub held: Vec<LockEntry>,
+}
+
+/// An unlock of every planned target.
+#[derive(Debug)]
+pub struct UnlockRun {
+    pub outcomes: Outcomes<UnlockReport>,
+}
+
+impl UnlockRun {
+    pub fn failed(&self) -> Vec<&str> {
+        self.outcomes.failed()
+    }
+
+    /// "unlock failed on 1 target(s)", or `None`.
+    pub fn failure_summary(&self) -> Option<String> {
+        failed_on("unlock", self.failed().len())
+    }
+}
+
+/// Removes the stale locks (every lock with `all`) of each target in turn.
+pub async fn unlock_all(
+    targets: Vec<PlannedTarget>,
+    all: bool,
+    observer: &dyn Observer<UnlockReport>,
+) -> UnlockRun {
+    let outcomes = each_observed(
+        targets,
+        async |_, repo| {
+            let removed = lock::remove(repo, all).await?;
+            let held = if all {
+                Vec::new()
+            } else {
+                lock::list(repo).await?
+            };
+            Ok(UnlockReport { all, removed, held })
+        },
+        observer,
+    )
+    .await;
+    UnlockRun { outcomes }
+}

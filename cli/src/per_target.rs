@@ -1,0 +1,126 @@
+//! The binary's side of a per-target command (prune, unlock, verify, drill,
+//! status): the chosen targets opened into the engine's
+//! [`PlannedTarget`]s, and each target's report or failure printed as the
+//! engine tells of it. What the outcomes mean is the engine's
+//! ([`backup_core::each`]); nothing here counts failures.
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::Result;
+use backup_core::each::{BoxError, Event, Observer, PlannedTarget, TargetError};
+use backup_core::repo::Repository;
+use serde_json::json;
+
+use crate::commands::{chosen_targets, hint_in};
+use crate::config::{Config, TargetConfig};
+use crate::output::Bar;
+use crate::targets;
+
+/// The chosen targets, each opened (or why not), in config order.
+pub(crate) async fn planned_targets(
+    cfg: &Config,
+    name: Option<&str>,
+) -> Result<Vec<PlannedTarget>> {
+    Ok(open_targets(chosen_targets(cfg, name)?).await)
+}
+
+/// Opens each target's repository. The errors are as they come: opening the
+/// backend names the target already, the engine's own error is kept as it
+/// is so that [`hint_in`] finds it.
+pub(crate) async fn open_targets(chosen: Vec<&TargetConfig>) -> Vec<PlannedTarget> {
+    let mut planned = Vec::with_capacity(chosen.len());
+    for t in chosen {
+        let repo = match targets::open(t) {
+            Ok(storage) => Repository::open(storage)
+                .await
+                .map_err(|e| Box::new(e) as BoxError),
+            Err(e) => Err(e.into()),
+        };
+        planned.push(PlannedTarget {
+            name: t.name.clone(),
+            repo,
+        });
+    }
+    planned
+}
+
+/// A target that failed as a whole in a per-target command (prune, verify,
+/// unlock): a JSON result entry, or a line on stderr with a hint.
+pub(crate) fn print_target_failure(
+    as_json: bool,
+    results: &mut Vec<serde_json::Value>,
+    target: &str,
+    e: &TargetError,
+) {
+    let text = format!("target {target:?}: {}", e.chain());
+    if as_json {
+        results.push(json!({"target": target, "ok": false, "error": text}));
+    } else {
+        eprintln!("{target}: FAILED: {text}");
+        if let Some(h) = hint_in(e.error()) {
+            eprintln!("  hint: {h}");
+        }
+    }
+}
+
+/// How a command shows one target's report: returns its JSON entry with
+/// `--json`, else prints it.
+pub(crate) type Show<R> = fn(&str, &R, bool) -> Option<serde_json::Value>;
+
+/// A progress line for a part starting on a target.
+pub(crate) type StartBar<P> = Box<dyn Fn(&str, Arc<P>, bool) -> Bar + Send + Sync>;
+
+/// Prints each target's report (or failure) as soon as it is done, with a
+/// progress line while it runs, and keeps the JSON entries for `--json`,
+/// printed as one array by [`TargetPrinter::finish`].
+pub(crate) struct TargetPrinter<R, P = ()> {
+    as_json: bool,
+    show: Show<R>,
+    start: Option<StartBar<P>>,
+    results: Mutex<Vec<serde_json::Value>>,
+    bar: Mutex<Option<Bar>>,
+}
+
+impl<R, P> TargetPrinter<R, P> {
+    pub(crate) fn new(as_json: bool, show: Show<R>, start: Option<StartBar<P>>) -> Self {
+        TargetPrinter {
+            as_json,
+            show,
+            start,
+            results: Mutex::default(),
+            bar: Mutex::default(),
+        }
+    }
+
+    /// With `--json`, prints the entries of every target as one array.
+    pub(crate) fn finish(self) -> Result<()> {
+        if self.as_json {
+            let results = self.results.into_inner().expect("printer state");
+            println!("{}", serde_json::to_string_pretty(&results)?);
+        }
+        Ok(())
+    }
+}
+
+impl<R, P> Observer<R, P> for TargetPrinter<R, P> {
+    fn event(&self, event: Event<'_, R, P>) {
+        match event {
+            Event::Started {
+                target, progress, ..
+            } => {
+                if let Some(start) = &self.start {
+                    *self.bar.lock().expect("printer state") =
+                        Some(start(target, progress, !self.as_json));
+                }
+            }
+            Event::Finished { target, result, .. } => {
+                self.bar.lock().expect("printer state").take();
+                let mut results = self.results.lock().expect("printer state");
+                match result {
+                    Ok(report) => results.extend((self.show)(target, report, self.as_json)),
+                    Err(e) => print_target_failure(self.as_json, &mut results, target, e),
+                }
+            }
+        }
+    }
+}
