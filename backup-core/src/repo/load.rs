@@ -69,8 +69,16 @@ impl Unreadable {
     /// decodable, or encrypted to someone else. Such an object holds
     /// nothing any snapshot could need; prune deletes it.
     pub fn junk(&self) -> bool {
+        self.cause.junk()
+    }
+}
+
+impl Cause {
+    /// Whether an object skipped for this cause is provably not one offsite
+    /// wrote (see [`Unreadable::junk`]).
+    pub fn junk(self) -> bool {
         matches!(
-            self.cause,
+            self,
             Cause::Empty | Cause::Undecodable | Cause::WrongIdentity
         )
     }
@@ -296,31 +304,46 @@ impl Repository {
     }
 }
 
+/// What an empty object is said to be.
+const EMPTY: &str = "the object is empty (0 bytes)";
+
 /// Decodes `raw` and parses it with `parse`, telling apart why it failed:
 /// the codec (the object is damaged or junk) or the contents.
-pub(crate) fn decode_with<T>(
+fn decode_with<T>(
     key: &str,
     raw: &[u8],
     ids: &Identities,
     parse: impl FnOnce(&mut dyn BufRead) -> Result<T>,
 ) -> std::result::Result<T, Unreadable> {
-    let skipped = |cause, message: String| Unreadable {
+    decode_classified(key, raw, ids, parse).map_err(|(cause, e)| Unreadable {
         key: key.to_string(),
         cause,
-        message,
-    };
+        message: match cause {
+            Cause::Empty => EMPTY.into(),
+            _ => e.to_string(),
+        },
+    })
+}
+
+/// [`decode_with`], keeping the error itself (which names `key`) beside
+/// the cause, for readers that report it as it is.
+pub(super) fn decode_classified<T>(
+    key: &str,
+    raw: &[u8],
+    ids: &Identities,
+    parse: impl FnOnce(&mut dyn BufRead) -> Result<T>,
+) -> std::result::Result<T, (Cause, Error)> {
     if raw.is_empty() {
-        return Err(skipped(
-            Cause::Empty,
-            "the object is empty (0 bytes)".into(),
-        ));
+        let e = Error::Corrupt {
+            key: key.to_string(),
+            message: EMPTY.into(),
+        };
+        return Err((Cause::Empty, e));
     }
     let plain = match codec::decode_reader(raw, ids.iter(), key) {
         Ok(p) => p,
-        Err(e @ Error::WrongIdentity { .. }) => {
-            return Err(skipped(Cause::WrongIdentity, e.to_string()))
-        }
-        Err(e) => return Err(skipped(Cause::Undecodable, e.to_string())),
+        Err(e @ Error::WrongIdentity { .. }) => return Err((Cause::WrongIdentity, e)),
+        Err(e) => return Err((Cause::Undecodable, e)),
     };
     let codec_failed = Cell::new(false);
     let mut reader = BufReader::new(Watch {
@@ -329,11 +352,9 @@ pub(crate) fn decode_with<T>(
     });
     match parse(&mut reader) {
         Ok(v) => Ok(v),
-        Err(e) if codec_failed.get() => Err(skipped(Cause::Undecodable, e.to_string())),
-        Err(e @ Error::UnsupportedVersion { .. }) => {
-            Err(skipped(Cause::Unsupported, e.to_string()))
-        }
-        Err(e) => Err(skipped(Cause::Unparseable, e.to_string())),
+        Err(e) if codec_failed.get() => Err((Cause::Undecodable, e)),
+        Err(e @ Error::UnsupportedVersion { .. }) => Err((Cause::Unsupported, e)),
+        Err(e) => Err((Cause::Unparseable, e)),
     }
 }
 

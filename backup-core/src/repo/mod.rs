@@ -14,11 +14,13 @@
 //! timestamps and reveal nothing of the content. A snapshot exists once its
 //! manifest exists, and the manifest is written last, with create-if-absent.
 //! Reading the snapshot list and the index (with their skipping of objects
-//! that do not decode) is in `load`, writing damage records in `damage`.
+//! that do not decode) is in `load`, reading a snapshot's chunk list in
+//! `list`, writing damage records in `damage`.
 //! docs/format.md is the normative description; this module implements it.
 
 mod damage;
 pub mod format;
+mod list;
 mod load;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,7 +40,7 @@ use crate::storage::{
 };
 
 pub use format::{Damage, Index, Location};
-pub(crate) use load::decode_with;
+pub use list::{ChunkList, ListError};
 pub use load::{Cause, SnapshotList, Unreadable};
 
 pub const FORMAT_VERSION: u32 = 1;
