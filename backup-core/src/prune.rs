@@ -49,8 +49,8 @@ use crate::lock::{Lock, LockKind, LockWait};
 use crate::pins::{pinned, PINS};
 use crate::repo::format::{write_index, ListItem, PackContents};
 use crate::repo::{
-    Damage, Index, ListError, Manifest, Repository, Unreadable, DAMAGED, INDEX, LISTS, PACKS,
-    SNAPSHOTS,
+    newest_first, Damage, Index, ListError, Manifest, Repository, Unreadable, DAMAGED, INDEX,
+    LISTS, PACKS, SNAPSHOTS,
 };
 use crate::retention::{self, Candidate, Policy};
 use crate::storage::PutMode;
@@ -243,12 +243,9 @@ fn decide<'m>(
             });
         }
     }
-    report.snapshots.sort_by(|a, b| {
-        b.manifest
-            .finished
-            .cmp(&a.manifest.finished)
-            .then_with(|| b.manifest.id.cmp(&a.manifest.id))
-    });
+    report
+        .snapshots
+        .sort_by(|a, b| newest_first(&a.manifest, &b.manifest));
     removed
 }
 

@@ -22,9 +22,11 @@
 //! listing is read again.
 
 use std::cell::Cell;
+use std::cmp::Ordering;
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read};
 
+use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use super::format::{parse_damage, parse_index, Damage, DamagedPack, Index, PackContents};
@@ -98,6 +100,40 @@ pub struct SnapshotList {
     pub unreadable: Vec<Unreadable>,
 }
 
+/// A snapshot, or something said about one, placed in time: what
+/// [`newest_first`] orders.
+pub trait Dated {
+    /// When the snapshot was taken (a manifest's `finished`).
+    fn time(&self) -> DateTime<Utc>;
+    fn id(&self) -> &str;
+}
+
+impl Dated for Manifest {
+    fn time(&self) -> DateTime<Utc> {
+        self.finished
+    }
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl<T: Dated + ?Sized> Dated for &T {
+    fn time(&self) -> DateTime<Utc> {
+        (**self).time()
+    }
+    fn id(&self) -> &str {
+        (**self).id()
+    }
+}
+
+/// The one order of snapshots, newest first: the later time first, at
+/// equal times the greater id (ids begin with the time the backup started).
+/// Snapshot listings, retention, prune's report and the views across
+/// targets all sort by it, so they never disagree on which is newest.
+pub fn newest_first<T: Dated>(a: &T, b: &T) -> Ordering {
+    b.time().cmp(&a.time()).then_with(|| b.id().cmp(a.id()))
+}
+
 /// The outcome of reading one listed object.
 enum Fetched<T> {
     Read(T),
@@ -139,8 +175,7 @@ impl Repository {
         for u in &out.unreadable {
             warn_skipped(u);
         }
-        out.manifests
-            .sort_by(|a, b| b.finished.cmp(&a.finished).then(b.id.cmp(&a.id)));
+        out.manifests.sort_by(newest_first);
         out.unreadable.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }

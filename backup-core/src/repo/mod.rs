@@ -41,7 +41,7 @@ use crate::storage::{
 
 pub use format::{Damage, Index, Location};
 pub use list::{ChunkList, ListError};
-pub use load::{Cause, SnapshotList, Unreadable};
+pub use load::{newest_first, Cause, Dated, SnapshotList, Unreadable};
 
 pub const FORMAT_VERSION: u32 = 1;
 pub const CONFIG_KEY: &str = "config";
@@ -471,22 +471,34 @@ pub enum Selector {
     At(DateTime<Utc>),
 }
 
+/// The snapshots of `source` (all sources when `None`) that `--latest`,
+/// `--at`, drills and status choose among, in the order given: pre-restore
+/// snapshots ([`Manifest::is_pre_restore`]) pass over them. The one
+/// pre-restore filter; only an id picks such a snapshot.
+pub fn regular<'a, 's: 'i, 'i>(
+    snapshots: &'a [Manifest],
+    source: Option<&'s str>,
+) -> impl Iterator<Item = &'a Manifest> + 'i
+where
+    'a: 'i,
+{
+    snapshots
+        .iter()
+        .filter(move |m| source.is_none_or(|s| m.source == s) && !m.is_pre_restore())
+}
+
 /// Picks a snapshot of `source` (all sources when `None`) from a newest-first list.
 pub fn select<'a>(
     snapshots: &'a [Manifest],
     source: Option<&str>,
     sel: &Selector,
 ) -> Result<&'a Manifest> {
-    let mut candidates = snapshots
-        .iter()
-        .filter(|m| source.is_none_or(|s| m.source == s));
-    let regular = |m: &&Manifest| !m.is_pre_restore();
     match sel {
-        Selector::Latest => candidates.find(regular).ok_or_else(|| {
+        Selector::Latest => regular(snapshots, source).next().ok_or_else(|| {
             Error::SnapshotNotFound(format!("source {}", source.unwrap_or("(any)")))
         }),
-        Selector::At(t) => candidates
-            .find(|m| regular(m) && m.finished <= *t)
+        Selector::At(t) => regular(snapshots, source)
+            .find(|m| m.finished <= *t)
             .ok_or_else(|| {
                 Error::SnapshotNotFound(format!(
                     "{} at or before {t}",
@@ -494,7 +506,9 @@ pub fn select<'a>(
                 ))
             }),
         Selector::Id(id) => {
-            let hits: Vec<&Manifest> = candidates
+            let hits: Vec<&Manifest> = snapshots
+                .iter()
+                .filter(|m| source.is_none_or(|s| m.source == s))
                 .filter(|m| {
                     m.id == *id || m.id.starts_with(id.as_str()) || m.id.ends_with(id.as_str())
                 })
