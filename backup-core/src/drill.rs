@@ -34,7 +34,7 @@ use crate::backup::Progress;
 use crate::error::{Error, Result};
 use crate::keys::Identities;
 use crate::lock::{Lock, LockWait};
-use crate::repo::{Manifest, Repository};
+use crate::repo::{regular, Manifest, Repository};
 use crate::restore::{restore, RestoreOptions};
 use crate::source::{sqlite, SourceKind};
 use crate::status::human;
@@ -191,13 +191,9 @@ async fn drill_locked(
     enter(opts, "snapshot_exists");
     // What `restore --latest` would restore: pre-restore snapshots save a
     // replaced (maybe damaged) file, not the backups being drilled.
-    let snapshots: Vec<Manifest> = repo
-        .snapshots(ids)
-        .await?
-        .into_iter()
-        .filter(|m| m.source == source && !m.is_pre_restore())
-        .collect();
-    let Some(newest) = snapshots.first() else {
+    let all = repo.snapshots(ids).await?;
+    let snapshots: Vec<&Manifest> = regular(&all, Some(source)).collect();
+    let Some(newest) = snapshots.first().copied() else {
         report.push(
             "snapshot_exists",
             false,

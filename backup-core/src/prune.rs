@@ -47,10 +47,10 @@ use crate::error::{Error, Result};
 use crate::keys::{Keys, MetadataKey};
 use crate::lock::{Lock, LockKind, LockWait};
 use crate::pins::{pinned, PINS};
-use crate::repo::format::{parse_list, write_index, ListItem, PackContents};
+use crate::repo::format::{write_index, ListItem, PackContents};
 use crate::repo::{
-    decode_with, Damage, Index, Manifest, Repository, Unreadable, DAMAGED, INDEX, LISTS, PACKS,
-    SNAPSHOTS,
+    newest_first, Damage, Index, ListError, Manifest, Repository, Unreadable, DAMAGED, INDEX,
+    LISTS, PACKS, SNAPSHOTS,
 };
 use crate::retention::{self, Candidate, Policy};
 use crate::storage::PutMode;
@@ -243,12 +243,9 @@ fn decide<'m>(
             });
         }
     }
-    report.snapshots.sort_by(|a, b| {
-        b.manifest
-            .finished
-            .cmp(&a.manifest.finished)
-            .then_with(|| b.manifest.id.cmp(&a.manifest.id))
-    });
+    report
+        .snapshots
+        .sort_by(|a, b| newest_first(&a.manifest, &b.manifest));
     removed
 }
 
@@ -365,7 +362,7 @@ fn refuse_unknown(unreadable: &[Unreadable]) -> Result<()> {
 
 /// Every chunk the kept snapshots use. Of a kept snapshot whose list is
 /// junk (empty or damaged), what decodes still counts; one whose list cannot
-/// be read for another reason stops the prune.
+/// be read for another reason (missing, or not parsing) stops the prune.
 async fn live_chunks(
     repo: &Repository,
     ids: &MetadataKey,
@@ -379,11 +376,11 @@ async fn live_chunks(
         .collect();
     // Collected first: a stream over a borrowing iterator makes the
     // prune future impossible to spawn (a higher-ranked lifetime bound).
-    let keys: Vec<String> = kept.iter().map(|m| m.list.clone()).collect();
-    let lists: Vec<HashSet<ChunkId>> = stream::iter(keys)
-        .map(|key| {
-            let size = sizes.get(&key).copied();
-            async move { list_chunks(repo, ids, key, size).await }
+    let kept: Vec<Manifest> = kept.iter().map(|m| (*m).clone()).collect();
+    let lists: Vec<HashSet<ChunkId>> = stream::iter(kept)
+        .map(|m| {
+            let size = sizes.get(&m.list).copied();
+            async move { list_chunks(repo, ids, &m, size).await }
         })
         .buffer_unordered(8)
         .try_collect()
@@ -399,56 +396,48 @@ async fn live_chunks(
 async fn list_chunks(
     repo: &Repository,
     ids: &MetadataKey,
-    key: String,
+    m: &Manifest,
     size: Option<u64>,
 ) -> Result<HashSet<ChunkId>> {
-    let Some(size) = size else {
-        return Err(Error::Corrupt {
-            key,
-            message: "the list of a kept snapshot is missing; prune deletes nothing until \
-                      `offsite verify` shows which snapshots are damaged"
-                .into(),
-        });
-    };
-    let meta = crate::storage::ObjectMeta {
-        key: key.clone(),
-        size,
-    };
-    let raw = repo.get_listed(&meta).await?;
-    let ids = ids.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut chunks = HashSet::new();
-        let parsed = decode_with(&key, &raw, &ids, |r| {
-            parse_list(r, &key, |item| {
-                if let ListItem::Chunk(id, _) = item {
-                    chunks.insert(id);
-                }
-                Ok(())
-            })
-        });
-        match parsed {
-            Ok(()) => Ok(chunks),
-            // What decoded before the damage still protects its chunks: a
-            // person could restore those files by hand.
-            Err(u) if u.junk() => {
-                tracing::warn!(
-                    "{u}: the snapshot cannot be restored; prune keeps only the {} chunks its \
-                     readable part names; `offsite verify` reports it",
-                    chunks.len()
-                );
-                Ok(chunks)
-            }
-            Err(u) => Err(Error::Corrupt {
-                key: u.key,
-                message: format!(
-                    "{}; prune deletes nothing while it cannot tell what a kept snapshot needs",
-                    u.message
-                ),
-            }),
+    let refused = |e: ListError| {
+        if matches!(e, ListError::Unreachable(_)) {
+            return Error::from(e);
         }
+        tracing::warn!(
+            snapshot = %m.id,
+            "prune deletes nothing while it cannot tell what a kept snapshot needs; \
+             `offsite verify` shows which snapshots are damaged"
+        );
+        Error::from(e)
+    };
+    let list = repo.chunk_list(m, size).await.map_err(refused)?;
+    let ids = ids.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let mut chunks = HashSet::new();
+        let read = list.read(&ids, |item| {
+            if let ListItem::Chunk(id, _) = item {
+                chunks.insert(id);
+            }
+            Ok(())
+        });
+        (chunks, read)
     })
     .await
-    .map_err(|e| Error::io("reading lists", std::io::Error::other(e.to_string())))?
+    .map_err(|e| Error::io("reading lists", std::io::Error::other(e.to_string())))?;
+    match read {
+        (chunks, Ok(())) => Ok(chunks),
+        // What decoded before the damage still protects its chunks: a
+        // person could restore those files by hand.
+        (chunks, Err(e)) if e.junk() => {
+            tracing::warn!(
+                "{e}: the snapshot cannot be restored; prune keeps only the {} chunks its \
+                 readable part names; `offsite verify` reports it",
+                chunks.len()
+            );
+            Ok(chunks)
+        }
+        (_, Err(e)) => Err(refused(e)),
+    }
 }
 
 /// What happens to packs, index files and damage records.

@@ -23,7 +23,7 @@
 //! Never: write to the destination path before verification passed, write
 //! outside it, or delete an existing file.
 
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -32,13 +32,12 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use crate::backup::Progress;
-use crate::codec;
 use crate::error::{Error, Result};
 use crate::fetch::{self, Want};
 pub use crate::fetch::{Fallback, FetchedElsewhere};
 use crate::keys::Identities;
-use crate::repo::format::{parse_list, DamagedPack, ListItem};
-use crate::repo::{Manifest, Repository};
+use crate::repo::format::{DamagedPack, ListItem};
+use crate::repo::{ChunkList, Manifest, Repository};
 use crate::source::{duckdb_lib, sqlite, Entry, SourceKind};
 
 mod in_use;
@@ -204,13 +203,7 @@ pub async fn stage(
     opts.progress.total.store(manifest.size, Ordering::Relaxed);
 
     let index = repo.load_index(ids).await?;
-    let list = repo.get_bytes(&manifest.list).await?;
-    let plan = {
-        let list_key = manifest.list.clone();
-        let ids_list = codec::decode_reader(&list[..], ids.iter(), &list_key)?;
-        build_plan(BufReader::new(ids_list), &list_key)?
-    };
-    drop(list);
+    let plan = build_plan(&repo.chunk_list(manifest, None).await?, ids)?;
     if opts.fallbacks.is_empty() {
         // Nothing else could serve a chunk no index names: fail before
         // downloading anything.
@@ -308,12 +301,13 @@ fn remove_stale_staging(dir: &Path, name: &str) {
     }
 }
 
-fn build_plan(list: impl std::io::BufRead, key: &str) -> Result<Plan> {
+fn build_plan(list: &ChunkList, ids: &Identities) -> Result<Plan> {
+    let key = list.key();
     let mut entries = Vec::new();
     let mut wants = Vec::new();
     let mut file_offset = 0u64;
     let mut current: Option<u32> = None;
-    parse_list(list, key, |item| {
+    list.read(ids, |item| {
         match item {
             ListItem::Entry(e) => {
                 current = matches!(e, Entry::File { .. }).then_some(entries.len() as u32);

@@ -32,6 +32,8 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Datelike, Days, Months, TimeZone, Timelike, Utc};
 
+use crate::repo::{newest_first, Dated};
+
 /// A count meaning "every bucket" (`-1` in the configuration, as in restic).
 pub const UNLIMITED: u64 = u64::MAX;
 
@@ -212,6 +214,15 @@ pub struct Candidate {
     pub pre_restore: bool,
 }
 
+impl Dated for Candidate {
+    fn time(&self) -> DateTime<Utc> {
+        self.time
+    }
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
 /// The verdict on one snapshot: kept (with every rule that keeps it) or not.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -224,6 +235,15 @@ pub struct Decision {
     /// For a pre-restore snapshot: when its rule stops keeping it (in the
     /// past when that is why it is removed).
     pub expires: Option<DateTime<Utc>>,
+}
+
+impl Dated for Decision {
+    fn time(&self) -> DateTime<Utc> {
+        self.time
+    }
+    fn id(&self) -> &str {
+        &self.id
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -279,8 +299,6 @@ pub fn apply<Tz: TimeZone>(
     tz: &Tz,
     now: DateTime<Utc>,
 ) -> Vec<Decision> {
-    let newest_first =
-        |a: &&Candidate, b: &&Candidate| b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id));
     if policy.is_empty() {
         let mut list: Vec<&Candidate> = snapshots.iter().collect();
         list.sort_by(newest_first);
@@ -304,7 +322,7 @@ pub fn apply<Tz: TimeZone>(
         undo.into_iter()
             .map(|c| pre_restore(policy.pre_restore, c, now)),
     );
-    decisions.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id)));
+    decisions.sort_by(newest_first);
     decisions
 }
 

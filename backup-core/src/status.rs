@@ -75,11 +75,7 @@ pub fn source_status(
     let mine: Vec<&Manifest> = snapshots.iter().filter(|m| m.source == source).collect();
     // A pre-restore snapshot saves a file being replaced, maybe a damaged
     // one: it says nothing about whether backups run, nor how big they are.
-    let regular: Vec<&Manifest> = mine
-        .iter()
-        .copied()
-        .filter(|m| !m.is_pre_restore())
-        .collect();
+    let regular: Vec<&Manifest> = crate::repo::regular(snapshots, Some(source)).collect();
     let newest = regular.first().map(|m| Newest {
         id: m.id.clone(),
         time: m.finished,

@@ -32,7 +32,7 @@
 //! count work done and never decide anything.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -45,7 +45,7 @@ use crate::codec;
 use crate::error::{Error, Result};
 use crate::keys::{Identities, MetadataKey};
 use crate::lock::{Lock, LockWait};
-use crate::repo::format::{parse_list, Damage, DamagedPack, Index, ListItem};
+use crate::repo::format::{Damage, DamagedPack, Index, ListItem};
 use crate::repo::{Manifest, Repository, PACKS, SNAPSHOTS};
 use crate::restore::{restore, RestoreOptions};
 
@@ -438,13 +438,12 @@ async fn check_structure(
     index: &Index,
     packs: &HashMap<String, u64>,
 ) -> Result<Vec<String>> {
-    let raw = repo.get_bytes(&m.list).await?;
-    let plain = codec::decode_reader(&raw[..], ids.iter(), &m.list)?;
+    let list = repo.chunk_list(m, None).await?;
     let mut problems = Vec::new();
     let mut chunks = 0u64;
     let mut reported_packs = HashSet::new();
     let mut damaged: HashMap<u32, u64> = HashMap::new();
-    parse_list(BufReader::new(plain), &m.list, |item| {
+    list.read(ids, |item| {
         let ListItem::Chunk(id, len) = item else {
             return Ok(());
         };

@@ -15,7 +15,7 @@ use std::collections::HashSet;
 
 use anyhow::{Context, Result};
 use backup_core::keys::MetadataKey;
-use backup_core::repo::{Manifest, Repository};
+use backup_core::repo::{newest_first, Manifest, Repository};
 use backup_core::Error;
 
 use crate::commands::chosen_targets;
@@ -98,7 +98,7 @@ fn settle<T>(ok: Vec<T>, failed: Vec<anyhow::Error>) -> Result<Vec<T>> {
 }
 
 /// Every snapshot (of `source`, when given) across the listings, newest
-/// first; at equal times in config order.
+/// first ([`newest_first`]); one snapshot on several targets in config order.
 pub fn all<'a>(listings: &'a [Listing], source: Option<&str>) -> Vec<(&'a Listing, &'a Manifest)> {
     let mut out: Vec<(usize, &Manifest)> = listings
         .iter()
@@ -106,12 +106,7 @@ pub fn all<'a>(listings: &'a [Listing], source: Option<&str>) -> Vec<(&'a Listin
         .flat_map(|(i, l)| l.snapshots.iter().map(move |m| (i, m)))
         .filter(|(_, m)| source.is_none_or(|s| m.source == s))
         .collect();
-    out.sort_by(|(ia, a), (ib, b)| {
-        b.finished
-            .cmp(&a.finished)
-            .then(ia.cmp(ib))
-            .then(b.id.cmp(&a.id))
-    });
+    out.sort_by(|(ia, a), (ib, b)| newest_first(a, b).then(ia.cmp(ib)));
     out.into_iter().map(|(i, m)| (&listings[i], m)).collect()
 }
 

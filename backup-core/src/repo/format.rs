@@ -189,7 +189,7 @@ pub struct Index {
 
 impl Index {
     /// An empty index that knows which copies are recorded as damaged.
-    pub fn new(damage: Damage) -> Index {
+    pub(crate) fn new(damage: Damage) -> Index {
         Index {
             damage,
             ..Default::default()
@@ -248,8 +248,10 @@ impl Index {
     }
 
     /// Parses one decoded index file and merges it; a file that fails
-    /// anywhere adds nothing.
-    pub fn parse_into(&mut self, r: impl BufRead, key: &str) -> Result<()> {
+    /// anywhere adds nothing. For tests: the engine loads an index only
+    /// through [`crate::repo::Repository::load_index`].
+    #[cfg(test)]
+    pub(crate) fn parse_into(&mut self, r: impl BufRead, key: &str) -> Result<()> {
         let file = parse_index(r, key)?;
         self.merge(&file);
         Ok(())

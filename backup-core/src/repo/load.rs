@@ -22,9 +22,11 @@
 //! listing is read again.
 
 use std::cell::Cell;
+use std::cmp::Ordering;
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read};
 
+use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use super::format::{parse_damage, parse_index, Damage, DamagedPack, Index, PackContents};
@@ -69,8 +71,16 @@ impl Unreadable {
     /// decodable, or encrypted to someone else. Such an object holds
     /// nothing any snapshot could need; prune deletes it.
     pub fn junk(&self) -> bool {
+        self.cause.junk()
+    }
+}
+
+impl Cause {
+    /// Whether an object skipped for this cause is provably not one offsite
+    /// wrote (see [`Unreadable::junk`]).
+    pub fn junk(self) -> bool {
         matches!(
-            self.cause,
+            self,
             Cause::Empty | Cause::Undecodable | Cause::WrongIdentity
         )
     }
@@ -88,6 +98,40 @@ impl std::fmt::Display for Unreadable {
 pub struct SnapshotList {
     pub manifests: Vec<Manifest>,
     pub unreadable: Vec<Unreadable>,
+}
+
+/// A snapshot, or something said about one, placed in time: what
+/// [`newest_first`] orders.
+pub trait Dated {
+    /// When the snapshot was taken (a manifest's `finished`).
+    fn time(&self) -> DateTime<Utc>;
+    fn id(&self) -> &str;
+}
+
+impl Dated for Manifest {
+    fn time(&self) -> DateTime<Utc> {
+        self.finished
+    }
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl<T: Dated + ?Sized> Dated for &T {
+    fn time(&self) -> DateTime<Utc> {
+        (**self).time()
+    }
+    fn id(&self) -> &str {
+        (**self).id()
+    }
+}
+
+/// The one order of snapshots, newest first: the later time first, at
+/// equal times the greater id (ids begin with the time the backup started).
+/// Snapshot listings, retention, prune's report and the views across
+/// targets all sort by it, so they never disagree on which is newest.
+pub fn newest_first<T: Dated>(a: &T, b: &T) -> Ordering {
+    b.time().cmp(&a.time()).then_with(|| b.id().cmp(a.id()))
 }
 
 /// The outcome of reading one listed object.
@@ -131,8 +175,7 @@ impl Repository {
         for u in &out.unreadable {
             warn_skipped(u);
         }
-        out.manifests
-            .sort_by(|a, b| b.finished.cmp(&a.finished).then(b.id.cmp(&a.id)));
+        out.manifests.sort_by(newest_first);
         out.unreadable.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
@@ -296,31 +339,46 @@ impl Repository {
     }
 }
 
+/// What an empty object is said to be.
+const EMPTY: &str = "the object is empty (0 bytes)";
+
 /// Decodes `raw` and parses it with `parse`, telling apart why it failed:
 /// the codec (the object is damaged or junk) or the contents.
-pub(crate) fn decode_with<T>(
+fn decode_with<T>(
     key: &str,
     raw: &[u8],
     ids: &MetadataKey,
     parse: impl FnOnce(&mut dyn BufRead) -> Result<T>,
 ) -> std::result::Result<T, Unreadable> {
-    let skipped = |cause, message: String| Unreadable {
+    decode_classified(key, raw, ids, parse).map_err(|(cause, e)| Unreadable {
         key: key.to_string(),
         cause,
-        message,
-    };
+        message: match cause {
+            Cause::Empty => EMPTY.into(),
+            _ => e.to_string(),
+        },
+    })
+}
+
+/// [`decode_with`], keeping the error itself (which names `key`) beside
+/// the cause, for readers that report it as it is.
+pub(super) fn decode_classified<T>(
+    key: &str,
+    raw: &[u8],
+    ids: &MetadataKey,
+    parse: impl FnOnce(&mut dyn BufRead) -> Result<T>,
+) -> std::result::Result<T, (Cause, Error)> {
     if raw.is_empty() {
-        return Err(skipped(
-            Cause::Empty,
-            "the object is empty (0 bytes)".into(),
-        ));
+        let e = Error::Corrupt {
+            key: key.to_string(),
+            message: EMPTY.into(),
+        };
+        return Err((Cause::Empty, e));
     }
     let plain = match codec::decode_reader(raw, ids.iter(), key) {
         Ok(p) => p,
-        Err(e @ Error::WrongIdentity { .. }) => {
-            return Err(skipped(Cause::WrongIdentity, e.to_string()))
-        }
-        Err(e) => return Err(skipped(Cause::Undecodable, e.to_string())),
+        Err(e @ Error::WrongIdentity { .. }) => return Err((Cause::WrongIdentity, e)),
+        Err(e) => return Err((Cause::Undecodable, e)),
     };
     let codec_failed = Cell::new(false);
     let mut reader = BufReader::new(Watch {
@@ -329,11 +387,9 @@ pub(crate) fn decode_with<T>(
     });
     match parse(&mut reader) {
         Ok(v) => Ok(v),
-        Err(e) if codec_failed.get() => Err(skipped(Cause::Undecodable, e.to_string())),
-        Err(e @ Error::UnsupportedVersion { .. }) => {
-            Err(skipped(Cause::Unsupported, e.to_string()))
-        }
-        Err(e) => Err(skipped(Cause::Unparseable, e.to_string())),
+        Err(e) if codec_failed.get() => Err((Cause::Undecodable, e)),
+        Err(e @ Error::UnsupportedVersion { .. }) => Err((Cause::Unsupported, e)),
+        Err(e) => Err((Cause::Unparseable, e)),
     }
 }
 

@@ -14,11 +14,13 @@
 //! timestamps and reveal nothing of the content. A snapshot exists once its
 //! manifest exists, and the manifest is written last, with create-if-absent.
 //! Reading the snapshot list and the index (with their skipping of objects
-//! that do not decode) is in `load`, writing damage records in `damage`.
+//! that do not decode) is in `load`, reading a snapshot's chunk list in
+//! `list`, writing damage records in `damage`.
 //! docs/format.md is the normative description; this module implements it.
 
 mod damage;
 pub mod format;
+mod list;
 mod load;
 mod ops;
 
@@ -39,8 +41,8 @@ use crate::storage::{
 };
 
 pub use format::{Damage, Index, Location};
-pub(crate) use load::decode_with;
-pub use load::{Cause, SnapshotList, Unreadable};
+pub use list::{ChunkList, ListError};
+pub use load::{newest_first, Cause, Dated, SnapshotList, Unreadable};
 
 pub const FORMAT_VERSION: u32 = 1;
 pub const CONFIG_KEY: &str = "config";
@@ -470,22 +472,34 @@ pub enum Selector {
     At(DateTime<Utc>),
 }
 
+/// The snapshots of `source` (all sources when `None`) that `--latest`,
+/// `--at`, drills and status choose among, in the order given: pre-restore
+/// snapshots ([`Manifest::is_pre_restore`]) pass over them. The one
+/// pre-restore filter; only an id picks such a snapshot.
+pub fn regular<'a, 's: 'i, 'i>(
+    snapshots: &'a [Manifest],
+    source: Option<&'s str>,
+) -> impl Iterator<Item = &'a Manifest> + 'i
+where
+    'a: 'i,
+{
+    snapshots
+        .iter()
+        .filter(move |m| source.is_none_or(|s| m.source == s) && !m.is_pre_restore())
+}
+
 /// Picks a snapshot of `source` (all sources when `None`) from a newest-first list.
 pub fn select<'a>(
     snapshots: &'a [Manifest],
     source: Option<&str>,
     sel: &Selector,
 ) -> Result<&'a Manifest> {
-    let mut candidates = snapshots
-        .iter()
-        .filter(|m| source.is_none_or(|s| m.source == s));
-    let regular = |m: &&Manifest| !m.is_pre_restore();
     match sel {
-        Selector::Latest => candidates.find(regular).ok_or_else(|| {
+        Selector::Latest => regular(snapshots, source).next().ok_or_else(|| {
             Error::SnapshotNotFound(format!("source {}", source.unwrap_or("(any)")))
         }),
-        Selector::At(t) => candidates
-            .find(|m| regular(m) && m.finished <= *t)
+        Selector::At(t) => regular(snapshots, source)
+            .find(|m| m.finished <= *t)
             .ok_or_else(|| {
                 Error::SnapshotNotFound(format!(
                     "{} at or before {t}",
@@ -493,7 +507,9 @@ pub fn select<'a>(
                 ))
             }),
         Selector::Id(id) => {
-            let hits: Vec<&Manifest> = candidates
+            let hits: Vec<&Manifest> = snapshots
+                .iter()
+                .filter(|m| source.is_none_or(|s| m.source == s))
                 .filter(|m| {
                     m.id == *id || m.id.starts_with(id.as_str()) || m.id.ends_with(id.as_str())
                 })
