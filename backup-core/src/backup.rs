@@ -199,7 +199,7 @@ struct Snapshot<'a> {
 }
 
 /// Backs up one source to one repository (see [`backup_many`]).
-pub async fn backup(
+pub(crate) async fn backup(
     repo: &Repository,
     keys: &Keys,
     spec: &SourceSpec,

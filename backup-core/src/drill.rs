@@ -35,7 +35,7 @@ use crate::error::{Error, Result};
 use crate::keys::Identities;
 use crate::lock::{Lock, LockWait};
 use crate::repo::{regular, Manifest, Repository};
-use crate::restore::{restore, RestoreOptions};
+use crate::restore::RestoreOptions;
 use crate::source::{sqlite, SourceKind};
 use crate::status::human;
 
@@ -163,7 +163,7 @@ impl DrillReport {
 
 /// Runs the drill for `source` on `repo`, restoring into `scratch` (an
 /// existing, empty directory the caller removes afterwards).
-pub async fn drill(
+pub(crate) async fn drill(
     repo: &Repository,
     ids: &Identities,
     source: &str,
@@ -227,7 +227,7 @@ async fn drill_locked(
         SourceKind::Files => "restored",
     });
     let clock = Instant::now();
-    let restored = restore(repo, ids, newest, &to, &restore_options(opts)).await;
+    let restored = repo.restore(ids, newest, &to, &restore_options(opts)).await;
     let elapsed = clock.elapsed();
     if !restore_step(&mut report, newest.kind, restored, elapsed) {
         return Ok(report);

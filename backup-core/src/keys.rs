@@ -123,20 +123,20 @@ fn identity_from_bytes(secret: &[u8; 32]) -> x25519::Identity {
 /// ```no_run
 /// # async fn f(repo: backup_core::repo::Repository, keys: backup_core::keys::Keys,
 /// #            ids: backup_core::keys::Identities) -> backup_core::Result<()> {
-/// use backup_core::restore::{restore, RestoreOptions};
+/// use backup_core::restore::RestoreOptions;
 /// let newest = repo.snapshots(&keys.metadata_key()).await?.remove(0);
-/// restore(&repo, &ids, &newest, "/srv/app.db".as_ref(), &RestoreOptions::default()).await?;
+/// repo.restore(&ids, &newest, "/srv/app.db".as_ref(), &RestoreOptions::default()).await?;
 /// # Ok(()) }
 /// ```
 ///
 /// ```compile_fail
 /// # async fn f(repo: backup_core::repo::Repository, keys: backup_core::keys::Keys)
 /// #     -> backup_core::Result<()> {
-/// use backup_core::restore::{restore, RestoreOptions};
+/// use backup_core::restore::RestoreOptions;
 /// let key = keys.metadata_key();
 /// let newest = repo.snapshots(&key).await?.remove(0);
 /// // A metadata key is not an identity: this does not compile.
-/// restore(&repo, &key, &newest, "/srv/app.db".as_ref(), &RestoreOptions::default()).await?;
+/// repo.restore(&key, &newest, "/srv/app.db".as_ref(), &RestoreOptions::default()).await?;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]

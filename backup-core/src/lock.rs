@@ -145,7 +145,7 @@ pub struct Lock {
 
 /// Every lock object on the repository: key and contents (`None` when it is
 /// not readable as a lock).
-pub async fn list(repo: &Repository) -> Result<Vec<(String, Option<LockInfo>)>> {
+pub(crate) async fn list(repo: &Repository) -> Result<Vec<(String, Option<LockInfo>)>> {
     let mut out = Vec::new();
     for meta in repo.list(LOCKS).await? {
         match repo.get_bytes(&meta.key).await {
@@ -159,7 +159,10 @@ pub async fn list(repo: &Repository) -> Result<Vec<(String, Option<LockInfo>)>> 
 }
 
 /// Removes stale locks (all locks with `all`); returns what was removed.
-pub async fn remove(repo: &Repository, all: bool) -> Result<Vec<(String, Option<LockInfo>)>> {
+pub(crate) async fn remove(
+    repo: &Repository,
+    all: bool,
+) -> Result<Vec<(String, Option<LockInfo>)>> {
     let now = Utc::now();
     let mut removed = Vec::new();
     for (key, info) in list(repo).await? {

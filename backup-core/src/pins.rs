@@ -29,7 +29,7 @@ struct PinRecord<'a> {
 }
 
 /// Ids of every pinned snapshot (one listing, no reads).
-pub async fn pinned(repo: &Repository) -> Result<HashSet<String>> {
+pub(crate) async fn pinned(repo: &Repository) -> Result<HashSet<String>> {
     Ok(repo
         .list(PINS)
         .await?
@@ -65,7 +65,7 @@ pub(crate) async fn write_pin(repo: &Repository, keys: &Keys, id: &str) -> Resul
 }
 
 /// Pins snapshot `id` (a full id). Returns false if it was pinned already.
-pub async fn pin(repo: &Repository, keys: &Keys, id: &str, wait: LockWait) -> Result<bool> {
+pub(crate) async fn pin(repo: &Repository, keys: &Keys, id: &str, wait: LockWait) -> Result<bool> {
     repo.check_keys(keys)?;
     // Under a lock, so a prune cannot remove the snapshot between our check
     // that it exists and the pin landing.
@@ -80,7 +80,7 @@ pub async fn pin(repo: &Repository, keys: &Keys, id: &str, wait: LockWait) -> Re
 }
 
 /// Removes the pin of `id`. Returns false if it was not pinned.
-pub async fn unpin(repo: &Repository, id: &str) -> Result<bool> {
+pub(crate) async fn unpin(repo: &Repository, id: &str) -> Result<bool> {
     let key = format!("{PINS}{id}");
     match repo.head(&key).await {
         Ok(_) => {

@@ -46,7 +46,7 @@ use crate::chunk::ChunkId;
 use crate::error::{Error, Result};
 use crate::keys::{Keys, MetadataKey};
 use crate::lock::{Lock, LockKind, LockWait};
-use crate::pins::{pinned, PINS};
+use crate::pins::PINS;
 use crate::repo::format::{write_index, ListItem, PackContents};
 use crate::repo::{
     newest_first, Damage, Index, ListError, Manifest, Repository, Unreadable, DAMAGED, INDEX,
@@ -131,7 +131,11 @@ impl PruneReport {
 
 /// Applies the retention policies to one repository and removes what they
 /// do not keep. With `dry_run`, only reports.
-pub async fn prune(repo: &Repository, keys: &Keys, opts: &PruneOptions) -> Result<PruneReport> {
+pub(crate) async fn prune(
+    repo: &Repository,
+    keys: &Keys,
+    opts: &PruneOptions,
+) -> Result<PruneReport> {
     repo.check_keys(keys)?;
     // A dry run changes nothing, so it only needs backups and other prunes
     // to stand still (a shared lock); neither waits for the other.
@@ -166,7 +170,7 @@ async fn prune_locked(
     let listed = repo.snapshot_list(&ids).await?;
     refuse_unknown(&listed.unreadable)?;
     let manifests = listed.manifests;
-    let pins = pinned(repo).await?;
+    let pins = repo.pinned().await?;
     let mut report = PruneReport {
         dry_run: opts.dry_run,
         ..Default::default()

@@ -125,7 +125,7 @@ fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
 
 /// Restores `manifest`'s snapshot to `to`: a database file for SQLite
 /// sources, a file or directory for file sources.
-pub async fn restore(
+pub(crate) async fn restore(
     repo: &Repository,
     ids: &Identities,
     manifest: &Manifest,
@@ -134,7 +134,7 @@ pub async fn restore(
 ) -> Result<RestoreSummary> {
     // Refused now rather than after the download; checked again at the switch.
     check_not_in_use(to, manifest.kind)?;
-    stage(repo, ids, manifest, to, opts)
+    repo.stage(ids, manifest, to, opts)
         .await?
         .put_in_place()
         .await
@@ -187,7 +187,7 @@ impl Staged {
 
 /// Downloads, stages and verifies `manifest`'s snapshot beside `to`,
 /// touching nothing at `to` itself.
-pub async fn stage(
+pub(crate) async fn stage(
     repo: &Repository,
     ids: &Identities,
     manifest: &Manifest,

@@ -41,7 +41,7 @@ use std::error::Error as StdError;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::backup::{backup, BackupOptions, Progress};
+use crate::backup::{BackupOptions, Progress};
 use crate::error::Error;
 use crate::keys::{Identities, Keys};
 use crate::repo::{select, Manifest, Repository, Selector, PRE_RESTORE_TAG};
@@ -594,7 +594,7 @@ impl Run<'_> {
             tags: vec![PRE_RESTORE_TAG.to_string()],
             ..pre.options.clone()
         };
-        match backup(repo, keys, spec, &opts).await {
+        match repo.backup(keys, spec, &opts).await {
             Ok(s) => Some(s.manifest.id),
             Err(e) => {
                 tracing::warn!(error = %e, "no pre-restore snapshot");

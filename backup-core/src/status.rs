@@ -57,7 +57,7 @@ impl SourceStatus {
 
 /// Bytes the repository holds: its packs (the data, deduplicated, compressed
 /// and encrypted) and its metadata, i.e. what the target bills for.
-pub async fn stored_bytes(repo: &Repository) -> Result<u64> {
+pub(crate) async fn stored_bytes(repo: &Repository) -> Result<u64> {
     let mut total = 0;
     for prefix in [PACKS, INDEX, LISTS, SNAPSHOTS] {
         total += repo.list(prefix).await?.iter().map(|o| o.size).sum::<u64>();

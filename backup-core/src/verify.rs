@@ -47,7 +47,7 @@ use crate::keys::{Identities, MetadataKey};
 use crate::lock::{Lock, LockWait};
 use crate::repo::format::{Damage, DamagedPack, Index, ListItem};
 use crate::repo::{Manifest, Repository, PACKS, SNAPSHOTS};
-use crate::restore::{restore, RestoreOptions};
+use crate::restore::RestoreOptions;
 
 /// Packs read at once by `read_data_subset`.
 const READ_CONCURRENCY: usize = 4;
@@ -253,7 +253,7 @@ impl VerifyReport {
 /// Checks one repository. `ids` reads metadata (a backup host's
 /// [`Keys::metadata_key`](crate::keys::Keys::metadata_key) will do); what
 /// [`VerifyOptions::data`] asks for is read with its identity.
-pub async fn verify(
+pub(crate) async fn verify(
     repo: &Repository,
     ids: &MetadataKey,
     opts: &VerifyOptions,
@@ -501,7 +501,7 @@ async fn restore_check(
     if let Some(p) = progress {
         opts.progress = p.restored.clone();
     }
-    match restore(repo, ids, m, &to, &opts).await {
+    match repo.restore(ids, m, &to, &opts).await {
         Ok(_) => Ok(None),
         Err(e) if is_damage(&e) => Ok(Some(e.to_string())),
         Err(e) => Err(e),

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use backup_core::backup::{backup, BackupOptions};
-use backup_core::drill::{drill, DrillOptions};
+use backup_core::backup::BackupOptions;
+use backup_core::drill::DrillOptions;
 use backup_core::keys::{generate_identity, Identities, Keys};
 use backup_core::lock::LockWait;
-use backup_core::prune::{prune, PruneOptions};
+use backup_core::prune::PruneOptions;
 use backup_core::repo::Repository;
 use backup_core::retention::Policy;
 use backup_core::source::{SourceKind, SourceSpec};
@@ -22,7 +22,7 @@ use backup_core::storage::memory::MemoryStorage;
 use backup_core::storage::{
     list_all, testing, ByteStream, ObjectMeta, PutMode, Storage, StorageError,
 };
-use backup_core::verify::{verify, VerifyOptions};
+use backup_core::verify::VerifyOptions;
 use backup_core::Error;
 use futures::stream::{self, BoxStream, StreamExt};
 
@@ -130,7 +130,7 @@ async fn keep_backing_up(
             testing::pattern(&format!("c{round}"), 120_000),
         )
         .unwrap();
-        backup(repo, keys, &files(data), &options()).await.unwrap();
+        repo.backup(keys, &files(data), &options()).await.unwrap();
         if prune_too {
             let opts = PruneOptions {
                 default_policy: Policy {
@@ -139,7 +139,7 @@ async fn keep_backing_up(
                 },
                 ..Default::default()
             };
-            match prune(repo, keys, &opts).await {
+            match repo.prune(keys, &opts).await {
                 Ok(_) => pruned += 1,
                 // A drill or verify holds its lock: prune refuses, as it should.
                 Err(Error::Locked { .. }) => {}
@@ -171,9 +171,7 @@ async fn verify_beside_backups_reports_no_false_alarm() {
     });
     let repo = Repository::open_or_init(storage, &keys).await.unwrap();
     let ids = keys.metadata_key();
-    backup(&repo, &keys, &files(&data), &options())
-        .await
-        .unwrap();
+    repo.backup(&keys, &files(&data), &options()).await.unwrap();
 
     let done = AtomicBool::new(false);
     let opts = VerifyOptions {
@@ -183,7 +181,7 @@ async fn verify_beside_backups_reports_no_false_alarm() {
     let checks = async {
         let (mut runs, mut alarms) = (0, Vec::new());
         while !done.load(Ordering::SeqCst) {
-            let report = verify(&repo, &ids, &opts).await.unwrap();
+            let report = repo.verify(&ids, &opts).await.unwrap();
             runs += 1;
             if !report.ok() {
                 alarms.push(format!("{report:?}"));
@@ -206,7 +204,7 @@ async fn verify_beside_backups_reports_no_false_alarm() {
         alarms.len(),
         alarms[0]
     );
-    assert!(verify(&repo, &ids, &opts).await.unwrap().ok());
+    assert!(repo.verify(&ids, &opts).await.unwrap().ok());
 }
 
 /// Fails on the code where a manifest or index file that a prune deleted
@@ -229,9 +227,7 @@ async fn status_and_drill_beside_backups_and_prunes_report_no_false_alarm() {
     });
     let repo = Repository::open_or_init(storage, &keys).await.unwrap();
     let meta_ids = keys.metadata_key();
-    backup(&repo, &keys, &files(&data), &options())
-        .await
-        .unwrap();
+    repo.backup(&keys, &files(&data), &options()).await.unwrap();
 
     let done = AtomicBool::new(false);
     let drill_opts = DrillOptions {
@@ -251,15 +247,9 @@ async fn status_and_drill_beside_backups_and_prunes_report_no_false_alarm() {
                 Err(e) => alarms.push(format!("status: {e}")),
             }
             let scratch = tempfile::tempdir().unwrap();
-            match drill(
-                &repo,
-                &ids,
-                "d",
-                &drill_opts,
-                scratch.path(),
-                chrono::Utc::now(),
-            )
-            .await
+            match repo
+                .drill(&ids, "d", &drill_opts, scratch.path(), chrono::Utc::now())
+                .await
             {
                 Ok(r) if r.passed => {}
                 Ok(r) => alarms.push(format!("drill: {:?}", r.failures())),

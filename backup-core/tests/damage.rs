@@ -3,14 +3,14 @@
 
 use std::sync::Arc;
 
-use backup_core::backup::{backup, BackupOptions};
+use backup_core::backup::BackupOptions;
 use backup_core::failpoint;
 use backup_core::keys::{generate_identity, Identities, Keys};
 use backup_core::repo::Repository;
 use backup_core::source::{SourceKind, SourceSpec};
 use backup_core::storage::memory::MemoryStorage;
 use backup_core::storage::testing;
-use backup_core::verify::{verify, ReadData, VerifyOptions};
+use backup_core::verify::{ReadData, VerifyOptions};
 
 fn keypair() -> (Keys, Identities) {
     let (secret, recipient) = generate_identity();
@@ -46,7 +46,7 @@ async fn damage_that_cannot_be_recorded_is_reported_and_recorded_next_time() {
     let (keys, ids) = keypair();
     let mem = Arc::new(MemoryStorage::default());
     let repo = Repository::open_or_init(mem.clone(), &keys).await.unwrap();
-    backup(&repo, &keys, &files("d", &data), &small_packs())
+    repo.backup(&keys, &files("d", &data), &small_packs())
         .await
         .unwrap();
     let pack = mem
@@ -67,7 +67,7 @@ async fn damage_that_cannot_be_recorded_is_reported_and_recorded_next_time() {
     };
     {
         let _armed = failpoint::arm(&[("damage.record", failpoint::Action::Error, None)]);
-        let report = verify(&repo, &ids, &opts).await.unwrap();
+        let report = repo.verify(&ids, &opts).await.unwrap();
         assert!(!report.ok());
         let data = report.data.unwrap();
         assert_eq!(data.damaged.len(), 1);
@@ -84,7 +84,7 @@ async fn damage_that_cannot_be_recorded_is_reported_and_recorded_next_time() {
         );
     }
     assert_eq!(records(), 0);
-    let report = verify(&repo, &ids, &opts).await.unwrap();
+    let report = repo.verify(&ids, &opts).await.unwrap();
     assert!(report.data.unwrap().recorded.is_some());
     assert_eq!(records(), 1);
 }

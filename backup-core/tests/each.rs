@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use backup_core::backup::{backup, BackupOptions};
+use backup_core::backup::BackupOptions;
 use backup_core::drill::DrillOptions;
 use backup_core::each::drill::{drill_all, PlannedDrill};
 use backup_core::each::prune::prune_all;
@@ -63,7 +63,7 @@ async fn repo_with(
         .with_retry(RetryPolicy::fast());
     for i in 0..snapshots {
         sqlite(db, 10 + i);
-        backup(&repo, keys, &spec(db), &BackupOptions::default())
+        repo.backup(keys, &spec(db), &BackupOptions::default())
             .await
             .unwrap();
     }

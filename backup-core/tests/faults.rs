@@ -9,10 +9,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backup_core::backup::{backup, BackupOptions};
+use backup_core::backup::BackupOptions;
 use backup_core::keys::{generate_identity, Identities, Keys};
 use backup_core::repo::{Manifest, Repository, INDEX, LISTS, PACKS, SNAPSHOTS};
-use backup_core::restore::{restore, RestoreOptions};
+use backup_core::restore::RestoreOptions;
 use backup_core::source::{SourceKind, SourceSpec};
 use backup_core::storage::memory::MemoryStorage;
 use backup_core::storage::testing::FaultyStorage;
@@ -89,7 +89,8 @@ async fn fixture() -> Fixture {
         .await
         .unwrap()
         .with_retry(backup_core::storage::RetryPolicy::fast());
-    let first = backup(&repo, &keys, &spec(&db), &opts())
+    let first = repo
+        .backup(&keys, &spec(&db), &opts())
         .await
         .unwrap()
         .manifest;
@@ -143,15 +144,10 @@ impl Fixture {
             .dir
             .path()
             .join(format!("restored-{}.db", rand::random::<u32>()));
-        restore(
-            &self.repo,
-            &self.ids,
-            &self.first,
-            &out,
-            &RestoreOptions::default(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{case}: the earlier snapshot does not restore: {e}"));
+        self.repo
+            .restore(&self.ids, &self.first, &out, &RestoreOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("{case}: the earlier snapshot does not restore: {e}"));
         assert_eq!(dump(&out), self.first_rows, "{case}: restored rows");
         std::fs::remove_file(out).unwrap();
     }
@@ -159,19 +155,16 @@ impl Fixture {
     /// With the faults cleared, a backup succeeds and restores to `db`.
     async fn backup_succeeds(&self, case: &str) {
         self.faulty.set_free(None);
-        let s = backup(&self.repo, &self.keys, &spec(&self.db), &opts())
+        let s = self
+            .repo
+            .backup(&self.keys, &spec(&self.db), &opts())
             .await
             .unwrap_or_else(|e| panic!("{case}: backup once the target is healthy: {e}"));
         let out = self.dir.path().join("after.db");
-        restore(
-            &self.repo,
-            &self.ids,
-            &s.manifest,
-            &out,
-            &RestoreOptions::default(),
-        )
-        .await
-        .unwrap();
+        self.repo
+            .restore(&self.ids, &s.manifest, &out, &RestoreOptions::default())
+            .await
+            .unwrap();
         assert_eq!(dump(&out), dump(&self.db), "{case}: the new snapshot");
         std::fs::remove_file(out).unwrap();
     }
@@ -230,7 +223,9 @@ async fn a_backup_onto_a_target_that_fills_up_fails_cleanly_at_every_fill_level(
         // Slow puts, so several uploads are in flight when one fails.
         f.faulty.set_delay(Some(Duration::from_millis(1)));
         f.faulty.set_free(Some(free));
-        let e = backup(&f.repo, &f.keys, &spec(&f.db), &opts())
+        let e = f
+            .repo
+            .backup(&f.keys, &spec(&f.db), &opts())
             .await
             .expect_err(&case);
         let Error::TargetFull {
@@ -274,7 +269,9 @@ async fn short_writes_and_failing_bodies_never_become_part_of_a_snapshot() {
             let skip = usize::from(prefix == PACKS);
             f.faulty.cut_bodies(prefix, u64::MAX, skip);
             f.faulty.cut_bodies(prefix, cut, 1);
-            let e = backup(&f.repo, &f.keys, &spec(&f.db), &opts())
+            let e = f
+                .repo
+                .backup(&f.keys, &spec(&f.db), &opts())
                 .await
                 .expect_err(&case);
             assert!(
@@ -291,7 +288,9 @@ async fn short_writes_and_failing_bodies_never_become_part_of_a_snapshot() {
         let case = format!("{prefix} failing after 100 bytes");
         let f = fixture().await;
         f.faulty.fail_bodies(prefix, 100, ErrorKind::Other, 1);
-        let e = backup(&f.repo, &f.keys, &spec(&f.db), &opts())
+        let e = f
+            .repo
+            .backup(&f.keys, &spec(&f.db), &opts())
             .await
             .expect_err(&case);
         assert!(matches!(e, Error::Storage { .. }), "{case}: {e}");
@@ -345,7 +344,7 @@ async fn a_target_failing_mid_run_fails_only_its_part_of_a_multi_target_backup()
             .join(format!("restored-{}.db", rand::random::<u32>()));
         let m = repo.snapshots(&ids).await.unwrap().remove(0);
         assert_eq!(m.id, a.id);
-        restore(repo, &ids, &m, &to, &RestoreOptions::default())
+        repo.restore(&ids, &m, &to, &RestoreOptions::default())
             .await
             .unwrap();
         assert_eq!(dump(&to), dump(&db));
@@ -370,13 +369,13 @@ async fn a_backup_whose_lock_was_removed_does_not_commit() {
     let run = {
         let (repo, keys, spec) = (repo.clone(), keys.clone(), spec(&db));
         // Keys is not Clone; the Arc shares it with the task.
-        tokio::spawn(async move { backup(&repo, &keys, &spec, &opts()).await })
+        tokio::spawn(async move { repo.backup(&keys, &spec, &opts()).await })
     };
     // Wait until the backup holds its lock, then remove every lock.
     let removed = loop {
-        let locks = backup_core::lock::list(&repo).await.unwrap();
+        let locks = repo.locks().await.unwrap();
         if !locks.is_empty() {
-            break backup_core::lock::remove(&repo, true).await.unwrap();
+            break repo.remove_locks(true).await.unwrap();
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };

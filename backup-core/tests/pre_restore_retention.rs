@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use backup_core::backup::{backup, BackupOptions};
+use backup_core::backup::BackupOptions;
 use backup_core::keys::{generate_identity, Identities, Keys};
-use backup_core::prune::{prune, PruneOptions};
+use backup_core::prune::PruneOptions;
 use backup_core::repo::{Manifest, Repository, PRE_RESTORE_TAG, SNAPSHOTS};
-use backup_core::restore::{restore, RestoreOptions};
+use backup_core::restore::RestoreOptions;
 use backup_core::retention::Policy;
 use backup_core::source::{SourceKind, SourceSpec};
 use backup_core::storage::memory::MemoryStorage;
@@ -60,7 +60,7 @@ async fn snapshot(repo: &Repository, keys: &Keys, db: &std::path::Path, tags: &[
         tags: tags.iter().map(|t| t.to_string()).collect(),
         ..Default::default()
     };
-    backup(repo, keys, &spec, &opts).await.unwrap().manifest
+    repo.backup(keys, &spec, &opts).await.unwrap().manifest
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,7 +93,7 @@ async fn prune_keeps_the_snapshot_that_was_just_restored() {
         },
         ..Default::default()
     };
-    let dry = prune(&repo, &keys, &opts(true, "30d")).await.unwrap();
+    let dry = repo.prune(&keys, &opts(true, "30d")).await.unwrap();
     let verdicts: Vec<(&str, bool, Vec<String>)> = dry
         .snapshots
         .iter()
@@ -113,19 +113,19 @@ async fn prune_keeps_the_snapshot_that_was_just_restored() {
         Some(local(1, 10) + chrono::Duration::days(30))
     );
 
-    let report = prune(&repo, &keys, &opts(false, "30d")).await.unwrap();
+    let report = repo.prune(&keys, &opts(false, "30d")).await.unwrap();
     assert_eq!(report.removed().count(), 0);
     let snaps = repo.snapshots(&ids).await.unwrap();
     assert_eq!(snaps.len(), 3);
     let restored = snaps.iter().find(|m| m.id == good.id).unwrap();
     let to = dir.path().join("again.db");
-    restore(&repo, &ids, restored, &to, &RestoreOptions::default())
+    repo.restore(&ids, restored, &to, &RestoreOptions::default())
         .await
         .unwrap();
     assert_eq!(std::fs::read(&to).unwrap(), b"day two, good");
 
     // Once its time is up, the pre-restore snapshot goes, and only it.
-    let report = prune(&repo, &keys, &opts(false, "1h")).await.unwrap();
+    let report = repo.prune(&keys, &opts(false, "1h")).await.unwrap();
     let removed: Vec<&str> = report.removed().map(|v| v.manifest.id.as_str()).collect();
     assert_eq!(removed, [undo.id.as_str()]);
     assert_eq!(

@@ -6,14 +6,14 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use backup_core::backup::{backup, BackupOptions};
-use backup_core::drill::{drill, DrillOptions, DrillProgress, SmokeQuery};
+use backup_core::backup::BackupOptions;
+use backup_core::drill::{DrillOptions, DrillProgress, SmokeQuery};
 use backup_core::keys::{generate_identity, Identities, Keys};
 use backup_core::repo::Repository;
 use backup_core::source::{SourceKind, SourceSpec};
 use backup_core::storage::list_all;
 use backup_core::storage::memory::MemoryStorage;
-use backup_core::verify::{verify, ReadData, Subset, VerifyOptions, VerifyProgress};
+use backup_core::verify::{ReadData, Subset, VerifyOptions, VerifyProgress};
 use rusqlite::Connection;
 
 fn keypair() -> (Keys, Identities) {
@@ -56,11 +56,7 @@ async fn two_snapshots(db: &Path) -> (Repository, Arc<MemoryStorage>, Identities
     let mut sizes = 0;
     for round in 0..2 {
         add_rows(db, round * 5_000, 5_000);
-        sizes += backup(&repo, &keys, &src, &opts)
-            .await
-            .unwrap()
-            .manifest
-            .size;
+        sizes += repo.backup(&keys, &src, &opts).await.unwrap().manifest.size;
     }
     (repo, mem, ids, sizes)
 }
@@ -81,7 +77,7 @@ async fn verify_counters_reach_their_totals_with_read_data_and_a_subset() {
         progress: Some(p.clone()),
         ..Default::default()
     };
-    let report = verify(&repo, &ids, &opts).await.unwrap();
+    let report = repo.verify(&ids, &opts).await.unwrap();
     assert!(report.ok(), "{report:?}");
     assert_eq!(load(&p.snapshots_total), 2);
     assert_eq!(load(&p.snapshots_done), 2);
@@ -98,7 +94,7 @@ async fn verify_counters_reach_their_totals_with_read_data_and_a_subset() {
         progress: Some(p.clone()),
         ..Default::default()
     };
-    let report = verify(&repo, &ids, &opts).await.unwrap();
+    let report = repo.verify(&ids, &opts).await.unwrap();
     assert!(report.ok(), "{report:?}");
     let data = report.data.unwrap();
     assert_eq!(load(&p.packs_total), packs.len() as u64);
@@ -127,16 +123,10 @@ async fn drill_progress_names_each_step_and_counts_the_restored_bytes() {
         ..Default::default()
     };
     let scratch = tempfile::tempdir().unwrap();
-    let report = drill(
-        &repo,
-        &ids,
-        "app",
-        &opts,
-        scratch.path(),
-        chrono::Utc::now(),
-    )
-    .await
-    .unwrap();
+    let report = repo
+        .drill(&ids, "app", &opts, scratch.path(), chrono::Utc::now())
+        .await
+        .unwrap();
     assert!(report.passed, "{report:?}");
     assert_eq!(p.step(), "smoke_query", "the last step that did work");
     assert_eq!(load(&p.restored.total), newest.size);
@@ -149,16 +139,10 @@ async fn drill_progress_names_each_step_and_counts_the_restored_bytes() {
         ..Default::default()
     };
     let scratch = tempfile::tempdir().unwrap();
-    let report = drill(
-        &repo,
-        &ids,
-        "app",
-        &opts,
-        scratch.path(),
-        chrono::Utc::now(),
-    )
-    .await
-    .unwrap();
+    let report = repo
+        .drill(&ids, "app", &opts, scratch.path(), chrono::Utc::now())
+        .await
+        .unwrap();
     assert!(report.passed, "{report:?}");
     assert_eq!(p.step(), "restore");
     assert_eq!(load(&p.restored.read), newest.size);

@@ -6,13 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use backup_core::backup::{backup, BackupOptions};
+use backup_core::backup::BackupOptions;
 use backup_core::keys::{generate_identity, Identities, Keys};
 use backup_core::lock::LockWait;
-use backup_core::pins;
-use backup_core::prune::{prune, PruneOptions};
+use backup_core::prune::PruneOptions;
 use backup_core::repo::Repository;
-use backup_core::restore::{restore, RestoreOptions};
+use backup_core::restore::RestoreOptions;
 use backup_core::retention::Policy;
 use backup_core::source::{SourceKind, SourceSpec};
 use backup_core::storage::memory::MemoryStorage;
@@ -20,7 +19,7 @@ use backup_core::storage::{
     bytes_stream, collect_bytes, testing, ByteStream, ErrorKind, ObjectMeta, PutMode, RetryPolicy,
     Storage, StorageError,
 };
-use backup_core::verify::{verify, ReadData, VerifyOptions};
+use backup_core::verify::{ReadData, VerifyOptions};
 use backup_core::Error;
 use futures::stream::BoxStream;
 use rusqlite::Connection;
@@ -64,7 +63,7 @@ async fn all_restore(repo: &Repository, ids: &Identities) -> usize {
     let snaps = repo.snapshots(ids).await.unwrap();
     for m in &snaps {
         let to = dir.path().join(&m.id);
-        restore(repo, ids, m, &to, &RestoreOptions::default())
+        repo.restore(ids, m, &to, &RestoreOptions::default())
             .await
             .unwrap_or_else(|e| panic!("snapshot {} no longer restores: {e}", m.id));
     }
@@ -88,18 +87,12 @@ async fn prune_removes_what_no_rule_keeps_and_only_the_data_only_it_used() {
     // pack). 3: only c, new data (a's pack used by 2 only).
     std::fs::write(data.join("a"), testing::pattern("a", 300_000)).unwrap();
     std::fs::write(data.join("b"), testing::pattern("b", 200_000)).unwrap();
-    let s1 = backup(&repo, &keys, &files("d", &data), &opts)
-        .await
-        .unwrap();
+    let s1 = repo.backup(&keys, &files("d", &data), &opts).await.unwrap();
     std::fs::remove_file(data.join("b")).unwrap();
-    let s2 = backup(&repo, &keys, &files("d", &data), &opts)
-        .await
-        .unwrap();
+    let s2 = repo.backup(&keys, &files("d", &data), &opts).await.unwrap();
     std::fs::remove_file(data.join("a")).unwrap();
     std::fs::write(data.join("c"), testing::pattern("c", 100_000)).unwrap();
-    let s3 = backup(&repo, &keys, &files("d", &data), &opts)
-        .await
-        .unwrap();
+    let s3 = repo.backup(&keys, &files("d", &data), &opts).await.unwrap();
     let packs_before = mem
         .keys()
         .iter()
@@ -109,16 +102,16 @@ async fn prune_removes_what_no_rule_keeps_and_only_the_data_only_it_used() {
 
     // Dry run: the verdicts, and nothing changes.
     let before = mem.keys();
-    let dry = prune(
-        &repo,
-        &keys,
-        &PruneOptions {
-            dry_run: true,
-            ..keep_last(2)
-        },
-    )
-    .await
-    .unwrap();
+    let dry = repo
+        .prune(
+            &keys,
+            &PruneOptions {
+                dry_run: true,
+                ..keep_last(2)
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(mem.keys(), before, "a dry run deletes nothing");
     let verdicts: Vec<(&str, bool, Vec<String>)> = dry
         .snapshots
@@ -141,17 +134,15 @@ async fn prune_removes_what_no_rule_keeps_and_only_the_data_only_it_used() {
     );
 
     // Pin 2, keep only the last: 1 goes, 2 stays (pinned), 3 stays (last).
-    assert!(
-        pins::pin(&repo, &keys, &s2.manifest.id, LockWait::default())
-            .await
-            .unwrap()
-    );
-    assert!(
-        !pins::pin(&repo, &keys, &s2.manifest.id, LockWait::default())
-            .await
-            .unwrap()
-    );
-    let report = prune(&repo, &keys, &keep_last(1)).await.unwrap();
+    assert!(repo
+        .pin(&keys, &s2.manifest.id, LockWait::default())
+        .await
+        .unwrap());
+    assert!(!repo
+        .pin(&keys, &s2.manifest.id, LockWait::default())
+        .await
+        .unwrap());
+    let report = repo.prune(&keys, &keep_last(1)).await.unwrap();
     assert_eq!(report.removed().count(), 1);
     assert_eq!(report.snapshots[1].reasons, ["pinned"]);
     let left: Vec<String> = repo
@@ -166,9 +157,9 @@ async fn prune_removes_what_no_rule_keeps_and_only_the_data_only_it_used() {
     assert_eq!(all_restore(&repo, &ids).await, 2);
 
     // Unpinned, 2 goes with the pack only it used; the index names live packs only.
-    assert!(pins::unpin(&repo, &s2.manifest.id).await.unwrap());
-    assert!(!pins::unpin(&repo, &s2.manifest.id).await.unwrap());
-    let report = prune(&repo, &keys, &keep_last(1)).await.unwrap();
+    assert!(repo.unpin(&s2.manifest.id).await.unwrap());
+    assert!(!repo.unpin(&s2.manifest.id).await.unwrap());
+    let report = repo.prune(&keys, &keep_last(1)).await.unwrap();
     assert_eq!(report.packs_deleted, 1);
     assert!(report.index_files_deleted >= 1);
     assert_eq!(report.partly_used_packs, 0);
@@ -181,7 +172,8 @@ async fn prune_removes_what_no_rule_keeps_and_only_the_data_only_it_used() {
     let index = repo.load_index(&ids).await.unwrap();
     assert_eq!(index.packs, packs, "no index file names a deleted pack");
     assert_eq!(all_restore(&repo, &ids).await, 1);
-    assert!(verify(&repo, &ids, &VerifyOptions::default())
+    assert!(repo
+        .verify(&ids, &VerifyOptions::default())
         .await
         .unwrap()
         .ok());
@@ -200,7 +192,8 @@ async fn prune_cleans_up_after_interrupted_backups_and_keeps_sources_apart() {
     let mem: Arc<dyn Storage> = Arc::new(MemoryStorage::default());
     let repo = Repository::open_or_init(mem.clone(), &keys).await.unwrap();
     std::fs::write(data.join("x"), testing::pattern("x", 500_000)).unwrap();
-    let kept = backup(&repo, &keys, &files("other", &data), &small_packs())
+    let kept = repo
+        .backup(&keys, &files("other", &data), &small_packs())
         .await
         .unwrap();
     let packs_of_kept = repo.list("packs/").await.unwrap().len();
@@ -211,11 +204,10 @@ async fn prune_cleans_up_after_interrupted_backups_and_keeps_sources_apart() {
     faulty.prefix = "packs/".into();
     faulty.abort_after = Some(3);
     let faulty_repo = Repository::open(Arc::new(faulty)).await.unwrap();
-    assert!(
-        backup(&faulty_repo, &keys, &files("d", &data), &small_packs())
-            .await
-            .is_err()
-    );
+    assert!(faulty_repo
+        .backup(&keys, &files("d", &data), &small_packs())
+        .await
+        .is_err());
     let packs_before = repo.list("packs/").await.unwrap().len();
 
     // "other" has no policy of its own and the default is empty: all kept.
@@ -229,7 +221,7 @@ async fn prune_cleans_up_after_interrupted_backups_and_keeps_sources_apart() {
         )]),
         ..Default::default()
     };
-    let report = prune(&repo, &keys, &opts).await.unwrap();
+    let report = repo.prune(&keys, &opts).await.unwrap();
     assert_eq!(report.sources_without_policy, ["other"]);
     assert_eq!(report.snapshots[0].reasons, ["no retention policy"]);
     assert!(packs_before > packs_of_kept);
@@ -268,14 +260,14 @@ async fn verify_finds_flipped_deleted_and_truncated_objects() {
         kind: SourceKind::Sqlite,
         path: db.clone(),
     };
-    let s1 = backup(&repo, &keys, &spec, &small_packs()).await.unwrap();
+    let s1 = repo.backup(&keys, &spec, &small_packs()).await.unwrap();
     c.execute("INSERT INTO t VALUES ('new')", []).unwrap();
-    let s2 = backup(&repo, &keys, &spec, &small_packs()).await.unwrap();
+    let s2 = repo.backup(&keys, &spec, &small_packs()).await.unwrap();
     let read = VerifyOptions {
         data: Some(ReadData::Snapshots(ids.clone())),
         ..Default::default()
     };
-    let report = verify(&repo, &ids, &read).await.unwrap();
+    let report = repo.verify(&ids, &read).await.unwrap();
     assert!(report.ok(), "{report:?}");
     assert_eq!(report.snapshots.len(), 2);
     // Read-only credentials cannot write a lock, and still verify.
@@ -286,7 +278,7 @@ async fn verify_finds_flipped_deleted_and_truncated_objects() {
         .fail_puts
         .store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
     let read_only = Repository::open(Arc::new(read_only)).await.unwrap();
-    assert!(verify(&read_only, &ids, &read).await.unwrap().ok());
+    assert!(read_only.verify(&ids, &read).await.unwrap().ok());
 
     // A flipped byte in a pack only shows when the data is read.
     let packs: Vec<String> = mem
@@ -299,11 +291,12 @@ async fn verify_finds_flipped_deleted_and_truncated_objects() {
         d[n] ^= 0x40;
     });
     let meta_ids = keys.metadata_key();
-    assert!(verify(&repo, &meta_ids, &VerifyOptions::default())
+    assert!(repo
+        .verify(&meta_ids, &VerifyOptions::default())
         .await
         .unwrap()
         .ok());
-    let report = verify(&repo, &ids, &read).await.unwrap();
+    let report = repo.verify(&ids, &read).await.unwrap();
     assert!(!report.ok());
     assert!(
         report
@@ -315,7 +308,8 @@ async fn verify_finds_flipped_deleted_and_truncated_objects() {
 
     // A deleted pack shows without reading data.
     mem.delete(&packs[1]).await.unwrap();
-    let report = verify(&repo, &meta_ids, &VerifyOptions::default())
+    let report = repo
+        .verify(&meta_ids, &VerifyOptions::default())
         .await
         .unwrap();
     assert!(!report.ok());
@@ -331,7 +325,8 @@ async fn verify_finds_flipped_deleted_and_truncated_objects() {
         list = d.clone();
         d.truncate(d.len() - 40)
     });
-    let report = verify(&repo, &meta_ids, &VerifyOptions::default())
+    let report = repo
+        .verify(&meta_ids, &VerifyOptions::default())
         .await
         .unwrap();
     let s2_check = report
@@ -349,7 +344,7 @@ async fn verify_finds_flipped_deleted_and_truncated_objects() {
     // Prune refuses to work on a repository whose kept snapshots lost data
     // (a pack is missing; the list read again, so what it needs is known).
     mem.tamper(&s2.manifest.list, |d| *d = list.clone());
-    let e = prune(&repo, &keys, &keep_last(5)).await.unwrap_err();
+    let e = repo.prune(&keys, &keep_last(5)).await.unwrap_err();
     assert!(matches!(e, Error::Corrupt { .. }), "{e}");
 }
 
@@ -425,11 +420,11 @@ async fn prune_racing_backups_never_loses_a_chunk() {
         let b = {
             let (repo, keys, opts, spec) =
                 (repo.clone(), keys.clone(), opts.clone(), files("d", &data));
-            tokio::spawn(async move { backup(&repo, &keys, &spec, &opts).await })
+            tokio::spawn(async move { repo.backup(&keys, &spec, &opts).await })
         };
         // Start the prune at a different point of the backup each round.
         tokio::time::sleep(Duration::from_millis(round * 3)).await;
-        match prune(&repo, &keys, &keep_last(1)).await {
+        match repo.prune(&keys, &keep_last(1)).await {
             Ok(_) => pruned += 1,
             Err(Error::Locked { .. }) => refused += 1,
             Err(e) => panic!("prune failed: {e}"),
@@ -438,20 +433,20 @@ async fn prune_racing_backups_never_loses_a_chunk() {
         all_restore(&repo, &ids).await;
     }
     // And once more with nothing running: everything kept still restores.
-    prune(&repo, &keys, &keep_last(1)).await.unwrap();
+    repo.prune(&keys, &keep_last(1)).await.unwrap();
     assert_eq!(all_restore(&repo, &ids).await, 1);
     assert_eq!(pruned + refused, 12);
-    assert!(verify(
-        &repo,
-        &ids,
-        &VerifyOptions {
-            data: Some(ReadData::Snapshots(ids.clone())),
-            ..Default::default()
-        }
-    )
-    .await
-    .unwrap()
-    .ok());
+    assert!(repo
+        .verify(
+            &ids,
+            &VerifyOptions {
+                data: Some(ReadData::Snapshots(ids.clone())),
+                ..Default::default()
+            }
+        )
+        .await
+        .unwrap()
+        .ok());
 }
 
 /// Reads under `prefix` fail: transiently, or by returning fewer bytes than
@@ -515,7 +510,8 @@ async fn prune_deletes_provable_junk_only_and_never_on_a_failed_download() {
     let (keys, ids) = keypair();
     let mem = Arc::new(MemoryStorage::default());
     let repo = Repository::open_or_init(mem.clone(), &keys).await.unwrap();
-    let s = backup(&repo, &keys, &files("d", &data), &small_packs())
+    let s = repo
+        .backup(&keys, &files("d", &data), &small_packs())
         .await
         .unwrap();
     let genuine = format!("snapshots/{}", s.manifest.id);
@@ -545,7 +541,7 @@ async fn prune_deletes_provable_junk_only_and_never_on_a_failed_download() {
             .await
             .unwrap()
             .with_retry(RetryPolicy::fast());
-        let e = prune(&flaky, &keys, &keep_last(5)).await.unwrap_err();
+        let e = flaky.prune(&keys, &keep_last(5)).await.unwrap_err();
         assert!(matches!(e, Error::Storage { .. }), "{prefix} {short}: {e}");
         assert_eq!(mem.keys(), everything, "{prefix} {short}: nothing deleted");
     }
@@ -555,13 +551,13 @@ async fn prune_deletes_provable_junk_only_and_never_on_a_failed_download() {
     let body = Repository::encode_metadata(&keys, br#"{"format":"offsite-snapshot","version":2}"#)
         .unwrap();
     put(&mem, newer, body).await;
-    let e = prune(&repo, &keys, &keep_last(5)).await.unwrap_err();
+    let e = repo.prune(&keys, &keep_last(5)).await.unwrap_err();
     assert!(e.to_string().contains(newer), "{e}");
     assert_eq!(repo.snapshots(&ids).await.unwrap().len(), 1);
     mem.delete(newer).await.unwrap();
     assert_eq!(mem.keys(), everything, "nothing deleted");
 
-    let report = prune(&repo, &keys, &keep_last(5)).await.unwrap();
+    let report = repo.prune(&keys, &keep_last(5)).await.unwrap();
     assert_eq!(report.junk_deleted, junk.to_vec());
     let left = mem.keys();
     for k in junk {
@@ -583,7 +579,7 @@ async fn prune_keeps_damaged_copies_only_as_last_copies_and_drops_their_records(
     let mem = Arc::new(MemoryStorage::default());
     let repo = Repository::open_or_init(mem.clone(), &keys).await.unwrap();
     let spec = files("d", &data);
-    let s1 = backup(&repo, &keys, &spec, &small_packs()).await.unwrap();
+    let s1 = repo.backup(&keys, &spec, &small_packs()).await.unwrap();
     let pack = mem
         .keys()
         .into_iter()
@@ -592,7 +588,7 @@ async fn prune_keeps_damaged_copies_only_as_last_copies_and_drops_their_records(
     // Its age header: nothing in the pack decodes.
     mem.tamper(&pack, |d| d[3] ^= 0x01);
     let out = dir.path().join("r1");
-    restore(&repo, &ids, &s1.manifest, &out, &RestoreOptions::default())
+    repo.restore(&ids, &s1.manifest, &out, &RestoreOptions::default())
         .await
         .unwrap_err();
     let records = || -> Vec<String> {
@@ -604,16 +600,16 @@ async fn prune_keeps_damaged_copies_only_as_last_copies_and_drops_their_records(
     assert_eq!(records().len(), 1, "the restore recorded the damage");
 
     // The only copy: kept, and counted.
-    let report = prune(&repo, &keys, &keep_last(1)).await.unwrap();
+    let report = repo.prune(&keys, &keep_last(1)).await.unwrap();
     assert!(report.damaged_chunks > 0);
     assert!(mem.keys().contains(&pack));
 
-    let s2 = backup(&repo, &keys, &spec, &small_packs()).await.unwrap();
+    let s2 = repo.backup(&keys, &spec, &small_packs()).await.unwrap();
     assert!(
         s2.manifest.new_bytes > 0,
         "the damaged chunks are stored again"
     );
-    let report = prune(&repo, &keys, &keep_last(1)).await.unwrap();
+    let report = repo.prune(&keys, &keep_last(1)).await.unwrap();
     assert_eq!(report.damaged_chunks, 0);
     assert_eq!(report.damage_records_deleted, 1);
     assert!(!mem.keys().contains(&pack), "the damaged pack is deleted");
@@ -623,7 +619,7 @@ async fn prune_keeps_damaged_copies_only_as_last_copies_and_drops_their_records(
         data: Some(ReadData::Snapshots(ids.clone())),
         ..Default::default()
     };
-    assert!(verify(&repo, &ids, &read).await.unwrap().ok());
+    assert!(repo.verify(&ids, &read).await.unwrap().ok());
 }
 
 /// A process killed mid-prune: after `after` writes and deletes (locks
@@ -709,14 +705,14 @@ async fn prune_killed_after_any_step_loses_nothing_and_the_next_one_finishes() {
         if i == 2 {
             std::fs::remove_file(data.join("f0")).unwrap();
         }
-        backup(&repo, &keys, &files("d", &data), &small_packs())
+        repo.backup(&keys, &files("d", &data), &small_packs())
             .await
             .unwrap();
     }
 
     let whole = copy_of(&base).await;
     let whole_repo = Repository::open(whole.clone()).await.unwrap();
-    let report = prune(&whole_repo, &keys, &keep_last(2)).await.unwrap();
+    let report = whole_repo.prune(&keys, &keep_last(2)).await.unwrap();
     assert!(report.packs_deleted > 0, "the test needs packs to delete");
     let expected: Vec<String> = whole_repo
         .snapshots(&ids)
@@ -747,7 +743,7 @@ async fn prune_killed_after_any_step_loses_nothing_and_the_next_one_finishes() {
         });
         let dying_repo = Repository::open(dying).await.unwrap();
         assert!(
-            prune(&dying_repo, &keys, &keep_last(2)).await.is_err(),
+            dying_repo.prune(&keys, &keep_last(2)).await.is_err(),
             "killed after {after} of {mutations} steps, prune said it succeeded"
         );
         let copy_repo = Repository::open(copy.clone()).await.unwrap();
@@ -759,7 +755,7 @@ async fn prune_killed_after_any_step_loses_nothing_and_the_next_one_finishes() {
             );
         }
         all_restore(&copy_repo, &ids).await;
-        prune(&copy_repo, &keys, &keep_last(2)).await.unwrap();
+        copy_repo.prune(&keys, &keep_last(2)).await.unwrap();
         let now: Vec<String> = copy_repo
             .snapshots(&ids)
             .await
@@ -777,7 +773,7 @@ async fn prune_killed_after_any_step_loses_nothing_and_the_next_one_finishes() {
             data: Some(ReadData::Snapshots(ids.clone())),
             ..Default::default()
         };
-        let check = verify(&copy_repo, &ids, &read).await.unwrap();
+        let check = copy_repo.verify(&ids, &read).await.unwrap();
         assert!(check.ok(), "killed after {after} steps: {check:?}");
     }
 }

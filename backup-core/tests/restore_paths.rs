@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use backup_core::backup::{backup, BackupOptions};
+use backup_core::backup::BackupOptions;
 use backup_core::keys::{generate_identity, Identities, Keys};
 use backup_core::repo::{Manifest, Repository};
-use backup_core::restore::{restore, RestoreOptions};
+use backup_core::restore::RestoreOptions;
 use backup_core::source::{SourceKind, SourceSpec};
 use backup_core::storage::memory::MemoryStorage;
 use backup_core::storage::PutMode;
@@ -43,7 +43,8 @@ impl Crafted {
             kind,
             path,
         };
-        let manifest = backup(&repo, &keys, &spec, &BackupOptions::default())
+        let manifest = repo
+            .backup(&keys, &spec, &BackupOptions::default())
             .await
             .unwrap()
             .manifest;
@@ -89,15 +90,15 @@ impl Crafted {
     }
 
     async fn restore(&self, manifest: &Manifest) -> Result<(), Error> {
-        restore(
-            &self.repo,
-            &self.ids,
-            manifest,
-            &self.dest(),
-            &RestoreOptions::default(),
-        )
-        .await
-        .map(|_| ())
+        self.repo
+            .restore(
+                &self.ids,
+                manifest,
+                &self.dest(),
+                &RestoreOptions::default(),
+            )
+            .await
+            .map(|_| ())
     }
 
     /// Every file, directory and link under the outside directory, with its

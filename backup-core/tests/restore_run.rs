@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use backup_core::backup::{backup, BackupOptions};
+use backup_core::backup::BackupOptions;
 use backup_core::keys::{generate_identity, Identities, Keys};
 use backup_core::repo::{Repository, Selector, PRE_RESTORE_TAG};
 use backup_core::restore_run::{
@@ -156,7 +156,10 @@ impl Fixture {
         let path = self.path(&format!("{name}.db"));
         make_db(&path, rows);
         let opts = BackupOptions::default();
-        let s = backup(&self.repo, &self.keys, &spec(name, &path), &opts).await;
+        let s = self
+            .repo
+            .backup(&self.keys, &spec(name, &path), &opts)
+            .await;
         s.unwrap().manifest.id
     }
 

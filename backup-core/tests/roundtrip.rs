@@ -5,10 +5,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use backup_core::backup::{backup, BackupOptions};
+use backup_core::backup::BackupOptions;
 use backup_core::keys::{generate_identity, Identities, Keys};
 use backup_core::repo::{select, Cause, Repository, Selector};
-use backup_core::restore::{restore, RestoreOptions};
+use backup_core::restore::RestoreOptions;
 use backup_core::source::{SourceKind, SourceSpec};
 use backup_core::storage::memory::MemoryStorage;
 use backup_core::storage::{testing, Storage};
@@ -100,7 +100,8 @@ async fn live_sqlite_backup_restores_the_committed_state_while_a_writer_runs() {
         pack_size: 256 << 10,
         ..Default::default()
     };
-    let summary = backup(&repo, &keys, &spec(&db, SourceKind::Sqlite), &opts)
+    let summary = repo
+        .backup(&keys, &spec(&db, SourceKind::Sqlite), &opts)
         .await
         .unwrap();
     stop.store(true, Ordering::SeqCst);
@@ -108,15 +109,10 @@ async fn live_sqlite_backup_restores_the_committed_state_while_a_writer_runs() {
     assert!(commits > 0, "the writer kept committing");
 
     let out = dir.path().join("restored.db");
-    let r = restore(
-        &repo,
-        &ids,
-        &summary.manifest,
-        &out,
-        &RestoreOptions::default(),
-    )
-    .await
-    .unwrap();
+    let r = repo
+        .restore(&ids, &summary.manifest, &out, &RestoreOptions::default())
+        .await
+        .unwrap();
     assert_eq!(r.bytes, summary.manifest.size);
     let restored = dump(&out);
     // The snapshot is a committed prefix of the writer's history: all original
@@ -145,7 +141,8 @@ async fn second_backup_uploads_only_changed_pages() {
         .await
         .unwrap();
     let src = spec(&db, SourceKind::Sqlite);
-    let first = backup(&repo, &keys, &src, &BackupOptions::default())
+    let first = repo
+        .backup(&keys, &src, &BackupOptions::default())
         .await
         .unwrap();
     {
@@ -155,7 +152,8 @@ async fn second_backup_uploads_only_changed_pages() {
             .unwrap();
         c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
     }
-    let second = backup(&repo, &keys, &src, &BackupOptions::default())
+    let second = repo
+        .backup(&keys, &src, &BackupOptions::default())
         .await
         .unwrap();
     let m2 = &second.manifest;
@@ -170,8 +168,7 @@ async fn second_backup_uploads_only_changed_pages() {
     assert_eq!(list.len(), 2);
     assert_eq!(list[0].id, m2.id, "newest first");
     let out = dir.path().join("r.db");
-    restore(
-        &repo,
+    repo.restore(
         &ids,
         select(&list, Some("app"), &Selector::Latest).unwrap(),
         &out,
@@ -182,7 +179,7 @@ async fn second_backup_uploads_only_changed_pages() {
     assert_eq!(dump(&out), dump(&db));
     // The older snapshot still restores to the older state.
     let old = dir.path().join("old.db");
-    restore(&repo, &ids, &list[1], &old, &RestoreOptions::default())
+    repo.restore(&ids, &list[1], &old, &RestoreOptions::default())
         .await
         .unwrap();
     assert_eq!(dump(&old).iter().filter(|r| r.2 == "changed").count(), 0);
@@ -205,17 +202,17 @@ async fn files_tree_roundtrip() {
     let repo = Repository::open_or_init(Arc::new(MemoryStorage::default()), &keys)
         .await
         .unwrap();
-    let s = backup(
-        &repo,
-        &keys,
-        &spec(&src, SourceKind::Files),
-        &BackupOptions::default(),
-    )
-    .await
-    .unwrap();
+    let s = repo
+        .backup(
+            &keys,
+            &spec(&src, SourceKind::Files),
+            &BackupOptions::default(),
+        )
+        .await
+        .unwrap();
     assert_eq!(s.manifest.files, 3);
     let out = dir.path().join("out");
-    restore(&repo, &ids, &s.manifest, &out, &RestoreOptions::default())
+    repo.restore(&ids, &s.manifest, &out, &RestoreOptions::default())
         .await
         .unwrap();
     assert_eq!(
@@ -241,14 +238,14 @@ async fn damaged_objects_and_wrong_keys_fail_cleanly() {
     let (keys, ids) = keypair();
     let mem = Arc::new(MemoryStorage::default());
     let repo = Repository::open_or_init(mem.clone(), &keys).await.unwrap();
-    let s = backup(
-        &repo,
-        &keys,
-        &spec(&db, SourceKind::Sqlite),
-        &BackupOptions::default(),
-    )
-    .await
-    .unwrap();
+    let s = repo
+        .backup(
+            &keys,
+            &spec(&db, SourceKind::Sqlite),
+            &BackupOptions::default(),
+        )
+        .await
+        .unwrap();
     let out = dir.path().join("out.db");
 
     // Wrong identity.
@@ -258,14 +255,14 @@ async fn damaged_objects_and_wrong_keys_fail_cleanly() {
 
     // Wrong recipients for this repository.
     let (other_keys, _) = keypair();
-    let e = backup(
-        &repo,
-        &other_keys,
-        &spec(&db, SourceKind::Sqlite),
-        &BackupOptions::default(),
-    )
-    .await
-    .unwrap_err();
+    let e = repo
+        .backup(
+            &other_keys,
+            &spec(&db, SourceKind::Sqlite),
+            &BackupOptions::default(),
+        )
+        .await
+        .unwrap_err();
     assert!(matches!(e, Error::RecipientMismatch { .. }), "{e}");
 
     // A flipped byte in a pack.
@@ -278,7 +275,8 @@ async fn damaged_objects_and_wrong_keys_fail_cleanly() {
         let n = d.len() / 2;
         d[n] ^= 0x40
     });
-    let e = restore(&repo, &ids, &s.manifest, &out, &RestoreOptions::default())
+    let e = repo
+        .restore(&ids, &s.manifest, &out, &RestoreOptions::default())
         .await
         .unwrap_err();
     assert!(matches!(e, Error::Corrupt { .. }), "{e}");
@@ -310,14 +308,14 @@ async fn damaged_objects_and_wrong_keys_fail_cleanly() {
     )
     .unwrap();
     let before = std::fs::read(&junk).unwrap();
-    let e = backup(
-        &repo,
-        &keys,
-        &spec(&junk, SourceKind::Sqlite),
-        &BackupOptions::default(),
-    )
-    .await
-    .unwrap_err();
+    let e = repo
+        .backup(
+            &keys,
+            &spec(&junk, SourceKind::Sqlite),
+            &BackupOptions::default(),
+        )
+        .await
+        .unwrap_err();
     assert!(matches!(e, Error::NotSqlite(_)), "{e}");
     assert_eq!(std::fs::read(&junk).unwrap(), before);
 }
@@ -339,7 +337,7 @@ async fn interrupted_backup_leaves_no_snapshot_and_the_next_run_reuses_its_packs
         ..Default::default()
     };
     let src = spec(&db, SourceKind::Sqlite);
-    assert!(backup(&faulty_repo, &keys, &src, &opts).await.is_err());
+    assert!(faulty_repo.backup(&keys, &src, &opts).await.is_err());
     let repo = Repository::open(mem.clone()).await.unwrap();
     assert!(
         repo.snapshots(&ids).await.unwrap().is_empty(),
@@ -348,13 +346,13 @@ async fn interrupted_backup_leaves_no_snapshot_and_the_next_run_reuses_its_packs
     let reused = repo.load_index(&ids).await.unwrap().chunks.len();
     assert!(reused > 0, "the interrupted run indexed what it uploaded");
 
-    let s = backup(&repo, &keys, &src, &opts).await.unwrap();
+    let s = repo.backup(&keys, &src, &opts).await.unwrap();
     assert!(
         s.manifest.new_bytes < s.manifest.size,
         "the second run reused the first run's packs"
     );
     let out = dir.path().join("r.db");
-    restore(&repo, &ids, &s.manifest, &out, &RestoreOptions::default())
+    repo.restore(&ids, &s.manifest, &out, &RestoreOptions::default())
         .await
         .unwrap();
     assert_eq!(dump(&out), dump(&db));
@@ -374,16 +372,16 @@ async fn transient_failures_are_retried() {
         .await
         .unwrap()
         .with_retry(backup_core::storage::RetryPolicy::fast());
-    let s = backup(
-        &repo,
-        &keys,
-        &spec(&db, SourceKind::Sqlite),
-        &BackupOptions::default(),
-    )
-    .await
-    .unwrap();
+    let s = repo
+        .backup(
+            &keys,
+            &spec(&db, SourceKind::Sqlite),
+            &BackupOptions::default(),
+        )
+        .await
+        .unwrap();
     let out = dir.path().join("r.db");
-    restore(&repo, &ids, &s.manifest, &out, &RestoreOptions::default())
+    repo.restore(&ids, &s.manifest, &out, &RestoreOptions::default())
         .await
         .unwrap();
     assert_eq!(dump(&out), dump(&db));

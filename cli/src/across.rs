@@ -59,7 +59,7 @@ pub async fn read(cfg: &Config, name: Option<&str>, ids: &MetadataKey) -> Result
     for (target, repo) in open(cfg, name).await? {
         let attempt = async {
             let snapshots = repo.snapshots(ids).await?;
-            let pinned = backup_core::pins::pinned(&repo).await?;
+            let pinned = repo.pinned().await?;
             Ok::<_, Error>((snapshots, pinned))
         };
         match attempt.await {

@@ -6,7 +6,6 @@
 
 use anyhow::{bail, Context, Result};
 use backup_core::lock::LockWait;
-use backup_core::pins;
 use backup_core::repo::{select, Selector};
 use backup_core::Error;
 use clap::Args;
@@ -36,7 +35,7 @@ pub async fn pin(cfg: &Config, args: &PinArgs) -> Result<()> {
             Err(e) => return Err(e.into()),
         };
         found = true;
-        if pins::pin(&l.repo, &keys, &id, LockWait::default()).await? {
+        if l.repo.pin(&keys, &id, LockWait::default()).await? {
             println!("pinned {id} on {}", l.target);
         } else {
             println!("{id} on {} was already pinned", l.target);
@@ -52,7 +51,8 @@ pub async fn unpin(cfg: &Config, args: &PinArgs) -> Result<()> {
     // Pins are found by name, so unpinning needs no key at all.
     let mut found = false;
     for (target, repo) in across::open(cfg, args.target.as_deref()).await? {
-        let pinned = pins::pinned(&repo)
+        let pinned = repo
+            .pinned()
             .await
             .with_context(|| format!("target {target:?}"))?;
         let hits: Vec<&String> = pinned
@@ -65,7 +65,7 @@ pub async fn unpin(cfg: &Config, args: &PinArgs) -> Result<()> {
             [] => continue,
             [id] => {
                 found = true;
-                pins::unpin(&repo, id).await?;
+                repo.unpin(id).await?;
                 println!("unpinned {id} on {target}");
             }
             many => bail!(

@@ -11,7 +11,7 @@ use chrono::Utc;
 use serde::Serialize;
 
 use super::{each, Event, Observer, Outcome, PlannedTarget, TargetError};
-use crate::drill::{drill, DrillOptions, DrillProgress, DrillReport};
+use crate::drill::{DrillOptions, DrillProgress, DrillReport};
 use crate::keys::Identities;
 use crate::repo::Repository;
 
@@ -167,7 +167,8 @@ async fn drill_one(
         ..s.options.clone()
     };
     let report = match tempfile::Builder::new().prefix("offsite-drill-").tempdir() {
-        Ok(scratch) => drill(repo, ids, &s.source, &opts, scratch.path(), Utc::now())
+        Ok(scratch) => repo
+            .drill(ids, &s.source, &opts, scratch.path(), Utc::now())
             .await
             .unwrap_or_else(|e| DrillReport::unavailable(&s.source, e.to_string())),
         Err(e) => DrillReport::unavailable(

@@ -6,8 +6,8 @@
 
 use super::{each_observed, Observer, Outcomes, PlannedTarget};
 use crate::keys::Keys;
-use crate::lock::{self, LockInfo};
-use crate::prune::{prune, PruneOptions, PruneReport};
+use crate::lock::LockInfo;
+use crate::prune::{PruneOptions, PruneReport};
 
 /// A prune of every planned target.
 #[derive(Debug)]
@@ -39,7 +39,7 @@ pub async fn prune_all(
 ) -> PruneRun {
     let outcomes = each_observed(
         targets,
-        async |_, repo| prune(repo, keys, opts).await,
+        async |_, repo| repo.prune(keys, opts).await,
         observer,
     )
     .await;
@@ -86,12 +86,8 @@ pub async fn unlock_all(
     let outcomes = each_observed(
         targets,
         async |_, repo| {
-            let removed = lock::remove(repo, all).await?;
-            let held = if all {
-                Vec::new()
-            } else {
-                lock::list(repo).await?
-            };
+            let removed = repo.remove_locks(all).await?;
+            let held = if all { Vec::new() } else { repo.locks().await? };
             Ok(UnlockReport { all, removed, held })
         },
         observer,

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::{each, Outcomes, PlannedTarget};
 use crate::keys::MetadataKey;
-use crate::status::{source_status, stored_bytes, Newest, SourceStatus, Thresholds};
+use crate::status::{source_status, Newest, SourceStatus, Thresholds};
 
 /// A source whose backups are checked, and its limits.
 #[derive(Debug, Clone)]
@@ -143,7 +143,7 @@ pub async fn status_all(
         targets,
         async |_, repo| {
             let snapshots = repo.snapshots(ids).await?;
-            let repository_bytes = stored_bytes(repo).await?;
+            let repository_bytes = repo.stored_bytes().await?;
             Ok(TargetHealth {
                 location: repo.describe(),
                 repository_bytes,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::{each, Event, Observer, Outcomes, PlannedTarget};
 use crate::keys::MetadataKey;
-use crate::verify::{verify, VerifyOptions, VerifyProgress, VerifyReport};
+use crate::verify::{VerifyOptions, VerifyProgress, VerifyReport};
 
 /// A verify of every planned target.
 #[derive(Debug)]
@@ -83,7 +83,7 @@ pub async fn verify_all(
                 progress: Some(progress),
                 ..opts.clone()
             };
-            verify(repo, ids, &opts).await
+            repo.verify(ids, &opts).await
         },
         |o| {
             observer.event(Event::Finished {
