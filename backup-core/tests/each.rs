@@ -12,7 +12,7 @@ use backup_core::each::drill::{drill_all, PlannedDrill};
 use backup_core::each::prune::prune_all;
 use backup_core::each::status::{status_all, Watched};
 use backup_core::each::verify::{verify_all, VerifyFailure};
-use backup_core::each::{Event, Observer, PlannedTarget, Quiet, TargetError};
+use backup_core::each::{PlannedTarget, Quiet, TargetError, TargetEvent, TargetObserver};
 use backup_core::keys::{generate_identity, Identities, Keys};
 use backup_core::prune::{PruneOptions, PruneReport};
 use backup_core::repo::{Repository, LOCKS, PACKS};
@@ -98,9 +98,9 @@ fn keep_last_one() -> PruneOptions {
 #[derive(Default)]
 struct Heard(Mutex<Vec<(String, bool)>>);
 
-impl Observer<PruneReport> for Heard {
-    fn event(&self, event: Event<'_, PruneReport>) {
-        if let Event::Finished { target, result, .. } = event {
+impl TargetObserver<PruneReport> for Heard {
+    fn event(&self, event: TargetEvent<'_, PruneReport>) {
+        if let TargetEvent::Finished { target, result, .. } = event {
             self.0.lock().unwrap().push((target.into(), result.is_ok()));
         }
     }

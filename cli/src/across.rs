@@ -18,8 +18,8 @@ use backup_core::keys::MetadataKey;
 use backup_core::repo::{newest_first, Manifest, Repository};
 use backup_core::Error;
 
-use crate::commands::chosen_targets;
 use crate::config::Config;
+use crate::resolve::chosen_targets;
 use crate::targets;
 
 /// One target's repository and its snapshots, newest first.

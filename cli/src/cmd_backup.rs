@@ -11,11 +11,13 @@ use backup_core::repo::Repository;
 use backup_core::run::{self, Hook, Observer, Plan, PlannedSource, PlannedTarget, RunEvent};
 use serde_json::json;
 
-use crate::commands::{chosen_targets, hint, keys, snapshot_json, source_specs};
 use crate::config::Config;
+use crate::errors::hint;
 use crate::hooks::ConfigHooks;
 use crate::notify::{self, Event, EventKind};
+use crate::output::snapshot_json;
 use crate::output::{self, Bar};
+use crate::resolve::{chosen_targets, keys, source_specs};
 use crate::targets;
 
 pub async fn backup(

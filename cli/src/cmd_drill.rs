@@ -17,13 +17,13 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Context, Result};
 use backup_core::drill::{DrillProgress, DrillReport};
 use backup_core::each::drill::{drill_all, failed_steps, DrillRun, PlannedDrill};
-use backup_core::each::{Event, Observer};
+use backup_core::each::{TargetEvent, TargetObserver};
 
-use crate::commands::{chosen_targets, identities};
 use crate::config::Config;
 use crate::notify::{self, EventKind};
 use crate::output::{Bar, Sample, STEP_AND_BYTES};
 use crate::per_target::open_targets;
+use crate::resolve::{chosen_targets, identities};
 
 pub async fn run(
     cfg: &Config,
@@ -79,10 +79,10 @@ struct Printer {
     bar: Mutex<Option<Bar>>,
 }
 
-impl Observer<DrillReport, DrillProgress> for Printer {
-    fn event(&self, event: Event<'_, DrillReport, DrillProgress>) {
+impl TargetObserver<DrillReport, DrillProgress> for Printer {
+    fn event(&self, event: TargetEvent<'_, DrillReport, DrillProgress>) {
         match event {
-            Event::Started {
+            TargetEvent::Started {
                 target,
                 source,
                 progress,
@@ -91,7 +91,7 @@ impl Observer<DrillReport, DrillProgress> for Printer {
                 *self.bar.lock().expect("printer state") =
                     Some(bar(label, progress, !self.as_json));
             }
-            Event::Finished { target, result, .. } => {
+            TargetEvent::Finished { target, result, .. } => {
                 self.bar.lock().expect("printer state").take();
                 if let (Ok(r), false) = (result, self.as_json) {
                     print_drill(target, r);

@@ -11,8 +11,8 @@ use backup_core::Error;
 use clap::Args;
 
 use crate::across;
-use crate::commands::keys;
 use crate::config::Config;
+use crate::resolve::keys;
 
 #[derive(Args)]
 pub struct PinArgs {

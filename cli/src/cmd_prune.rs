@@ -13,10 +13,10 @@ use chrono::Local;
 use clap::Args;
 use serde_json::json;
 
-use crate::commands::keys;
 use crate::config::Config;
 use crate::output;
 use crate::per_target::{planned_targets, TargetPrinter};
+use crate::resolve::keys;
 
 #[derive(Args)]
 pub struct PruneArgs {

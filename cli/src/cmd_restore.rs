@@ -26,10 +26,12 @@ use backup_core::source::{SourceKind, SourceSpec};
 use chrono::Local;
 use serde_json::json;
 
-use crate::commands::{chosen_targets, hint_in, identities, keys, parse_time, snapshot_json};
 use crate::config::{Config, SourceConfig};
+use crate::errors::hint_in;
 use crate::hooks::ConfigHooks;
+use crate::output::snapshot_json;
 use crate::output::{self, Bar};
+use crate::resolve::{chosen_targets, identities, keys, parse_time};
 use crate::{targets, usage, RestoreArgs};
 
 pub async fn restore(cfg: &Config, args: &RestoreArgs) -> Result<()> {

@@ -14,11 +14,11 @@ use chrono::{DateTime, Local, Utc};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::commands::metadata_key;
 use crate::config::Config;
 use crate::notify::{self, Event, EventKind};
 use crate::output;
 use crate::per_target::planned_targets;
+use crate::resolve::metadata_key;
 
 /// One target's repository, or why it could not be read.
 #[derive(Debug, Serialize)]

@@ -18,10 +18,10 @@ use chrono::Local;
 use clap::Args;
 use serde_json::json;
 
-use crate::commands::{identities, keys};
 use crate::config::Config;
 use crate::output::{Bar, Sample, STEP, STEP_AND_BYTES};
 use crate::per_target::{planned_targets, StartBar, TargetPrinter};
+use crate::resolve::{identities, keys};
 
 #[derive(Args)]
 pub struct VerifyArgs {

@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use rusqlite::Connection;
 
-use crate::{cmd_backup, cmd_restore, commands, config, RestoreArgs};
+use crate::{cmd_backup, cmd_keygen, cmd_restore, cmd_snapshots, config, RestoreArgs};
 
 const ROWS: i64 = 50_000;
 
@@ -20,7 +20,7 @@ pub async fn run(dir: &Path) -> Result<()> {
 
     if !key.exists() {
         let (secret, _) = backup_core::keys::generate_identity();
-        commands::write_private(&key, secret.as_bytes()).context("writing the demo identity")?;
+        cmd_keygen::write_private(&key, secret.as_bytes()).context("writing the demo identity")?;
     }
     let recipient = std::fs::read_to_string(&key)?
         .lines()
@@ -56,7 +56,7 @@ pub async fn run(dir: &Path) -> Result<()> {
     println!("\n== offsite --config {} backup", cfg_path.display());
     cmd_backup::backup(&cfg, None, None, Vec::new(), false, false).await?;
     println!("\n== offsite --config {} snapshots", cfg_path.display());
-    commands::snapshots(&cfg, None, None, false).await?;
+    cmd_snapshots::snapshots(&cfg, None, None, false).await?;
     let to = dir.join("restored.db");
     println!(
         "\n== offsite --config {} restore --source app --latest --to {} --force --no-pre-restore-snapshot",

@@ -23,22 +23,26 @@ mod cmd_config;
 mod cmd_daemon;
 mod cmd_docs;
 mod cmd_drill;
+mod cmd_keygen;
 mod cmd_pin;
 mod cmd_prune;
 mod cmd_repair;
 mod cmd_restore;
+mod cmd_snapshots;
 mod cmd_status;
+mod cmd_targets;
 mod cmd_verify;
-mod commands;
 mod config;
 mod config_env;
 mod config_retention;
 mod demo;
+mod errors;
 mod hooks;
 mod notify;
 mod ops_config;
 mod output;
 mod per_target;
+mod resolve;
 mod targets;
 mod usage;
 
@@ -346,7 +350,7 @@ fn main() -> ExitCode {
         .transpose()
     {
         Ok(l) => l,
-        Err(e) => return commands::report(&e),
+        Err(e) => return errors::report(&e),
     };
     let result = runtime.block_on(dispatch(cli.command, located));
     // Do not wait on threads of a job the daemon abandoned at shutdown.
@@ -357,7 +361,7 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => commands::report(&e),
+        Err(e) => errors::report(&e),
     }
 }
 
@@ -388,7 +392,7 @@ async fn dispatch(command: Command, located: Option<config::Located>) -> anyhow:
 /// The commands that read no config file.
 async fn without_config(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Keygen { output } => commands::keygen(output.as_deref()),
+        Command::Keygen { output } => cmd_keygen::keygen(output.as_deref()),
         Command::Repair { path, to, json } => cmd_repair::run(&path, to.as_deref(), json).await,
         Command::Demo { dir } => demo::run(&dir).await,
         Command::Completions { shell } => cmd_docs::completions(shell),
@@ -416,11 +420,11 @@ async fn with_config(
             source,
             target,
             json,
-        } => commands::snapshots(cfg, source.as_deref(), target.as_deref(), json).await,
+        } => cmd_snapshots::snapshots(cfg, source.as_deref(), target.as_deref(), json).await,
         Command::Restore(args) => cmd_restore::restore(cfg, &args).await,
         Command::Targets {
             command: TargetsCommand::Check { target, json },
-        } => commands::targets_check(cfg, target.as_deref(), json).await,
+        } => cmd_targets::targets_check(cfg, target.as_deref(), json).await,
         Command::Prune(args) => {
             let prune = cmd_prune::prune(cfg, config_path, &args);
             notify::around(&cfg.notify, notify::EventKind::Prune, prune).await

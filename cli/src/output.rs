@@ -27,7 +27,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backup_core::backup::Progress;
+use backup_core::repo::Manifest;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
 
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -194,4 +196,23 @@ pub fn stdout_error() -> Option<std::io::Error> {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .take()
+}
+
+pub(crate) fn snapshot_json(m: &Manifest, target: &str) -> serde_json::Value {
+    json!({
+        "id": m.id,
+        "source": m.source,
+        "kind": m.kind,
+        "host": m.host,
+        "target": target,
+        "started": m.started,
+        "time": m.finished,
+        "size": m.size,
+        "files": m.files,
+        "chunks": m.chunks,
+        "new_bytes": m.new_bytes,
+        "uploaded_bytes": m.uploaded_bytes,
+        "sha256": m.sha256,
+        "tags": m.tags,
+    })
 }

@@ -7,13 +7,14 @@
 use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
-use backup_core::each::{BoxError, Event, Observer, PlannedTarget, TargetError};
+use backup_core::each::{BoxError, PlannedTarget, TargetError, TargetEvent, TargetObserver};
 use backup_core::repo::Repository;
 use serde_json::json;
 
-use crate::commands::{chosen_targets, hint_in};
 use crate::config::{Config, TargetConfig};
+use crate::errors::hint_in;
 use crate::output::Bar;
+use crate::resolve::chosen_targets;
 use crate::targets;
 
 /// The chosen targets, each opened (or why not), in config order.
@@ -102,10 +103,10 @@ impl<R, P> TargetPrinter<R, P> {
     }
 }
 
-impl<R, P> Observer<R, P> for TargetPrinter<R, P> {
-    fn event(&self, event: Event<'_, R, P>) {
+impl<R, P> TargetObserver<R, P> for TargetPrinter<R, P> {
+    fn event(&self, event: TargetEvent<'_, R, P>) {
         match event {
-            Event::Started {
+            TargetEvent::Started {
                 target, progress, ..
             } => {
                 if let Some(start) = &self.start {
@@ -113,7 +114,7 @@ impl<R, P> Observer<R, P> for TargetPrinter<R, P> {
                         Some(start(target, progress, !self.as_json));
                 }
             }
-            Event::Finished { target, result, .. } => {
+            TargetEvent::Finished { target, result, .. } => {
                 self.bar.lock().expect("printer state").take();
                 let mut results = self.results.lock().expect("printer state");
                 match result {

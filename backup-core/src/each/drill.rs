@@ -10,7 +10,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use serde::Serialize;
 
-use super::{each, Event, Observer, Outcome, PlannedTarget, TargetError};
+use super::{each, Outcome, PlannedTarget, TargetError, TargetEvent, TargetObserver};
 use crate::drill::{DrillOptions, DrillProgress, DrillReport};
 use crate::keys::Identities;
 use crate::repo::Repository;
@@ -85,7 +85,7 @@ pub async fn drill_all(
     targets: Vec<PlannedTarget>,
     ids: &Identities,
     sources: &[PlannedDrill],
-    observer: &dyn Observer<DrillReport, DrillProgress>,
+    observer: &dyn TargetObserver<DrillReport, DrillProgress>,
 ) -> DrillRun {
     let outcomes = each(
         targets,
@@ -131,13 +131,13 @@ fn unavailable(sources: &[PlannedDrill], target: &str, e: &TargetError) -> Vec<D
 
 /// Tells `observer` that a drill is over, and gives its report back.
 fn finished(
-    observer: &dyn Observer<DrillReport, DrillProgress>,
+    observer: &dyn TargetObserver<DrillReport, DrillProgress>,
     target: &str,
     report: DrillReport,
 ) -> DrillReport {
     let result = Ok(report);
     let source = result.as_ref().ok().map(|r| r.source.as_str());
-    observer.event(Event::Finished {
+    observer.event(TargetEvent::Finished {
         target,
         source,
         result: &result,
@@ -154,10 +154,10 @@ async fn drill_one(
     ids: &Identities,
     s: &PlannedDrill,
     target: &str,
-    observer: &dyn Observer<DrillReport, DrillProgress>,
+    observer: &dyn TargetObserver<DrillReport, DrillProgress>,
 ) -> DrillReport {
     let progress = Arc::new(DrillProgress::default());
-    observer.event(Event::Started {
+    observer.event(TargetEvent::Started {
         target,
         source: Some(&s.source),
         progress: progress.clone(),

@@ -10,7 +10,7 @@
 //! own multi-target reports ([`prune`], [`verify`], [`drill`], [`status`])
 //! say what the outcomes mean, so the caller never counts failures.
 //!
-//! What happens is told to an [`Observer`] as it happens, for printing.
+//! What happens is told to an [`TargetObserver`] as it happens, for printing.
 //!
 //! Never: swallow a target's failure, or reorder the targets.
 
@@ -123,7 +123,7 @@ impl<R> IntoIterator for Outcomes<R> {
 /// What happened, as it happens. `T` is the operation's report for one
 /// part, `P` the live counters it updates.
 #[derive(Debug)]
-pub enum Event<'a, T, P = ()> {
+pub enum TargetEvent<'a, T, P = ()> {
     /// A part starts; `progress` counts its work. `source` is set for
     /// operations that run per source on each target (a drill).
     Started {
@@ -139,16 +139,16 @@ pub enum Event<'a, T, P = ()> {
     },
 }
 
-/// Told of each [`Event`] as it happens.
-pub trait Observer<T, P = ()>: Sync {
-    fn event(&self, event: Event<'_, T, P>);
+/// Told of each [`TargetEvent`] as it happens.
+pub trait TargetObserver<T, P = ()>: Sync {
+    fn event(&self, event: TargetEvent<'_, T, P>);
 }
 
 /// An observer that prints nothing, for callers that only want the report.
 pub struct Quiet;
 
-impl<T, P> Observer<T, P> for Quiet {
-    fn event(&self, _: Event<'_, T, P>) {}
+impl<T, P> TargetObserver<T, P> for Quiet {
+    fn event(&self, _: TargetEvent<'_, T, P>) {}
 }
 
 /// Runs `op` on each opened target, in order; a target that could not be
@@ -179,10 +179,10 @@ pub async fn each<R>(
 pub(crate) async fn each_observed<R>(
     targets: Vec<PlannedTarget>,
     op: impl AsyncFnMut(&str, &Repository) -> Result<R, Error>,
-    observer: &dyn Observer<R>,
+    observer: &dyn TargetObserver<R>,
 ) -> Outcomes<R> {
     each(targets, op, |o| {
-        observer.event(Event::Finished {
+        observer.event(TargetEvent::Finished {
             target: &o.target,
             source: None,
             result: &o.result,

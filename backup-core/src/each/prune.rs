@@ -4,7 +4,7 @@
 //! Never: stop at a failed target; the others are pruned (or unlocked) all
 //! the same, since each repository is independent.
 
-use super::{each_observed, Observer, Outcomes, PlannedTarget};
+use super::{each_observed, Outcomes, PlannedTarget, TargetObserver};
 use crate::keys::Keys;
 use crate::lock::LockInfo;
 use crate::prune::{PruneOptions, PruneReport};
@@ -35,7 +35,7 @@ pub async fn prune_all(
     targets: Vec<PlannedTarget>,
     keys: &Keys,
     opts: &PruneOptions,
-    observer: &dyn Observer<PruneReport>,
+    observer: &dyn TargetObserver<PruneReport>,
 ) -> PruneRun {
     let outcomes = each_observed(
         targets,
@@ -81,7 +81,7 @@ impl UnlockRun {
 pub async fn unlock_all(
     targets: Vec<PlannedTarget>,
     all: bool,
-    observer: &dyn Observer<UnlockReport>,
+    observer: &dyn TargetObserver<UnlockReport>,
 ) -> UnlockRun {
     let outcomes = each_observed(
         targets,

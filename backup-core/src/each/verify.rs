@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use super::{each, Event, Observer, Outcomes, PlannedTarget};
+use super::{each, Outcomes, PlannedTarget, TargetEvent, TargetObserver};
 use crate::keys::MetadataKey;
 use crate::verify::{VerifyOptions, VerifyProgress, VerifyReport};
 
@@ -68,13 +68,13 @@ pub async fn verify_all(
     targets: Vec<PlannedTarget>,
     ids: &MetadataKey,
     opts: &VerifyOptions,
-    observer: &dyn Observer<VerifyReport, VerifyProgress>,
+    observer: &dyn TargetObserver<VerifyReport, VerifyProgress>,
 ) -> VerifyRun {
     let outcomes = each(
         targets,
         async |target, repo| {
             let progress = Arc::new(VerifyProgress::default());
-            observer.event(Event::Started {
+            observer.event(TargetEvent::Started {
                 target,
                 source: None,
                 progress: progress.clone(),
@@ -86,7 +86,7 @@ pub async fn verify_all(
             repo.verify(ids, &opts).await
         },
         |o| {
-            observer.event(Event::Finished {
+            observer.event(TargetEvent::Finished {
                 target: &o.target,
                 source: None,
                 result: &o.result,

@@ -1,0 +1,92 @@
+//! `offsite snapshots`: every snapshot once, newest first, with the targets
+//! that hold it.
+
+use anyhow::Result;
+use chrono::Local;
+use serde_json::json;
+
+use crate::across;
+use crate::config::Config;
+use crate::output::{self, snapshot_json};
+use crate::resolve::metadata_key;
+
+pub async fn snapshots(
+    cfg: &Config,
+    source: Option<&str>,
+    target: Option<&str>,
+    as_json: bool,
+) -> Result<()> {
+    if let Some(s) = source {
+        cfg.source(s)?;
+    }
+    let ids = metadata_key(cfg)?;
+    let listings = across::read(cfg, target, &ids).await?;
+    let list = across::grouped(&listings, source);
+    if as_json {
+        let v: Vec<_> = list
+            .iter()
+            .map(|(held, m)| {
+                let mut v = snapshot_json(m, &held[0].target);
+                v["targets"] = json!(held.iter().map(|l| &l.target).collect::<Vec<_>>());
+                v["pinned"] = json!(held.iter().any(|l| l.pinned.contains(&m.id)));
+                v
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    if list.is_empty() {
+        let names: Vec<String> = listings.iter().map(|l| format!("{:?}", l.target)).collect();
+        println!(
+            "no snapshots in target{} {}{}",
+            if names.len() == 1 { "" } else { "s" },
+            names.join(", "),
+            source
+                .map(|s| format!(" for source {s:?}"))
+                .unwrap_or_default()
+        );
+        return Ok(());
+    }
+    let width = list
+        .iter()
+        .map(|(held, _)| held_by(held).len())
+        .max()
+        .unwrap_or(0)
+        .max(12);
+    println!(
+        "{:<26} {:<12} {:<width$} {:<25} {:>10} {:>10}  tags",
+        "ID", "SOURCE", "TARGETS", "TIME", "SIZE", "NEW"
+    );
+    for (held, m) in list {
+        println!(
+            "{:<26} {:<12} {:<width$} {:<25} {:>10} {:>10}  {}",
+            m.id,
+            m.source,
+            held_by(&held),
+            m.finished
+                .with_timezone(&Local)
+                .format("%Y-%m-%d %H:%M:%S %z"),
+            output::bytes(m.size),
+            output::bytes(m.new_bytes),
+            m.tags
+                .iter()
+                .map(String::as_str)
+                .chain(
+                    held.iter()
+                        .any(|l| l.pinned.contains(&m.id))
+                        .then_some("(pinned)")
+                )
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+    }
+    Ok(())
+}
+
+/// "local,s3": the targets holding a snapshot.
+fn held_by(held: &[&across::Listing]) -> String {
+    held.iter()
+        .map(|l| l.target.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}

@@ -1,0 +1,114 @@
+//! The configuration resolved into what the engine takes: keys and
+//! identities, the chosen sources and targets, times given on the command
+//! line. Every command resolves through here before it calls the engine;
+//! nothing here runs an operation.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use backup_core::keys::{Identities, Keys, MetadataKey};
+use backup_core::source::SourceSpec;
+use chrono::{DateTime, Local, NaiveDate, NaiveDateTime, TimeZone, Utc};
+
+use crate::config::{Config, TargetConfig};
+use crate::usage;
+
+pub(crate) fn keys(cfg: &Config) -> Result<Keys> {
+    Keys::from_recipients(&cfg.encryption.recipients).context("encryption.recipients")
+}
+
+pub(crate) fn identities(cfg: &Config, flag: Option<&Path>) -> Result<Identities> {
+    let path = flag
+        .map(Path::to_path_buf)
+        .or_else(|| cfg.encryption.identity_file.clone())
+        .ok_or_else(|| {
+            usage::mistake(
+                "restoring needs the age identity: pass --identity FILE or set encryption.identity_file",
+            )
+        })?;
+    let pass = std::env::var("OFFSITE_IDENTITY_PASSPHRASE").ok();
+    Ok(Identities::from_file(&path, pass.as_deref())?)
+}
+
+/// What reads manifests, lists and the index: the metadata key derived from
+/// the recipients on a backup host, else (on a restore-only host) the
+/// identity file's.
+pub(crate) fn metadata_key(cfg: &Config) -> Result<MetadataKey> {
+    if cfg.encryption.recipients.is_empty() {
+        Ok(identities(cfg, None)?.metadata_key())
+    } else {
+        Ok(keys(cfg)?.metadata_key())
+    }
+}
+
+pub(crate) fn chosen_targets<'a>(
+    cfg: &'a Config,
+    name: Option<&str>,
+) -> Result<Vec<&'a TargetConfig>> {
+    if cfg.targets.is_empty() {
+        return Err(usage::mistake(
+            "no [[targets]] in the config: add at least one (kind = \"local\" with a path is the simplest)",
+        ));
+    }
+    match name {
+        None => Ok(cfg.targets.iter().collect()),
+        Some(n) => {
+            let t = cfg.targets.iter().find(|t| t.name == n).ok_or_else(|| {
+                usage::mistake(format!(
+                    "no target named {n:?} (targets: {})",
+                    cfg.targets
+                        .iter()
+                        .map(|t| t.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+            Ok(vec![t])
+        }
+    }
+}
+
+pub(crate) fn source_specs(cfg: &Config, name: Option<&str>) -> Result<Vec<SourceSpec>> {
+    if cfg.sources.is_empty() {
+        return Err(usage::mistake(
+            "no [[sources]] in the config: add one with name, kind (\"sqlite\", \"duckdb\" or \"files\") and path",
+        ));
+    }
+    let chosen: Vec<_> = match name {
+        Some(n) => vec![cfg.source(n)?],
+        None => cfg.sources.iter().collect(),
+    };
+    Ok(chosen
+        .into_iter()
+        .map(|s| SourceSpec {
+            name: s.name.clone(),
+            kind: s.kind,
+            path: s.path.clone(),
+        })
+        .collect())
+}
+
+pub fn parse_time(s: &str) -> Result<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let naive = [
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+    ]
+    .iter()
+    .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
+    .or_else(|| {
+        NaiveDate::parse_from_str(s, "%Y-%m-%d")
+            .ok()
+            .and_then(|d| d.and_hms_opt(23, 59, 59))
+    });
+    match naive.and_then(|n| Local.from_local_datetime(&n).earliest()) {
+        Some(t) => Ok(t.with_timezone(&Utc)),
+        None => Err(usage::mistake(format!(
+            "--at {s:?}: expected a time like 2026-11-20T03:00:00Z, \"2026-11-20 03:00\" or 2026-11-20"
+        ))),
+    }
+}
