@@ -70,6 +70,8 @@ pub enum Error {
     },
     #[error("no snapshot matches {0}")]
     SnapshotNotFound(String),
+    #[error("no pinned snapshot matches {0:?}; `offsite snapshots` marks pinned ones")]
+    NotPinned(String),
     #[error("{0} matches more than one snapshot: {1}")]
     AmbiguousSnapshot(String, String),
     #[error("{0} already exists")]
@@ -148,4 +150,22 @@ impl Error {
             cause: source,
         }
     }
+}
+
+/// An error with its causes on one line, `": "` between them, each cause
+/// once: one whose text the line holds already (an error that embeds its
+/// source's message) is left out. The one way the engine puts an error into
+/// words (hooks' `on_error`, reports, events).
+pub fn chain_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }

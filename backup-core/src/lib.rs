@@ -11,6 +11,7 @@
 //! decide the order and what a failure means. Printing and progress display
 //! belong to the caller.
 
+pub mod across;
 pub mod backup;
 pub mod chunk;
 pub mod codec;

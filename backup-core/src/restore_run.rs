@@ -41,30 +41,21 @@ use std::error::Error as StdError;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::across::{self, Listing, NoTargetReadable, Pins};
 use crate::backup::{BackupOptions, Progress};
-use crate::error::Error;
+use crate::each::{PlannedTarget, SharedError};
+use crate::error::{chain_text, Error};
 use crate::keys::{Identities, Keys};
 use crate::repo::{select, Manifest, Repository, Selector, PRE_RESTORE_TAG};
 use crate::restore::{check_not_in_use, stage, Fallback, RestoreOptions, RestoreSummary, Staged};
 use crate::run::{run_hook, Hook, Hooks};
 use crate::source::SourceSpec;
-use crate::storage::Storage;
-
-/// An error the caller hands in (a target its configuration could not
-/// open), shared because every source is told of it.
-pub type SharedError = Arc<dyn StdError + Send + Sync>;
 
 /// A source to restore and where to: its own path, or elsewhere.
 #[derive(Debug, Clone)]
 pub struct PlannedRestore {
     pub spec: SourceSpec,
     pub to: PathBuf,
-}
-
-/// A target to look for the snapshot on, opened or not.
-pub struct RestoreTarget {
-    pub name: String,
-    pub storage: Result<Arc<dyn Storage>, SharedError>,
 }
 
 /// The pre-restore snapshot's keys (or why there are none) and settings;
@@ -90,51 +81,11 @@ pub struct RestorePlan {
     pub sources: Vec<PlannedRestore>,
     pub selector: Selector,
     /// Where the snapshot is looked for, in preference order.
-    pub targets: Vec<RestoreTarget>,
+    pub targets: Vec<PlannedTarget>,
     /// Every target that could be opened, for damaged or missing chunks;
     /// the one restored from is left out.
     pub fallbacks: Vec<Fallback>,
     pub options: RestoreRunOptions,
-}
-
-/// A target that could not be opened or listed.
-#[derive(Debug, thiserror::Error)]
-#[error("target {target:?}")]
-pub struct TargetError {
-    pub target: String,
-    #[source]
-    pub error: Error,
-}
-
-/// No target could be read: the first failure, and the others in words.
-#[derive(Debug)]
-pub struct NoTargetReadable {
-    pub first: SharedError,
-    pub also: Vec<String>,
-}
-
-impl std::fmt::Display for NoTargetReadable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.also.is_empty() {
-            // One target: its own error says it all.
-            return self.first.fmt(f);
-        }
-        write!(
-            f,
-            "no target could be read (also: {})",
-            self.also.join("; ")
-        )
-    }
-}
-
-impl StdError for NoTargetReadable {
-    fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        if self.also.is_empty() {
-            self.first.source()
-        } else {
-            Some(&*self.first)
-        }
-    }
 }
 
 /// Why a source was not restored.
@@ -176,14 +127,6 @@ impl RestoreError {
 fn quoted(names: &[String]) -> String {
     let names: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
     names.join(", ")
-}
-
-/// An error with every cause, joined by ": " (as the binary prints errors).
-pub fn error_text(e: &(dyn StdError + 'static)) -> String {
-    let parts: Vec<String> = std::iter::successors(Some(e), |e| (*e).source())
-        .map(|e| e.to_string())
-        .collect();
-    parts.join(": ")
 }
 
 /// A snapshot put in place.
@@ -333,13 +276,6 @@ pub async fn run(
     report
 }
 
-/// One target's repository and its snapshots.
-struct Listing {
-    target: String,
-    repo: Repository,
-    snapshots: Vec<Manifest>,
-}
-
 /// The snapshot a source is restored from.
 struct Chosen {
     target: String,
@@ -402,67 +338,22 @@ impl Run<'_> {
         })
     }
 
-    /// Every planned target opened and listed, in order; those that cannot
-    /// be are passed over, told to the observer.
+    /// Every planned target listed, in order; those that cannot be are
+    /// passed over, told to the observer.
     async fn listings(&self, source: &str) -> Result<Vec<Listing>, RestoreError> {
         if self.plan.targets.is_empty() {
             return Err(RestoreError::NoTargets);
         }
-        let mut open = Vec::new();
-        let mut failed = Vec::new();
-        for t in &self.plan.targets {
-            let repo = match &t.storage {
-                Ok(storage) => Repository::open(storage.clone())
-                    .await
-                    .map_err(|e| target_error(&t.name, e)),
-                Err(e) => Err(e.clone()),
-            };
-            match repo {
-                Ok(repo) => open.push((t.name.clone(), repo)),
-                Err(e) => failed.push(e),
-            }
-        }
-        let open = self
-            .settle(source, open, failed)
+        let found = across::list(&self.plan.targets, self.ids, Pins::Skip)
+            .await
             .map_err(RestoreError::NoTarget)?;
-        let mut listings = Vec::new();
-        let mut failed = Vec::new();
-        for (target, repo) in open {
-            match repo.snapshots(self.ids).await {
-                Ok(snapshots) => listings.push(Listing {
-                    target,
-                    repo,
-                    snapshots,
-                }),
-                Err(e) => failed.push(target_error(&target, e)),
-            }
-        }
-        self.settle(source, listings, failed)
-            .map_err(RestoreError::NoTarget)
-    }
-
-    /// What could be read, each failure told to the observer; an error
-    /// only when nothing could.
-    fn settle<T>(
-        &self,
-        source: &str,
-        ok: Vec<T>,
-        failed: Vec<SharedError>,
-    ) -> Result<Vec<T>, NoTargetReadable> {
-        if ok.is_empty() {
-            let mut failed = failed.into_iter();
-            // Every target was tried (there is one: see `listings`).
-            let first = failed.next().expect("a target that failed");
-            let also = failed.map(|e| error_text(&*e)).collect();
-            return Err(NoTargetReadable { first, also });
-        }
-        for error in &failed {
+        for error in &found.passed_over {
             self.observer.event(RestoreEvent::TargetPassedOver {
                 source,
                 error: &**error,
             });
         }
-        Ok(ok)
+        Ok(found.listings)
     }
 
     /// Downloads and verifies the snapshot beside `to`, then switches it
@@ -495,7 +386,7 @@ impl Run<'_> {
         }
         let result = self.switch(source, &chosen, staged, replacing).await;
         let after_restore = if hooked {
-            let error = result.as_ref().err().map(|e| error_text(e));
+            let error = result.as_ref().err().map(|e| chain_text(e));
             run_hook(self.hooks, name, Hook::AfterRestore, error)
                 .await
                 .err()
@@ -585,7 +476,7 @@ impl Run<'_> {
         let keys = match &pre.keys {
             Ok(keys) => keys,
             Err(e) => {
-                tracing::warn!(error = %error_text(&**e), "no pre-restore snapshot: no recipients");
+                tracing::warn!(error = %chain_text(&**e), "no pre-restore snapshot: no recipients");
                 self.observer.event(skipped(NoPreRestore::NoKeys(&**e)));
                 return None;
             }
@@ -603,13 +494,6 @@ impl Run<'_> {
             }
         }
     }
-}
-
-fn target_error(target: &str, error: Error) -> SharedError {
-    Arc::new(TargetError {
-        target: target.to_string(),
-        error,
-    })
 }
 
 /// Whether a restore to `to` replaces the source's own data (the path the

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backup::{backup_many, BackupOptions, BackupSummary, Progress};
-pub use crate::each::{BoxError, PlannedTarget};
+pub use crate::each::{PlannedTarget, SharedError};
 use crate::error::Error;
 use crate::keys::Keys;
 use crate::repo::Repository;
@@ -86,7 +86,7 @@ pub enum RunEvent {
     Failed {
         source: Option<String>,
         target: String,
-        error: BoxError,
+        error: SharedError,
     },
     /// A source could not be read: its part on every open target (named
     /// in `targets`) failed.
@@ -149,21 +149,6 @@ impl RunReport {
     }
 }
 
-/// An error with its causes, as the `on_error` hook receives it.
-fn described(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let more = c.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        cause = c.source();
-    }
-    text
-}
-
 /// Runs the plan: see the module doc for the order and the failure rules.
 pub async fn run(
     plan: Plan,
@@ -189,7 +174,7 @@ pub async fn run(
                 target_errors.push(format!(
                     "target {:?}: {}",
                     t.name,
-                    described(error.as_ref())
+                    crate::error::chain_text(error.as_ref())
                 ));
                 observer.event(RunEvent::Failed {
                     source: None,
@@ -343,7 +328,7 @@ impl SourcePart<'_> {
             Ok(results) => results,
             Err(error) => {
                 report.failed += self.repos.len();
-                errors.push(described(&error));
+                errors.push(crate::error::chain_text(&error));
                 self.observer.event(RunEvent::SourceFailed {
                     source: self.name().to_string(),
                     targets: self.names.to_vec(),
@@ -361,11 +346,14 @@ impl SourcePart<'_> {
                 }),
                 Err(error) => {
                     report.failed += 1;
-                    errors.push(format!("target {target:?}: {}", described(&error)));
+                    errors.push(format!(
+                        "target {target:?}: {}",
+                        crate::error::chain_text(&error)
+                    ));
                     self.observer.event(RunEvent::Failed {
                         source: Some(self.name().to_string()),
                         target: target.clone(),
-                        error: Box::new(error),
+                        error: Arc::new(error),
                     });
                 }
             }

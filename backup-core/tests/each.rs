@@ -80,7 +80,9 @@ fn planned(name: &str, repo: Repository) -> PlannedTarget {
 fn unopened(name: &str) -> PlannedTarget {
     PlannedTarget {
         name: name.into(),
-        repo: Err("/mnt/backup is not mounted".into()),
+        repo: Err(std::sync::Arc::new(std::io::Error::other(
+            "/mnt/backup is not mounted",
+        ))),
     }
 }
 

@@ -7,16 +7,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use backup_core::backup::BackupOptions;
+use backup_core::each::{PlannedTarget, SharedError};
+use backup_core::error::chain_text;
 use backup_core::keys::{generate_identity, Identities, Keys};
 use backup_core::repo::{Repository, Selector, PRE_RESTORE_TAG};
 use backup_core::restore_run::{
     self, Outcome, PlannedRestore, PreRestore, RestoreError, RestoreEvent, RestoreObserver,
-    RestorePlan, RestoreReport, RestoreRunOptions, RestoreTarget, SharedError,
+    RestorePlan, RestoreReport, RestoreRunOptions,
 };
 use backup_core::run::{Hook, Hooks};
 use backup_core::source::{SourceKind, SourceSpec};
 use backup_core::storage::memory::MemoryStorage;
-use backup_core::storage::Storage;
 use backup_core::Error;
 use rusqlite::Connection;
 
@@ -107,7 +108,7 @@ impl RestoreObserver for Events {
     fn event(&self, event: RestoreEvent<'_>) {
         let line = match event {
             RestoreEvent::TargetPassedOver { source, error } => {
-                format!("{source}: passed over: {}", restore_run::error_text(error))
+                format!("{source}: passed over: {}", chain_text(error))
             }
             RestoreEvent::Downloading {
                 source, snapshot, ..
@@ -128,7 +129,6 @@ struct Fixture {
     keys: Keys,
     recipient: String,
     ids: Identities,
-    mem: Arc<MemoryStorage>,
     repo: Repository,
 }
 
@@ -136,13 +136,12 @@ impl Fixture {
     async fn new() -> Fixture {
         let (keys, ids, recipient) = keypair();
         let mem = Arc::new(MemoryStorage::default());
-        let repo = Repository::open_or_init(mem.clone(), &keys).await.unwrap();
+        let repo = Repository::open_or_init(mem, &keys).await.unwrap();
         Fixture {
             dir: tempfile::tempdir().unwrap(),
             keys,
             recipient,
             ids,
-            mem,
             repo,
         }
     }
@@ -163,11 +162,10 @@ impl Fixture {
         s.unwrap().manifest.id
     }
 
-    fn target(&self, name: &str) -> RestoreTarget {
-        let storage: Arc<dyn Storage> = self.mem.clone();
-        RestoreTarget {
+    fn target(&self, name: &str) -> PlannedTarget {
+        PlannedTarget {
             name: name.into(),
-            storage: Ok(storage),
+            repo: Ok(self.repo.clone()),
         }
     }
 
@@ -436,13 +434,13 @@ async fn an_unreadable_target_is_passed_over_and_the_next_one_restores() {
         .await
         .unwrap();
     plan.targets = vec![
-        RestoreTarget {
+        PlannedTarget {
             name: "down".into(),
-            storage: Err(down),
+            repo: Err(down),
         },
-        RestoreTarget {
+        PlannedTarget {
             name: "empty".into(),
-            storage: Ok(empty),
+            repo: Ok(Repository::open(empty).await.unwrap()),
         },
         fx.target("mem"),
     ];
@@ -470,13 +468,13 @@ async fn no_readable_target_fails_with_each_ones_error_and_a_test_touches_nothin
     let down = |m: &str| -> SharedError { Arc::new(std::io::Error::other(m.to_string())) };
     let mut plan = fx.plan(&["app"]);
     plan.targets = vec![
-        RestoreTarget {
+        PlannedTarget {
             name: "a".into(),
-            storage: Err(down("a is down")),
+            repo: Err(down("a is down")),
         },
-        RestoreTarget {
+        PlannedTarget {
             name: "b".into(),
-            storage: Err(down("b is down")),
+            repo: Err(down("b is down")),
         },
     ];
     let hooks = fx.recorder(&["app"], &BOTH, &[]);
@@ -485,7 +483,7 @@ async fn no_readable_target_fails_with_each_ones_error_and_a_test_touches_nothin
         panic!("{report:?}")
     };
     assert_eq!(
-        restore_run::error_text(error.as_error()),
+        chain_text(error.as_error()),
         "no target could be read (also: b is down): a is down"
     );
 

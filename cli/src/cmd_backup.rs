@@ -5,18 +5,20 @@
 
 use std::sync::{Arc, Mutex};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use backup_core::backup::BackupOptions;
+use backup_core::error::chain_text;
 use backup_core::repo::Repository;
 use backup_core::run::{self, Hook, Observer, Plan, PlannedSource, PlannedTarget, RunEvent};
 use serde_json::json;
 
 use crate::config::Config;
-use crate::errors::hint;
+use crate::errors::hint_in;
 use crate::hooks::ConfigHooks;
 use crate::notify::{self, Event, EventKind};
 use crate::output::snapshot_json;
 use crate::output::{self, Bar};
+use crate::per_target::shared;
 use crate::resolve::{chosen_targets, keys, source_specs};
 use crate::targets;
 
@@ -73,11 +75,9 @@ async fn plan(
     for t in chosen_targets(cfg, target)? {
         let repo = match targets::open(t) {
             Ok(storage) => Repository::open_or_init(storage, keys).await.map_err(|e| {
-                anyhow::Error::from(e)
-                    .context(format!("target {:?}", t.name))
-                    .into()
+                shared(anyhow::Error::from(e).context(format!("target {:?}", t.name)))
             }),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(shared(e)),
         };
         planned.push(PlannedTarget {
             name: t.name.clone(),
@@ -131,21 +131,34 @@ impl Observer for Printer {
                 target,
                 error,
             } => {
-                // A target that could not be opened is named in its error.
-                let (source, e, skip) = match source {
-                    None => ("*".to_string(), anyhow::Error::from_boxed(error), 0),
-                    Some(source) => {
-                        let e = anyhow::Error::from_boxed(error);
-                        (source, e.context(format!("target {target:?}")), 1)
-                    }
+                // A target that could not be opened is named in its error;
+                // a failure during the backup is not.
+                let line = chain_text(&*error);
+                let full = match source {
+                    None => line.clone(),
+                    Some(_) => format!("target {target:?}: {line}"),
                 };
-                self.failed(&mut state, &source, &[target], skip, &e);
+                let source = source.unwrap_or_else(|| "*".to_string());
+                let failure = Failure {
+                    line,
+                    full,
+                    hint: hint_in(&*error),
+                };
+                self.failed(&mut state, &source, &[target], &failure);
             }
             RunEvent::SourceFailed {
                 source,
                 targets,
                 error,
-            } => self.failed(&mut state, &source, &targets, 0, &anyhow!(error)),
+            } => {
+                let line = chain_text(&error);
+                let failure = Failure {
+                    full: line.clone(),
+                    line,
+                    hint: hint_in(&error),
+                };
+                self.failed(&mut state, &source, &targets, &failure)
+            }
             RunEvent::HookFailed {
                 source,
                 hook,
@@ -153,6 +166,14 @@ impl Observer for Printer {
             } => self.hook_failed(&mut state, &source, hook, &message),
         }
     }
+}
+
+/// A failed part in words: the line (which names the target already), the
+/// whole error for JSON and notifications, and the hint.
+struct Failure {
+    line: String,
+    full: String,
+    hint: Option<String>,
 }
 
 impl Printer {
@@ -188,37 +209,24 @@ impl Printer {
     }
 
     /// Parts that stored nothing: one source on `targets` (all of them
-    /// when the source itself failed). `skip` leading contexts of `e` are
-    /// not printed (the line names the target already).
-    fn failed(
-        &self,
-        state: &mut PrinterState,
-        source: &str,
-        targets: &[String],
-        skip: usize,
-        e: &anyhow::Error,
-    ) {
+    /// when the source itself failed).
+    fn failed(&self, state: &mut PrinterState, source: &str, targets: &[String], f: &Failure) {
         let src = (source != "*").then_some(source);
         for target in targets {
             let mut ev = Event::new(EventKind::Backup, false).at(src, Some(target));
-            ev.error = Some(format!("{e:#}"));
+            ev.error = Some(f.full.clone());
             state.events.push(ev);
             if self.as_json {
                 state.results.push(
-                    json!({"source": source, "target": target, "ok": false, "error": format!("{e:#}")}),
+                    json!({"source": source, "target": target, "ok": false, "error": f.full}),
                 );
             }
         }
         if self.as_json {
             return;
         }
-        let text: Vec<String> = e.chain().skip(skip).map(|c| c.to_string()).collect();
-        eprintln!(
-            "{source} -> {}: FAILED: {}",
-            targets.join(", "),
-            text.join(": ")
-        );
-        if let Some(h) = hint(e) {
+        eprintln!("{source} -> {}: FAILED: {}", targets.join(", "), f.line);
+        if let Some(h) = &f.hint {
             eprintln!("  hint: {h}");
         }
     }

@@ -1,17 +1,17 @@
 //! `offsite pin ID` and `offsite unpin ID`: keep a snapshot whatever the
-//! retention policy says, or stop doing so. Snapshot ids differ per target
-//! (each target gets its own backup), so the id is looked up in every
-//! configured target, or the one named; a target that cannot be read is
-//! passed over with a warning (see across.rs).
+//! retention policy says, or stop doing so. A backup run stores one
+//! snapshot (one id) on every target, so the id is pinned on every
+//! configured target that holds it, or on the one named; a target that cannot be read is
+//! passed over with a warning (see `backup_core::across`).
 
-use anyhow::{bail, Context, Result};
-use backup_core::lock::LockWait;
-use backup_core::repo::{select, Selector};
-use backup_core::Error;
+use anyhow::{Context, Result};
+use backup_core::across::{self, Pins};
+use backup_core::error::chain_text;
 use clap::Args;
 
-use crate::across;
+use crate::cmd_snapshots::warn_passed_over;
 use crate::config::Config;
+use crate::per_target::planned_targets;
 use crate::resolve::keys;
 
 #[derive(Args)]
@@ -26,64 +26,28 @@ pub struct PinArgs {
 pub async fn pin(cfg: &Config, args: &PinArgs) -> Result<()> {
     // The pin record is metadata, encrypted to the recipients.
     let keys = keys(cfg).context("pin needs encryption.recipients")?;
-    let ids = keys.metadata_key();
-    let mut found = false;
-    for l in across::read(cfg, args.target.as_deref(), &ids).await? {
-        let id = match select(&l.snapshots, None, &Selector::Id(args.id.clone())) {
-            Ok(m) => m.id.clone(),
-            Err(Error::SnapshotNotFound(_)) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        found = true;
-        if l.repo.pin(&keys, &id, LockWait::default()).await? {
-            println!("pinned {id} on {}", l.target);
+    let targets = planned_targets(cfg, args.target.as_deref()).await?;
+    let found = across::list(&targets, &keys.metadata_key(), Pins::Skip).await?;
+    warn_passed_over(&found);
+    for p in across::pin(&found.listings, &keys, &args.id).await? {
+        if p.changed {
+            println!("pinned {} on {}", p.id, p.target);
         } else {
-            println!("{id} on {} was already pinned", l.target);
+            println!("{} on {} was already pinned", p.id, p.target);
         }
-    }
-    if !found {
-        return Err(Error::SnapshotNotFound(format!("id {}", args.id)).into());
     }
     Ok(())
 }
 
 pub async fn unpin(cfg: &Config, args: &PinArgs) -> Result<()> {
-    // Pins are found by name, so unpinning needs no key at all.
-    let mut found = false;
-    for (target, repo) in across::open(cfg, args.target.as_deref()).await? {
-        let pinned = repo
-            .pinned()
-            .await
-            .with_context(|| format!("target {target:?}"))?;
-        let hits: Vec<&String> = pinned
-            .iter()
-            .filter(|p| {
-                **p == args.id || p.starts_with(args.id.as_str()) || p.ends_with(args.id.as_str())
-            })
-            .collect();
-        match hits.as_slice() {
-            [] => continue,
-            [id] => {
-                found = true;
-                repo.unpin(id).await?;
-                println!("unpinned {id} on {target}");
-            }
-            many => bail!(
-                "{} matches more than one pinned snapshot on {}: {}",
-                args.id,
-                target,
-                many.iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        }
+    let targets = planned_targets(cfg, args.target.as_deref()).await?;
+    let mut passed_over = Vec::new();
+    let done = across::unpin(&targets, &args.id, &mut passed_over).await;
+    for e in &passed_over {
+        eprintln!("warning: {}; its pins are not included", chain_text(&**e));
     }
-    if !found {
-        bail!(
-            "no pinned snapshot matches {:?}; `offsite snapshots` marks pinned ones",
-            args.id
-        );
+    for p in done? {
+        println!("unpinned {} on {}", p.id, p.target);
     }
     Ok(())
 }

@@ -9,18 +9,17 @@
 //! the others still go: the exit code says whether every source was
 //! restored.
 
-use std::error::Error as StdError;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, Context, Result};
 use backup_core::backup::BackupOptions;
+use backup_core::error::chain_text;
 use backup_core::repo::{Selector, PRE_RESTORE_TAG};
 use backup_core::restore::{Fallback, RestoreSummary};
 use backup_core::restore_run::{
-    self, error_text, NoPreRestore, Outcome, PlannedRestore, PreRestore, RestoreError,
-    RestoreEvent, RestoreObserver, RestorePlan, RestoreReport, RestoreRunOptions, RestoreTarget,
-    Restored, SharedError, SourceReport,
+    self, NoPreRestore, Outcome, PlannedRestore, PreRestore, RestoreError, RestoreEvent,
+    RestoreObserver, RestorePlan, RestoreReport, RestoreRunOptions, Restored, SourceReport,
 };
 use backup_core::source::{SourceKind, SourceSpec};
 use chrono::Local;
@@ -31,14 +30,15 @@ use crate::errors::hint_in;
 use crate::hooks::ConfigHooks;
 use crate::output::snapshot_json;
 use crate::output::{self, Bar};
-use crate::resolve::{chosen_targets, identities, keys, parse_time};
+use crate::per_target::{planned_targets, shared};
+use crate::resolve::{identities, keys, parse_time};
 use crate::{targets, usage, RestoreArgs};
 
 pub async fn restore(cfg: &Config, args: &RestoreArgs) -> Result<()> {
     let selector = selector(args)?;
     let sources = planned_sources(cfg, args)?;
     let ids = identities(cfg, args.identity.as_deref())?;
-    let plan = plan(cfg, args, sources, selector)?;
+    let plan = plan(cfg, args, sources, selector).await?;
     let printer = Printer {
         args,
         results: Mutex::default(),
@@ -146,41 +146,35 @@ fn destination(source: &SourceConfig, to: Option<&Path>) -> Result<PathBuf> {
     Ok(to.to_path_buf())
 }
 
-fn shared(e: anyhow::Error) -> SharedError {
-    Arc::from(Box::<dyn StdError + Send + Sync>::from(e))
+/// Every configured target that can be opened, as a fallback for damaged
+/// or missing chunks (the engine leaves out the one restored from).
+fn fallbacks(cfg: &Config) -> Vec<Fallback> {
+    let mut fallbacks = Vec::new();
+    for t in &cfg.targets {
+        match targets::open(t) {
+            Ok(storage) => fallbacks.push(Fallback {
+                name: t.name.clone(),
+                storage,
+            }),
+            Err(e) => {
+                tracing::warn!(target = %t.name, error = %format!("{e:#}"), "not usable as a fallback for damaged chunks");
+            }
+        }
+    }
+    fallbacks
 }
 
-/// The configuration and flags, resolved once. Every configured target is
-/// opened (a target that cannot be is the engine's to report, per source);
-/// the chosen ones are looked at for the snapshot, all of them serve as
-/// fallbacks for damaged or missing chunks.
-fn plan(
+/// The configuration and flags, resolved once: the chosen targets opened
+/// (a target that cannot be is the engine's to report, per source) and
+/// looked at for the snapshot, every target a fallback.
+async fn plan(
     cfg: &Config,
     args: &RestoreArgs,
     sources: Vec<PlannedRestore>,
     selector: Selector,
 ) -> Result<RestorePlan> {
-    let chosen = chosen_targets(cfg, args.target.as_deref())?;
-    let mut targets = Vec::new();
-    let mut fallbacks = Vec::new();
-    for t in &cfg.targets {
-        let storage = targets::open(t).map_err(shared);
-        match &storage {
-            Ok(storage) => fallbacks.push(Fallback {
-                name: t.name.clone(),
-                storage: storage.clone(),
-            }),
-            Err(e) => {
-                tracing::warn!(target = %t.name, error = %error_text(&**e), "not usable as a fallback for damaged chunks");
-            }
-        }
-        if chosen.iter().any(|c| c.name == t.name) {
-            targets.push(RestoreTarget {
-                name: t.name.clone(),
-                storage,
-            });
-        }
-    }
+    let targets = planned_targets(cfg, args.target.as_deref()).await?;
+    let fallbacks = fallbacks(cfg);
     let pre_restore = (!args.no_pre_restore_snapshot).then(|| PreRestore {
         keys: keys(cfg).map_err(shared),
         options: BackupOptions {
@@ -217,7 +211,7 @@ impl RestoreObserver for Printer<'_> {
             RestoreEvent::TargetPassedOver { error, .. } => {
                 eprintln!(
                     "warning: {}; its snapshots are not included",
-                    error_text(error)
+                    chain_text(error)
                 );
             }
             RestoreEvent::Downloading {
@@ -244,7 +238,7 @@ impl Printer<'_> {
             NoPreRestore::NoKeys(e) => eprintln!(
                 "warning: no pre-restore snapshot of {} ({}); it will be moved aside",
                 path.display(),
-                error_text(e)
+                chain_text(e)
             ),
             NoPreRestore::Failed(e) => eprintln!(
                 "warning: could not snapshot {} before replacing it ({e}); it will be moved aside instead",
@@ -287,7 +281,7 @@ impl Printer<'_> {
                 }
                 if args.all {
                     let e = error.as_error();
-                    self.failed(name, &error_text(e), hint_in(e));
+                    self.failed(name, &chain_text(e), hint_in(e));
                 }
             }
         }

@@ -5,10 +5,12 @@ use anyhow::Result;
 use chrono::Local;
 use serde_json::json;
 
-use crate::across;
 use crate::config::Config;
 use crate::output::{self, snapshot_json};
+use crate::per_target::planned_targets;
 use crate::resolve::metadata_key;
+use backup_core::across::{self, Listings, Pins};
+use backup_core::error::chain_text;
 
 pub async fn snapshots(
     cfg: &Config,
@@ -20,7 +22,10 @@ pub async fn snapshots(
         cfg.source(s)?;
     }
     let ids = metadata_key(cfg)?;
-    let listings = across::read(cfg, target, &ids).await?;
+    let targets = planned_targets(cfg, target).await?;
+    let found = across::list(&targets, &ids, Pins::Read).await?;
+    warn_passed_over(&found);
+    let listings = found.listings;
     let list = across::grouped(&listings, source);
     if as_json {
         let v: Vec<_> = list
@@ -89,4 +94,14 @@ fn held_by(held: &[&across::Listing]) -> String {
         .map(|l| l.target.as_str())
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// A warning for each target whose snapshots are not included.
+pub(crate) fn warn_passed_over(found: &Listings) {
+    for e in &found.passed_over {
+        eprintln!(
+            "warning: {}; its snapshots are not included",
+            chain_text(&**e)
+        );
+    }
 }

@@ -17,7 +17,6 @@ macro_rules! eprintln {
     ($($arg:tt)*) => { $crate::output::print_err(format_args!("{}\n", format_args!($($arg)*))) };
 }
 
-mod across;
 mod cmd_backup;
 mod cmd_config;
 mod cmd_daemon;

@@ -7,7 +7,9 @@
 use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
-use backup_core::each::{BoxError, PlannedTarget, TargetError, TargetEvent, TargetObserver};
+use backup_core::each::{
+    on_target, PlannedTarget, SharedError, TargetError, TargetEvent, TargetObserver,
+};
 use backup_core::repo::Repository;
 use serde_json::json;
 
@@ -34,8 +36,8 @@ pub(crate) async fn open_targets(chosen: Vec<&TargetConfig>) -> Vec<PlannedTarge
         let repo = match targets::open(t) {
             Ok(storage) => Repository::open(storage)
                 .await
-                .map_err(|e| Box::new(e) as BoxError),
-            Err(e) => Err(e.into()),
+                .map_err(|e| on_target(&t.name, e)),
+            Err(e) => Err(shared(e)),
         };
         planned.push(PlannedTarget {
             name: t.name.clone(),
@@ -43,6 +45,11 @@ pub(crate) async fn open_targets(chosen: Vec<&TargetConfig>) -> Vec<PlannedTarge
         });
     }
     planned
+}
+
+/// An error of the binary's as the engine's shared error, causes kept.
+pub(crate) fn shared(e: anyhow::Error) -> SharedError {
+    Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(e))
 }
 
 /// A target that failed as a whole in a per-target command (prune, verify,
@@ -53,7 +60,7 @@ pub(crate) fn print_target_failure(
     target: &str,
     e: &TargetError,
 ) {
-    let text = format!("target {target:?}: {}", e.chain());
+    let text = e.described(target);
     if as_json {
         results.push(json!({"target": target, "ok": false, "error": text}));
     } else {

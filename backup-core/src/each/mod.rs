@@ -25,13 +25,32 @@ use crate::error::Error;
 use crate::repo::Repository;
 
 /// Any error of a part of a run: the engine's own, or the caller's (a
-/// target the configuration could not open).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// target the configuration could not open). Shared, because one target's
+/// failure is every part's on it (each source of a backup or restore run).
+pub type SharedError = Arc<dyn std::error::Error + Send + Sync>;
 
 /// A target of a run, opened or not.
 pub struct PlannedTarget {
     pub name: String,
-    pub repo: Result<Repository, BoxError>,
+    pub repo: Result<Repository, SharedError>,
+}
+
+/// An engine error on one target, naming it: a target that could not be
+/// listed, or a pin that could not be written there.
+#[derive(Debug, thiserror::Error)]
+#[error("target {target:?}")]
+pub struct OnTarget {
+    pub target: String,
+    #[source]
+    pub error: Error,
+}
+
+/// `error` as a [`SharedError`] that names `target`.
+pub fn on_target(target: &str, error: Error) -> SharedError {
+    Arc::new(OnTarget {
+        target: target.to_string(),
+        error,
+    })
 }
 
 /// Why a target has no report.
@@ -39,7 +58,7 @@ pub struct PlannedTarget {
 pub enum TargetError {
     /// The target could not be opened; the error is the caller's.
     #[error(transparent)]
-    Unavailable(BoxError),
+    Unavailable(SharedError),
     /// The operation failed on it.
     #[error(transparent)]
     Failed(#[from] Error),
@@ -58,14 +77,7 @@ impl TargetError {
 
     /// The error and its causes on one line, `": "` between them.
     pub fn chain(&self) -> String {
-        let mut text = self.error().to_string();
-        let mut cause = self.error().source();
-        while let Some(c) = cause {
-            text.push_str(": ");
-            text.push_str(&c.to_string());
-            cause = c.source();
-        }
-        text
+        crate::error::chain_text(self.error())
     }
 
     /// `target "x": ...`, naming the target once: an error from opening it

@@ -488,6 +488,12 @@ where
         .filter(move |m| source.is_none_or(|s| m.source == s) && !m.is_pre_restore())
 }
 
+/// Whether `asked` names snapshot `id`: the whole id, or a prefix or
+/// suffix of it (what a user may type).
+pub fn id_matches(id: &str, asked: &str) -> bool {
+    id == asked || id.starts_with(asked) || id.ends_with(asked)
+}
+
 /// Picks a snapshot of `source` (all sources when `None`) from a newest-first list.
 pub fn select<'a>(
     snapshots: &'a [Manifest],
@@ -510,9 +516,7 @@ pub fn select<'a>(
             let hits: Vec<&Manifest> = snapshots
                 .iter()
                 .filter(|m| source.is_none_or(|s| m.source == s))
-                .filter(|m| {
-                    m.id == *id || m.id.starts_with(id.as_str()) || m.id.ends_with(id.as_str())
-                })
+                .filter(|m| id_matches(&m.id, id))
                 .collect();
             match hits.as_slice() {
                 [one] => Ok(one),
