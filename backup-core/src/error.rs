@@ -70,6 +70,14 @@ pub enum Error {
     },
     #[error("no snapshot matches {0}")]
     SnapshotNotFound(String),
+    /// Prune stopped before deleting anything: a kept snapshot's list could
+    /// not be read, so what it needs is unknown.
+    #[error("prune deletes nothing while it cannot tell what kept snapshot {snapshot} needs")]
+    PruneBlocked {
+        snapshot: String,
+        #[source]
+        cause: Box<Error>,
+    },
     #[error("no pinned snapshot matches {0:?}; `offsite snapshots` marks pinned ones")]
     NotPinned(String),
     #[error("{0} matches more than one snapshot: {1}")]

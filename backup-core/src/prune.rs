@@ -407,12 +407,10 @@ async fn list_chunks(
         if matches!(e, ListError::Unreachable(_)) {
             return Error::from(e);
         }
-        tracing::warn!(
-            snapshot = %m.id,
-            "prune deletes nothing while it cannot tell what a kept snapshot needs; \
-             `offsite verify` shows which snapshots are damaged"
-        );
-        Error::from(e)
+        Error::PruneBlocked {
+            snapshot: m.id.clone(),
+            cause: Box::new(Error::from(e)),
+        }
     };
     let list = repo.chunk_list(m, size).await.map_err(refused)?;
     let ids = ids.clone();

@@ -46,7 +46,7 @@ use crate::backup::{BackupOptions, Progress};
 use crate::each::{PlannedTarget, SharedError};
 use crate::error::{chain_text, Error};
 use crate::keys::{Identities, Keys};
-use crate::repo::{select, Manifest, Repository, Selector, PRE_RESTORE_TAG};
+use crate::repo::{newest_first, select, Manifest, Repository, Selector, PRE_RESTORE_TAG};
 use crate::restore::{check_not_in_use, stage, Fallback, RestoreOptions, RestoreSummary, Staged};
 use crate::run::{run_hook, Hook, Hooks};
 use crate::source::SourceSpec;
@@ -539,8 +539,9 @@ pub fn choose<'a>(
                     format!("{}, {}", b.id, m.id),
                 ))
             }
-            // The newest wins; at equal times (and for one id) the first target.
-            (Some(b), _) if b.1.finished >= m.finished || b.1.id == m.id => Some(b),
+            // The newest (by `newest_first`) wins; one id on several
+            // targets comes from the first of them.
+            (Some(b), _) if b.1.id == m.id || newest_first(b.1, m).is_le() => Some(b),
             _ => Some((i, m)),
         };
     }

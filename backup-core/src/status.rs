@@ -37,6 +37,15 @@ pub struct Newest {
     pub previous_size: Option<u64>,
 }
 
+impl crate::repo::Dated for Newest {
+    fn time(&self) -> DateTime<Utc> {
+        self.time
+    }
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct SourceStatus {
     pub source: String,

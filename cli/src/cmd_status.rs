@@ -54,7 +54,9 @@ pub struct Report {
 /// verdict ([`status_all`]) in the shape `--json` and Prometheus show.
 pub async fn check(cfg: &Config) -> Result<Report> {
     if cfg.sources.is_empty() {
-        bail!("no [[sources]] in the config: status reports on sources");
+        return Err(crate::usage::mistake(
+            "no [[sources]] in the config: status reports on sources",
+        ));
     }
     let ids = metadata_key(cfg)?;
     let targets = planned_targets(cfg, None).await?;

@@ -67,6 +67,7 @@ pub(crate) fn hint_in(e: &(dyn std::error::Error + 'static)) -> Option<String> {
         Error::UnsafeEntry { .. } => "offsite never writes outside the destination or through a symlink, so it refused this snapshot's file list and wrote nothing outside the destination. Anyone holding the recipients can write a list: restore from another target (--target) or an older snapshot, and check who can write to this target".into(),
         Error::DuckdbVersion { .. } => "install a libduckdb at least as new as the DuckDB that wrote the database (set OFFSITE_LIBDUCKDB=/path/to/libduckdb.so), or restore without this check with --no-database-check (the SHA-256 of the data is still verified); nothing at the destination was changed".into(),
         Error::CannotReplace { .. } => "nothing at the destination was changed: fix the cause and run the restore again, or restore to another path with --to".into(),
+        Error::PruneBlocked { .. } => "nothing was deleted; `offsite verify` shows which snapshots are damaged".into(),
         Error::Io { .. } | Error::NotPinned(_) => return None,
     })
 }

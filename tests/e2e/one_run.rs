@@ -111,6 +111,19 @@ fn a_target_that_missed_a_run_gets_the_next_runs_snapshot() {
     assert!(err.contains("second: FAILED"), "{err}");
     assert!(err.contains("1 of 2 backups failed"), "{err}");
     assert_eq!(snapshots(&env).len(), 1);
+    // The commands that work per target fail that target's part only and
+    // name it once; listing passes it over with a warning.
+    for args in [&["unlock"][..], &["verify"]] {
+        let (code, out, err) = env.run(args);
+        assert_eq!(code, 1, "{args:?}: {out}{err}");
+        assert!(err.contains("second: FAILED: target \"second\": "), "{args:?}: {err}");
+        assert!(!err.contains("target \"second\": target"), "{args:?}: {err}");
+        assert!(out.contains("local") || err.contains("local"), "{args:?}: {out}{err}");
+    }
+    let (code, out, err) = env.run(&["snapshots"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(err.matches("target \"second\"").count(), 1, "{err}");
+    assert!(err.contains("its snapshots are not included"), "{err}");
     let copies = |env: &Env| {
         let (_, out, err) = env.run(&["status", "--json"]);
         let report = json(&out);

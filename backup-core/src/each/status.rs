@@ -101,7 +101,7 @@ impl StatusRun {
         let newest = all
             .iter()
             .filter_map(|(_, n)| *n)
-            .max_by_key(|n| n.time)
+            .min_by(|a, b| crate::repo::newest_first(*a, *b))
             .map(|n| n.id.clone());
         let missing: Vec<String> = all
             .iter()
