@@ -1,17 +1,24 @@
 //! `offsite targets check`: can each target be reached, listed and written?
 
 use anyhow::{bail, Result};
+use backup_core::each::probe::{probe_all, ProbeTarget};
 use serde_json::json;
 
 use crate::config::Config;
+use crate::per_target::shared;
 use crate::resolve::chosen_targets;
 use crate::targets;
 
 pub async fn targets_check(cfg: &Config, target: Option<&str>, as_json: bool) -> Result<()> {
-    let mut probes = Vec::new();
-    for t in chosen_targets(cfg, target)? {
-        probes.push(targets::probe(t).await);
-    }
+    let planned = chosen_targets(cfg, target)?
+        .into_iter()
+        .map(|t| ProbeTarget {
+            name: t.name.clone(),
+            storage: targets::open(t).map_err(shared),
+        })
+        .collect();
+    let run = probe_all(planned).await;
+    let probes = &run.probes;
     if as_json {
         let v: Vec<_> = probes
             .iter()
@@ -26,7 +33,7 @@ pub async fn targets_check(cfg: &Config, target: Option<&str>, as_json: bool) ->
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        for p in &probes {
+        for p in probes {
             let steps: Vec<String> = p
                 .steps
                 .iter()
@@ -36,7 +43,7 @@ pub async fn targets_check(cfg: &Config, target: Option<&str>, as_json: bool) ->
                 })
                 .collect();
             let verdict = if p.usable_for_backup() {
-                if p.steps.iter().all(|(_, r)| r.is_ok()) {
+                if p.all_ok() {
                     "ok"
                 } else {
                     "ok for backup (prune needs delete)"
@@ -52,9 +59,8 @@ pub async fn targets_check(cfg: &Config, target: Option<&str>, as_json: bool) ->
             );
         }
     }
-    let bad = probes.iter().filter(|p| !p.usable_for_backup()).count();
-    if bad > 0 {
-        bail!("{bad} target(s) cannot be used for backups; check their credentials, bucket/path and permissions");
+    if let Some(failed) = run.failure_summary() {
+        bail!("{failed}");
     }
     Ok(())
 }

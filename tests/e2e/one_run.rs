@@ -116,9 +116,18 @@ fn a_target_that_missed_a_run_gets_the_next_runs_snapshot() {
     for args in [&["unlock"][..], &["verify"]] {
         let (code, out, err) = env.run(args);
         assert_eq!(code, 1, "{args:?}: {out}{err}");
-        assert!(err.contains("second: FAILED: target \"second\": "), "{args:?}: {err}");
-        assert!(!err.contains("target \"second\": target"), "{args:?}: {err}");
-        assert!(out.contains("local") || err.contains("local"), "{args:?}: {out}{err}");
+        assert!(
+            err.contains("second: FAILED: target \"second\": "),
+            "{args:?}: {err}"
+        );
+        assert!(
+            !err.contains("target \"second\": target"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            out.contains("local") || err.contains("local"),
+            "{args:?}: {out}{err}"
+        );
     }
     let (code, out, err) = env.run(&["snapshots"]);
     assert_eq!(code, 0, "{out}{err}");

@@ -15,6 +15,7 @@
 //! Never: swallow a target's failure, or reorder the targets.
 
 pub mod drill;
+pub mod probe;
 pub mod prune;
 pub mod status;
 pub mod verify;
