@@ -6,7 +6,7 @@ use backup_core::storage::testing;
 use backup_core::verify::{ReadData, VerifyOptions};
 
 mod support;
-use support::{data_dir, files, first_pack, keys_under, memory_repo, pack_size, MemRepo};
+use support::{data_dir, files, first_pack, keys_under, memory_repo, pack_size};
 
 /// A damage record that cannot be written (fail-point `damage.record`):
 /// the damage is still reported, and recorded by the next read.
@@ -14,13 +14,7 @@ use support::{data_dir, files, first_pack, keys_under, memory_repo, pack_size, M
 async fn damage_that_cannot_be_recorded_is_reported_and_recorded_next_time() {
     let (_dir, data) = data_dir();
     std::fs::write(data.join("a"), testing::pattern("a", 300_000)).unwrap();
-    let MemRepo {
-        keys,
-        ids,
-        mem,
-        repo,
-        ..
-    } = memory_repo().await;
+    let (keys, ids, mem, repo) = memory_repo().await;
     repo.backup(&keys, &files("d", &data), &pack_size(64 << 10))
         .await
         .unwrap();

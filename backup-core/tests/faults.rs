@@ -19,7 +19,7 @@ use backup_core::storage::{ErrorKind, Storage};
 use backup_core::Error;
 
 mod support;
-use support::{dump_tasks, keypair, sqlite};
+use support::{dump_tasks, keypair, memory_repo_for, sqlite};
 
 /// Adds `rows` rows of text that compresses about as well as real data
 /// (random hex: to half).
@@ -276,9 +276,7 @@ async fn a_target_failing_mid_run_fails_only_its_part_of_a_multi_target_backup()
     let db = dir.path().join("app.db");
     add_rows(&db, 0, 3_000);
     let (keys, ids) = keypair();
-    let healthy = Repository::open_or_init(Arc::new(MemoryStorage::default()), &keys)
-        .await
-        .unwrap();
+    let (_, healthy) = memory_repo_for(&keys).await;
     let slow_store = FaultyStorage::new(Arc::new(MemoryStorage::default()));
     slow_store.set_delay(Some(Duration::from_millis(30)));
     let slow = Repository::open_or_init(Arc::new(slow_store), &keys)

@@ -12,7 +12,7 @@ use backup_core::storage::{PutMode, Storage};
 use chrono::{DateTime, Days, Local, NaiveTime, TimeZone, Utc};
 
 mod support;
-use support::{files, memory_repo, MemRepo};
+use support::{files, memory_repo, snapshot_ids};
 
 /// `days_ago` days before today, at `hour`:00 local time.
 fn local(days_ago: u64, hour: u32) -> DateTime<Utc> {
@@ -57,13 +57,7 @@ async fn snapshot(repo: &Repository, keys: &Keys, db: &std::path::Path, tags: &[
 async fn prune_keeps_the_snapshot_that_was_just_restored() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.db");
-    let MemRepo {
-        keys,
-        ids,
-        mem,
-        repo,
-        ..
-    } = memory_repo().await;
+    let (keys, ids, mem, repo) = memory_repo().await;
 
     // 02:00 the day before yesterday, 02:00 yesterday (the good state), and
     // at 10:00 yesterday the pre-restore snapshot of the damaged file that
@@ -127,12 +121,6 @@ async fn prune_keeps_the_snapshot_that_was_just_restored() {
         Some(local(1, 11)),
         "the verdict says when it expired"
     );
-    let left: Vec<String> = repo
-        .snapshots(&ids)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.id)
-        .collect();
+    let left = snapshot_ids(&repo, &ids).await;
     assert_eq!(left, [good.id.clone(), day1.id.clone()]);
 }

@@ -14,17 +14,11 @@ use backup_core::storage::memory::MemoryStorage;
 use backup_core::verify::{ReadData, Subset, VerifyOptions, VerifyProgress};
 
 mod support;
-use support::{add_rows, memory_repo, pack_size, sqlite, MemRepo};
+use support::{add_rows, memory_repo, pack_size, sqlite};
 
 /// A repository holding two snapshots of a SQLite database, and their sizes.
 async fn two_snapshots(db: &Path) -> (Repository, Arc<MemoryStorage>, Identities, u64) {
-    let MemRepo {
-        keys,
-        ids,
-        mem,
-        repo,
-        ..
-    } = memory_repo().await;
+    let (keys, ids, mem, repo) = memory_repo().await;
     let src = sqlite("app", db);
     let opts = pack_size(64 << 10);
     let mut sizes = 0;

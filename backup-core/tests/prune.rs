@@ -24,7 +24,7 @@ use rusqlite::Connection;
 mod support;
 use support::{
     add_rows, data_dir, files, first_pack, flip_middle_byte, keep_last, keypair, keys_under,
-    memory_repo, pack_size, sqlite, MemRepo, Wrapped, Wrapper,
+    memory_repo, pack_size, snapshot_ids, sqlite, Wrapped, Wrapper,
 };
 
 fn small_packs() -> BackupOptions {
@@ -47,13 +47,7 @@ async fn all_restore(repo: &Repository, ids: &Identities) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_removes_what_no_rule_keeps_and_only_the_data_only_it_used() {
     let (_dir, data) = data_dir();
-    let MemRepo {
-        keys,
-        ids,
-        mem,
-        repo,
-        ..
-    } = memory_repo().await;
+    let (keys, ids, mem, repo) = memory_repo().await;
     let opts = pack_size(8 << 20);
 
     // 1: a and b share one pack. 2: only a (b's chunks now unused, in a live
@@ -114,13 +108,7 @@ async fn prune_removes_what_no_rule_keeps_and_only_the_data_only_it_used() {
     let report = repo.prune(&keys, &keep_last(1)).await.unwrap();
     assert_eq!(report.removed().count(), 1);
     assert_eq!(report.snapshots[1].reasons, ["pinned"]);
-    let left: Vec<String> = repo
-        .snapshots(&ids)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.id)
-        .collect();
+    let left = snapshot_ids(&repo, &ids).await;
     assert_eq!(left, [s3.manifest.id.clone(), s2.manifest.id.clone()]);
     assert!(!mem.keys().contains(&s1.manifest.list), "its list went too");
     assert_eq!(all_restore(&repo, &ids).await, 2);
@@ -151,13 +139,7 @@ async fn prune_removes_what_no_rule_keeps_and_only_the_data_only_it_used() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_cleans_up_after_interrupted_backups_and_keeps_sources_apart() {
     let (_dir, data) = data_dir();
-    let MemRepo {
-        keys,
-        ids,
-        mem,
-        repo,
-        ..
-    } = memory_repo().await;
+    let (keys, ids, mem, repo) = memory_repo().await;
     std::fs::write(data.join("x"), testing::pattern("x", 500_000)).unwrap();
     let kept = repo
         .backup(&keys, &files("other", &data), &small_packs())
@@ -216,13 +198,7 @@ async fn verify_finds_flipped_deleted_and_truncated_objects() {
         |i| [format!("row {i} ").repeat(20)],
     );
     let c = Connection::open(&db).unwrap();
-    let MemRepo {
-        keys,
-        ids,
-        mem,
-        repo,
-        ..
-    } = memory_repo().await;
+    let (keys, ids, mem, repo) = memory_repo().await;
     let spec = sqlite("app", &db);
     let s1 = repo.backup(&keys, &spec, &small_packs()).await.unwrap();
     c.execute("INSERT INTO t VALUES ('new')", []).unwrap();
@@ -436,13 +412,7 @@ async fn put(mem: &MemoryStorage, key: &str, data: impl Into<bytes::Bytes>) {
 async fn prune_deletes_provable_junk_only_and_never_on_a_failed_download() {
     let (_dir, data) = data_dir();
     std::fs::write(data.join("a"), testing::pattern("a", 200_000)).unwrap();
-    let MemRepo {
-        keys,
-        ids,
-        mem,
-        repo,
-        ..
-    } = memory_repo().await;
+    let (keys, ids, mem, repo) = memory_repo().await;
     let s = repo
         .backup(&keys, &files("d", &data), &small_packs())
         .await
@@ -506,13 +476,7 @@ async fn prune_deletes_provable_junk_only_and_never_on_a_failed_download() {
 async fn prune_keeps_damaged_copies_only_as_last_copies_and_drops_their_records() {
     let (dir, data) = data_dir();
     std::fs::write(data.join("a"), testing::pattern("a", 300_000)).unwrap();
-    let MemRepo {
-        keys,
-        ids,
-        mem,
-        repo,
-        ..
-    } = memory_repo().await;
+    let (keys, ids, mem, repo) = memory_repo().await;
     let spec = files("d", &data);
     let s1 = repo.backup(&keys, &spec, &small_packs()).await.unwrap();
     let pack = first_pack(&mem);
@@ -611,13 +575,7 @@ async fn copy_of(from: &MemoryStorage) -> Arc<MemoryStorage> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_killed_after_any_step_loses_nothing_and_the_next_one_finishes() {
     let (_dir, data) = data_dir();
-    let MemRepo {
-        keys,
-        ids,
-        mem: base,
-        repo,
-        ..
-    } = memory_repo().await;
+    let (keys, ids, base, repo) = memory_repo().await;
     for i in 0..4 {
         std::fs::write(
             data.join(format!("f{i}")),
@@ -636,13 +594,7 @@ async fn prune_killed_after_any_step_loses_nothing_and_the_next_one_finishes() {
     let whole_repo = Repository::open(whole.clone()).await.unwrap();
     let report = whole_repo.prune(&keys, &keep_last(2)).await.unwrap();
     assert!(report.packs_deleted > 0, "the test needs packs to delete");
-    let expected: Vec<String> = whole_repo
-        .snapshots(&ids)
-        .await
-        .unwrap()
-        .iter()
-        .map(|m| m.id.clone())
-        .collect();
+    let expected = snapshot_ids(&whole_repo, &ids).await;
     assert_eq!(expected.len(), 2);
     let mutations = whole
         .keys()
@@ -678,13 +630,7 @@ async fn prune_killed_after_any_step_loses_nothing_and_the_next_one_finishes() {
         }
         all_restore(&copy_repo, &ids).await;
         copy_repo.prune(&keys, &keep_last(2)).await.unwrap();
-        let now: Vec<String> = copy_repo
-            .snapshots(&ids)
-            .await
-            .unwrap()
-            .iter()
-            .map(|m| m.id.clone())
-            .collect();
+        let now = snapshot_ids(&copy_repo, &ids).await;
         assert_eq!(now, expected, "killed after {after} steps");
         assert_eq!(
             copy_repo.list("packs/").await.unwrap().len(),

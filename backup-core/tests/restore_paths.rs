@@ -18,7 +18,7 @@ use backup_core::Error;
 use rusqlite::Connection;
 
 mod support;
-use support::{memory_repo, source, MemRepo};
+use support::{memory_repo, source};
 
 struct Crafted {
     dir: tempfile::TempDir,
@@ -33,9 +33,7 @@ impl Crafted {
     async fn snapshot(kind: SourceKind, make: impl FnOnce(&Path) -> PathBuf) -> Crafted {
         let dir = tempfile::tempdir().unwrap();
         let path = make(dir.path());
-        let MemRepo {
-            keys, ids, repo, ..
-        } = memory_repo().await;
+        let (keys, ids, _, repo) = memory_repo().await;
         let manifest = repo
             .backup(
                 &keys,

@@ -21,7 +21,7 @@ use backup_core::storage::memory::MemoryStorage;
 use backup_core::Error;
 
 mod support;
-use support::{add_rows, integrity, memory_repo, row_count, sqlite, MemRepo};
+use support::{add_rows, integrity, keypair_and_recipient, memory_repo_for, row_count, sqlite};
 
 /// A SQLite database at `path` holding `rows` rows (and no others).
 fn make_db(path: &Path, rows: usize) {
@@ -110,13 +110,8 @@ struct Fixture {
 
 impl Fixture {
     async fn new() -> Fixture {
-        let MemRepo {
-            keys,
-            ids,
-            recipient,
-            repo,
-            ..
-        } = memory_repo().await;
+        let (keys, ids, recipient) = keypair_and_recipient();
+        let (_, repo) = memory_repo_for(&keys).await;
         Fixture {
             dir: tempfile::tempdir().unwrap(),
             keys,

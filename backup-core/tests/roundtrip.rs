@@ -18,7 +18,7 @@ use rusqlite::Connection;
 mod support;
 use support::{
     add_rows, dump_tasks, first_pack, flip_middle_byte, integrity, keypair, memory_repo, source,
-    sqlite, MemRepo,
+    sqlite,
 };
 
 /// A WAL-mode database of `rows` tasks, with an index and a JSON column.
@@ -68,9 +68,7 @@ async fn live_sqlite_backup_restores_the_committed_state_while_a_writer_runs() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.db");
     make_db(&db, 20_000);
-    let MemRepo {
-        keys, ids, repo, ..
-    } = memory_repo().await;
+    let (keys, ids, _, repo) = memory_repo().await;
 
     // A writer commits continuously during the backup.
     let stop = Arc::new(AtomicBool::new(false));
@@ -129,9 +127,7 @@ async fn second_backup_uploads_only_changed_pages() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.db");
     make_db(&db, 30_000);
-    let MemRepo {
-        keys, ids, repo, ..
-    } = memory_repo().await;
+    let (keys, ids, _, repo) = memory_repo().await;
     let first = back_up(&repo, &keys, &db, SourceKind::Sqlite)
         .await
         .unwrap();
@@ -182,9 +178,7 @@ async fn files_tree_roundtrip() {
     .unwrap();
     std::fs::write(src.join("empty"), b"").unwrap();
     std::os::unix::fs::symlink("state.json", src.join("link")).unwrap();
-    let MemRepo {
-        keys, ids, repo, ..
-    } = memory_repo().await;
+    let (keys, ids, _, repo) = memory_repo().await;
     let s = back_up(&repo, &keys, &src, SourceKind::Files)
         .await
         .unwrap();
@@ -211,13 +205,7 @@ async fn damaged_objects_and_wrong_keys_fail_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.db");
     make_db(&db, 5_000);
-    let MemRepo {
-        keys,
-        ids,
-        mem,
-        repo,
-        ..
-    } = memory_repo().await;
+    let (keys, ids, mem, repo) = memory_repo().await;
     let s = back_up(&repo, &keys, &db, SourceKind::Sqlite)
         .await
         .unwrap();
@@ -280,7 +268,7 @@ async fn interrupted_backup_leaves_no_snapshot_and_the_next_run_reuses_its_packs
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.db");
     make_db(&db, 30_000);
-    let MemRepo { keys, ids, mem, .. } = memory_repo().await;
+    let (keys, ids, mem, _) = memory_repo().await;
     let mut faulty = testing::FaultyStorage::new(mem.clone());
     faulty.prefix = "packs/".into();
     faulty.abort_after = Some(3);
@@ -314,7 +302,7 @@ async fn transient_failures_are_retried() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.db");
     make_db(&db, 2_000);
-    let MemRepo { keys, ids, mem, .. } = memory_repo().await;
+    let (keys, ids, mem, _) = memory_repo().await;
     let faulty = testing::FaultyStorage::new(mem.clone());
     faulty.fail_puts.store(3, Ordering::SeqCst);
     let repo = Repository::open(Arc::new(faulty))

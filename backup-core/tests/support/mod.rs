@@ -86,26 +86,25 @@ pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
     (dir, data)
 }
 
-/// A new repository on an in-memory target, and the keys it was made with.
-pub struct MemRepo {
-    pub keys: Keys,
-    pub ids: Identities,
-    pub recipient: String,
-    pub mem: Arc<MemoryStorage>,
-    pub repo: Repository,
+/// A new repository for `keys` on an in-memory target, and that target.
+pub async fn memory_repo_for(keys: &Keys) -> (Arc<MemoryStorage>, Repository) {
+    let mem = Arc::new(MemoryStorage::default());
+    let repo = Repository::open_or_init(mem.clone(), keys).await.unwrap();
+    (mem, repo)
 }
 
-pub async fn memory_repo() -> MemRepo {
-    let (keys, ids, recipient) = keypair_and_recipient();
-    let mem = Arc::new(MemoryStorage::default());
-    let repo = Repository::open_or_init(mem.clone(), &keys).await.unwrap();
-    MemRepo {
-        keys,
-        ids,
-        recipient,
-        mem,
-        repo,
-    }
+/// Fresh keys and identities, and a new repository for them on an
+/// in-memory target (with the target).
+pub async fn memory_repo() -> (Keys, Identities, Arc<MemoryStorage>, Repository) {
+    let (keys, ids) = keypair();
+    let (mem, repo) = memory_repo_for(&keys).await;
+    (keys, ids, mem, repo)
+}
+
+/// The ids of the snapshots of `repo`, newest first.
+pub async fn snapshot_ids(repo: &Repository, ids: &Identities) -> Vec<String> {
+    let snapshots = repo.snapshots(ids).await.unwrap();
+    snapshots.into_iter().map(|m| m.id).collect()
 }
 
 /// The keys of `mem` under `prefix`, in the store's order.
