@@ -35,6 +35,16 @@ async fn two_snapshots(db: &Path) -> (Repository, Arc<MemoryStorage>, Identities
     (repo, mem, ids, sizes)
 }
 
+/// Drills "app" with `opts` in a scratch directory; the drill must pass.
+async fn drill_passes(repo: &Repository, ids: &Identities, opts: &DrillOptions) {
+    let scratch = tempfile::tempdir().unwrap();
+    let report = repo
+        .drill(ids, "app", opts, scratch.path(), chrono::Utc::now())
+        .await
+        .unwrap();
+    assert!(report.passed, "{report:?}");
+}
+
 fn load(c: &std::sync::atomic::AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
 }
@@ -96,12 +106,7 @@ async fn drill_progress_names_each_step_and_counts_the_restored_bytes() {
         progress: Some(p.clone()),
         ..Default::default()
     };
-    let scratch = tempfile::tempdir().unwrap();
-    let report = repo
-        .drill(&ids, "app", &opts, scratch.path(), chrono::Utc::now())
-        .await
-        .unwrap();
-    assert!(report.passed, "{report:?}");
+    drill_passes(&repo, &ids, &opts).await;
     assert_eq!(p.step(), "smoke_query", "the last step that did work");
     assert_eq!(load(&p.restored.total), newest.size);
     assert_eq!(load(&p.restored.read), newest.size, "the whole snapshot");
@@ -112,12 +117,7 @@ async fn drill_progress_names_each_step_and_counts_the_restored_bytes() {
         progress: Some(p.clone()),
         ..Default::default()
     };
-    let scratch = tempfile::tempdir().unwrap();
-    let report = repo
-        .drill(&ids, "app", &opts, scratch.path(), chrono::Utc::now())
-        .await
-        .unwrap();
-    assert!(report.passed, "{report:?}");
+    drill_passes(&repo, &ids, &opts).await;
     assert_eq!(p.step(), "restore");
     assert_eq!(load(&p.restored.read), newest.size);
 }
