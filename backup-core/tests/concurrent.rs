@@ -11,28 +11,18 @@ use std::time::Duration;
 use async_trait::async_trait;
 use backup_core::backup::BackupOptions;
 use backup_core::drill::DrillOptions;
-use backup_core::keys::{generate_identity, Identities, Keys};
+use backup_core::keys::Keys;
 use backup_core::lock::LockWait;
-use backup_core::prune::PruneOptions;
 use backup_core::repo::Repository;
-use backup_core::retention::Policy;
-use backup_core::source::{SourceKind, SourceSpec};
 use backup_core::status::{source_status, Thresholds};
 use backup_core::storage::memory::MemoryStorage;
-use backup_core::storage::{
-    list_all, testing, ByteStream, ObjectMeta, PutMode, Storage, StorageError,
-};
+use backup_core::storage::{list_all, testing, ByteStream, ObjectMeta, Storage, StorageError};
 use backup_core::verify::VerifyOptions;
 use backup_core::Error;
 use futures::stream::{self, BoxStream, StreamExt};
 
-fn keypair() -> (Keys, Identities) {
-    let (secret, recipient) = generate_identity();
-    (
-        Keys::from_recipients(&[recipient]).unwrap(),
-        Identities::parse(&secret, "test").unwrap(),
-    )
-}
+mod support;
+use support::{data_dir, files, keep_last, keypair, Wrapped, Wrapper};
 
 /// A target whose listings and reads under some prefixes take a moment.
 #[derive(Debug)]
@@ -50,23 +40,15 @@ fn delay(rules: &[(&'static str, Duration)], key: &str) -> Option<Duration> {
 }
 
 #[async_trait]
-impl Storage for Delayed {
-    async fn put(
-        &self,
-        key: &str,
-        body: ByteStream,
-        mode: PutMode,
-    ) -> Result<ObjectMeta, StorageError> {
-        self.inner.put(key, body, mode).await
+impl Wrapper for Delayed {
+    fn inner(&self) -> &dyn Storage {
+        self.inner.as_ref()
     }
     async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {
         if let Some(d) = delay(&self.slow_gets, key) {
             tokio::time::sleep(d).await;
         }
         self.inner.get(key).await
-    }
-    async fn head(&self, key: &str) -> Result<ObjectMeta, StorageError> {
-        self.inner.head(key).await
     }
     fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, StorageError>> {
         let wait = delay(&self.slow_lists, prefix).unwrap_or_default();
@@ -81,9 +63,6 @@ impl Storage for Delayed {
         })
         .boxed()
     }
-    async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        self.inner.delete(key).await
-    }
     fn describe(&self) -> String {
         "delayed memory".into()
     }
@@ -96,19 +75,10 @@ fn quick_wait() -> LockWait {
     }
 }
 
-fn files(path: &Path) -> SourceSpec {
-    SourceSpec {
-        name: "d".into(),
-        kind: SourceKind::Files,
-        path: path.to_path_buf(),
-    }
-}
-
 fn options() -> BackupOptions {
     BackupOptions {
-        pack_size: 32 << 10,
         lock_wait: quick_wait(),
-        ..Default::default()
+        ..support::pack_size(32 << 10)
     }
 }
 
@@ -130,16 +100,11 @@ async fn keep_backing_up(
             testing::pattern(&format!("c{round}"), 120_000),
         )
         .unwrap();
-        repo.backup(keys, &files(data), &options()).await.unwrap();
+        repo.backup(keys, &files("d", data), &options())
+            .await
+            .unwrap();
         if prune_too {
-            let opts = PruneOptions {
-                default_policy: Policy {
-                    last: 2,
-                    ..Default::default()
-                },
-                ..Default::default()
-            };
-            match repo.prune(keys, &opts).await {
+            match repo.prune(keys, &keep_last(2)).await {
                 Ok(_) => pruned += 1,
                 // A drill or verify holds its lock: prune refuses, as it should.
                 Err(Error::Locked { .. }) => {}
@@ -156,22 +121,22 @@ async fn keep_backing_up(
 /// not in any index file" (12 false alarms in 113 runs, seen by hand).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_beside_backups_reports_no_false_alarm() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
+    let (_dir, data) = data_dir();
     std::fs::write(data.join("stable"), testing::pattern("s", 200_000)).unwrap();
     let (keys, _) = keypair();
-    let storage: Arc<dyn Storage> = Arc::new(Delayed {
+    let storage: Arc<dyn Storage> = Arc::new(Wrapped(Delayed {
         inner: Arc::new(MemoryStorage::default()),
         slow_lists: vec![
             ("snapshots/", Duration::from_millis(15)),
             ("index/", Duration::from_millis(15)),
         ],
         slow_gets: vec![],
-    });
+    }));
     let repo = Repository::open_or_init(storage, &keys).await.unwrap();
     let ids = keys.metadata_key();
-    repo.backup(&keys, &files(&data), &options()).await.unwrap();
+    repo.backup(&keys, &files("d", &data), &options())
+        .await
+        .unwrap();
 
     let done = AtomicBool::new(false);
     let opts = VerifyOptions {
@@ -212,22 +177,22 @@ async fn verify_beside_backups_reports_no_false_alarm() {
 /// where a drill took no lock (a prune could delete what it restored).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_and_drill_beside_backups_and_prunes_report_no_false_alarm() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
+    let (_dir, data) = data_dir();
     std::fs::write(data.join("stable"), testing::pattern("s", 200_000)).unwrap();
     let (keys, ids) = keypair();
-    let storage: Arc<dyn Storage> = Arc::new(Delayed {
+    let storage: Arc<dyn Storage> = Arc::new(Wrapped(Delayed {
         inner: Arc::new(MemoryStorage::default()),
         slow_lists: vec![],
         slow_gets: vec![
             ("snapshots/", Duration::from_millis(10)),
             ("index/", Duration::from_millis(10)),
         ],
-    });
+    }));
     let repo = Repository::open_or_init(storage, &keys).await.unwrap();
     let meta_ids = keys.metadata_key();
-    repo.backup(&keys, &files(&data), &options()).await.unwrap();
+    repo.backup(&keys, &files("d", &data), &options())
+        .await
+        .unwrap();
 
     let done = AtomicBool::new(false);
     let drill_opts = DrillOptions {

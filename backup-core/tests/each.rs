@@ -13,42 +13,16 @@ use backup_core::each::prune::prune_all;
 use backup_core::each::status::{status_all, Watched};
 use backup_core::each::verify::{verify_all, VerifyFailure};
 use backup_core::each::{PlannedTarget, Quiet, TargetError, TargetEvent, TargetObserver};
-use backup_core::keys::{generate_identity, Identities, Keys};
-use backup_core::prune::{PruneOptions, PruneReport};
+use backup_core::keys::Keys;
+use backup_core::prune::PruneReport;
 use backup_core::repo::{Repository, LOCKS, PACKS};
-use backup_core::retention::Policy;
-use backup_core::source::{SourceKind, SourceSpec};
 use backup_core::storage::memory::MemoryStorage;
 use backup_core::storage::testing::FaultyStorage;
 use backup_core::storage::{ErrorKind, RetryPolicy, Storage};
 use backup_core::verify::VerifyOptions;
-use rusqlite::Connection;
 
-fn keypair() -> (Keys, Identities) {
-    let (secret, recipient) = generate_identity();
-    (
-        Keys::from_recipients(&[recipient]).unwrap(),
-        Identities::parse(&secret, "test").unwrap(),
-    )
-}
-
-fn sqlite(path: &Path, rows: usize) {
-    let c = Connection::open(path).unwrap();
-    c.execute_batch("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v TEXT)")
-        .unwrap();
-    for i in 0..rows {
-        c.execute("INSERT INTO t(v) VALUES (?1)", [format!("row {i}")])
-            .unwrap();
-    }
-}
-
-fn spec(path: &Path) -> SourceSpec {
-    SourceSpec {
-        name: "app".into(),
-        kind: SourceKind::Sqlite,
-        path: path.to_path_buf(),
-    }
-}
+mod support;
+use support::{add_rows, keep_last, keypair, sqlite};
 
 /// A repository on `storage` holding `snapshots` snapshots of `db`.
 async fn repo_with(
@@ -62,8 +36,15 @@ async fn repo_with(
         .unwrap()
         .with_retry(RetryPolicy::fast());
     for i in 0..snapshots {
-        sqlite(db, 10 + i);
-        repo.backup(keys, &spec(db), &BackupOptions::default())
+        // Adds rows each time: every snapshot differs from the one before.
+        add_rows(
+            db,
+            "CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v TEXT)",
+            "INSERT INTO t(v) VALUES (?1)",
+            0..10 + i,
+            |i| [format!("row {i}")],
+        );
+        repo.backup(keys, &sqlite("app", db), &BackupOptions::default())
             .await
             .unwrap();
     }
@@ -83,16 +64,6 @@ fn unopened(name: &str) -> PlannedTarget {
         repo: Err(std::sync::Arc::new(std::io::Error::other(
             "/mnt/backup is not mounted",
         ))),
-    }
-}
-
-fn keep_last_one() -> PruneOptions {
-    PruneOptions {
-        default_policy: Policy {
-            last: 1,
-            ..Default::default()
-        },
-        ..Default::default()
     }
 }
 
@@ -118,7 +89,7 @@ async fn a_target_that_cannot_be_opened_fails_only_its_part() {
     let run = prune_all(
         vec![unopened("down"), planned("local", repo)],
         &keys,
-        &keep_last_one(),
+        &keep_last(1),
         &heard,
     )
     .await;
@@ -168,7 +139,7 @@ async fn a_failing_storage_on_one_of_two_targets_is_named_by_the_verdict() {
     let run = prune_all(
         vec![planned("a", healthy.clone()), planned("b", broken.clone())],
         &keys,
-        &keep_last_one(),
+        &keep_last(1),
         &Quiet,
     )
     .await;

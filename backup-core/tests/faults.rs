@@ -10,60 +10,32 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backup_core::backup::BackupOptions;
-use backup_core::keys::{generate_identity, Identities, Keys};
+use backup_core::keys::{Identities, Keys};
 use backup_core::repo::{Manifest, Repository, INDEX, LISTS, PACKS, SNAPSHOTS};
 use backup_core::restore::RestoreOptions;
-use backup_core::source::{SourceKind, SourceSpec};
 use backup_core::storage::memory::MemoryStorage;
 use backup_core::storage::testing::FaultyStorage;
 use backup_core::storage::{ErrorKind, Storage};
 use backup_core::Error;
-use rusqlite::Connection;
 
-fn keypair() -> (Keys, Identities) {
-    let (secret, recipient) = generate_identity();
-    (
-        Keys::from_recipients(&[recipient]).unwrap(),
-        Identities::parse(&secret, "test").unwrap(),
-    )
-}
+mod support;
+use support::{dump_tasks, keypair, memory_repo_for, sqlite};
 
 /// Adds `rows` rows of text that compresses about as well as real data
 /// (random hex: to half).
 fn add_rows(path: &Path, from: usize, rows: usize) {
-    let c = Connection::open(path).unwrap();
-    c.execute_batch(
+    support::add_rows(
+        path,
         "CREATE TABLE IF NOT EXISTS tasks(id INTEGER PRIMARY KEY, title TEXT, body TEXT)",
-    )
-    .unwrap();
-    let tx = c.unchecked_transaction().unwrap();
-    for i in from..from + rows {
-        tx.execute(
-            "INSERT INTO tasks(title, body) VALUES (?1, ?2)",
-            (format!("task {i}"), hex::encode(rand::random::<[u8; 96]>())),
-        )
-        .unwrap();
-    }
-    tx.commit().unwrap();
-}
-
-fn dump(path: &Path) -> Vec<(i64, String, String)> {
-    let c = Connection::open(path).unwrap();
-    let mut s = c
-        .prepare("SELECT id, title, body FROM tasks ORDER BY id")
-        .unwrap();
-    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+        "INSERT INTO tasks(title, body) VALUES (?1, ?2)",
+        from..from + rows,
+        |i| (format!("task {i}"), hex::encode(rand::random::<[u8; 96]>())),
+    );
 }
 
 fn opts() -> BackupOptions {
-    BackupOptions {
-        // Many packs, so index files are written mid-run too.
-        pack_size: 32 << 10,
-        ..Default::default()
-    }
+    // Many packs, so index files are written mid-run too.
+    support::pack_size(32 << 10)
 }
 
 /// A repository on a fault-injecting in-memory target, holding one snapshot
@@ -90,11 +62,11 @@ async fn fixture() -> Fixture {
         .unwrap()
         .with_retry(backup_core::storage::RetryPolicy::fast());
     let first = repo
-        .backup(&keys, &spec(&db), &opts())
+        .backup(&keys, &sqlite("app", &db), &opts())
         .await
         .unwrap()
         .manifest;
-    let first_rows = dump(&db);
+    let first_rows = dump_tasks(&db);
     add_rows(&db, 4_000, 4_000);
     Fixture {
         dir,
@@ -105,14 +77,6 @@ async fn fixture() -> Fixture {
         repo,
         first,
         first_rows,
-    }
-}
-
-fn spec(path: &Path) -> SourceSpec {
-    SourceSpec {
-        name: "app".into(),
-        kind: SourceKind::Sqlite,
-        path: path.to_path_buf(),
     }
 }
 
@@ -148,7 +112,7 @@ impl Fixture {
             .restore(&self.ids, &self.first, &out, &RestoreOptions::default())
             .await
             .unwrap_or_else(|e| panic!("{case}: the earlier snapshot does not restore: {e}"));
-        assert_eq!(dump(&out), self.first_rows, "{case}: restored rows");
+        assert_eq!(dump_tasks(&out), self.first_rows, "{case}: restored rows");
         std::fs::remove_file(out).unwrap();
     }
 
@@ -157,7 +121,7 @@ impl Fixture {
         self.faulty.set_free(None);
         let s = self
             .repo
-            .backup(&self.keys, &spec(&self.db), &opts())
+            .backup(&self.keys, &sqlite("app", &self.db), &opts())
             .await
             .unwrap_or_else(|e| panic!("{case}: backup once the target is healthy: {e}"));
         let out = self.dir.path().join("after.db");
@@ -165,7 +129,11 @@ impl Fixture {
             .restore(&self.ids, &s.manifest, &out, &RestoreOptions::default())
             .await
             .unwrap();
-        assert_eq!(dump(&out), dump(&self.db), "{case}: the new snapshot");
+        assert_eq!(
+            dump_tasks(&out),
+            dump_tasks(&self.db),
+            "{case}: the new snapshot"
+        );
         std::fs::remove_file(out).unwrap();
     }
 
@@ -225,7 +193,7 @@ async fn a_backup_onto_a_target_that_fills_up_fails_cleanly_at_every_fill_level(
         f.faulty.set_free(Some(free));
         let e = f
             .repo
-            .backup(&f.keys, &spec(&f.db), &opts())
+            .backup(&f.keys, &sqlite("app", &f.db), &opts())
             .await
             .expect_err(&case);
         let Error::TargetFull {
@@ -271,7 +239,7 @@ async fn short_writes_and_failing_bodies_never_become_part_of_a_snapshot() {
             f.faulty.cut_bodies(prefix, cut, 1);
             let e = f
                 .repo
-                .backup(&f.keys, &spec(&f.db), &opts())
+                .backup(&f.keys, &sqlite("app", &f.db), &opts())
                 .await
                 .expect_err(&case);
             assert!(
@@ -290,7 +258,7 @@ async fn short_writes_and_failing_bodies_never_become_part_of_a_snapshot() {
         f.faulty.fail_bodies(prefix, 100, ErrorKind::Other, 1);
         let e = f
             .repo
-            .backup(&f.keys, &spec(&f.db), &opts())
+            .backup(&f.keys, &sqlite("app", &f.db), &opts())
             .await
             .expect_err(&case);
         assert!(matches!(e, Error::Storage { .. }), "{case}: {e}");
@@ -308,9 +276,7 @@ async fn a_target_failing_mid_run_fails_only_its_part_of_a_multi_target_backup()
     let db = dir.path().join("app.db");
     add_rows(&db, 0, 3_000);
     let (keys, ids) = keypair();
-    let healthy = Repository::open_or_init(Arc::new(MemoryStorage::default()), &keys)
-        .await
-        .unwrap();
+    let (_, healthy) = memory_repo_for(&keys).await;
     let slow_store = FaultyStorage::new(Arc::new(MemoryStorage::default()));
     slow_store.set_delay(Some(Duration::from_millis(30)));
     let slow = Repository::open_or_init(Arc::new(slow_store), &keys)
@@ -325,10 +291,14 @@ async fn a_target_failing_mid_run_fails_only_its_part_of_a_multi_target_backup()
         .await
         .unwrap();
 
-    let results =
-        backup_core::backup::backup_many(&[&healthy, &failing, &slow], &keys, &spec(&db), &opts())
-            .await
-            .expect("the source was read");
+    let results = backup_core::backup::backup_many(
+        &[&healthy, &failing, &slow],
+        &keys,
+        &sqlite("app", &db),
+        &opts(),
+    )
+    .await
+    .expect("the source was read");
     assert_eq!(results.len(), 3);
     assert!(results[1].is_err(), "the failing target's part failed");
     let a = &results[0].as_ref().unwrap().manifest;
@@ -347,7 +317,7 @@ async fn a_target_failing_mid_run_fails_only_its_part_of_a_multi_target_backup()
         repo.restore(&ids, &m, &to, &RestoreOptions::default())
             .await
             .unwrap();
-        assert_eq!(dump(&to), dump(&db));
+        assert_eq!(dump_tasks(&to), dump_tasks(&db));
     }
 }
 
@@ -367,7 +337,7 @@ async fn a_backup_whose_lock_was_removed_does_not_commit() {
         .await
         .unwrap();
     let run = {
-        let (repo, keys, spec) = (repo.clone(), keys.clone(), spec(&db));
+        let (repo, keys, spec) = (repo.clone(), keys.clone(), sqlite("app", &db));
         // Keys is not Clone; the Arc shares it with the task.
         tokio::spawn(async move { repo.backup(&keys, &spec, &opts()).await })
     };

@@ -1,26 +1,18 @@
 //! Prune and pre-restore snapshots on the in-memory target, with the
 //! snapshots' times set (manifests rewritten) to the scenario's clock.
 
-use std::sync::Arc;
-
 use backup_core::backup::BackupOptions;
-use backup_core::keys::{generate_identity, Identities, Keys};
+use backup_core::keys::Keys;
 use backup_core::prune::PruneOptions;
 use backup_core::repo::{Manifest, Repository, PRE_RESTORE_TAG, SNAPSHOTS};
 use backup_core::restore::RestoreOptions;
 use backup_core::retention::Policy;
-use backup_core::source::{SourceKind, SourceSpec};
 use backup_core::storage::memory::MemoryStorage;
 use backup_core::storage::{PutMode, Storage};
 use chrono::{DateTime, Days, Local, NaiveTime, TimeZone, Utc};
 
-fn keypair() -> (Keys, Identities) {
-    let (secret, recipient) = generate_identity();
-    (
-        Keys::from_recipients(&[recipient]).unwrap(),
-        Identities::parse(&secret, "test").unwrap(),
-    )
-}
+mod support;
+use support::{files, memory_repo, snapshot_ids};
 
 /// `days_ago` days before today, at `hour`:00 local time.
 fn local(days_ago: u64, hour: u32) -> DateTime<Utc> {
@@ -51,25 +43,21 @@ async fn set_time(
 }
 
 async fn snapshot(repo: &Repository, keys: &Keys, db: &std::path::Path, tags: &[&str]) -> Manifest {
-    let spec = SourceSpec {
-        name: "app".into(),
-        kind: SourceKind::Files,
-        path: db.to_path_buf(),
-    };
     let opts = BackupOptions {
         tags: tags.iter().map(|t| t.to_string()).collect(),
         ..Default::default()
     };
-    repo.backup(keys, &spec, &opts).await.unwrap().manifest
+    repo.backup(keys, &files("app", db), &opts)
+        .await
+        .unwrap()
+        .manifest
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_keeps_the_snapshot_that_was_just_restored() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.db");
-    let (keys, ids) = keypair();
-    let mem = Arc::new(MemoryStorage::default());
-    let repo = Repository::open_or_init(mem.clone(), &keys).await.unwrap();
+    let (keys, ids, mem, repo) = memory_repo().await;
 
     // 02:00 the day before yesterday, 02:00 yesterday (the good state), and
     // at 10:00 yesterday the pre-restore snapshot of the damaged file that
@@ -133,12 +121,6 @@ async fn prune_keeps_the_snapshot_that_was_just_restored() {
         Some(local(1, 11)),
         "the verdict says when it expired"
     );
-    let left: Vec<String> = repo
-        .snapshots(&ids)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.id)
-        .collect();
+    let left = snapshot_ids(&repo, &ids).await;
     assert_eq!(left, [good.id.clone(), day1.id.clone()]);
 }

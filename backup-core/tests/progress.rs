@@ -6,59 +6,43 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use backup_core::backup::BackupOptions;
 use backup_core::drill::{DrillOptions, DrillProgress, SmokeQuery};
-use backup_core::keys::{generate_identity, Identities, Keys};
+use backup_core::keys::Identities;
 use backup_core::repo::Repository;
-use backup_core::source::{SourceKind, SourceSpec};
 use backup_core::storage::list_all;
 use backup_core::storage::memory::MemoryStorage;
 use backup_core::verify::{ReadData, Subset, VerifyOptions, VerifyProgress};
-use rusqlite::Connection;
 
-fn keypair() -> (Keys, Identities) {
-    let (secret, recipient) = generate_identity();
-    (
-        Keys::from_recipients(&[recipient]).unwrap(),
-        Identities::parse(&secret, "test").unwrap(),
-    )
-}
-
-fn add_rows(path: &Path, from: usize, rows: usize) {
-    let c = Connection::open(path).unwrap();
-    c.execute_batch("CREATE TABLE IF NOT EXISTS tasks(id INTEGER PRIMARY KEY, body TEXT);")
-        .unwrap();
-    let tx = c.unchecked_transaction().unwrap();
-    for i in from..from + rows {
-        tx.execute(
-            "INSERT INTO tasks(body) VALUES (?1)",
-            [format!("body of task {i} ").repeat(8)],
-        )
-        .unwrap();
-    }
-    tx.commit().unwrap();
-}
+mod support;
+use support::{add_rows, memory_repo, pack_size, sqlite};
 
 /// A repository holding two snapshots of a SQLite database, and their sizes.
 async fn two_snapshots(db: &Path) -> (Repository, Arc<MemoryStorage>, Identities, u64) {
-    let (keys, ids) = keypair();
-    let mem = Arc::new(MemoryStorage::default());
-    let repo = Repository::open_or_init(mem.clone(), &keys).await.unwrap();
-    let src = SourceSpec {
-        name: "app".into(),
-        kind: SourceKind::Sqlite,
-        path: db.to_path_buf(),
-    };
-    let opts = BackupOptions {
-        pack_size: 64 << 10,
-        ..Default::default()
-    };
+    let (keys, ids, mem, repo) = memory_repo().await;
+    let src = sqlite("app", db);
+    let opts = pack_size(64 << 10);
     let mut sizes = 0;
     for round in 0..2 {
-        add_rows(db, round * 5_000, 5_000);
+        add_rows(
+            db,
+            "CREATE TABLE IF NOT EXISTS tasks(id INTEGER PRIMARY KEY, body TEXT);",
+            "INSERT INTO tasks(body) VALUES (?1)",
+            round * 5_000..(round + 1) * 5_000,
+            |i| [format!("body of task {i} ").repeat(8)],
+        );
         sizes += repo.backup(&keys, &src, &opts).await.unwrap().manifest.size;
     }
     (repo, mem, ids, sizes)
+}
+
+/// Drills "app" with `opts` in a scratch directory; the drill must pass.
+async fn drill_passes(repo: &Repository, ids: &Identities, opts: &DrillOptions) {
+    let scratch = tempfile::tempdir().unwrap();
+    let report = repo
+        .drill(ids, "app", opts, scratch.path(), chrono::Utc::now())
+        .await
+        .unwrap();
+    assert!(report.passed, "{report:?}");
 }
 
 fn load(c: &std::sync::atomic::AtomicU64) -> u64 {
@@ -122,12 +106,7 @@ async fn drill_progress_names_each_step_and_counts_the_restored_bytes() {
         progress: Some(p.clone()),
         ..Default::default()
     };
-    let scratch = tempfile::tempdir().unwrap();
-    let report = repo
-        .drill(&ids, "app", &opts, scratch.path(), chrono::Utc::now())
-        .await
-        .unwrap();
-    assert!(report.passed, "{report:?}");
+    drill_passes(&repo, &ids, &opts).await;
     assert_eq!(p.step(), "smoke_query", "the last step that did work");
     assert_eq!(load(&p.restored.total), newest.size);
     assert_eq!(load(&p.restored.read), newest.size, "the whole snapshot");
@@ -138,12 +117,7 @@ async fn drill_progress_names_each_step_and_counts_the_restored_bytes() {
         progress: Some(p.clone()),
         ..Default::default()
     };
-    let scratch = tempfile::tempdir().unwrap();
-    let report = repo
-        .drill(&ids, "app", &opts, scratch.path(), chrono::Utc::now())
-        .await
-        .unwrap();
-    assert!(report.passed, "{report:?}");
+    drill_passes(&repo, &ids, &opts).await;
     assert_eq!(p.step(), "restore");
     assert_eq!(load(&p.restored.read), newest.size);
 }

@@ -1,19 +1,17 @@
 //! Prune, pins and verify on the in-memory target, and prune racing backups.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use backup_core::backup::BackupOptions;
-use backup_core::keys::{generate_identity, Identities, Keys};
+use backup_core::keys::Identities;
 use backup_core::lock::LockWait;
 use backup_core::prune::PruneOptions;
 use backup_core::repo::Repository;
 use backup_core::restore::RestoreOptions;
 use backup_core::retention::Policy;
-use backup_core::source::{SourceKind, SourceSpec};
 use backup_core::storage::memory::MemoryStorage;
 use backup_core::storage::{
     bytes_stream, collect_bytes, testing, ByteStream, ErrorKind, ObjectMeta, PutMode, RetryPolicy,
@@ -21,40 +19,16 @@ use backup_core::storage::{
 };
 use backup_core::verify::{ReadData, VerifyOptions};
 use backup_core::Error;
-use futures::stream::BoxStream;
 use rusqlite::Connection;
 
-fn keypair() -> (Keys, Identities) {
-    let (secret, recipient) = generate_identity();
-    (
-        Keys::from_recipients(&[recipient]).unwrap(),
-        Identities::parse(&secret, "test").unwrap(),
-    )
-}
-
-fn files(name: &str, path: &Path) -> SourceSpec {
-    SourceSpec {
-        name: name.into(),
-        kind: SourceKind::Files,
-        path: path.to_path_buf(),
-    }
-}
-
-fn keep_last(n: u64) -> PruneOptions {
-    PruneOptions {
-        default_policy: Policy {
-            last: n,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-}
+mod support;
+use support::{
+    add_rows, data_dir, files, first_pack, flip_middle_byte, keep_last, keypair, keys_under,
+    memory_repo, pack_size, snapshot_ids, sqlite, Wrapped, Wrapper,
+};
 
 fn small_packs() -> BackupOptions {
-    BackupOptions {
-        pack_size: 64 << 10,
-        ..Default::default()
-    }
+    pack_size(64 << 10)
 }
 
 /// Every snapshot in the repository restores and verifies.
@@ -72,16 +46,9 @@ async fn all_restore(repo: &Repository, ids: &Identities) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_removes_what_no_rule_keeps_and_only_the_data_only_it_used() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    let (keys, ids) = keypair();
-    let mem = Arc::new(MemoryStorage::default());
-    let repo = Repository::open_or_init(mem.clone(), &keys).await.unwrap();
-    let opts = BackupOptions {
-        pack_size: 8 << 20,
-        ..Default::default()
-    };
+    let (_dir, data) = data_dir();
+    let (keys, ids, mem, repo) = memory_repo().await;
+    let opts = pack_size(8 << 20);
 
     // 1: a and b share one pack. 2: only a (b's chunks now unused, in a live
     // pack). 3: only c, new data (a's pack used by 2 only).
@@ -93,11 +60,7 @@ async fn prune_removes_what_no_rule_keeps_and_only_the_data_only_it_used() {
     std::fs::remove_file(data.join("a")).unwrap();
     std::fs::write(data.join("c"), testing::pattern("c", 100_000)).unwrap();
     let s3 = repo.backup(&keys, &files("d", &data), &opts).await.unwrap();
-    let packs_before = mem
-        .keys()
-        .iter()
-        .filter(|k| k.starts_with("packs/"))
-        .count();
+    let packs_before = keys_under(&mem, "packs/").len();
     assert_eq!(packs_before, 2);
 
     // Dry run: the verdicts, and nothing changes.
@@ -145,13 +108,7 @@ async fn prune_removes_what_no_rule_keeps_and_only_the_data_only_it_used() {
     let report = repo.prune(&keys, &keep_last(1)).await.unwrap();
     assert_eq!(report.removed().count(), 1);
     assert_eq!(report.snapshots[1].reasons, ["pinned"]);
-    let left: Vec<String> = repo
-        .snapshots(&ids)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.id)
-        .collect();
+    let left = snapshot_ids(&repo, &ids).await;
     assert_eq!(left, [s3.manifest.id.clone(), s2.manifest.id.clone()]);
     assert!(!mem.keys().contains(&s1.manifest.list), "its list went too");
     assert_eq!(all_restore(&repo, &ids).await, 2);
@@ -163,11 +120,7 @@ async fn prune_removes_what_no_rule_keeps_and_only_the_data_only_it_used() {
     assert_eq!(report.packs_deleted, 1);
     assert!(report.index_files_deleted >= 1);
     assert_eq!(report.partly_used_packs, 0);
-    let packs: Vec<String> = mem
-        .keys()
-        .into_iter()
-        .filter(|k| k.starts_with("packs/"))
-        .collect();
+    let packs = keys_under(&mem, "packs/");
     assert_eq!(packs.len(), 1);
     let index = repo.load_index(&ids).await.unwrap();
     assert_eq!(index.packs, packs, "no index file names a deleted pack");
@@ -185,12 +138,8 @@ async fn prune_removes_what_no_rule_keeps_and_only_the_data_only_it_used() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_cleans_up_after_interrupted_backups_and_keeps_sources_apart() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    let (keys, ids) = keypair();
-    let mem: Arc<dyn Storage> = Arc::new(MemoryStorage::default());
-    let repo = Repository::open_or_init(mem.clone(), &keys).await.unwrap();
+    let (_dir, data) = data_dir();
+    let (keys, ids, mem, repo) = memory_repo().await;
     std::fs::write(data.join("x"), testing::pattern("x", 500_000)).unwrap();
     let kept = repo
         .backup(&keys, &files("other", &data), &small_packs())
@@ -241,25 +190,16 @@ async fn prune_cleans_up_after_interrupted_backups_and_keeps_sources_apart() {
 async fn verify_finds_flipped_deleted_and_truncated_objects() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.db");
+    add_rows(
+        &db,
+        "CREATE TABLE t(x TEXT);",
+        "INSERT INTO t VALUES (?1)",
+        0..3000,
+        |i| [format!("row {i} ").repeat(20)],
+    );
     let c = Connection::open(&db).unwrap();
-    c.execute_batch("CREATE TABLE t(x TEXT);").unwrap();
-    let tx = c.unchecked_transaction().unwrap();
-    for i in 0..3000 {
-        tx.execute(
-            "INSERT INTO t VALUES (?1)",
-            [format!("row {i} ").repeat(20)],
-        )
-        .unwrap();
-    }
-    tx.commit().unwrap();
-    let (keys, ids) = keypair();
-    let mem = Arc::new(MemoryStorage::default());
-    let repo = Repository::open_or_init(mem.clone(), &keys).await.unwrap();
-    let spec = SourceSpec {
-        name: "app".into(),
-        kind: SourceKind::Sqlite,
-        path: db.clone(),
-    };
+    let (keys, ids, mem, repo) = memory_repo().await;
+    let spec = sqlite("app", &db);
     let s1 = repo.backup(&keys, &spec, &small_packs()).await.unwrap();
     c.execute("INSERT INTO t VALUES ('new')", []).unwrap();
     let s2 = repo.backup(&keys, &spec, &small_packs()).await.unwrap();
@@ -281,15 +221,8 @@ async fn verify_finds_flipped_deleted_and_truncated_objects() {
     assert!(read_only.verify(&ids, &read).await.unwrap().ok());
 
     // A flipped byte in a pack only shows when the data is read.
-    let packs: Vec<String> = mem
-        .keys()
-        .into_iter()
-        .filter(|k| k.starts_with("packs/"))
-        .collect();
-    mem.tamper(&packs[0], |d| {
-        let n = d.len() / 2;
-        d[n] ^= 0x40;
-    });
+    let packs = keys_under(&mem, "packs/");
+    flip_middle_byte(&mem, &packs[0]);
     let meta_ids = keys.metadata_key();
     assert!(repo
         .verify(&meta_ids, &VerifyOptions::default())
@@ -354,7 +287,10 @@ async fn verify_finds_flipped_deleted_and_truncated_objects() {
 struct Slow(Arc<dyn Storage>);
 
 #[async_trait]
-impl Storage for Slow {
+impl Wrapper for Slow {
+    fn inner(&self) -> &dyn Storage {
+        self.0.as_ref()
+    }
     async fn put(
         &self,
         key: &str,
@@ -363,18 +299,6 @@ impl Storage for Slow {
     ) -> Result<ObjectMeta, StorageError> {
         tokio::time::sleep(Duration::from_millis(2)).await;
         self.0.put(key, body, mode).await
-    }
-    async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {
-        self.0.get(key).await
-    }
-    async fn head(&self, key: &str) -> Result<ObjectMeta, StorageError> {
-        self.0.head(key).await
-    }
-    fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, StorageError>> {
-        self.0.list(prefix)
-    }
-    async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        self.0.delete(key).await
     }
     fn describe(&self) -> String {
         "slow memory".into()
@@ -386,20 +310,17 @@ impl Storage for Slow {
 /// uploaded but not yet named in a manifest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_racing_backups_never_loses_a_chunk() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
+    let (_dir, data) = data_dir();
     let (keys, ids) = keypair();
-    let storage: Arc<dyn Storage> = Arc::new(Slow(Arc::new(MemoryStorage::default())));
+    let storage: Arc<dyn Storage> = Arc::new(Wrapped(Slow(Arc::new(MemoryStorage::default()))));
     let repo = Repository::open_or_init(storage, &keys).await.unwrap();
     let keys = Arc::new(keys);
     let opts = BackupOptions {
-        pack_size: 32 << 10,
         lock_wait: LockWait {
             wait: Duration::from_secs(600),
             poll: Duration::from_millis(1),
         },
-        ..Default::default()
+        ..pack_size(32 << 10)
     };
     let mut pruned = 0;
     let mut refused = 0;
@@ -459,14 +380,9 @@ struct BadReads {
 }
 
 #[async_trait]
-impl Storage for BadReads {
-    async fn put(
-        &self,
-        key: &str,
-        body: ByteStream,
-        mode: PutMode,
-    ) -> Result<ObjectMeta, StorageError> {
-        self.inner.put(key, body, mode).await
+impl Wrapper for BadReads {
+    fn inner(&self) -> &dyn Storage {
+        self.inner.as_ref()
     }
     async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {
         if !key.starts_with(&self.prefix) {
@@ -477,15 +393,6 @@ impl Storage for BadReads {
         }
         let all = collect_bytes(self.inner.get(key).await?).await?;
         Ok(bytes_stream(all.slice(..all.len() / 2)))
-    }
-    async fn head(&self, key: &str) -> Result<ObjectMeta, StorageError> {
-        self.inner.head(key).await
-    }
-    fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, StorageError>> {
-        self.inner.list(prefix)
-    }
-    async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        self.inner.delete(key).await
     }
     fn describe(&self) -> String {
         "bad reads".into()
@@ -503,13 +410,9 @@ async fn put(mem: &MemoryStorage, key: &str, data: impl Into<bytes::Bytes>) {
 /// object a newer offsite may have written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_deletes_provable_junk_only_and_never_on_a_failed_download() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
+    let (_dir, data) = data_dir();
     std::fs::write(data.join("a"), testing::pattern("a", 200_000)).unwrap();
-    let (keys, ids) = keypair();
-    let mem = Arc::new(MemoryStorage::default());
-    let repo = Repository::open_or_init(mem.clone(), &keys).await.unwrap();
+    let (keys, ids, mem, repo) = memory_repo().await;
     let s = repo
         .backup(&keys, &files("d", &data), &small_packs())
         .await
@@ -537,7 +440,7 @@ async fn prune_deletes_provable_junk_only_and_never_on_a_failed_download() {
             prefix: prefix.to_string(),
             short,
         };
-        let flaky = Repository::open(Arc::new(bad))
+        let flaky = Repository::open(Arc::new(Wrapped(bad)))
             .await
             .unwrap()
             .with_retry(RetryPolicy::fast());
@@ -571,32 +474,19 @@ async fn prune_deletes_provable_junk_only_and_never_on_a_failed_download() {
 /// once a backup stored the chunks again, the pack and its record go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_keeps_damaged_copies_only_as_last_copies_and_drops_their_records() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
+    let (dir, data) = data_dir();
     std::fs::write(data.join("a"), testing::pattern("a", 300_000)).unwrap();
-    let (keys, ids) = keypair();
-    let mem = Arc::new(MemoryStorage::default());
-    let repo = Repository::open_or_init(mem.clone(), &keys).await.unwrap();
+    let (keys, ids, mem, repo) = memory_repo().await;
     let spec = files("d", &data);
     let s1 = repo.backup(&keys, &spec, &small_packs()).await.unwrap();
-    let pack = mem
-        .keys()
-        .into_iter()
-        .find(|k| k.starts_with("packs/"))
-        .unwrap();
+    let pack = first_pack(&mem);
     // Its age header: nothing in the pack decodes.
     mem.tamper(&pack, |d| d[3] ^= 0x01);
     let out = dir.path().join("r1");
     repo.restore(&ids, &s1.manifest, &out, &RestoreOptions::default())
         .await
         .unwrap_err();
-    let records = || -> Vec<String> {
-        mem.keys()
-            .into_iter()
-            .filter(|k| k.starts_with("damaged/"))
-            .collect()
-    };
+    let records = || keys_under(&mem, "damaged/");
     assert_eq!(records().len(), 1, "the restore recorded the damage");
 
     // The only copy: kept, and counted.
@@ -646,7 +536,10 @@ impl DiesAfter {
 }
 
 #[async_trait]
-impl Storage for DiesAfter {
+impl Wrapper for DiesAfter {
+    fn inner(&self) -> &dyn Storage {
+        self.inner.as_ref()
+    }
     async fn put(
         &self,
         key: &str,
@@ -655,15 +548,6 @@ impl Storage for DiesAfter {
     ) -> Result<ObjectMeta, StorageError> {
         self.step(key)?;
         self.inner.put(key, body, mode).await
-    }
-    async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {
-        self.inner.get(key).await
-    }
-    async fn head(&self, key: &str) -> Result<ObjectMeta, StorageError> {
-        self.inner.head(key).await
-    }
-    fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta, StorageError>> {
-        self.inner.list(prefix)
     }
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         self.step(key)?;
@@ -690,12 +574,8 @@ async fn copy_of(from: &MemoryStorage) -> Arc<MemoryStorage> {
 /// uninterrupted one, with a repository that verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_killed_after_any_step_loses_nothing_and_the_next_one_finishes() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    let (keys, ids) = keypair();
-    let base = Arc::new(MemoryStorage::default());
-    let repo = Repository::open_or_init(base.clone(), &keys).await.unwrap();
+    let (_dir, data) = data_dir();
+    let (keys, ids, base, repo) = memory_repo().await;
     for i in 0..4 {
         std::fs::write(
             data.join(format!("f{i}")),
@@ -714,13 +594,7 @@ async fn prune_killed_after_any_step_loses_nothing_and_the_next_one_finishes() {
     let whole_repo = Repository::open(whole.clone()).await.unwrap();
     let report = whole_repo.prune(&keys, &keep_last(2)).await.unwrap();
     assert!(report.packs_deleted > 0, "the test needs packs to delete");
-    let expected: Vec<String> = whole_repo
-        .snapshots(&ids)
-        .await
-        .unwrap()
-        .iter()
-        .map(|m| m.id.clone())
-        .collect();
+    let expected = snapshot_ids(&whole_repo, &ids).await;
     assert_eq!(expected.len(), 2);
     let mutations = whole
         .keys()
@@ -736,11 +610,11 @@ async fn prune_killed_after_any_step_loses_nothing_and_the_next_one_finishes() {
 
     for after in 0..mutations {
         let copy = copy_of(&base).await;
-        let dying = Arc::new(DiesAfter {
+        let dying = Arc::new(Wrapped(DiesAfter {
             inner: copy.clone(),
             after,
             done: Default::default(),
-        });
+        }));
         let dying_repo = Repository::open(dying).await.unwrap();
         assert!(
             dying_repo.prune(&keys, &keep_last(2)).await.is_err(),
@@ -756,13 +630,7 @@ async fn prune_killed_after_any_step_loses_nothing_and_the_next_one_finishes() {
         }
         all_restore(&copy_repo, &ids).await;
         copy_repo.prune(&keys, &keep_last(2)).await.unwrap();
-        let now: Vec<String> = copy_repo
-            .snapshots(&ids)
-            .await
-            .unwrap()
-            .iter()
-            .map(|m| m.id.clone())
-            .collect();
+        let now = snapshot_ids(&copy_repo, &ids).await;
         assert_eq!(now, expected, "killed after {after} steps");
         assert_eq!(
             copy_repo.list("packs/").await.unwrap().len(),

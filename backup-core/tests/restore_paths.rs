@@ -7,17 +7,18 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use backup_core::backup::BackupOptions;
-use backup_core::keys::{generate_identity, Identities, Keys};
+use backup_core::keys::{Identities, Keys};
 use backup_core::repo::{Manifest, Repository};
 use backup_core::restore::RestoreOptions;
-use backup_core::source::{SourceKind, SourceSpec};
-use backup_core::storage::memory::MemoryStorage;
+use backup_core::source::SourceKind;
 use backup_core::storage::PutMode;
 use backup_core::Error;
 use rusqlite::Connection;
+
+mod support;
+use support::{memory_repo, source};
 
 struct Crafted {
     dir: tempfile::TempDir,
@@ -32,19 +33,13 @@ impl Crafted {
     async fn snapshot(kind: SourceKind, make: impl FnOnce(&Path) -> PathBuf) -> Crafted {
         let dir = tempfile::tempdir().unwrap();
         let path = make(dir.path());
-        let (secret, recipient) = generate_identity();
-        let keys = Keys::from_recipients(&[recipient]).unwrap();
-        let ids = Identities::parse(&secret, "test").unwrap();
-        let repo = Repository::open_or_init(Arc::new(MemoryStorage::default()), &keys)
-            .await
-            .unwrap();
-        let spec = SourceSpec {
-            name: "src".into(),
-            kind,
-            path,
-        };
+        let (keys, ids, _, repo) = memory_repo().await;
         let manifest = repo
-            .backup(&keys, &spec, &BackupOptions::default())
+            .backup(
+                &keys,
+                &source("src", kind, &path),
+                &BackupOptions::default(),
+            )
             .await
             .unwrap()
             .manifest;

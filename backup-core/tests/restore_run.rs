@@ -9,57 +9,33 @@ use std::sync::{Arc, Mutex};
 use backup_core::backup::BackupOptions;
 use backup_core::each::{PlannedTarget, SharedError};
 use backup_core::error::chain_text;
-use backup_core::keys::{generate_identity, Identities, Keys};
+use backup_core::keys::{Identities, Keys};
 use backup_core::repo::{Repository, Selector, PRE_RESTORE_TAG};
 use backup_core::restore_run::{
     self, Outcome, PlannedRestore, PreRestore, RestoreError, RestoreEvent, RestoreObserver,
     RestorePlan, RestoreReport, RestoreRunOptions,
 };
 use backup_core::run::{Hook, Hooks};
-use backup_core::source::{SourceKind, SourceSpec};
+use backup_core::source::SourceKind;
 use backup_core::storage::memory::MemoryStorage;
 use backup_core::Error;
-use rusqlite::Connection;
 
-/// Keys, identities, and the recipient they were made from.
-fn keypair() -> (Keys, Identities, String) {
-    let (secret, recipient) = generate_identity();
-    (
-        Keys::from_recipients(std::slice::from_ref(&recipient)).unwrap(),
-        Identities::parse(&secret, "test").unwrap(),
-        recipient,
-    )
-}
+mod support;
+use support::{add_rows, integrity, keypair_and_recipient, memory_repo_for, row_count, sqlite};
 
-/// A SQLite database at `path` holding `rows` rows.
-fn make_db(path: &Path, rows: i64) {
-    let c = Connection::open(path).unwrap();
-    c.execute_batch("CREATE TABLE IF NOT EXISTS t (n INTEGER, pad TEXT); DELETE FROM t;")
-        .unwrap();
-    for n in 0..rows {
-        c.execute("INSERT INTO t VALUES (?1, hex(randomblob(200)))", [n])
-            .unwrap();
-    }
+/// A SQLite database at `path` holding `rows` rows (and no others).
+fn make_db(path: &Path, rows: usize) {
+    add_rows(
+        path,
+        "CREATE TABLE IF NOT EXISTS t (n INTEGER, pad TEXT); DELETE FROM t;",
+        "INSERT INTO t VALUES (?1, hex(randomblob(200)))",
+        0..rows,
+        |n| [n as i64],
+    );
 }
 
 fn rows(path: &Path) -> i64 {
-    let c = Connection::open(path).unwrap();
-    c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-        .unwrap()
-}
-
-fn integrity(path: &Path) -> String {
-    let c = Connection::open(path).unwrap();
-    c.query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap()
-}
-
-fn spec(name: &str, path: &Path) -> SourceSpec {
-    SourceSpec {
-        name: name.into(),
-        kind: SourceKind::Sqlite,
-        path: path.to_path_buf(),
-    }
+    row_count(path, "t")
 }
 
 /// One hook call: the source, the hook, its `errors`, and the rows in the
@@ -134,9 +110,8 @@ struct Fixture {
 
 impl Fixture {
     async fn new() -> Fixture {
-        let (keys, ids, recipient) = keypair();
-        let mem = Arc::new(MemoryStorage::default());
-        let repo = Repository::open_or_init(mem, &keys).await.unwrap();
+        let (keys, ids, recipient) = keypair_and_recipient();
+        let (_, repo) = memory_repo_for(&keys).await;
         Fixture {
             dir: tempfile::tempdir().unwrap(),
             keys,
@@ -151,13 +126,13 @@ impl Fixture {
     }
 
     /// `name`'s database with `rows` rows, backed up.
-    async fn backed_up(&self, name: &str, rows: i64) -> String {
+    async fn backed_up(&self, name: &str, rows: usize) -> String {
         let path = self.path(&format!("{name}.db"));
         make_db(&path, rows);
         let opts = BackupOptions::default();
         let s = self
             .repo
-            .backup(&self.keys, &spec(name, &path), &opts)
+            .backup(&self.keys, &sqlite(name, &path), &opts)
             .await;
         s.unwrap().manifest.id
     }
@@ -177,7 +152,7 @@ impl Fixture {
             .map(|name| {
                 let path = self.path(&format!("{name}.db"));
                 PlannedRestore {
-                    spec: spec(name, &path),
+                    spec: sqlite(name, &path),
                     to: path,
                 }
             })

@@ -5,60 +5,57 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use backup_core::backup::BackupOptions;
-use backup_core::keys::{generate_identity, Identities, Keys};
-use backup_core::repo::{select, Cause, Repository, Selector};
+use backup_core::backup::{BackupOptions, BackupSummary};
+use backup_core::keys::{Identities, Keys};
+use backup_core::repo::{select, Cause, Manifest, Repository, Selector};
 use backup_core::restore::RestoreOptions;
-use backup_core::source::{SourceKind, SourceSpec};
+use backup_core::source::SourceKind;
 use backup_core::storage::memory::MemoryStorage;
-use backup_core::storage::{testing, Storage};
+use backup_core::storage::testing;
 use backup_core::Error;
 use rusqlite::Connection;
 
-fn keypair() -> (Keys, Identities) {
-    let (secret, recipient) = generate_identity();
-    (
-        Keys::from_recipients(&[recipient]).unwrap(),
-        Identities::parse(&secret, "test").unwrap(),
-    )
-}
+mod support;
+use support::{
+    add_rows, dump_tasks, first_pack, flip_middle_byte, integrity, keypair, memory_repo, source,
+    sqlite,
+};
 
+/// A WAL-mode database of `rows` tasks, with an index and a JSON column.
 fn make_db(path: &Path, rows: usize) {
-    let c = Connection::open(path).unwrap();
-    c.execute_batch(
+    add_rows(
+        path,
         "PRAGMA journal_mode=WAL;
          CREATE TABLE tasks(id INTEGER PRIMARY KEY, title TEXT, body TEXT, meta JSON);
          CREATE INDEX tasks_title ON tasks(title);",
-    )
-    .unwrap();
-    let tx = c.unchecked_transaction().unwrap();
-    for i in 0..rows {
-        tx.execute(
-            "INSERT INTO tasks(title, body, meta) VALUES (?1, ?2, json_object('n', ?3, 'tag', 'x'))",
-            (format!("task {i}"), format!("body of task {i} ").repeat(8), i as i64),
-        )
-        .unwrap();
-    }
-    tx.commit().unwrap();
+        "INSERT INTO tasks(title, body, meta) VALUES (?1, ?2, json_object('n', ?3, 'tag', 'x'))",
+        0..rows,
+        |i| {
+            (
+                format!("task {i}"),
+                format!("body of task {i} ").repeat(8),
+                i as i64,
+            )
+        },
+    );
 }
 
-fn dump(path: &Path) -> Vec<(i64, String, String)> {
-    let c = Connection::open(path).unwrap();
-    let mut s = c
-        .prepare("SELECT id, title, body FROM tasks ORDER BY id")
-        .unwrap();
-    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+/// Backs `path` up as the source "app" of `kind`, with the default options.
+async fn back_up(
+    repo: &Repository,
+    keys: &Keys,
+    path: &Path,
+    kind: SourceKind,
+) -> Result<BackupSummary, Error> {
+    let src = source("app", kind, path);
+    repo.backup(keys, &src, &BackupOptions::default()).await
 }
 
-fn spec(path: &Path, kind: SourceKind) -> SourceSpec {
-    SourceSpec {
-        name: "app".into(),
-        kind,
-        path: path.to_path_buf(),
-    }
+/// Restores `m` to `out`, which must work.
+async fn restore(repo: &Repository, ids: &Identities, m: &Manifest, out: &Path) {
+    repo.restore(ids, m, out, &RestoreOptions::default())
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,9 +68,7 @@ async fn live_sqlite_backup_restores_the_committed_state_while_a_writer_runs() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.db");
     make_db(&db, 20_000);
-    let (keys, ids) = keypair();
-    let mem = Arc::new(MemoryStorage::default());
-    let repo = Repository::open_or_init(mem.clone(), &keys).await.unwrap();
+    let (keys, ids, _, repo) = memory_repo().await;
 
     // A writer commits continuously during the backup.
     let stop = Arc::new(AtomicBool::new(false));
@@ -101,7 +96,7 @@ async fn live_sqlite_backup_restores_the_committed_state_while_a_writer_runs() {
         ..Default::default()
     };
     let summary = repo
-        .backup(&keys, &spec(&db, SourceKind::Sqlite), &opts)
+        .backup(&keys, &sqlite("app", &db), &opts)
         .await
         .unwrap();
     stop.store(true, Ordering::SeqCst);
@@ -114,21 +109,17 @@ async fn live_sqlite_backup_restores_the_committed_state_while_a_writer_runs() {
         .await
         .unwrap();
     assert_eq!(r.bytes, summary.manifest.size);
-    let restored = dump(&out);
+    let restored = dump_tasks(&out);
     // The snapshot is a committed prefix of the writer's history: all original
     // rows, then some contiguous run of the live ones.
     assert!(restored.len() >= 20_000);
-    let live = dump(&db);
+    let live = dump_tasks(&db);
     assert_eq!(
         &live[..restored.len()],
         &restored[..],
         "restored rows are a prefix of the live table"
     );
-    let c = Connection::open(&out).unwrap();
-    let ok: String = c
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(ok, "ok");
+    assert_eq!(integrity(&out), "ok");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,13 +127,8 @@ async fn second_backup_uploads_only_changed_pages() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.db");
     make_db(&db, 30_000);
-    let (keys, ids) = keypair();
-    let repo = Repository::open_or_init(Arc::new(MemoryStorage::default()), &keys)
-        .await
-        .unwrap();
-    let src = spec(&db, SourceKind::Sqlite);
-    let first = repo
-        .backup(&keys, &src, &BackupOptions::default())
+    let (keys, ids, _, repo) = memory_repo().await;
+    let first = back_up(&repo, &keys, &db, SourceKind::Sqlite)
         .await
         .unwrap();
     {
@@ -152,8 +138,7 @@ async fn second_backup_uploads_only_changed_pages() {
             .unwrap();
         c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
     }
-    let second = repo
-        .backup(&keys, &src, &BackupOptions::default())
+    let second = back_up(&repo, &keys, &db, SourceKind::Sqlite)
         .await
         .unwrap();
     let m2 = &second.manifest;
@@ -168,21 +153,16 @@ async fn second_backup_uploads_only_changed_pages() {
     assert_eq!(list.len(), 2);
     assert_eq!(list[0].id, m2.id, "newest first");
     let out = dir.path().join("r.db");
-    repo.restore(
-        &ids,
-        select(&list, Some("app"), &Selector::Latest).unwrap(),
-        &out,
-        &RestoreOptions::default(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(dump(&out), dump(&db));
+    let latest = select(&list, Some("app"), &Selector::Latest).unwrap();
+    restore(&repo, &ids, latest, &out).await;
+    assert_eq!(dump_tasks(&out), dump_tasks(&db));
     // The older snapshot still restores to the older state.
     let old = dir.path().join("old.db");
-    repo.restore(&ids, &list[1], &old, &RestoreOptions::default())
-        .await
-        .unwrap();
-    assert_eq!(dump(&old).iter().filter(|r| r.2 == "changed").count(), 0);
+    restore(&repo, &ids, &list[1], &old).await;
+    assert_eq!(
+        dump_tasks(&old).iter().filter(|r| r.2 == "changed").count(),
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,23 +178,13 @@ async fn files_tree_roundtrip() {
     .unwrap();
     std::fs::write(src.join("empty"), b"").unwrap();
     std::os::unix::fs::symlink("state.json", src.join("link")).unwrap();
-    let (keys, ids) = keypair();
-    let repo = Repository::open_or_init(Arc::new(MemoryStorage::default()), &keys)
-        .await
-        .unwrap();
-    let s = repo
-        .backup(
-            &keys,
-            &spec(&src, SourceKind::Files),
-            &BackupOptions::default(),
-        )
+    let (keys, ids, _, repo) = memory_repo().await;
+    let s = back_up(&repo, &keys, &src, SourceKind::Files)
         .await
         .unwrap();
     assert_eq!(s.manifest.files, 3);
     let out = dir.path().join("out");
-    repo.restore(&ids, &s.manifest, &out, &RestoreOptions::default())
-        .await
-        .unwrap();
+    restore(&repo, &ids, &s.manifest, &out).await;
     assert_eq!(
         std::fs::read(out.join("state.json")).unwrap(),
         br#"{"a":1}"#
@@ -235,15 +205,8 @@ async fn damaged_objects_and_wrong_keys_fail_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.db");
     make_db(&db, 5_000);
-    let (keys, ids) = keypair();
-    let mem = Arc::new(MemoryStorage::default());
-    let repo = Repository::open_or_init(mem.clone(), &keys).await.unwrap();
-    let s = repo
-        .backup(
-            &keys,
-            &spec(&db, SourceKind::Sqlite),
-            &BackupOptions::default(),
-        )
+    let (keys, ids, mem, repo) = memory_repo().await;
+    let s = back_up(&repo, &keys, &db, SourceKind::Sqlite)
         .await
         .unwrap();
     let out = dir.path().join("out.db");
@@ -255,26 +218,14 @@ async fn damaged_objects_and_wrong_keys_fail_cleanly() {
 
     // Wrong recipients for this repository.
     let (other_keys, _) = keypair();
-    let e = repo
-        .backup(
-            &other_keys,
-            &spec(&db, SourceKind::Sqlite),
-            &BackupOptions::default(),
-        )
+    let e = back_up(&repo, &other_keys, &db, SourceKind::Sqlite)
         .await
         .unwrap_err();
     assert!(matches!(e, Error::RecipientMismatch { .. }), "{e}");
 
     // A flipped byte in a pack.
-    let pack = mem
-        .keys()
-        .into_iter()
-        .find(|k| k.starts_with("packs/"))
-        .unwrap();
-    mem.tamper(&pack, |d| {
-        let n = d.len() / 2;
-        d[n] ^= 0x40
-    });
+    let pack = first_pack(&mem);
+    flip_middle_byte(&mem, &pack);
     let e = repo
         .restore(&ids, &s.manifest, &out, &RestoreOptions::default())
         .await
@@ -286,10 +237,7 @@ async fn damaged_objects_and_wrong_keys_fail_cleanly() {
         3,
         "no staging files left behind"
     );
-    mem.tamper(&pack, |d| {
-        let n = d.len() / 2;
-        d[n] ^= 0x40
-    });
+    flip_middle_byte(&mem, &pack);
 
     // A truncated manifest is skipped, and named.
     let snap = format!("snapshots/{}", s.manifest.id);
@@ -308,12 +256,7 @@ async fn damaged_objects_and_wrong_keys_fail_cleanly() {
     )
     .unwrap();
     let before = std::fs::read(&junk).unwrap();
-    let e = repo
-        .backup(
-            &keys,
-            &spec(&junk, SourceKind::Sqlite),
-            &BackupOptions::default(),
-        )
+    let e = back_up(&repo, &keys, &junk, SourceKind::Sqlite)
         .await
         .unwrap_err();
     assert!(matches!(e, Error::NotSqlite(_)), "{e}");
@@ -325,9 +268,7 @@ async fn interrupted_backup_leaves_no_snapshot_and_the_next_run_reuses_its_packs
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.db");
     make_db(&db, 30_000);
-    let (keys, ids) = keypair();
-    let mem: Arc<dyn Storage> = Arc::new(MemoryStorage::default());
-    Repository::open_or_init(mem.clone(), &keys).await.unwrap();
+    let (keys, ids, mem, _) = memory_repo().await;
     let mut faulty = testing::FaultyStorage::new(mem.clone());
     faulty.prefix = "packs/".into();
     faulty.abort_after = Some(3);
@@ -336,7 +277,7 @@ async fn interrupted_backup_leaves_no_snapshot_and_the_next_run_reuses_its_packs
         pack_size: 256 << 10,
         ..Default::default()
     };
-    let src = spec(&db, SourceKind::Sqlite);
+    let src = sqlite("app", &db);
     assert!(faulty_repo.backup(&keys, &src, &opts).await.is_err());
     let repo = Repository::open(mem.clone()).await.unwrap();
     assert!(
@@ -352,10 +293,8 @@ async fn interrupted_backup_leaves_no_snapshot_and_the_next_run_reuses_its_packs
         "the second run reused the first run's packs"
     );
     let out = dir.path().join("r.db");
-    repo.restore(&ids, &s.manifest, &out, &RestoreOptions::default())
-        .await
-        .unwrap();
-    assert_eq!(dump(&out), dump(&db));
+    restore(&repo, &ids, &s.manifest, &out).await;
+    assert_eq!(dump_tasks(&out), dump_tasks(&db));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -363,26 +302,17 @@ async fn transient_failures_are_retried() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.db");
     make_db(&db, 2_000);
-    let (keys, ids) = keypair();
-    let mem: Arc<dyn Storage> = Arc::new(MemoryStorage::default());
-    Repository::open_or_init(mem.clone(), &keys).await.unwrap();
+    let (keys, ids, mem, _) = memory_repo().await;
     let faulty = testing::FaultyStorage::new(mem.clone());
     faulty.fail_puts.store(3, Ordering::SeqCst);
     let repo = Repository::open(Arc::new(faulty))
         .await
         .unwrap()
         .with_retry(backup_core::storage::RetryPolicy::fast());
-    let s = repo
-        .backup(
-            &keys,
-            &spec(&db, SourceKind::Sqlite),
-            &BackupOptions::default(),
-        )
+    let s = back_up(&repo, &keys, &db, SourceKind::Sqlite)
         .await
         .unwrap();
     let out = dir.path().join("r.db");
-    repo.restore(&ids, &s.manifest, &out, &RestoreOptions::default())
-        .await
-        .unwrap();
-    assert_eq!(dump(&out), dump(&db));
+    restore(&repo, &ids, &s.manifest, &out).await;
+    assert_eq!(dump_tasks(&out), dump_tasks(&db));
 }
