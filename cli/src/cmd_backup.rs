@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, Result};
 use backup_core::backup::BackupOptions;
 use backup_core::error::chain_text;
 use backup_core::repo::Repository;
@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::errors::hint_in;
 use crate::hooks::ConfigHooks;
 use crate::notify::{self, Event, EventKind};
-use crate::output::snapshot_json;
+use crate::output::{snapshot_json, Done};
 use crate::output::{self, Bar};
 use crate::per_target::shared;
 use crate::resolve::{chosen_targets, keys, source_specs};
@@ -30,6 +30,23 @@ pub async fn backup(
     pin: bool,
     as_json: bool,
 ) -> Result<()> {
+    let done = backup_report(cfg, source, target, tags, pin, as_json).await?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&done.json)?);
+    }
+    done.result
+}
+
+/// Runs the backup and notifies; with `as_json` nothing is printed and the
+/// results are the outcome's report, else each is printed as it comes.
+pub(crate) async fn backup_report(
+    cfg: &Config,
+    source: Option<&str>,
+    target: Option<&str>,
+    tags: Vec<String>,
+    pin: bool,
+    as_json: bool,
+) -> Result<Done> {
     let keys = keys(cfg)?;
     let plan = plan(cfg, source, target, tags, pin, &keys).await?;
     notify::start(&cfg.notify, EventKind::Backup).await;
@@ -41,9 +58,6 @@ pub async fn backup(
     let hooks = Arc::new(ConfigHooks(cfg.sources.clone()));
     let report = run::run(plan, &keys, hooks, &observer).await;
     let state = observer.state.into_inner().expect("printer state");
-    if as_json {
-        println!("{}", serde_json::to_string_pretty(&state.results)?);
-    }
     notify::events(&cfg.notify, &state.events).await;
     let summary = format!(
         "{} of {} backups succeeded",
@@ -51,10 +65,10 @@ pub async fn backup(
         report.parts
     );
     notify::finish(&cfg.notify, EventKind::Backup, report.ok(), &summary).await;
-    if let Some(failed) = report.failure_summary() {
-        bail!("{failed}");
-    }
-    Ok(())
+    Ok(Done {
+        json: serde_json::Value::Array(state.results),
+        result: report.failure_summary().map_or(Ok(()), |f| Err(anyhow!(f))),
+    })
 }
 
 /// The configuration, resolved once: sources, opened targets, options.

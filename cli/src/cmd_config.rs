@@ -23,7 +23,13 @@ pub fn run(located: &Located, as_json: bool) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context(crate::usage::Usage::Config(located.path.clone()))?;
     resolve_paths(&cfg, &mut merged);
+    // `[[serve.tokens]]` (a name that reads as a secret) holds SHA-256
+    // hashes of the tokens, not tokens: shown as they are.
+    let tokens = merged.pointer_mut("/serve/tokens").map(Value::take);
     redact(&mut merged, false);
+    if let Some(tokens) = tokens {
+        merged["serve"]["tokens"] = tokens;
+    }
     let file = std::path::absolute(&located.path).unwrap_or_else(|_| located.path.clone());
     let environment = environment();
     if as_json {

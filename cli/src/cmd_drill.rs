@@ -14,14 +14,14 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use backup_core::drill::{DrillProgress, DrillReport};
 use backup_core::each::drill::{drill_all, failed_steps, DrillRun, PlannedDrill};
 use backup_core::each::{TargetEvent, TargetObserver};
 
 use crate::config::Config;
 use crate::notify::{self, EventKind};
-use crate::output::{Bar, Sample, STEP_AND_BYTES};
+use crate::output::{Bar, Done, Sample, STEP_AND_BYTES};
 use crate::per_target::open_targets;
 use crate::resolve::{chosen_targets, identities};
 
@@ -32,6 +32,22 @@ pub async fn run(
     identity: Option<&Path>,
     as_json: bool,
 ) -> Result<()> {
+    let done = drill_report(cfg, source, target, identity, as_json).await?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&done.json)?);
+    }
+    done.result
+}
+
+/// Runs the drills and notifies; with `as_json` nothing is printed and the
+/// report is the outcome's, else each drill is printed as it ends.
+pub(crate) async fn drill_report(
+    cfg: &Config,
+    source: Option<&str>,
+    target: Option<&str>,
+    identity: Option<&Path>,
+    as_json: bool,
+) -> Result<Done> {
     let sources = planned_drills(cfg, source)?;
     let chosen = chosen_targets(cfg, target)?;
     let ids = identities(cfg, identity).context("a drill restores data")?;
@@ -42,14 +58,12 @@ pub async fn run(
         bar: Mutex::default(),
     };
     let report = drill_all(targets, &ids, &sources, &printer).await;
-    if as_json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    }
+    let json = serde_json::to_value(&report)?;
     send_events(cfg, &report).await;
-    if let Some(failed) = report.failure_summary() {
-        bail!("{failed}");
-    }
-    Ok(())
+    Ok(Done {
+        json,
+        result: report.failure_summary().map_or(Ok(()), |f| Err(anyhow!(f))),
+    })
 }
 
 /// The sources to drill (`source`, or every one) with their settings.

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use backup_core::each::prune::{prune_all, unlock_all, UnlockReport};
 use backup_core::prune::{PruneOptions, PruneReport, Verdict};
 use chrono::Local;
@@ -14,7 +14,7 @@ use clap::Args;
 use serde_json::json;
 
 use crate::config::Config;
-use crate::output;
+use crate::output::{self, Done};
 use crate::per_target::{planned_targets, TargetPrinter};
 use crate::resolve::keys;
 
@@ -68,6 +68,20 @@ fn options(cfg: &Config, source: Option<&str>, dry_run: bool) -> Result<PruneOpt
 }
 
 pub async fn prune(cfg: &Config, config_path: &Path, args: &PruneArgs) -> Result<()> {
+    let done = prune_report(cfg, config_path, args).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&done.json)?);
+    }
+    done.result
+}
+
+/// Prunes; with `args.json` nothing is printed but warnings and the
+/// reports are the outcome's, else each target's is printed when done.
+pub(crate) async fn prune_report(
+    cfg: &Config,
+    config_path: &Path,
+    args: &PruneArgs,
+) -> Result<Done> {
     if let Some(s) = &args.source {
         cfg.source(s)?;
     }
@@ -94,11 +108,10 @@ pub async fn prune(cfg: &Config, config_path: &Path, args: &PruneArgs) -> Result
     let targets = planned_targets(cfg, args.target.as_deref()).await?;
     let printer = TargetPrinter::new(args.json, show_report, None);
     let run = prune_all(targets, &keys, &opts, &printer).await;
-    printer.finish()?;
-    if let Some(failed) = run.failure_summary() {
-        bail!("{failed}");
-    }
-    Ok(())
+    Ok(Done {
+        json: printer.results(),
+        result: run.failure_summary().map_or(Ok(()), |f| Err(anyhow!(f))),
+    })
 }
 
 /// One target's report: its JSON entry with `--json`, else printed; with a

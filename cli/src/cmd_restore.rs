@@ -28,13 +28,29 @@ use serde_json::json;
 use crate::config::{Config, SourceConfig};
 use crate::errors::hint_in;
 use crate::hooks::ConfigHooks;
-use crate::output::snapshot_json;
+use crate::output::{snapshot_json, Done};
 use crate::output::{self, Bar};
 use crate::per_target::{planned_targets, shared};
 use crate::resolve::{identities, keys, parse_time};
 use crate::{targets, usage, RestoreArgs};
 
 pub async fn restore(cfg: &Config, args: &RestoreArgs) -> Result<()> {
+    let done = restore_report(cfg, args).await?;
+    // One source's result is an object, `--all`'s an array of them.
+    let json = match done.json {
+        serde_json::Value::Array(mut one) if !args.all => one.pop(),
+        all => Some(all),
+    };
+    if let (true, Some(json)) = (args.json, json) {
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    }
+    done.result
+}
+
+/// Restores; with `args.json` nothing is printed but warnings and the
+/// outcome's report is the array of each source's result, else each is
+/// printed when done.
+pub(crate) async fn restore_report(cfg: &Config, args: &RestoreArgs) -> Result<Done> {
     let selector = selector(args)?;
     let sources = planned_sources(cfg, args)?;
     let ids = identities(cfg, args.identity.as_deref())?;
@@ -46,11 +62,11 @@ pub async fn restore(cfg: &Config, args: &RestoreArgs) -> Result<()> {
     };
     let hooks = Arc::new(ConfigHooks(cfg.sources.clone()));
     let report = restore_run::run(plan, &ids, hooks, &printer).await;
-    if args.all && args.json {
-        let results = printer.results.into_inner().expect("printer results");
-        println!("{}", serde_json::to_string_pretty(&results)?);
-    }
-    verdict(report, args.all)
+    let results = printer.results.into_inner().expect("printer results");
+    Ok(Done {
+        json: serde_json::Value::Array(results),
+        result: verdict(report, args.all),
+    })
 }
 
 /// The engine's verdict as this command's result: with `--all`, the
@@ -198,7 +214,7 @@ async fn plan(
     })
 }
 
-/// Prints each event as it comes; keeps the `--all --json` array.
+/// Prints each event as it comes; keeps the `--json` results.
 struct Printer<'a> {
     args: &'a RestoreArgs,
     results: Mutex<Vec<serde_json::Value>>,
@@ -262,7 +278,7 @@ impl Printer<'_> {
                     v["ok"] = json!(after_restore.is_none());
                     self.results.lock().expect("results").push(v);
                 } else if args.json {
-                    println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
+                    self.results.lock().expect("results").push(v);
                 } else {
                     for line in restored_lines(restored, args) {
                         println!("{line}");

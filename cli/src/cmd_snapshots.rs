@@ -11,6 +11,7 @@ use crate::per_target::planned_targets;
 use crate::resolve::metadata_key;
 use backup_core::across::{self, Listings, Pins};
 use backup_core::error::chain_text;
+use backup_core::repo::Manifest;
 
 pub async fn snapshots(
     cfg: &Config,
@@ -18,26 +19,10 @@ pub async fn snapshots(
     target: Option<&str>,
     as_json: bool,
 ) -> Result<()> {
-    if let Some(s) = source {
-        cfg.source(s)?;
-    }
-    let ids = metadata_key(cfg)?;
-    let targets = planned_targets(cfg, target).await?;
-    let found = across::list(&targets, &ids, Pins::Read).await?;
-    warn_passed_over(&found);
-    let listings = found.listings;
+    let listings = listings(cfg, source, target).await?;
     let list = across::grouped(&listings, source);
     if as_json {
-        let v: Vec<_> = list
-            .iter()
-            .map(|(held, m)| {
-                let mut v = snapshot_json(m, &held[0].target);
-                v["targets"] = json!(held.iter().map(|l| &l.target).collect::<Vec<_>>());
-                v["pinned"] = json!(held.iter().any(|l| l.pinned.contains(&m.id)));
-                v
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", serde_json::to_string_pretty(&list_json(&list))?);
         return Ok(());
     }
     if list.is_empty() {
@@ -86,6 +71,47 @@ pub async fn snapshots(
         );
     }
     Ok(())
+}
+
+/// The snapshots of `source` (or every source) on `target` (or every
+/// target) as `--json` lists them, newest first; a warning on stderr for
+/// each target that could not be read.
+pub(crate) async fn snapshots_json(
+    cfg: &Config,
+    source: Option<&str>,
+    target: Option<&str>,
+) -> Result<Vec<serde_json::Value>> {
+    let listings = listings(cfg, source, target).await?;
+    Ok(list_json(&across::grouped(&listings, source)))
+}
+
+/// What the chosen targets list, with a warning for each that could not be
+/// read.
+async fn listings(
+    cfg: &Config,
+    source: Option<&str>,
+    target: Option<&str>,
+) -> Result<Vec<across::Listing>> {
+    if let Some(s) = source {
+        cfg.source(s)?;
+    }
+    let ids = metadata_key(cfg)?;
+    let targets = planned_targets(cfg, target).await?;
+    let found = across::list(&targets, &ids, Pins::Read).await?;
+    warn_passed_over(&found);
+    Ok(found.listings)
+}
+
+/// Each snapshot once, with the targets that hold it and whether one pins it.
+fn list_json(list: &[(Vec<&across::Listing>, &Manifest)]) -> Vec<serde_json::Value> {
+    list.iter()
+        .map(|(held, m)| {
+            let mut v = snapshot_json(m, &held[0].target);
+            v["targets"] = json!(held.iter().map(|l| &l.target).collect::<Vec<_>>());
+            v["pinned"] = json!(held.iter().any(|l| l.pinned.contains(&m.id)));
+            v
+        })
+        .collect()
 }
 
 /// "local,s3": the targets holding a snapshot.

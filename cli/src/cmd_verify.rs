@@ -19,7 +19,7 @@ use clap::Args;
 use serde_json::json;
 
 use crate::config::Config;
-use crate::output::{Bar, Sample, STEP, STEP_AND_BYTES};
+use crate::output::{Bar, Done, Sample, STEP, STEP_AND_BYTES};
 use crate::per_target::{planned_targets, StartBar, TargetPrinter};
 use crate::resolve::{identities, keys};
 
@@ -51,6 +51,16 @@ pub struct VerifyArgs {
 }
 
 pub async fn verify(cfg: &Config, args: &VerifyArgs) -> Result<()> {
+    let done = verify_report(cfg, args).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&done.json)?);
+    }
+    done.result
+}
+
+/// Verifies; with `args.json` nothing is printed and the reports are the
+/// outcome's, else each target's is printed when done.
+pub(crate) async fn verify_report(cfg: &Config, args: &VerifyArgs) -> Result<Done> {
     if let Some(s) = &args.source {
         cfg.source(s)?;
     }
@@ -63,12 +73,15 @@ pub async fn verify(cfg: &Config, args: &VerifyArgs) -> Result<()> {
     let targets = planned_targets(cfg, args.target.as_deref()).await?;
     let printer = TargetPrinter::new(args.json, show_report, Some(start_bar(opts.data.is_some())));
     let run = verify_all(targets, &ids, &opts, &printer).await;
-    printer.finish()?;
-    match run.verdict() {
+    let result = match run.verdict() {
         Err(e @ VerifyFailure::Damaged(_)) => Err(anyhow!(e)).context("verify found damage"),
         Err(e) => Err(e.into()),
         Ok(()) => Ok(()),
-    }
+    };
+    Ok(Done {
+        json: printer.results(),
+        result,
+    })
 }
 
 /// The key that reads metadata, and what of the data to read with the

@@ -14,7 +14,9 @@ use serde::Deserialize;
 
 use crate::usage::{self, Usage};
 
-pub use crate::ops_config::{DrillSettings, NotifyConfig, ScheduleSettings, StatusSettings};
+pub use crate::ops_config::{
+    DrillSettings, NotifyConfig, ScheduleSettings, ServeSettings, StatusSettings,
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,6 +39,9 @@ pub struct Config {
     pub notify: Vec<NotifyConfig>,
     #[serde(default)]
     pub schedule: ScheduleSettings,
+    /// `offsite serve`'s API; the daemon serves it too when it is set.
+    #[serde(default)]
+    pub serve: Option<ServeSettings>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,6 +1,6 @@
 //! The operations part of the configuration: `[status]` thresholds, `[drill]`
-//! settings (both with per-source overrides), `[[notify]]` endpoints and the
-//! `[schedule]` of `offsite daemon`. Kept apart from config.rs so the core
+//! settings (both with per-source overrides), `[[notify]]` endpoints, the
+//! `[schedule]` of `offsite daemon` and the `[serve]` API of `offsite serve`. Kept apart from config.rs so the core
 //! settings stay short; validated at load like everything else, so a typo in
 //! a threshold or a cron expression is reported before anything runs.
 
@@ -155,6 +155,99 @@ impl ScheduleSettings {
     }
 }
 
+/// `[serve]`: where `offsite serve` listens and the bearer tokens it
+/// accepts, each stored as the SHA-256 of the token, never the token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeSettings {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default)]
+    pub tokens: Vec<ServeToken>,
+}
+
+impl Default for ServeSettings {
+    fn default() -> Self {
+        ServeSettings {
+            listen: default_listen(),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+/// Loopback only unless another address is configured.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8780";
+
+fn default_listen() -> String {
+    DEFAULT_LISTEN.to_string()
+}
+
+/// One `[[serve.tokens]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeToken {
+    pub name: String,
+    pub scopes: Vec<Scope>,
+    /// Hex SHA-256 of the token (`offsite serve hash-token`).
+    pub sha256: String,
+}
+
+/// What a token may do: `read` the GET endpoints, `operate` start jobs,
+/// `restore` replace data in place (no endpoint uses it yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Read,
+    Operate,
+    Restore,
+}
+
+impl Scope {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Operate => "operate",
+            Scope::Restore => "restore",
+        }
+    }
+}
+
+impl ServeSettings {
+    /// The listen address, checked at load.
+    pub fn address(&self) -> Result<std::net::SocketAddr> {
+        self.listen.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "serve.listen = {:?} is not an address with a port, like \"{DEFAULT_LISTEN}\"",
+                self.listen
+            )
+        })
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.address()?;
+        let mut names = std::collections::HashSet::new();
+        for (i, t) in self.tokens.iter().enumerate() {
+            if t.name.trim().is_empty() {
+                bail!("serve.tokens[{i}].name is empty");
+            }
+            if !names.insert(&t.name) {
+                bail!("serve.tokens: name {:?} is used twice", t.name);
+            }
+            if t.scopes.is_empty() {
+                bail!("serve.tokens {:?}: scopes is empty; give read, operate and/or restore", t.name);
+            }
+            if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!(
+                    "serve.tokens {:?}: sha256 must be 64 hex digits, the SHA-256 of the token \
+                     (`offsite serve hash-token` makes a token and prints it)",
+                    t.name
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The events `[[notify]] events` may name.
 pub const NOTIFY_EVENTS: [&str; 5] = ["backup", "prune", "verify", "drill", "status"];
 const OUTCOMES: [&str; 2] = ["success", "failure"];
@@ -225,6 +318,9 @@ impl Config {
                     bail!("notify[{i}].on: unknown outcome {o:?} (use \"success\" and/or \"failure\")");
                 }
             }
+        }
+        if let Some(serve) = &self.serve {
+            serve.validate()?;
         }
         for (job, expr) in self.schedule.entries() {
             let cron = parse_cron(&format!("schedule.{job}"), expr)?;

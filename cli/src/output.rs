@@ -198,6 +198,13 @@ pub fn stdout_error() -> Option<std::io::Error> {
         .take()
 }
 
+/// What a command produced: its `--json` report and its verdict. The
+/// command prints the report; `offsite serve` returns it as a job's result.
+pub(crate) struct Done {
+    pub json: serde_json::Value,
+    pub result: anyhow::Result<()>,
+}
+
 pub(crate) fn snapshot_json(m: &Manifest, target: &str) -> serde_json::Value {
     json!({
         "id": m.id,

@@ -79,8 +79,8 @@ pub(crate) type Show<R> = fn(&str, &R, bool) -> Option<serde_json::Value>;
 pub(crate) type StartBar<P> = Box<dyn Fn(&str, Arc<P>, bool) -> Bar + Send + Sync>;
 
 /// Prints each target's report (or failure) as soon as it is done, with a
-/// progress line while it runs, and keeps the JSON entries for `--json`,
-/// printed as one array by [`TargetPrinter::finish`].
+/// progress line while it runs, and keeps the JSON entries for `--json`
+/// ([`TargetPrinter::results`]), which the command prints as one array.
 pub(crate) struct TargetPrinter<R, P = ()> {
     as_json: bool,
     show: Show<R>,
@@ -100,13 +100,9 @@ impl<R, P> TargetPrinter<R, P> {
         }
     }
 
-    /// With `--json`, prints the entries of every target as one array.
-    pub(crate) fn finish(self) -> Result<()> {
-        if self.as_json {
-            let results = self.results.into_inner().expect("printer state");
-            println!("{}", serde_json::to_string_pretty(&results)?);
-        }
-        Ok(())
+    /// The JSON entries of every target (empty unless `--json`).
+    pub(crate) fn results(&self) -> serde_json::Value {
+        serde_json::Value::Array(self.results.lock().expect("printer state").clone())
     }
 }
 
