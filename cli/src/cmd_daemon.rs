@@ -31,20 +31,20 @@ struct Job {
 }
 
 /// SIGTERM (systemd, docker stop, kill) and SIGINT (Ctrl-C).
-struct Signals {
+pub(crate) struct Signals {
     term: Signal,
     int: Signal,
 }
 
 impl Signals {
-    fn install() -> Result<Signals> {
+    pub(crate) fn install() -> Result<Signals> {
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
         })
     }
 
-    async fn recv(&mut self) -> &'static str {
+    pub(crate) async fn recv(&mut self) -> &'static str {
         tokio::select! {
             _ = self.term.recv() => "SIGTERM",
             _ = self.int.recv() => "SIGINT",

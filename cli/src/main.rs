@@ -42,6 +42,7 @@ mod ops_config;
 mod output;
 mod per_target;
 mod resolve;
+mod serve;
 mod targets;
 mod usage;
 
@@ -152,6 +153,11 @@ enum Command {
     },
     /// Run the [schedule] jobs at their cron times until SIGTERM or SIGINT.
     Daemon,
+    /// Serve the JSON API (docs/api.md) on [serve] listen until SIGTERM or SIGINT.
+    Serve {
+        #[command(subcommand)]
+        command: Option<ServeCommand>,
+    },
     /// Salvage a damaged SQLite database into a new file; the original is never changed.
     Repair {
         /// The damaged database.
@@ -199,6 +205,9 @@ impl Command {
                 | Command::Demo { .. }
                 | Command::Completions { .. }
                 | Command::Man { .. }
+                | Command::Serve {
+                    command: Some(ServeCommand::HashToken)
+                }
         )
     }
 
@@ -210,7 +219,10 @@ impl Command {
             | Command::Snapshots { .. }
             | Command::Config { .. }
             | Command::Completions { .. }
-            | Command::Man { .. } => true,
+            | Command::Man { .. }
+            | Command::Serve {
+                command: Some(ServeCommand::HashToken),
+            } => true,
             Command::Backup { json, .. }
             | Command::Drill { json, .. }
             | Command::Status { json, .. }
@@ -222,9 +234,15 @@ impl Command {
             Command::Prune(a) => a.json,
             Command::Verify(a) => a.json,
             Command::Pin(_) | Command::Unpin(_) | Command::Unlock(_) => false,
-            Command::Daemon | Command::Demo { .. } => false,
+            Command::Daemon | Command::Demo { .. } | Command::Serve { command: None } => false,
         }
     }
+}
+
+#[derive(Subcommand)]
+enum ServeCommand {
+    /// Print a new random token, then the `sha256 = "..."` line of a [[serve.tokens]] entry for it.
+    HashToken,
 }
 
 #[derive(Subcommand)]
@@ -367,7 +385,10 @@ fn main() -> ExitCode {
 /// Logging and `--quiet`, before anything can print.
 fn init(cli: &Cli) {
     // A daemon's log is its only output: say what runs when, by default.
-    let daemon = matches!(cli.command, Command::Daemon);
+    let daemon = matches!(
+        cli.command,
+        Command::Daemon | Command::Serve { command: None }
+    );
     init_logging(cli.verbose.max(u8::from(daemon)));
     if cli.quiet {
         output::set_quiet(cli.command.stdout_is_product());
@@ -385,6 +406,9 @@ async fn dispatch(command: Command, located: Option<config::Located>) -> anyhow:
         return cmd_config::run(&located, json);
     }
     let cfg = config::load(&located.path)?;
+    if let Command::Serve { command: None } = command {
+        return serve::run(cfg, located.path).await;
+    }
     with_config(command, &cfg, &located.path).await
 }
 
@@ -396,6 +420,9 @@ async fn without_config(command: Command) -> anyhow::Result<()> {
         Command::Demo { dir } => demo::run(&dir).await,
         Command::Completions { shell } => cmd_docs::completions(shell),
         Command::Man { dir } => cmd_docs::man(dir.as_deref()),
+        Command::Serve {
+            command: Some(ServeCommand::HashToken),
+        } => serve::hash_token(),
         _ => unreachable!("needs_config: this command reads the config file"),
     }
 }

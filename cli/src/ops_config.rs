@@ -234,7 +234,10 @@ impl ServeSettings {
                 bail!("serve.tokens: name {:?} is used twice", t.name);
             }
             if t.scopes.is_empty() {
-                bail!("serve.tokens {:?}: scopes is empty; give read, operate and/or restore", t.name);
+                bail!(
+                    "serve.tokens {:?}: scopes is empty; give read, operate and/or restore",
+                    t.name
+                );
             }
             if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 bail!(

@@ -23,6 +23,7 @@ mod restore_in_place;
 mod restore_in_use;
 mod restore_interrupted;
 mod restore_paths;
+mod serve;
 mod stock_tools;
 mod support;
 mod targets;

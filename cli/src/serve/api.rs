@@ -1,0 +1,179 @@
+//! The endpoints of `offsite serve` behind the token check: what the CLI's
+//! `--json` outputs show, as JSON over HTTP, and the jobs. Every answer,
+//! errors included, is JSON (`/metrics` is Prometheus text).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::jobs::{self, JobRequest, Jobs};
+use super::{off_thread, ApiError, AppState};
+use crate::{cmd_snapshots, cmd_status, output, resolve};
+
+type Answer = Result<Response, ApiError>;
+
+pub async fn sources(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let list: Vec<Value> = state
+        .cfg
+        .sources
+        .iter()
+        .map(|s| json!({"name": s.name, "kind": s.kind, "path": s.path}))
+        .collect();
+    Json(Value::Array(list))
+}
+
+/// Names and kinds only: a target's other settings may hold credentials.
+pub async fn targets(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let list: Vec<Value> = state
+        .cfg
+        .targets
+        .iter()
+        .map(|t| json!({"name": t.name, "kind": t.kind}))
+        .collect();
+    Json(Value::Array(list))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotFilter {
+    source: Option<String>,
+    target: Option<String>,
+    /// Taken at or after (RFC 3339, or "YYYY-MM-DD[ HH:MM[:SS]]" local time).
+    since: Option<String>,
+    /// Taken at or before.
+    until: Option<String>,
+}
+
+/// `offsite snapshots --json`, filtered by source, target and time.
+pub async fn snapshots(
+    State(state): State<Arc<AppState>>,
+    filter: Result<Query<SnapshotFilter>, QueryRejection>,
+) -> Answer {
+    let Query(f) = filter.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let time = |name: &str, v: &Option<String>| -> Result<Option<DateTime<Utc>>, ApiError> {
+        v.as_deref()
+            .map(|t| {
+                resolve::parse_time(t)
+                    .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{name}: {e:#}")))
+            })
+            .transpose()
+    };
+    let (since, until) = (time("since", &f.since)?, time("until", &f.until)?);
+    let (source, target) = (f.source, f.target);
+    let list = off_thread(&state, move |st| async move {
+        cmd_snapshots::snapshots_json(&st.cfg, source.as_deref(), target.as_deref()).await
+    })
+    .await??;
+    let list: Vec<Value> = list
+        .into_iter()
+        .filter(|s| {
+            let t: Option<DateTime<Utc>> = serde_json::from_value(s["time"].clone()).ok();
+            t.is_some_and(|t| since.is_none_or(|s| t >= s) && until.is_none_or(|u| t <= u))
+        })
+        .collect();
+    Ok(Json(list).into_response())
+}
+
+/// `offsite status --json`, with the summary a health check reads first.
+pub async fn status(State(state): State<Arc<AppState>>) -> Answer {
+    let report = checked(&state).await?;
+    let mut v = serde_json::to_value(&report).map_err(anyhow::Error::from)?;
+    for (k, s) in summary(&report) {
+        v[k] = s;
+    }
+    Ok(Json(v).into_response())
+}
+
+/// `offsite status`'s report.
+async fn checked(state: &Arc<AppState>) -> Result<cmd_status::Report, ApiError> {
+    Ok(off_thread(state, |st| async move { cmd_status::check(&st.cfg).await }).await??)
+}
+
+/// Totals over every source and target: snapshots (counted on each target
+/// that holds one), stored and logical bytes, the newest snapshot.
+fn summary(r: &cmd_status::Report) -> Vec<(&'static str, Value)> {
+    let total_backups: u64 = r.sources.iter().map(|s| s.status.snapshots).sum();
+    let stored: u64 = r.targets.iter().filter_map(|t| t.repository_bytes).sum();
+    let logical: u64 = r.sources.iter().map(|s| s.status.logical_bytes).sum();
+    let newest = r.sources.iter().filter_map(|s| s.status.newest.as_ref());
+    let last = newest.clone().map(|n| n.time).max();
+    let age = newest.map(|n| n.age_seconds).min();
+    vec![
+        ("totalBackups", json!(total_backups)),
+        ("totalSize", json!(stored)),
+        ("formattedTotalSize", json!(output::bytes(stored))),
+        ("logicalSize", json!(logical)),
+        ("formattedLogicalSize", json!(output::bytes(logical))),
+        ("lastBackupTime", json!(last)),
+        ("newestAgeSeconds", json!(age)),
+        ("isHealthy", json!(r.ok)),
+    ]
+}
+
+/// The Prometheus text `offsite status --prometheus` writes.
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Answer {
+    let report = checked(&state).await?;
+    let text = cmd_status::prometheus_text(&report);
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+pub async fn list_jobs(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(state.jobs.list().iter().map(jobs::to_json).collect())
+}
+
+pub async fn job(
+    State(state): State<Arc<AppState>>,
+    id: Result<Path<String>, PathRejection>,
+) -> Answer {
+    let Path(id) = id.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    if !jobs::valid_id(&id) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{id:?} is not a job id (letters, digits and '-')"),
+        ));
+    }
+    let job = state
+        .jobs
+        .get(&id)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job {id:?}")))?;
+    Ok(Json(jobs::to_json(&job)).into_response())
+}
+
+/// `POST /api/v1/jobs`: 202 and the new job's id, or 200 and the id of
+/// the job of that kind already running on that source.
+pub async fn start_job(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let mut request: JobRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not a job request ({e}); send e.g. {{\"kind\": \"backup\"}}"),
+        )
+    })?;
+    jobs::check(&state.cfg, &mut request).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))?;
+    let (id, new) = Jobs::start(&state, request);
+    let status = if new {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    let body = json!({"id": id, "state": "running", "already_running": !new});
+    Ok((status, Json(body)).into_response())
+}

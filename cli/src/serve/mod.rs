@@ -1,0 +1,201 @@
+//! `offsite serve`: the JSON API over HTTP (docs/api.md), in the
+//! foreground until SIGTERM or SIGINT. The binary's config is resolved
+//! once; every endpoint calls the same functions as the CLI commands, so
+//! what the API reports is what `offsite ... --json` prints.
+//!
+//! Shutdown is the daemon's: a signal stops taking requests and lets the
+//! running jobs finish; a second one abandons them (nothing half done is
+//! visible: a snapshot exists only once its manifest is written).
+//!
+//! Never: answer anything but `/healthz` without a valid token (auth.rs);
+//! listen beyond loopback unless `[serve] listen` says so.
+
+mod api;
+mod auth;
+mod jobs;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde_json::json;
+use std::future::IntoFuture;
+
+use crate::cmd_daemon::Signals;
+use crate::config::{Config, ServeSettings};
+
+/// Request bodies larger than this get 413: a job request is a few dozen bytes.
+const BODY_LIMIT: usize = 16 * 1024;
+
+/// What every handler shares.
+pub struct AppState {
+    pub cfg: Config,
+    pub config_path: PathBuf,
+    auth: auth::Auth,
+    jobs: jobs::Jobs,
+}
+
+/// An error answer: a status and `{"error": message}`.
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    /// A usage mistake (an unknown source, a bad time) is the client's: 400.
+    fn from(e: anyhow::Error) -> ApiError {
+        let status = if crate::usage::is_usage(&e) {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
+        ApiError::new(status, format!("{e:#}"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(json!({"error": self.message}))).into_response()
+    }
+}
+
+/// `offsite serve`: serves until a signal, then lets the jobs finish.
+pub async fn run(cfg: Config, config_path: PathBuf) -> Result<()> {
+    let mut signals = Signals::install()?;
+    let listener = bind(&cfg).await?;
+    let (mut server, stop, state) = serve(listener, cfg, config_path);
+    let sig = tokio::select! {
+        r = &mut server => return r.context("the HTTP server failed"),
+        sig = signals.recv() => sig,
+    };
+    tracing::info!("{sig} received: taking no more requests; finishing the running jobs (signal again to abandon them)");
+    let _ = stop.send(());
+    let drain = async {
+        let _ = server.await;
+        state.jobs.idle().await;
+    };
+    tokio::select! {
+        () = drain => tracing::info!("exiting"),
+        sig = signals.recv() => tracing::warn!("{sig} received again: abandoning the running jobs; nothing they wrote is visible"),
+    }
+    Ok(())
+}
+
+/// The listener on `[serve] listen` (127.0.0.1:8780 unless set).
+async fn bind(cfg: &Config) -> Result<tokio::net::TcpListener> {
+    let settings = cfg.serve.clone().unwrap_or_default();
+    if settings.tokens.is_empty() {
+        return Err(crate::usage::mistake(
+            "no [[serve.tokens]] in the config: every request but /healthz would be refused; \
+             run `offsite serve hash-token` and add its sha256 line to a [[serve.tokens]] entry \
+             with name and scopes",
+        ));
+    }
+    let addr = settings.address()?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (serve.listen)"))?;
+    tracing::info!(address = %listener.local_addr()?, "serving the API");
+    Ok(listener)
+}
+
+type ServerFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>;
+
+/// The server running on `listener`, the sender that starts its graceful
+/// shutdown, and the shared state (for the jobs still running).
+fn serve(
+    listener: tokio::net::TcpListener,
+    cfg: Config,
+    config_path: PathBuf,
+) -> (
+    ServerFuture,
+    tokio::sync::oneshot::Sender<()>,
+    Arc<AppState>,
+) {
+    let settings: ServeSettings = cfg.serve.clone().unwrap_or_default();
+    let state = Arc::new(AppState {
+        auth: auth::Auth::new(&settings.tokens).expect("sha256 checked at load"),
+        jobs: jobs::Jobs::default(),
+        cfg,
+        config_path,
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let app = router(Arc::clone(&state)).into_make_service_with_connect_info::<SocketAddr>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async {
+        let _ = stopped.await;
+    });
+    (Box::pin(server.into_future()), stop, state)
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    let protected = Router::new()
+        .route("/api/v1/sources", get(api::sources))
+        .route("/api/v1/targets", get(api::targets))
+        .route("/api/v1/snapshots", get(api::snapshots))
+        .route("/api/v1/status", get(api::status))
+        .route("/api/v1/jobs", get(api::list_jobs).post(api::start_job))
+        .route("/api/v1/jobs/{id}", get(api::job))
+        .route("/metrics", get(api::metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            auth::require_token,
+        ));
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(json!({"ok": true})) }),
+        )
+        .merge(protected)
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "no such endpoint (see docs/api.md)")
+        })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+/// Runs the future `f` makes on a blocking thread of the runtime: the
+/// engine's futures (the CLI commands') are not all `Send`, so they cannot
+/// be spawned, and a handler must not run them on the server's threads.
+/// A panic in it is an error, not the end of the server.
+async fn off_thread<T, F, Fut>(state: &Arc<AppState>, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(Arc<AppState>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+{
+    let (handle, state) = (tokio::runtime::Handle::current(), Arc::clone(state));
+    tokio::task::spawn_blocking(move || handle.block_on(f(state)))
+        .await
+        .map_err(|e| match e.is_panic() {
+            true => anyhow::anyhow!("the task panicked"),
+            false => anyhow::anyhow!("the task was cancelled"),
+        })
+}
+
+/// `offsite serve hash-token`: a new random token and the line of its hash.
+pub fn hash_token() -> Result<()> {
+    let token = hex::encode(rand::random::<[u8; 32]>());
+    println!("{token}");
+    println!("sha256 = \"{}\"", hex::encode(auth::digest(&token)));
+    eprintln!(
+        "the first line is the token (give it to the client: it is not stored anywhere); \
+         put the second in a [[serve.tokens]] entry with a name and scopes"
+    );
+    Ok(())
+}
