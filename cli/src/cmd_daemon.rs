@@ -1,6 +1,6 @@
 //! `offsite daemon`: runs the `[schedule]` jobs (backup, prune, verify,
 //! drill, status) at their cron times, one at a time, until SIGTERM or
-//! SIGINT. A failing job is logged (and notified by the job itself) and the
+//! SIGINT; with a `[serve]` section it also serves the API (serve/). A failing job is logged (and notified by the job itself) and the
 //! daemon carries on; a job whose time passed while another ran starts right
 //! after it, once, however many of its times were missed.
 //!
@@ -98,7 +98,39 @@ fn next_after(cron: &Cron, after: &DateTime<Local>, name: &str) -> Result<DateTi
         .map_err(|e| anyhow::anyhow!("schedule.{name}: no next run time ({e})"))
 }
 
+/// `offsite daemon`: the schedule, and with `[serve]` the API as well
+/// (each stops on the signal as it would alone; the daemon exits once both
+/// have). An API that cannot start stops the daemon before any job runs.
 pub async fn run(cfg: &Config, config_path: &Path) -> Result<()> {
+    if cfg.serve.is_none() {
+        return schedule(cfg, config_path).await;
+    }
+    let owned = crate::config::load(config_path)?;
+    let mut server = tokio::spawn(crate::serve::run(owned, config_path.to_path_buf()));
+    let joined = |r: Result<Result<()>, tokio::task::JoinError>| {
+        r.map_err(|e| anyhow::anyhow!("the API server task failed: {e}"))
+            .and_then(|r| r)
+            .map_err(|e| e.context("offsite daemon: [serve]"))
+    };
+    let jobs = schedule(cfg, config_path);
+    tokio::pin!(jobs);
+    tokio::select! {
+        r = &mut jobs => {
+            if r.is_err() {
+                server.abort();
+                return r;
+            }
+            joined(server.await)
+        }
+        s = &mut server => {
+            joined(s)?;
+            jobs.await
+        }
+    }
+}
+
+/// Runs the `[schedule]` jobs until a signal.
+async fn schedule(cfg: &Config, config_path: &Path) -> Result<()> {
     let now = Local::now();
     let mut jobs = Vec::new();
     for (name, expr) in cfg.schedule.entries() {

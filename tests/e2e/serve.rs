@@ -57,8 +57,13 @@ impl Reply {
 }
 
 impl Server {
-    /// Appends `[serve]` to `env`'s config and starts the server.
+    /// Appends `[serve]` to `env`'s config and starts `offsite serve`.
     fn start(env: &Env) -> Server {
+        Server::start_with(env, "serve")
+    }
+
+    /// Appends `[serve]` to `env`'s config and starts `offsite COMMAND`.
+    fn start_with(env: &Env, command: &str) -> Server {
         let (read, read_hash) = new_token();
         let (ops, ops_hash) = new_token();
         let port = free_port();
@@ -74,7 +79,7 @@ impl Server {
         let child = Command::new(bin())
             .arg("--config")
             .arg(&config)
-            .arg("serve")
+            .arg(command)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .stdin(Stdio::null())
@@ -369,6 +374,63 @@ fn serve_runs_backup_and_restore_test_jobs_one_per_kind_and_source() {
     let text = log(&env);
     assert!(text.contains("SIGTERM received"), "{text}");
     assert_eq!(snapshots(&env).len(), 3, "log:\n{text}");
+}
+
+#[test]
+fn serve_runs_prune_verify_and_drill_jobs_with_the_cli_s_reports() {
+    let env = Env::with_sources(|_| String::new());
+    env.make_db(&env.db(), 100);
+    let config = env.dir.path().join("offsite.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\n[retention]\nkeep_last = 1\n")).unwrap();
+    env.ok(&["backup"]);
+    env.ok(&["backup"]);
+    let server = Server::start(&env);
+    let ops = Some(server.ops.as_str());
+    let run = |body: &str| {
+        let r = server.post("/api/v1/jobs", ops, body);
+        assert_eq!(r.status, 202, "{body}: {}", r.text);
+        server.finished_job(r.json()["id"].as_str().unwrap(), &env)
+    };
+
+    let job = run(r#"{"kind": "prune", "dry_run": true}"#);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["dry_run"], true);
+    assert_eq!(job["result"][0]["dry_run"], true, "{job}");
+    assert_eq!(job["result"][0]["removed"], 1, "{job}");
+    assert_eq!(snapshots(&env).len(), 2);
+    let job = run(r#"{"kind": "prune", "source": "app"}"#);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["result"][0]["removed"], 1, "{job}");
+    assert_eq!(snapshots(&env).len(), 1);
+
+    let job = run(r#"{"kind": "verify"}"#);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["result"][0]["ok"], true, "{job}");
+    assert_eq!(job["result"][0]["snapshots"].as_array().unwrap().len(), 1);
+
+    let job = run(r#"{"kind": "drill", "source": "app"}"#);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["result"]["passed"], true, "{job}");
+    assert_eq!(job["result"]["drills"][0]["target"], "local", "{job}");
+    assert_eq!(server.stop(&env), 0, "log:\n{}", log(&env));
+}
+
+#[test]
+fn daemon_with_a_serve_section_serves_the_api_and_stops_on_sigterm() {
+    let env = Env::with_sources(|_| "[schedule]\nstatus = \"0 3 * * *\"\n".into());
+    env.make_db(&env.db(), 10);
+    env.ok(&["backup"]);
+    let server = Server::start_with(&env, "daemon");
+    let status = server.get("/api/v1/status", Some(&server.read)).json();
+    assert_eq!(status["totalBackups"], 1, "{status}");
+    assert_eq!(server.get("/api/v1/status", None).status, 401);
+    assert_eq!(server.stop(&env), 0, "log:\n{}", log(&env));
+    let text = log(&env);
+    assert!(
+        text.contains("scheduled") && text.contains("serving the API"),
+        "{text}"
+    );
 }
 
 #[test]
