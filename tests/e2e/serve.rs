@@ -280,6 +280,21 @@ fn serve_answers_reads_with_the_cli_s_data_and_checks_tokens_and_scopes() {
         "{}",
         r.text
     );
+    // 200 status requests at once all get their answer.
+    let all = server.rt.block_on(async {
+        let requests = (0..200).map(|_| {
+            server
+                .client
+                .get(format!("{}/api/v1/status", server.base))
+                .bearer_auth(&server.read)
+                .timeout(Duration::from_secs(120))
+                .send()
+        });
+        futures::future::join_all(requests).await
+    });
+    for r in all {
+        assert_eq!(r.unwrap().status(), 200);
+    }
     // The operate token reads too (it has both scopes).
     assert_eq!(server.get("/api/v1/status", ops).status, 200);
     assert_eq!(server.get("/healthz", None).json()["ok"], true);

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::jobs::{self, JobRequest, Jobs};
-use super::{off_thread, ApiError, AppState};
+use super::{read_off_thread, ApiError, AppState};
 use crate::{cmd_snapshots, cmd_status, output, resolve};
 
 type Answer = Result<Response, ApiError>;
@@ -68,7 +68,7 @@ pub async fn snapshots(
     };
     let (since, until) = (time("since", &f.since)?, time("until", &f.until)?);
     let (source, target) = (f.source, f.target);
-    let list = off_thread(&state, move |st| async move {
+    let list = read_off_thread(&state, move |st| async move {
         cmd_snapshots::snapshots_json(&st.cfg, source.as_deref(), target.as_deref()).await
     })
     .await??;
@@ -94,7 +94,7 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Answer {
 
 /// `offsite status`'s report.
 async fn checked(state: &Arc<AppState>) -> Result<cmd_status::Report, ApiError> {
-    Ok(off_thread(state, |st| async move { cmd_status::check(&st.cfg).await }).await??)
+    Ok(read_off_thread(state, |st| async move { cmd_status::check(&st.cfg).await }).await??)
 }
 
 /// Totals over every source and target: snapshots (counted on each target

@@ -33,12 +33,17 @@ use crate::config::{Config, ServeSettings};
 /// Request bodies larger than this get 413: a job request is a few dozen bytes.
 const BODY_LIMIT: usize = 16 * 1024;
 
+/// Repository reads (status, snapshots, metrics) at once; more requests
+/// wait their turn, so a burst of them cannot crowd out a running backup.
+const CONCURRENT_READS: usize = 4;
+
 /// What every handler shares.
 pub struct AppState {
     pub cfg: Config,
     pub config_path: PathBuf,
     auth: auth::Auth,
     jobs: jobs::Jobs,
+    reads: tokio::sync::Semaphore,
 }
 
 /// An error answer: a status and `{"error": message}`.
@@ -132,6 +137,7 @@ fn serve(
     let state = Arc::new(AppState {
         auth: auth::Auth::new(&settings.tokens).expect("sha256 checked at load"),
         jobs: jobs::Jobs::default(),
+        reads: tokio::sync::Semaphore::new(CONCURRENT_READS),
         cfg,
         config_path,
     });
@@ -186,6 +192,18 @@ where
             true => anyhow::anyhow!("the task panicked"),
             false => anyhow::anyhow!("the task was cancelled"),
         })
+}
+
+/// [`off_thread`] for a request that reads the repositories: at most
+/// [`CONCURRENT_READS`] at once.
+async fn read_off_thread<T, F, Fut>(state: &Arc<AppState>, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(Arc<AppState>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+{
+    let _permit = state.reads.acquire().await?;
+    off_thread(state, f).await
 }
 
 /// `offsite serve hash-token`: a new random token and the line of its hash.
