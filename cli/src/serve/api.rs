@@ -85,16 +85,20 @@ pub async fn snapshots(
 /// `offsite status --json`, with the summary a health check reads first.
 pub async fn status(State(state): State<Arc<AppState>>) -> Answer {
     let report = checked(&state).await?;
-    let mut v = serde_json::to_value(&report).map_err(anyhow::Error::from)?;
+    let mut v = serde_json::to_value(&*report).map_err(anyhow::Error::from)?;
     for (k, s) in summary(&report) {
         v[k] = s;
     }
     Ok(Json(v).into_response())
 }
 
-/// `offsite status`'s report.
-async fn checked(state: &Arc<AppState>) -> Result<cmd_status::Report, ApiError> {
-    Ok(read_off_thread(state, |st| async move { cmd_status::check(&st.cfg).await }).await??)
+/// `offsite status`'s report, read at most once per [`super::STATUS_MAX_AGE`]
+/// however many requests ask for it.
+async fn checked(state: &Arc<AppState>) -> Result<Arc<cmd_status::Report>, ApiError> {
+    let read = || async {
+        Ok(read_off_thread(state, |st| async move { cmd_status::check(&st.cfg).await }).await??)
+    };
+    state.status.get(read).await
 }
 
 /// Totals over every source and target: snapshots (counted on each target

@@ -12,11 +12,13 @@
 
 mod api;
 mod auth;
+mod fresh;
 mod jobs;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axum::extract::DefaultBodyLimit;
@@ -37,6 +39,10 @@ const BODY_LIMIT: usize = 16 * 1024;
 /// wait their turn, so a burst of them cannot crowd out a running backup.
 const CONCURRENT_READS: usize = 4;
 
+/// How old a status (and `/metrics`) answer may be: requests within it
+/// share one read of the repositories.
+const STATUS_MAX_AGE: Duration = Duration::from_secs(2);
+
 /// What every handler shares.
 pub struct AppState {
     pub cfg: Config,
@@ -44,9 +50,11 @@ pub struct AppState {
     auth: auth::Auth,
     jobs: jobs::Jobs,
     reads: tokio::sync::Semaphore,
+    status: fresh::Fresh<crate::cmd_status::Report>,
 }
 
 /// An error answer: a status and `{"error": message}`.
+#[derive(Clone)]
 pub struct ApiError {
     status: StatusCode,
     message: String,
@@ -138,6 +146,7 @@ fn serve(
         auth: auth::Auth::new(&settings.tokens).expect("sha256 checked at load"),
         jobs: jobs::Jobs::default(),
         reads: tokio::sync::Semaphore::new(CONCURRENT_READS),
+        status: fresh::Fresh::new(STATUS_MAX_AGE),
         cfg,
         config_path,
     });
