@@ -31,7 +31,7 @@ pub fn run(located: &Located, as_json: bool) -> Result<()> {
         merged["serve"]["tokens"] = tokens;
     }
     let file = std::path::absolute(&located.path).unwrap_or_else(|_| located.path.clone());
-    let environment = environment();
+    let environment = environment(cfg.serve.is_some());
     if as_json {
         let vars: Vec<Value> = environment
             .iter()
@@ -73,9 +73,10 @@ fn origin_name(o: Origin) -> &'static str {
     }
 }
 
-/// The `OFFSITE_*` variables that are set, by name, with what each is.
-fn environment() -> Vec<(String, Variable)> {
-    let settings = config_env::settings();
+/// The `OFFSITE_*` variables that are set, by name, with what each is
+/// (`serve`: the file has a `[serve]` section).
+fn environment(serve: bool) -> Vec<(String, Variable)> {
+    let settings = config_env::settings(serve);
     let mut vars: Vec<(String, Variable)> = std::env::vars_os()
         .filter_map(|(k, _)| k.into_string().ok())
         .map(|k| {

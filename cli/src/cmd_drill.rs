@@ -124,6 +124,7 @@ fn bar(label: String, progress: Arc<DrillProgress>, enabled: bool) -> Bar {
         },
         done: progress.restored.read.load(Ordering::Relaxed),
         total: progress.restored.total.load(Ordering::Relaxed),
+        uploaded: None,
     })
 }
 

@@ -146,6 +146,7 @@ fn progress_sample(p: &VerifyProgress) -> Sample {
         message,
         done: p.bytes_done(),
         total: load(&p.bytes_total),
+        uploaded: None,
     }
 }
 

@@ -219,8 +219,15 @@ fn locate_in(
 /// The file and the environment, merged: what [`load`] reads. `ignored` is
 /// called with each `OFFSITE_*` variable that is not a setting.
 pub fn figment(path: &Path, ignored: impl FnMut(&str)) -> Figment {
-    let env = crate::config_env::provider(ignored);
+    let env = crate::config_env::provider(has_serve(path), ignored);
     Figment::new().merge(Toml::file_exact(path)).merge(env)
+}
+
+/// Whether the file has a `[serve]` section, which the environment's
+/// `[serve]` settings need (config_env.rs). A file that does not parse
+/// has none here; reading it reports why.
+pub fn has_serve(path: &Path) -> bool {
+    Figment::from(Toml::file_exact(path)).contains("serve")
 }
 
 pub fn load(path: &Path) -> Result<Config> {
@@ -234,7 +241,8 @@ pub fn load(path: &Path) -> Result<Config> {
     let figment = figment(path, |name| {
         eprintln!(
             "warning: ignoring {name}: not a setting (the environment sets \
-             OFFSITE_<SECTION>__<KEY> for the keys of [{}])",
+             OFFSITE_<SECTION>__<KEY> for the keys of [{}]; [serve]'s only when the file \
+             has a [serve] section, and never [[serve.tokens]])",
             crate::config_env::SECTIONS.join("], [")
         )
     });

@@ -11,14 +11,19 @@
 //! the file's, so a typo there is still a configuration error.
 //!
 //! The keys of each table are taken from its `Deserialize` impl, so a setting
-//! added to a table can be set from the environment with no list to update.
+//! added to a table can be set from the environment with no list to update;
+//! [`FILE_ONLY`] names the keys that are not. `[serve]`'s keys are read only
+//! when the file has a `[serve]` section: whether the API is served at all
+//! is the file's to say, since its tokens are there.
 
 use std::collections::BTreeSet;
 
 use figment::providers::Env;
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 
-use crate::config::{BackupSettings, DrillSettings, Encryption, ScheduleSettings, StatusSettings};
+use crate::config::{
+    BackupSettings, DrillSettings, Encryption, ScheduleSettings, ServeSettings, StatusSettings,
+};
 use crate::config_retention::RetentionConfig;
 
 pub const PREFIX: &str = "OFFSITE_";
@@ -31,7 +36,15 @@ pub const SECTIONS: &[&str] = &[
     "status",
     "drill",
     "schedule",
+    "serve",
 ];
+
+/// Keys of those tables set in the file only. `[[serve.tokens]]` grant
+/// access to the API: who may change the environment of a process (a unit
+/// file's `Environment=`, a container's `-e`, a parent process) must not be
+/// able to add a way in that the config file, the one place access is
+/// granted and reviewed, does not show.
+pub const FILE_ONLY: &[&str] = &["serve.tokens"];
 
 /// offsite's variables that are not settings (without the prefix).
 pub const OWN_VARIABLES: &[&str] = &[
@@ -48,20 +61,24 @@ pub const OWN_VARIABLES: &[&str] = &[
     "SOURCE_PATH",
 ];
 
-/// Every setting the environment may set, as `section.key`.
-pub fn settings() -> BTreeSet<String> {
-    let tables: [(&str, &[&str]); 6] = [
+/// Every setting the environment may set, as `section.key`; `[serve]`'s
+/// only when `serve` (the file has a `[serve]` section).
+pub fn settings(serve: bool) -> BTreeSet<String> {
+    let tables: [(&str, &[&str]); 7] = [
         ("encryption", fields::<Encryption>()),
         ("backup", fields::<BackupSettings>()),
         ("retention", fields::<RetentionConfig>()),
         ("status", fields::<StatusSettings>()),
         ("drill", fields::<DrillSettings>()),
         ("schedule", fields::<ScheduleSettings>()),
+        ("serve", fields::<ServeSettings>()),
     ];
     debug_assert!(tables.iter().map(|(s, _)| *s).eq(SECTIONS.iter().copied()));
     tables
         .iter()
+        .filter(|(section, _)| serve || *section != "serve")
         .flat_map(|(section, keys)| keys.iter().map(move |k| format!("{section}.{k}")))
+        .filter(|s| !FILE_ONLY.contains(&s.as_str()))
         .collect()
 }
 
@@ -107,10 +124,11 @@ pub fn variable_name(setting: &str) -> String {
     )
 }
 
-/// The provider of the settings in the environment; calls `warn` with the
-/// name of each `OFFSITE_*` variable it ignores.
-pub fn provider(mut warn: impl FnMut(&str)) -> Env {
-    let settings = settings();
+/// The provider of the settings in the environment (`[serve]`'s when
+/// `serve`: see [`settings`]); calls `warn` with the name of each
+/// `OFFSITE_*` variable it ignores.
+pub fn provider(serve: bool, mut warn: impl FnMut(&str)) -> Env {
+    let settings = settings(serve);
     let mut names: Vec<String> = std::env::vars_os()
         .filter_map(|(k, _)| k.into_string().ok())
         .filter(|k| classify(k, &settings) == Variable::Unknown)
@@ -164,7 +182,7 @@ mod tests {
 
     #[test]
     fn settings_come_from_the_tables_and_other_names_are_not_settings() {
-        let s = settings();
+        let s = settings(true);
         for key in [
             "encryption.identity_file",
             "encryption.recipients",
@@ -173,9 +191,18 @@ mod tests {
             "status.max_age",
             "drill.rto_target",
             "schedule.backup",
+            "serve.listen",
+            "serve.restore_in_place",
         ] {
             assert!(s.contains(key), "{key} in {s:?}");
         }
+        assert!(
+            !s.contains("serve.tokens"),
+            "tokens are set in the file only"
+        );
+        let without_serve = settings(false);
+        assert!(without_serve.contains("backup.compression_level"));
+        assert!(!without_serve.iter().any(|k| k.starts_with("serve.")));
         assert_eq!(
             classify("OFFSITE_ENCRYPTION__IDENTITY_FILE", &s),
             Variable::Setting("encryption.identity_file".into())

@@ -155,8 +155,9 @@ impl ScheduleSettings {
     }
 }
 
-/// `[serve]`: where `offsite serve` listens and the bearer tokens it
-/// accepts, each stored as the SHA-256 of the token, never the token.
+/// `[serve]`: where `offsite serve` listens, the bearer tokens it
+/// accepts (each stored as the SHA-256 of the token, never the token), and
+/// whether it may restore in place.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServeSettings {
@@ -164,6 +165,12 @@ pub struct ServeSettings {
     pub listen: String,
     #[serde(default)]
     pub tokens: Vec<ServeToken>,
+    /// Whether a `{"kind": "restore"}` job may replace a source's live
+    /// data (it still needs the `restore` scope and a confirmation); off
+    /// unless set, so that no token can overwrite data on a host whose
+    /// operator did not ask for it.
+    #[serde(default)]
+    pub restore_in_place: bool,
 }
 
 impl Default for ServeSettings {
@@ -171,6 +178,7 @@ impl Default for ServeSettings {
         ServeSettings {
             listen: default_listen(),
             tokens: Vec::new(),
+            restore_in_place: false,
         }
     }
 }
@@ -193,7 +201,8 @@ pub struct ServeToken {
 }
 
 /// What a token may do: `read` the GET endpoints, `operate` start jobs,
-/// `restore` replace data in place (no endpoint uses it yet).
+/// `restore` start restore-in-place jobs (where `[serve] restore_in_place`
+/// allows them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {

@@ -7,6 +7,11 @@
 //! command's product (`--json`, `keygen`, `snapshots`, `config`, ...).
 //! Errors and warnings go to stderr whatever the flag says.
 //!
+//! Whoever runs a command may also see its progress without a terminal: a
+//! command run inside [`with_displays`] lists every progress display it
+//! opens there, whether or not it draws it (`offsite serve` streams a job's
+//! progress from that list). The commands do not know who watches.
+//!
 //! Results go to stdout through [`print_out`] (the crate's `println!`, see
 //! main.rs), which never panics: once stdout is closed (`offsite snapshots |
 //! head` after head exits) the rest of the output is dropped and the command
@@ -64,11 +69,41 @@ pub struct Bar {
 }
 
 /// What a progress line shows at one moment: a message and bytes done of a
-/// total.
+/// total, and for a backup or restore the encoded bytes uploaded so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sample {
     pub message: String,
     pub done: u64,
     pub total: u64,
+    pub uploaded: Option<u64>,
+}
+
+/// What a progress display reads its figures from.
+pub type SampleFn = Arc<dyn Fn() -> Sample + Send + Sync>;
+
+/// The progress displays a command opened inside [`with_displays`], in
+/// order: (label, where its figures come from). A display stays listed
+/// once closed: its counters then hold the final figures.
+#[derive(Default)]
+pub struct Displays(Mutex<Vec<(String, SampleFn)>>);
+
+impl Displays {
+    /// Every display's label and figures now.
+    pub fn samples(&self) -> Vec<(String, Sample)> {
+        let open = self.0.lock().expect("displays");
+        open.iter().map(|(label, f)| (label.clone(), f())).collect()
+    }
+}
+
+tokio::task_local! {
+    static DISPLAYS: Arc<Displays>;
+}
+
+/// Runs `f`, listing in `displays` the progress displays it opens (those
+/// opened in tasks it spawns are not: the commands open theirs in their
+/// observers, which run in the command's own future).
+pub async fn with_displays<F: std::future::Future>(displays: Arc<Displays>, f: F) -> F::Output {
+    DISPLAYS.scope(displays, f).await
 }
 
 /// The label, then a bar of bytes.
@@ -87,17 +122,24 @@ impl Bar {
             message: String::new(),
             done: progress.read.load(Ordering::Relaxed),
             total: progress.total.load(Ordering::Relaxed),
+            uploaded: Some(progress.uploaded.load(Ordering::Relaxed)),
         })
     }
 
     /// A line drawn with `template` (an indicatif template: [`STEP`],
-    /// [`STEP_AND_BYTES`]) from what `sample` says, ten times a second.
+    /// [`STEP_AND_BYTES`]) from what `sample` says, ten times a second;
+    /// listed in the [`Displays`] of [`with_displays`] whether drawn or not.
     pub fn watch(
         label: String,
         template: &'static str,
         enabled: bool,
-        sample: impl Fn() -> Sample + Send + 'static,
+        sample: impl Fn() -> Sample + Send + Sync + 'static,
     ) -> Bar {
+        let sample: SampleFn = Arc::new(sample);
+        let _ = DISPLAYS.try_with(|d| {
+            let entry = (label.clone(), Arc::clone(&sample));
+            d.0.lock().expect("displays").push(entry);
+        });
         if !enabled || QUIET.load(Ordering::Relaxed) || !std::io::stderr().is_terminal() {
             return Bar {
                 bar: None,

@@ -24,6 +24,7 @@ mod restore_in_use;
 mod restore_interrupted;
 mod restore_paths;
 mod serve;
+mod serve_api;
 mod stock_tools;
 mod support;
 mod targets;

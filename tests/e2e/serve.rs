@@ -11,10 +11,10 @@ use sha2::{Digest, Sha256};
 use crate::support::*;
 
 /// Generous: the deadline guards against a hang, it does not time anything.
-const DEADLINE: Duration = Duration::from_secs(180);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(180);
 
 /// A token made by `offsite serve hash-token`: (token, its `sha256 = ...` line).
-fn new_token() -> (String, String) {
+pub(crate) fn new_token() -> (String, String) {
     let out = Command::new(bin())
         .args(["serve", "hash-token"])
         .output()
@@ -26,7 +26,7 @@ fn new_token() -> (String, String) {
     (lines[0].to_string(), lines[1].to_string())
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -34,66 +34,113 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A running `offsite serve` with a read-only token and a read+operate one.
-struct Server {
+/// A running `offsite serve` with a read-only token, a read+operate one
+/// and a read+restore one.
+pub(crate) struct Server {
     child: Child,
-    base: String,
-    read: String,
-    ops: String,
-    rt: tokio::runtime::Runtime,
-    client: reqwest::Client,
+    pub base: String,
+    pub read: String,
+    pub ops: String,
+    pub restorer: String,
+    pub rt: tokio::runtime::Runtime,
+    pub client: reqwest::Client,
 }
 
 /// What a request got: status and body (JSON when it is JSON).
-struct Reply {
-    status: u16,
-    text: String,
+pub(crate) struct Reply {
+    pub status: u16,
+    pub text: String,
 }
 
 impl Reply {
-    fn json(&self) -> Value {
+    pub fn json(&self) -> Value {
         json(&self.text)
     }
+
+    /// The message of an error answer.
+    pub fn error(&self) -> String {
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+/// How a test server is started besides its tokens.
+pub(crate) struct Launch<'a> {
+    /// `serve` or `daemon`.
+    pub command: &'a str,
+    /// More `[serve]` settings, e.g. `restore_in_place = true`.
+    pub settings: &'a str,
+    /// Environment variables of the server; with `OFFSITE_SERVE__LISTEN`
+    /// the server is reached there (the config names another port).
+    pub vars: &'a [(&'a str, &'a str)],
 }
 
 impl Server {
     /// Appends `[serve]` to `env`'s config and starts `offsite serve`.
-    fn start(env: &Env) -> Server {
+    pub fn start(env: &Env) -> Server {
         Server::start_with(env, "serve")
     }
 
     /// Appends `[serve]` to `env`'s config and starts `offsite COMMAND`.
-    fn start_with(env: &Env, command: &str) -> Server {
+    pub fn start_with(env: &Env, command: &str) -> Server {
+        Server::launch(
+            env,
+            &Launch {
+                command,
+                settings: "",
+                vars: &[],
+            },
+        )
+    }
+
+    /// Writes `[serve]` at the end of `env`'s config (replacing one an
+    /// earlier launch wrote) and starts the server as `how` says.
+    pub fn launch(env: &Env, how: &Launch) -> Server {
         let (read, read_hash) = new_token();
         let (ops, ops_hash) = new_token();
+        let (restorer, restorer_hash) = new_token();
         let port = free_port();
         let config = env.dir.path().join("offsite.toml");
         let mut text = std::fs::read_to_string(&config).unwrap();
+        if let Some(at) = text.find("\n[serve]\n") {
+            text.truncate(at);
+        }
         text.push_str(&format!(
-            "\n[serve]\nlisten = \"127.0.0.1:{port}\"\n\
+            "\n[serve]\nlisten = \"127.0.0.1:{port}\"\n{}\n\
              [[serve.tokens]]\nname = \"ro\"\nscopes = [\"read\"]\n{read_hash}\n\
-             [[serve.tokens]]\nname = \"ops\"\nscopes = [\"read\", \"operate\"]\n{ops_hash}\n"
+             [[serve.tokens]]\nname = \"ops\"\nscopes = [\"read\", \"operate\"]\n{ops_hash}\n\
+             [[serve.tokens]]\nname = \"restorer\"\nscopes = [\"read\", \"restore\"]\n{restorer_hash}\n",
+            how.settings
         ));
         std::fs::write(&config, text).unwrap();
         let log = std::fs::File::create(env.dir.path().join("serve.log")).unwrap();
         let child = Command::new(bin())
             .arg("--config")
             .arg(&config)
-            .arg(command)
+            .arg(how.command)
+            .envs(how.vars.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
+        let listen = how
+            .vars
+            .iter()
+            .find(|(k, _)| *k == "OFFSITE_SERVE__LISTEN")
+            .map_or(format!("127.0.0.1:{port}"), |(_, v)| v.to_string());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         let mut server = Server {
             child,
-            base: format!("http://127.0.0.1:{port}"),
+            base: format!("http://{listen}"),
             read,
             ops,
+            restorer,
             rt,
             client: reqwest::Client::new(),
         };
@@ -120,7 +167,7 @@ impl Server {
         }
     }
 
-    fn try_send(
+    pub fn try_send(
         &self,
         method: &str,
         path: &str,
@@ -148,17 +195,17 @@ impl Server {
         })
     }
 
-    fn get(&self, path: &str, token: Option<&str>) -> Reply {
+    pub fn get(&self, path: &str, token: Option<&str>) -> Reply {
         self.try_send("GET", path, token, None).unwrap()
     }
 
-    fn post(&self, path: &str, token: Option<&str>, body: &str) -> Reply {
+    pub fn post(&self, path: &str, token: Option<&str>, body: &str) -> Reply {
         self.try_send("POST", path, token, Some(body.to_string()))
             .unwrap()
     }
 
     /// Polls a job until it is no longer running; returns it.
-    fn finished_job(&self, id: &str, env: &Env) -> Value {
+    pub fn finished_job(&self, id: &str, env: &Env) -> Value {
         let start = Instant::now();
         loop {
             let r = self.get(&format!("/api/v1/jobs/{id}"), Some(&self.read));
@@ -177,7 +224,7 @@ impl Server {
     }
 
     /// SIGTERM, then the exit code.
-    fn stop(mut self, env: &Env) -> i32 {
+    pub fn stop(mut self, env: &Env) -> i32 {
         let ok = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -205,13 +252,13 @@ impl Drop for Server {
     }
 }
 
-fn log(env: &Env) -> String {
+pub(crate) fn log(env: &Env) -> String {
     std::fs::read_to_string(env.dir.path().join("serve.log")).unwrap_or_default()
 }
 
 /// An environment whose backups take two seconds at least (a `before`
 /// hook sleeps), so that a job is seen running.
-fn slow_env() -> Env {
+pub(crate) fn slow_env() -> Env {
     let env = Env::with_sources(|_| "before = \"sleep 2\"\n".into());
     env.make_db(&env.db(), 300);
     env

@@ -1,12 +1,13 @@
 //! The endpoints of `offsite serve` behind the token check: what the CLI's
 //! `--json` outputs show, as JSON over HTTP, and the jobs. Every answer,
-//! errors included, is JSON (`/metrics` is Prometheus text).
+//! errors included, is JSON (`/metrics` is Prometheus text, a job's
+//! events Server-Sent Events, events.rs).
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -14,8 +15,9 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::auth::Caller;
 use super::jobs::{self, JobRequest, Jobs};
-use super::{read_off_thread, ApiError, AppState};
+use super::{events, read_off_thread, ApiError, AppState};
 use crate::{cmd_snapshots, cmd_status, output, resolve};
 
 type Answer = Result<Response, ApiError>;
@@ -136,6 +138,13 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Answer {
         .into_response())
 }
 
+/// docs/openapi.json: the OpenAPI 3.1 description of this API.
+pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
+
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
 pub async fn list_jobs(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(state.jobs.list().iter().map(jobs::to_json).collect())
 }
@@ -144,6 +153,25 @@ pub async fn job(
     State(state): State<Arc<AppState>>,
     id: Result<Path<String>, PathRejection>,
 ) -> Answer {
+    let (job, _) = followed(&state, id)?;
+    Ok(Json(jobs::to_json(&job)).into_response())
+}
+
+/// `GET /api/v1/jobs/{id}/events`: the job as Server-Sent Events.
+pub async fn job_events(
+    State(state): State<Arc<AppState>>,
+    id: Result<Path<String>, PathRejection>,
+) -> Answer {
+    let (job, live) = followed(&state, id)?;
+    Ok(events::stream(Arc::clone(&state), &job, live).into_response())
+}
+
+/// The job the path names: 400 for what is not a job id, 404 for an
+/// unknown one.
+fn followed(
+    state: &AppState,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<(jobs::Job, Option<jobs::Live>), ApiError> {
     let Path(id) = id.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     if !jobs::valid_id(&id) {
         return Err(ApiError::new(
@@ -151,28 +179,35 @@ pub async fn job(
             format!("{id:?} is not a job id (letters, digits and '-')"),
         ));
     }
-    let job = state
+    state
         .jobs
-        .get(&id)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job {id:?}")))?;
-    Ok(Json(jobs::to_json(&job)).into_response())
+        .follow(&id)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job {id:?}")))
 }
 
 /// `POST /api/v1/jobs`: 202 and the new job's id, or 200 and the id of
-/// the job of that kind already running on that source.
+/// the job of that kind already running on that source; 409 when a job
+/// it must not run with runs.
 pub async fn start_job(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
-    let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let body = match body {
+        Ok(body) => body,
+        Err(e) => return Ok(unread_body(e)),
+    };
     let mut request: JobRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("the body is not a job request ({e}); send e.g. {{\"kind\": \"backup\"}}"),
         )
     })?;
+    jobs::allowed(&state.cfg, &caller, request.kind)?;
     jobs::check(&state.cfg, &mut request).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))?;
-    let (id, new) = Jobs::start(&state, request);
+    let (id, new) =
+        Jobs::start(&state, request).map_err(|m| ApiError::new(StatusCode::CONFLICT, m))?;
+    tracing::info!(job = %id, token = %caller.name, new, "job requested");
     let status = if new {
         StatusCode::ACCEPTED
     } else {
@@ -180,4 +215,16 @@ pub async fn start_job(
     };
     let body = json!({"id": id, "state": "running", "already_running": !new});
     Ok((status, Json(body)).into_response())
+}
+
+/// A body refused before it was read (413 for one over the limit): the
+/// connection cannot carry another request, and `Connection: close` keeps
+/// the client from sending one on it.
+fn unread_body(e: BytesRejection) -> Response {
+    let mut r = ApiError::new(e.status(), e.body_text()).into_response();
+    r.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    r
 }

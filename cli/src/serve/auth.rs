@@ -1,6 +1,7 @@
 //! Bearer-token authentication of `offsite serve`: the token's SHA-256
 //! compared in constant time with each configured hash, the scope the
-//! request needs checked, and failed attempts rate-limited per client IP.
+//! request's method needs checked (a handler may then require a narrower
+//! one from the [`Caller`]), and failed attempts rate-limited per client IP.
 //!
 //! Never: log, store or echo a presented token; tell apart in timing which
 //! configured hash came close.
@@ -50,13 +51,46 @@ impl Bucket {
     }
 }
 
-/// What a request needs: the GET endpoints read, the others operate.
-fn needed(method: &Method) -> Scope {
+/// The scopes of which a request needs one: the GET endpoints read; the
+/// others (starting a job) operate or restore, and the job's kind then
+/// says which ([`Caller::require`]).
+fn needed(method: &Method) -> &'static [Scope] {
     if method == Method::GET || method == Method::HEAD {
-        Scope::Read
+        &[Scope::Read]
     } else {
-        Scope::Operate
+        &[Scope::Operate, Scope::Restore]
     }
+}
+
+/// The token a request came with, for the handlers that need a narrower
+/// scope than the method's (a restore job needs `restore`).
+#[derive(Clone)]
+pub struct Caller {
+    pub name: String,
+    scopes: Vec<Scope>,
+}
+
+impl Caller {
+    /// 403 naming the scope unless the token has it.
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+        if self.scopes.contains(&scope) {
+            return Ok(());
+        }
+        tracing::warn!(token = %self.name, "token lacks the {} scope", scope.name());
+        Err(lacks(&self.name, &[scope]))
+    }
+}
+
+/// 403: the token `name` has none of `scopes`.
+fn lacks(name: &str, scopes: &[Scope]) -> ApiError {
+    let names: Vec<String> = scopes.iter().map(|s| format!("{:?}", s.name())).collect();
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        format!(
+            "token {name:?} lacks the {} scope this request needs",
+            names.join(" or ")
+        ),
+    )
 }
 
 /// The SHA-256 of a token, as `[[serve.tokens]] sha256` holds it.
@@ -119,7 +153,7 @@ impl Auth {
 pub async fn require_token(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let auth = &state.auth;
@@ -144,18 +178,16 @@ pub async fn require_token(
         return unauthorized("the bearer token matches no [[serve.tokens]] entry");
     };
     let need = needed(request.method());
-    if !scopes.contains(&need) {
-        tracing::warn!(client = %ip, token = name, "token lacks the {} scope", need.name());
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "token {name:?} lacks the {:?} scope this request needs",
-                need.name()
-            ),
-        )
-        .into_response();
+    if !need.iter().any(|n| scopes.contains(n)) {
+        tracing::warn!(client = %ip, token = name, "token lacks the {} scope", need[0].name());
+        return lacks(name, need).into_response();
     }
     tracing::debug!(client = %ip, token = name, method = %request.method(), path = %request.uri().path(), "request");
+    let caller = Caller {
+        name: name.to_string(),
+        scopes: scopes.to_vec(),
+    };
+    request.extensions_mut().insert(caller);
     next.run(request).await
 }
 

@@ -1,12 +1,15 @@
-//! The jobs of `offsite serve`: a backup, prune, verify, drill or
-//! restore-test started by `POST /api/v1/jobs`, run in the background by
-//! the same functions the CLI commands use (their `--json` reports are the
-//! jobs' results), and kept in memory for polling.
+//! The jobs of `offsite serve`: a backup, prune, verify, drill,
+//! restore-test or restore started by `POST /api/v1/jobs`, run in the
+//! background by the same functions the CLI commands use (their `--json`
+//! reports are the jobs' results), and kept in memory for polling.
 //!
 //! At most one job of a kind per source runs at a time: a request for one
-//! that runs gets the running job. Never: report a job succeeded that the
-//! command would have failed; restore anywhere but a temporary directory
-//! (restore-test is `offsite restore --test`).
+//! that runs gets the running job. A restore of a source and a backup that
+//! reads it never run at once (409). Never: report a job succeeded that the
+//! command would have failed; restore in place unless `[serve]
+//! restore_in_place` allows it, the token has the `restore` scope and the
+//! request names the source it overwrites (restore-test is `offsite restore
+//! --test`, which touches nothing).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -17,9 +20,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use super::{off_thread, AppState};
+use super::auth::Caller;
+use super::{off_thread, ApiError, AppState};
 use crate::notify::{self, EventKind};
-use crate::output::Done;
+use crate::ops_config::Scope;
+use crate::output::{self, Displays, Done};
 use crate::{cmd_backup, cmd_drill, cmd_prune, cmd_restore, cmd_verify, RestoreArgs};
 
 /// Finished jobs kept for polling; the oldest are forgotten first.
@@ -33,6 +38,25 @@ pub enum Kind {
     Verify,
     Drill,
     RestoreTest,
+    Restore,
+}
+
+impl Kind {
+    /// The scope a token needs to start a job of this kind.
+    pub fn scope(self) -> Scope {
+        match self {
+            Kind::Restore => Scope::Restore,
+            _ => Scope::Operate,
+        }
+    }
+
+    /// The kind as requests spell it ("restore-test").
+    fn name(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
 }
 
 /// The body of `POST /api/v1/jobs`.
@@ -46,10 +70,14 @@ pub struct JobRequest {
     /// Prune only: say what would be removed, remove nothing.
     #[serde(default)]
     pub dry_run: bool,
-    /// Restore-test only: the snapshot id (or a unique part of one)
-    /// [default: the newest].
+    /// Restore-test and restore: the snapshot id (or a unique part of
+    /// one) [default: the newest].
     #[serde(default)]
     pub snapshot: Option<String>,
+    /// Restore only: the name of the source it overwrites, typed out as
+    /// the confirmation (an input; a job does not show it).
+    #[serde(default, skip_serializing)]
+    pub confirm: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -74,6 +102,14 @@ pub struct Job {
     pub error: Option<String>,
 }
 
+/// What the event stream of a running job follows: the progress displays
+/// its command opened, and whether it has finished.
+#[derive(Clone)]
+pub struct Live {
+    pub displays: Arc<Displays>,
+    pub finished: watch::Receiver<bool>,
+}
+
 #[derive(Default)]
 struct Table {
     jobs: HashMap<String, Job>,
@@ -81,6 +117,8 @@ struct Table {
     order: VecDeque<String>,
     /// (kind, source) -> the id of the job of that kind running on it.
     running: HashMap<(Kind, Option<String>), String>,
+    /// The running jobs' progress, by id.
+    live: HashMap<String, Live>,
     next: u64,
 }
 
@@ -108,6 +146,13 @@ impl Jobs {
         self.table.lock().expect("jobs").jobs.get(id).cloned()
     }
 
+    /// A job as it is now and, while it runs, its progress to follow.
+    pub fn follow(&self, id: &str) -> Option<(Job, Option<Live>)> {
+        let t = self.table.lock().expect("jobs");
+        let job = t.jobs.get(id)?.clone();
+        Some((job, t.live.get(id).cloned()))
+    }
+
     /// Every job kept, newest first.
     pub fn list(&self) -> Vec<Job> {
         let t = self.table.lock().expect("jobs");
@@ -125,46 +170,45 @@ impl Jobs {
     }
 
     /// Starts the job `request` asks for, or returns the one of its kind
-    /// that runs on its source: (id, whether it is new).
-    pub fn start(state: &Arc<AppState>, request: JobRequest) -> (String, bool) {
+    /// that runs on its source: (id, whether it is new). A job it must not
+    /// run with is the error, in words.
+    pub fn start(state: &Arc<AppState>, request: JobRequest) -> Result<(String, bool), String> {
         let key = (request.kind, request.source.clone());
         let mut t = state.jobs.table.lock().expect("jobs");
         if let Some(id) = t.running.get(&key) {
-            return (id.clone(), false);
+            return Ok((id.clone(), false));
         }
-        t.next += 1;
-        let id = format!("job-{}-{}", state.jobs.epoch, t.next);
-        t.running.insert(key, id.clone());
-        t.order.push_back(id.clone());
-        t.jobs.insert(
-            id.clone(),
-            Job {
-                id: id.clone(),
-                state: JobState::Running,
-                request: request.clone(),
-                started: Utc::now(),
-                finished: None,
-                result: None,
-                error: None,
-            },
-        );
-        forget_old(&mut t);
+        if let Some(message) = conflict(&t, &request) {
+            return Err(message);
+        }
+        let id = t.add(state.jobs.epoch, key, &request);
+        let displays = Arc::new(Displays::default());
+        let (finished, watched) = watch::channel(false);
+        let live = Live {
+            displays: Arc::clone(&displays),
+            finished: watched,
+        };
+        t.live.insert(id.clone(), live);
+        drop(t);
         state.jobs.active.send_modify(|n| *n += 1);
         tracing::info!(job = %id, kind = ?request.kind, source = ?request.source, "job started");
         let (state, job_id) = (Arc::clone(state), id.clone());
         tokio::spawn(async move {
             let r = request.clone();
-            let outcome = off_thread(&state, move |st| async move { run(&st, &r).await })
-                .await
-                .and_then(|done| done);
+            let job = move |st: Arc<AppState>| async move {
+                output::with_displays(displays, run(&st, &r)).await
+            };
+            let outcome = off_thread(&state, job).await.and_then(|done| done);
             state.jobs.finish(&job_id, &request, outcome);
+            let _ = finished.send(true);
         });
-        (id, true)
+        Ok((id, true))
     }
 
     fn finish(&self, id: &str, request: &JobRequest, outcome: Result<Done>) {
         let mut t = self.table.lock().expect("jobs");
         t.running.remove(&(request.kind, request.source.clone()));
+        t.live.remove(id);
         if let Some(job) = t.jobs.get_mut(id) {
             job.finished = Some(Utc::now());
             let (result, error) = match outcome {
@@ -186,6 +230,53 @@ impl Jobs {
         drop(t);
         self.active.send_modify(|n| *n -= 1);
     }
+}
+
+impl Table {
+    /// A new running job for `request` (whose (kind, source) is `key`): its id.
+    fn add(&mut self, epoch: i64, key: (Kind, Option<String>), request: &JobRequest) -> String {
+        self.next += 1;
+        let id = format!("job-{epoch}-{}", self.next);
+        self.running.insert(key, id.clone());
+        self.order.push_back(id.clone());
+        let job = Job {
+            id: id.clone(),
+            state: JobState::Running,
+            request: request.clone(),
+            started: Utc::now(),
+            finished: None,
+            result: None,
+            error: None,
+        };
+        self.jobs.insert(id.clone(), job);
+        forget_old(self);
+        id
+    }
+}
+
+/// Why `request` cannot start now: a restore of a source and a backup that
+/// reads it (of that source or of every source) exclude each other, since
+/// the backup would read the file while the restore replaces it.
+fn conflict(t: &Table, request: &JobRequest) -> Option<String> {
+    let other = match request.kind {
+        Kind::Restore => Kind::Backup,
+        Kind::Backup => Kind::Restore,
+        _ => return None,
+    };
+    let overlaps =
+        |s: &Option<String>| s.is_none() || request.source.is_none() || *s == request.source;
+    let ((_, source), id) = t
+        .running
+        .iter()
+        .find(|((kind, source), _)| *kind == other && overlaps(source))?;
+    let on = source
+        .as_deref()
+        .map_or("every source".to_string(), |s| format!("source {s:?}"));
+    Some(format!(
+        "job {id} ({}) runs on {on}: a backup and a restore of the same source never run at once; \
+         start this job again once that one has finished",
+        other.name()
+    ))
 }
 
 /// Drops the oldest finished jobs beyond [`KEEP_FINISHED`].
@@ -246,12 +337,15 @@ async fn run(state: &AppState, r: &JobRequest) -> Result<Done> {
             .await
         }
         Kind::Drill => cmd_drill::drill_report(cfg, source, None, None, true).await,
-        Kind::RestoreTest => restore_test(state, r).await,
+        Kind::RestoreTest => restore(state, r, true).await,
+        Kind::Restore => restore(state, r, false).await,
     }
 }
 
-/// `offsite restore --test --json` of the snapshot (or the newest).
-async fn restore_test(state: &AppState, r: &JobRequest) -> Result<Done> {
+/// `offsite restore --test --json` of the snapshot (or the newest), or
+/// without `test` `offsite restore --force --json`: in place, after a
+/// pre-restore snapshot of the file it replaces.
+async fn restore(state: &AppState, r: &JobRequest, test: bool) -> Result<Done> {
     let args = RestoreArgs {
         source: r.source.clone(),
         all: false,
@@ -259,10 +353,10 @@ async fn restore_test(state: &AppState, r: &JobRequest) -> Result<Done> {
         snapshot: r.snapshot.clone(),
         at: None,
         to: None,
-        force: false,
+        force: !test,
         no_pre_restore_snapshot: false,
         no_database_check: false,
-        test: true,
+        test,
         target: None,
         identity: None,
         json: true,
@@ -299,16 +393,36 @@ pub fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
+/// Whether `caller` may start a job of `kind` here: 403 without the
+/// kind's scope, or for a restore where the config does not allow one.
+pub fn allowed(cfg: &crate::config::Config, caller: &Caller, kind: Kind) -> Result<(), ApiError> {
+    caller.require(kind.scope())?;
+    let enabled = cfg.serve.as_ref().is_some_and(|s| s.restore_in_place);
+    if kind == Kind::Restore && !enabled {
+        return Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "restore in place is off on this server: set restore_in_place = true in [serve] \
+             (or OFFSITE_SERVE__RESTORE_IN_PLACE=true) and restart it; a restore-test job \
+             checks a snapshot without touching the live data",
+        ));
+    }
+    Ok(())
+}
+
 /// The request checked against the config: a usage mistake as a message.
 pub fn check(cfg: &crate::config::Config, r: &mut JobRequest) -> Result<(), String> {
     if let Some(s) = &r.source {
         cfg.source(s).map_err(|e| format!("{e:#}"))?;
     }
+    let restores = matches!(r.kind, Kind::RestoreTest | Kind::Restore);
     if r.dry_run && r.kind != Kind::Prune {
         return Err("dry_run applies to prune jobs only".into());
     }
-    if r.snapshot.is_some() && r.kind != Kind::RestoreTest {
-        return Err("snapshot applies to restore-test jobs only".into());
+    if r.snapshot.is_some() && !restores {
+        return Err("snapshot applies to restore-test and restore jobs only".into());
+    }
+    if r.confirm.is_some() && r.kind != Kind::Restore {
+        return Err("confirm applies to restore jobs only".into());
     }
     if let Some(id) = &r.snapshot {
         if !valid_id(id) {
@@ -317,17 +431,36 @@ pub fn check(cfg: &crate::config::Config, r: &mut JobRequest) -> Result<(), Stri
             ));
         }
     }
-    if r.kind == Kind::RestoreTest && r.source.is_none() {
+    if restores && r.source.is_none() {
         match cfg.sources.as_slice() {
             [only] => r.source = Some(only.name.clone()),
             _ => {
-                return Err(
-                    "a restore-test job needs \"source\" (the config has several sources)".into(),
-                )
+                return Err(format!(
+                    "a {} job needs \"source\" (the config has several sources)",
+                    r.kind.name()
+                ))
             }
         }
     }
+    if r.kind == Kind::Restore {
+        confirmed(r)?;
+    }
     Ok(())
+}
+
+/// A restore's `confirm` must name the source it overwrites, as typing a
+/// repository's name confirms deleting it.
+fn confirmed(r: &JobRequest) -> Result<(), String> {
+    let source = r.source.as_deref().unwrap_or_default();
+    match r.confirm.as_deref() {
+        Some(c) if c == source => Ok(()),
+        Some(c) => Err(format!(
+            "confirm is {c:?}, but this job overwrites source {source:?}: send \"confirm\": {source:?}"
+        )),
+        None => Err(format!(
+            "a restore job replaces the live data of source {source:?}: send \"confirm\": {source:?} to confirm it"
+        )),
+    }
 }
 
 /// The JSON of a job, for the API.
