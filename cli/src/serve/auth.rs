@@ -1,6 +1,8 @@
 //! Bearer-token authentication of `offsite serve`: the token's SHA-256
 //! compared in constant time with each configured hash, the scope the
 //! request needs checked, and failed attempts rate-limited per client IP.
+//! The handlers learn who called as a [`Caller`] (`GET /api/v1/token`
+//! tells a client its token's name and scopes).
 //!
 //! Never: log, store or echo a presented token; tell apart in timing which
 //! configured hash came close.
@@ -10,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Extension, Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -31,6 +33,19 @@ const MAX_CLIENTS: usize = 4096;
 pub struct Auth {
     tokens: Vec<(String, Vec<Scope>, [u8; 32])>,
     limiter: Mutex<HashMap<IpAddr, Bucket>>,
+}
+
+/// The token a request presented: its `[[serve.tokens]]` name and scopes.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Caller {
+    pub name: String,
+    pub scopes: Vec<Scope>,
+}
+
+/// `GET /api/v1/token`: the name and scopes of the token presented, so a
+/// client (the dashboard) can tell what it may do before it tries.
+pub async fn token(Extension(caller): Extension<Caller>) -> axum::Json<Caller> {
+    axum::Json(caller)
 }
 
 /// A token bucket of failed attempts for one client.
@@ -119,7 +134,7 @@ impl Auth {
 pub async fn require_token(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let auth = &state.auth;
@@ -156,6 +171,10 @@ pub async fn require_token(
         .into_response();
     }
     tracing::debug!(client = %ip, token = name, method = %request.method(), path = %request.uri().path(), "request");
+    request.extensions_mut().insert(Caller {
+        name: name.to_string(),
+        scopes: scopes.to_vec(),
+    });
     next.run(request).await
 }
 

@@ -1,17 +1,20 @@
-//! `offsite serve`: the JSON API over HTTP (docs/api.md), in the
-//! foreground until SIGTERM or SIGINT. The binary's config is resolved
-//! once; every endpoint calls the same functions as the CLI commands, so
-//! what the API reports is what `offsite ... --json` prints.
+//! `offsite serve`: the JSON API over HTTP (docs/api.md) and the dashboard
+//! page that reads it (dashboard.rs), in the foreground until SIGTERM or
+//! SIGINT. The binary's config is resolved once; every endpoint calls the
+//! same functions as the CLI commands, so what the API reports is what
+//! `offsite ... --json` prints.
 //!
 //! Shutdown is the daemon's: a signal stops taking requests and lets the
 //! running jobs finish; a second one abandons them (nothing half done is
 //! visible: a snapshot exists only once its manifest is written).
 //!
-//! Never: answer anything but `/healthz` without a valid token (auth.rs);
-//! listen beyond loopback unless `[serve] listen` says so.
+//! Never: answer anything but `/healthz` and the dashboard's page shell
+//! (which holds no data) without a valid token (auth.rs); listen beyond
+//! loopback unless `[serve] listen` says so.
 
 mod api;
 mod auth;
+mod dashboard;
 mod jobs;
 
 use std::net::SocketAddr;
@@ -157,6 +160,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/status", get(api::status))
         .route("/api/v1/jobs", get(api::list_jobs).post(api::start_job))
         .route("/api/v1/jobs/{id}", get(api::job))
+        .route("/api/v1/token", get(auth::token))
         .route("/metrics", get(api::metrics))
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
@@ -168,10 +172,12 @@ fn router(state: Arc<AppState>) -> Router {
             get(|| async { axum::Json(json!({"ok": true})) }),
         )
         .merge(protected)
+        .merge(dashboard::routes())
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such endpoint (see docs/api.md)")
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::map_response(dashboard::security_headers))
         .with_state(state)
 }
 
