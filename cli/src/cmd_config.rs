@@ -104,6 +104,9 @@ fn resolve_paths(cfg: &Config, v: &mut Value) {
     if let Some(p) = &cfg.status.prometheus_file {
         set(v.pointer_mut("/status/prometheus_file"), p);
     }
+    if let Some(p) = &cfg.state_dir {
+        set(v.pointer_mut("/state_dir"), p);
+    }
     for (i, s) in cfg.sources.iter().enumerate() {
         set(v.pointer_mut(&format!("/sources/{i}/path")), &s.path);
     }

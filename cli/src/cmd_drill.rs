@@ -5,7 +5,9 @@
 //! prints one block per drill (or `--json`), notifies, and fails when the
 //! engine says a drill failed.
 //! On a terminal a progress line on stderr shows the step being run and the
-//! bytes restored.
+//! bytes restored. Each drill's outcome is recorded as it ends (state.rs),
+//! for `offsite status` and the dashboard; a record that cannot be written
+//! is a warning, never a failed drill.
 //!
 //! Never: restore anywhere but a fresh temporary directory, which is removed
 //! afterwards whatever happens.
@@ -18,6 +20,7 @@ use anyhow::{anyhow, Context, Result};
 use backup_core::drill::{DrillProgress, DrillReport};
 use backup_core::each::drill::{drill_all, failed_steps, DrillRun, PlannedDrill};
 use backup_core::each::{TargetEvent, TargetObserver};
+use chrono::Utc;
 
 use crate::config::Config;
 use crate::notify::{self, EventKind};
@@ -56,6 +59,7 @@ pub(crate) async fn drill_report(
     let printer = Printer {
         as_json,
         bar: Mutex::default(),
+        records: crate::state::dir(cfg),
     };
     let report = drill_all(targets, &ids, &sources, &printer).await;
     let json = serde_json::to_value(&report)?;
@@ -87,10 +91,11 @@ fn planned_drills(cfg: &Config, source: Option<&str>) -> Result<Vec<PlannedDrill
 }
 
 /// Prints each drill as it ends (unless the output is JSON), with a
-/// progress line while it runs.
+/// progress line while it runs, and records it in the state directory.
 struct Printer {
     as_json: bool,
     bar: Mutex<Option<Bar>>,
+    records: Option<std::path::PathBuf>,
 }
 
 impl TargetObserver<DrillReport, DrillProgress> for Printer {
@@ -107,8 +112,11 @@ impl TargetObserver<DrillReport, DrillProgress> for Printer {
             }
             TargetEvent::Finished { target, result, .. } => {
                 self.bar.lock().expect("printer state").take();
-                if let (Ok(r), false) = (result, self.as_json) {
-                    print_drill(target, r);
+                if let Ok(r) = result {
+                    crate::state::record_drill(self.records.as_deref(), target, r, Utc::now());
+                    if !self.as_json {
+                        print_drill(target, r);
+                    }
                 }
             }
         }
@@ -130,11 +138,7 @@ fn bar(label: String, progress: Arc<DrillProgress>, enabled: bool) -> Bar {
 
 fn print_drill(target: &str, r: &DrillReport) {
     let verdict = if r.passed { "PASSED" } else { "FAILED" };
-    let rto = match (r.rto_seconds, r.rto_target_seconds) {
-        (Some(m), Some(t)) => format!(", RTO {m:.2}s (target {t:.0}s)"),
-        (Some(m), None) => format!(", RTO {m:.2}s"),
-        _ => String::new(),
-    };
+    let rto = rto_text(r.rto_seconds, r.rto_target_seconds);
     println!(
         "drill {} @ {target}: {verdict}{}{rto}",
         r.source,
@@ -150,6 +154,15 @@ fn print_drill(target: &str, r: &DrillReport) {
             s.step,
             s.detail
         );
+    }
+}
+
+/// ", RTO 1.20s (target 60s)": the measured restore time and its target.
+pub(crate) fn rto_text(measured: Option<f64>, target: Option<f64>) -> String {
+    match (measured, target) {
+        (Some(m), Some(t)) => format!(", RTO {m:.2}s (target {t:.0}s)"),
+        (Some(m), None) => format!(", RTO {m:.2}s"),
+        _ => String::new(),
     }
 }
 

@@ -19,6 +19,7 @@ use crate::notify::{self, Event, EventKind};
 use crate::output;
 use crate::per_target::planned_targets;
 use crate::resolve::metadata_key;
+use crate::state::DrillRecord;
 
 /// One target's repository, or why it could not be read.
 #[derive(Debug, Serialize)]
@@ -36,6 +37,10 @@ pub struct Row {
     pub ok: bool,
     #[serde(flatten)]
     pub status: SourceStatus,
+    /// The source's `max_age` threshold: how old the newest snapshot may be.
+    pub max_age_seconds: Option<u64>,
+    /// The last drill of the source on the target, as recorded (state.rs).
+    pub last_drill: Option<DrillRecord>,
 }
 
 #[derive(Debug, Serialize)]
@@ -69,7 +74,16 @@ pub async fn check(cfg: &Config) -> Result<Report> {
         })
         .collect();
     let run = status_all(targets, &ids, &watched, Utc::now()).await;
-    Ok(Report::from(&run))
+    let mut report = Report::from(&run);
+    let records = crate::state::dir(cfg);
+    for row in &mut report.sources {
+        let source = &row.status.source;
+        row.max_age_seconds = cfg.thresholds(source).max_age.map(|d| d.as_secs());
+        row.last_drill = records
+            .as_deref()
+            .and_then(|dir| crate::state::last_drill(dir, source, &row.target));
+    }
+    Ok(report)
 }
 
 impl From<&StatusRun> for Report {
@@ -90,6 +104,8 @@ impl From<&StatusRun> for Report {
                         target: target.clone(),
                         ok: s.ok(),
                         status: s.clone(),
+                        max_age_seconds: None,
+                        last_drill: None,
                     }));
                 }
                 Err(e) => targets.push(TargetStatus {
@@ -126,7 +142,7 @@ pub async fn run(cfg: &Config, as_json: bool, prometheus: Option<&Path>) -> Resu
     };
     let prom = prometheus.or(cfg.status.prometheus_file.as_deref());
     if let Some(path) = prom {
-        write_atomically(path, &prometheus_text(&report))
+        crate::state::write_atomically(path, &prometheus_text(&report))
             .with_context(|| format!("writing the Prometheus metrics to {}", path.display()))?;
     }
     if as_json {
@@ -240,9 +256,30 @@ fn print_table(report: &Report) {
             None => {}
         }
     }
+    for r in &report.sources {
+        if let Some(d) = &r.last_drill {
+            print_last_drill(d);
+        }
+    }
     for b in &report.breaches {
         println!("ALERT {b}");
     }
+}
+
+/// "last drill of app @ local: PASSED 2026-11-23 10:00:00 +0000, RTO 1.20s (target 60s)".
+fn print_last_drill(d: &DrillRecord) {
+    let rto = crate::cmd_drill::rto_text(d.rto_seconds, d.rto_target_seconds);
+    println!(
+        "last drill of {} @ {}: {} {}{rto}{}",
+        d.source,
+        d.target,
+        if d.passed { "PASSED" } else { "FAILED" },
+        d.time.with_timezone(&Local).format("%Y-%m-%d %H:%M:%S %z"),
+        d.failed
+            .as_ref()
+            .map(|f| format!(" ({f})"))
+            .unwrap_or_default()
+    );
 }
 
 /// A Prometheus label value, escaped as the text format requires.
@@ -372,31 +409,6 @@ fn target_families(out: &mut String, targets: &[TargetStatus]) {
     );
 }
 
-/// Writes `path` so that readers see the old or the new content, never a
-/// part: a temporary file in the same directory, renamed over it.
-fn write_atomically(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    // node_exporter reads only *.prom files, so the temporary name is ignored.
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".offsite-status-")
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
-    tmp.write_all(text.as_bytes())?;
-    tmp.as_file().sync_all()?;
-    // Readable by the exporter, which usually runs as another user.
-    #[cfg(unix)]
-    std::fs::set_permissions(
-        tmp.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,6 +453,8 @@ mod tests {
                     }),
                     breaches: vec![],
                 },
+                max_age_seconds: Some(26 * 3600),
+                last_drill: None,
             }],
             breaches: vec!["target b\"2: down".into()],
         };

@@ -42,6 +42,10 @@ pub struct Config {
     /// `offsite serve`'s API; the daemon serves it too when it is set.
     #[serde(default)]
     pub serve: Option<ServeSettings>,
+    /// Where offsite keeps its state on this host (the last drills):
+    /// state.rs says what it defaults to.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -266,6 +270,9 @@ pub fn load(path: &Path) -> Result<Config> {
         fix(p);
     }
     if let Some(p) = &mut config.status.prometheus_file {
+        fix(p);
+    }
+    if let Some(p) = &mut config.state_dir {
         fix(p);
     }
     for t in &mut config.targets {

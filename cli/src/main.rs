@@ -43,6 +43,7 @@ mod output;
 mod per_target;
 mod resolve;
 mod serve;
+mod state;
 mod targets;
 mod usage;
 

@@ -29,6 +29,7 @@ mod stock_tools;
 mod support;
 mod targets;
 mod temp_cleanup;
+mod webdriver;
 
 use std::path::Path;
 use std::process::Command;

@@ -511,3 +511,57 @@ fn drill_and_status_pass_over_pre_restore_snapshots() {
     assert_eq!(status["sources"][0]["newest"]["id"], regular.as_str());
     assert_eq!(status["sources"][0]["snapshots"], 2);
 }
+
+#[test]
+fn each_drill_is_recorded_for_status_and_a_record_that_cannot_be_written_only_warns() {
+    let env = Env::with_sources(|_| "[drill]\nrto_target = \"10m\"\n".into());
+    env.make_db(&env.db(), 200);
+    env.ok(&["backup"]);
+    let row = |env: &Env| json(&env.ok(&["status", "--json"]))["sources"][0].clone();
+    assert_eq!(row(&env)["last_drill"], serde_json::Value::Null);
+    assert_eq!(row(&env)["max_age_seconds"], 26 * 3600);
+
+    env.ok(&["drill"]);
+    assert!(env.state().join("drills/app@local.json").is_file());
+    let passed = row(&env)["last_drill"].clone();
+    assert_eq!(passed["source"], "app", "{passed}");
+    assert_eq!(passed["target"], "local", "{passed}");
+    assert_eq!(passed["passed"], true, "{passed}");
+    assert_eq!(passed["rto_target_seconds"], 600.0, "{passed}");
+    assert!(passed["rto_seconds"].as_f64().unwrap() >= 0.0, "{passed}");
+    assert_eq!(passed["snapshot"], snapshots(&env)[0]["id"], "{passed}");
+    assert_eq!(passed["failed"], serde_json::Value::Null, "{passed}");
+    let out = env.ok(&["status"]);
+    assert!(out.contains("last drill of app @ local: PASSED"), "{out}");
+
+    // A failed drill replaces the record and says which step failed.
+    let strict = [
+        ("OFFSITE_DRILL__QUERY", "SELECT count(*) FROM tasks"),
+        ("OFFSITE_DRILL__MIN_ROWS", "1000000"),
+    ];
+    let (code, out, err) = env.run_with(&["drill"], &strict);
+    assert_eq!(code, 1, "{out}{err}");
+    let failed = row(&env)["last_drill"].clone();
+    assert_eq!(failed["passed"], false, "{failed}");
+    assert!(
+        failed["failed"].as_str().unwrap().contains("smoke_query"),
+        "{failed}"
+    );
+    let time = |v: &serde_json::Value| {
+        chrono::DateTime::parse_from_rfc3339(v["time"].as_str().unwrap()).unwrap()
+    };
+    assert!(time(&failed) > time(&passed), "{failed}");
+    let (_, out, _) = env.run(&["status"]);
+    assert!(out.contains("last drill of app @ local: FAILED"), "{out}");
+
+    // A state directory that cannot be written: the drill still passes.
+    std::fs::remove_dir_all(env.state()).unwrap();
+    std::fs::write(env.state(), "a file, not a directory").unwrap();
+    let (code, out, err) = env.run(&["drill"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("warning: the drill of app @ local is not recorded"),
+        "{err}"
+    );
+    assert_eq!(row(&env)["last_drill"], serde_json::Value::Null);
+}

@@ -10,6 +10,8 @@ use sha2::{Digest, Sha256};
 
 use crate::support::*;
 
+mod dashboard;
+
 /// Generous: the deadline guards against a hang, it does not time anything.
 pub(crate) const DEADLINE: Duration = Duration::from_secs(180);
 

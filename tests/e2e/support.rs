@@ -1,5 +1,7 @@
 //! Test scaffolding: a temporary directory with an identity, a config, a
-//! SQLite source and a local target, and helpers to run the binary.
+//! SQLite source and a local target, and helpers to run the binary. The
+//! config's state directory is in the temporary directory too, so no test
+//! writes drill records in the home directory.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -66,7 +68,8 @@ impl Env {
         std::fs::write(
             dir.path().join("offsite.toml"),
             format!(
-                "[encryption]\nrecipients = [\"{recipient}\"]\nidentity_file = \"key.txt\"\n\n\
+                "state_dir = \"state\"\n\n\
+                 [encryption]\nrecipients = [\"{recipient}\"]\nidentity_file = \"key.txt\"\n\n\
                  [[sources]]\nname = \"app\"\nkind = \"sqlite\"\npath = \"app.db\"\n\n{extra}\n\
                  [[targets]]\nname = \"local\"\nkind = \"local\"\npath = \"{target}\"\n\n\
                  [backup]\npack_size_mib = 1\n"
@@ -88,6 +91,10 @@ impl Env {
     }
     pub fn repo(&self) -> PathBuf {
         PathBuf::from(&self.target)
+    }
+    /// The config's `state_dir`.
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
     }
 
     pub fn make_db(&self, path: &Path, rows: usize) {

@@ -2,6 +2,7 @@
 //! compared in constant time with each configured hash, the scope the
 //! request's method needs checked (a handler may then require a narrower
 //! one from the [`Caller`]), and failed attempts rate-limited per client IP.
+//! `GET /api/v1/token` tells a client its token's name and scopes.
 //!
 //! Never: log, store or echo a presented token; tell apart in timing which
 //! configured hash came close.
@@ -11,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Extension, Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -32,6 +33,21 @@ const MAX_CLIENTS: usize = 4096;
 pub struct Auth {
     tokens: Vec<(String, Vec<Scope>, [u8; 32])>,
     limiter: Mutex<HashMap<IpAddr, Bucket>>,
+}
+
+/// The token a request presented: its `[[serve.tokens]]` name and scopes,
+/// for the handlers that need a narrower scope than the method's (a
+/// restore job needs `restore`) and for `GET /api/v1/token`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Caller {
+    pub name: String,
+    pub scopes: Vec<Scope>,
+}
+
+/// `GET /api/v1/token`: the name and scopes of the token presented, so a
+/// client (the dashboard) can tell what it may do before it tries.
+pub async fn token(Extension(caller): Extension<Caller>) -> axum::Json<Caller> {
+    axum::Json(caller)
 }
 
 /// A token bucket of failed attempts for one client.
@@ -60,14 +76,6 @@ fn needed(method: &Method) -> &'static [Scope] {
     } else {
         &[Scope::Operate, Scope::Restore]
     }
-}
-
-/// The token a request came with, for the handlers that need a narrower
-/// scope than the method's (a restore job needs `restore`).
-#[derive(Clone)]
-pub struct Caller {
-    pub name: String,
-    scopes: Vec<Scope>,
 }
 
 impl Caller {

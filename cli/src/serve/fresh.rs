@@ -4,10 +4,13 @@
 //! one each (issue 12: 200 concurrent status requests may not slow a
 //! running backup).
 //!
-//! Never: answer from a read older than its `max_age`, or hide a failed
-//! read (a failure is shared like a success, and for as long).
+//! Never: answer from a read older than its `max_age`, or from one that
+//! started before something changed what it reads ([`Fresh::forget`]: a
+//! job finished), or hide a failed read (a failure is shared like a
+//! success, and for as long).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,13 +18,15 @@ use tokio::sync::Mutex;
 
 use super::ApiError;
 
-/// A read's result and when it finished.
-type Read<T> = (Instant, Result<Arc<T>, ApiError>);
+/// A read's result, when it finished and the generation it started in.
+type Read<T> = (Instant, u64, Result<Arc<T>, ApiError>);
 
 /// The last read of a `T`.
 pub struct Fresh<T> {
     slot: Mutex<Option<Read<T>>>,
     max_age: Duration,
+    /// Bumped by [`Fresh::forget`]: a read of an older generation is stale.
+    generation: AtomicU64,
 }
 
 impl<T> Fresh<T> {
@@ -29,7 +34,14 @@ impl<T> Fresh<T> {
         Fresh {
             slot: Mutex::new(None),
             max_age,
+            generation: AtomicU64::new(0),
         }
+    }
+
+    /// Makes the last read (and one running now) stale: what it read has
+    /// changed, so the next request reads again.
+    pub fn forget(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// The last read when it finished less than `max_age` ago, else a new
@@ -41,13 +53,14 @@ impl<T> Fresh<T> {
         Fut: Future<Output = Result<T, ApiError>>,
     {
         let mut slot = self.slot.lock().await;
-        if let Some((at, last)) = &*slot {
-            if at.elapsed() < self.max_age {
+        let generation = self.generation.load(Ordering::SeqCst);
+        if let Some((at, of, last)) = &*slot {
+            if *of == generation && at.elapsed() < self.max_age {
                 return last.clone();
             }
         }
         let result = read().await.map(Arc::new);
-        *slot = Some((Instant::now(), result.clone()));
+        *slot = Some((Instant::now(), generation, result.clone()));
         result
     }
 }

@@ -200,6 +200,9 @@ impl Jobs {
             };
             let outcome = off_thread(&state, job).await.and_then(|done| done);
             state.jobs.finish(&job_id, &request, outcome);
+            // What the job did (a snapshot, a drill record, a prune) shows
+            // in the next status, not one read before it.
+            state.status.forget();
             let _ = finished.send(true);
         });
         Ok((id, true))

@@ -1,17 +1,20 @@
-//! `offsite serve`: the JSON API over HTTP (docs/api.md), in the
-//! foreground until SIGTERM or SIGINT. The binary's config is resolved
-//! once; every endpoint calls the same functions as the CLI commands, so
-//! what the API reports is what `offsite ... --json` prints.
+//! `offsite serve`: the JSON API over HTTP (docs/api.md) and the dashboard
+//! page that reads it (dashboard.rs), in the foreground until SIGTERM or
+//! SIGINT. The binary's config is resolved once; every endpoint calls the
+//! same functions as the CLI commands, so what the API reports is what
+//! `offsite ... --json` prints.
 //!
 //! Shutdown is the daemon's: a signal stops taking requests and lets the
 //! running jobs finish; a second one abandons them (nothing half done is
 //! visible: a snapshot exists only once its manifest is written).
 //!
-//! Never: answer anything but `/healthz` without a valid token (auth.rs);
-//! listen beyond loopback unless `[serve] listen` says so.
+//! Never: answer anything but `/healthz` and the dashboard's page shell
+//! (which holds no data) without a valid token (auth.rs); listen beyond
+//! loopback unless `[serve] listen` says so.
 
 mod api;
 mod auth;
+mod dashboard;
 mod events;
 mod fresh;
 mod jobs;
@@ -51,7 +54,7 @@ pub struct AppState {
     auth: auth::Auth,
     jobs: jobs::Jobs,
     reads: tokio::sync::Semaphore,
-    status: fresh::Fresh<crate::cmd_status::Report>,
+    pub(super) status: fresh::Fresh<crate::cmd_status::Report>,
 }
 
 /// An error answer: a status and `{"error": message}`.
@@ -173,6 +176,7 @@ fn protected_routes() -> Routes {
         ("/api/v1/jobs/{id}", get(api::job)),
         ("/api/v1/jobs/{id}/events", get(api::job_events)),
         ("/api/v1/openapi.json", get(api::openapi)),
+        ("/api/v1/token", get(auth::token)),
         ("/metrics", get(api::metrics)),
     ]
 }
@@ -198,10 +202,12 @@ fn router(state: Arc<AppState>) -> Router {
     ));
     mounted(open_routes())
         .merge(protected)
+        .merge(dashboard::routes())
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such endpoint (see docs/api.md)")
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::map_response(dashboard::security_headers))
         .with_state(state)
 }
 
