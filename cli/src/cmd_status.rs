@@ -194,6 +194,20 @@ async fn send_events(cfg: &Config, report: &Report) {
 }
 
 fn print_table(report: &Report) {
+    print_rows(report);
+    print_targets_and_copies(report);
+    for r in &report.sources {
+        if let Some(d) = &r.last_drill {
+            print_last_drill(d);
+        }
+    }
+    for b in &report.breaches {
+        println!("ALERT {b}");
+    }
+}
+
+/// One line per source and target.
+fn print_rows(report: &Report) {
     println!(
         "{:<12} {:<10} {:>9} {:<25} {:>12} {:>10} {:>10} {:>10}  STATUS",
         "SOURCE", "TARGET", "SNAPSHOTS", "NEWEST", "AGE", "SIZE", "PREVIOUS", "LOGICAL"
@@ -228,6 +242,10 @@ fn print_table(report: &Report) {
             if r.ok { "ok" } else { "ALERT" }
         );
     }
+}
+
+/// What each target holds, and on how many targets each newest snapshot is complete.
+fn print_targets_and_copies(report: &Report) {
     for t in &report.targets {
         match (&t.repository_bytes, &t.error) {
             (Some(b), _) => println!(
@@ -255,14 +273,6 @@ fn print_table(report: &Report) {
             ),
             None => {}
         }
-    }
-    for r in &report.sources {
-        if let Some(d) = &r.last_drill {
-            print_last_drill(d);
-        }
-    }
-    for b in &report.breaches {
-        println!("ALERT {b}");
     }
 }
 
