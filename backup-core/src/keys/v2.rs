@@ -55,7 +55,7 @@ impl KeyKind {
             KeyKind::Writer => "a writer key (offsite-writer1...)",
             KeyKind::Signer => "a signer key (offsite-owner1... or offsite-writer1...)",
             KeyKind::WriterSecret => "a writer secret key (OFFSITE-WRITER-SECRET-1...)",
-            KeyKind::Keyset => "a key set id (32 lowercase hex digits)",
+            KeyKind::Keyset => "a key set id",
         }
     }
 }
