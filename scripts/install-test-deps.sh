@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need, when it is missing. Idempotent and quiet.
 #
-# - apt: the age and zstd command-line tools (the stock-tools restore test)
+# - apt: the age and zstd command-line tools (the stock-tools restore test),
+#   openssl (format 2's signatures must verify with `openssl pkeyutl`)
 #   and sqlite3 (the benchmark's reference pipeline); python3 (its sqlite3
 #   module plays the application in the restore tests: a writer, a killed
 #   app); python3-pip and python3-venv when pip is not there; zsh, fish and
@@ -32,7 +33,7 @@ apt_install() {
 
 # 1. Command-line tools.
 need=()
-for tool in age zstd sqlite3 zsh fish; do
+for tool in age zstd openssl sqlite3 zsh fish; do
   command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
 command -v groff >/dev/null 2>&1 || need+=(groff-base)

@@ -62,6 +62,10 @@ pub enum Error {
         found: u32,
         supported: u32,
     },
+    /// A format this build parses but cannot operate on yet (format 2,
+    /// while it is in development).
+    #[error("repository {target} uses format version {version}: format {version} repositories are not supported by this build yet")]
+    FormatNotSupportedYet { target: String, version: u32 },
     #[error("repository {target} was created for other recipients (its metadata key is {expected}, these recipients give {found})")]
     RecipientMismatch {
         target: String,

@@ -9,7 +9,8 @@
 //! every source to every target), [`restore_run`] (a whole `offsite restore`,
 //! hooks included) and [`each`] (the other operations on every target)
 //! decide the order and what a failure means. Printing and progress display
-//! belong to the caller.
+//! belong to the caller. Format 2 (in development, docs/design/format-v2.md)
+//! adds [`sign`] and [`keys::v2`]; no operation uses them yet.
 
 pub mod across;
 pub mod backup;
@@ -31,6 +32,7 @@ pub mod restore;
 pub mod restore_run;
 pub mod retention;
 pub mod run;
+pub mod sign;
 pub mod source;
 pub mod status;
 pub mod storage;

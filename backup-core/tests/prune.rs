@@ -9,7 +9,7 @@ use backup_core::backup::BackupOptions;
 use backup_core::keys::Identities;
 use backup_core::lock::LockWait;
 use backup_core::prune::PruneOptions;
-use backup_core::repo::Repository;
+use backup_core::repo::{Repository, CHECKS, KEYRING, KEYS};
 use backup_core::restore::RestoreOptions;
 use backup_core::retention::Policy;
 use backup_core::storage::memory::MemoryStorage;
@@ -407,7 +407,7 @@ async fn put(mem: &MemoryStorage, key: &str, data: impl Into<bytes::Bytes>) {
 
 /// Junk is deleted only when the whole object, as listed, is provably not
 /// offsite's; never on a download that failed or came back short, never an
-/// object a newer offsite may have written.
+/// object a newer offsite may have written, never one under format 2's prefixes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_deletes_provable_junk_only_and_never_on_a_failed_download() {
     let (_dir, data) = data_dir();
@@ -426,7 +426,18 @@ async fn prune_deletes_provable_junk_only_and_never_on_a_failed_download() {
     let noise: Vec<u8> = (0..300u32).map(|i| (i * 7919 % 251) as u8).collect();
     put(&mem, junk[0], noise.clone()).await;
     put(&mem, junk[1], Vec::new()).await;
-    put(&mem, junk[2], noise).await;
+    put(&mem, junk[2], noise.clone()).await;
+    // Format 2's prefixes are not format 1's to judge: whatever is there
+    // (a half-done migration, another tool) stays.
+    for prefix in [KEYRING, KEYS, CHECKS] {
+        put(&mem, &format!("{prefix}00000001"), noise.clone()).await;
+        put(
+            &mem,
+            &format!("{prefix}0001/{}", "0".repeat(32)),
+            Vec::new(),
+        )
+        .await;
+    }
     let everything = mem.keys();
 
     for (prefix, short) in [
@@ -467,6 +478,8 @@ async fn prune_deletes_provable_junk_only_and_never_on_a_failed_download() {
         assert!(!left.iter().any(|l| l == k), "{k} deleted");
     }
     assert_eq!(left.len(), everything.len() - junk.len());
+    let format_2 = |k: &&String| [KEYRING, KEYS, CHECKS].iter().any(|p| k.starts_with(p));
+    assert_eq!(left.iter().filter(format_2).count(), 6, "{left:?}");
     assert_eq!(all_restore(&repo, &ids).await, 1);
 }
 

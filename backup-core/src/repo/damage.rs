@@ -35,13 +35,12 @@ impl Repository {
     /// the record is encrypted to the repository's metadata recipient (every
     /// backup host reads it) and to the identities' own recipients.
     pub async fn record_damage(&self, ids: &Identities, found: &[DamagedPack]) -> Result<String> {
-        let metadata =
-            x25519::Recipient::from_str(&self.config.metadata_recipient).map_err(|e| {
-                Error::NotARepository {
-                    target: self.describe(),
-                    message: format!("config: metadata_recipient: {e}"),
-                }
-            })?;
+        let metadata = x25519::Recipient::from_str(self.metadata_recipient()?).map_err(|e| {
+            Error::NotARepository {
+                target: self.describe(),
+                message: format!("config: metadata_recipient: {e}"),
+            }
+        })?;
         let mut recipients: Vec<x25519::Recipient> = ids.recipients().to_vec();
         recipients.push(metadata);
         recipients.sort_by_key(|r| r.to_string());

@@ -9,6 +9,11 @@
 //! damaged/<random>            chunks found damaged in a pack, metadata-encrypted
 //! locks/<random>              prune's lock
 //! ```
+//!
+//! Format 2 (in development, docs/design/format-v2.md) adds `keyring/`,
+//! `keys/` and `checks/`. Its `config` parses here ([`Format::V2`]), but
+//! [`Repository::open`] refuses it: every operation of this build is
+//! format 1's, and none creates a format 2 repository.
 //! "Metadata-encrypted" means zstd then age to the recipients plus the derived
 //! metadata identity (see [`crate::keys`]). Object names are random or
 //! timestamps and reveal nothing of the content. A snapshot exists once its
@@ -33,7 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::error::{Error, Result};
-use crate::keys::{Keys, MetadataKey};
+use crate::keys::{Keys, KeysetId, MetadataKey};
 use crate::source::SourceKind;
 use crate::storage::{
     bytes_stream, collect_bytes, list_all, ByteStream, ErrorKind, PutMode, RetryPolicy, Storage,
@@ -44,6 +49,7 @@ pub use format::{Damage, Index, Location};
 pub use list::{ChunkList, ListError};
 pub use load::{newest_first, Cause, Dated, SnapshotList, Unreadable};
 
+/// The format version this build writes (and the only one it operates on).
 pub const FORMAT_VERSION: u32 = 1;
 pub const CONFIG_KEY: &str = "config";
 pub const SNAPSHOTS: &str = "snapshots/";
@@ -52,19 +58,152 @@ pub const INDEX: &str = "index/";
 pub const PACKS: &str = "packs/";
 pub const LOCKS: &str = "locks/";
 pub const DAMAGED: &str = "damaged/";
+/// Format 2: the owner-signed keyring, `keyring/<serial>`.
+pub const KEYRING: &str = "keyring/";
+/// Format 2: key bundles, `keys/<generation>/<holder id>-<8 hex>`.
+pub const KEYS: &str = "keys/";
+/// Format 2: database check records, `checks/<snapshot-id>/<16 hex>`.
+pub const CHECKS: &str = "checks/";
 
 /// zstd level for metadata objects; packs use the configured level.
 pub(crate) const METADATA_LEVEL: i32 = 6;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The repository format a `config` declares, with what only that format
+/// names there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Format {
+    /// The derived metadata identity's recipient (see [`crate::keys`]).
+    V1 { metadata_recipient: String },
+    /// The key set whose keyring holds the keys (docs/design/format-v2.md).
+    V2 { keyset: KeysetId },
+}
+
+impl Format {
+    /// The `version` number in `config`.
+    pub fn version(&self) -> u32 {
+        match self {
+            Format::V1 { .. } => 1,
+            Format::V2 { .. } => 2,
+        }
+    }
+}
+
+/// The `config` object (docs/format.md): plaintext, nothing in it trusted.
+#[derive(Debug, Clone, PartialEq)]
 pub struct RepoConfig {
-    /// Always `"offsite-repository"`.
-    pub format: String,
-    pub version: u32,
+    /// Random per target.
     pub id: String,
     pub created: DateTime<Utc>,
-    /// The derived metadata identity's recipient (see [`crate::keys`]).
-    pub metadata_recipient: String,
+    pub format: Format,
+}
+
+/// `config` as JSON: `format` is always `"offsite-repository"`; fields of
+/// the other version are absent.
+#[derive(Serialize, Deserialize)]
+struct ConfigJson {
+    format: String,
+    version: u32,
+    id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    keyset: Option<String>,
+    created: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    metadata_recipient: Option<String>,
+}
+
+impl RepoConfig {
+    /// A new format 1 config: what a backup to an empty target writes.
+    fn new_v1(keys: &Keys) -> RepoConfig {
+        RepoConfig {
+            id: hex::encode(rand::random::<[u8; 16]>()),
+            created: Utc::now(),
+            format: Format::V1 {
+                metadata_recipient: keys.metadata_recipient(),
+            },
+        }
+    }
+
+    pub fn version(&self) -> u32 {
+        self.format.version()
+    }
+
+    /// Format 2's key set, `None` for format 1.
+    pub fn keyset(&self) -> Option<&KeysetId> {
+        match &self.format {
+            Format::V2 { keyset } => Some(keyset),
+            Format::V1 { .. } => None,
+        }
+    }
+
+    /// Format 1's metadata recipient, `None` for format 2.
+    pub fn metadata_recipient(&self) -> Option<&str> {
+        match &self.format {
+            Format::V1 { metadata_recipient } => Some(metadata_recipient),
+            Format::V2 { .. } => None,
+        }
+    }
+
+    /// The object's bytes (pretty JSON, as format 1 always wrote it).
+    pub fn to_json(&self) -> Vec<u8> {
+        let (keyset, metadata_recipient) = match &self.format {
+            Format::V1 { metadata_recipient } => (None, Some(metadata_recipient.clone())),
+            Format::V2 { keyset } => (Some(keyset.to_string()), None),
+        };
+        let json = ConfigJson {
+            format: "offsite-repository".into(),
+            version: self.version(),
+            id: self.id.clone(),
+            keyset,
+            created: self.created,
+            metadata_recipient,
+        };
+        serde_json::to_vec_pretty(&json).expect("config serializes")
+    }
+
+    /// Parses a `config` object of format 1 or 2; any other version is
+    /// [`Error::UnsupportedVersion`]. `target` names the repository in errors.
+    pub fn parse(raw: &[u8], target: &str) -> Result<RepoConfig> {
+        let bad = |message: String| Error::NotARepository {
+            target: target.to_string(),
+            message,
+        };
+        #[derive(Deserialize)]
+        struct Probe {
+            format: Option<String>,
+            version: Option<u32>,
+        }
+        let probe: Probe = serde_json::from_slice(raw)
+            .map_err(|e| bad(format!("config is not valid JSON: {e}")))?;
+        if probe.format.as_deref() != Some("offsite-repository") {
+            return Err(bad("config is not an offsite repository config".into()));
+        }
+        let version = probe.version.unwrap_or(0);
+        if !matches!(version, 1 | 2) {
+            return Err(Error::UnsupportedVersion {
+                target: target.to_string(),
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let json: ConfigJson =
+            serde_json::from_slice(raw).map_err(|e| bad(format!("config: {e}")))?;
+        let missing = |field: &str| bad(format!("config: version {version} needs `{field}`"));
+        let format = match (version, json.metadata_recipient, json.keyset) {
+            (1, Some(metadata_recipient), _) => Format::V1 { metadata_recipient },
+            (1, None, _) => return Err(missing("metadata_recipient")),
+            (_, _, Some(keyset)) => Format::V2 {
+                keyset: keyset
+                    .parse()
+                    .map_err(|e| bad(format!("config: keyset: {e}")))?,
+            },
+            (_, _, None) => return Err(missing("keyset")),
+        };
+        Ok(RepoConfig {
+            id: json.id,
+            created: json.created,
+            format,
+        })
+    }
 }
 
 /// A snapshot's manifest: everything about it except its chunk list.
@@ -157,7 +296,15 @@ impl Repository {
             }
             Err(e) => return Err(Error::Storage { target, cause: e }),
         };
-        let config = Self::parse_config(&raw, &target)?;
+        let config = RepoConfig::parse(&raw, &target)?;
+        // Until format 2's parts land (docs/design/format-v2.md, section 8)
+        // every operation is format 1's: refused whole, not half-read.
+        if config.version() != FORMAT_VERSION {
+            return Err(Error::FormatNotSupportedYet {
+                target,
+                version: config.version(),
+            });
+        }
         Ok(Repository {
             storage,
             config,
@@ -189,15 +336,7 @@ impl Repository {
                         ),
                     });
                 }
-                let config = RepoConfig {
-                    format: "offsite-repository".into(),
-                    version: FORMAT_VERSION,
-                    id: hex::encode(rand::random::<[u8; 16]>()),
-                    created: Utc::now(),
-                    metadata_recipient: keys.metadata_recipient(),
-                };
-                let body =
-                    Bytes::from(serde_json::to_vec_pretty(&config).expect("config serializes"));
+                let body = Bytes::from(RepoConfig::new_v1(keys).to_json());
                 let len = body.len() as u64;
                 match store_checked(
                     storage.as_ref(),
@@ -229,46 +368,28 @@ impl Repository {
         Ok(repo)
     }
 
-    fn parse_config(raw: &[u8], target: &str) -> Result<RepoConfig> {
-        #[derive(Deserialize)]
-        struct Probe {
-            format: Option<String>,
-            version: Option<u32>,
-        }
-        let probe: Probe = serde_json::from_slice(raw).map_err(|e| Error::NotARepository {
-            target: target.to_string(),
-            message: format!("config is not valid JSON: {e}"),
-        })?;
-        if probe.format.as_deref() != Some("offsite-repository") {
-            return Err(Error::NotARepository {
-                target: target.to_string(),
-                message: "config is not an offsite repository config".into(),
-            });
-        }
-        let version = probe.version.unwrap_or(0);
-        if version != FORMAT_VERSION {
-            return Err(Error::UnsupportedVersion {
-                target: target.to_string(),
-                found: version,
-                supported: FORMAT_VERSION,
-            });
-        }
-        serde_json::from_slice(raw).map_err(|e| Error::NotARepository {
-            target: target.to_string(),
-            message: format!("config: {e}"),
-        })
-    }
-
     pub fn check_keys(&self, keys: &Keys) -> Result<()> {
+        let expected = self.metadata_recipient()?;
         let found = keys.metadata_recipient();
-        if found != self.config.metadata_recipient {
+        if found != expected {
             return Err(Error::RecipientMismatch {
                 target: self.describe(),
-                expected: self.config.metadata_recipient.clone(),
+                expected: expected.to_string(),
                 found,
             });
         }
         Ok(())
+    }
+
+    /// Format 1's metadata recipient, from `config`. [`Repository::open`]
+    /// refuses format 2, so this is the same error where it could differ.
+    pub(crate) fn metadata_recipient(&self) -> Result<&str> {
+        self.config
+            .metadata_recipient()
+            .ok_or_else(|| Error::FormatNotSupportedYet {
+                target: self.describe(),
+                version: self.config.version(),
+            })
     }
 
     /// The store itself, for the engine's own modules only: everything
@@ -530,5 +651,136 @@ pub fn select<'a>(
                 )),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::generate_identity;
+    use crate::storage::memory::MemoryStorage;
+
+    /// A format 1 config exactly as format 1 has always written it.
+    const V1: &str = r#"{
+  "format": "offsite-repository",
+  "version": 1,
+  "id": "5f0c7d1e2a3b4c5d6e7f8091a2b3c4d5",
+  "created": "2026-11-23T09:55:46.123Z",
+  "metadata_recipient": "age1q73he0q5yzfu3d64msd3p6rvksnrwjk3d2598mgtmlqt9wrdr37q2vrn72"
+}"#;
+    const V2: &str = r#"{"format": "offsite-repository", "version": 2,
+        "id": "5f0c7d1e2a3b4c5d6e7f8091a2b3c4d5",
+        "keyset": "0123456789abcdef0123456789abcdef", "created": "2026-12-01T10:00:00Z"}"#;
+
+    fn parse(text: &str) -> Result<RepoConfig> {
+        RepoConfig::parse(text.as_bytes(), "mem")
+    }
+
+    #[test]
+    fn config_version_2_parses_and_3_is_refused() {
+        let v1 = parse(V1).unwrap();
+        assert_eq!((v1.version(), v1.keyset()), (1, None));
+        assert!(v1.metadata_recipient().unwrap().starts_with("age1q73he0"));
+        assert_eq!(String::from_utf8(v1.to_json()).unwrap(), V1);
+
+        let v2 = parse(V2).unwrap();
+        assert_eq!(v2.version(), 2);
+        assert_eq!(
+            v2.keyset().map(KeysetId::as_str),
+            Some("0123456789abcdef0123456789abcdef")
+        );
+        assert_eq!(v2.metadata_recipient(), None);
+        let written = String::from_utf8(v2.to_json()).unwrap();
+        assert!(!written.contains("metadata_recipient"), "{written}");
+        assert_eq!(parse(&written).unwrap(), v2);
+
+        let refused = |text: &str, needle: &str| {
+            let e = parse(text).unwrap_err();
+            assert!(matches!(e, Error::NotARepository { .. }), "{e:?}");
+            assert!(e.to_string().contains(needle), "{needle}: {e}");
+        };
+        refused(
+            &V2.replace(r#""keyset": "0123456789abcdef0123456789abcdef","#, ""),
+            "version 2 needs `keyset`",
+        );
+        refused(
+            &V2.replace("0123456789abcdef01", "0123456789ABCDEF01"),
+            "keyset: \"0123456789ABCDEF01",
+        );
+        refused(
+            &V1.replace(r#""version": 1"#, r#""version": 2"#),
+            "version 2 needs `keyset`",
+        );
+        refused(
+            &V2.replace(r#""version": 2"#, r#""version": 1"#),
+            "version 1 needs `metadata_recipient`",
+        );
+
+        let e = parse(&V2.replace(r#""version": 2"#, r#""version": 3"#)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::UnsupportedVersion {
+                    found: 3,
+                    supported: 1,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .contains("uses format version 3; this offsite reads version 1"),
+            "{e}"
+        );
+        let e = parse(&V2.replace(r#""version": 2,"#, "")).unwrap_err();
+        assert!(
+            matches!(e, Error::UnsupportedVersion { found: 0, .. }),
+            "{e:?}"
+        );
+    }
+
+    /// Format 2 parses but nothing of this build operates on it: backup
+    /// (`open_or_init`) and restore (`open`) refuse it and write nothing,
+    /// and a backup to an empty target still makes format 1.
+    #[tokio::test]
+    async fn a_format_2_repository_is_refused_for_backup_and_restore() {
+        let (_, recipient) = generate_identity();
+        let keys = Keys::from_recipients(&[recipient]).unwrap();
+        let mem = Arc::new(MemoryStorage::default());
+        mem.put(CONFIG_KEY, bytes_stream(Bytes::from(V2)), PutMode::Create)
+            .await
+            .unwrap();
+        let not_yet = |e: Error| {
+            assert!(
+                matches!(e, Error::FormatNotSupportedYet { version: 2, .. }),
+                "{e:?}"
+            );
+            assert!(
+                e.to_string()
+                    .contains("format 2 repositories are not supported by this build yet"),
+                "{e}"
+            );
+        };
+        not_yet(Repository::open(mem.clone()).await.unwrap_err());
+        not_yet(
+            Repository::open_or_init(mem.clone(), &keys)
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(mem.keys(), [CONFIG_KEY]);
+        let config = collect_bytes(mem.get(CONFIG_KEY).await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(config, V2.as_bytes());
+
+        let empty = Arc::new(MemoryStorage::default());
+        let repo = Repository::open_or_init(empty, &keys).await.unwrap();
+        assert_eq!(
+            repo.config().format,
+            Format::V1 {
+                metadata_recipient: keys.metadata_recipient()
+            }
+        );
     }
 }

@@ -10,8 +10,13 @@
 //! learns nothing but object sizes and counts. Changing the recipient set changes
 //! the metadata identity, so a repository is tied to the set it was created with.
 //!
+//! That is format 1. Format 2's key strings and derivations (owner and
+//! writer keys, key set ids, chunk-id key, holder ids) are in [`v2`].
+//!
 //! This module never writes an identity anywhere; `generate_identity` returns it
 //! to the caller.
+
+pub mod v2;
 
 use std::str::FromStr;
 
@@ -19,6 +24,8 @@ use age::secrecy::ExposeSecret;
 use age::x25519;
 
 use crate::error::{Error, Result};
+
+pub use v2::{KeysetId, OwnerKey, OwnerPublic, SignerPublic, WriterKey, WriterPublic};
 
 /// What a backup host holds: the recipient set and what derives from it.
 pub struct Keys {
