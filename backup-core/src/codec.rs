@@ -1,7 +1,8 @@
 //! The codec every stored object goes through: zstd compression, then age
 //! encryption, streaming in both directions so memory does not depend on the
-//! object's size. Decoding is exactly `age -d | zstd -d`, which is what lets a
-//! user restore with the stock tools (docs/format.md).
+//! object's size, or in one piece for buffers of bounded size (packs:
+//! [`Encoder`], [`Decoder`]). Decoding is exactly `age -d | zstd -d`, which is
+//! what lets a user restore with the stock tools (docs/format.md).
 
 use std::io::{self, BufReader, Read, Write};
 
@@ -79,6 +80,75 @@ impl Encoder {
         w.write_all(&self.compressed)?;
         w.finish()?;
         Ok(out)
+    }
+}
+
+/// Decodes one object after another into buffers it keeps, for the packs of
+/// a restore: the whole object is decrypted in one piece and decompressed
+/// with one reused zstd context, straight into the plaintext buffer. The
+/// streaming [`decode_reader`] copies every byte through a `BufReader`, the
+/// age chunk buffer and zstd's window, and allocates a context per object.
+pub struct Decoder {
+    zstd: zstd::bulk::Decompressor<'static>,
+    compressed: Vec<u8>,
+    plain: Vec<u8>,
+}
+
+/// Why [`Decoder::decode`] gave up on an object.
+#[derive(Debug)]
+pub enum BulkError {
+    /// The object is not encrypted to any identity given.
+    WrongIdentity(Error),
+    /// It did not decode in one piece: damaged or truncated, or its frame
+    /// does not record a size of at most the limit. The streaming decoder
+    /// tells which, and how far it gets.
+    Streaming,
+}
+
+impl Decoder {
+    pub fn new() -> io::Result<Decoder> {
+        Ok(Decoder {
+            zstd: zstd::bulk::Decompressor::new()?,
+            compressed: Vec::new(),
+            plain: Vec::new(),
+        })
+    }
+
+    /// The plaintext of `data`, if it decodes in one piece to at most `limit`
+    /// bytes. Every layer's integrity is checked, as by [`decode`].
+    pub fn decode<'a>(
+        &mut self,
+        data: &'a [u8],
+        identities: impl Iterator<Item = &'a dyn age::Identity>,
+        key: &str,
+        limit: usize,
+    ) -> std::result::Result<&[u8], BulkError> {
+        let decrypt = |e| match decrypt_error(e, key) {
+            e @ Error::WrongIdentity { .. } => BulkError::WrongIdentity(e),
+            _ => BulkError::Streaming,
+        };
+        // A slice is already buffered: no BufReader copy in front of age.
+        let mut plain = age::Decryptor::new_buffered(data)
+            .map_err(decrypt)?
+            .decrypt(identities)
+            .map_err(decrypt)?;
+        self.compressed.clear();
+        plain
+            .read_to_end(&mut self.compressed)
+            .map_err(|_| BulkError::Streaming)?;
+        let size = match zstd::zstd_safe::get_frame_content_size(&self.compressed) {
+            Ok(Some(size)) if size <= limit as u64 => size as usize,
+            _ => return Err(BulkError::Streaming),
+        };
+        self.plain.clear();
+        self.plain.reserve(size);
+        // Objects offsite writes are one frame. Further frames are decoded
+        // too (as `zstd -d` does) where the buffer kept from earlier objects
+        // has room for them; where not, this fails and the stream does it.
+        self.zstd
+            .decompress_to_buffer(&self.compressed[..], &mut self.plain)
+            .map_err(|_| BulkError::Streaming)?;
+        Ok(&self.plain)
     }
 }
 
@@ -177,5 +247,63 @@ mod tests {
         let truncated = &enc[..enc.len() - 30];
         let bad = decode(truncated, std::iter::once(&id as &dyn age::Identity), "k");
         assert!(matches!(bad, Err(Error::Corrupt { .. })), "{bad:?}");
+    }
+
+    #[test]
+    fn bulk_decoder_decodes_in_one_piece_or_says_to_stream() {
+        let id = x25519::Identity::generate();
+        let other = x25519::Identity::generate();
+        let rec = id.to_public();
+        let ids = || std::iter::once(&id as &dyn age::Identity);
+        let mut decoder = Decoder::new().unwrap();
+        let mut encoder = Encoder::new(3).unwrap();
+        for data in [b"a pack ".repeat(50_000), b"the next, shorter".to_vec()] {
+            let enc = encoder.encode(&data, &[&rec]).unwrap();
+            let plain = decoder.decode(&enc, ids(), "k", 1 << 20).unwrap();
+            assert_eq!(plain, &data[..], "buffers reused from object to object");
+        }
+
+        let enc = encode(&b"page ".repeat(1000), &[&rec], 3).unwrap();
+        let wrong = decoder.decode(
+            &enc,
+            std::iter::once(&other as &dyn age::Identity),
+            "k",
+            1 << 20,
+        );
+        assert!(matches!(
+            wrong,
+            Err(BulkError::WrongIdentity(Error::WrongIdentity { .. }))
+        ));
+        let over = decoder.decode(&enc, ids(), "k", 4999);
+        assert!(
+            matches!(over, Err(BulkError::Streaming)),
+            "larger than the limit"
+        );
+        let mut flipped = enc.clone();
+        let n = flipped.len() - 20;
+        flipped[n] ^= 1;
+        let bad = decoder.decode(&flipped, ids(), "k", 1 << 20);
+        assert!(matches!(bad, Err(BulkError::Streaming)), "damaged");
+        let bad = decoder.decode(&enc[..enc.len() - 30], ids(), "k", 1 << 20);
+        assert!(matches!(bad, Err(BulkError::Streaming)), "truncated");
+
+        // Two frames: more than the first frame's size, which is all a
+        // fresh decoder makes room for; one with room decodes both.
+        let mut two = Vec::new();
+        for part in [&b"one "[..], &b"two "[..]] {
+            two.extend(zstd::bulk::compress(&part.repeat(100), 3).unwrap());
+        }
+        let encryptor =
+            age::Encryptor::with_recipients(std::iter::once(&rec as &dyn age::Recipient)).unwrap();
+        let mut enc = Vec::new();
+        let mut w = encryptor.wrap_output(&mut enc).unwrap();
+        w.write_all(&two).unwrap();
+        w.finish().unwrap();
+        let mut fresh = Decoder::new().unwrap();
+        let two_frames = fresh.decode(&enc, ids(), "k", 1 << 20);
+        assert!(matches!(two_frames, Err(BulkError::Streaming)));
+        let whole = decode(&enc, ids(), "k").unwrap();
+        assert_eq!(whole.len(), 800);
+        assert_eq!(decoder.decode(&enc, ids(), "k", 1 << 20).unwrap(), whole);
     }
 }

@@ -17,6 +17,11 @@
 //! the next backup stores it again. A missing pack is not damage: its chunks
 //! just go to the next round.
 //!
+//! A few packs download at once while at most one per core is decoded, in
+//! one piece into buffers each decoder keeps, and written from there; a pack
+//! that does not decode that way is decoded again as a stream, which finds
+//! how much of it is good.
+//!
 //! Never: write a byte to a staged file that did not match its chunk id, or
 //! report a chunk as fetched that was not written.
 
@@ -280,10 +285,12 @@ async fn fetch_packs(
     placed: HashMap<u32, Vec<Piece>>,
     sink: &Sink<'_>,
 ) -> Result<Round> {
+    let decoders = Decoders::new(sink.concurrency);
+    let decoders = &decoders;
     let outcomes: Vec<PackOutcome> = stream::iter(placed)
         .map(|(pack, pieces)| {
             let key = keys[pack as usize].clone();
-            async move { fetch_pack(repo, ids, key, pieces, sink).await }
+            async move { fetch_pack(repo, ids, key, pieces, sink, decoders).await }
         })
         .buffer_unordered(sink.concurrency.max(1))
         .try_collect()
@@ -304,6 +311,40 @@ async fn fetch_packs(
     Ok(round)
 }
 
+/// The pack decoders of a round: one per core at most decode at once (more
+/// would only add buffers, not speed), while the other packs in flight
+/// download; each keeps its buffers from pack to pack.
+struct Decoders {
+    permits: tokio::sync::Semaphore,
+    idle: std::sync::Mutex<Vec<codec::Decoder>>,
+}
+
+impl Decoders {
+    fn new(concurrency: usize) -> Decoders {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Decoders {
+            permits: tokio::sync::Semaphore::new(cores.min(concurrency).max(1)),
+            idle: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// An idle decoder, or a new one (at most as many as permits).
+    fn take(&self) -> Result<codec::Decoder> {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match idle {
+            Some(d) => Ok(d),
+            None => codec::Decoder::new().map_err(|e| Error::io("starting a pack decoder", e)),
+        }
+    }
+
+    fn put(&self, decoder: codec::Decoder) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(decoder);
+    }
+}
+
 /// What one pack gave.
 struct PackOutcome {
     key: String,
@@ -317,6 +358,24 @@ struct PackOutcome {
 }
 
 impl PackOutcome {
+    fn new(key: String) -> PackOutcome {
+        PackOutcome {
+            key,
+            chunks: 0,
+            written: 0,
+            failed: Vec::new(),
+            damaged: Vec::new(),
+            problem: None,
+        }
+    }
+
+    /// `want` is not written: its chunk is damaged, for `problem`.
+    fn damaged(&mut self, want: Want, problem: impl FnOnce() -> String) {
+        self.failed.push(want);
+        self.damaged.push(want.id);
+        self.problem.get_or_insert_with(problem);
+    }
+
     fn failed(key: String, pieces: &[Piece], damaged: bool, problem: String) -> PackOutcome {
         let mut ids: Vec<ChunkId> = if damaged {
             pieces.iter().map(|p| p.want.id).collect()
@@ -342,6 +401,7 @@ async fn fetch_pack(
     key: String,
     mut pieces: Vec<Piece>,
     sink: &Sink<'_>,
+    decoders: &Decoders,
 ) -> Result<PackOutcome> {
     let raw = match repo.get_bytes(&key).await {
         Ok(raw) => raw,
@@ -353,42 +413,160 @@ async fn fetch_pack(
     };
     let ids = ids.clone();
     let files = sink.files.clone();
+    // Never closed, so acquiring cannot fail.
+    let _permit = decoders.permits.acquire().await.ok();
+    let mut decoder = decoders.take()?;
     // Decoding is CPU work: keep it off the async threads.
-    let outcome =
-        tokio::task::spawn_blocking(move || write_pack(&raw, key, &ids, &mut pieces, &files))
-            .await
-            .map_err(|e| Error::io("restore", std::io::Error::other(e.to_string())))??;
+    let (outcome, decoder) = tokio::task::spawn_blocking(move || {
+        let outcome = write_pack(&raw, key, &ids, &mut pieces, &files, &mut decoder);
+        (outcome, decoder)
+    })
+    .await
+    .map_err(|e| Error::io("restore", std::io::Error::other(e.to_string())))?;
+    decoders.put(decoder);
+    let outcome = outcome?;
     sink.progress
         .read
         .fetch_add(outcome.written, Ordering::Relaxed);
     Ok(outcome)
 }
 
-/// Decodes one pack as a stream and writes its pieces where they belong.
-/// Pieces are taken in pack order, so only one chunk is ever held in memory,
-/// not the decoded pack. A chunk that does not match its id fails its
-/// pieces only; where the pack stops decoding, every piece after fails.
+/// Packs whose plaintext is larger than this (`pack_size_mib` above 32) are
+/// decoded as a stream, so that a decoder's buffers stay a few MiB.
+const BULK_MAX: usize = 32 << 20;
+
+/// Decodes one pack and writes its pieces where they belong: in one piece
+/// into `decoder`'s buffers when it decodes that way, as a stream otherwise
+/// (a damaged pack: the stream tells how far it is good).
 fn write_pack(
     raw: &[u8],
     key: String,
     ids: &Identities,
     pieces: &mut [Piece],
     files: &[PathBuf],
+    decoder: &mut codec::Decoder,
 ) -> Result<PackOutcome> {
     pieces.sort_unstable_by_key(|p| p.offset);
+    match decoder.decode(raw, ids.iter(), &key, BULK_MAX) {
+        Ok(plain) => write_pieces(plain, key, pieces, files),
+        Err(codec::BulkError::WrongIdentity(e)) => Err(e),
+        Err(codec::BulkError::Streaming) => write_pack_streaming(raw, key, ids, pieces, files),
+    }
+}
+
+/// Writes the pieces (sorted by offset) of a decoded pack: each chunk is
+/// checked against its id once, and runs of chunks that follow each other
+/// in the pack and in a file are written straight from the pack with one
+/// call. A chunk that does not match fails its pieces only.
+fn write_pieces(
+    plain: &[u8],
+    key: String,
+    pieces: &[Piece],
+    files: &[PathBuf],
+) -> Result<PackOutcome> {
+    let mut out = PackOutcome::new(key);
+    // The chunk last hashed: its offset, length and id.
+    let mut held: Option<(u32, u32, ChunkId)> = None;
+    let mut open: HashMap<u32, std::fs::File> = HashMap::new();
+    let mut run: Option<Run> = None;
+    for p in pieces {
+        let start = p.offset as usize;
+        let Some(chunk) = plain.get(start..start + p.want.len as usize) else {
+            out.damaged(p.want, || {
+                format!("chunk {} lies outside the pack", p.want.id)
+            });
+            continue;
+        };
+        match held {
+            Some((offset, len, _)) if (offset, len) == (p.offset, p.want.len) => {}
+            _ => held = Some((p.offset, p.want.len, ChunkId::of(chunk))),
+        }
+        if held.map(|(_, _, id)| id) != Some(p.want.id) {
+            out.damaged(p.want, || {
+                format!("chunk {} does not match its id", p.want.id)
+            });
+            continue;
+        }
+        match &mut run {
+            Some(r) if r.extends(p) => r.end += p.want.len as usize,
+            _ => {
+                if let Some(r) = run.replace(Run::of(p)) {
+                    r.write(plain, &mut open, files)?;
+                }
+            }
+        }
+        out.chunks += 1;
+        out.written += u64::from(p.want.len);
+    }
+    if let Some(r) = run {
+        r.write(plain, &mut open, files)?;
+    }
+    for file in open.values() {
+        start_writeback(file);
+    }
+    out.damaged.sort_unstable();
+    out.damaged.dedup();
+    Ok(out)
+}
+
+/// Checked chunks that follow each other in a decoded pack
+/// (`start..end`) and in staged file `file` from `file_offset`.
+struct Run {
+    file: u32,
+    file_offset: u64,
+    start: usize,
+    end: usize,
+}
+
+impl Run {
+    fn of(p: &Piece) -> Run {
+        let start = p.offset as usize;
+        Run {
+            file: p.want.file,
+            file_offset: p.want.file_offset,
+            start,
+            end: start + p.want.len as usize,
+        }
+    }
+
+    fn extends(&self, p: &Piece) -> bool {
+        p.want.file == self.file
+            && p.offset as usize == self.end
+            && p.want.file_offset == self.file_offset + (self.end - self.start) as u64
+    }
+
+    fn write(
+        &self,
+        plain: &[u8],
+        open: &mut HashMap<u32, std::fs::File>,
+        files: &[PathBuf],
+    ) -> Result<()> {
+        write_at(
+            staged_file(open, files, self.file)?,
+            &plain[self.start..self.end],
+            self.file_offset,
+        )
+        .map_err(|e| Error::io("writing restored data", e))
+    }
+}
+
+/// Decodes one pack as a stream and writes its pieces (sorted by offset)
+/// where they belong. Only one chunk is ever held in memory, not the
+/// decoded pack. A chunk that does not match its id fails its pieces only;
+/// where the pack stops decoding, every piece after fails.
+fn write_pack_streaming(
+    raw: &[u8],
+    key: String,
+    ids: &Identities,
+    pieces: &[Piece],
+    files: &[PathBuf],
+) -> Result<PackOutcome> {
     let mut plain = match codec::decode_reader(raw, ids.iter(), &key) {
         Ok(p) => p,
         Err(e @ Error::WrongIdentity { .. }) => return Err(e),
         Err(e) => return Ok(PackOutcome::failed(key, pieces, true, e.to_string())),
     };
-    let mut out = PackOutcome {
-        key,
-        chunks: 0,
-        written: 0,
-        failed: Vec::new(),
-        damaged: Vec::new(),
-        problem: None,
-    };
+    let mut out = PackOutcome::new(key);
     let mut pos = 0u64;
     let mut buf: Vec<u8> = Vec::new();
     // The chunk in `buf`: its offset and the hash of what was read.
@@ -409,10 +587,9 @@ fn write_pack(
             held = Some((p.offset, ChunkId::of(&buf)));
         }
         if held.map(|(_, id)| id) != Some(p.want.id) {
-            out.failed.push(p.want);
-            out.damaged.push(p.want.id);
-            out.problem
-                .get_or_insert_with(|| format!("chunk {} does not match its id", p.want.id));
+            out.damaged(p.want, || {
+                format!("chunk {} does not match its id", p.want.id)
+            });
             continue;
         }
         if !coalesce.extends(p.want.file, p.want.file_offset) {
@@ -487,21 +664,33 @@ impl Coalesce {
         if self.data.is_empty() {
             return Ok(());
         }
-        let file = match open.entry(self.file) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                let path = &files[self.file as usize];
-                v.insert(
-                    crate::restore::open_staged(path, true)
-                        .map_err(|e| Error::io(format!("staging {}", path.display()), e))?,
-                )
-            }
-        };
-        write_at(file, &self.data, self.offset)
-            .map_err(|e| Error::io("writing restored data", e))?;
+        write_at(
+            staged_file(open, files, self.file)?,
+            &self.data,
+            self.offset,
+        )
+        .map_err(|e| Error::io("writing restored data", e))?;
         self.data.clear();
         Ok(())
     }
+}
+
+/// Staged file `file`, opened once per pack.
+fn staged_file<'a>(
+    open: &'a mut HashMap<u32, std::fs::File>,
+    files: &[PathBuf],
+    file: u32,
+) -> Result<&'a std::fs::File> {
+    Ok(match open.entry(file) {
+        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+        std::collections::hash_map::Entry::Vacant(v) => {
+            let path = &files[file as usize];
+            v.insert(
+                crate::restore::open_staged(path, true)
+                    .map_err(|e| Error::io(format!("staging {}", path.display()), e))?,
+            )
+        }
+    })
 }
 
 /// Asks the kernel to start writing a staged file's dirty pages now, so the
