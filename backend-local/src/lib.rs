@@ -26,6 +26,15 @@
 //!   and pid space, process gone) or that were not written to for
 //!   [`STALE_TEMP_AFTER`] (a run elsewhere, or one whose pid cannot be judged).
 //!   A put that is dropped (its run gave up on it) removes its own file.
+//! - the object is the first in its directory (`packs/ab/`, on a new
+//!   repository `packs/` itself): a new directory's name is durable only
+//!   once its parent directory is, and every object in it would be lost
+//!   with it. The first put into a directory this process has not made
+//!   durable yet creates it, then fsyncs each parent up to the root (one
+//!   put at a time does this; the others wait), before the object is
+//!   written. A directory that already existed (an earlier run's) is taken
+//!   as durable. The root itself, when `open` creates it, has its parent
+//!   fsynced.
 //! - another offsite job writes at the same time: temporary names are
 //!   random, a live job's files are never removed (its process exists, or it
 //!   writes to them), and create-if-absent stays atomic through `link(2)`.
@@ -34,6 +43,7 @@
 //! piece of a body is written, `local.put.fsync` before the fsync,
 //! `local.put.link` before the link or rename.
 
+use std::collections::HashSet;
 use std::io::ErrorKind as IoKind;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -70,6 +80,9 @@ pub struct LocalStorage {
     root: PathBuf,
     /// Whether this instance has looked for temporary files of dead runs.
     swept: Arc<AtomicBool>,
+    /// Directories known to exist durably (their names fsynced in their
+    /// parents), and the lock the put that makes one durable holds.
+    durable_dirs: Arc<tokio::sync::Mutex<HashSet<PathBuf>>>,
 }
 
 /// A temporary file being written; removed when dropped unless it was
@@ -121,13 +134,35 @@ impl LocalStorage {
                     }
                 }
                 std::fs::create_dir(&root).map_err(|e| io_error(&describe, e))?;
+                let parent = root.parent().filter(|p| !p.as_os_str().is_empty());
+                sync_dir_blocking(parent.unwrap_or(Path::new(".")));
             }
             Err(e) => return Err(io_error(&describe, e)),
         }
         Ok(LocalStorage {
             root,
             swept: Arc::new(AtomicBool::new(false)),
+            durable_dirs: Arc::default(),
         })
+    }
+
+    /// Makes sure `dir` (below the root) exists and that its name, and any
+    /// parent's it had to create, survive a crash: see the module doc.
+    async fn durable_dir(&self, dir: &Path) -> std::io::Result<()> {
+        let mut known = self.durable_dirs.lock().await;
+        if known.contains(dir) {
+            return Ok(());
+        }
+        if !tokio::fs::try_exists(dir).await.unwrap_or(false) {
+            tokio::fs::create_dir_all(dir).await?;
+            let mut parent = dir.parent();
+            while let Some(p) = parent.filter(|p| p.starts_with(&self.root)) {
+                sync_dir(p).await;
+                parent = p.parent();
+            }
+        }
+        known.insert(dir.to_path_buf());
+        Ok(())
     }
 
     fn path_of(&self, key: &str) -> PathBuf {
@@ -246,6 +281,13 @@ fn io_error(key: &str, e: std::io::Error) -> StorageError {
     StorageError::new(kind, key, e.to_string())
 }
 
+/// [`sync_dir`] for the synchronous `open`.
+fn sync_dir_blocking(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
 async fn sync_dir(dir: &Path) {
     // A rename is durable only once its directory is; failure here (some network
     // filesystems refuse to open directories) is not worth failing the put.
@@ -268,9 +310,7 @@ impl Storage for LocalStorage {
             .parent()
             .expect("a key has a parent: the root")
             .to_path_buf();
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|e| io_error(key, e))?;
+        self.durable_dir(&dir).await.map_err(|e| io_error(key, e))?;
         if mode == PutMode::Create && tokio::fs::try_exists(&dest).await.unwrap_or(false) {
             // Cheap early answer; the link below is what makes it atomic.
             return Err(StorageError::already_exists(key));
