@@ -28,6 +28,7 @@ pub mod format;
 mod list;
 mod load;
 mod ops;
+pub mod path;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
