@@ -57,10 +57,14 @@
 //! Never: apply a delta to a state other than the one it names (snapshot id
 //! and `list_blake3` must both match what the caller holds for the parent),
 //! return a state whose files' chunks do not add up to their sizes, or take
-//! a state built by applying deltas for checked: [`Delta::apply`] labels its
-//! result with the `list_blake3` the delta *claims*, and the reader must
-//! compare [`ListState::list_blake3`] of the end state with the manifest's
+//! a state built by applying deltas for checked: what [`Delta::apply`]
+//! returns is the state [`Delta::to`] *claims* (the next delta on a path is
+//! checked against that claim), and the reader must compare
+//! [`ListState::list_blake3`] of the end state with the manifest's
 //! (intermediate states are not hashed, per the design).
+//!
+//! Nothing in this build reads or writes these objects yet: backup and
+//! restore are format 1's (`super`), which this module leaves untouched.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -634,7 +638,7 @@ fn parse_named(line: Option<(usize, &str)>, tag: &str) -> Result<Named> {
     };
     let f: Vec<&str> = line.split(' ').collect();
     match f.as_slice() {
-        [t, id, hash] if *t == tag && !id.is_empty() => Ok(Named {
+        [t, id, hash] if *t == tag && !id.is_empty() && !id.contains('/') => Ok(Named {
             snapshot: id.to_string(),
             list_blake3: ListHash::parse(hash)
                 .ok_or_else(|| malformed(n, "malformed list_blake3"))?,
