@@ -13,7 +13,9 @@
 //! Format 2 (in development, docs/design/format-v2.md) adds `keyring/`,
 //! `keys/` and `checks/`. Its `config` parses here ([`Format::V2`]), but
 //! [`Repository::open`] refuses it: every operation of this build is
-//! format 1's, and none creates a format 2 repository.
+//! format 1's, and none creates a format 2 repository. Format 2's list
+//! objects (full list, delta, `list_blake3`) are in `format::list2`, the
+//! planning of which of them to read in `path`; nothing uses them yet.
 //! "Metadata-encrypted" means zstd then age to the recipients plus the derived
 //! metadata identity (see [`crate::keys`]). Object names are random or
 //! timestamps and reveal nothing of the content. A snapshot exists once its
@@ -28,6 +30,7 @@ pub mod format;
 mod list;
 mod load;
 mod ops;
+pub mod path;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -25,6 +25,8 @@
 //! Paths are percent-encoded (bytes outside `[A-Za-z0-9._~/+,@=:-]`), so
 //! fields never contain spaces or newlines.
 
+pub mod list2;
+
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Write};
 
