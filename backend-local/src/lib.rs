@@ -29,12 +29,11 @@
 //! - the object is the first in its directory (`packs/ab/`, on a new
 //!   repository `packs/` itself): a new directory's name is durable only
 //!   once its parent directory is, and every object in it would be lost
-//!   with it. The first put into a directory this process has not made
-//!   durable yet creates it, then fsyncs each parent up to the root (one
-//!   put at a time does this; the others wait), before the object is
-//!   written. A directory that already existed (an earlier run's) is taken
-//!   as durable. The root itself, when `open` creates it, has its parent
-//!   fsynced.
+//!   with it. Every put creates its directory if it is missing; the first
+//!   put of this process into each directory then fsyncs its parents up to
+//!   the root, whoever created it (one put at a time does this; the others
+//!   wait for it), before the object is written. The root itself, when
+//!   `open` creates it, has its parent fsynced.
 //! - another offsite job writes at the same time: temporary names are
 //!   random, a live job's files are never removed (its process exists, or it
 //!   writes to them), and create-if-absent stays atomic through `link(2)`.
@@ -146,22 +145,21 @@ impl LocalStorage {
         })
     }
 
-    /// Makes sure `dir` (below the root) exists and that its name, and any
-    /// parent's it had to create, survive a crash: see the module doc.
+    /// Makes sure `dir` (below the root) exists and that its name, and its
+    /// parents', survive a crash: see the module doc.
     async fn durable_dir(&self, dir: &Path) -> std::io::Result<()> {
+        // Cheap when it exists; a directory removed from outside comes back.
+        tokio::fs::create_dir_all(dir).await?;
         let mut known = self.durable_dirs.lock().await;
-        if known.contains(dir) {
-            return Ok(());
-        }
-        if !tokio::fs::try_exists(dir).await.unwrap_or(false) {
-            tokio::fs::create_dir_all(dir).await?;
+        if known.insert(dir.to_path_buf()) {
+            // Whoever created it (this put, another one, another job a
+            // moment ago), its name is durable once the parents are synced.
             let mut parent = dir.parent();
             while let Some(p) = parent.filter(|p| p.starts_with(&self.root)) {
                 sync_dir(p).await;
                 parent = p.parent();
             }
         }
-        known.insert(dir.to_path_buf());
         Ok(())
     }
 

@@ -176,7 +176,12 @@ impl Jobs {
         let key = (request.kind, request.source.clone());
         let mut t = state.jobs.table.lock().expect("jobs");
         if let Some(id) = t.running.get(&key) {
-            return Ok((id.clone(), false));
+            return match t.jobs.get(id) {
+                Some(running) if !same_work(&running.request, &request) => {
+                    Err(different_work(id, &running.request))
+                }
+                _ => Ok((id.clone(), false)),
+            };
         }
         if let Some(message) = conflict(&t, &request) {
             return Err(message);
@@ -199,10 +204,11 @@ impl Jobs {
                 output::with_displays(displays, run(&st, &r)).await
             };
             let outcome = off_thread(&state, job).await.and_then(|done| done);
-            state.jobs.finish(&job_id, &request, outcome);
             // What the job did (a snapshot, a drill record, a prune) shows
-            // in the next status, not one read before it.
+            // in the next status, not one read before it: forgotten before
+            // anyone can see the job finished.
             state.status.forget();
+            state.jobs.finish(&job_id, &request, outcome);
             let _ = finished.send(true);
         });
         Ok((id, true))
@@ -260,6 +266,28 @@ impl Table {
 /// Why `request` cannot start now: a restore of a source and a backup that
 /// reads it (of that source or of every source) exclude each other, since
 /// the backup would read the file while the restore replaces it.
+/// Whether a request asks for what the running job of its kind and source
+/// does: another snapshot to restore, or a real prune while a dry run runs,
+/// is other work, and answering it with the running job's id would say it
+/// is being done.
+fn same_work(running: &JobRequest, request: &JobRequest) -> bool {
+    running.snapshot == request.snapshot && running.dry_run == request.dry_run
+}
+
+/// The refusal of a request for other work than the running job `id`'s.
+fn different_work(id: &str, running: &JobRequest) -> String {
+    let what = match (&running.snapshot, running.dry_run) {
+        (Some(s), _) => format!("with snapshot {s}"),
+        (None, true) => "as a dry run".to_string(),
+        (None, false) if running.kind == Kind::Prune => "for real (not a dry run)".to_string(),
+        (None, false) => "with the newest snapshot".to_string(),
+    };
+    format!(
+        "job {id} of this kind runs on this source {what}: one runs at a time; \
+         start this job again once that one has finished"
+    )
+}
+
 fn conflict(t: &Table, request: &JobRequest) -> Option<String> {
     let other = match request.kind {
         Kind::Restore => Kind::Backup,
@@ -469,4 +497,33 @@ fn confirmed(r: &JobRequest) -> Result<(), String> {
 /// The JSON of a job, for the API.
 pub fn to_json(job: &Job) -> Value {
     serde_json::to_value(job).unwrap_or_else(|e| json!({"id": job.id, "error": e.to_string()}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(kind: Kind, snapshot: Option<&str>, dry_run: bool) -> JobRequest {
+        JobRequest {
+            kind,
+            source: Some("app".into()),
+            dry_run,
+            snapshot: snapshot.map(str::to_string),
+            confirm: None,
+        }
+    }
+
+    #[test]
+    fn only_the_same_work_gets_the_running_job() {
+        let a = request(Kind::Restore, Some("a"), false);
+        assert!(same_work(&a, &a.clone()));
+        assert!(!same_work(&a, &request(Kind::Restore, Some("b"), false)));
+        assert!(!same_work(&a, &request(Kind::Restore, None, false)));
+        let dry = request(Kind::Prune, None, true);
+        assert!(!same_work(&dry, &request(Kind::Prune, None, false)));
+        assert!(different_work("job-1-1", &a).contains("with snapshot a"));
+        assert!(different_work("job-1-2", &dry).contains("as a dry run"));
+        let real = request(Kind::Prune, None, false);
+        assert!(different_work("job-1-3", &real).contains("for real"));
+    }
 }

@@ -603,6 +603,16 @@ fn apply_set(
         _ => Vec::new(),
     };
     if let Some(n) = count {
+        // Every slot past the old ones needs a C line: a larger count could
+        // only fail as Unfilled, after allocating what a hostile N asks for.
+        if n as usize > slots.len() + chunks.len() {
+            // The first slot no C line fills, as the check below names it.
+            let given: std::collections::HashSet<u32> = chunks.iter().map(|c| c.0).collect();
+            let index = (slots.len() as u32..)
+                .find(|i| !given.contains(i))
+                .unwrap_or(u32::MAX);
+            return Err(ListFormatError::Unfilled { path, index });
+        }
         slots.resize(n as usize, None);
     }
     let mut next = 0u32;
@@ -1061,6 +1071,11 @@ mod delta_tests {
         assert!(
             matches!(e, ListFormatError::Overlap { index: 1, .. }),
             "{e}"
+        );
+        let e = applied(format!("{}N 4000000000\n{}", f(24576), c(5))).unwrap_err();
+        assert!(
+            matches!(e, ListFormatError::Unfilled { .. }),
+            "a hostile count is refused before anything is allocated: {e}"
         );
         let e = applied(format!("{}N 6\n{}", f(24576), c(5))).unwrap_err();
         assert!(
