@@ -31,9 +31,11 @@
 //!   once its parent directory is, and every object in it would be lost
 //!   with it. Every put creates its directory if it is missing; the first
 //!   put of this process into each directory then fsyncs its parents up to
-//!   the root, whoever created it (one put at a time does this; the others
-//!   wait for it), before the object is written. The root itself, when
-//!   `open` creates it, has its parent fsynced.
+//!   the root, whoever created it, before the object is written; puts that
+//!   start before that is done fsync them too (no put waits for another: a
+//!   lock held across an await deadlocked the backup, whose uploader stops
+//!   polling the puts in flight while it writes an index file). The root
+//!   itself, when `open` creates it, has its parent fsynced.
 //! - another offsite job writes at the same time: temporary names are
 //!   random, a live job's files are never removed (its process exists, or it
 //!   writes to them), and create-if-absent stays atomic through `link(2)`.
@@ -80,8 +82,8 @@ pub struct LocalStorage {
     /// Whether this instance has looked for temporary files of dead runs.
     swept: Arc<AtomicBool>,
     /// Directories known to exist durably (their names fsynced in their
-    /// parents), and the lock the put that makes one durable holds.
-    durable_dirs: Arc<tokio::sync::Mutex<HashSet<PathBuf>>>,
+    /// parents). Never locked across an await: see the module doc.
+    durable_dirs: Arc<std::sync::Mutex<HashSet<PathBuf>>>,
 }
 
 /// A temporary file being written; removed when dropped unless it was
@@ -150,17 +152,23 @@ impl LocalStorage {
     async fn durable_dir(&self, dir: &Path) -> std::io::Result<()> {
         // Cheap when it exists; a directory removed from outside comes back.
         tokio::fs::create_dir_all(dir).await?;
-        let mut known = self.durable_dirs.lock().await;
-        if known.insert(dir.to_path_buf()) {
-            // Whoever created it (this put, another one, another job a
-            // moment ago), its name is durable once the parents are synced.
-            let mut parent = dir.parent();
-            while let Some(p) = parent.filter(|p| p.starts_with(&self.root)) {
-                sync_dir(p).await;
-                parent = p.parent();
-            }
+        if self.known_dirs().contains(dir) {
+            return Ok(());
         }
+        // Whoever created it (this put, another one, another job a moment
+        // ago), its name is durable once the parents are synced; only then
+        // is it known, so a put never relies on a sync still under way.
+        let mut parent = dir.parent();
+        while let Some(p) = parent.filter(|p| p.starts_with(&self.root)) {
+            sync_dir(p).await;
+            parent = p.parent();
+        }
+        self.known_dirs().insert(dir.to_path_buf());
         Ok(())
+    }
+
+    fn known_dirs(&self) -> std::sync::MutexGuard<'_, HashSet<PathBuf>> {
+        self.durable_dirs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn path_of(&self, key: &str) -> PathBuf {

@@ -127,14 +127,13 @@ impl Env {
 
     /// Like [`Env::run`], with extra environment variables for this run.
     pub fn run_with(&self, args: &[&str], vars: &[(&str, &str)]) -> (i32, String, String) {
-        let out = Command::new(bin())
-            .arg("--config")
+        let mut cmd = Command::new(bin());
+        cmd.arg("--config")
             .arg(self.dir.path().join("offsite.toml"))
             .args(args)
             .envs(self.vars.iter().map(|(k, v)| (k, v)))
-            .envs(vars.iter().copied())
-            .output()
-            .unwrap();
+            .envs(vars.iter().copied());
+        let out = output_within(&mut cmd, COMMAND_LIMIT);
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -148,6 +147,47 @@ impl Env {
         assert_eq!(code, 0, "offsite {args:?} failed:\n{out}\n{err}");
         out
     }
+}
+
+/// Far longer than any command of these tests takes; a command still
+/// running then is hung, and failing beats holding CI until its timeout.
+pub const COMMAND_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// `cmd.output()`, but a command still running after `limit` is killed and
+/// the test fails saying so, with what it printed to stderr.
+pub fn output_within(cmd: &mut Command, limit: std::time::Duration) -> std::process::Output {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            while start.elapsed() < limit {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                if done.load(Ordering::SeqCst) {
+                    return false;
+                }
+            }
+            let _ = Command::new("kill").args(["-9", &pid]).status();
+            true
+        })
+    };
+    let out = child.wait_with_output().unwrap();
+    done.store(true, Ordering::SeqCst);
+    let killed = watchdog.join().unwrap();
+    assert!(
+        !killed,
+        "{cmd:?} was still running after {limit:?} and was killed: it hung\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 pub fn snapshots(env: &Env) -> Vec<serde_json::Value> {
