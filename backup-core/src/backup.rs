@@ -541,6 +541,11 @@ async fn commit(
 /// Uploads encoded packs as they come, writing an index file every
 /// [`INDEX_EVERY`] packs and one for the rest at the end (also on failure, so
 /// the next run can reuse what did land). Returns bytes uploaded.
+///
+/// Every put under way is polled all the time: an index file is written
+/// beside the pack uploads, never while they wait. A put left unpolled can
+/// hold what the next put needs (a storage's lock, a connection, a B2
+/// authorization being renewed), and waiting for it then is a deadlock.
 async fn upload_packs(
     repo: &Repository,
     keys: &Keys,
@@ -549,9 +554,16 @@ async fn upload_packs(
     target_progress: &Arc<Progress>,
 ) -> Result<u64> {
     let mut in_flight = FuturesUnordered::new();
+    // At most one index file at a time, so they name the packs in order.
+    let mut indexing = FuturesUnordered::new();
     let mut state = Uploads::default();
     let mut receiving = true;
     loop {
+        if indexing.is_empty() {
+            if let Some(batch) = state.batch_due() {
+                indexing.push(index_batch(repo, keys, batch));
+            }
+        }
         tokio::select! {
             next = rx.recv(), if receiving && in_flight.len() < opts.upload_concurrency && state.failure.is_none() => {
                 match next {
@@ -563,16 +575,25 @@ async fn upload_packs(
                     None => receiving = false,
                 }
             }
-            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
-                state.landed(repo, keys, done).await;
-            }
+            Some(done) = in_flight.next(), if !in_flight.is_empty() => state.landed(done),
+            Some((batch, done)) = indexing.next(), if !indexing.is_empty() => state.indexed(batch, done),
             else => break,
         }
-        if state.failure.is_some() && in_flight.is_empty() {
+        if state.failure.is_some() && in_flight.is_empty() && indexing.is_empty() {
             break;
         }
     }
     state.finish(repo, keys).await
+}
+
+/// Writes the index file naming `batch`; hands the batch back with the outcome.
+async fn index_batch(
+    repo: &Repository,
+    keys: &Keys,
+    batch: Vec<PackContents>,
+) -> (Vec<PackContents>, Result<u64>) {
+    let done = write_index_file(repo, keys, &batch).await;
+    (batch, done)
 }
 
 /// A pack that is up: its key, its chunks (id, offset, length) and size.
@@ -608,31 +629,33 @@ struct Uploads {
 }
 
 impl Uploads {
-    /// A pack upload ended: on success it waits for an index file, written
-    /// every [`INDEX_EVERY`] packs.
-    async fn landed(&mut self, repo: &Repository, keys: &Keys, done: Result<Landed>) {
-        let (key, chunks, len) = match done {
-            Ok(done) => done,
-            Err(e) => {
-                self.failure = Some(e);
-                return;
+    /// A pack upload ended: on success it waits for an index file.
+    fn landed(&mut self, done: Result<Landed>) {
+        match done {
+            Ok((key, chunks, len)) => {
+                self.uploaded += len;
+                self.pending.push((key, chunks));
             }
-        };
-        self.uploaded += len;
-        self.pending.push((key, chunks));
-        if self.pending.len() < INDEX_EVERY || self.failure.is_some() {
-            return;
+            Err(e) => self.failure = Some(e),
         }
-        match write_index_file(repo, keys, &self.pending).await {
-            Ok(n) => {
-                self.uploaded += n;
-                self.pending.clear();
-            }
-            // Stop taking packs; the uploads under way finish, and the end
-            // tries once more.
+    }
+
+    /// The packs an index file is due for: every [`INDEX_EVERY`] packs,
+    /// until something failed (then the end indexes the rest).
+    fn batch_due(&mut self) -> Option<Vec<PackContents>> {
+        (self.failure.is_none() && self.pending.len() >= INDEX_EVERY)
+            .then(|| std::mem::take(&mut self.pending))
+    }
+
+    /// An index file was written, or not: then no new pack is taken, the
+    /// uploads under way finish, and the end tries once more with `batch`.
+    fn indexed(&mut self, batch: Vec<PackContents>, done: Result<u64>) {
+        match done {
+            Ok(n) => self.uploaded += n,
             Err(e) => {
                 self.index_unsure |= !matches!(e, Error::TargetFull { .. });
                 self.failure = Some(e);
+                self.pending.splice(0..0, batch);
             }
         }
     }

@@ -316,3 +316,73 @@ async fn transient_failures_are_retried() {
     restore(&repo, &ids, &s.manifest, &out).await;
     assert_eq!(dump_tasks(&out), dump_tasks(&db));
 }
+
+/// A target whose puts hold one lock across their own awaits, as a target
+/// renewing its authorization for everyone does.
+#[derive(Debug)]
+struct SharedLock {
+    inner: Arc<MemoryStorage>,
+    lock: tokio::sync::Mutex<()>,
+}
+
+#[async_trait::async_trait]
+impl support::Wrapper for SharedLock {
+    fn inner(&self) -> &dyn backup_core::storage::Storage {
+        self.inner.as_ref()
+    }
+
+    fn describe(&self) -> String {
+        "shared-lock".into()
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        body: backup_core::storage::ByteStream,
+        mode: backup_core::storage::PutMode,
+    ) -> Result<backup_core::storage::ObjectMeta, backup_core::storage::StorageError> {
+        let _held = self.lock.lock().await;
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        self.inner().put(key, body, mode).await
+    }
+}
+
+/// The uploader writes index files while packs upload: it must keep polling
+/// the pack uploads meanwhile, or one holding what the index put needs
+/// waits forever (a backup hung this way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_files_are_written_while_pack_uploads_are_polled() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    make_db(&db, 30_000);
+    let (keys, ids, mem, _) = memory_repo().await;
+    let storage = Arc::new(support::Wrapped(SharedLock {
+        inner: mem.clone(),
+        lock: tokio::sync::Mutex::new(()),
+    }));
+    let repo = Repository::open(storage).await.unwrap();
+    let opts = BackupOptions {
+        pack_size: 64 << 10,
+        ..Default::default()
+    };
+    let src = sqlite("app", &db);
+    for _ in 0..3 {
+        let _ = std::fs::remove_file(dir.path().join("r.db"));
+        let run = repo.backup(&keys, &src, &opts);
+        let s = tokio::time::timeout(std::time::Duration::from_secs(120), run)
+            .await
+            .expect("the backup hung")
+            .unwrap();
+        assert!(
+            support::keys_under(&mem, "index/").len() > 1,
+            "index files every few packs"
+        );
+        restore(&repo, &ids, &s.manifest, &dir.path().join("r.db")).await;
+        assert_eq!(dump_tasks(&dir.path().join("r.db")), dump_tasks(&db));
+        Connection::open(&db)
+            .unwrap()
+            .execute("UPDATE tasks SET body = body || 'x' WHERE id % 3 = 0", [])
+            .unwrap();
+    }
+}
