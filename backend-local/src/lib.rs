@@ -32,10 +32,10 @@
 //!   with it. Every put creates its directory if it is missing; the first
 //!   put of this process into each directory then fsyncs its parents up to
 //!   the root, whoever created it, before the object is written; puts that
-//!   start before that is done fsync them too (no put waits for another: a
-//!   lock held across an await deadlocked the backup, whose uploader stops
-//!   polling the puts in flight while it writes an index file). The root
-//!   itself, when `open` creates it, has its parent fsynced.
+//!   start before that is done fsync them too. No put waits for another:
+//!   a caller may leave a put unpolled while it awaits a second one, and a
+//!   lock held across an await then deadlocks (a backup hung this way). The
+//!   root itself, when `open` creates it, has its parent fsynced.
 //! - another offsite job writes at the same time: temporary names are
 //!   random, a live job's files are never removed (its process exists, or it
 //!   writes to them), and create-if-absent stays atomic through `link(2)`.
