@@ -4,7 +4,8 @@
 //!
 //! This crate owns key layout (keys live under the target's prefix), streaming
 //! puts (one request for small bodies, a parallel multipart upload with bounded
-//! memory for large ones), create-if-absent, directory-free prefix listing and
+//! memory for large ones, aborted on failure only after its last part has
+//! been answered: see the `multipart` module), create-if-absent, directory-free prefix listing and
 //! the mapping of `object_store` errors into [`StorageError`] kinds. It sends
 //! every request once ([`no_retries`]): retrying is the core's. It must never
 //! read credentials or configuration itself, and never print anything that a
@@ -39,6 +40,7 @@
 //! are older than [`STALE_STAGED_AFTER`] (a live staged object lives for
 //! seconds).
 
+mod multipart;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -56,11 +58,10 @@ use backup_core::storage::{
 };
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
+use multipart::Parts;
 use object_store::client::{HttpError, HttpErrorKind};
 use object_store::path::Path;
-use object_store::{
-    ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, WriteMultipart,
-};
+use object_store::{ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload};
 
 /// Where large create-if-absent uploads are staged, relative to the target's
 /// prefix. Listings skip it; a lifecycle rule on it cleans up after a crash.
@@ -249,9 +250,11 @@ impl ObjectStoreStorage {
             .put_multipart_opts(path, PutMultipartOptions::default())
             .await
             .map_err(|e| errors.map(key, e))?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, self.settings.part_size);
-        let concurrency = self.settings.upload_concurrency.max(1);
-
+        let mut parts = Parts::new(
+            upload,
+            self.settings.part_size,
+            self.settings.upload_concurrency,
+        );
         let mut sent = 0u64;
         let mut pending = head.into_iter();
         loop {
@@ -260,27 +263,23 @@ impl ObjectStoreStorage {
                 None => match rest.next().await {
                     Some(Ok(chunk)) => chunk,
                     Some(Err(e)) => {
-                        abort(writer, key).await;
+                        parts.abort(key).await;
                         return Err(e);
                     }
                     None => break,
                 },
             };
             sent += chunk.len() as u64;
-            // Waiting before each write keeps at most `concurrency` parts in
-            // flight plus one being filled: memory stays bounded however
-            // fast the body produces.
-            if let Err(e) = writer.wait_for_capacity(concurrency).await {
-                abort(writer, key).await;
+            if let Err(e) = parts.push(chunk).await {
+                parts.abort(key).await;
                 return Err(errors.map(key, e));
             }
-            writer.put(chunk);
         }
         // `finish` aborts the upload itself when a part or the completion fails.
         // From here an object may appear at `path`, even if the answer to
         // the completion is lost.
         *completed = true;
-        writer.finish().await.map_err(|e| errors.map(key, e))?;
+        parts.finish(key).await.map_err(|e| errors.map(key, e))?;
         // The service assembles whatever parts it was told of; one HEAD per
         // multipart object (none for the many small ones) checks the sum.
         let stored = self
@@ -395,14 +394,6 @@ impl ObjectStoreStorage {
                 }
             }
         }
-    }
-}
-
-async fn abort(writer: WriteMultipart, key: &str) {
-    // Best effort: if the abort request fails too, the incomplete upload stays
-    // invisible and the bucket's lifecycle rule removes its parts.
-    if let Err(e) = writer.abort().await {
-        tracing::warn!(key, error = %e, "could not abort a multipart upload");
     }
 }
 

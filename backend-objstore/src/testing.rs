@@ -157,6 +157,17 @@ pub enum Fault {
     Status(u16, &'static str),
     /// Close the connection without answering (a reset mid-request).
     Drop,
+    /// Hold the request this long, then forward it: a slow request that is
+    /// still open when the client's next ones arrive.
+    Delay(Duration),
+}
+
+/// One step of a request through the proxy, in the order they happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Arrived(Method, String),
+    /// Answered with this status (by a rule or by the upstream server).
+    Answered(Method, String, u16),
 }
 
 /// Which requests to break, and how many times.
@@ -206,6 +217,8 @@ struct ProxyState {
     injected: AtomicUsize,
     /// Method and path-and-query of every request seen.
     seen: Mutex<Vec<(Method, String)>>,
+    /// Arrivals and answers, in order.
+    steps: Mutex<Vec<Step>>,
     /// The `Authorization` header of every request that had one.
     authorizations: Mutex<Vec<String>>,
 }
@@ -275,6 +288,11 @@ impl FaultProxy {
             .count()
     }
 
+    /// Every request's arrival and answer so far, in the order they happened.
+    pub fn steps(&self) -> Vec<Step> {
+        self.state.steps.lock().unwrap().clone()
+    }
+
     /// The `Authorization` headers sent so far (test credentials only).
     pub fn authorizations(&self) -> Vec<String> {
         self.state.authorizations.lock().unwrap().clone()
@@ -303,11 +321,10 @@ impl std::fmt::Display for Dropped {
 
 impl std::error::Error for Dropped {}
 
-async fn handle(
-    state: Arc<ProxyState>,
-    upstream_port: u16,
-    req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Box<dyn std::error::Error + Send + Sync>> {
+type Answer = Result<Response<ProxyBody>, Box<dyn std::error::Error + Send + Sync>>;
+
+async fn handle(state: Arc<ProxyState>, upstream_port: u16, req: Request<Incoming>) -> Answer {
+    let method = req.method().clone();
     let uri = req
         .uri()
         .path_and_query()
@@ -317,7 +334,23 @@ async fn handle(
         .seen
         .lock()
         .unwrap()
-        .push((req.method().clone(), uri.clone()));
+        .push((method.clone(), uri.clone()));
+    let arrived = Step::Arrived(method.clone(), uri.clone());
+    state.steps.lock().unwrap().push(arrived);
+    let answer = respond(&state, upstream_port, req, &uri).await;
+    if let Ok(resp) = &answer {
+        let answered = Step::Answered(method, uri, resp.status().as_u16());
+        state.steps.lock().unwrap().push(answered);
+    }
+    answer
+}
+
+async fn respond(
+    state: &ProxyState,
+    upstream_port: u16,
+    req: Request<Incoming>,
+    uri: &str,
+) -> Answer {
     if let Some(auth) = req
         .headers()
         .get("authorization")
@@ -329,7 +362,7 @@ async fn handle(
         let mut rules = state.rules.lock().unwrap();
         rules
             .iter_mut()
-            .find(|r| r.times > 0 && r.matches(req.method(), &uri))
+            .find(|r| r.times > 0 && r.matches(req.method(), uri))
             .map(|r| {
                 if r.times != usize::MAX {
                     r.times -= 1;
@@ -350,16 +383,23 @@ async fn handle(
             state.injected.fetch_add(1, Ordering::SeqCst);
             Err(Box::new(Dropped))
         }
-        None => {
-            state.forwarded.fetch_add(1, Ordering::SeqCst);
-            let stream = TcpStream::connect((Ipv4Addr::LOCALHOST, upstream_port)).await?;
-            let (mut send, conn) =
-                hyper::client::conn::http1::handshake::<_, Incoming>(TokioIo::new(stream)).await?;
-            tokio::spawn(conn);
-            let resp = send.send_request(req).await?;
-            Ok(resp.map(|b| b.boxed()))
+        Some(Fault::Delay(pause)) => {
+            state.injected.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(pause).await;
+            forward(state, upstream_port, req).await
         }
+        None => forward(state, upstream_port, req).await,
     }
+}
+
+async fn forward(state: &ProxyState, upstream_port: u16, req: Request<Incoming>) -> Answer {
+    state.forwarded.fetch_add(1, Ordering::SeqCst);
+    let stream = TcpStream::connect((Ipv4Addr::LOCALHOST, upstream_port)).await?;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake::<_, Incoming>(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let resp = send.send_request(req).await?;
+    Ok(resp.map(|b| b.boxed()))
 }
 
 fn full(body: &'static str) -> ProxyBody {

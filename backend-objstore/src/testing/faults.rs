@@ -20,7 +20,7 @@ use backup_core::storage::{
     bytes_stream, collect_bytes, list_all, ErrorKind, PutMode, RetryPolicy, Storage,
 };
 
-use super::{Fault, FaultProxy, Method, Rule};
+use super::{Fault, FaultProxy, Method, Rule, Step};
 use crate::TMP_DIR;
 
 /// An `object_store` backend under test, with its server running.
@@ -203,6 +203,43 @@ pub async fn interrupted_multipart_upload_leaves_nothing(t: &dyn FaultTarget) {
     );
 }
 
+/// A part that fails while another is still uploading fails the put, and the
+/// abort is sent only after that other part has been answered: a part that
+/// lands after the abort (S3 allows it) would keep the upload open, or fail
+/// the abort itself (moto answers 500).
+pub async fn a_failed_multipart_upload_is_aborted_after_its_last_part(t: &dyn FaultTarget) {
+    let proxy = FaultProxy::start(t.port()).await;
+    let s = t.open(&proxy.url(), t.bucket(), Some("slow"));
+    proxy.add(Rule::new(Fault::Delay(Duration::from_millis(500)), 1).uri_contains("partNumber=1&"));
+    proxy.add(Rule::new(Fault::Status(500, INTERNAL), usize::MAX).uri_contains("partNumber=2&"));
+    let err = s
+        .put(
+            "obj",
+            pattern_stream("slow", 12 << 20, 1 << 20),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Transient, "{err}");
+    let steps = proxy.steps();
+    let is_abort = |step: &Step| matches!(step, Step::Arrived(m, uri) if *m == Method::DELETE && uri.contains("uploadId="));
+    let abort = steps.iter().position(is_abort).expect("no abort was sent");
+    for step in &steps[..abort] {
+        if let Step::Arrived(m, uri) = step {
+            let answered = steps[..abort]
+                .iter()
+                .any(|s| matches!(s, Step::Answered(am, au, _) if am == m && au == uri));
+            assert!(
+                answered,
+                "{m} {uri} was still open when the abort was sent: {steps:#?}"
+            );
+        }
+    }
+    proxy.clear();
+    assert_eq!(s.head("obj").await.unwrap_err().kind, ErrorKind::NotFound);
+    assert_eq!(t.open_uploads().await, 0, "upload not aborted");
+}
+
 /// A bucket that does not exist is reported as such, by name.
 pub async fn missing_bucket_names_the_bucket(t: &dyn FaultTarget) {
     let s = t.open(&url(t.port()), "no-such-bucket", None);
@@ -223,6 +260,7 @@ macro_rules! fault_suite {
             one_retry_budget_per_object,
             permission_denied_fails_fast_and_says_what_to_check,
             interrupted_multipart_upload_leaves_nothing,
+            a_failed_multipart_upload_is_aborted_after_its_last_part,
             missing_bucket_names_the_bucket,
         );
     };
