@@ -6,8 +6,9 @@
 //! puts (one request for small bodies, a parallel multipart upload with bounded
 //! memory for large ones, aborted on failure only after its last part has
 //! been answered: see the `multipart` module), create-if-absent,
-//! directory-free prefix listing and the mapping of `object_store` errors into [`StorageError`] kinds. It sends
-//! every request once ([`no_retries`]): retrying is the core's. It must never
+//! directory-free prefix listing and the mapping of `object_store` errors
+//! into [`StorageError`] kinds. It sends every request once ([`no_retries`]):
+//! retrying is the core's. It must never
 //! read credentials or configuration itself, and never print anything that a
 //! backend's configuration might hold (keys, tokens): messages name only the
 //! target (`s3://bucket/prefix`) and which settings to check.
