@@ -21,6 +21,8 @@ pub mod each;
 pub mod error;
 pub mod failpoint;
 pub mod fetch;
+pub mod keyadmin;
+pub mod keyring;
 pub mod keys;
 pub mod lock;
 pub mod pins;
