@@ -129,7 +129,7 @@ pub async fn add_recipient(
     let holder = Holder::Recipient(recipient.clone());
     let public = holder.public_string();
     let name = name.to_string();
-    add(repo, owner, holder, opts, move |body, bundle| {
+    add(repo, owner, holder, "key add", opts, move |body, bundle| {
         if body.recipient(&public).is_some() {
             return Ok(Change::AlreadyDone);
         }
@@ -156,7 +156,8 @@ pub async fn add_writer(
     let public = key.to_string();
     let name = name.to_string();
     let target = repo.describe();
-    add(repo, owner, Holder::Writer(key.clone()), opts, move |body, bundle| {
+    let holder = Holder::Writer(key.clone());
+    add(repo, owner, holder, "writer add", opts, move |body, bundle| {
         if let Some(w) = body.writers.iter().find(|w| w.key == public) {
             if w.name == name && w.valid_until.is_none() {
                 return Ok(Change::AlreadyDone);
@@ -192,10 +193,11 @@ async fn add(
     repo: &Repository,
     owner: &Owner,
     holder: Holder,
+    operation: &str,
     opts: &AdminOptions,
     mut entry: impl FnMut(&mut KeyringBody, &str) -> Result<Change>,
 ) -> Result<KeyChange> {
-    let lock = Lock::acquire(repo, LockKind::Shared, "key add", opts.lock_wait).await?;
+    let lock = Lock::acquire(repo, LockKind::Shared, operation, opts.lock_wait).await?;
     let result = async {
         let memory = opts.memory.as_ref();
         let keyring = Keyring::open(repo, &owner.public(), memory).await?;
@@ -248,41 +250,48 @@ pub async fn remove_recipient(
 ) -> Result<KeyChange> {
     let target = repo.describe();
     let public = recipient.trim().to_string();
-    remove(repo, owner, &public.clone(), opts, move |body| {
-        let Some(entry) = body.recipient(&public).cloned() else {
-            if body
-                .removed_recipients
-                .iter()
-                .any(|r| r.recipient == public)
-            {
-                return Ok(Change::AlreadyDone);
+    remove(
+        repo,
+        owner,
+        &public.clone(),
+        "key remove",
+        opts,
+        move |body| {
+            let Some(entry) = body.recipient(&public).cloned() else {
+                if body
+                    .removed_recipients
+                    .iter()
+                    .any(|r| r.recipient == public)
+                {
+                    return Ok(Change::AlreadyDone);
+                }
+                return Err(refused(
+                    &target,
+                    format!("{public} is not a recipient (see `offsite key list`)"),
+                ));
+            };
+            if entry.owner {
+                return Err(refused(
+                    &target,
+                    format!("{public} is the owner's own recipient; the owner cannot be removed"),
+                ));
             }
-            return Err(refused(
-                &target,
-                format!("{public} is not a recipient (see `offsite key list`)"),
-            ));
-        };
-        if entry.owner {
-            return Err(refused(
-                &target,
-                format!("{public} is the owner's own recipient; the owner cannot be removed"),
-            ));
-        }
-        if body.recipients.len() == 1 {
-            return Err(refused(
-                &target,
-                "the last recipient cannot be removed".into(),
-            ));
-        }
-        body.recipients.retain(|r| r.recipient != public);
-        body.removed_recipients.push(RemovedRecipient {
-            recipient: public.clone(),
-            name: entry.name,
-            removed: Utc::now(),
-            last_generation: body.generation,
-        });
-        Ok(Change::Made)
-    })
+            if body.recipients.len() == 1 {
+                return Err(refused(
+                    &target,
+                    "the last recipient cannot be removed".into(),
+                ));
+            }
+            body.recipients.retain(|r| r.recipient != public);
+            body.removed_recipients.push(RemovedRecipient {
+                recipient: public.clone(),
+                name: entry.name,
+                removed: Utc::now(),
+                last_generation: body.generation,
+            });
+            Ok(Change::Made)
+        },
+    )
     .await
 }
 
@@ -306,7 +315,7 @@ pub async fn remove_writer(
     };
     let name = name.to_string();
     let key = public.clone();
-    remove(repo, owner, &public, opts, move |body| {
+    remove(repo, owner, &public, "writer remove", opts, move |body| {
         let Some(w) = body.writers.iter_mut().find(|w| w.key == key) else {
             return Err(refused(&target, format!("no writer named {name}")));
         };
@@ -328,10 +337,11 @@ async fn remove(
     repo: &Repository,
     owner: &Owner,
     public: &str,
+    operation: &str,
     opts: &AdminOptions,
     leave: impl FnMut(&mut KeyringBody) -> Result<Change>,
 ) -> Result<KeyChange> {
-    let lock = Lock::acquire_waiting(repo, "key remove", opts.lock_wait).await?;
+    let lock = Lock::acquire_waiting(repo, operation, opts.lock_wait).await?;
     let result = remove_locked(repo, owner, public, opts, &lock, leave).await;
     lock.release().await;
     result

@@ -340,7 +340,10 @@ impl Keyring {
                     found = Some(k);
                     break;
                 }
-                Err(e) => warnings.push(crate::error::chain_text(&e)),
+                // Only what the objects say is passed over: a target that
+                // cannot be read now must not make an older keyring current.
+                Err(Error::Keyring(e)) => warnings.push(crate::error::chain_text(&e)),
+                Err(e) => return Err(e),
             }
         }
         let Some((body, hash)) = found else {
@@ -400,7 +403,7 @@ async fn candidate(
     if body.keyset != keyset_of(repo)?.as_str() {
         return Err(malformed(format!("it is of key set {}", body.keyset)).into());
     }
-    if present.contains(&(serial - 1)) && serial > 1 {
+    if serial > 1 && present.contains(&(serial - 1)) {
         let before = repo.get_bytes(&keyring_key(serial - 1)).await?;
         if body.previous.as_deref() != Some(blake3::hash(&before).to_hex().as_str()) {
             return Err(malformed(format!(
@@ -502,7 +505,10 @@ pub(crate) fn seal(signer: &Signer, key: &str, body: &KeyringBody) -> Result<Vec
 
 /// What this host remembers of key sets it used (2.4, rollback): per key
 /// set, the highest keyring serial it trusted and that object's BLAKE3,
-/// in `<dir>/keysets/<keyset>.json`.
+/// in `<dir>/keysets/<keyset>.json`. A newest valid serial below the
+/// remembered one is refused; the hash is kept for the record (two
+/// targets of a key set may hold different objects under one serial until
+/// cross-target healing lands, so it is not compared yet).
 #[derive(Debug, Clone)]
 pub struct KeysetMemory {
     dir: PathBuf,

@@ -10,7 +10,9 @@
 //! hooks included) and [`each`] (the other operations on every target)
 //! decide the order and what a failure means. Printing and progress display
 //! belong to the caller. Format 2 (in development, docs/design/format-v2.md)
-//! adds [`sign`] and [`keys::v2`]; no operation uses them yet.
+//! adds [`sign`], [`keys::v2`], [`keys::bundle`], [`keyring`], [`keyadmin`]
+//! (key changes) and [`repo::init`] (`offsite init`); backups, restores
+//! and the other operations do not use format 2 yet.
 
 pub mod across;
 pub mod backup;

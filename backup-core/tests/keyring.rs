@@ -87,6 +87,12 @@ impl Repo {
     }
 }
 
+/// Fail-points are process-wide: every test here but the one that arms
+/// them holds this guard (arming nothing), so none runs while they are armed.
+fn no_fail_points() -> failpoint::Armed {
+    failpoint::arm(&[])
+}
+
 fn keyring_error(e: Error) -> KeyringError {
     match e {
         Error::Keyring(k) => k,
@@ -99,6 +105,7 @@ fn keyring_error(e: Error) -> KeyringError {
 /// serial is passed over (the signature binds its name).
 #[tokio::test]
 async fn a_rolled_back_keyring_is_refused() {
+    let _serial = no_fail_points();
     let r = repo().await;
     r.add(&identity(), "colleague").await;
     assert_eq!(r.keyring().await.unwrap().serial(), 2);
@@ -158,6 +165,7 @@ async fn support_get(mem: &MemoryStorage, key: &str) -> Vec<u8> {
 /// instead of being built on; a changed genuine keyring is refused whole.
 #[tokio::test]
 async fn a_forged_keyring_is_refused() {
+    let _serial = no_fail_points();
     let r = repo().await;
     let genuine = r.keyring().await.unwrap();
     let attacker = Owner::new(identity());
@@ -174,12 +182,23 @@ async fn a_forged_keyring_is_refused() {
         .unwrap();
     r.put(&key, sealed).await;
 
+    // Junk beside it: a serial 0 and a name that is no serial.
+    r.put(&keyring_key(0), b"junk".to_vec()).await;
+    r.put("keyring/latest", b"junk".to_vec()).await;
     let opened = r.keyring().await.unwrap();
     assert_eq!(opened.serial(), 1);
     assert_eq!(opened.body, genuine.body);
+    // Serial 0 is older than the one that counts: never read.
+    assert_eq!(opened.warnings.len(), 2, "{:?}", opened.warnings);
+    assert!(opened
+        .warnings
+        .iter()
+        .any(|w| w.contains("keyring/latest: not a keyring name")));
     assert!(
-        opened.warnings[0].contains("keyring/00000002 is signed by offsite-owner1")
-            && opened.warnings[0].contains("not a signer of this key set"),
+        opened.warnings.iter().any(
+            |w| w.contains("keyring/00000002 is signed by offsite-owner1")
+                && w.contains("not a signer of this key set")
+        ),
         "{:?}",
         opened.warnings
     );
@@ -192,7 +211,8 @@ async fn a_forged_keyring_is_refused() {
     );
     assert!(keys_under(&r.mem, "locks/").is_empty());
 
-    // The genuine keyring, one byte changed: nothing is trusted.
+    // The genuine keyring, one byte changed: nothing is trusted (serial 0's
+    // junk is read too, and refused like the rest).
     r.mem.delete(&key).await.unwrap();
     r.mem.tamper(&keyring_key(1), |d| d[40] ^= 0x01);
     let e = keyring_error(r.keyring().await.unwrap_err());
@@ -204,6 +224,7 @@ async fn a_forged_keyring_is_refused() {
 /// keys (anyone can encrypt to a public recipient) is refused by name.
 #[tokio::test]
 async fn a_forged_bundle_is_refused() {
+    let _serial = no_fail_points();
     let r = repo().await;
     let colleague = identity();
     r.add(&colleague, "colleague").await;
@@ -302,6 +323,7 @@ impl Wrapper for Interleaving {
 /// opens its own bundle.
 #[tokio::test]
 async fn concurrent_key_adds_both_land() {
+    let _serial = no_fail_points();
     let mem = Arc::new(MemoryStorage::default());
     let lost_races = Arc::new(AtomicUsize::new(0));
     let storage = Arc::new(Wrapped(Interleaving {
@@ -447,6 +469,7 @@ impl Wrapper for CountingLocks {
 /// With no time left to wait it gives up naming the holder.
 #[tokio::test]
 async fn key_remove_waits_for_shared_locks() {
+    let _serial = no_fail_points();
     let mem = Arc::new(MemoryStorage::default());
     let lock_puts = Arc::new(AtomicUsize::new(0));
     let storage = Arc::new(Wrapped(CountingLocks {
@@ -482,7 +505,7 @@ async fn key_remove_waits_for_shared_locks() {
             keyadmin::remove_recipient(&r.repo, &r.owner, &bob_public, &r.opts).await
         })
     };
-    while lock_puts.load(Ordering::SeqCst) < puts_before + 3 {
+    while lock_puts.load(Ordering::SeqCst) < puts_before + 3 && !remover.is_finished() {
         tokio::task::yield_now().await;
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
@@ -504,6 +527,7 @@ async fn key_remove_waits_for_shared_locks() {
 /// change; the owner and unknown recipients cannot be removed.
 #[tokio::test]
 async fn writers_get_metadata_keys_only_and_removals_are_checked() {
+    let _serial = no_fail_points();
     let r = repo().await;
     let writer = WriterKey::generate();
     let added = keyadmin::add_writer(&r.repo, &r.owner, "app-1", &writer.public(), &r.opts)

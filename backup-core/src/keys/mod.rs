@@ -11,7 +11,9 @@
 //! the metadata identity, so a repository is tied to the set it was created with.
 //!
 //! That is format 1. Format 2's key strings and derivations (owner and
-//! writer keys, key set ids, chunk-id key, holder ids) are in [`v2`].
+//! writer keys, key set ids, chunk-id key, holder ids) are in [`v2`], its
+//! key bundles (one holder's secrets, checked against the keyring) in
+//! [`bundle`].
 //!
 //! This module never writes an identity anywhere; `generate_identity` returns it
 //! to the caller.

@@ -13,7 +13,9 @@
 //! Format 2 (in development, docs/design/format-v2.md) adds `keyring/`,
 //! `keys/` and `checks/`. Its `config` parses here ([`Format::V2`]), but
 //! [`Repository::open`] refuses it: every operation of this build is
-//! format 1's, and none creates a format 2 repository. Format 2's list
+//! format 1's, and a backup to an empty target creates format 1. Only
+//! `init` creates a format 2 repository, and only key administration
+//! opens one ([`Repository::open_v2`]). Format 2's list
 //! objects (full list, delta, `list_blake3`) are in `format::list2`, the
 //! planning of which of them to read in `path`; nothing uses them yet.
 //! "Metadata-encrypted" means zstd then age to the recipients plus the derived
