@@ -73,10 +73,6 @@ pub enum KeyringError {
     Squatted { target: String, serial: u64 },
     #[error("{target}: the keyring changed {PUBLISH_ROUNDS} times while this change was being made; nothing was changed, run it again")]
     Contended { target: String },
-    #[error(
-        "{target}: this identity is not the owner of the key set (the keyring's owner is {owner})"
-    )]
-    NotOwner { target: String, owner: String },
     #[error("{target}: {reason}")]
     Refused { target: String, reason: String },
 }

@@ -82,7 +82,6 @@ fn keyring_hint(e: &backup_core::keyring::KeyringError) -> Option<String> {
             "someone with write access to the target may have changed it: nothing was changed here; check the target's contents and who can write to it, or use another target".into()
         }
         K::Contended { .. } => "another admin changed the keys at the same time: run the command again".into(),
-        K::NotOwner { .. } => "key changes need the owner's identity in encryption.identity_file".into(),
         _ => return None,
     })
 }
