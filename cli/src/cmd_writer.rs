@@ -122,7 +122,7 @@ pub async fn run(cfg: &Config, command: &WriterCommand) -> Result<()> {
         } => {
             let since = compromised_since
                 .as_deref()
-                .map(resolve::parse_time)
+                .map(compromised_time)
                 .transpose()?;
             let (owner, opts) = (resolve::owner(cfg)?, resolve::admin_options(cfg));
             let targets = planned_v2_targets(cfg, target.as_deref()).await?;
@@ -142,6 +142,17 @@ pub async fn run(cfg: &Config, command: &WriterCommand) -> Result<()> {
             all_done(&outcomes, "writer remove")
         }
     }
+}
+
+/// `--compromised-since TIME`: RFC 3339, as the keyring records it.
+fn compromised_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| {
+            crate::usage::mistake(format!(
+                "--compromised-since {text:?}: {e}; expected a time like 2026-12-01T10:00:00Z"
+            ))
+        })
 }
 
 async fn list(cfg: &Config, target: Option<&str>, as_json: bool) -> Result<()> {

@@ -74,6 +74,15 @@ fn key_commands_list_add_remove() {
         writers.contains("writer    app-1 offsite-writer1"),
         "{writers}"
     );
+    let (code, _, err) = env.run(&[
+        "writer",
+        "remove",
+        "app-1",
+        "--compromised-since",
+        "yesterday",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--compromised-since \"yesterday\""), "{err}");
 
     // remove: a new generation, and what it did not do
     let removed = env.ok(&["key", "remove", &colleague]);
