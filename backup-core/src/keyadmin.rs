@@ -307,7 +307,13 @@ pub async fn remove_writer(
 ) -> Result<KeyChange> {
     let target = repo.describe();
     let keyring = Keyring::open(repo, &owner.public(), opts.memory.as_ref()).await?;
-    let Some(public) = keyring.body.writer(name).map(|w| w.key.clone()) else {
+    // The valid writer of that name; else the last removed one, so that a
+    // remove interrupted after its publish finishes when run again.
+    let named = keyring.body.writer(name).or_else(|| {
+        let mut removed = keyring.body.writers.iter().filter(|w| w.name == name);
+        removed.next_back()
+    });
+    let Some(public) = named.map(|w| w.key.clone()) else {
         return Err(refused(
             &target,
             format!("no writer named {name} (see `offsite writer list`)"),

@@ -567,6 +567,10 @@ async fn writers_get_metadata_keys_only_and_removals_are_checked() {
     assert!(w.valid_until.is_some() && w.bundle.is_none());
     assert_eq!(removed.keyring.body.generation, 2);
     assert!(removed.deleted.contains(entry.bundle.as_ref().unwrap()));
+    let again = keyadmin::remove_writer(&r.repo, &r.owner, "app-1", None, &r.opts)
+        .await
+        .unwrap();
+    assert!(!again.changed, "removed before: nothing published");
     // The name is free for the host's new key.
     let replacement = WriterKey::generate();
     keyadmin::add_writer(&r.repo, &r.owner, "app-1", &replacement.public(), &r.opts)
