@@ -66,6 +66,12 @@ pub enum Error {
     /// while it is in development).
     #[error("repository {target} uses format version {version}: format {version} repositories are not supported by this build yet")]
     FormatNotSupportedYet { target: String, version: u32 },
+    /// Key administration on a format 1 repository, which has no keyring.
+    #[error("{target} holds a format 1 repository, which has no keyring: key and writer commands work on format 2 repositories, made by `offsite init`")]
+    NotFormat2 { target: String },
+    /// A format 2 keyring or key bundle refused, or a key change refused.
+    #[error(transparent)]
+    Keyring(#[from] crate::keyring::KeyringError),
     #[error("repository {target} was created for other recipients (its metadata key is {expected}, these recipients give {found})")]
     RecipientMismatch {
         target: String,

@@ -10,7 +10,9 @@
 //! hooks included) and [`each`] (the other operations on every target)
 //! decide the order and what a failure means. Printing and progress display
 //! belong to the caller. Format 2 (in development, docs/design/format-v2.md)
-//! adds [`sign`] and [`keys::v2`]; no operation uses them yet.
+//! adds [`sign`], [`keys::v2`], [`keys::bundle`], [`keyring`], [`keyadmin`]
+//! (key changes) and [`repo::init`] (`offsite init`); backups, restores
+//! and the other operations do not use format 2 yet.
 
 pub mod across;
 pub mod backup;
@@ -21,6 +23,8 @@ pub mod each;
 pub mod error;
 pub mod failpoint;
 pub mod fetch;
+pub mod keyadmin;
+pub mod keyring;
 pub mod keys;
 pub mod lock;
 pub mod pins;

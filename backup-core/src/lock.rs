@@ -185,6 +185,29 @@ impl Lock {
         operation: &str,
         wait: LockWait,
     ) -> Result<Lock> {
+        Self::take(repo, kind, operation, wait, kind == LockKind::Shared).await
+    }
+
+    /// Takes an exclusive lock, waiting up to `wait.wait` for every other
+    /// lock to go (what `key remove` does: a running backup finishes with
+    /// the old keys first). Backups that start meanwhile can delay it.
+    pub async fn acquire_waiting(
+        repo: &Repository,
+        operation: &str,
+        wait: LockWait,
+    ) -> Result<Lock> {
+        Self::take(repo, LockKind::Exclusive, operation, wait, true).await
+    }
+
+    /// [`Lock::acquire`]; `waits` says whether a lock held by others is
+    /// waited for (up to `wait.wait`) or refused at once.
+    async fn take(
+        repo: &Repository,
+        kind: LockKind,
+        operation: &str,
+        wait: LockWait,
+        waits: bool,
+    ) -> Result<Lock> {
         let started = std::time::Instant::now();
         let exclusive = kind == LockKind::Exclusive;
         let mut announced = false;
@@ -232,7 +255,7 @@ impl Lock {
             if let Err(e) = repo.delete(&key).await {
                 tracing::warn!(lock = %key, error = %e, "could not remove our lock; it will go stale");
             }
-            if exclusive || started.elapsed() >= wait.wait {
+            if !waits || started.elapsed() >= wait.wait {
                 return Err(Error::Locked {
                     target: repo.describe(),
                     holders: holders.join("; "),

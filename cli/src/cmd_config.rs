@@ -98,6 +98,9 @@ fn resolve_paths(cfg: &Config, v: &mut Value) {
             *v = Value::String(p.display().to_string());
         }
     };
+    if let Some(p) = &cfg.encryption.writer_key_file {
+        set(v.pointer_mut("/encryption/writer_key_file"), p);
+    }
     if let Some(p) = &cfg.encryption.identity_file {
         set(v.pointer_mut("/encryption/identity_file"), p);
     }

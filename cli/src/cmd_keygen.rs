@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use backup_core::keys::generate_identity;
+use backup_core::keys::{generate_identity, OwnerKey};
 
 use crate::output;
 
@@ -35,6 +35,14 @@ pub fn keygen(output: Option<&Path>) -> Result<()> {
          Put the recipient in encryption.recipients on backup hosts:"
     );
     println!("{recipient}");
+    // The identity text is its last line (comments first).
+    let line = secret.lines().last().unwrap_or_default();
+    let identity: age::x25519::Identity = line.parse().map_err(|e: &str| anyhow::anyhow!(e))?;
+    // On stderr: stdout stays the recipient alone, which scripts read.
+    eprintln!(
+        "owner key, for encryption.owner_key on other hosts (format 2, in development): {}",
+        OwnerKey::from_identity(&identity).public()
+    );
     Ok(())
 }
 

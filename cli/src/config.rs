@@ -56,6 +56,11 @@ pub struct Encryption {
     pub recipients: Vec<String>,
     /// The age identity file; needed to restore.
     pub identity_file: Option<PathBuf>,
+    /// Format 2: the owner key (`offsite-owner1...`) this host trusts, for
+    /// hosts without the owner's identity (validated at load).
+    pub owner_key: Option<String>,
+    /// Format 2: a backup host's writer key file (`offsite writer keygen`).
+    pub writer_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -269,6 +274,9 @@ pub fn load(path: &Path) -> Result<Config> {
     if let Some(p) = &mut config.encryption.identity_file {
         fix(p);
     }
+    if let Some(p) = &mut config.encryption.writer_key_file {
+        fix(p);
+    }
     if let Some(p) = &mut config.status.prometheus_file {
         fix(p);
     }
@@ -367,6 +375,10 @@ impl Config {
             for warning in crate::targets::check(t)? {
                 eprintln!("warning: target {:?}: {warning}", t.name);
             }
+        }
+        if let Some(k) = &self.encryption.owner_key {
+            k.parse::<backup_core::keys::OwnerPublic>()
+                .map_err(|e| anyhow::anyhow!("encryption.owner_key: {e}"))?;
         }
         if !(1..=19).contains(&self.backup.compression_level) {
             bail!("backup.compression_level must be 1 to 19");

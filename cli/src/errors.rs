@@ -69,7 +69,20 @@ pub(crate) fn hint_in(e: &(dyn std::error::Error + 'static)) -> Option<String> {
         Error::DuckdbVersion { .. } => "install a libduckdb at least as new as the DuckDB that wrote the database (set OFFSITE_LIBDUCKDB=/path/to/libduckdb.so), or restore without this check with --no-database-check (the SHA-256 of the data is still verified); nothing at the destination was changed".into(),
         Error::CannotReplace { .. } => "nothing at the destination was changed: fix the cause and run the restore again, or restore to another path with --to".into(),
         Error::PruneBlocked { .. } => "nothing was deleted; `offsite verify` shows which snapshots are damaged".into(),
+        Error::NotFormat2 { .. } => "key and writer commands need a format 2 repository (in development): create one on an empty target with `offsite init --target NAME`".into(),
+        Error::Keyring(k) => return keyring_hint(k),
         Error::Io { .. } | Error::NotPinned(_) => return None,
+    })
+}
+
+fn keyring_hint(e: &backup_core::keyring::KeyringError) -> Option<String> {
+    use backup_core::keyring::KeyringError as K;
+    Some(match e {
+        K::RolledBack { .. } | K::NoneTrusted { .. } | K::ForgedBundle { .. } | K::Squatted { .. } => {
+            "someone with write access to the target may have changed it: nothing was changed here; check the target's contents and who can write to it, or use another target".into()
+        }
+        K::Contended { .. } => "another admin changed the keys at the same time: run the command again".into(),
+        _ => return None,
     })
 }
 

@@ -22,6 +22,8 @@ mod cmd_config;
 mod cmd_daemon;
 mod cmd_docs;
 mod cmd_drill;
+mod cmd_init;
+mod cmd_key;
 mod cmd_keygen;
 mod cmd_pin;
 mod cmd_prune;
@@ -31,6 +33,7 @@ mod cmd_snapshots;
 mod cmd_status;
 mod cmd_targets;
 mod cmd_verify;
+mod cmd_writer;
 mod config;
 mod config_env;
 mod config_retention;
@@ -123,6 +126,22 @@ enum Command {
     Unlock(cmd_prune::UnlockArgs),
     /// Check that every snapshot is complete (--read-data: restorable, byte for byte).
     Verify(cmd_verify::VerifyArgs),
+    /// Create a format 2 repository (in development) with a new key set on every (or one) empty target; needs the owner identity.
+    Init {
+        /// Create it on this target only [default: every target]
+        #[arg(long)]
+        target: Option<String>,
+    },
+    /// The recipients of format 2 repositories (in development): list, add, remove.
+    Key {
+        #[command(subcommand)]
+        command: cmd_key::KeyCommand,
+    },
+    /// Backup hosts' writer keys of format 2 repositories (in development): keygen, list, add, remove.
+    Writer {
+        #[command(subcommand)]
+        command: cmd_writer::WriterCommand,
+    },
     /// Check each target's credentials and permissions (put, list, get, delete a probe object).
     Targets {
         #[command(subcommand)]
@@ -209,7 +228,7 @@ impl Command {
                 | Command::Serve {
                     command: Some(ServeCommand::HashToken)
                 }
-        )
+        ) && !matches!(self, Command::Writer { command } if !command.needs_config())
     }
 
     /// Whether stdout is what the command was asked for (kept by --quiet)
@@ -232,6 +251,9 @@ impl Command {
                 command: TargetsCommand::Check { json, .. },
             } => *json,
             Command::Restore(a) => a.json,
+            Command::Key { command } => command.json(),
+            Command::Writer { command } => command.stdout_is_product(),
+            Command::Init { .. } => false,
             Command::Prune(a) => a.json,
             Command::Verify(a) => a.json,
             Command::Pin(_) | Command::Unpin(_) | Command::Unlock(_) => false,
@@ -419,6 +441,9 @@ async fn without_config(command: Command) -> anyhow::Result<()> {
         Command::Keygen { output } => cmd_keygen::keygen(output.as_deref()),
         Command::Repair { path, to, json } => cmd_repair::run(&path, to.as_deref(), json).await,
         Command::Demo { dir } => demo::run(&dir).await,
+        Command::Writer {
+            command: cmd_writer::WriterCommand::Keygen { output },
+        } => cmd_writer::keygen(&output),
         Command::Completions { shell } => cmd_docs::completions(shell),
         Command::Man { dir } => cmd_docs::man(dir.as_deref()),
         Command::Serve {
@@ -456,6 +481,9 @@ async fn with_config(
             let prune = cmd_prune::prune(cfg, config_path, &args);
             notify::around(&cfg.notify, notify::EventKind::Prune, prune).await
         }
+        Command::Init { target } => cmd_init::run(cfg, target.as_deref()).await,
+        Command::Key { command } => cmd_key::run(cfg, &command).await,
+        Command::Writer { command } => cmd_writer::run(cfg, &command).await,
         Command::Pin(args) => cmd_pin::pin(cfg, &args).await,
         Command::Unpin(args) => cmd_pin::unpin(cfg, &args).await,
         Command::Unlock(args) => cmd_prune::unlock(cfg, &args).await,

@@ -47,6 +47,28 @@ pub(crate) async fn open_targets(chosen: Vec<&TargetConfig>) -> Vec<PlannedTarge
     planned
 }
 
+/// The chosen targets opened as format 2 repositories, for the key
+/// commands ([`Repository::open_v2`]); a format 1 one is its target's failure.
+pub(crate) async fn planned_v2_targets(
+    cfg: &Config,
+    name: Option<&str>,
+) -> Result<Vec<PlannedTarget>> {
+    let mut planned = Vec::new();
+    for t in chosen_targets(cfg, name)? {
+        let repo = match targets::open(t) {
+            Ok(storage) => Repository::open_v2(storage)
+                .await
+                .map_err(|e| on_target(&t.name, e)),
+            Err(e) => Err(shared(e)),
+        };
+        planned.push(PlannedTarget {
+            name: t.name.clone(),
+            repo,
+        });
+    }
+    Ok(planned)
+}
+
 /// An error of the binary's as the engine's shared error, causes kept.
 pub(crate) fn shared(e: anyhow::Error) -> SharedError {
     Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(e))

@@ -6,7 +6,9 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use backup_core::keys::{Identities, Keys, MetadataKey};
+use backup_core::keyadmin::{AdminOptions, Owner};
+use backup_core::keyring::KeysetMemory;
+use backup_core::keys::{Identities, Keys, MetadataKey, OwnerPublic};
 use backup_core::source::SourceSpec;
 use chrono::{DateTime, Local, NaiveDate, NaiveDateTime, TimeZone, Utc};
 
@@ -38,6 +40,61 @@ pub(crate) fn metadata_key(cfg: &Config) -> Result<MetadataKey> {
         Ok(identities(cfg, None)?.metadata_key())
     } else {
         Ok(keys(cfg)?.metadata_key())
+    }
+}
+
+/// One `age1...` recipient given on the command line or in the config.
+pub(crate) fn recipient(text: &str) -> Result<age::x25519::Recipient> {
+    text.trim().parse().map_err(|e: &str| {
+        usage::mistake(format!(
+            "{text:?} is not an age recipient ({e}); recipients look like age1..."
+        ))
+    })
+}
+
+/// `encryption.owner_key`, parsed (load validated it).
+fn owner_pin(cfg: &Config) -> Result<Option<OwnerPublic>> {
+    let pin = cfg
+        .encryption
+        .owner_key
+        .as_deref()
+        .map(str::parse)
+        .transpose();
+    pin.map_err(|e| usage::mistake(format!("encryption.owner_key: {e}")))
+}
+
+/// The owner, for key changes and `init`: the identity file's identity
+/// whose owner key is the pin (when one is set), else its first.
+pub(crate) fn owner(cfg: &Config) -> Result<Owner> {
+    if cfg.encryption.identity_file.is_none() {
+        return Err(usage::mistake(
+            "key changes need the owner's age identity: set encryption.identity_file to it",
+        ));
+    }
+    let ids = identities(cfg, None)?;
+    Ok(Owner::from_identities(&ids, owner_pin(cfg)?.as_ref())?)
+}
+
+/// The owner key this host trusts: the pin, else derived from the owner
+/// identity in the identity file.
+pub(crate) fn trust(cfg: &Config) -> Result<OwnerPublic> {
+    if let Some(pin) = owner_pin(cfg)? {
+        return Ok(pin);
+    }
+    if cfg.encryption.identity_file.is_none() {
+        return Err(usage::mistake(
+            "format 2 repositories are checked against the owner key: set encryption.owner_key              (`offsite keygen` and `offsite init` print it where the owner identity is) or              encryption.identity_file",
+        ));
+    }
+    Ok(owner(cfg)?.public())
+}
+
+/// How key commands run on this host: its key set memory (in the state
+/// directory) and the default lock wait.
+pub(crate) fn admin_options(cfg: &Config) -> AdminOptions {
+    AdminOptions {
+        memory: crate::state::dir(cfg).map(|d| KeysetMemory::at(&d)),
+        ..AdminOptions::default()
     }
 }
 

@@ -111,6 +111,9 @@ fn the_help_checker_notices_an_entry_without_help() {
 /// The subcommands every generated document must mention.
 const SUBCOMMANDS: &[&str] = &[
     "keygen",
+    "init",
+    "key",
+    "writer",
     "backup",
     "snapshots",
     "restore",

@@ -10,6 +10,7 @@ mod duckdb;
 mod full_disk;
 mod hooks;
 mod hygiene;
+mod keys;
 mod monitor;
 mod one_run;
 mod pre_restore;

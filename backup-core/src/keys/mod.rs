@@ -11,11 +11,14 @@
 //! the metadata identity, so a repository is tied to the set it was created with.
 //!
 //! That is format 1. Format 2's key strings and derivations (owner and
-//! writer keys, key set ids, chunk-id key, holder ids) are in [`v2`].
+//! writer keys, key set ids, chunk-id key, holder ids) are in [`v2`], its
+//! key bundles (one holder's secrets, checked against the keyring) in
+//! [`bundle`].
 //!
 //! This module never writes an identity anywhere; `generate_identity` returns it
 //! to the caller.
 
+pub mod bundle;
 pub mod v2;
 
 use std::str::FromStr;
@@ -181,6 +184,9 @@ pub struct Identities {
     key: MetadataKey,
     /// The public halves of the identities.
     publics: std::sync::Arc<Vec<x25519::Recipient>>,
+    /// The identities themselves, for what derives from an identity's text
+    /// (format 2's owner key).
+    x25519: std::sync::Arc<Vec<x25519::Identity>>,
 }
 
 impl std::ops::Deref for Identities {
@@ -206,6 +212,7 @@ impl Identities {
     pub fn parse(text: &str, source: &str) -> Result<Identities> {
         let mut ids: Vec<Box<dyn age::Identity + Send + Sync>> = Vec::new();
         let mut publics = Vec::new();
+        let mut x25519s = Vec::new();
         for line in text.lines().map(str::trim) {
             if line.is_empty() || line.starts_with('#') {
                 continue;
@@ -216,6 +223,7 @@ impl Identities {
                 ))
             })?;
             publics.push(id.to_public());
+            x25519s.push(id.clone());
             ids.push(Box::new(id));
         }
         if ids.is_empty() {
@@ -228,6 +236,7 @@ impl Identities {
                 source: source.to_string(),
             },
             publics: std::sync::Arc::new(publics),
+            x25519: std::sync::Arc::new(x25519s),
         })
     }
 
@@ -274,6 +283,12 @@ impl Identities {
     /// restore) is encrypted to, besides the metadata recipient.
     pub fn recipients(&self) -> &[x25519::Recipient] {
         &self.publics
+    }
+
+    /// The X25519 identities, in file order: format 2 derives the owner key
+    /// from the owner's ([`v2::OwnerKey::from_identity`]).
+    pub fn x25519(&self) -> &[x25519::Identity] {
+        &self.x25519
     }
 }
 

@@ -13,7 +13,9 @@
 //! Format 2 (in development, docs/design/format-v2.md) adds `keyring/`,
 //! `keys/` and `checks/`. Its `config` parses here ([`Format::V2`]), but
 //! [`Repository::open`] refuses it: every operation of this build is
-//! format 1's, and none creates a format 2 repository. Format 2's list
+//! format 1's, and a backup to an empty target creates format 1. Only
+//! `init` creates a format 2 repository, and only key administration
+//! opens one ([`Repository::open_v2`]). Format 2's list
 //! objects (full list, delta, `list_blake3`) are in `format::list2`, the
 //! planning of which of them to read in `path`; nothing uses them yet.
 //! "Metadata-encrypted" means zstd then age to the recipients plus the derived
@@ -27,6 +29,7 @@
 
 mod damage;
 pub mod format;
+pub mod init;
 mod list;
 mod load;
 mod ops;
@@ -282,6 +285,34 @@ pub struct Repository {
 impl Repository {
     /// Opens an existing repository.
     pub async fn open(storage: Arc<dyn Storage>) -> Result<Repository> {
+        let repo = Self::open_any(storage).await?;
+        // Until format 2's parts land (docs/design/format-v2.md, section 8)
+        // every operation is format 1's: refused whole, not half-read.
+        if repo.config.version() != FORMAT_VERSION {
+            return Err(Error::FormatNotSupportedYet {
+                target: repo.describe(),
+                version: repo.config.version(),
+            });
+        }
+        Ok(repo)
+    }
+
+    /// Opens an existing format 2 repository for key administration
+    /// ([`crate::keyadmin`]) only; every other operation opens with
+    /// [`Repository::open`], which refuses format 2. A format 1 one is
+    /// [`Error::NotFormat2`].
+    pub async fn open_v2(storage: Arc<dyn Storage>) -> Result<Repository> {
+        let repo = Self::open_any(storage).await?;
+        if repo.config.keyset().is_none() {
+            return Err(Error::NotFormat2 {
+                target: repo.describe(),
+            });
+        }
+        Ok(repo)
+    }
+
+    /// Reads and parses `config`, whatever format it declares.
+    async fn open_any(storage: Arc<dyn Storage>) -> Result<Repository> {
         let stats = Arc::new(RequestStats::default());
         let retry = RetryPolicy::default();
         stats.gets.fetch_add(1, Ordering::Relaxed);
@@ -300,14 +331,6 @@ impl Repository {
             Err(e) => return Err(Error::Storage { target, cause: e }),
         };
         let config = RepoConfig::parse(&raw, &target)?;
-        // Until format 2's parts land (docs/design/format-v2.md, section 8)
-        // every operation is format 1's: refused whole, not half-read.
-        if config.version() != FORMAT_VERSION {
-            return Err(Error::FormatNotSupportedYet {
-                target,
-                version: config.version(),
-            });
-        }
         Ok(Repository {
             storage,
             config,
