@@ -26,6 +26,9 @@
 //! fields never contain spaces or newlines.
 
 pub mod list2;
+pub mod manifest2;
+pub mod pack2;
+pub mod sealed;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Write};

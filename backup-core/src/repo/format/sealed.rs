@@ -1,0 +1,84 @@
+//! The one way a signed format 2 metadata object is encoded and decoded
+//! (docs/design/format-v2.md, 1 and 1.1): its body is sealed with the
+//! signature line of [`crate::sign`], zstd-compressed at the metadata
+//! level, then age-encrypted to one metadata recipient (M); reading is
+//! `age -d | zstd -d` with the M identities held, bounded, then the
+//! signature check. Pack trailers, index files and manifests of format 2
+//! go through here.
+//!
+//! Never: hand out a body whose signature was not verified under the key it
+//! was read from, or decode more plaintext than the caller's limit (a
+//! hostile object that decompresses without end is refused after `limit`
+//! bytes, never read into memory whole).
+
+use std::io::Read;
+
+use crate::codec;
+use crate::error::Error;
+use crate::keys::SignerPublic;
+use crate::sign::{SignatureError, Signer, Verifier};
+
+/// Why a signed metadata object was not read or not written.
+#[derive(Debug, thiserror::Error)]
+pub enum SealedError {
+    /// Not encrypted to an identity held (`Error::WrongIdentity`), or
+    /// damaged or truncated (`Error::Corrupt`), or could not be encoded.
+    #[error(transparent)]
+    Codec(#[from] Error),
+    #[error(
+        "{key} decodes to more than {limit} bytes, more than such an object can honestly \
+         hold: refused unread"
+    )]
+    TooLarge { key: String, limit: usize },
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+}
+
+/// `body` (ending with `\n`) sealed for object `key` by `signer`, then
+/// compressed and encrypted to `metadata` (the current M).
+pub fn encode(
+    key: &str,
+    body: Vec<u8>,
+    signer: &Signer,
+    metadata: &dyn age::Recipient,
+) -> Result<Vec<u8>, SealedError> {
+    let signed = signer.seal(key, body)?;
+    codec::encode(&signed, &[metadata], crate::repo::METADATA_LEVEL)
+        .map_err(|e| Error::io(format!("encoding {key}"), e).into())
+}
+
+/// The verified body of the encoded object `encoded` stored under `key`,
+/// and its signer; at most `limit` bytes of plaintext are read.
+pub fn decode<'a>(
+    key: &str,
+    encoded: &'a [u8],
+    identities: impl Iterator<Item = &'a dyn age::Identity>,
+    verifier: &Verifier,
+    limit: usize,
+) -> Result<(Vec<u8>, SignerPublic), SealedError> {
+    let reader = codec::decode_reader(encoded, identities, key)?;
+    let mut plain = Vec::new();
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut plain)
+        .map_err(|e| codec::corrupt_read(e, key))?;
+    if plain.len() > limit {
+        return Err(SealedError::TooLarge {
+            key: key.to_string(),
+            limit,
+        });
+    }
+    let (body, signer) = verifier.open(key, &plain)?;
+    let (body_len, signer) = (body.len(), signer.clone());
+    plain.truncate(body_len);
+    Ok((plain, signer))
+}
+
+/// The plaintext limit for a text object whose every line holds a 32-byte
+/// random id as hex (pack trailers, index files): such text compresses to
+/// at least about 32 of every 87 bytes, so 4 times the stored size, plus
+/// room for the header and signature line, is more than any honest one
+/// decodes to.
+pub fn text_limit(encoded_len: usize) -> usize {
+    encoded_len.saturating_mul(4).saturating_add(1024)
+}
