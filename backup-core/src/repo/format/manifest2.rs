@@ -131,8 +131,8 @@ pub fn is_snapshot_id(id: &str) -> bool {
     let Some((time, suffix)) = id.split_once('-') else {
         return false;
     };
-    let lower_hex = suffix.len() == 8
-        && (suffix.bytes()).all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let lower_hex =
+        suffix.len() == 8 && (suffix.bytes()).all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     let parsed = chrono::NaiveDateTime::parse_from_str(time, "%Y%m%dT%H%M%SZ");
     lower_hex && parsed.is_ok_and(|t| t.format("%Y%m%dT%H%M%SZ").to_string() == time)
 }

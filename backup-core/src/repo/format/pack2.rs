@@ -380,7 +380,9 @@ impl PackLayout {
             return Err(bad("it does not start with `offsite-pack 2 `"));
         };
         if digits.len() != 8 || newline != b"\n" {
-            return Err(bad("it is not 8 digits and a newline after `offsite-pack 2 `"));
+            return Err(bad(
+                "it is not 8 digits and a newline after `offsite-pack 2 `",
+            ));
         }
         if !digits.iter().all(u8::is_ascii_digit) {
             return Err(bad("the length of META is not 8 decimal digits"));
@@ -608,12 +610,7 @@ impl IndexFile {
 }
 
 /// Refuses a `P` line's pack that is not a pack key or was named before.
-fn check_pack_line(
-    key: &str,
-    line: usize,
-    pack: &str,
-    seen: &mut HashSet<String>,
-) -> Result<()> {
+fn check_pack_line(key: &str, line: usize, pack: &str, seen: &mut HashSet<String>) -> Result<()> {
     if !is_pack_key(pack) {
         return Err(PackFormatError::PackKey {
             key: key.to_string(),
@@ -629,4 +626,557 @@ fn check_pack_line(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::sealed::test_keys::{keys, Keys};
+    use super::*;
+    use crate::sign::SignatureError;
+
+    const KEY: &str = "packs/ab/ab00000000000000000000000000000000000000000000000000000000000001";
+
+    fn id(n: u64) -> ChunkId {
+        ChunkId::of(&n.to_le_bytes())
+    }
+
+    /// `n` chunks of 4096 bytes and their concatenation.
+    fn pages(n: u64) -> (Vec<(ChunkId, u32)>, Vec<u8>) {
+        let data: Vec<Vec<u8>> = (0..n).map(|i| vec![i as u8; 4096]).collect();
+        let chunks = data.iter().map(|d| (ChunkId::of(d), 4096)).collect();
+        (chunks, data.concat())
+    }
+
+    fn pack(k: &Keys, n: u64) -> (Vec<u8>, PackInfo, Vec<u8>) {
+        let (chunks, plain) = pages(n);
+        let info = PackInfo::from_chunks(KEY, &chunks).unwrap();
+        let mut encoder = codec::Encoder::new(3).unwrap();
+        let object = encode_pack(
+            &mut encoder,
+            &plain,
+            &info,
+            KEY,
+            &k.writer,
+            &k.data.to_public(),
+            &k.meta.to_public(),
+        )
+        .unwrap();
+        (object, info, plain)
+    }
+
+    /// `object` with its footer replaced by `footer`.
+    fn with_footer(object: &[u8], footer: &[u8]) -> Vec<u8> {
+        [&object[..object.len() - 24], footer].concat()
+    }
+
+    fn open_err(k: &Keys, object: &[u8]) -> PackFormatError {
+        open_pack(KEY, object, k.m(), &k.verifier).unwrap_err()
+    }
+
+    /// Written whole, a pack opens with M alone to its signed entries, and
+    /// `DATA` (the first size - 24 - len(META) bytes) decodes with D alone
+    /// to exactly the chunks, at the offsets the entries give.
+    #[test]
+    fn a_pack_roundtrips_and_data_is_what_the_footer_leaves() {
+        let k = keys();
+        let (object, info, plain) = pack(&k, 5);
+        let footer = &object[object.len() - 24..];
+        let layout = PackLayout::parse(KEY, object.len() as u64, footer).unwrap();
+        assert_eq!(
+            footer,
+            format!(
+                "offsite-pack 2 {:08}\n",
+                layout.meta().end - layout.meta().start
+            )
+            .as_bytes()
+        );
+        assert_eq!(
+            layout.data_len() + (layout.meta().end - layout.meta().start) + 24,
+            object.len() as u64
+        );
+        let opened = open_pack(KEY, &object, k.m(), &k.verifier).unwrap();
+        assert_eq!(opened.info, info);
+        assert_eq!(&opened.signer, k.writer.public());
+        assert_eq!(opened.data.len() as u64, layout.data_len());
+        let decoded = codec::decode(opened.data, k.d(), KEY).unwrap();
+        assert_eq!(decoded, plain);
+        opened
+            .info
+            .check_decoded(KEY, decoded.len() as u64)
+            .unwrap();
+        for (i, (cid, offset, len)) in opened.info.entries().iter().enumerate() {
+            let chunk = &decoded[*offset as usize..(offset + len) as usize];
+            assert_eq!((ChunkId::of(chunk), *offset), (*cid, i as u32 * 4096));
+        }
+        // A trailer appended after the data stream makes a pack (age
+        // headers carry random padding, so its length differs by a few bytes).
+        let trailer = encode_trailer(KEY, &info, &k.writer, &k.meta.to_public()).unwrap();
+        let appended = [opened.data, &trailer].concat();
+        let reopened = open_pack(KEY, &appended, k.m(), &k.verifier).unwrap();
+        assert_eq!((reopened.data, &reopened.info), (opened.data, &info));
+        let meta = &object[layout.meta().start as usize..layout.meta().end as usize];
+        let (alone, _) = open_meta(KEY, meta, k.m(), &k.verifier).unwrap();
+        assert_eq!(alone, info);
+
+        // D does not open META, M does not open DATA.
+        let e = open_pack(KEY, &object, k.d(), &k.verifier).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PackFormatError::Sealed(SealedError::Codec(Error::WrongIdentity { .. }))
+            ),
+            "{e:?}"
+        );
+        let e = codec::decode(opened.data, k.m(), KEY).unwrap_err();
+        assert!(matches!(e, Error::WrongIdentity { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn a_trailer_longer_than_its_pack_is_refused() {
+        let k = keys();
+        let (object, _, _) = pack(&k, 2);
+        let before = object.len() as u64 - 24;
+        for claim in [before, before + 1, MAX_META_LEN] {
+            let hostile = with_footer(&object, format!("offsite-pack 2 {claim:08}\n").as_bytes());
+            let e = open_err(&k, &hostile);
+            assert!(
+                matches!(e, PackFormatError::MetaTooLong { meta_len, before: b, .. }
+                    if meta_len == claim && b == before),
+                "{e:?}"
+            );
+        }
+        let e = open_err(&k, &object[object.len() - 23..]);
+        assert!(
+            matches!(e, PackFormatError::ShorterThanFooter { size: 23, .. }),
+            "{e:?}"
+        );
+        assert!(matches!(
+            PackLayout::footer_range(KEY, 0),
+            Err(PackFormatError::ShorterThanFooter { size: 0, .. })
+        ));
+        // A shorter claim than the real META cuts it: it does not decode.
+        let (_, real) = object.split_at(object.len() - 24);
+        let real: u64 = std::str::from_utf8(&real[15..23]).unwrap().parse().unwrap();
+        let short = with_footer(
+            &object,
+            format!("offsite-pack 2 {:08}\n", real - 1).as_bytes(),
+        );
+        let e = open_err(&k, &short);
+        assert!(matches!(e, PackFormatError::Sealed(_)), "{e:?}");
+    }
+
+    #[test]
+    fn a_footer_not_exactly_prefix_8_digits_newline_is_refused() {
+        let k = keys();
+        let (object, _, _) = pack(&k, 1);
+        let footer = |f: &str| {
+            assert_eq!(f.len(), 24, "{f:?}");
+            open_err(&k, &with_footer(&object, f.as_bytes()))
+        };
+        for bad in [
+            "offsite-pack 2 0000012a\n",
+            "offsite-pack 2 +0000123\n",
+            "offsite-pack 2  1234567\n",
+            "offsite-pack 2 -0000001\n",
+        ] {
+            let e = footer(bad);
+            assert!(
+                e.to_string().contains("not 8 decimal digits"),
+                "{bad:?}: {e}"
+            );
+        }
+        for bad in [
+            "offsite-pack 3 00000100\n",
+            "offsite-pack2 000000100\n",
+            "OFFSITE-PACK 2 00000100\n",
+        ] {
+            let e = footer(bad);
+            assert!(
+                e.to_string().contains("does not start with"),
+                "{bad:?}: {e}"
+            );
+        }
+        let e = footer("offsite-pack 2 00000100 ");
+        assert!(e.to_string().contains("8 digits and a newline"), "{e}");
+        let e = footer("offsite-pack 2 00000000\n");
+        assert!(matches!(e, PackFormatError::EmptyMeta { .. }), "{e:?}");
+        let e = PackLayout::parse(KEY, 1000, b"offsite-pack 2 0000010\n").unwrap_err();
+        assert!(matches!(e, PackFormatError::Footer { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn a_trailer_signed_by_an_unknown_key_is_refused() {
+        let k = keys();
+        let (chunks, plain) = pages(2);
+        let info = PackInfo::from_chunks(KEY, &chunks).unwrap();
+        let mut encoder = codec::Encoder::new(3).unwrap();
+        let forged = encode_pack(
+            &mut encoder,
+            &plain,
+            &info,
+            KEY,
+            &k.stranger(),
+            &k.data.to_public(),
+            &k.meta.to_public(),
+        )
+        .unwrap();
+        let e = open_err(&k, &forged);
+        assert!(
+            matches!(
+                e,
+                PackFormatError::Sealed(SealedError::Signature(
+                    SignatureError::UnknownSigner { .. }
+                ))
+            ),
+            "{e:?}"
+        );
+        // A genuine pack copied under another name: its trailer is not for it.
+        let (object, _, _) = pack(&k, 2);
+        let other = "packs/cd/cd00000000000000000000000000000000000000000000000000000000000002";
+        let e = open_pack(other, &object, k.m(), &k.verifier).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PackFormatError::Sealed(SealedError::Signature(
+                    SignatureError::BadSignature { .. }
+                ))
+            ),
+            "{e:?}"
+        );
+        // An unsigned packinfo in META.
+        let body = codec::encode(&info.write(), &[&k.meta.to_public()], 3).unwrap();
+        let unsigned = [
+            &object[..PackLayout::parse(KEY, object.len() as u64, &object[object.len() - 24..])
+                .unwrap()
+                .data_len() as usize],
+            &body,
+            footer(KEY, body.len() as u64).unwrap().as_bytes(),
+        ]
+        .concat();
+        let e = open_err(&k, &unsigned);
+        assert!(
+            matches!(
+                e,
+                PackFormatError::Sealed(SealedError::Signature(
+                    SignatureError::NoSignatureLine { .. }
+                ))
+            ),
+            "{e:?}"
+        );
+    }
+
+    /// A META that decompresses far beyond what its stored size could
+    /// honestly hold is refused after the limit, before its signature is
+    /// even looked at.
+    #[test]
+    fn a_meta_that_decompresses_without_end_is_refused() {
+        let k = keys();
+        let (object, _, _) = pack(&k, 1);
+        let layout =
+            PackLayout::parse(KEY, object.len() as u64, &object[object.len() - 24..]).unwrap();
+        let bomb = codec::encode(&vec![b'0'; 64 << 20], &[&k.meta.to_public()], 19).unwrap();
+        assert!(bomb.len() < 64 << 10, "{}", bomb.len());
+        let hostile = [
+            &object[..layout.data_len() as usize],
+            &bomb,
+            footer(KEY, bomb.len() as u64).unwrap().as_bytes(),
+        ]
+        .concat();
+        let e = open_err(&k, &hostile);
+        assert!(
+            matches!(&e, PackFormatError::Sealed(SealedError::TooLarge { limit, .. })
+                if *limit == bomb.len() * 4 + 1024),
+            "{e:?}"
+        );
+    }
+
+    fn parse_err(body: String) -> PackFormatError {
+        PackInfo::parse(KEY, body.as_bytes()).unwrap_err()
+    }
+
+    /// Entries out of order, overlapping or leaving gaps, repeated ids,
+    /// empty chunks and every non-canonical spelling are refused by line.
+    #[test]
+    fn packinfo_entries_out_of_order_overlapping_or_with_gaps_are_refused() {
+        let (a, b, c) = (id(1), id(2), id(3));
+        let good = format!("offsite-packinfo 2\n{a} 0 10\n{b} 10 5\n{c} 15 1\n");
+        let info = PackInfo::parse(KEY, good.as_bytes()).unwrap();
+        assert_eq!(info.write(), good.as_bytes());
+        assert_eq!(info.data_len(), 16);
+        let from = PackInfo::from_chunks(KEY, &[(a, 10), (b, 5), (c, 1)]).unwrap();
+        assert_eq!(from, info);
+
+        let not_contiguous = |body: String, line, offset, expected| {
+            let e = parse_err(body);
+            assert!(
+                matches!(e, PackFormatError::NotContiguous { line: l, offset: o, expected: x, .. }
+                    if l == line && o == offset && x == expected),
+                "{e:?}"
+            );
+        };
+        not_contiguous(good.replace(" 10 5", " 11 5"), 3, 11, 10); // a gap
+        not_contiguous(good.replace(" 10 5", " 9 5"), 3, 9, 10); // overlap
+        not_contiguous(
+            format!("offsite-packinfo 2\n{b} 10 5\n{a} 0 10\n"),
+            2,
+            10,
+            0,
+        ); // out of order
+        not_contiguous(format!("offsite-packinfo 2\n{a} 1 10\n"), 2, 1, 0);
+
+        let e = parse_err(good.replace(&format!("{c} 15"), &format!("{a} 15")));
+        assert!(
+            matches!(e, PackFormatError::RepeatedChunk { line: 4, id, .. } if id == a),
+            "{e:?}"
+        );
+        let e = PackInfo::from_chunks(KEY, &[(a, 1), (a, 1)]).unwrap_err();
+        assert!(
+            matches!(e, PackFormatError::RepeatedChunk { line: 3, .. }),
+            "{e:?}"
+        );
+
+        let malformed = |body: String, line: usize, what: &str| {
+            let e = parse_err(body);
+            assert!(
+                matches!(&e, PackFormatError::Malformed { line: l, what: w, .. }
+                    if *l == line && w.contains(what)),
+                "{line} {what}: {e:?}"
+            );
+        };
+        malformed(good.replace(" 15 1", " 15 0"), 4, "length 0");
+        malformed(good.replace(" 10 5", " 010 5"), 3, "expected `<chunk id>");
+        malformed(good.replace(" 10 5", " +10 5"), 3, "expected `<chunk id>");
+        malformed(good.replace(" 10 5", "  10 5"), 3, "expected `<chunk id>");
+        malformed(good.replace(" 10 5", " 10 5 x"), 3, "expected `<chunk id>");
+        malformed(
+            good.replace(&a.to_string(), &a.to_string().to_uppercase()),
+            2,
+            "expected `<chunk id>",
+        );
+        malformed(
+            good.replace(" 15 1\n", " 15 1\n\n"),
+            5,
+            "expected `<chunk id>",
+        );
+        malformed(
+            good.replace(" 15 1\n", " 15 1\r\n"),
+            4,
+            "expected `<chunk id>",
+        );
+        malformed(
+            format!("offsite-packinfo 2\n{a} 4294967296 1\n"),
+            2,
+            "expected `<chunk id>",
+        );
+        malformed(good.trim_end().to_string(), 1, "no newline");
+        let e = parse_err(good.replace("packinfo 2", "packinfo 1"));
+        assert!(matches!(e, PackFormatError::Header { .. }), "{e:?}");
+        let e = parse_err("offsite-packinfo 2\n".into());
+        assert!(matches!(e, PackFormatError::NoChunks { .. }), "{e:?}");
+        let e = PackInfo::from_chunks(KEY, &[]).unwrap_err();
+        assert!(matches!(e, PackFormatError::NoChunks { .. }), "{e:?}");
+
+        // Offsets are 32-bit, as in format 1's index.
+        let big = PackInfo::from_chunks(KEY, &[(a, u32::MAX), (b, u32::MAX), (c, 1)]);
+        assert!(
+            matches!(&big, Err(PackFormatError::Malformed { line: 4, what, .. })
+                if what.contains("32 bits")),
+            "{big:?}"
+        );
+    }
+
+    #[test]
+    fn decoded_data_of_another_length_is_refused() {
+        let k = keys();
+        let (chunks, plain) = pages(3);
+        let info = PackInfo::from_chunks(KEY, &chunks).unwrap();
+        let e = info.check_decoded(KEY, plain.len() as u64 - 1).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PackFormatError::DataLength {
+                    decoded: 12287,
+                    covered: 12288,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let mut encoder = codec::Encoder::new(3).unwrap();
+        let e = encode_pack(
+            &mut encoder,
+            &plain[..100],
+            &info,
+            KEY,
+            &k.writer,
+            &k.data.to_public(),
+            &k.meta.to_public(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, PackFormatError::DataLength { decoded: 100, .. }),
+            "{e:?}"
+        );
+        assert!(matches!(
+            footer(KEY, MAX_META_LEN + 1),
+            Err(PackFormatError::MetaUnwritable { .. })
+        ));
+        assert_eq!(footer(KEY, MAX_META_LEN).unwrap().len(), 24);
+    }
+
+    /// The design's figure (4.6): the trailer of the 1% change on the 21 MB
+    /// database, 210 pages, costs about 9 KiB. Keyed ids are random, as
+    /// here. The body is 19 bytes of header and one line per entry; a
+    /// writer's signature line is 274 bytes.
+    #[test]
+    fn a_trailer_of_210_pages_is_under_10_kib() {
+        use rand::{Rng, SeedableRng};
+        let k = keys();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(46);
+        let chunks: Vec<(ChunkId, u32)> = (0..210).map(|_| (ChunkId(rng.random()), 4096)).collect();
+        let info = PackInfo::from_chunks(KEY, &chunks).unwrap();
+        let body = info.write();
+        let lines: usize = (0..210u32)
+            .map(|i| 64 + 1 + (i * 4096).to_string().len() + 1 + 4 + 1)
+            .sum();
+        assert_eq!(body.len(), 19 + lines);
+        let signed = k.writer.seal(KEY, body.clone()).unwrap();
+        assert_eq!(signed.len() - body.len(), 274);
+        let trailer = encode_trailer(KEY, &info, &k.writer, &k.meta.to_public()).unwrap();
+        assert!(trailer.len() < 10 * 1024, "{} bytes", trailer.len());
+        eprintln!(
+            "210 entries: packinfo {} B, signed {} B, trailer {} B (META + 24)",
+            body.len(),
+            signed.len(),
+            trailer.len()
+        );
+    }
+
+    const PACK_B: &str =
+        "packs/cd/cd00000000000000000000000000000000000000000000000000000000000002";
+    const INDEX_KEY: &str = "index/0123456789abcdef0123456789abcdef";
+
+    fn two_packs() -> Vec<(String, PackInfo)> {
+        let a = PackInfo::from_chunks(KEY, &[(id(1), 10), (id(2), 5)]).unwrap();
+        let b = PackInfo::from_chunks(PACK_B, &[(id(2), 5), (id(3), 7)]).unwrap();
+        vec![(KEY.to_string(), a), (PACK_B.to_string(), b)]
+    }
+
+    /// An index file is its packs' packinfo lines under `P` lines; it
+    /// roundtrips signed and merges into the index as format 1's does.
+    #[test]
+    fn an_index_file_roundtrips_and_merges_like_format_1() {
+        let k = keys();
+        let index = IndexFile::new(INDEX_KEY, two_packs()).unwrap();
+        let body = String::from_utf8(index.write()).unwrap();
+        let want = format!(
+            "offsite-index 2\nP {KEY}\n{} 0 10\n{} 10 5\nP {PACK_B}\n{} 0 5\n{} 5 7\n",
+            id(1),
+            id(2),
+            id(2),
+            id(3)
+        );
+        assert_eq!(body, want);
+        assert_eq!(IndexFile::parse(INDEX_KEY, body.as_bytes()).unwrap(), index);
+        let encoded = index
+            .encode(INDEX_KEY, &k.writer, &k.meta.to_public())
+            .unwrap();
+        let (decoded, signer) = IndexFile::decode(INDEX_KEY, &encoded, k.m(), &k.verifier).unwrap();
+        assert_eq!((&decoded, &signer), (&index, k.writer.public()));
+
+        let v1 = crate::repo::format::write_index(&index.contents());
+        assert_eq!(
+            &v1[15..],
+            &want.as_bytes()[15..],
+            "the same lines as format 1"
+        );
+        let mut merged = super::super::Index::default();
+        merged.merge(&decoded.contents());
+        assert_eq!(merged.packs, vec![KEY.to_string(), PACK_B.to_string()]);
+        let loc = merged.get(&id(3)).unwrap();
+        assert_eq!((loc.pack, loc.offset, loc.len), (1, 5, 7));
+
+        let moved = "index/fedcba9876543210fedcba9876543210";
+        let e = IndexFile::decode(moved, &encoded, k.m(), &k.verifier).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PackFormatError::Sealed(SealedError::Signature(
+                    SignatureError::BadSignature { .. }
+                ))
+            ),
+            "{e:?}"
+        );
+        let forged = index
+            .encode(INDEX_KEY, &k.stranger(), &k.meta.to_public())
+            .unwrap();
+        let e = IndexFile::decode(INDEX_KEY, &forged, k.m(), &k.verifier).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PackFormatError::Sealed(SealedError::Signature(
+                    SignatureError::UnknownSigner { .. }
+                ))
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn an_index_file_that_names_packs_loosely_is_refused() {
+        let good =
+            String::from_utf8(IndexFile::new(INDEX_KEY, two_packs()).unwrap().write()).unwrap();
+        let err = |body: String| IndexFile::parse(INDEX_KEY, body.as_bytes()).unwrap_err();
+        for bad in [
+            KEY.replace("packs/ab/ab", "packs/ab/cd"),
+            KEY.replace("packs/ab/ab", "packs/AB/AB"),
+            KEY.replace("packs/", "lists/"),
+            KEY[..KEY.len() - 1].to_string(),
+            format!("{KEY}/x"),
+            String::new(),
+        ] {
+            let e = err(good.replace(&format!("P {KEY}"), &format!("P {bad}")));
+            assert!(
+                matches!(&e, PackFormatError::PackKey { line: 2, pack, .. } if *pack == bad),
+                "{bad}: {e:?}"
+            );
+        }
+        let e = err(good.replace(PACK_B, KEY));
+        assert!(
+            matches!(e, PackFormatError::RepeatedPack { line: 5, .. }),
+            "{e:?}"
+        );
+        let e = err(good.replace(&format!("P {KEY}\n"), ""));
+        assert!(
+            matches!(&e, PackFormatError::Malformed { line: 2, what, .. }
+                if what.contains("before any P line")),
+            "{e:?}"
+        );
+        let e = err(format!(
+            "offsite-index 2\nP {KEY}\nP {PACK_B}\n{} 0 5\n",
+            id(1)
+        ));
+        assert!(matches!(e, PackFormatError::NoChunks { .. }), "{e:?}");
+        let e = err(format!("offsite-index 2\nP {KEY}\n"));
+        assert!(matches!(e, PackFormatError::NoChunks { .. }), "{e:?}");
+        let e = err("offsite-index 2\n".into());
+        assert!(matches!(e, PackFormatError::NoPacks { .. }), "{e:?}");
+        let e = IndexFile::new(INDEX_KEY, Vec::new()).unwrap_err();
+        assert!(matches!(e, PackFormatError::NoPacks { .. }), "{e:?}");
+        let e = err(good.replace(" 5 7", " 6 7"));
+        assert!(
+            matches!(e, PackFormatError::NotContiguous { line: 7, .. }),
+            "{e:?}"
+        );
+        let e = err(good.replace("offsite-index 2", "offsite-index 1"));
+        assert!(matches!(e, PackFormatError::Header { .. }), "{e:?}");
+        let mut packs = two_packs();
+        packs[1].0 = "packs/cd/x".into();
+        let e = IndexFile::new(INDEX_KEY, packs).unwrap_err();
+        assert!(
+            matches!(e, PackFormatError::PackKey { line: 5, .. }),
+            "{e:?}"
+        );
+        assert!(is_pack_key(KEY) && is_pack_key(PACK_B));
+    }
 }

@@ -82,3 +82,48 @@ pub fn decode<'a>(
 pub fn text_limit(encoded_len: usize) -> usize {
     encoded_len.saturating_mul(4).saturating_add(1024)
 }
+
+/// Keys for the tests of the format 2 objects: a writer of one key set, a
+/// verifier that knows only it, and the D and M identities.
+#[cfg(test)]
+pub(super) mod test_keys {
+    use age::x25519;
+
+    use crate::keys::{KeysetId, WriterKey};
+    use crate::sign::{Signer, Verifier};
+
+    pub(crate) struct Keys {
+        pub writer: Signer,
+        pub verifier: Verifier,
+        pub data: x25519::Identity,
+        pub meta: x25519::Identity,
+    }
+
+    pub(crate) fn keyset() -> KeysetId {
+        "0123456789abcdef0123456789abcdef".parse().unwrap()
+    }
+
+    pub(crate) fn keys() -> Keys {
+        let writer = Signer::writer(&WriterKey::generate(), keyset());
+        let verifier = Verifier::new(keyset(), [writer.public().clone()]);
+        Keys {
+            writer,
+            verifier,
+            data: x25519::Identity::generate(),
+            meta: x25519::Identity::generate(),
+        }
+    }
+
+    impl Keys {
+        pub(crate) fn m(&self) -> impl Iterator<Item = &dyn age::Identity> {
+            std::iter::once(&self.meta as &dyn age::Identity)
+        }
+        pub(crate) fn d(&self) -> impl Iterator<Item = &dyn age::Identity> {
+            std::iter::once(&self.data as &dyn age::Identity)
+        }
+        /// A signer of the same key set this verifier does not know.
+        pub(crate) fn stranger(&self) -> Signer {
+            Signer::writer(&WriterKey::generate(), keyset())
+        }
+    }
+}
