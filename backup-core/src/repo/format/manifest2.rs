@@ -283,3 +283,253 @@ impl ManifestV2 {
         Ok((ManifestV2::parse(key, &body)?, signer))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::sealed::test_keys::keys;
+    use super::*;
+    use crate::sign::SignatureError;
+
+    const ID: &str = "20261201T101500Z-9a74532e";
+    const KEY: &str = "snapshots/20261201T101500Z-9a74532e";
+
+    fn example() -> ManifestV2 {
+        let time = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        ManifestV2 {
+            id: ID.into(),
+            source: "app".into(),
+            kind: SourceKind::Sqlite,
+            host: "app-server-1".into(),
+            writer: "app-server-1".into(),
+            started: time("2026-12-01T10:15:00.101Z"),
+            finished: time("2026-12-01T10:15:03.512Z"),
+            size: 22020096,
+            files: 1,
+            chunks: 5376,
+            new_bytes: 860160,
+            uploaded_bytes: 333824,
+            list_blake3: ListHash([0xab; 32]),
+            parent: Some("20261130T101500Z-1b2c3d4e".into()),
+            generation: 3,
+            keyring: 7,
+            page_size: Some(4096),
+            tags: vec![],
+            tool: "offsite 0.2.0".into(),
+        }
+    }
+
+    /// The body of the design's example, byte for byte.
+    fn example_body() -> String {
+        format!(
+            "{{\"format\":\"offsite-snapshot\",\"version\":2,\"id\":\"{ID}\",\"source\":\"app\",\
+             \"kind\":\"sqlite\",\"host\":\"app-server-1\",\"writer\":\"app-server-1\",\
+             \"started\":\"2026-12-01T10:15:00.101Z\",\"finished\":\"2026-12-01T10:15:03.512Z\",\
+             \"size\":22020096,\"files\":1,\"chunks\":5376,\"new_bytes\":860160,\
+             \"uploaded_bytes\":333824,\"list_blake3\":\"{}\",\
+             \"parent\":\"20261130T101500Z-1b2c3d4e\",\"generation\":3,\"keyring\":7,\
+             \"page_size\":4096,\"tags\":[],\"tool\":\"offsite 0.2.0\"}}\n",
+            "ab".repeat(32)
+        )
+    }
+
+    /// The fields of 3.2 in order, every one present; a full-list snapshot
+    /// says `"parent":null`; signed under `snapshots/<id>` it decodes back
+    /// with M and the writer's key.
+    #[test]
+    fn a_manifest_roundtrips_signed_under_its_own_id() {
+        let k = keys();
+        let m = example();
+        assert_eq!(String::from_utf8(m.to_body()).unwrap(), example_body());
+        assert_eq!(m.key(), KEY);
+        assert_eq!(ManifestV2::parse(KEY, &m.to_body()).unwrap(), m);
+        let encoded = m.encode(&k.writer, &k.meta.to_public()).unwrap();
+        let (back, signer) = ManifestV2::decode(KEY, &encoded, k.m(), &k.verifier).unwrap();
+        assert_eq!((&back, &signer), (&m, k.writer.public()));
+
+        let full = ManifestV2 {
+            parent: None,
+            kind: SourceKind::Files,
+            page_size: None,
+            tags: vec!["migrated".into()],
+            ..example()
+        };
+        let body = String::from_utf8(full.to_body()).unwrap();
+        assert!(body.contains(r#""parent":null,"#), "{body}");
+        assert!(
+            body.contains(r#""page_size":null,"tags":["migrated"]"#),
+            "{body}"
+        );
+        let encoded = full.encode(&k.writer, &k.meta.to_public()).unwrap();
+        let (back, _) = ManifestV2::decode(KEY, &encoded, k.m(), &k.verifier).unwrap();
+        assert_eq!(back, full);
+    }
+
+    fn refused(body: &str, what: &str) {
+        let e = ManifestV2::parse(KEY, body.as_bytes()).unwrap_err();
+        assert!(
+            matches!(&e, ManifestError::Malformed { key, what: w } if key == KEY && w.contains(what)),
+            "{what}: {e:?}"
+        );
+    }
+
+    /// Every way of writing a manifest other than offsite's, a missing or
+    /// unknown field, a wrong value and a manifest under another id.
+    #[test]
+    fn a_manifest_not_exactly_as_written_is_refused() {
+        let body = example_body();
+        refused(
+            &body.replace(r#""parent":"20261130T101500Z-1b2c3d4e","#, ""),
+            "missing field `parent`",
+        );
+        refused(
+            &body.replace(r#""page_size":4096,"#, ""),
+            "missing field `page_size`",
+        );
+        refused(&body.replace(r#""tags":[],"#, ""), "missing field `tags`");
+        refused(
+            &body.replace(r#""tags":[]"#, r#""tags":[],"sha256":"00""#),
+            "unknown field `sha256`",
+        );
+        refused(
+            &body.replace(r#""tags":[]"#, r#""tags":[],"tags":[]"#),
+            "duplicate field `tags`",
+        );
+        refused(
+            &body.replace(r#""version":2"#, r#""version":1"#),
+            "not \"offsite-snapshot\" version 2",
+        );
+        refused(
+            &body.replace("offsite-snapshot", "offsite-snapshots"),
+            "not \"offsite-snapshot\" version 2",
+        );
+        refused(
+            &body.replace(&"ab".repeat(32), &"AB".repeat(32)),
+            "list_blake3 is not 64 lowercase hex",
+        );
+        refused(&body.replace(&"ab".repeat(32), "ab"), "list_blake3 is not");
+        refused(
+            &body.replace(r#",""#, r#", ""#),
+            "not exactly as offsite writes it",
+        );
+        refused(
+            &body.replace(".512Z", ".512+00:00"),
+            "not exactly as offsite",
+        );
+        refused(body.trim_end(), "not exactly as offsite writes it");
+        refused(
+            &body.replace(
+                r#""source":"app","kind":"sqlite","#,
+                r#""kind":"sqlite","source":"app","#,
+            ),
+            "not exactly as offsite writes it",
+        );
+        refused(
+            &body.replace("1b2c3d4e", "1B2C3D4E"),
+            "parent is not a snapshot id",
+        );
+        refused(
+            &body.replace("20261130T101500Z-1b2c3d4e", ID),
+            "parent is the snapshot itself",
+        );
+        refused(
+            &body.replace(r#""generation":3"#, r#""generation":0"#),
+            "generation",
+        );
+        refused(
+            &body.replace(r#""generation":3"#, r#""generation":10000"#),
+            "generation",
+        );
+        refused(&body.replace(r#""keyring":7"#, r#""keyring":0"#), "keyring");
+        refused(
+            &body.replace(r#""keyring":7"#, r#""keyring":100000000"#),
+            "keyring",
+        );
+        refused(
+            &body.replace(r#""page_size":4096"#, r#""page_size":4000"#),
+            "page_size",
+        );
+        refused(
+            &body.replace(r#""page_size":4096"#, r#""page_size":null"#),
+            "page_size",
+        );
+        refused(
+            &body.replace(r#""kind":"sqlite""#, r#""kind":"files""#),
+            "page_size",
+        );
+        refused(
+            &body.replace(r#""kind":"sqlite""#, r#""kind":"mysql""#),
+            "unknown variant",
+        );
+        refused(
+            &body.replace(r#""size":22020096"#, r#""size":-1"#),
+            "invalid value",
+        );
+
+        // Stored under another snapshot's id, the body's id is not the key's.
+        let other = "snapshots/20261201T101500Z-00000000";
+        let e = ManifestV2::parse(other, body.as_bytes()).unwrap_err();
+        assert!(
+            matches!(&e, ManifestError::WrongKey { key, id } if key == other && id == ID),
+            "{e:?}"
+        );
+        for bad in [
+            "20261201T101500Z-9a74532",
+            "20261301T101500Z-9a74532e",
+            "20261201T101500-9a74532e",
+            "20261201T101500Z_9a74532e",
+            "x/20261201T101500Z-9a74532e",
+        ] {
+            assert!(!is_snapshot_id(bad), "{bad}");
+        }
+        assert!(is_snapshot_id(ID));
+        // Nothing that would be refused is signed.
+        let k = keys();
+        let bad = ManifestV2 {
+            generation: 0,
+            ..example()
+        };
+        let e = bad.encode(&k.writer, &k.meta.to_public()).unwrap_err();
+        assert!(matches!(e, ManifestError::Malformed { .. }), "{e:?}");
+    }
+
+    /// Signed by a key the verifier does not trust, moved to another id, or
+    /// signed under another id than the one it names: each is refused.
+    #[test]
+    fn a_manifest_signed_by_an_unknown_key_or_moved_is_refused() {
+        let k = keys();
+        let m = example();
+        let forged = m.encode(&k.stranger(), &k.meta.to_public()).unwrap();
+        let e = ManifestV2::decode(KEY, &forged, k.m(), &k.verifier).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ManifestError::Sealed(SealedError::Signature(SignatureError::UnknownSigner { .. }))
+            ),
+            "{e:?}"
+        );
+        let genuine = m.encode(&k.writer, &k.meta.to_public()).unwrap();
+        let other = "snapshots/20261201T101500Z-00000000";
+        let e = ManifestV2::decode(other, &genuine, k.m(), &k.verifier).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ManifestError::Sealed(SealedError::Signature(SignatureError::BadSignature { .. }))
+            ),
+            "{e:?}"
+        );
+        // A writer's genuine signature under a key whose id the body does not name.
+        let misnamed = sealed::encode(other, m.to_body(), &k.writer, &k.meta.to_public()).unwrap();
+        let e = ManifestV2::decode(other, &misnamed, k.m(), &k.verifier).unwrap_err();
+        assert!(matches!(e, ManifestError::WrongKey { .. }), "{e:?}");
+        let e = ManifestV2::decode(KEY, &genuine, k.d(), &k.verifier).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ManifestError::Sealed(SealedError::Codec(
+                    crate::error::Error::WrongIdentity { .. }
+                ))
+            ),
+            "{e:?}"
+        );
+    }
+}
