@@ -7,9 +7,10 @@
 //! go through here.
 //!
 //! Never: hand out a body whose signature was not verified under the key it
-//! was read from, or decode more plaintext than the caller's limit (a
-//! hostile object that decompresses without end is refused after `limit`
-//! bytes, never read into memory whole).
+//! was read from, decode more plaintext than the caller's limit (a hostile
+//! object that decompresses without end is refused after `limit` bytes,
+//! never read into memory whole), or let a frame reserve a zstd window
+//! larger than [`WINDOW_LOG_MAX`] allows.
 
 use std::io::Read;
 
@@ -17,6 +18,11 @@ use crate::codec;
 use crate::error::Error;
 use crate::keys::SignerPublic;
 use crate::sign::{SignatureError, Signer, Verifier};
+
+/// The largest zstd window (2^23 = 8 MiB) a signed metadata object may ask
+/// for: offsite writes them at the metadata level, whose window is at most
+/// 2^21, and `zstd -d` reads them all the same.
+pub const WINDOW_LOG_MAX: u32 = 23;
 
 /// Why a signed metadata object was not read or not written.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +62,7 @@ pub fn decode<'a>(
     verifier: &Verifier,
     limit: usize,
 ) -> Result<(Vec<u8>, SignerPublic), SealedError> {
-    let reader = codec::decode_reader(encoded, identities, key)?;
+    let reader = codec::decode_reader_bounded(encoded, identities, key, WINDOW_LOG_MAX)?;
     let mut plain = Vec::new();
     reader
         .take(limit as u64 + 1)
@@ -125,5 +131,58 @@ pub(super) mod test_keys {
         pub(crate) fn stranger(&self) -> Signer {
             Signer::writer(&WriterKey::generate(), keyset())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::test_keys::keys;
+    use super::*;
+
+    const KEY: &str = "index/0123456789abcdef0123456789abcdef";
+
+    /// `plain` compressed as a stream whose frame asks for a window of
+    /// 2^`log` bytes, encrypted to `to`.
+    fn with_window(plain: &[u8], log: u32, to: &dyn age::Recipient) -> Vec<u8> {
+        let mut z = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        z.window_log(log).unwrap();
+        z.write_all(plain).unwrap();
+        let compressed = z.finish().unwrap();
+        let mut out = Vec::new();
+        let encryptor = age::Encryptor::with_recipients(std::iter::once(to)).unwrap();
+        let mut w = encryptor.wrap_output(&mut out).unwrap();
+        w.write_all(&compressed).unwrap();
+        w.finish().unwrap();
+        out
+    }
+
+    /// A few hundred bytes whose zstd frame asks for a 128 MiB window are
+    /// refused as damaged before the window is reserved; the same signed
+    /// body with an honest window opens.
+    #[test]
+    fn a_frame_asking_for_a_large_window_is_refused_before_allocating() {
+        let k = keys();
+        let signed = k.writer.seal(KEY, b"offsite-index 2\n".to_vec()).unwrap();
+        let honest = with_window(&signed, 21, &k.meta.to_public());
+        let (body, signer) = decode(KEY, &honest, k.m(), &k.verifier, 4096).unwrap();
+        assert_eq!(
+            (&body[..], &signer),
+            (&b"offsite-index 2\n"[..], k.writer.public())
+        );
+
+        let hostile = with_window(&signed, 27, &k.meta.to_public());
+        assert!(hostile.len() < 1024, "{}", hostile.len());
+        // A valid frame: only the bound refuses it.
+        assert_eq!(codec::decode(&hostile, k.m(), KEY).unwrap(), signed);
+        let e = decode(KEY, &hostile, k.m(), &k.verifier, 4096).unwrap_err();
+        assert!(
+            matches!(&e, SealedError::Codec(Error::Corrupt { key, .. }) if key == KEY),
+            "{e:?}"
+        );
+        let e = decode(KEY, &honest, k.m(), &k.verifier, signed.len() - 1).unwrap_err();
+        assert!(matches!(e, SealedError::TooLarge { .. }), "{e:?}");
+        assert_eq!(text_limit(1000), 5024);
     }
 }
