@@ -15,7 +15,10 @@
 //! [`Repository::open`] refuses it: every operation of this build is
 //! format 1's, and none creates a format 2 repository. Format 2's list
 //! objects (full list, delta, `list_blake3`) are in `format::list2`, the
-//! planning of which of them to read in `path`; nothing uses them yet.
+//! planning of which of them to read in `path`; its packs with their signed
+//! trailers and its index files in `format::pack2`, its manifest
+//! ([`ManifestV2`]) in `format::manifest2`, and the one encoding of its
+//! signed metadata in `format::sealed`; nothing uses them yet.
 //! "Metadata-encrypted" means zstd then age to the recipients plus the derived
 //! metadata identity (see [`crate::keys`]). Object names are random or
 //! timestamps and reveal nothing of the content. A snapshot exists once its
@@ -48,6 +51,7 @@ use crate::storage::{
     StorageError,
 };
 
+pub use format::manifest2::ManifestV2;
 pub use format::{Damage, Index, Location};
 pub use list::{ChunkList, ListError};
 pub use load::{newest_first, Cause, Dated, SnapshotList, Unreadable};

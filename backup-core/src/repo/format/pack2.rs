@@ -731,6 +731,51 @@ mod tests {
         assert!(matches!(e, Error::WrongIdentity { .. }), "{e:?}");
     }
 
+    /// docs/format.md's stock-tools split of a v2 pack, verbatim.
+    const STOCK_SPLIT: &str = r#"SIZE=$(stat -c %s PACK)
+META_LEN=$(tail -c 24 PACK | cut -c16-23 | sed 's/^0*//')
+tail -c $((META_LEN + 24)) PACK | head -c "$META_LEN" | age -d -i M_IDENTITY_FILE | zstd -d   # the signed packinfo
+head -c $((SIZE - 24 - META_LEN)) PACK | age -d -i D_IDENTITY_FILE | zstd -d > data        # the chunks
+"#;
+
+    /// The split the format documents for stock tools gives the signed
+    /// packinfo with M's identity file and the chunks with D's.
+    #[test]
+    fn a_pack_splits_with_stock_tools_as_documented() {
+        let doc = include_str!("../../../../docs/format.md");
+        assert!(doc.contains(STOCK_SPLIT), "docs/format.md changed");
+        let dir = tempfile::tempdir().unwrap();
+        let identity = |file: &str| {
+            let (text, _) = crate::keys::generate_identity();
+            std::fs::write(dir.path().join(file), &text).unwrap();
+            text.lines()
+                .last()
+                .unwrap()
+                .parse::<age::x25519::Identity>()
+                .unwrap()
+        };
+        let k = Keys {
+            data: identity("D_IDENTITY_FILE"),
+            meta: identity("M_IDENTITY_FILE"),
+            ..keys()
+        };
+        let (object, info, plain) = pack(&k, 3);
+        std::fs::write(dir.path().join("PACK"), &object).unwrap();
+        let out = std::process::Command::new("sh")
+            .args(["-ec", STOCK_SPLIT])
+            .current_dir(dir.path())
+            .output()
+            .expect("sh, age and zstd are needed (scripts/install-test-deps.sh)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let signed = k.writer.seal(KEY, info.write()).unwrap();
+        assert_eq!(out.stdout, signed);
+        assert_eq!(std::fs::read(dir.path().join("data")).unwrap(), plain);
+    }
+
     #[test]
     fn a_trailer_longer_than_its_pack_is_refused() {
         let k = keys();
