@@ -669,6 +669,19 @@ mod tests {
         [&object[..object.len() - 24], footer].concat()
     }
 
+    /// `object`'s `DATA` with `meta` and its footer after it.
+    fn with_meta(object: &[u8], meta: &[u8]) -> Vec<u8> {
+        let footer_at = object.len() - 24;
+        let layout = PackLayout::parse(KEY, object.len() as u64, &object[footer_at..]).unwrap();
+        let footer = footer(KEY, meta.len() as u64).unwrap();
+        [
+            &object[..layout.data_len() as usize],
+            meta,
+            footer.as_bytes(),
+        ]
+        .concat()
+    }
+
     fn open_err(k: &Keys, object: &[u8]) -> PackFormatError {
         open_pack(KEY, object, k.m(), &k.verifier).unwrap_err()
     }
@@ -890,15 +903,7 @@ head -c $((SIZE - 24 - META_LEN)) PACK | age -d -i D_IDENTITY_FILE | zstd -d > d
         );
         // An unsigned packinfo in META.
         let body = codec::encode(&info.write(), &[&k.meta.to_public()], 3).unwrap();
-        let unsigned = [
-            &object[..PackLayout::parse(KEY, object.len() as u64, &object[object.len() - 24..])
-                .unwrap()
-                .data_len() as usize],
-            &body,
-            footer(KEY, body.len() as u64).unwrap().as_bytes(),
-        ]
-        .concat();
-        let e = open_err(&k, &unsigned);
+        let e = open_err(&k, &with_meta(&object, &body));
         assert!(
             matches!(
                 e,
@@ -917,17 +922,9 @@ head -c $((SIZE - 24 - META_LEN)) PACK | age -d -i D_IDENTITY_FILE | zstd -d > d
     fn a_meta_that_decompresses_without_end_is_refused() {
         let k = keys();
         let (object, _, _) = pack(&k, 1);
-        let layout =
-            PackLayout::parse(KEY, object.len() as u64, &object[object.len() - 24..]).unwrap();
         let bomb = codec::encode(&vec![b'0'; 64 << 20], &[&k.meta.to_public()], 19).unwrap();
         assert!(bomb.len() < 64 << 10, "{}", bomb.len());
-        let hostile = [
-            &object[..layout.data_len() as usize],
-            &bomb,
-            footer(KEY, bomb.len() as u64).unwrap().as_bytes(),
-        ]
-        .concat();
-        let e = open_err(&k, &hostile);
+        let e = open_err(&k, &with_meta(&object, &bomb));
         assert!(
             matches!(&e, PackFormatError::Sealed(SealedError::TooLarge { limit, .. })
                 if *limit == bomb.len() * 4 + 1024),
