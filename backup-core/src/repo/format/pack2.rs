@@ -14,7 +14,9 @@
 //! `META`'s length from them ([`PackLayout::parse`]), reads `META`
 //! ([`open_meta`]) and takes `DATA` as the first `size - 24 - len(META)`
 //! bytes ([`PackLayout::data_len`]); [`open_pack`] does all of it for an
-//! object in memory. [`encode_pack`] writes the whole object,
+//! object in memory. `DATA` then decodes with a D identity, bounded by the
+//! signed [`PackInfo::data_len`] (`codec::Decoder::decode`'s limit), and
+//! [`PackInfo::check_decoded`] refuses any other decoded length. [`encode_pack`] writes the whole object,
 //! [`encode_trailer`] the `META || FOOTER` a writer appends after the data
 //! stream.
 //!
@@ -713,6 +715,12 @@ mod tests {
         assert_eq!(opened.data.len() as u64, layout.data_len());
         let decoded = codec::decode(opened.data, k.d(), KEY).unwrap();
         assert_eq!(decoded, plain);
+        let mut bulk = codec::Decoder::new().unwrap();
+        let limit = opened.info.data_len() as usize;
+        assert_eq!(
+            bulk.decode(opened.data, k.d(), KEY, limit).unwrap(),
+            &plain[..]
+        );
         opened
             .info
             .check_decoded(KEY, decoded.len() as u64)
