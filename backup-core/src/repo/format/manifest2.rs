@@ -181,13 +181,22 @@ impl ManifestV2 {
             key: key.to_string(),
             what,
         };
-        let json: Json = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
-        if json.format != FORMAT || json.version != VERSION {
+        // The kind and version first, so that another version's manifest
+        // is named as such, not by the first field it does not share.
+        #[derive(Deserialize)]
+        struct Probe {
+            format: Option<String>,
+            version: Option<u32>,
+        }
+        let probe: Probe = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+        if probe.format.as_deref() != Some(FORMAT) || probe.version != Some(VERSION) {
             return Err(bad(format!(
-                "it says {:?} version {}, not {FORMAT:?} version {VERSION}",
-                json.format, json.version
+                "it says {:?} version {:?}, not {FORMAT:?} version {VERSION}",
+                probe.format.unwrap_or_default(),
+                probe.version.unwrap_or_default()
             )));
         }
+        let json: Json = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
         let list_blake3 = ListHash::parse(&json.list_blake3)
             .ok_or_else(|| bad("list_blake3 is not 64 lowercase hex digits".into()))?;
         let m = ManifestV2 {
@@ -401,6 +410,12 @@ mod tests {
         refused(
             &body.replace("offsite-snapshot", "offsite-snapshots"),
             "not \"offsite-snapshot\" version 2",
+        );
+        refused(
+            &body
+                .replace(r#""version":2"#, r#""version":3"#)
+                .replace(r#""list_blake3""#, r#""list":"lists/x","list_blake3""#),
+            "it says \"offsite-snapshot\" version 3, not",
         );
         refused(
             &body.replace(&"ab".repeat(32), &"AB".repeat(32)),
