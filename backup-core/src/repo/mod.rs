@@ -14,7 +14,8 @@
 //! `keys/` and `checks/`. Its `config` parses here ([`Format::V2`]), but
 //! [`Repository::open`] refuses it: every operation of this build is
 //! format 1's, and none creates a format 2 repository. Format 2's list
-//! objects (full list, delta, `list_blake3`) are in `format::list2`, the
+//! objects (full list, delta, `list_blake3`) are in `format::list2` (their
+//! sealed objects in `format::list2::object`), the
 //! planning of which of them to read in `path`; its packs with their signed
 //! trailers and its index files in `format::pack2`, its manifest
 //! ([`ManifestV2`]) in `format::manifest2`, and the one encoding of its
