@@ -27,6 +27,9 @@
 //!   (4 digits in `keys/`), `keyring` 1 to 99999999 (8 digits in
 //!   `keyring/`); a SQLite `page_size` is a power of two from 512 to 65536.
 //! - A decoded manifest is at most [`MAX_BYTES`] of plaintext.
+//! - `finished` before `started` is not refused: both are the writer's wall
+//!   clock, which an NTP step may set back during a backup, and a genuine
+//!   snapshot must stay readable; nothing is derived from their order.
 //!
 //! Never: return a manifest whose signature was not verified under the key
 //! it was read from, or one stored under another snapshot's id. Who may
