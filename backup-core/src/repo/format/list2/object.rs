@@ -382,3 +382,44 @@ mod tests {
         assert!(matches!(e, ListObjectError::TooCompressible { .. }), "{e}");
     }
 }
+
+#[cfg(test)]
+mod doc_tests {
+    use super::super::tests_support::*;
+    use super::super::Chunk;
+    use super::*;
+    use crate::chunk::ChunkId;
+
+    fn chunk(byte: u8, len: u32) -> Chunk {
+        (ChunkId([byte; 32]), len)
+    }
+
+    /// The examples of docs/format.md are what offsite writes, verbatim.
+    #[test]
+    fn the_documented_examples_are_what_is_written() {
+        let parent = state(vec![
+            dir("app"),
+            file("app/data.db", &[chunk(0xaa, 4096), chunk(0xbb, 4096)]),
+            link("app/current", "data.db"),
+        ]);
+        let child = state(vec![
+            dir("app"),
+            file(
+                "app/data.db",
+                &[chunk(0xaa, 4096), chunk(0xcc, 4096), chunk(0xdd, 4096)],
+            ),
+            file("app/new file", &[chunk(0xee, 12)]),
+        ]);
+        let full = String::from_utf8(parent.write_full()).unwrap();
+        let from = Named {
+            snapshot: "20261130T101500Z-1b2c3d4e".into(),
+            list_blake3: parent.list_blake3(),
+        };
+        let delta = Delta::diff(from, &parent, "20261201T101500Z-9a74532e", &child);
+        let delta = String::from_utf8(delta.write()).unwrap();
+        let doc = include_str!("../../../../../docs/format.md");
+        let fenced = |body: &str| format!("```text\n{body}<signature line>\n```");
+        assert!(doc.contains(&fenced(&full)), "{full}");
+        assert!(doc.contains(&fenced(&delta)), "{delta}");
+    }
+}
