@@ -95,8 +95,7 @@ impl ListKey {
                 snapshot: id.to_string(),
             }
         } else {
-            let from = name.strip_prefix("d-")?;
-            (is_snapshot_id(from) && from != id).then_some(())?;
+            let from = (name.strip_prefix("d-")).filter(|f| is_snapshot_id(f) && *f != id)?;
             ListKey::Delta {
                 to: id.to_string(),
                 from: from.to_string(),
@@ -221,6 +220,7 @@ pub fn decode<'a>(
 mod tests {
     use super::super::tests_support::*;
     use super::*;
+    use crate::error::Error;
     use crate::repo::format::sealed::test_keys::keys;
     use crate::sign::SignatureError;
 
@@ -282,7 +282,14 @@ mod tests {
             child()
         );
         // Not readable with the data identity: lists are to M.
-        assert!(decode(&key, &encoded, k.d(), &k.verifier).is_err());
+        let e = decode(&key, &encoded, k.d(), &k.verifier).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ListObjectError::Sealed(SealedError::Codec(Error::WrongIdentity { .. }))
+            ),
+            "{e}"
+        );
     }
 
     /// A list object copied to another key fails its signature; a delta
