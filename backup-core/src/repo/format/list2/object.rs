@@ -26,6 +26,9 @@
 //! Never: hand out a list whose signature was not verified under the key
 //! it was read from, or a delta whose body names other snapshots than its
 //! key; decompress more than [`list_limit`] of a list.
+//!
+//! Nothing in this build stores or reads these objects yet (pure code, no
+//! I/O): backup and restore write format 1's lists.
 
 use super::{Delta, ListFormatError, ListHash, ListState, Named};
 use crate::keys::SignerPublic;
