@@ -15,9 +15,13 @@
 //! [`Repository::open`] refuses it: every operation of this build is
 //! format 1's, and a backup to an empty target creates format 1. Only
 //! `init` creates a format 2 repository, and only key administration
-//! opens one ([`Repository::open_v2`]). Format 2's list
-//! objects (full list, delta, `list_blake3`) are in `format::list2`, the
-//! planning of which of them to read in `path`; nothing uses them yet.
+//! opens one ([`Repository::open_v2`]). Format 2's list objects (full list,
+//! delta, `list_blake3`) are in `format::list2` (their sealed objects in
+//! `format::list2::object`), the planning of which of them to read in
+//! `path`; its packs with their signed trailers and its index files in
+//! `format::pack2`, its manifest ([`ManifestV2`]) in `format::manifest2`,
+//! and the one encoding of its signed metadata in `format::sealed`; no
+//! backup or restore uses them yet.
 //! "Metadata-encrypted" means zstd then age to the recipients plus the derived
 //! metadata identity (see [`crate::keys`]). Object names are random or
 //! timestamps and reveal nothing of the content. A snapshot exists once its
@@ -51,6 +55,7 @@ use crate::storage::{
     StorageError,
 };
 
+pub use format::manifest2::ManifestV2;
 pub use format::{Damage, Index, Location};
 pub use list::{ChunkList, ListError};
 pub use load::{newest_first, Cause, Dated, SnapshotList, Unreadable};

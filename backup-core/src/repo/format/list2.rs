@@ -32,9 +32,10 @@
 //! Choices made here where the design leaves room (each is part of the
 //! format from now on):
 //! - The bodies here are unsigned. The stored object is the body followed by
-//!   the signature line of `crate::sign`; the caller seals and opens it, and
-//!   hands only the opened body to the parsers. `list_blake3` is over the
-//!   unsigned canonical full list, so it does not depend on who signed.
+//!   the signature line of `crate::sign`, sealed and opened only by
+//!   [`object`] (through `super::sealed`), which hands the opened body to
+//!   the parsers here. `list_blake3` is over the unsigned canonical full
+//!   list, so it does not depend on who signed.
 //! - Canonical order compares paths component by component (split at `/`)
 //!   as bytes, so a directory comes right before its contents, as the sorted
 //!   walk of `source::files` gives them.
@@ -65,6 +66,8 @@
 //!
 //! Nothing in this build reads or writes these objects yet: backup and
 //! restore are format 1's (`super`), which this module leaves untouched.
+
+pub mod object;
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;

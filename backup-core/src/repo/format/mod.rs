@@ -24,8 +24,16 @@
 //! ```
 //! Paths are percent-encoded (bytes outside `[A-Za-z0-9._~/+,@=:-]`), so
 //! fields never contain spaces or newlines.
+//!
+//! Format 2's objects are in the submodules (none used yet): `list2` (full
+//! list and delta), `pack2` (packs with their signed trailer, index files),
+//! `manifest2` (the manifest) and `sealed` (how their signed bodies are
+//! encoded). Nothing here changes for them.
 
 pub mod list2;
+pub mod manifest2;
+pub mod pack2;
+pub mod sealed;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Write};
