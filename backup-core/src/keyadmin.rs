@@ -208,6 +208,10 @@ async fn add(
         let mine = owner_bundle(repo, owner, &keyring).await?;
         let key = bundle_key(generation, &holder);
         write_bundle(repo, &mine.for_holder(holder), &key).await?;
+        // Bundles no keyring names are prune's to delete (the design's
+        // 4.5): if this lock expired meanwhile, a prune may have deleted the
+        // bundle just written, and a keyring must never name a missing one.
+        lock.ensure_held().await?;
         let target = repo.describe();
         let published = keyring::publish(repo, owner.key(), keyring, memory, |body| {
             // A remove (exclusive lock) cannot run meanwhile; checked anyway.

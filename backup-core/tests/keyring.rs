@@ -606,3 +606,52 @@ async fn writers_get_metadata_keys_only_and_removals_are_checked() {
         .unwrap_err();
     assert!(e.to_string().contains("is not empty"), "{e}");
 }
+
+/// A target on which this add's lock disappears (it expired and another
+/// run removed it) once the new bundle is written.
+#[derive(Debug)]
+struct LockLostAfterBundle {
+    inner: Arc<MemoryStorage>,
+}
+
+#[async_trait]
+impl Wrapper for LockLostAfterBundle {
+    fn inner(&self) -> &dyn Storage {
+        self.inner.as_ref()
+    }
+
+    fn describe(&self) -> String {
+        "lock-lost".into()
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        body: ByteStream,
+        mode: PutMode,
+    ) -> Result<ObjectMeta, StorageError> {
+        let stored = self.inner.put(key, body, mode).await?;
+        if key.starts_with("keys/") {
+            for lock in keys_under(&self.inner, "locks/") {
+                self.inner.delete(&lock).await.unwrap();
+            }
+        }
+        Ok(stored)
+    }
+}
+
+/// An add whose lock was lost while it wrote the bundle publishes nothing:
+/// a prune holding the lock meanwhile may have deleted that bundle, and a
+/// keyring must never name a missing one.
+#[tokio::test]
+async fn an_add_that_lost_its_lock_publishes_nothing() {
+    let _serial = no_fail_points();
+    let mem = Arc::new(MemoryStorage::default());
+    let storage = Arc::new(Wrapped(LockLostAfterBundle { inner: mem.clone() }));
+    let r = repo_on(mem, storage).await;
+    let e = keyadmin::add_recipient(&r.repo, &r.owner, &identity().to_public(), "late", &r.opts)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Locked { .. }), "{e:?}");
+    assert_eq!(r.keyring().await.unwrap().serial(), 1, "published anyway");
+}
