@@ -6,8 +6,11 @@
 //! content-defined boundaries are needed. Plain files are chunked with FastCDC
 //! (16/64/256 KiB), so an insertion shifts boundaries only locally.
 //!
-//! A chunk's id is the BLAKE3 hash of its plaintext. Ids appear only inside
-//! encrypted metadata, never in object names.
+//! A chunk's id is the BLAKE3 hash of its plaintext (format 1), or its
+//! BLAKE3 keyed hash under the key set's chunk-id key K (format 2,
+//! [`ChunkKey`]), so ids in metadata do not confirm a guessed page to
+//! someone without K. Ids appear only inside encrypted metadata, never in
+//! object names.
 
 use std::fmt;
 
@@ -22,6 +25,11 @@ pub struct ChunkId(pub [u8; 32]);
 impl ChunkId {
     pub fn of(data: &[u8]) -> ChunkId {
         ChunkId(*blake3::hash(data).as_bytes())
+    }
+
+    /// The format 2 id: BLAKE3 keyed with the key set's chunk-id key.
+    pub fn keyed(key: &ChunkKey, data: &[u8]) -> ChunkId {
+        ChunkId(*blake3::keyed_hash(&key.0, data).as_bytes())
     }
 
     pub fn parse(hex_str: &str) -> Option<ChunkId> {
@@ -40,5 +48,64 @@ impl fmt::Display for ChunkId {
 impl fmt::Debug for ChunkId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ChunkId({})", &hex::encode(&self.0[..8]))
+    }
+}
+
+/// How a chunk's id is computed: plain BLAKE3 (format 1) or keyed with a
+/// key set's chunk-id key K (format 2). Backup and restore take this, so
+/// the one hash a chunk gets is the one its format names.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum ChunkHasher {
+    Plain,
+    Keyed(ChunkKey),
+}
+
+impl ChunkHasher {
+    pub fn id(&self, data: &[u8]) -> ChunkId {
+        match self {
+            ChunkHasher::Plain => ChunkId::of(data),
+            ChunkHasher::Keyed(k) => ChunkId::keyed(k, data),
+        }
+    }
+}
+
+impl fmt::Debug for ChunkHasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChunkHasher::Plain => f.write_str("ChunkHasher::Plain"),
+            ChunkHasher::Keyed(_) => f.write_str("ChunkHasher::Keyed(..)"),
+        }
+    }
+}
+
+/// A key set's chunk-id key K (32 bytes, from a key bundle). A secret:
+/// with it and the ids, a guessed page can be confirmed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ChunkKey(pub [u8; 32]);
+
+impl fmt::Debug for ChunkKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ChunkKey(..)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyed_ids_differ_from_plain_ones_and_by_key() {
+        let page = vec![7u8; 4096];
+        let k1 = ChunkKey([1; 32]);
+        let k2 = ChunkKey([2; 32]);
+        assert_ne!(ChunkId::keyed(&k1, &page), ChunkId::of(&page));
+        assert_ne!(ChunkId::keyed(&k1, &page), ChunkId::keyed(&k2, &page));
+        assert_eq!(ChunkHasher::Keyed(k1).id(&page), ChunkId::keyed(&k1, &page));
+        assert_eq!(ChunkHasher::Plain.id(&page), ChunkId::of(&page));
+        // The b3sum --keyed vector: BLAKE3 keyed_hash of the empty input.
+        assert_eq!(
+            ChunkId::keyed(&ChunkKey(*b"whats the Elvish word for friend"), b"").to_string(),
+            "92b2b75604ed3c761f9d6f62392c8a9227ad0ea3f09573e783f1498a4ed60d26"
+        );
     }
 }

@@ -26,6 +26,7 @@ pub mod fetch;
 pub mod keyadmin;
 pub mod keyring;
 pub mod keys;
+pub mod keyset;
 pub mod lock;
 pub mod pins;
 pub mod process;

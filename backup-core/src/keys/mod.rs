@@ -164,6 +164,20 @@ impl std::fmt::Debug for MetadataKey {
 }
 
 impl MetadataKey {
+    /// A metadata key of X25519 identities (format 2's metadata keys M,
+    /// from a key bundle); `source` says where they came from.
+    pub fn from_x25519(ids: Vec<x25519::Identity>, source: &str) -> MetadataKey {
+        let ids: Vec<Box<dyn age::Identity + Send + Sync>> = ids
+            .into_iter()
+            .map(|id| Box::new(id) as Box<dyn age::Identity + Send + Sync>)
+            .collect();
+        MetadataKey {
+            ids: std::sync::Arc::new(ids),
+            derived: false,
+            source: source.to_string(),
+        }
+    }
+
     /// The identities metadata is decrypted with.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &dyn age::Identity> {
         self.ids.iter().map(|i| i.as_ref() as &dyn age::Identity)
@@ -238,6 +252,16 @@ impl Identities {
             publics: std::sync::Arc::new(publics),
             x25519: std::sync::Arc::new(x25519s),
         })
+    }
+
+    /// Identities from X25519 secrets already parsed (format 2's data and
+    /// metadata keys, from a recipient's key bundle).
+    pub fn from_x25519(ids: Vec<x25519::Identity>, source: &str) -> Identities {
+        Identities {
+            key: MetadataKey::from_x25519(ids.clone(), source),
+            publics: std::sync::Arc::new(ids.iter().map(x25519::Identity::to_public).collect()),
+            x25519: std::sync::Arc::new(ids),
+        }
     }
 
     /// Reads an identity file. A passphrase-protected file (`age -p`) is
