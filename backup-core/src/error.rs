@@ -69,6 +69,12 @@ pub enum Error {
     /// Key administration on a format 1 repository, which has no keyring.
     #[error("{target} holds a format 1 repository, which has no keyring: key and writer commands work on format 2 repositories, made by `offsite init`")]
     NotFormat2 { target: String },
+    #[error(
+        "{target} holds a format 2 repository, which this host cannot open without its keys: \
+         set encryption.owner_key (or encryption.identity_file to the owner's identity), and \
+         encryption.writer_key_file to back up or encryption.identity_file to restore"
+    )]
+    NoFormat2Keys { target: String },
     /// A format 2 keyring or key bundle refused, or a key change refused.
     #[error(transparent)]
     Keyring(#[from] crate::keyring::KeyringError),

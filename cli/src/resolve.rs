@@ -8,7 +8,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use backup_core::keyadmin::{AdminOptions, Owner};
 use backup_core::keyring::KeysetMemory;
-use backup_core::keys::{Identities, Keys, MetadataKey, OwnerPublic};
+use backup_core::keys::{Identities, Keys, MetadataKey, OwnerPublic, WriterKey};
+use backup_core::keyset::Holding;
+use backup_core::repo::Access;
 use backup_core::source::SourceSpec;
 use chrono::{DateTime, Local, NaiveDate, NaiveDateTime, TimeZone, Utc};
 
@@ -87,6 +89,48 @@ pub(crate) fn trust(cfg: &Config) -> Result<OwnerPublic> {
         ));
     }
     Ok(owner(cfg)?.public())
+}
+
+/// What a format 2 repository is opened for: which of this host's secrets
+/// it is opened with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// Backups sign: the writer key when one is configured, else the
+    /// identity (the owner's signs as the owner).
+    Write,
+    /// Restore, verify and drill read data: the identity (or `--identity`).
+    Read,
+}
+
+/// How this host opens format 2 repositories for `purpose`, or `None`
+/// when the configuration gives no keys for it (a format 1 setup: a
+/// format 2 target then fails with what to configure).
+pub(crate) fn access(
+    cfg: &Config,
+    purpose: Purpose,
+    identity: Option<&Path>,
+) -> Result<Option<Access>> {
+    let has_identity = identity.is_some() || cfg.encryption.identity_file.is_some();
+    let holding = match (&cfg.encryption.writer_key_file, purpose) {
+        (Some(path), Purpose::Write) => Holding::Writer(WriterKey::from_file(path)?),
+        _ if has_identity => Holding::Identities(identities(cfg, identity)?),
+        _ => return Ok(None),
+    };
+    let trust = match (owner_pin(cfg)?, &holding) {
+        (Some(pin), _) => pin,
+        (None, Holding::Identities(ids)) => Owner::from_identities(ids, None)?.public(),
+        (None, Holding::Writer(_)) => {
+            return Err(usage::mistake(
+                "a backup host with encryption.writer_key_file also needs encryption.owner_key \
+                 (the owner key `offsite init` printed; check it with the owner before pinning it)",
+            ))
+        }
+    };
+    Ok(Some(Access {
+        trust,
+        holding,
+        memory: crate::state::dir(cfg).map(|d| KeysetMemory::at(&d)),
+    }))
 }
 
 /// How key commands run on this host: its key set memory (in the state

@@ -48,7 +48,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::error::{Error, Result};
-use crate::keys::{Keys, KeysetId, MetadataKey};
+use crate::keyring::KeysetMemory;
+use crate::keys::{Keys, KeysetId, MetadataKey, OwnerPublic};
+use crate::keyset::{Holding, KeySet};
 use crate::source::SourceKind;
 use crate::storage::{
     bytes_stream, collect_bytes, list_all, ByteStream, ErrorKind, PutMode, RetryPolicy, Storage,
@@ -278,28 +280,46 @@ impl RequestStats {
     }
 }
 
-/// An opened repository on one target.
+/// An opened repository on one target. A format 2 one opened with
+/// [`Repository::open_with`] carries its [`KeySet`]: the operations that
+/// read or write format 2 take their keys from it, so a repository and the
+/// keys it was opened with never part.
 #[derive(Debug, Clone)]
 pub struct Repository {
     storage: Arc<dyn Storage>,
     config: RepoConfig,
     retry: RetryPolicy,
     stats: Arc<RequestStats>,
+    keyset: Option<Arc<KeySet>>,
+}
+
+/// How this host opens format 2 repositories: the owner key it trusts
+/// (the pin, or derived from the owner's identity), the secrets it holds,
+/// and its key set memory (rollback protection).
+#[derive(Debug, Clone)]
+pub struct Access {
+    pub trust: OwnerPublic,
+    pub holding: Holding,
+    pub memory: Option<KeysetMemory>,
 }
 
 impl Repository {
     /// Opens an existing repository.
     pub async fn open(storage: Arc<dyn Storage>) -> Result<Repository> {
-        let repo = Self::open_any(storage).await?;
-        // Until format 2's parts land (docs/design/format-v2.md, section 8)
-        // every operation is format 1's: refused whole, not half-read.
-        if repo.config.version() != FORMAT_VERSION {
+        Self::open_any(storage).await?.format_1_only()
+    }
+
+    /// Until format 2's parts land (docs/design/format-v2.md, section 8)
+    /// an operation not yet built for format 2 refuses it whole, never
+    /// half-reads it.
+    fn format_1_only(self) -> Result<Repository> {
+        if self.config.version() != FORMAT_VERSION {
             return Err(Error::FormatNotSupportedYet {
-                target: repo.describe(),
-                version: repo.config.version(),
+                target: self.describe(),
+                version: self.config.version(),
             });
         }
-        Ok(repo)
+        Ok(self)
     }
 
     /// Opens an existing format 2 repository for key administration
@@ -314,6 +334,42 @@ impl Repository {
             });
         }
         Ok(repo)
+    }
+
+    /// Opens an existing repository of either format: format 1 as
+    /// [`Repository::open`] does; format 2 with its [`KeySet`] opened from
+    /// `access` (an error saying what to configure when there is none).
+    pub async fn open_with(
+        storage: Arc<dyn Storage>,
+        access: Option<&Access>,
+    ) -> Result<Repository> {
+        Self::open_any(storage).await?.with_access(access).await
+    }
+
+    /// This repository as `access` opens it: format 1 as it is, format 2
+    /// with its key set.
+    async fn with_access(self, access: Option<&Access>) -> Result<Repository> {
+        let repo = self;
+        if repo.config.keyset().is_none() {
+            return repo.format_1_only();
+        }
+        let Some(access) = access else {
+            return Err(Error::NoFormat2Keys {
+                target: repo.describe(),
+            });
+        };
+        let keyset = KeySet::open(&repo, &access.trust, &access.holding, access.memory.as_ref())
+            .await?;
+        Ok(Repository {
+            keyset: Some(Arc::new(keyset)),
+            ..repo
+        })
+    }
+
+    /// The format 2 keys this repository was opened with; `None` for
+    /// format 1 (and for a format 2 one opened for key administration).
+    pub fn keyset(&self) -> Option<&KeySet> {
+        self.keyset.as_deref()
     }
 
     /// Reads and parses `config`, whatever format it declares.
@@ -341,62 +397,97 @@ impl Repository {
             config,
             retry,
             stats,
+            keyset: None,
         })
     }
 
     /// Opens the repository, creating it if the target is empty, and checks
-    /// that `keys` belong to it.
+    /// that `keys` belong to it. Format 1 only (see [`Self::open_or_init_with`]).
     pub async fn open_or_init(storage: Arc<dyn Storage>, keys: &Keys) -> Result<Repository> {
         let repo = match Self::open(storage.clone()).await {
-            Ok(r) => r,
             Err(Error::NotARepository { target, .. }) => {
-                let existing =
-                    list_all(storage.as_ref(), "")
-                        .await
-                        .map_err(|e| Error::Storage {
-                            target: target.clone(),
-                            cause: e,
-                        })?;
-                if !existing.is_empty() {
-                    return Err(Error::NotARepository {
-                        target,
-                        message: format!(
-                            "it holds {} other objects but no offsite config; use an empty \
-                             directory or prefix",
-                            existing.len()
-                        ),
-                    });
-                }
-                let body = Bytes::from(RepoConfig::new_v1(keys).to_json());
-                let len = body.len() as u64;
-                match store_checked(
-                    storage.as_ref(),
-                    &RetryPolicy::default(),
-                    CONFIG_KEY,
-                    len,
-                    PutMode::Create,
-                    || Ok(bytes_stream(body.clone())),
-                )
-                .await
-                {
-                    // Another host created it at the same moment: use theirs.
-                    Ok(())
-                    | Err(Error::Storage {
-                        cause:
-                            StorageError {
-                                kind: ErrorKind::AlreadyExists,
-                                ..
-                            },
-                        ..
-                    }) => {}
-                    Err(e) => return Err(e),
-                }
-                Self::open(storage).await?
+                Self::init_v1(storage, keys, target).await?
             }
-            Err(e) => return Err(e),
+            other => other?,
         };
         repo.check_keys(keys)?;
         Ok(repo)
+    }
+
+    /// What a backup opens a target with: a format 2 repository with its
+    /// key set from `access`; a format 1 one checked against `keys`; an
+    /// empty target made a format 1 repository for `keys` (format 2 ones
+    /// are made by `offsite init`). Each missing key is an error saying
+    /// what to configure.
+    pub async fn open_or_init_with(
+        storage: Arc<dyn Storage>,
+        keys: Option<&Keys>,
+        access: Option<&Access>,
+    ) -> Result<Repository> {
+        let no_recipients = || {
+            Error::Key(
+                "no recipients configured: set encryption.recipients to at least one age \
+                 public key (age1...), e.g. the one `offsite keygen` prints"
+                    .into(),
+            )
+        };
+        let repo = match Self::open_any(storage.clone()).await {
+            Ok(repo) if repo.config.keyset().is_some() => return repo.with_access(access).await,
+            Ok(repo) => repo,
+            Err(Error::NotARepository { target, .. }) => {
+                Self::init_v1(storage, keys.ok_or_else(no_recipients)?, target).await?
+            }
+            Err(e) => return Err(e),
+        };
+        let repo = repo.format_1_only()?;
+        repo.check_keys(keys.ok_or_else(no_recipients)?)?;
+        Ok(repo)
+    }
+
+    /// Makes the empty target `storage` a format 1 repository for `keys`
+    /// (or uses the one another host made at the same moment).
+    async fn init_v1(storage: Arc<dyn Storage>, keys: &Keys, target: String) -> Result<Repository> {
+        let existing = list_all(storage.as_ref(), "")
+            .await
+            .map_err(|e| Error::Storage {
+                target: target.clone(),
+                cause: e,
+            })?;
+        if !existing.is_empty() {
+            return Err(Error::NotARepository {
+                target,
+                message: format!(
+                    "it holds {} other objects but no offsite config; use an empty \
+                     directory or prefix",
+                    existing.len()
+                ),
+            });
+        }
+        let body = Bytes::from(RepoConfig::new_v1(keys).to_json());
+        let len = body.len() as u64;
+        match store_checked(
+            storage.as_ref(),
+            &RetryPolicy::default(),
+            CONFIG_KEY,
+            len,
+            PutMode::Create,
+            || Ok(bytes_stream(body.clone())),
+        )
+        .await
+        {
+            // Another host created it at the same moment: use theirs.
+            Ok(())
+            | Err(Error::Storage {
+                cause:
+                    StorageError {
+                        kind: ErrorKind::AlreadyExists,
+                        ..
+                    },
+                ..
+            }) => {}
+            Err(e) => return Err(e),
+        }
+        Self::open(storage).await
     }
 
     pub fn check_keys(&self, keys: &Keys) -> Result<()> {
