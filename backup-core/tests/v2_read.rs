@@ -2,18 +2,21 @@
 //! in-memory repositories made by `init`, with snapshots written from the
 //! format encoders by `support::v2` (genuine and forged): which manifests,
 //! list objects and index files are trusted, and how a snapshot's list
-//! state is rebuilt along its cheapest path.
+//! state is rebuilt along its cheapest path, and the restore of a signed
+//! snapshot (and the refusal of a forged one).
 
 mod support;
 
 use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 
 use backup_core::error::Error;
 use backup_core::keyset::Trust;
 use backup_core::repo::format::list2::{Delta, ListState, Named};
 use backup_core::repo::path::{self, ListObject};
-use backup_core::repo::SnapshotsV2;
-use backup_core::source::Entry;
+use backup_core::repo::{Selector, SnapshotsV2};
+use backup_core::restore::RestoreOptions;
+use backup_core::source::{Entry, SourceKind};
 use chrono::{DateTime, Duration, Utc};
 use support::v2::{file, object, put, put_manifest, snapshot_id, write, Seal, Snap, Written, V2};
 
@@ -426,4 +429,134 @@ async fn a_damaged_shortcut_falls_back_to_another_path() {
         v2.repo.list_state(keys, &s3.manifest).await.unwrap(),
         s3.state
     );
+}
+
+/// A SQLite database of `rows` rows at `dir/name`, and its bytes.
+fn database(dir: &Path, name: &str, rows: usize) -> (PathBuf, Vec<u8>) {
+    let db = dir.join(name);
+    support::add_rows(
+        &db,
+        "CREATE TABLE IF NOT EXISTS tasks(id INTEGER PRIMARY KEY, title TEXT, body TEXT)",
+        "INSERT INTO tasks VALUES (?1, ?2, ?3)",
+        0..rows,
+        |i| (i as i64, format!("task {i}"), "x".repeat(i % 700)),
+    );
+    let bytes = std::fs::read(&db).unwrap();
+    (db, bytes)
+}
+
+/// A snapshot of a SQLite database's bytes, page by page, as a backup
+/// of source `app` lists it.
+fn sqlite_snap(bytes: &[u8], finished: DateTime<Utc>, seal: Seal) -> Snap {
+    let mut snap = Snap::new("app", finished, vec![file("app.db", bytes, 4096)], seal);
+    snap.kind = SourceKind::Sqlite;
+    snap.page_size = Some(4096);
+    snap
+}
+
+/// A v2 SQLite snapshot written by a writer restores with the owner's
+/// identity to exactly the source's bytes, and passes integrity_check; a
+/// writer's key set cannot restore, and writes nothing.
+#[tokio::test]
+async fn a_v2_sqlite_snapshot_restores_to_the_source_bytes() {
+    let v2 = V2::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, source) = database(dir.path(), "source.db", 2000);
+    assert!(source.len() > 40 * 4096, "{} bytes", source.len());
+    let writer = &v2.writer_keys;
+    let written = write(
+        &v2.repo,
+        writer,
+        sqlite_snap(&source, at(0), Seal::of(writer)),
+    )
+    .await;
+
+    let keys = &v2.owner_keys;
+    let all = v2.repo.snapshots_v2(keys).await.unwrap();
+    let chosen = all.latest_signed(Some("app")).unwrap();
+    assert_eq!(chosen.manifest, written.manifest);
+    let to = dir.path().join("restored/app.db");
+    let opts = RestoreOptions::default();
+    let summary = v2.repo.restore_v2(keys, chosen, &to, &opts).await.unwrap();
+    assert_eq!(summary.snapshot, written.manifest.id);
+    assert_eq!(summary.bytes, source.len() as u64);
+    assert!(
+        std::fs::read(&to).unwrap() == source,
+        "the restored database differs"
+    );
+    assert_eq!(support::integrity(&to), "ok");
+
+    let elsewhere = dir.path().join("by-writer/app.db");
+    let e = v2
+        .repo
+        .restore_v2(writer, chosen, &elsewhere, &opts)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("a writer key cannot restore: use an identity"),
+        "{e}"
+    );
+    assert!(!dir.path().join("by-writer").exists(), "nothing written");
+}
+
+/// A forged snapshot newer than the genuine one: `latest` passes over it
+/// and restores the genuine one; asking for it by id finds it, and
+/// restoring it is refused with its name and reason, writing nothing.
+#[tokio::test]
+async fn a_forged_newest_snapshot_is_skipped_by_latest_and_refused_by_id() {
+    let v2 = V2::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, genuine_db) = database(dir.path(), "genuine.db", 300);
+    let (_, forged_db) = database(dir.path(), "forged.db", 900);
+    let writer = &v2.writer_keys;
+    let genuine = write(
+        &v2.repo,
+        writer,
+        sqlite_snap(&genuine_db, at(0), Seal::of(writer)),
+    )
+    .await;
+    let by_stranger = sqlite_snap(&forged_db, at(60), Seal::By(v2.stranger()));
+    let forged = write(&v2.repo, writer, by_stranger).await;
+
+    let keys = &v2.owner_keys;
+    let all = v2.repo.snapshots_v2(keys).await.unwrap();
+    assert_eq!(
+        all.snapshots[0].manifest.id, forged.manifest.id,
+        "the forgery is the newest"
+    );
+    let latest = all.select(Some("app"), &Selector::Latest).unwrap();
+    assert_eq!(latest.manifest.id, genuine.manifest.id);
+    assert_eq!(
+        all.latest_signed(Some("app")).unwrap().manifest.id,
+        genuine.manifest.id
+    );
+    let at = all.select(Some("app"), &Selector::At(at(90))).unwrap();
+    assert_eq!(at.manifest.id, genuine.manifest.id);
+
+    let asked = all
+        .select(Some("app"), &Selector::Id(forged.manifest.id.clone()))
+        .unwrap();
+    let to = dir.path().join("restored/app.db");
+    let opts = RestoreOptions::default();
+    let e = v2
+        .repo
+        .restore_v2(keys, asked, &to, &opts)
+        .await
+        .unwrap_err();
+    match &e {
+        Error::Untrusted { key, reason } => {
+            assert_eq!(*key, forged.manifest.key());
+            assert!(reason.contains("not a signer of this key set"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(e.to_string().contains(&forged.manifest.key()), "{e}");
+    let staged = v2.repo.stage_v2(keys, asked, &to, &opts).await;
+    assert!(matches!(staged, Err(Error::Untrusted { .. })), "staged");
+    assert!(!dir.path().join("restored").exists(), "nothing written");
+
+    v2.repo.restore_v2(keys, latest, &to, &opts).await.unwrap();
+    assert!(std::fs::read(&to).unwrap() == genuine_db);
+    assert_eq!(support::integrity(&to), "ok");
 }

@@ -49,7 +49,7 @@ use super::format::sealed::{SealedError, WINDOW_LOG_MAX};
 use super::format::Index;
 use super::load::{newest_first, warn_skipped, Cause, Dated, Unreadable, EMPTY, INDEX_ROUNDS};
 use super::path::{self, ListObject};
-use super::{Repository, INDEX, LISTS, SNAPSHOTS};
+use super::{id_matches, Repository, Selector, INDEX, LISTS, PRE_RESTORE_TAG, SNAPSHOTS};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::keys::{MetadataKey, SignerPublic};
@@ -88,6 +88,65 @@ impl SnapshotsV2 {
             .iter()
             .filter(|s| s.trust.is_signed())
             .map(|s| &s.manifest)
+    }
+
+    /// The signed snapshots of `source` (all when `None`) that `--latest`
+    /// and `--at` choose among, newest first: pre-restore snapshots pass
+    /// over them (format 1's [`super::regular`]), and so do rejected ones.
+    pub fn regular_signed<'a, 's: 'i, 'i>(
+        &'a self,
+        source: Option<&'s str>,
+    ) -> impl Iterator<Item = &'a SnapshotV2> + 'i
+    where
+        'a: 'i,
+    {
+        self.snapshots.iter().filter(move |s| {
+            let m = &s.manifest;
+            s.trust.is_signed()
+                && source.is_none_or(|src| m.source == src)
+                && !m.tags.iter().any(|t| t == PRE_RESTORE_TAG)
+        })
+    }
+
+    /// The newest signed regular snapshot of `source`: what `--latest`
+    /// restores. A newer rejected one is passed over (and was warned
+    /// about when listed).
+    pub fn latest_signed(&self, source: Option<&str>) -> Option<&SnapshotV2> {
+        self.regular_signed(source).next()
+    }
+
+    /// The snapshot `sel` picks, as format 1's [`super::select`]: `Latest`
+    /// and `At` among the signed regular ones only; an `Id` among all, so
+    /// that asking for a rejected one by id finds it and restoring it is
+    /// refused with its reason.
+    pub fn select(&self, source: Option<&str>, sel: &Selector) -> Result<&SnapshotV2> {
+        let any = source.unwrap_or("any source");
+        match sel {
+            Selector::Latest => self
+                .latest_signed(source)
+                .ok_or_else(|| Error::SnapshotNotFound(format!("signed, of {any}"))),
+            Selector::At(t) => (self.regular_signed(source))
+                .find(|s| s.manifest.finished <= *t)
+                .ok_or_else(|| {
+                    Error::SnapshotNotFound(format!("signed, of {any} at or before {t}"))
+                }),
+            Selector::Id(id) => {
+                let hits: Vec<&SnapshotV2> = (self.snapshots.iter())
+                    .filter(|s| source.is_none_or(|src| s.manifest.source == src))
+                    .filter(|s| id_matches(&s.manifest.id, id))
+                    .collect();
+                match hits.as_slice() {
+                    [one] => Ok(one),
+                    [] => Err(Error::SnapshotNotFound(format!("id {id}"))),
+                    many => Err(Error::AmbiguousSnapshot(
+                        id.clone(),
+                        (many.iter().map(|s| s.manifest.id.as_str()))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    )),
+                }
+            }
+        }
     }
 }
 
