@@ -65,12 +65,15 @@ async fn forged_manifests_lists_and_index_files_are_rejected() {
     let forge = |n: i64, seal: Seal| Snap::new("app", at(10 + n), files("forged"), seal);
     let unsigned = write(&v2.repo, &v2.owner_keys, forge(0, Seal::Unsigned)).await;
     let stranger = write(&v2.repo, &v2.owner_keys, forge(1, Seal::By(v2.stranger()))).await;
-    let altered = Seal::Altered {
+    let altered = |from: &str, to: &str| Seal::Altered {
         by: v2.writer_signer(),
-        from: "test-host".into(),
-        to: "evil-host".into(),
+        from: from.into(),
+        to: to.into(),
     };
-    let changed = write(&v2.repo, &v2.owner_keys, forge(2, altered)).await;
+    let mut changed = forge(2, altered("test-host", "evil-host"));
+    changed.list = altered("a.txt", "b.txt");
+    changed.index = altered(" 0 ", " 1 "); // the first chunk's offset
+    let changed = write(&v2.repo, &v2.owner_keys, changed).await;
     let under = Seal::Under(v2.writer_signer(), genuine.manifest.key());
     let renamed = write(&v2.repo, &v2.owner_keys, forge(3, under)).await;
     // A genuine manifest copied, bytes and all, to another snapshot's name.
@@ -152,9 +155,8 @@ async fn forged_manifests_lists_and_index_files_are_rejected() {
     let reasons: HashMap<&str, &str> = (index.rejected.iter())
         .map(|(k, r)| (k.as_str(), r.as_str()))
         .collect();
-    // Unsigned, stranger, signed under another key: rejected. (The altered
-    // seal changes "test-host", which only the manifest holds.)
-    assert_eq!(index.rejected.len(), 3, "{reasons:?}");
+    // Unsigned, stranger, changed, signed under another key: rejected.
+    assert_eq!(index.rejected.len(), 4, "{reasons:?}");
     for needle in [
         "is not signed",
         "not a signer of this key set",
@@ -183,9 +185,17 @@ async fn forged_manifests_lists_and_index_files_are_rejected() {
     );
 
     // Lists: a signed manifest whose list objects are forged has no state.
+    let owner = keys.signer().unwrap().clone();
+    let list_altered = Seal::Altered {
+        by: owner.clone(),
+        from: "a.txt".into(),
+        to: "b.txt".into(),
+    };
     for (i, seal) in [
         Seal::Unsigned,
         Seal::By(v2.stranger()),
+        list_altered,
+        Seal::Under(owner, genuine.list_key.clone()),
         Seal::By(v2.writer_signer()),
     ]
     .into_iter()

@@ -10,7 +10,9 @@
 //! at all). A forger with a key the keyring does not list, or a removed
 //! writer's key, is just a `Seal::By` with that signer.
 //!
-//! Like the rest of `support`, it builds and never asserts.
+//! Like the rest of `support`, it builds and never asserts what a test
+//! relies on (it panics only when asked to forge what cannot be forged:
+//! an alteration of text the object does not hold).
 
 use std::sync::Arc;
 
@@ -150,6 +152,7 @@ impl Seal {
             Seal::Under(s, other) => s.seal(other, body).unwrap(),
             Seal::Altered { by, from, to } => {
                 let signed = String::from_utf8(by.seal(key, body).unwrap()).unwrap();
+                assert!(signed.contains(from.as_str()), "{key} holds no {from:?}");
                 signed.replacen(from.as_str(), to, 1).into_bytes()
             }
             Seal::Unsigned => body,
