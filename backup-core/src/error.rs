@@ -86,6 +86,9 @@ pub enum Error {
     },
     #[error("no snapshot matches {0}")]
     SnapshotNotFound(String),
+    /// A format 2 object whose signature does not count (docs/design/format-v2.md, 3.3).
+    #[error("{key} is not trusted, so it is not used: {reason}")]
+    Untrusted { key: String, reason: String },
     /// Prune stopped before deleting anything: a kept snapshot's list could
     /// not be read, so what it needs is unknown.
     #[error("prune deletes nothing while it cannot tell what kept snapshot {snapshot} needs")]

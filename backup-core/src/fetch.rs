@@ -2,10 +2,13 @@
 //! restore, checked against their ids, with other targets' repositories as
 //! fallbacks.
 //!
-//! Chunk ids are the unkeyed BLAKE3 hash of the chunk's bytes, so the same
-//! chunk has the same id in every target's repository, and a copy fetched
-//! from any of them is checked exactly like one from the repository being
-//! restored. Rounds, each over what the ones before could not write:
+//! Chunk ids are the unkeyed BLAKE3 hash of the chunk's bytes in format 1
+//! and keyed with the key set's K in format 2 ([`Packs`] says which, and
+//! whether a pack ends with a format 2 trailer, of which only `DATA` is
+//! decoded: the signed index file says where each chunk is). The same
+//! chunk has the same id in every target's repository (of one key set),
+//! and a copy fetched from any of them is checked exactly like one from
+//! the repository being restored. Rounds, each over what the ones before could not write:
 //! 1. the repository's own intact copies (those no damage record names);
 //! 2. each fallback repository in turn, by chunk id, its intact copies;
 //! 3. the repository's copies that are recorded as damaged: a last resort,
@@ -34,10 +37,11 @@ use std::sync::Arc;
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::backup::Progress;
-use crate::chunk::ChunkId;
+use crate::chunk::{ChunkHasher, ChunkId, ChunkKey};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::keys::Identities;
+use crate::repo::format::pack2::PackLayout;
 use crate::repo::format::DamagedPack;
 use crate::repo::{Index, Location, Repository};
 use crate::storage::Storage;
@@ -77,9 +81,48 @@ struct Piece {
     want: Want,
 }
 
-/// Where the staged files are and where progress goes.
+/// How a repository's pack objects are read: how a chunk is checked
+/// against its id (the one check, [`ChunkHasher`]), and whether the object
+/// ends with a format 2 trailer after its `DATA`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Packs {
+    pub hasher: ChunkHasher,
+    pub trailer: bool,
+}
+
+impl Packs {
+    /// Format 1: plain BLAKE3 ids, the object is `DATA`.
+    pub(crate) const V1: Packs = Packs {
+        hasher: ChunkHasher::Plain,
+        trailer: false,
+    };
+
+    /// Format 2: ids keyed with `key`, `DATA || META || FOOTER`.
+    pub(crate) fn v2(key: ChunkKey) -> Packs {
+        Packs {
+            hasher: ChunkHasher::Keyed(key),
+            trailer: true,
+        }
+    }
+
+    /// The stored `DATA` of pack object `raw` (`key`); the problem when
+    /// its footer is not one (the pack is then damaged).
+    fn data<'a>(&self, key: &str, raw: &'a [u8]) -> std::result::Result<&'a [u8], String> {
+        if !self.trailer {
+            return Ok(raw);
+        }
+        let size = raw.len() as u64;
+        let footer = PackLayout::footer_range(key, size).map_err(|e| e.to_string())?;
+        let layout = PackLayout::parse(key, size, &raw[footer.start as usize..])
+            .map_err(|e| e.to_string())?;
+        Ok(&raw[..layout.data_len() as usize])
+    }
+}
+
+/// Where the staged files are, where progress goes, and how packs are read.
 pub(crate) struct Sink<'a> {
     pub files: Arc<Vec<PathBuf>>,
+    pub packs: Packs,
     pub progress: &'a Arc<Progress>,
     pub concurrency: usize,
 }
@@ -413,12 +456,13 @@ async fn fetch_pack(
     };
     let ids = ids.clone();
     let files = sink.files.clone();
+    let packs = sink.packs;
     // Never closed, so acquiring cannot fail.
     let _permit = decoders.permits.acquire().await.ok();
     let mut decoder = decoders.take()?;
     // Decoding is CPU work: keep it off the async threads.
     let (outcome, decoder) = tokio::task::spawn_blocking(move || {
-        let outcome = write_pack(&raw, key, &ids, &mut pieces, &files, &mut decoder);
+        let outcome = write_pack(&raw, key, &ids, packs, &mut pieces, &files, &mut decoder);
         (outcome, decoder)
     })
     .await
@@ -442,15 +486,23 @@ fn write_pack(
     raw: &[u8],
     key: String,
     ids: &Identities,
+    packs: Packs,
     pieces: &mut [Piece],
     files: &[PathBuf],
     decoder: &mut codec::Decoder,
 ) -> Result<PackOutcome> {
     pieces.sort_unstable_by_key(|p| p.offset);
+    let raw = match packs.data(&key, raw) {
+        Ok(data) => data,
+        Err(problem) => return Ok(PackOutcome::failed(key, pieces, true, problem)),
+    };
+    let hasher = packs.hasher;
     match decoder.decode(raw, ids.iter(), &key, BULK_MAX) {
-        Ok(plain) => write_pieces(plain, key, pieces, files),
+        Ok(plain) => write_pieces(plain, key, hasher, pieces, files),
         Err(codec::BulkError::WrongIdentity(e)) => Err(e),
-        Err(codec::BulkError::Streaming) => write_pack_streaming(raw, key, ids, pieces, files),
+        Err(codec::BulkError::Streaming) => {
+            write_pack_streaming(raw, key, ids, hasher, pieces, files)
+        }
     }
 }
 
@@ -461,6 +513,7 @@ fn write_pack(
 fn write_pieces(
     plain: &[u8],
     key: String,
+    hasher: ChunkHasher,
     pieces: &[Piece],
     files: &[PathBuf],
 ) -> Result<PackOutcome> {
@@ -479,7 +532,7 @@ fn write_pieces(
         };
         match held {
             Some((offset, len, _)) if (offset, len) == (p.offset, p.want.len) => {}
-            _ => held = Some((p.offset, p.want.len, ChunkId::of(chunk))),
+            _ => held = Some((p.offset, p.want.len, hasher.id(chunk))),
         }
         if held.map(|(_, _, id)| id) != Some(p.want.id) {
             out.damaged(p.want, || {
@@ -558,6 +611,7 @@ fn write_pack_streaming(
     raw: &[u8],
     key: String,
     ids: &Identities,
+    hasher: ChunkHasher,
     pieces: &[Piece],
     files: &[PathBuf],
 ) -> Result<PackOutcome> {
@@ -584,7 +638,7 @@ fn write_pack_streaming(
                 out.problem.get_or_insert(rest.problem.unwrap_or_default());
                 break;
             }
-            held = Some((p.offset, ChunkId::of(&buf)));
+            held = Some((p.offset, hasher.id(&buf)));
         }
         if held.map(|(_, id)| id) != Some(p.want.id) {
             out.damaged(p.want, || {

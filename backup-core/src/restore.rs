@@ -20,8 +20,25 @@
 //! a caller can stop the application (the restore hooks) for only the
 //! switch, not the download.
 //!
+//! Format 2 ([`restore_v2`], [`stage_v2`]) differs in what it trusts and
+//! how it checks, not in how it stages and switches: only a snapshot whose
+//! manifest is [`Trust::Signed`] is restored (a rejected one is an error
+//! naming it and the reason, before anything is read or written); it is
+//! planned from its list state, rebuilt along signed list objects and
+//! required to match the manifest's `list_blake3`; chunks are found in
+//! signed index files only and each is checked against its id keyed with
+//! the key set's K. There is no SHA-256 read-back (design 5.1): every
+//! chunk written matched its keyed id and the list of ids and lengths
+//! matched `list_blake3`, which the signed manifest commits to, so the
+//! staged bytes are the snapshot's. The database's own check runs as in
+//! format 1. Other targets are not asked for chunks yet (fallbacks are
+//! format 1's), and damage found is not recorded (format 1's records need
+//! format 1's metadata recipient): a format 2 restore with no intact copy
+//! of a chunk fails with the pack named.
+//!
 //! Never: write to the destination path before verification passed, write
-//! outside it, or delete an existing file.
+//! outside it, or delete an existing file; restore a format 2 snapshot
+//! that is not signed by the owner or an authorised writer.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -36,8 +53,9 @@ use crate::error::{Error, Result};
 use crate::fetch::{self, Want};
 pub use crate::fetch::{Fallback, FetchedElsewhere};
 use crate::keys::Identities;
+use crate::keyset::{KeySet, Trust};
 use crate::repo::format::{DamagedPack, ListItem};
-use crate::repo::{ChunkList, Manifest, Repository};
+use crate::repo::{ChunkList, Manifest, ManifestV2, Repository, SnapshotV2};
 use crate::source::{duckdb_lib, sqlite, Entry, SourceKind};
 
 mod in_use;
@@ -92,6 +110,7 @@ pub struct RestoreSummary {
     pub fetched_elsewhere: Vec<FetchedElsewhere>,
 }
 
+#[derive(Default)]
 struct Plan {
     entries: Vec<Entry>,
     /// Every chunk placement, in list order.
@@ -194,57 +213,206 @@ pub(crate) async fn stage(
     to: &Path,
     opts: &RestoreOptions,
 ) -> Result<Staged> {
-    let clock = Instant::now();
-    let exists = std::fs::symlink_metadata(to).is_ok();
-    if exists && !opts.force {
-        return Err(Error::TargetExists(to.to_path_buf()));
-    }
-    let staging = staging_beside(to)?;
-    opts.progress.total.store(manifest.size, Ordering::Relaxed);
-
+    let started = Started::at(to, opts, manifest.size)?;
     let index = repo.load_index(ids).await?;
     let plan = build_plan(&repo.chunk_list(manifest, None).await?, ids)?;
-    if opts.fallbacks.is_empty() {
+    let snapshot = Snapshot {
+        id: &manifest.id,
+        kind: manifest.kind,
+        size: manifest.size,
+        list_key: &manifest.list,
+        sha256: Some(&manifest.sha256),
+        packs: fetch::Packs::V1,
+        fallbacks: &opts.fallbacks,
+    };
+    stage_plan(repo, ids, &snapshot, index, plan, started).await
+}
+
+/// [`stage`] for a format 2 snapshot, which must be [`Trust::Signed`]
+/// (else an error naming it and why, before anything is read or written):
+/// planned from its list state ([`Repository::list_state`], which matched
+/// the manifest's `list_blake3`), its chunks found in signed index files
+/// ([`Repository::index_v2`]) and each checked against its keyed id. No
+/// SHA-256 read-back (design 5.1): every chunk written matched its keyed
+/// id and the list of ids matched `list_blake3`, which the signed manifest
+/// commits to. Other targets are not asked for chunks (fallbacks are
+/// format 1's): a chunk with no intact copy here fails the restore.
+pub(crate) async fn stage_v2(
+    repo: &Repository,
+    keys: &KeySet,
+    snapshot: &SnapshotV2,
+    to: &Path,
+    opts: &RestoreOptions,
+) -> Result<Staged> {
+    let (ids, manifest) = restorable_v2(keys, snapshot)?;
+    let started = Started::at(to, opts, manifest.size)?;
+    if !opts.fallbacks.is_empty() {
+        tracing::debug!("format 2 restore: fallback targets are not asked for chunks");
+    }
+    let index = repo.index_v2(keys).await?.index;
+    let mut plan = PlanBuilder::default();
+    for node in repo.list_state(keys, manifest).await?.nodes() {
+        plan.entry(node.entry.clone());
+        for (id, len) in &node.chunks {
+            plan.chunk(*id, *len, &manifest.key())?;
+        }
+    }
+    let key = manifest.key();
+    let snapshot = Snapshot {
+        id: &manifest.id,
+        kind: manifest.kind,
+        size: manifest.size,
+        list_key: &key,
+        sha256: None,
+        packs: fetch::Packs::v2(keys.chunk_key()),
+        fallbacks: &[],
+    };
+    stage_plan(repo, &ids, &snapshot, index, plan.done(), started).await
+}
+
+/// The data identities and manifest of `snapshot`, when it may be restored.
+fn restorable_v2<'a>(
+    keys: &KeySet,
+    snapshot: &'a SnapshotV2,
+) -> Result<(Identities, &'a ManifestV2)> {
+    let manifest = &snapshot.manifest;
+    if let Trust::Rejected { reason } = &snapshot.trust {
+        return Err(Error::Untrusted {
+            key: manifest.key(),
+            reason: reason.clone(),
+        });
+    }
+    if !snapshot.trust.is_signed() {
+        return Err(Error::Untrusted {
+            key: manifest.key(),
+            reason: "it is not signed".into(),
+        });
+    }
+    let ids = keys
+        .data()
+        .ok_or_else(|| Error::Key("a writer key cannot restore: use an identity".into()))?;
+    Ok((ids, manifest))
+}
+
+/// Restores a format 2 snapshot to `to` ([`stage_v2`], then the switch).
+pub(crate) async fn restore_v2(
+    repo: &Repository,
+    keys: &KeySet,
+    snapshot: &SnapshotV2,
+    to: &Path,
+    opts: &RestoreOptions,
+) -> Result<RestoreSummary> {
+    restorable_v2(keys, snapshot)?;
+    check_not_in_use(to, snapshot.manifest.kind)?;
+    stage_v2(repo, keys, snapshot, to, opts)
+        .await?
+        .put_in_place()
+        .await
+}
+
+/// A restore begun: the destination checked, the staging path chosen.
+struct Started<'a> {
+    clock: Instant,
+    staging: Staging,
+    to: &'a Path,
+    opts: &'a RestoreOptions,
+}
+
+impl<'a> Started<'a> {
+    /// Refuses an existing `to` without `force`, before anything is read.
+    fn at(to: &'a Path, opts: &'a RestoreOptions, size: u64) -> Result<Started<'a>> {
+        let clock = Instant::now();
+        let exists = std::fs::symlink_metadata(to).is_ok();
+        if exists && !opts.force {
+            return Err(Error::TargetExists(to.to_path_buf()));
+        }
+        let staging = staging_beside(to)?;
+        opts.progress.total.store(size, Ordering::Relaxed);
+        Ok(Started {
+            clock,
+            staging,
+            to,
+            opts,
+        })
+    }
+}
+
+/// What [`stage_plan`] needs of a snapshot, whichever its format.
+struct Snapshot<'a> {
+    id: &'a str,
+    kind: SourceKind,
+    size: u64,
+    /// The object named when the list is at fault.
+    list_key: &'a str,
+    /// Format 1's checksum of the data, read back; `None`: no read-back.
+    sha256: Option<&'a str>,
+    packs: fetch::Packs,
+    fallbacks: &'a [Fallback],
+}
+
+/// Lays out, fetches and verifies a planned snapshot in the staging path.
+async fn stage_plan(
+    repo: &Repository,
+    ids: &Identities,
+    snapshot: &Snapshot<'_>,
+    index: crate::repo::Index,
+    plan: Plan,
+    started: Started<'_>,
+) -> Result<Staged> {
+    let Started {
+        clock,
+        staging,
+        to,
+        opts,
+    } = started;
+    if snapshot.fallbacks.is_empty() {
         // Nothing else could serve a chunk no index names: fail before
         // downloading anything.
-        fetch::unindexed(&index, &plan.wants, &manifest.list)?;
+        fetch::unindexed(&index, &plan.wants, snapshot.list_key)?;
     }
 
     // A database (SQLite, or DuckDB with its .wal beside it) is restored to
     // `to` itself; side files go to `to` + their suffix.
-    tree::check(&plan.entries, manifest.kind, &manifest.list)?;
-    let layout = Layout::of(manifest.kind, &plan.entries);
+    tree::check(&plan.entries, snapshot.kind, snapshot.list_key)?;
+    let layout = Layout::of(snapshot.kind, &plan.entries);
     let files = tree::prepare(&staging.path, &plan.entries, layout)?;
     let files = Arc::new(files);
 
     let sink = fetch::Sink {
         files: files.clone(),
+        packs: snapshot.packs,
         progress: &opts.progress,
         concurrency: opts.concurrency,
     };
-    let fetched = fetch::fetch_all(repo, ids, index, plan.wants, &opts.fallbacks, &sink).await?;
+    let fetched = fetch::fetch_all(repo, ids, index, plan.wants, snapshot.fallbacks, &sink).await?;
 
     let staged = staging.path.clone();
     let check = Check {
-        kind: manifest.kind,
+        kind: snapshot.kind,
         database: opts.check_database,
         label: to.to_path_buf(),
     };
     let entries = plan.entries;
-    let expected = manifest.sha256.clone();
+    let expected = snapshot.sha256.map(str::to_string);
     let files_for_check = files.clone();
     let staged_wal = tokio::task::spawn_blocking(move || {
-        finish_staged(&staged, &entries, &files_for_check, &expected, &check)
+        finish_staged(
+            &staged,
+            &entries,
+            &files_for_check,
+            expected.as_deref(),
+            &check,
+        )
     })
     .await
     .map_err(|e| Error::io("restore", std::io::Error::other(e.to_string())))??;
     Ok(Staged {
         staging,
         to: to.to_path_buf(),
-        kind: manifest.kind,
+        kind: snapshot.kind,
         staged_wal,
-        snapshot: manifest.id.clone(),
-        bytes: manifest.size,
+        snapshot: snapshot.id.to_string(),
+        bytes: snapshot.size,
         clock,
         damaged: fetched.damaged,
         damage_recorded: fetched.recorded,
@@ -303,34 +471,54 @@ fn remove_stale_staging(dir: &Path, name: &str) {
 
 fn build_plan(list: &ChunkList, ids: &Identities) -> Result<Plan> {
     let key = list.key();
-    let mut entries = Vec::new();
-    let mut wants = Vec::new();
-    let mut file_offset = 0u64;
-    let mut current: Option<u32> = None;
-    list.read(ids, |item| {
-        match item {
-            ListItem::Entry(e) => {
-                current = matches!(e, Entry::File { .. }).then_some(entries.len() as u32);
-                file_offset = 0;
-                entries.push(e);
-            }
-            ListItem::Chunk(id, len) => {
-                let file = current.ok_or_else(|| Error::Corrupt {
-                    key: key.to_string(),
-                    message: "chunk line before any file".into(),
-                })?;
-                wants.push(Want {
-                    id,
-                    len,
-                    file,
-                    file_offset,
-                });
-                file_offset += len as u64;
-            }
+    let mut plan = PlanBuilder::default();
+    list.read(ids, |item| match item {
+        ListItem::Entry(e) => {
+            plan.entry(e);
+            Ok(())
         }
-        Ok(())
+        ListItem::Chunk(id, len) => plan.chunk(id, len, key),
     })?;
-    Ok(Plan { entries, wants })
+    Ok(plan.done())
+}
+
+/// A [`Plan`] built from a list's entries and chunks, in list order.
+#[derive(Default)]
+struct PlanBuilder {
+    plan: Plan,
+    file_offset: u64,
+    /// The entry the chunks that follow belong to, if it is a file.
+    current: Option<u32>,
+}
+
+impl PlanBuilder {
+    fn entry(&mut self, e: Entry) {
+        let entries = &mut self.plan.entries;
+        self.current = matches!(e, Entry::File { .. }).then_some(entries.len() as u32);
+        self.file_offset = 0;
+        entries.push(e);
+    }
+
+    /// The next chunk of the current file; refused (naming `key`) when
+    /// no file comes before it.
+    fn chunk(&mut self, id: crate::chunk::ChunkId, len: u32, key: &str) -> Result<()> {
+        let file = self.current.ok_or_else(|| Error::Corrupt {
+            key: key.to_string(),
+            message: "chunk line before any file".into(),
+        })?;
+        self.plan.wants.push(Want {
+            id,
+            len,
+            file,
+            file_offset: self.file_offset,
+        });
+        self.file_offset += len as u64;
+        Ok(())
+    }
+
+    fn done(self) -> Plan {
+        self.plan
+    }
 }
 
 /// What [`finish_staged`] checks beyond the checksum.
@@ -342,35 +530,37 @@ struct Check {
     label: PathBuf,
 }
 
-/// Syncs, checksums and checks the staged copy, folds a DuckDB `.wal` into
-/// it, then creates its symlinks and applies modes and times. Returns
-/// whether a DuckDB `.wal` is still staged beside it (not folded because
-/// the check was skipped).
+/// Syncs, checksums (format 1: `expected` is the manifest's SHA-256) and
+/// checks the staged copy, folds a DuckDB `.wal` into it, then creates its
+/// symlinks and applies modes and times. Returns whether a DuckDB `.wal` is
+/// still staged beside it (not folded because the check was skipped).
 fn finish_staged(
     staging: &Path,
     entries: &[Entry],
     files: &[PathBuf],
-    expected: &str,
+    expected: Option<&str>,
     check: &Check,
 ) -> Result<bool> {
     // Reading back for the checksum, syncing and the database's own check
     // each take about a second per GiB; they run side by side, and the
     // restore waits for all three before anything is renamed.
     let (sha, synced, checked) = std::thread::scope(|scope| {
-        let sha = scope.spawn(|| sha256_of(entries, files));
+        let sha = expected.map(|_| scope.spawn(|| sha256_of(entries, files)));
         let synced = scope.spawn(|| sync_files(entries, files));
         let checked = check_database(staging, check);
         (
-            sha.join().expect("checksum thread"),
+            sha.map(|t| t.join().expect("checksum thread")),
             synced.join().expect("sync thread"),
             checked,
         )
     });
-    let got = sha?;
-    if got != expected {
-        return Err(Error::Verification(format!(
-            "SHA-256 of the restored data is {got}, the manifest says {expected}"
-        )));
+    if let (Some(sha), Some(expected)) = (sha, expected) {
+        let got = sha?;
+        if got != expected {
+            return Err(Error::Verification(format!(
+                "SHA-256 of the restored data is {got}, the manifest says {expected}"
+            )));
+        }
     }
     let checked = checked?;
     synced?;

@@ -4,7 +4,8 @@
 //! [`crate::pins`], [`crate::status`], [`crate::lock`]), so that a caller
 //! starts from the repository it opened and the key it holds says what it
 //! may do: [`Keys`] to write (back up, prune, pin), a [`MetadataKey`] to
-//! list and check structure, [`Identities`] to restore and read data.
+//! list and check structure, [`Identities`] to restore and read data (in
+//! format 2, a [`KeySet`] whose data identities restore).
 //!
 //! Nothing here decides anything: it must never hold logic of its own.
 
@@ -13,11 +14,12 @@ use std::path::Path;
 
 use chrono::{DateTime, Utc};
 
-use super::{Manifest, Repository};
+use super::{Manifest, Repository, SnapshotV2};
 use crate::backup::{BackupOptions, BackupSummary};
 use crate::drill::{DrillOptions, DrillReport};
 use crate::error::Result;
 use crate::keys::{Identities, Keys, MetadataKey};
+use crate::keyset::KeySet;
 use crate::lock::{LockInfo, LockWait};
 use crate::prune::{PruneOptions, PruneReport};
 use crate::restore::{RestoreOptions, RestoreSummary, Staged};
@@ -57,6 +59,29 @@ impl Repository {
         opts: &RestoreOptions,
     ) -> Result<Staged> {
         crate::restore::stage(self, ids, manifest, to, opts).await
+    }
+
+    /// Restores a format 2 snapshot to `to`: only a [`crate::keyset::Trust::Signed`]
+    /// one, with the data identities of `keys` ([`crate::restore::restore_v2`]).
+    pub async fn restore_v2(
+        &self,
+        keys: &KeySet,
+        snapshot: &SnapshotV2,
+        to: &Path,
+        opts: &RestoreOptions,
+    ) -> Result<RestoreSummary> {
+        crate::restore::restore_v2(self, keys, snapshot, to, opts).await
+    }
+
+    /// [`Repository::stage`] for a format 2 snapshot ([`crate::restore::stage_v2`]).
+    pub async fn stage_v2(
+        &self,
+        keys: &KeySet,
+        snapshot: &SnapshotV2,
+        to: &Path,
+        opts: &RestoreOptions,
+    ) -> Result<Staged> {
+        crate::restore::stage_v2(self, keys, snapshot, to, opts).await
     }
 
     /// Applies retention, then removes unused data ([`crate::prune`]).
