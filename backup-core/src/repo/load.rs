@@ -38,7 +38,7 @@ use crate::storage::{ErrorKind, ObjectMeta, StorageError};
 
 /// How often the index listing is read again when index files vanish
 /// while it is read (a prune rewriting them).
-const INDEX_ROUNDS: usize = 4;
+pub(super) const INDEX_ROUNDS: usize = 4;
 
 /// Why a metadata object was skipped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,7 +262,7 @@ impl Repository {
 
     /// Every damage record that decodes, and those that were skipped
     /// (warned about by the caller).
-    async fn read_damage(&self, ids: &MetadataKey) -> Result<(Damage, Vec<Unreadable>)> {
+    pub(super) async fn read_damage(&self, ids: &MetadataKey) -> Result<(Damage, Vec<Unreadable>)> {
         let listed = self.list(DAMAGED).await?;
         let fetched: Vec<(String, Fetched<Vec<DamagedPack>>)> = stream::iter(listed)
             .map(|meta| async move {
@@ -325,12 +325,8 @@ impl Repository {
         ids: &MetadataKey,
         parse: impl FnOnce(&mut dyn BufRead) -> Result<T>,
     ) -> Result<Fetched<T>> {
-        let raw = match self.get_listed(meta).await {
-            Ok(raw) => raw,
-            Err(Error::Storage { cause: source, .. }) if source.is_not_found() => {
-                return Ok(Fetched::Gone)
-            }
-            Err(e) => return Err(e),
+        let Some(raw) = self.get_listed_or_gone(meta).await? else {
+            return Ok(Fetched::Gone);
         };
         Ok(match decode_with(&meta.key, &raw, ids, parse) {
             Ok(v) => Fetched::Read(v),
@@ -340,7 +336,7 @@ impl Repository {
 }
 
 /// What an empty object is said to be.
-const EMPTY: &str = "the object is empty (0 bytes)";
+pub(super) const EMPTY: &str = "the object is empty (0 bytes)";
 
 /// Decodes `raw` and parses it with `parse`, telling apart why it failed:
 /// the codec (the object is damaged or junk) or the contents.
@@ -449,7 +445,7 @@ fn wrong_identity(nothing_read: bool, unreadable: &[Unreadable]) -> Result<()> {
     }
 }
 
-fn warn_skipped(u: &Unreadable) {
+pub(super) fn warn_skipped(u: &Unreadable) {
     let what = match u.cause {
         _ if u.junk() => "; `offsite verify` reports it and `offsite prune` removes it",
         Cause::Unsupported => "; a newer offsite wrote it: upgrade to read it",

@@ -20,8 +20,9 @@
 //! `format::list2::object`), the planning of which of them to read in
 //! `path`; its packs with their signed trailers and its index files in
 //! `format::pack2`, its manifest ([`ManifestV2`]) in `format::manifest2`,
-//! and the one encoding of its signed metadata in `format::sealed`; no
-//! backup or restore uses them yet.
+//! and the one encoding of its signed metadata in `format::sealed`.
+//! Reading them (each manifest's trust, the index from signed index files,
+//! a snapshot's list state along its cheapest path) is in `load2`.
 //! "Metadata-encrypted" means zstd then age to the recipients plus the derived
 //! metadata identity (see [`crate::keys`]). Object names are random or
 //! timestamps and reveal nothing of the content. A snapshot exists once its
@@ -36,6 +37,7 @@ pub mod format;
 pub mod init;
 mod list;
 mod load;
+mod load2;
 mod ops;
 pub mod path;
 
@@ -61,6 +63,7 @@ pub use format::manifest2::ManifestV2;
 pub use format::{Damage, Index, Location};
 pub use list::{ChunkList, ListError};
 pub use load::{newest_first, Cause, Dated, SnapshotList, Unreadable};
+pub use load2::{IndexV2, SnapshotV2, SnapshotsV2};
 
 /// The format version this build writes (and the only one it operates on).
 pub const FORMAT_VERSION: u32 = 1;

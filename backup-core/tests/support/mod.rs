@@ -1,7 +1,9 @@
 //! Setup shared by the integration tests of `backup-core` (each test file
 //! says `mod support;`): keys, sources, options, an in-memory repository,
 //! SQLite databases made and read back, and a pass-through [`Storage`] that a
-//! test target overrides only where it misbehaves.
+//! test target overrides only where it misbehaves. [`v2`] makes format 2
+//! repositories and writes (or forges) their snapshots from the format
+//! encoders.
 //!
 //! It builds fixtures and reads results; it must never assert anything a
 //! test relies on, so that every check stays visible in the test itself.
@@ -9,6 +11,8 @@
 // Each test file is its own crate and uses only some of these helpers; the
 // rest would warn as dead code in that crate.
 #![allow(dead_code)]
+
+pub mod v2;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};

@@ -185,7 +185,7 @@ pub struct Location {
 
 /// Every chunk the repository holds, merged from all index files that
 /// decode, with the damage records read before them.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Index {
     pub packs: Vec<String>,
     pack_numbers: HashMap<String, u32>,
