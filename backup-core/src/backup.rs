@@ -327,19 +327,26 @@ pub async fn backup_many(
 ) -> Result<Vec<Result<BackupSummary>>> {
     let writings = repos.iter().map(|_| Ok(Writing::V1(keys))).collect();
     let results = run(repos, writings, spec, opts).await?;
-    Ok(results
-        .into_iter()
+    Ok(summaries(results, |w| match w {
+        Written::V1(m) => m,
+        Written::V2(_) => unreachable!("a format 1 run writes format 1 manifests"),
+    }))
+}
+
+/// The public summaries of a run whose manifests are all of one format.
+fn summaries<M>(
+    results: Vec<Result<BackupSummary<Written>>>,
+    pick: fn(Written) -> M,
+) -> Vec<Result<BackupSummary<M>>> {
+    (results.into_iter())
         .map(|r| {
             r.map(|s| BackupSummary {
-                manifest: match s.manifest {
-                    Written::V1(m) => m,
-                    Written::V2(_) => unreachable!("a format 1 run writes format 1 manifests"),
-                },
+                manifest: pick(s.manifest),
                 requests: s.requests,
                 duration: s.duration,
             })
         })
-        .collect())
+        .collect()
 }
 
 /// [`backup_many`] for format 2 repositories, each opened with its key
@@ -373,19 +380,10 @@ pub async fn backup_many_v2(
         })
         .collect();
     let results = run(repos, writings, spec, opts).await?;
-    Ok(results
-        .into_iter()
-        .map(|r| {
-            r.map(|s| BackupSummary {
-                manifest: match s.manifest {
-                    Written::V2(m) => m,
-                    Written::V1(_) => unreachable!("a format 2 run writes format 2 manifests"),
-                },
-                requests: s.requests,
-                duration: s.duration,
-            })
-        })
-        .collect())
+    Ok(summaries(results, |w| match w {
+        Written::V2(m) => m,
+        Written::V1(_) => unreachable!("a format 2 run writes format 2 manifests"),
+    }))
 }
 
 /// The run itself, for either format (`writings`: one per repository).

@@ -5,6 +5,12 @@
 //! it and when, metadata-encrypted like a manifest) are for people reading
 //! the repository; offsite itself only lists `pins/`. A repository without
 //! `pins/` simply has no pinned snapshots.
+//!
+//! Format 2 (design, table 1): a backup's pin is the same record with
+//! `"version": 2`, encrypted to the current metadata key M and unsigned
+//! (a pin can only keep a snapshot, never make one trusted). `offsite pin`
+//! on a format 2 repository is still refused ([`Repository::check_keys`]
+//! needs format 1's metadata recipient).
 
 use std::collections::HashSet;
 

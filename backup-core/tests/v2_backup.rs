@@ -501,3 +501,78 @@ async fn killed_v2_backup_leaves_nothing_visible() {
         page_ids(&f.db, &ks, page)
     );
 }
+
+/// Two targets of one key set: the parent is the newest snapshot both
+/// hold, so a snapshot only one of them has is never a parent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_parent_is_a_snapshot_every_target_holds() {
+    let f = Fixture::new(2_000).await;
+    // Two targets initialised together, with the fixture's writer.
+    let other = Arc::new(MemoryStorage::default());
+    let owner = &f.owner;
+    let a = Arc::new(MemoryStorage::default());
+    init(
+        &[
+            a.clone() as Arc<dyn Storage>,
+            other.clone() as Arc<dyn Storage>,
+        ],
+        owner,
+        &[],
+        None,
+    )
+    .await
+    .unwrap();
+    for mem in [&a, &other] {
+        let repo = Repository::open_v2(mem.clone()).await.unwrap();
+        keyadmin::add_writer(&repo, owner, "app-1", &f.writer.public(), &admin())
+            .await
+            .unwrap();
+    }
+    let spec = support::sqlite("app", &f.db);
+    let (ra, rb) = (
+        f.writer_repo(a.clone()).await,
+        f.writer_repo(other.clone()).await,
+    );
+    let both = |rs: Vec<Result<BackupSummary<ManifestV2>, backup_core::Error>>| -> Vec<ManifestV2> {
+        rs.into_iter().map(|r| r.unwrap().manifest).collect()
+    };
+    let first = both(backup_many_v2(&[&ra, &rb], &spec, &opts()).await.unwrap());
+    assert_eq!(first[0].id, first[1].id, "one snapshot on both");
+    change_rows(&f.db, 2_000, 5);
+    let only_a = both(backup_many_v2(&[&ra], &spec, &opts()).await.unwrap());
+    assert_eq!(only_a[0].parent.as_deref(), Some(first[0].id.as_str()));
+    change_rows(&f.db, 2_000, 5);
+    let third = both(backup_many_v2(&[&ra, &rb], &spec, &opts()).await.unwrap());
+    for (m, mem) in third.iter().zip([&a, &other]) {
+        assert_eq!(m.parent.as_deref(), Some(first[0].id.as_str()), "{m:?}");
+        assert_eq!(
+            lists_of(mem, &m.id),
+            [format!("{LISTS}{}/d-{}", m.id, first[0].id)]
+        );
+    }
+}
+
+/// A pinned format 2 backup writes `pins/<id>`: version 2, to M.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_v2_backup_writes_a_version_2_pin() {
+    let f = Fixture::new(500).await;
+    let repo = f.writer_repo(f.mem.clone()).await;
+    let pinned = BackupOptions {
+        pin: true,
+        ..opts()
+    };
+    let spec = support::sqlite("app", &f.db);
+    let m = backup_many_v2(&[&repo], &spec, &pinned)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .unwrap()
+        .manifest;
+    let key = format!("pins/{}", m.id);
+    let ks = f.owner_keys().await;
+    let plain = codec::decode(&object(&f.mem, &key), ks.data().unwrap().iter(), &key);
+    let record: serde_json::Value = serde_json::from_slice(&plain.unwrap()).unwrap();
+    assert_eq!(record["version"], 2);
+    assert_eq!(record["snapshot"], m.id.as_str());
+}
