@@ -206,7 +206,7 @@ impl Writing<'_> {
         Ok(match self {
             Writing::V1(keys) => PackSeal::V1(keys.data_recipients_owned()),
             Writing::V2(ks) => PackSeal::V2 {
-                signer: ks.require_signer("backup")?.clone(),
+                signer: Box::new(ks.require_signer("backup")?.clone()),
                 data: ks.data_recipient()?,
                 metadata: ks.metadata_recipient(),
             },
@@ -225,7 +225,8 @@ enum Written {
 enum PackSeal {
     V1(Vec<age::x25519::Recipient>),
     V2 {
-        signer: crate::sign::Signer,
+        // Boxed: a signer is large beside format 1's list of recipients.
+        signer: Box<crate::sign::Signer>,
         data: age::x25519::Recipient,
         metadata: age::x25519::Recipient,
     },

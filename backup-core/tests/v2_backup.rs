@@ -181,7 +181,10 @@ async fn a_backup_writes_a_signed_delta_against_its_parent() {
     change_rows(&f.db, 3_000, 10);
     let second = f.backup().await.manifest;
     let delta_key = format!("{LISTS}{}/d-{}", second.id, first.id);
-    assert_eq!(lists_of(&f.mem, &second.id), [delta_key.clone()]);
+    assert_eq!(
+        lists_of(&f.mem, &second.id),
+        std::slice::from_ref(&delta_key)
+    );
 
     let ks = f.owner_keys().await;
     let ids = ks.data().unwrap();
