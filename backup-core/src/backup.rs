@@ -42,13 +42,16 @@
 //! that every target holds) or `lists/<id>/full` (no parent, or its chain
 //! would get long), then the signed manifest. Deduplication is only
 //! against signed index files, so a forged index cannot make a snapshot
-//! point at chunks that are not there. A host that is not an authorised
-//! writer (or the owner) gets no key set and never reaches this module.
-//! The order, and so the crash answer above, is the same: list object,
-//! then manifest, create-if-absent, after the lock check; a list object
-//! without its manifest is unreferenced (prune removes it) and no later
-//! backup plans over it, since a parent is always a snapshot whose signed
-//! manifest exists.
+//! point at chunks that are not there. An unauthorised or removed writer
+//! gets no key set at all (`KeySet::open` refuses it); a repository opened
+//! without keys, or by a recipient that cannot sign, is refused before its
+//! lock is taken, so it writes nothing. The parent's state is rebuilt on
+//! each target (`Repository::list_state`); a target where that fails
+//! writes a full list, with a warning. The order, and so the crash answer
+//! above, is the same: packs, index files, list object, then manifest,
+//! create-if-absent, after the lock check; a list object without its
+//! manifest is unreferenced (prune removes it) and no later backup builds
+//! on it, since a parent is always a snapshot whose signed manifest exists.
 //!
 //! Never writes to the source.
 
@@ -420,35 +423,7 @@ async fn run(
         .zip(&prepared)
         .filter_map(|(repo, p)| Some((*repo, p.as_ref().ok()?)))
         .collect();
-    let mut committed = Vec::new();
-    let mut read_failure = None;
-    if !live.is_empty() {
-        let (read, uploads) = run_pipelines(&live, spec, opts).await;
-        let snapshot = Snapshot {
-            id: &id,
-            started,
-            finished: Utc::now(),
-            spec,
-            opts,
-        };
-        match read {
-            // The reader stopped because every upload had failed: those
-            // failures are what happened.
-            Err(e) if uploads.iter().any(|u| u.is_ok()) => read_failure = Some(e),
-            read => {
-                let read = read.as_ref().ok();
-                let snapshot = &snapshot;
-                committed = futures::future::join_all(live.iter().zip(uploads).enumerate().map(
-                    |(n, ((repo, p), uploaded))| async move {
-                        let uploaded = uploaded?;
-                        let read = read.expect("checked: the source was read");
-                        commit(repo, p, read, n, uploaded, snapshot).await
-                    },
-                ))
-                .await;
-            }
-        }
-    }
+    let (committed, read_failure) = read_and_commit(&live, &id, started, spec, opts).await;
     let mut committed = committed.into_iter();
     let mut results = Vec::with_capacity(repos.len());
     for ((repo, p), before) in repos.iter().zip(prepared).zip(requests_before) {
@@ -472,6 +447,47 @@ async fn run(
     match read_failure {
         Some(e) => Err(e),
         None => Ok(results),
+    }
+}
+
+/// Reads the source into every live target's pipeline and commits on each
+/// whose uploads all landed: one result per live target, or none and the
+/// reader's error when the source could not be read.
+async fn read_and_commit(
+    live: &[(&Repository, &Prepared<'_>)],
+    id: &str,
+    started: chrono::DateTime<Utc>,
+    spec: &SourceSpec,
+    opts: &BackupOptions,
+) -> (Vec<Result<Written>>, Option<Error>) {
+    if live.is_empty() {
+        return (Vec::new(), None);
+    }
+    let (read, uploads) = run_pipelines(live, spec, opts).await;
+    let snapshot = Snapshot {
+        id,
+        started,
+        finished: Utc::now(),
+        spec,
+        opts,
+    };
+    match read {
+        // The reader stopped because every upload had failed: those
+        // failures are what happened.
+        Err(e) if uploads.iter().any(|u| u.is_ok()) => (Vec::new(), Some(e)),
+        read => {
+            let read = read.as_ref().ok();
+            let snapshot = &snapshot;
+            let committed = futures::future::join_all(live.iter().zip(uploads).enumerate().map(
+                |(n, ((repo, p), uploaded))| async move {
+                    let uploaded = uploaded?;
+                    let read = read.expect("checked: the source was read");
+                    commit(repo, p, read, n, uploaded, snapshot).await
+                },
+            ))
+            .await;
+            (committed, None)
+        }
     }
 }
 
