@@ -23,6 +23,7 @@ use backup_core::repo::format::list2::object::{decode as decode_list, ListObject
 use backup_core::repo::format::pack2::{open_pack, IndexFile};
 use backup_core::repo::init::init;
 use backup_core::repo::{Access, ManifestV2, Repository, INDEX, LISTS, PACKS, SNAPSHOTS};
+use backup_core::sign::Signer;
 use backup_core::storage::memory::MemoryStorage;
 use backup_core::storage::testing::FaultyStorage;
 use backup_core::storage::{RetryPolicy, Storage};
@@ -578,4 +579,43 @@ async fn a_pinned_v2_backup_writes_a_version_2_pin() {
     let record: serde_json::Value = serde_json::from_slice(&plain.unwrap()).unwrap();
     assert_eq!(record["version"], 2);
     assert_eq!(record["snapshot"], m.id.as_str());
+}
+
+/// Deduplication trusts only signed index files: once the only index file
+/// naming the stored chunks is re-signed by a key the keyring does not
+/// list, the next backup stores every chunk again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_signed_index_files_are_deduplicated_against() {
+    let f = Fixture::new(2_000).await;
+    let first = f.backup().await.manifest;
+    let ks = f.owner_keys().await;
+    let ids = ks.data().unwrap();
+    let stranger = Signer::writer(&WriterKey::generate(), ks.id().clone());
+    for key in support::keys_under(&f.mem, INDEX) {
+        let (file, _) =
+            IndexFile::decode(&key, &object(&f.mem, &key), ids.iter(), &ks.verifier()).unwrap();
+        let forged_key = format!("{INDEX}{}", hex::encode(rand::random::<[u8; 16]>()));
+        let forged = file
+            .encode(&forged_key, &stranger, &ks.metadata_recipient())
+            .unwrap();
+        f.mem.delete(&key).await.unwrap();
+        support::v2::put(
+            &Repository::open_v2(f.mem.clone()).await.unwrap(),
+            &forged_key,
+            forged,
+        )
+        .await;
+    }
+    let again = f.backup().await.manifest;
+    assert_eq!(again.new_bytes, first.size, "every chunk was stored again");
+    let repo = Repository::open_v2(f.mem.clone()).await.unwrap();
+    let index = repo.index_v2(&ks).await.unwrap();
+    assert!(
+        !index.rejected.is_empty(),
+        "the forged index files are rejected"
+    );
+    let state = repo.list_state(&ks, &again).await.unwrap();
+    for (id, _) in state.nodes().flat_map(|n| &n.chunks) {
+        assert!(index.index.usable(id), "{id} is in a signed index file");
+    }
 }
