@@ -619,3 +619,63 @@ async fn only_signed_index_files_are_deduplicated_against() {
         assert!(index.index.usable(id), "{id} is in a signed index file");
     }
 }
+
+/// A files source: directories, files and a symlink in the list state,
+/// each file's chunks its bytes keyed; an appended file makes a delta.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_files_tree_backs_up_entry_by_entry() {
+    let f = Fixture::new(1).await;
+    let (_tmp, data) = support::data_dir();
+    std::fs::create_dir(data.join("sub")).unwrap();
+    // Big enough (about 300 chunks) that a delta is cheaper than a full list.
+    let big: Vec<u8> = (0..5_000_000u32)
+        .flat_map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes())
+        .collect();
+    std::fs::write(data.join("sub/big.bin"), &big).unwrap();
+    std::fs::write(data.join("a.txt"), b"hello").unwrap();
+    std::os::unix::fs::symlink("a.txt", data.join("link")).unwrap();
+    let spec = support::files("docs", &data);
+    let repo = f.writer_repo(f.mem.clone()).await;
+    let run = || async {
+        backup_many_v2(&[&repo], &spec, &opts())
+            .await
+            .unwrap()
+            .pop()
+            .unwrap()
+            .unwrap()
+            .manifest
+    };
+    let first = run().await;
+    let mut more = std::fs::OpenOptions::new()
+        .append(true)
+        .open(data.join("sub/big.bin"))
+        .unwrap();
+    std::io::Write::write_all(&mut more, &[9u8; 50_000]).unwrap();
+    let second = run().await;
+    assert_eq!(second.parent.as_deref(), Some(first.id.as_str()));
+    let ks = f.owner_keys().await;
+    let plain = Repository::open_v2(f.mem.clone()).await.unwrap();
+    let state = plain.list_state(&ks, &second).await.unwrap();
+    let paths: Vec<String> = state
+        .nodes()
+        .map(|n| match &n.entry {
+            backup_core::source::Entry::File { path, .. }
+            | backup_core::source::Entry::Dir { path, .. }
+            | backup_core::source::Entry::Symlink { path, .. } => path.clone(),
+        })
+        .collect();
+    assert_eq!(paths, ["a.txt", "link", "sub", "sub/big.bin"]);
+    let big_node = state.nodes().last().unwrap();
+    let bytes = std::fs::read(data.join("sub/big.bin")).unwrap();
+    let mut at = 0usize;
+    for (id, len) in &big_node.chunks {
+        let piece = &bytes[at..at + *len as usize];
+        assert_eq!(*id, ChunkId::keyed(&ks.chunk_key(), piece));
+        at += *len as usize;
+    }
+    assert_eq!(at, bytes.len());
+    assert!(
+        second.new_bytes < bytes.len() as u64 / 2,
+        "only the tail is new: {second:?}"
+    );
+}
