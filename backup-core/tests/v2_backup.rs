@@ -679,3 +679,27 @@ async fn a_files_tree_backs_up_entry_by_entry() {
         "only the tail is new: {second:?}"
     );
 }
+
+/// A parent whose list cannot be rebuilt (its list object is damaged) is
+/// no base for a delta: the backup writes a full list, which restores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_whose_list_cannot_be_rebuilt_gets_a_full_list() {
+    let f = Fixture::new(2_000).await;
+    let first = f.backup().await.manifest;
+    support::flip_middle_byte(&f.mem, &format!("{LISTS}{}/full", first.id));
+    change_rows(&f.db, 2_000, 5);
+    let second = f.backup().await.manifest;
+    assert_eq!(second.parent, None);
+    assert_eq!(
+        lists_of(&f.mem, &second.id),
+        [format!("{LISTS}{}/full", second.id)]
+    );
+    let ks = f.owner_keys().await;
+    let repo = Repository::open_v2(f.mem.clone()).await.unwrap();
+    let state = repo.list_state(&ks, &second).await.unwrap();
+    let page = second.page_size.unwrap() as usize;
+    assert_eq!(
+        state.nodes().next().unwrap().chunks,
+        page_ids(&f.db, &ks, page)
+    );
+}
