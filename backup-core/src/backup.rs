@@ -32,6 +32,27 @@
 //! point, the run leaves at most unreferenced objects (and, on a local
 //! target, temporary files that the next run removes).
 //!
+//! Format 2 (docs/design/format-v2.md, 4.4 to 4.6, 5.1) runs the same
+//! pipeline; what differs is chosen once per target ([`Writing`]): chunk
+//! ids are keyed with the key set's K and no SHA-256 pass is made; packs
+//! carry a signed trailer (data to the current D, trailer to the current
+//! M); index files are signed; the reader builds the snapshot's list state
+//! instead of a list file, and the commit writes `lists/<id>/d-<parent>`
+//! (the delta against the newest signed regular snapshot of the source
+//! that every target holds) or `lists/<id>/full` (no parent, or its chain
+//! would get long), then the signed manifest. Deduplication is only
+//! against signed index files, so a forged index cannot make a snapshot
+//! point at chunks that are not there. An unauthorised or removed writer
+//! gets no key set at all (`KeySet::open` refuses it); a repository opened
+//! without keys, or by a recipient that cannot sign, is refused before its
+//! lock is taken, so it writes nothing. The parent's state is rebuilt on
+//! each target (`Repository::list_state`); a target where that fails
+//! writes a full list, with a warning. The order, and so the crash answer
+//! above, is the same: packs, index files, list object, then manifest,
+//! create-if-absent, after the lock check; a list object without its
+//! manifest is unreferenced (prune removes it) and no later backup builds
+//! on it, since a parent is always a snapshot whose signed manifest exists.
+//!
 //! Never writes to the source.
 
 use std::io::Write;
@@ -44,13 +65,20 @@ use chrono::Utc;
 use futures::stream::{FuturesUnordered, StreamExt};
 use sha2::{Digest, Sha256};
 
-use crate::chunk::ChunkId;
+use crate::chunk::{ChunkHasher, ChunkId};
 use crate::codec::EncodeWriter;
 use crate::error::{Error, Result};
 use crate::keys::Keys;
+use crate::keyset::{KeySet, Trust};
 use crate::lock::{Lock, LockKind, LockWait};
+use crate::repo::format::list2::object::{encode_delta, encode_full, ListKey};
+use crate::repo::format::list2::{Delta, ListState, Named};
+use crate::repo::format::pack2::{self, IndexFile, PackInfo};
 use crate::repo::format::{self, write_index, PackContents};
-use crate::repo::{Index, Manifest, Repository, FORMAT_VERSION, INDEX, LISTS, PACKS, SNAPSHOTS};
+use crate::repo::{
+    path, Index, Manifest, ManifestV2, Repository, FORMAT_VERSION, INDEX, LISTS, PACKS,
+    PRE_RESTORE_TAG, SNAPSHOTS,
+};
 use crate::source::{self, Entry, SourceSpec, Visitor};
 use crate::storage::PutMode;
 
@@ -150,12 +178,67 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
+/// What a backup stored on one target: its manifest ([`Manifest`] for
+/// format 1, [`ManifestV2`] from [`backup_many_v2`]).
 #[derive(Debug, Clone)]
-pub struct BackupSummary {
-    pub manifest: Manifest,
+pub struct BackupSummary<M = Manifest> {
+    pub manifest: M,
     /// Requests made to the target (reads of the index included).
     pub requests: u64,
     pub duration: Duration,
+}
+
+/// The format-specific steps of one target's run, chosen once.
+#[derive(Clone, Copy)]
+enum Writing<'a> {
+    V1(&'a Keys),
+    V2(&'a KeySet),
+}
+
+impl Writing<'_> {
+    /// How chunk ids are computed (the same for every target of a run).
+    fn hasher(&self) -> ChunkHasher {
+        match self {
+            Writing::V1(_) => ChunkHasher::Plain,
+            Writing::V2(ks) => ChunkHasher::Keyed(ks.chunk_key()),
+        }
+    }
+
+    /// How the encoders seal packs.
+    fn pack_seal(&self) -> Result<PackSeal> {
+        Ok(match self {
+            Writing::V1(keys) => PackSeal::V1(keys.data_recipients_owned()),
+            Writing::V2(ks) => PackSeal::V2 {
+                signer: Box::new(ks.require_signer("backup")?.clone()),
+                data: ks.data_recipient()?,
+                metadata: ks.metadata_recipient(),
+            },
+        })
+    }
+}
+
+/// What one run commits per target.
+enum Written {
+    V1(Manifest),
+    V2(ManifestV2),
+}
+
+/// How packs are sealed: format 1 to the data recipients; format 2 to the
+/// current D with a trailer signed by `signer` and sealed to M.
+enum PackSeal {
+    V1(Vec<age::x25519::Recipient>),
+    V2 {
+        // Boxed: a signer is large beside format 1's list of recipients.
+        signer: Box<crate::sign::Signer>,
+        data: age::x25519::Recipient,
+        metadata: age::x25519::Recipient,
+    },
+}
+
+/// A format 2 error while encoding an object this run writes: the
+/// format's error names the object.
+fn encoding(e: impl std::fmt::Display) -> Error {
+    Error::io("format 2", std::io::Error::other(e.to_string()))
 }
 
 struct PackJob {
@@ -171,8 +254,7 @@ struct EncodedPack {
 
 /// What the reader thread returns: the one snapshot every target stores.
 struct ReadResult {
-    list: Arc<std::fs::File>,
-    sha256: String,
+    list: ReadList,
     size: u64,
     files: u64,
     chunks: u64,
@@ -181,8 +263,22 @@ struct ReadResult {
     page_size: Option<u32>,
 }
 
+/// The snapshot's list as the reader made it.
+enum ReadList {
+    /// Format 1: the encoded list file and the SHA-256 of all data.
+    V1 {
+        file: Arc<std::fs::File>,
+        sha256: String,
+    },
+    V2(ListState),
+}
+
 /// A target ready to take the snapshot: locked, with its index loaded.
-struct Prepared {
+struct Prepared<'a> {
+    writing: Writing<'a>,
+    /// Format 2: the parent candidates and the list objects.
+    v2: Option<Lineage>,
+    seal: Arc<PackSeal>,
     lock: Lock,
     index: Arc<Index>,
     /// This target's part: what it lacked and what was uploaded to it.
@@ -233,6 +329,74 @@ pub async fn backup_many(
     spec: &SourceSpec,
     opts: &BackupOptions,
 ) -> Result<Vec<Result<BackupSummary>>> {
+    let writings = repos.iter().map(|_| Ok(Writing::V1(keys))).collect();
+    let results = run(repos, writings, spec, opts).await?;
+    Ok(summaries(results, |w| match w {
+        Written::V1(m) => m,
+        Written::V2(_) => unreachable!("a format 1 run writes format 1 manifests"),
+    }))
+}
+
+/// The public summaries of a run whose manifests are all of one format.
+fn summaries<M>(
+    results: Vec<Result<BackupSummary<Written>>>,
+    pick: fn(Written) -> M,
+) -> Vec<Result<BackupSummary<M>>> {
+    (results.into_iter())
+        .map(|r| {
+            r.map(|s| BackupSummary {
+                manifest: pick(s.manifest),
+                requests: s.requests,
+                duration: s.duration,
+            })
+        })
+        .collect()
+}
+
+/// [`backup_many`] for format 2 repositories, each opened with its key
+/// set ([`Repository::open_with`]): the snapshot is signed by this host's
+/// writer key (or the owner's), its list is a delta against the parent
+/// where one is usable. The targets must share one key set (one chunk-id
+/// key); a target of another key set, or opened without keys, fails its
+/// own result.
+pub async fn backup_many_v2(
+    repos: &[&Repository],
+    spec: &SourceSpec,
+    opts: &BackupOptions,
+) -> Result<Vec<Result<BackupSummary<ManifestV2>>>> {
+    let first = repos.iter().find_map(|r| r.keyset());
+    let writings = repos
+        .iter()
+        .map(|repo| {
+            let ks = repo.keyset().ok_or_else(|| Error::NoFormat2Keys {
+                target: repo.describe(),
+            })?;
+            match first {
+                Some(f) if f.chunk_key() != ks.chunk_key() => Err(Error::Key(format!(
+                    "{} belongs to key set {}, another than the run's first target ({}): back \
+                     it up in a run of its own",
+                    repo.describe(),
+                    ks.id(),
+                    f.id()
+                ))),
+                _ => Ok(Writing::V2(ks)),
+            }
+        })
+        .collect();
+    let results = run(repos, writings, spec, opts).await?;
+    Ok(summaries(results, |w| match w {
+        Written::V2(m) => m,
+        Written::V1(_) => unreachable!("a format 2 run writes format 2 manifests"),
+    }))
+}
+
+/// The run itself, for either format (`writings`: one per repository).
+async fn run(
+    repos: &[&Repository],
+    writings: Vec<Result<Writing<'_>>>,
+    spec: &SourceSpec,
+    opts: &BackupOptions,
+) -> Result<Vec<Result<BackupSummary<Written>>>> {
     let clock = Instant::now();
     let started = Utc::now();
     let id = format!(
@@ -246,42 +410,20 @@ pub async fn backup_many(
         }
     }
     let requests_before: Vec<u64> = repos.iter().map(|r| r.requests()).collect();
-    let prepared =
-        futures::future::join_all(repos.iter().map(|repo| prepare(repo, keys, opts))).await;
+    let mut prepared = futures::future::join_all(
+        repos
+            .iter()
+            .zip(writings)
+            .map(|(repo, w)| async move { prepare(repo, w?, spec, opts).await }),
+    )
+    .await;
+    choose_parent(repos, &mut prepared).await;
     let live: Vec<(&Repository, &Prepared)> = repos
         .iter()
         .zip(&prepared)
         .filter_map(|(repo, p)| Some((*repo, p.as_ref().ok()?)))
         .collect();
-    let mut committed = Vec::new();
-    let mut read_failure = None;
-    if !live.is_empty() {
-        let (read, uploads) = run_pipelines(&live, keys, spec, opts).await;
-        let snapshot = Snapshot {
-            id: &id,
-            started,
-            finished: Utc::now(),
-            spec,
-            opts,
-        };
-        match read {
-            // The reader stopped because every upload had failed: those
-            // failures are what happened.
-            Err(e) if uploads.iter().any(|u| u.is_ok()) => read_failure = Some(e),
-            read => {
-                let read = read.as_ref().ok();
-                let snapshot = &snapshot;
-                committed = futures::future::join_all(live.iter().zip(uploads).enumerate().map(
-                    |(n, ((repo, p), uploaded))| async move {
-                        let uploaded = uploaded?;
-                        let read = read.expect("checked: the source was read");
-                        commit(repo, keys, p, read, n, uploaded, snapshot).await
-                    },
-                ))
-                .await;
-            }
-        }
-    }
+    let (committed, read_failure) = read_and_commit(&live, &id, started, spec, opts).await;
     let mut committed = committed.into_iter();
     let mut results = Vec::with_capacity(repos.len());
     for ((repo, p), before) in repos.iter().zip(prepared).zip(requests_before) {
@@ -308,6 +450,47 @@ pub async fn backup_many(
     }
 }
 
+/// Reads the source into every live target's pipeline and commits on each
+/// whose uploads all landed: one result per live target, or none and the
+/// reader's error when the source could not be read.
+async fn read_and_commit(
+    live: &[(&Repository, &Prepared<'_>)],
+    id: &str,
+    started: chrono::DateTime<Utc>,
+    spec: &SourceSpec,
+    opts: &BackupOptions,
+) -> (Vec<Result<Written>>, Option<Error>) {
+    if live.is_empty() {
+        return (Vec::new(), None);
+    }
+    let (read, uploads) = run_pipelines(live, spec, opts).await;
+    let snapshot = Snapshot {
+        id,
+        started,
+        finished: Utc::now(),
+        spec,
+        opts,
+    };
+    match read {
+        // The reader stopped because every upload had failed: those
+        // failures are what happened.
+        Err(e) if uploads.iter().any(|u| u.is_ok()) => (Vec::new(), Some(e)),
+        read => {
+            let read = read.as_ref().ok();
+            let snapshot = &snapshot;
+            let committed = futures::future::join_all(live.iter().zip(uploads).enumerate().map(
+                |(n, ((repo, p), uploaded))| async move {
+                    let uploaded = uploaded?;
+                    let read = read.expect("checked: the source was read");
+                    commit(repo, p, read, n, uploaded, snapshot).await
+                },
+            ))
+            .await;
+            (committed, None)
+        }
+    }
+}
+
 /// Adds to a full-target error about how much the backup would have stored.
 fn with_estimate(e: Error, progress: &Progress) -> Error {
     match e {
@@ -326,12 +509,38 @@ fn with_estimate(e: Error, progress: &Progress) -> Error {
     }
 }
 
-/// Locks a target and loads its index.
-async fn prepare(repo: &Repository, keys: &Keys, opts: &BackupOptions) -> Result<Prepared> {
-    repo.check_keys(keys)?;
+/// A format 2 target's history as the backup needs it: the signed
+/// regular snapshots of the source (newest first), the list objects
+/// (one listing of `lists/`), and the parent chosen among them.
+struct Lineage {
+    candidates: Vec<ManifestV2>,
+    lists: Vec<path::ListObject>,
+    parent: Option<(ManifestV2, Arc<ListState>)>,
+}
+
+/// Locks a target and loads its index (and, for format 2, its lineage).
+async fn prepare<'a>(
+    repo: &Repository,
+    writing: Writing<'a>,
+    spec: &SourceSpec,
+    opts: &BackupOptions,
+) -> Result<Prepared<'a>> {
+    match writing {
+        Writing::V1(keys) => repo.check_keys(keys)?,
+        // Refused before the lock: a host that cannot sign stores nothing.
+        Writing::V2(ks) => drop(ks.require_signer("backup")?),
+    }
+    let seal = Arc::new(writing.pack_seal()?);
     let lock = Lock::acquire(repo, LockKind::Shared, "backup", opts.lock_wait).await?;
-    match repo.load_index(&keys.metadata_key()).await {
-        Ok(index) => {
+    let loaded = match writing {
+        Writing::V1(keys) => repo
+            .load_index(&keys.metadata_key())
+            .await
+            .map(|i| (i, None)),
+        Writing::V2(ks) => load_v2(repo, ks, spec).await,
+    };
+    match loaded {
+        Ok((index, v2)) => {
             tracing::debug!(
                 target = %repo.describe(),
                 chunks = index.chunks.len(),
@@ -342,6 +551,9 @@ async fn prepare(repo: &Repository, keys: &Keys, opts: &BackupOptions) -> Result
             let total = opts.progress.total.load(Ordering::Relaxed);
             progress.total.store(total, Ordering::Relaxed);
             Ok(Prepared {
+                writing,
+                seal,
+                v2,
                 lock,
                 index: Arc::new(index),
                 progress,
@@ -354,12 +566,79 @@ async fn prepare(repo: &Repository, keys: &Keys, opts: &BackupOptions) -> Result
     }
 }
 
+/// A format 2 target's index (signed index files only) and lineage.
+async fn load_v2(
+    repo: &Repository,
+    ks: &KeySet,
+    spec: &SourceSpec,
+) -> Result<(Index, Option<Lineage>)> {
+    let index = repo.index_v2(ks).await?;
+    for (key, reason) in &index.rejected {
+        tracing::warn!(
+            "{}: index file {key} is not used for deduplication: {reason}",
+            repo.describe()
+        );
+    }
+    let snapshots = repo.snapshots_v2(ks).await?;
+    let candidates = snapshots
+        .signed()
+        .filter(|m| m.source == spec.name && !m.tags.iter().any(|t| t == PRE_RESTORE_TAG))
+        .cloned()
+        .collect();
+    let lists = (repo.list(LISTS).await?.iter())
+        .filter_map(|o| path::ListObject::from_key(&o.key, o.size))
+        .collect();
+    let lineage = Lineage {
+        candidates,
+        lists,
+        parent: None,
+    };
+    Ok((index.index, Some(lineage)))
+}
+
+/// Format 2: picks the parent, the newest signed regular snapshot of the
+/// source that every live target holds (same id and `list_blake3`), and
+/// rebuilds its state on each target. A target that cannot rebuild it
+/// writes a full list.
+async fn choose_parent(repos: &[&Repository], prepared: &mut [Result<Prepared<'_>>]) {
+    let lineages: Vec<&Lineage> = (prepared.iter())
+        .filter_map(|p| p.as_ref().ok()?.v2.as_ref())
+        .collect();
+    let Some(first) = lineages.first() else {
+        return;
+    };
+    let held = |m: &ManifestV2| {
+        (lineages.iter())
+            .all(|l| (l.candidates.iter()).any(|c| c.id == m.id && c.list_blake3 == m.list_blake3))
+    };
+    let Some(parent) = first.candidates.iter().find(|m| held(m)).cloned() else {
+        return;
+    };
+    for (repo, p) in repos.iter().zip(prepared.iter_mut()) {
+        let Ok(Prepared {
+            writing: Writing::V2(ks),
+            v2: Some(lineage),
+            ..
+        }) = p
+        else {
+            continue;
+        };
+        match repo.list_state(ks, &parent).await {
+            Ok(state) => lineage.parent = Some((parent.clone(), Arc::new(state))),
+            Err(e) => tracing::warn!(
+                "{}: the list of snapshot {} cannot be rebuilt ({e}): this backup writes a full list",
+                repo.describe(),
+                parent.id
+            ),
+        }
+    }
+}
+
 /// Reads the source once, feeding one pipeline per target, and uploads to
 /// all of them at once. Returns what was read and, per target, the bytes
 /// uploaded (packs and index files).
 async fn run_pipelines(
-    live: &[(&Repository, &Prepared)],
-    keys: &Keys,
+    live: &[(&Repository, &Prepared<'_>)],
     spec: &SourceSpec,
     opts: &BackupOptions,
 ) -> (Result<ReadResult>, Vec<Result<u64>>) {
@@ -367,7 +646,7 @@ async fn run_pipelines(
     let mut queues = Vec::new();
     let mut encoders = Vec::new();
     for (_, p) in live {
-        let (pack_tx, enc_rx, threads) = start_encoders(keys, opts);
+        let (pack_tx, enc_rx, threads) = start_encoders(p.seal.clone(), opts);
         sinks.push(Sink::new(
             p.index.clone(),
             p.progress.clone(),
@@ -381,7 +660,11 @@ async fn run_pipelines(
         let spec = spec.clone();
         let progress = opts.progress.clone();
         let pack_size = opts.pack_size;
-        let meta_recipients = keys.metadata_recipients();
+        let list = match live[0].1.writing {
+            Writing::V1(keys) => ListKind::V1(keys.metadata_recipients()),
+            Writing::V2(_) => ListKind::V2,
+        };
+        let hasher = live[0].1.writing.hasher();
         let source_read = opts.source_read.clone();
         let lock_timeout = opts.lock_timeout;
         tokio::task::spawn_blocking(move || {
@@ -390,7 +673,7 @@ async fn run_pipelines(
                 lock_timeout,
                 sinks,
                 pack_size,
-                &meta_recipients,
+                (hasher, list),
                 &progress,
             );
             if let Some(n) = source_read {
@@ -401,13 +684,11 @@ async fn run_pipelines(
     };
     // Each uploader drops its queue when it stops, so its encoders hang up
     // and the reader stops feeding that target.
-    let uploads = futures::future::join_all(
-        live.iter()
-            .zip(queues)
-            .map(|((repo, p), mut rx)| async move {
-                upload_packs(repo, keys, &mut rx, opts, &p.progress).await
-            }),
-    )
+    let uploads = futures::future::join_all(live.iter().zip(queues).map(
+        |((repo, p), mut rx)| async move {
+            upload_packs(repo, p.writing, &mut rx, opts, &p.progress).await
+        },
+    ))
     .await;
     let read = reader
         .await
@@ -422,7 +703,7 @@ async fn run_pipelines(
 /// Encoder threads of one target: compress + encrypt whole packs in
 /// parallel, from a queue of one pack to a queue of two encoded ones.
 fn start_encoders(
-    keys: &Keys,
+    seal: Arc<PackSeal>,
     opts: &BackupOptions,
 ) -> (
     mpsc::SyncSender<PackJob>,
@@ -432,14 +713,13 @@ fn start_encoders(
     let (pack_tx, pack_rx) = mpsc::sync_channel::<PackJob>(1);
     let (enc_tx, enc_rx) = tokio::sync::mpsc::channel::<Result<EncodedPack>>(2);
     let pack_rx = Arc::new(Mutex::new(pack_rx));
-    let recipients = Arc::new(keys.data_recipients_owned());
     let threads = (0..opts.encoder_threads.max(1))
         .map(|_| {
             let rx = pack_rx.clone();
             let tx = enc_tx.clone();
-            let recipients = recipients.clone();
+            let seal = seal.clone();
             let level = opts.compression_level;
-            std::thread::spawn(move || encode_packs(&rx, &tx, &recipients, level))
+            std::thread::spawn(move || encode_packs(&rx, &tx, &seal, level))
         })
         .collect();
     // Only the encoders hold the queue's receiver: when they stop (the
@@ -450,7 +730,7 @@ fn start_encoders(
 fn encode_packs(
     rx: &Mutex<mpsc::Receiver<PackJob>>,
     tx: &tokio::sync::mpsc::Sender<Result<EncodedPack>>,
-    recipients: &[age::x25519::Recipient],
+    seal: &PackSeal,
     level: i32,
 ) {
     let mut encoder = crate::codec::Encoder::new(level);
@@ -459,42 +739,99 @@ fn encode_packs(
             Ok(job) => job,
             Err(_) => return,
         };
-        let refs: Vec<&dyn age::Recipient> = recipients
-            .iter()
-            .map(|r| r as &dyn age::Recipient)
-            .collect();
         let encoded = match &mut encoder {
-            Ok(encoder) => encoder.encode(&job.data, &refs),
-            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
-        }
-        .map_err(|e| Error::io("encoding a pack", e))
-        .map(|data| {
-            let name = hex::encode(rand::random::<[u8; 32]>());
-            EncodedPack {
-                key: format!("{PACKS}{}/{name}", &name[..2]),
-                data: Bytes::from(data),
-                chunks: job.chunks,
-            }
-        });
+            Ok(encoder) => encode_pack(encoder, seal, job),
+            Err(e) => Err(Error::io(
+                "encoding a pack",
+                std::io::Error::new(e.kind(), e.to_string()),
+            )),
+        };
         if tx.blocking_send(encoded).is_err() {
             return; // the uploader gave up; stop quietly
         }
     }
 }
 
+/// One pack, under a fresh random key, sealed as its format says.
+fn encode_pack(
+    encoder: &mut crate::codec::Encoder,
+    seal: &PackSeal,
+    job: PackJob,
+) -> Result<EncodedPack> {
+    let name = hex::encode(rand::random::<[u8; 32]>());
+    let key = format!("{PACKS}{}/{name}", &name[..2]);
+    let data = match seal {
+        PackSeal::V1(recipients) => {
+            let refs: Vec<&dyn age::Recipient> = recipients
+                .iter()
+                .map(|r| r as &dyn age::Recipient)
+                .collect();
+            encoder
+                .encode(&job.data, &refs)
+                .map_err(|e| Error::io("encoding a pack", e))?
+        }
+        PackSeal::V2 {
+            signer,
+            data,
+            metadata,
+        } => {
+            let info = pack_info(&key, &job.chunks)?;
+            pack2::encode_pack(encoder, &job.data, &info, &key, signer, data, metadata)
+                .map_err(encoding)?
+        }
+    };
+    Ok(EncodedPack {
+        key,
+        data: Bytes::from(data),
+        chunks: job.chunks,
+    })
+}
+
+/// The packinfo of a pack the sink filled (its chunks are contiguous).
+fn pack_info(key: &str, chunks: &[(ChunkId, u32, u32)]) -> Result<PackInfo> {
+    let chunks: Vec<(ChunkId, u32)> = chunks.iter().map(|&(id, _, len)| (id, len)).collect();
+    PackInfo::from_chunks(key, &chunks).map_err(encoding)
+}
+
 /// Stores the chunk list and the manifest on one target whose packs are
 /// all up: the commit point, once the target's lock is known to be held.
 async fn commit(
     repo: &Repository,
-    keys: &Keys,
-    prepared: &Prepared,
+    prepared: &Prepared<'_>,
     read: &ReadResult,
+    n: usize,
+    uploaded: u64,
+    snap: &Snapshot<'_>,
+) -> Result<Written> {
+    match (prepared.writing, &read.list) {
+        (Writing::V1(keys), ReadList::V1 { file, sha256 }) => {
+            let list = (file.clone(), sha256.as_str());
+            commit_v1(repo, keys, prepared, read, list, n, uploaded, snap)
+                .await
+                .map(Written::V1)
+        }
+        (Writing::V2(ks), ReadList::V2(state)) => {
+            commit_v2(repo, ks, prepared, read, state, n, uploaded, snap)
+                .await
+                .map(Written::V2)
+        }
+        _ => unreachable!("a run reads the list of the format it writes"),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn commit_v1(
+    repo: &Repository,
+    keys: &Keys,
+    prepared: &Prepared<'_>,
+    read: &ReadResult,
+    (file, sha256): (Arc<std::fs::File>, &str),
     n: usize,
     uploaded: u64,
     snap: &Snapshot<'_>,
 ) -> Result<Manifest> {
     let list_key = format!("{LISTS}{}", snap.id);
-    let list_len = put_file(repo, &list_key, read.list.clone()).await?;
+    let list_len = put_file(repo, &list_key, file).await?;
     let manifest = Manifest {
         format: "offsite-snapshot".into(),
         version: FORMAT_VERSION,
@@ -509,7 +846,7 @@ async fn commit(
         chunks: read.chunks,
         new_bytes: read.new_bytes[n],
         uploaded_bytes: uploaded + list_len,
-        sha256: read.sha256.clone(),
+        sha256: sha256.to_string(),
         list: list_key.clone(),
         page_size: read.page_size,
         tags: snap.opts.tags.clone(),
@@ -538,6 +875,131 @@ async fn commit(
     Ok(manifest)
 }
 
+/// Format 2's commit: the list object (a delta against the parent, or the
+/// full list), then the signed manifest, create-if-absent, once the lock
+/// is known to be held.
+#[allow(clippy::too_many_arguments)]
+async fn commit_v2(
+    repo: &Repository,
+    ks: &KeySet,
+    prepared: &Prepared<'_>,
+    read: &ReadResult,
+    state: &ListState,
+    n: usize,
+    uploaded: u64,
+    snap: &Snapshot<'_>,
+) -> Result<ManifestV2> {
+    let signer = ks.require_signer("backup")?;
+    let metadata = ks.metadata_recipient();
+    let lineage = prepared
+        .v2
+        .as_ref()
+        .expect("a format 2 target has a lineage");
+    let (list_key, body, parent) = list_object(repo, lineage, snap.id, state, signer, &metadata)?;
+    let list_len = body.len() as u64;
+    repo.put_bytes(&list_key, Bytes::from(body), PutMode::Create)
+        .await?;
+    let Trust::Signed { writer } = ks.trust(signer.public(), snap.finished) else {
+        return Err(Error::Key(format!(
+            "{}: this host's signer is not trusted by the keyring",
+            repo.describe()
+        )));
+    };
+    let manifest = ManifestV2 {
+        id: snap.id.to_string(),
+        source: snap.spec.name.clone(),
+        kind: snap.spec.kind,
+        host: snap.opts.host.clone(),
+        writer,
+        started: snap.started,
+        finished: snap.finished,
+        size: read.size,
+        files: read.files,
+        chunks: read.chunks,
+        new_bytes: read.new_bytes[n],
+        uploaded_bytes: uploaded + list_len,
+        list_blake3: state.list_blake3(),
+        parent,
+        generation: ks.generation(),
+        keyring: u32::try_from(ks.keyring().serial()).map_err(encoding)?,
+        page_size: read.page_size,
+        tags: snap.opts.tags.clone(),
+        tool: format!("offsite {}", env!("CARGO_PKG_VERSION")),
+    };
+    let body = manifest.encode(signer, &metadata).map_err(encoding)?;
+    // As format 1: a lock lost under this run must not let it appear.
+    prepared.lock.ensure_held().await?;
+    if let Err(e) = repo
+        .put_bytes(&manifest.key(), Bytes::from(body), PutMode::Create)
+        .await
+    {
+        if matches!(e, Error::TargetFull { .. }) {
+            let _ = repo.delete(&list_key).await;
+        }
+        return Err(e);
+    }
+    if snap.opts.pin {
+        crate::pins::write_pin_v2(repo, ks, snap.id).await?;
+    }
+    Ok(manifest)
+}
+
+/// The list object of snapshot `id` on one target: `(key, encoded, parent)`.
+/// A delta against the parent when there is one and its path plus this
+/// delta is not long (`repo::path`); else the full list, with a warning
+/// when it is the chain's length that made it full.
+fn list_object(
+    repo: &Repository,
+    lineage: &Lineage,
+    id: &str,
+    state: &ListState,
+    signer: &crate::sign::Signer,
+    metadata: &age::x25519::Recipient,
+) -> Result<(String, Vec<u8>, Option<String>)> {
+    if let Some((parent, parent_state)) = &lineage.parent {
+        let from = Named {
+            snapshot: parent.id.clone(),
+            list_blake3: parent.list_blake3,
+        };
+        let delta = Delta::diff(from, parent_state, id, state);
+        let body = encode_delta(&delta, signer, metadata).map_err(encoding)?;
+        let plan = path::plan(&lineage.lists, &parent.id, &Default::default());
+        match plan {
+            Some(p)
+                if !path::is_long(
+                    p.objects.len() + 1,
+                    p.bytes + body.len() as u64,
+                    state.chunk_count(),
+                ) =>
+            {
+                let key = ListKey::Delta {
+                    to: id.to_string(),
+                    from: parent.id.clone(),
+                };
+                return Ok((key.key(), body, Some(parent.id.clone())));
+            }
+            Some(p) if p.objects.len() + 1 > path::MAX_OBJECTS => tracing::warn!(
+                "{}: wrote a full list (the chain since the last one is {} deep): schedule \
+                 `offsite prune` to keep backups incremental",
+                repo.describe(),
+                p.objects.len()
+            ),
+            // Long by bytes: the full list is about as small as the chain.
+            Some(_) => {}
+            None => tracing::warn!(
+                "{}: no short path of list objects leads to snapshot {}: wrote a full list",
+                repo.describe(),
+                parent.id
+            ),
+        }
+    }
+    let key = ListKey::Full {
+        snapshot: id.to_string(),
+    };
+    let body = encode_full(id, state, signer, metadata).map_err(encoding)?;
+    Ok((key.key(), body, None))
+}
+
 /// Uploads encoded packs as they come, writing an index file every
 /// [`INDEX_EVERY`] packs and one for the rest at the end (also on failure, so
 /// the next run can reuse what did land). Returns bytes uploaded.
@@ -548,7 +1010,7 @@ async fn commit(
 /// authorization being renewed), and waiting for it then is a deadlock.
 async fn upload_packs(
     repo: &Repository,
-    keys: &Keys,
+    writing: Writing<'_>,
     rx: &mut tokio::sync::mpsc::Receiver<Result<EncodedPack>>,
     opts: &BackupOptions,
     target_progress: &Arc<Progress>,
@@ -561,7 +1023,7 @@ async fn upload_packs(
     loop {
         if indexing.is_empty() {
             if let Some(batch) = state.batch_due() {
-                indexing.push(index_batch(repo, keys, batch));
+                indexing.push(index_batch(repo, writing, batch));
             }
         }
         tokio::select! {
@@ -583,16 +1045,16 @@ async fn upload_packs(
             break;
         }
     }
-    state.finish(repo, keys).await
+    state.finish(repo, writing).await
 }
 
 /// Writes the index file naming `batch`; hands the batch back with the outcome.
 async fn index_batch(
     repo: &Repository,
-    keys: &Keys,
+    writing: Writing<'_>,
     batch: Vec<PackContents>,
 ) -> (Vec<PackContents>, Result<u64>) {
-    let done = write_index_file(repo, keys, &batch).await;
+    let done = write_index_file(repo, writing, &batch).await;
     (batch, done)
 }
 
@@ -662,9 +1124,9 @@ impl Uploads {
 
     /// Indexes what landed (also after a failure, so the next run can reuse
     /// it); returns the bytes uploaded or the first failure.
-    async fn finish(mut self, repo: &Repository, keys: &Keys) -> Result<u64> {
+    async fn finish(mut self, repo: &Repository, writing: Writing<'_>) -> Result<u64> {
         if !self.pending.is_empty() {
-            match write_index_file(repo, keys, &self.pending).await {
+            match write_index_file(repo, writing, &self.pending).await {
                 Ok(n) => self.uploaded += n,
                 Err(e) => {
                     if matches!(e, Error::TargetFull { .. }) && !self.index_unsure {
@@ -693,10 +1155,28 @@ async fn remove_unindexed(repo: &Repository, packs: &[PackContents]) {
     }
 }
 
-async fn write_index_file(repo: &Repository, keys: &Keys, packs: &[PackContents]) -> Result<u64> {
-    let body = Repository::encode_metadata(keys, &write_index(packs))?;
-    let len = body.len() as u64;
+/// Writes one index file naming `packs` (format 2: signed, sealed to M).
+async fn write_index_file(
+    repo: &Repository,
+    writing: Writing<'_>,
+    packs: &[PackContents],
+) -> Result<u64> {
     let key = format!("{INDEX}{}", hex::encode(rand::random::<[u8; 16]>()));
+    let body = match writing {
+        Writing::V1(keys) => Repository::encode_metadata(keys, &write_index(packs))?,
+        Writing::V2(ks) => {
+            let infos = (packs.iter())
+                .map(|(pack, chunks)| Ok((pack.clone(), pack_info(pack, chunks)?)))
+                .collect::<Result<Vec<_>>>()?;
+            let file = IndexFile::new(&key, infos).map_err(encoding)?;
+            let signer = ks.require_signer("backup")?;
+            Bytes::from(
+                file.encode(&key, signer, &ks.metadata_recipient())
+                    .map_err(encoding)?,
+            )
+        }
+    };
+    let len = body.len() as u64;
     repo.put_bytes(&key, body, PutMode::Create).await?;
     Ok(len)
 }
@@ -820,12 +1300,115 @@ impl Sink {
     }
 }
 
-/// The reader stage: a [`Visitor`] that writes the chunk list, hashes the
+/// Which list the reader makes: format 1's list file, encrypted to these
+/// metadata recipients, or format 2's list state.
+enum ListKind {
+    V1(Vec<age::x25519::Recipient>),
+    V2,
+}
+
+/// The list being made as the source is read.
+enum ListOut {
+    V1 {
+        list: EncodeWriter<std::io::BufWriter<std::fs::File>>,
+        file: std::fs::File,
+        sha: Box<Sha256>,
+    },
+    /// The state so far and the entry whose chunks are being read.
+    V2 {
+        state: ListState,
+        open: Option<(Entry, Vec<(ChunkId, u32)>)>,
+    },
+}
+
+fn list_err(e: impl std::fmt::Display) -> Error {
+    Error::io("chunk list", std::io::Error::other(e.to_string()))
+}
+
+impl ListOut {
+    fn new(kind: ListKind) -> Result<ListOut> {
+        let ListKind::V1(recipients) = kind else {
+            return Ok(ListOut::V2 {
+                state: ListState::default(),
+                open: None,
+            });
+        };
+        let tmp =
+            tempfile::tempfile().map_err(|e| Error::io("temporary file for the chunk list", e))?;
+        let file = tmp.try_clone().map_err(|e| Error::io("chunk list", e))?;
+        let refs: Vec<&dyn age::Recipient> = recipients
+            .iter()
+            .map(|r| r as &dyn age::Recipient)
+            .collect();
+        // The list is mostly hex chunk ids, which no zstd level squeezes below
+        // half; a higher level would only cost time on every page.
+        let mut list = EncodeWriter::new(std::io::BufWriter::new(tmp), &refs, 3)
+            .map_err(|e| Error::io("chunk list", e))?;
+        writeln!(list, "{}", format::LIST_HEADER).map_err(|e| Error::io("chunk list", e))?;
+        Ok(ListOut::V1 {
+            list,
+            file,
+            sha: Box::new(Sha256::new()),
+        })
+    }
+
+    fn entry(&mut self, entry: &Entry) -> Result<()> {
+        match self {
+            ListOut::V1 { list, .. } => {
+                format::write_entry(list, entry).map_err(|e| Error::io("chunk list", e))
+            }
+            ListOut::V2 { state, open } => {
+                if let Some((e, chunks)) = open.replace((entry.clone(), Vec::new())) {
+                    state.insert(e, chunks).map_err(list_err)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn chunk(&mut self, id: &ChunkId, data: &[u8]) -> Result<()> {
+        match self {
+            ListOut::V1 { list, sha, .. } => {
+                sha.update(data);
+                format::write_chunk(list, id, data.len()).map_err(|e| Error::io("chunk list", e))
+            }
+            ListOut::V2 { open, .. } => {
+                let (_, chunks) = open
+                    .as_mut()
+                    .ok_or_else(|| list_err("a chunk before any file"))?;
+                chunks.push((*id, data.len() as u32));
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(self) -> Result<ReadList> {
+        match self {
+            ListOut::V1 { list, file, sha } => {
+                let mut buffered = list.finish().map_err(|e| Error::io("chunk list", e))?;
+                buffered.flush().map_err(|e| Error::io("chunk list", e))?;
+                drop(buffered);
+                Ok(ReadList::V1 {
+                    file: Arc::new(file),
+                    sha256: hex::encode(sha.finalize()),
+                })
+            }
+            ListOut::V2 { mut state, open } => {
+                if let Some((e, chunks)) = open {
+                    state.insert(e, chunks).map_err(list_err)?;
+                }
+                Ok(ReadList::V2(state))
+            }
+        }
+    }
+}
+
+/// The reader stage: a [`Visitor`] that makes the chunk list, hashes the
 /// data, and hands each target's sink the chunks.
 struct Collector<'a> {
     sinks: Vec<Sink>,
-    list: EncodeWriter<std::io::BufWriter<std::fs::File>>,
-    sha: Sha256,
+    list: ListOut,
+    hasher: ChunkHasher,
     pack_size: usize,
     progress: &'a Progress,
     size: u64,
@@ -839,18 +1422,16 @@ impl Visitor for Collector<'_> {
             self.files += 1;
             self.size += size;
         }
-        format::write_entry(&mut self.list, entry).map_err(|e| Error::io("chunk list", e))
+        self.list.entry(entry)
     }
 
     fn chunk(&mut self, data: &[u8]) -> Result<()> {
-        let id = ChunkId::of(data);
-        self.sha.update(data);
+        let id = self.hasher.id(data);
         self.chunks += 1;
         self.progress
             .read
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        format::write_chunk(&mut self.list, &id, data.len())
-            .map_err(|e| Error::io("chunk list", e))?;
+        self.list.chunk(&id, data)?;
         let mut new = false;
         for sink in &mut self.sinks {
             new |= sink.take(id, data, self.pack_size);
@@ -875,25 +1456,13 @@ fn read_source(
     lock_timeout: Duration,
     sinks: Vec<Sink>,
     pack_size: usize,
-    meta_recipients: &[age::x25519::Recipient],
+    (hasher, list): (ChunkHasher, ListKind),
     progress: &Progress,
 ) -> Result<ReadResult> {
-    let tmp =
-        tempfile::tempfile().map_err(|e| Error::io("temporary file for the chunk list", e))?;
-    let list_file = tmp.try_clone().map_err(|e| Error::io("chunk list", e))?;
-    let refs: Vec<&dyn age::Recipient> = meta_recipients
-        .iter()
-        .map(|r| r as &dyn age::Recipient)
-        .collect();
-    // The list is mostly hex chunk ids, which no zstd level squeezes below
-    // half; a higher level would only cost time on every page.
-    let mut list = EncodeWriter::new(std::io::BufWriter::new(tmp), &refs, 3)
-        .map_err(|e| Error::io("chunk list", e))?;
-    writeln!(list, "{}", format::LIST_HEADER).map_err(|e| Error::io("chunk list", e))?;
     let mut c = Collector {
         sinks,
-        list,
-        sha: Sha256::new(),
+        list: ListOut::new(list)?,
+        hasher,
         pack_size,
         progress,
         size: 0,
@@ -904,12 +1473,8 @@ fn read_source(
     for sink in &mut c.sinks {
         sink.flush(pack_size);
     }
-    let mut buffered = c.list.finish().map_err(|e| Error::io("chunk list", e))?;
-    buffered.flush().map_err(|e| Error::io("chunk list", e))?;
-    drop(buffered);
     Ok(ReadResult {
-        list: Arc::new(list_file),
-        sha256: hex::encode(c.sha.finalize()),
+        list: c.list.finish()?,
         size: c.size,
         files: c.files,
         chunks: c.chunks,

@@ -5,6 +5,12 @@
 //! it and when, metadata-encrypted like a manifest) are for people reading
 //! the repository; offsite itself only lists `pins/`. A repository without
 //! `pins/` simply has no pinned snapshots.
+//!
+//! Format 2 (design, table 1): a backup's pin is the same record with
+//! `"version": 2`, encrypted to the current metadata key M and unsigned
+//! (a pin can only keep a snapshot, never make one trusted). `offsite pin`
+//! on a format 2 repository is still refused ([`Repository::check_keys`]
+//! needs format 1's metadata recipient).
 
 use std::collections::HashSet;
 
@@ -13,8 +19,9 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::keys::Keys;
+use crate::keyset::KeySet;
 use crate::lock::{Lock, LockKind, LockWait};
-use crate::repo::{Repository, SNAPSHOTS};
+use crate::repo::{Repository, METADATA_LEVEL, SNAPSHOTS};
 use crate::storage::{ErrorKind, PutMode};
 
 pub const PINS: &str = "pins/";
@@ -41,17 +48,32 @@ pub(crate) async fn pinned(repo: &Repository) -> Result<HashSet<String>> {
 /// Writes the pin of an existing snapshot, assuming the caller holds a lock.
 /// Returns false if it was pinned already.
 pub(crate) async fn write_pin(repo: &Repository, keys: &Keys, id: &str) -> Result<bool> {
+    let body = Repository::encode_metadata(keys, &pin_record(1, id))?;
+    put_pin(repo, id, body).await
+}
+
+/// Format 2's pin (design, table 1): the same record, version 2, zstd and
+/// age to the current metadata key M; unsigned (a pin only keeps).
+pub(crate) async fn write_pin_v2(repo: &Repository, keys: &KeySet, id: &str) -> Result<bool> {
+    let metadata = keys.metadata_recipient();
+    let body = crate::codec::encode(&pin_record(2, id), &[&metadata], METADATA_LEVEL)
+        .map_err(|e| Error::io("encoding a pin", e))?;
+    put_pin(repo, id, bytes::Bytes::from(body)).await
+}
+
+fn pin_record(version: u32, id: &str) -> Vec<u8> {
     let record = PinRecord {
         format: "offsite-pin",
-        version: 1,
+        version,
         snapshot: id,
         created: Utc::now(),
         host: crate::backup::hostname(),
     };
-    let body = Repository::encode_metadata(
-        keys,
-        &serde_json::to_vec_pretty(&record).expect("pin serializes"),
-    )?;
+    serde_json::to_vec_pretty(&record).expect("pin serializes")
+}
+
+/// Stores a pin, create-if-absent. Returns false if it was pinned already.
+async fn put_pin(repo: &Repository, id: &str, body: bytes::Bytes) -> Result<bool> {
     match repo
         .put_bytes(&format!("{PINS}{id}"), body, PutMode::Create)
         .await

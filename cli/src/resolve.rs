@@ -116,16 +116,15 @@ pub(crate) fn access(
         _ if has_identity => Holding::Identities(identities(cfg, identity)?),
         _ => return Ok(None),
     };
-    let trust = match (owner_pin(cfg)?, &holding) {
-        (Some(pin), _) => pin,
-        (None, Holding::Identities(ids)) => Owner::from_identities(ids, None)?.public(),
-        (None, Holding::Writer(_)) => {
-            return Err(usage::mistake(
+    let trust =
+        match (owner_pin(cfg)?, &holding) {
+            (Some(pin), _) => pin,
+            (None, Holding::Identities(ids)) => Owner::from_identities(ids, None)?.public(),
+            (None, Holding::Writer(_)) => return Err(usage::mistake(
                 "a backup host with encryption.writer_key_file also needs encryption.owner_key \
                  (the owner key `offsite init` printed; check it with the owner before pinning it)",
-            ))
-        }
-    };
+            )),
+        };
     Ok(Some(Access {
         trust,
         holding,

@@ -30,8 +30,13 @@ pub fn is_usage(e: &anyhow::Error) -> bool {
     // `downcast_ref` also finds a `Usage` added as context; `chain` finds
     // errors that are the source of another.
     e.downcast_ref::<Usage>().is_some()
-        || e.chain()
-            .any(|c| c.is::<Usage>() || matches!(c.downcast_ref::<Error>(), Some(Error::Key(_) | Error::NoFormat2Keys { .. })))
+        || e.chain().any(|c| {
+            c.is::<Usage>()
+                || matches!(
+                    c.downcast_ref::<Error>(),
+                    Some(Error::Key(_) | Error::NoFormat2Keys { .. })
+                )
+        })
 }
 
 /// The process exit code for a failed command.

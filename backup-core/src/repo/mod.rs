@@ -361,8 +361,13 @@ impl Repository {
                 target: repo.describe(),
             });
         };
-        let keyset = KeySet::open(&repo, &access.trust, &access.holding, access.memory.as_ref())
-            .await?;
+        let keyset = KeySet::open(
+            &repo,
+            &access.trust,
+            &access.holding,
+            access.memory.as_ref(),
+        )
+        .await?;
         Ok(Repository {
             keyset: Some(Arc::new(keyset)),
             ..repo
