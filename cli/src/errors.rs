@@ -70,6 +70,7 @@ pub(crate) fn hint_in(e: &(dyn std::error::Error + 'static)) -> Option<String> {
         Error::CannotReplace { .. } => "nothing at the destination was changed: fix the cause and run the restore again, or restore to another path with --to".into(),
         Error::PruneBlocked { .. } => "nothing was deleted; `offsite verify` shows which snapshots are damaged".into(),
         Error::NotFormat2 { .. } => "key and writer commands need a format 2 repository (in development): create one on an empty target with `offsite init --target NAME`".into(),
+        Error::Untrusted { .. } => "offsite restores only snapshots signed by the repository's owner or a writer it authorised, and wrote nothing: restore another snapshot (`offsite snapshots` shows who signed each), and check who can write to this target".into(),
         Error::NoFormat2Keys { .. } => "`offsite keygen` and `offsite init` print the owner key where the owner identity is; a backup host gets a writer key with `offsite writer keygen`, which the owner adds with `offsite writer add`".into(),
         Error::Keyring(k) => return keyring_hint(k),
         Error::Io { .. } | Error::NotPinned(_) => return None,
