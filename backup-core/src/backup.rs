@@ -851,6 +851,7 @@ async fn commit_v1(
         page_size: read.page_size,
         tags: snap.opts.tags.clone(),
         tool: format!("offsite {}", env!("CARGO_PKG_VERSION")),
+        trust: None,
     };
     let body = Repository::encode_metadata(
         keys,

@@ -213,6 +213,19 @@ pub(crate) async fn stage(
     to: &Path,
     opts: &RestoreOptions,
 ) -> Result<Staged> {
+    if let Some(keys) = repo.keyset() {
+        // Format 2: the snapshot is read again with its trust, never taken
+        // from what the caller says of it.
+        let listed = repo.snapshots_v2(keys).await?;
+        let Some(snapshot) = listed
+            .snapshots
+            .iter()
+            .find(|s| s.manifest.id == manifest.id)
+        else {
+            return Err(Error::SnapshotNotFound(format!("id {}", manifest.id)));
+        };
+        return stage_v2(repo, keys, snapshot, to, opts).await;
+    }
     let started = Started::at(to, opts, manifest.size)?;
     let index = repo.load_index(ids).await?;
     let plan = build_plan(&repo.chunk_list(manifest, None).await?, ids)?;

@@ -579,6 +579,7 @@ mod tests {
             page_size: None,
             tags: tags.iter().map(|t| t.to_string()).collect(),
             tool: "test".into(),
+            trust: None,
         }
     }
 

@@ -26,11 +26,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backup::{backup_many, BackupOptions, BackupSummary, Progress};
+use crate::backup::{backup_many, backup_many_v2, BackupOptions, BackupSummary, Progress};
 pub use crate::each::{PlannedTarget, SharedError};
 use crate::error::Error;
 use crate::keys::Keys;
-use crate::repo::Repository;
+use crate::keys::KeysetId;
+use crate::keyset::{KeySet, Trust};
+use crate::repo::{Manifest, ManifestV2, Repository, SnapshotV2};
 use crate::source::SourceSpec;
 
 /// A source's hooks: `before`, `after` and `on_error` around its backup
@@ -152,7 +154,7 @@ impl RunReport {
 /// Runs the plan: see the module doc for the order and the failure rules.
 pub async fn run(
     plan: Plan,
-    keys: &Keys,
+    keys: Option<&Keys>,
     hooks: Arc<dyn Hooks>,
     observer: &dyn Observer,
 ) -> RunReport {
@@ -233,12 +235,86 @@ pub(crate) async fn run_hook(
         .map_err(|e| format!("hook thread: {e}"))?
 }
 
+/// Backs up one source to every repository of the run, whatever their
+/// formats: the format 1 targets in one [`backup_many`], the format 2
+/// ones in one [`backup_many_v2`] per key set (each reads the source once:
+/// the chunk ids differ between them). Results in the order of `repos`;
+/// `Err` when the source itself could not be read. The `after` hook's
+/// signal ([`BackupOptions::source_read`]) goes to the last read only.
+async fn backup_by_format(
+    repos: &[&Repository],
+    keys: Option<&Keys>,
+    spec: &SourceSpec,
+    opts: &BackupOptions,
+) -> crate::error::Result<Vec<crate::error::Result<BackupSummary>>> {
+    let mut groups: Vec<(Option<&KeysetId>, Vec<usize>)> = Vec::new();
+    for (n, repo) in repos.iter().enumerate() {
+        let format = repo.keyset().map(KeySet::id);
+        match groups.iter_mut().find(|(f, _)| *f == format) {
+            Some((_, members)) => members.push(n),
+            None => groups.push((format, vec![n])),
+        }
+    }
+    let mut results: Vec<Option<crate::error::Result<BackupSummary>>> =
+        repos.iter().map(|_| None).collect();
+    let last = groups.len() - 1;
+    for (g, (format, members)) in groups.iter().enumerate() {
+        let opts = BackupOptions {
+            source_read: if g == last {
+                opts.source_read.clone()
+            } else {
+                None
+            },
+            ..opts.clone()
+        };
+        let group: Vec<&Repository> = members.iter().map(|&n| repos[n]).collect();
+        let done = match (format, keys) {
+            (Some(_), _) => backup_many_v2(&group, spec, &opts)
+                .await?
+                .into_iter()
+                .map(|r| r.map(as_listed))
+                .collect(),
+            (None, Some(keys)) => backup_many(&group, keys, spec, &opts).await?,
+            (None, None) => group.iter().map(|_| Err(no_recipients())).collect(),
+        };
+        for (&n, r) in members.iter().zip(done) {
+            results[n] = Some(r);
+        }
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| r.expect("every target is in one group"))
+        .collect())
+}
+
+/// A format 2 backup's summary as the run reports every snapshot.
+fn as_listed(s: BackupSummary<ManifestV2>) -> BackupSummary {
+    let writer = s.manifest.writer.clone();
+    let snapshot = SnapshotV2 {
+        manifest: s.manifest,
+        trust: Trust::Signed { writer },
+    };
+    BackupSummary {
+        manifest: Manifest::from_v2(&snapshot),
+        requests: s.requests,
+        duration: s.duration,
+    }
+}
+
+fn no_recipients() -> Error {
+    Error::Key(
+        "no recipients configured: format 1 targets need encryption.recipients (age1... public \
+         keys, e.g. the one `offsite keygen` prints)"
+            .into(),
+    )
+}
+
 /// One source onto the open targets.
 struct SourcePart<'a> {
     source: &'a PlannedSource,
     repos: &'a [&'a Repository],
     names: &'a [String],
-    keys: &'a Keys,
+    keys: Option<&'a Keys>,
     hooks: &'a Arc<dyn Hooks>,
     observer: &'a dyn Observer,
     options: &'a BackupOptions,
@@ -296,7 +372,7 @@ impl SourcePart<'_> {
             lock_timeout: self.source.lock_timeout,
             ..self.options.clone()
         };
-        let run = backup_many(self.repos, self.keys, &self.source.spec, &opts);
+        let run = backup_by_format(self.repos, self.keys, &self.source.spec, &opts);
         tokio::pin!(run);
         let mut after = None;
         let result = loop {

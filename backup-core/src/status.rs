@@ -182,6 +182,7 @@ mod tests {
             page_size: None,
             tags: vec![],
             tool: String::new(),
+            trust: None,
         }
     }
 

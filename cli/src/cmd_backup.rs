@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{anyhow, Result};
 use backup_core::backup::BackupOptions;
 use backup_core::error::chain_text;
-use backup_core::repo::Repository;
+use backup_core::repo::{Access, Repository};
 use backup_core::run::{self, Hook, Observer, Plan, PlannedSource, PlannedTarget, RunEvent};
 use serde_json::json;
 
@@ -19,7 +19,7 @@ use crate::notify::{self, Event, EventKind};
 use crate::output::{self, Bar};
 use crate::output::{snapshot_json, Done};
 use crate::per_target::shared;
-use crate::resolve::{chosen_targets, keys, source_specs};
+use crate::resolve::{access, chosen_targets, keys, source_specs, Purpose};
 use crate::targets;
 
 pub async fn backup(
@@ -47,8 +47,23 @@ pub(crate) async fn backup_report(
     pin: bool,
     as_json: bool,
 ) -> Result<Done> {
-    let keys = keys(cfg)?;
-    let plan = plan(cfg, source, target, tags, pin, &keys).await?;
+    // Format 1 targets need the recipients; a format 2 backup host may
+    // have none (it holds a writer key).
+    let keys = match cfg.encryption.recipients.is_empty() {
+        true => None,
+        false => Some(keys(cfg)?),
+    };
+    let access = access(cfg, Purpose::Write, None)?;
+    let plan = plan(
+        cfg,
+        source,
+        target,
+        tags,
+        pin,
+        keys.as_ref(),
+        access.as_ref(),
+    )
+    .await?;
     notify::start(&cfg.notify, EventKind::Backup).await;
     let observer = Printer {
         as_json,
@@ -56,7 +71,7 @@ pub(crate) async fn backup_report(
         state: Mutex::default(),
     };
     let hooks = Arc::new(ConfigHooks(cfg.sources.clone()));
-    let report = run::run(plan, &keys, hooks, &observer).await;
+    let report = run::run(plan, keys.as_ref(), hooks, &observer).await;
     let state = observer.state.into_inner().expect("printer state");
     notify::events(&cfg.notify, &state.events).await;
     let summary = format!(
@@ -78,7 +93,8 @@ async fn plan(
     target: Option<&str>,
     tags: Vec<String>,
     pin: bool,
-    keys: &backup_core::keys::Keys,
+    keys: Option<&backup_core::keys::Keys>,
+    access: Option<&Access>,
 ) -> Result<Plan> {
     let mut sources = Vec::new();
     for spec in source_specs(cfg, source)? {
@@ -88,9 +104,11 @@ async fn plan(
     let mut planned = Vec::new();
     for t in chosen_targets(cfg, target)? {
         let repo = match targets::open(t) {
-            Ok(storage) => Repository::open_or_init(storage, keys).await.map_err(|e| {
-                shared(anyhow::Error::from(e).context(format!("target {:?}", t.name)))
-            }),
+            Ok(storage) => Repository::open_or_init_with(storage, keys, access)
+                .await
+                .map_err(|e| {
+                    shared(anyhow::Error::from(e).context(format!("target {:?}", t.name)))
+                }),
             Err(e) => Err(shared(e)),
         };
         planned.push(PlannedTarget {

@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::notify::{self, EventKind};
 use crate::output::{Bar, Done, Sample, STEP_AND_BYTES};
 use crate::per_target::open_targets;
-use crate::resolve::{chosen_targets, identities};
+use crate::resolve::{access, chosen_targets, identities, Purpose};
 
 pub async fn run(
     cfg: &Config,
@@ -55,7 +55,8 @@ pub(crate) async fn drill_report(
     let chosen = chosen_targets(cfg, target)?;
     let ids = identities(cfg, identity).context("a drill restores data")?;
     notify::start(&cfg.notify, EventKind::Drill).await;
-    let targets = open_targets(chosen).await;
+    let access = access(cfg, Purpose::Read, identity)?;
+    let targets = open_targets(chosen, access.as_ref()).await;
     let printer = Printer {
         as_json,
         bar: Mutex::default(),

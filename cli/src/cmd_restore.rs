@@ -30,7 +30,7 @@ use crate::errors::hint_in;
 use crate::hooks::ConfigHooks;
 use crate::output::{self, Bar};
 use crate::output::{snapshot_json, Done};
-use crate::per_target::{planned_targets, shared};
+use crate::per_target::{planned_readable_targets, shared};
 use crate::resolve::{identities, keys, parse_time};
 use crate::{targets, usage, RestoreArgs};
 
@@ -189,7 +189,8 @@ async fn plan(
     sources: Vec<PlannedRestore>,
     selector: Selector,
 ) -> Result<RestorePlan> {
-    let targets = planned_targets(cfg, args.target.as_deref()).await?;
+    let targets =
+        planned_readable_targets(cfg, args.target.as_deref(), args.identity.as_deref()).await?;
     let fallbacks = fallbacks(cfg);
     let pre_restore = (!args.no_pre_restore_snapshot).then(|| PreRestore {
         keys: keys(cfg).map_err(shared),

@@ -20,7 +20,7 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::output::{Bar, Done, Sample, STEP, STEP_AND_BYTES};
-use crate::per_target::{planned_targets, StartBar, TargetPrinter};
+use crate::per_target::{planned_readable_targets, StartBar, TargetPrinter};
 use crate::resolve::{identities, keys};
 
 #[derive(Args)]
@@ -70,7 +70,7 @@ pub(crate) async fn verify_report(cfg: &Config, args: &VerifyArgs) -> Result<Don
         source: args.source.clone(),
         ..Default::default()
     };
-    let targets = planned_targets(cfg, args.target.as_deref()).await?;
+    let targets = planned_readable_targets(cfg, args.target.as_deref(), None).await?;
     let printer = TargetPrinter::new(args.json, show_report, Some(start_bar(opts.data.is_some())));
     let run = verify_all(targets, &ids, &opts, &printer).await;
     let result = match run.verdict() {

@@ -10,13 +10,15 @@ use anyhow::Result;
 use backup_core::each::{
     on_target, PlannedTarget, SharedError, TargetError, TargetEvent, TargetObserver,
 };
-use backup_core::repo::Repository;
+use std::path::Path;
+
+use backup_core::repo::{Access, Repository};
 use serde_json::json;
 
 use crate::config::{Config, TargetConfig};
 use crate::errors::hint_in;
 use crate::output::Bar;
-use crate::resolve::chosen_targets;
+use crate::resolve::{access, chosen_targets, Purpose};
 use crate::targets;
 
 /// The chosen targets, each opened (or why not), in config order.
@@ -24,19 +26,37 @@ pub(crate) async fn planned_targets(
     cfg: &Config,
     name: Option<&str>,
 ) -> Result<Vec<PlannedTarget>> {
-    Ok(open_targets(chosen_targets(cfg, name)?).await)
+    Ok(open_targets(chosen_targets(cfg, name)?, None).await)
 }
 
-/// Opens each target's repository. The errors are as they come: opening the
-/// backend names the target already, the engine's own error is kept as it
-/// is so that [`hint_in`] finds it.
-pub(crate) async fn open_targets(chosen: Vec<&TargetConfig>) -> Vec<PlannedTarget> {
+/// [`planned_targets`] for the commands built for format 2 too (restore,
+/// snapshots, verify, drill): format 2 targets are opened with this host's
+/// keys for reading ([`Purpose::Read`]).
+pub(crate) async fn planned_readable_targets(
+    cfg: &Config,
+    name: Option<&str>,
+    identity: Option<&Path>,
+) -> Result<Vec<PlannedTarget>> {
+    let access = access(cfg, Purpose::Read, identity)?;
+    Ok(open_targets(chosen_targets(cfg, name)?, access.as_ref()).await)
+}
+
+/// Opens each target's repository: format 2 ones with `access` when it is
+/// given (else they are refused as not supported by that command yet). The
+/// errors are as they come: opening the backend names the target already,
+/// the engine's own error is kept as it is so that [`hint_in`] finds it.
+pub(crate) async fn open_targets(
+    chosen: Vec<&TargetConfig>,
+    access: Option<&Access>,
+) -> Vec<PlannedTarget> {
     let mut planned = Vec::with_capacity(chosen.len());
     for t in chosen {
         let repo = match targets::open(t) {
-            Ok(storage) => Repository::open(storage)
-                .await
-                .map_err(|e| on_target(&t.name, e)),
+            Ok(storage) => match access {
+                Some(access) => Repository::open_with(storage, Some(access)).await,
+                None => Repository::open(storage).await,
+            }
+            .map_err(|e| on_target(&t.name, e)),
             Err(e) => Err(shared(e)),
         };
         planned.push(PlannedTarget {

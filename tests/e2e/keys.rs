@@ -7,7 +7,7 @@ use std::process::Command;
 use crate::support::*;
 
 /// A fresh identity file in `env`'s directory; returns its recipient.
-fn another_identity(env: &Env, name: &str) -> String {
+pub(crate) fn another_identity(env: &Env, name: &str) -> String {
     let path = env.dir.path().join(name);
     let out = Command::new(bin())
         .args(["keygen", "-o", path.to_str().unwrap()])
@@ -114,10 +114,4 @@ fn key_commands_list_add_remove() {
     );
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("encryption.owner_key"), "{err}");
-
-    // Backups and restores still refuse format 2 until part E.
-    env.make_db(&env.db(), 50);
-    let (code, _, err) = env.run(&["backup"]);
-    assert_eq!(code, 1, "{err}");
-    assert!(err.contains("not supported by this build yet"), "{err}");
 }

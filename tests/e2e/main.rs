@@ -7,6 +7,7 @@ mod cli_conventions;
 mod cloud;
 mod daemon;
 mod duckdb;
+mod format2;
 mod full_disk;
 mod hooks;
 mod hygiene;

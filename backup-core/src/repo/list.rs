@@ -169,6 +169,7 @@ mod tests {
             page_size: None,
             tags: Vec::new(),
             tool: "test".into(),
+            trust: None,
         }
     }
 

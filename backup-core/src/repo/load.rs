@@ -153,7 +153,25 @@ impl Repository {
     ///
     /// Fails with [`Error::WrongIdentity`] when no manifest reads and some
     /// are encrypted to other keys: that is the wrong identity, not junk.
+    ///
+    /// A format 2 repository opened with its key set lists through
+    /// [`Repository::snapshots_v2`]: every manifest, each with its trust
+    /// ([`Manifest::from_v2`]); rejected ones are kept (asked for by id,
+    /// they are refused naming why) and warned about, and passed over by
+    /// every choice of the newest ([`super::regular`]).
     pub async fn snapshot_list(&self, ids: &MetadataKey) -> Result<SnapshotList> {
+        if let Some(keys) = self.keyset() {
+            let listed = self.snapshots_v2(keys).await?;
+            for s in &listed.snapshots {
+                if let crate::keyset::Trust::Rejected { reason } = &s.trust {
+                    tracing::warn!("skipping {}{}: {reason}", SNAPSHOTS, s.manifest.id);
+                }
+            }
+            return Ok(SnapshotList {
+                manifests: listed.snapshots.iter().map(Manifest::from_v2).collect(),
+                unreadable: listed.unreadable,
+            });
+        }
         let listed = self.list(SNAPSHOTS).await?;
         let fetched: Vec<Fetched<Manifest>> = stream::iter(listed)
             .map(|meta| async move {

@@ -52,7 +52,7 @@ use crate::codec;
 use crate::error::{Error, Result};
 use crate::keyring::KeysetMemory;
 use crate::keys::{Keys, KeysetId, MetadataKey, OwnerPublic};
-use crate::keyset::{Holding, KeySet};
+use crate::keyset::{Holding, KeySet, Trust};
 use crate::source::SourceKind;
 use crate::storage::{
     bytes_stream, collect_bytes, list_all, ByteStream, ErrorKind, PutMode, RetryPolicy, Storage,
@@ -252,9 +252,48 @@ pub struct Manifest {
     pub tags: Vec<String>,
     /// `offsite <version>` that wrote it.
     pub tool: String,
+    /// Format 2: whether its signature counts ([`Manifest::from_v2`]);
+    /// `None` for format 1. Never stored.
+    #[serde(skip)]
+    pub trust: Option<Trust>,
 }
 
 impl Manifest {
+    /// The format 2 snapshot `s` as the operations that work on either
+    /// format see a snapshot (listings, selection, restore's choice): its
+    /// list is the prefix `lists/<id>/`, it has no SHA-256 (`list_blake3`
+    /// commits to it), and `trust` says whether it may be used.
+    pub fn from_v2(s: &SnapshotV2) -> Manifest {
+        let m = &s.manifest;
+        Manifest {
+            format: "offsite-snapshot".into(),
+            version: 2,
+            id: m.id.clone(),
+            source: m.source.clone(),
+            kind: m.kind,
+            host: m.host.clone(),
+            started: m.started,
+            finished: m.finished,
+            size: m.size,
+            files: m.files,
+            chunks: m.chunks,
+            new_bytes: m.new_bytes,
+            uploaded_bytes: m.uploaded_bytes,
+            sha256: String::new(),
+            list: format!("{LISTS}{}/", m.id),
+            page_size: m.page_size,
+            tags: m.tags.clone(),
+            tool: m.tool.clone(),
+            trust: Some(s.trust.clone()),
+        }
+    }
+
+    /// Whether the snapshot may be restored or chosen: format 1 ones
+    /// (nothing is signed there), and format 2 ones that are signed.
+    pub fn is_trusted(&self) -> bool {
+        self.trust.as_ref().is_none_or(Trust::is_signed)
+    }
+
     /// Whether this is the snapshot `offsite restore` took of a file before
     /// replacing it ([`PRE_RESTORE_TAG`]): it saves what was thrown away, so
     /// `--latest`, `--at`, drills, status and retention's regular rules pass
@@ -734,9 +773,9 @@ pub fn regular<'a, 's: 'i, 'i>(
 where
     'a: 'i,
 {
-    snapshots
-        .iter()
-        .filter(move |m| source.is_none_or(|s| m.source == s) && !m.is_pre_restore())
+    snapshots.iter().filter(move |m| {
+        source.is_none_or(|s| m.source == s) && !m.is_pre_restore() && m.is_trusted()
+    })
 }
 
 /// Whether `asked` names snapshot `id`: the whole id, or a prefix or
