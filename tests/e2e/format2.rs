@@ -4,7 +4,7 @@
 //! forged with nothing but the public keyring and write access to the
 //! target, which restore, verify and drill must refuse.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use rusqlite::Connection;
@@ -250,8 +250,146 @@ fn key_remove_then_the_removed_identity_cannot_read_new_snapshots() {
     assert_eq!(dump(&by_owner), dump(&env.db()));
 }
 
-/// The path of `key` in a local repository.
-#[allow(dead_code)]
-fn object(env: &Env, key: &str) -> PathBuf {
-    env.repo().join(key)
+/// What an attacker holds: the public keyring (plaintext) and write
+/// access to the target. It signs with a writer key of its own, which the
+/// owner never authorised, and encrypts to the current generation's public
+/// data and metadata recipients, which anyone can read from the keyring.
+/// Returns the forged snapshot's id.
+fn forge_newest_snapshot(repo: &Path, forged_db: &Path) -> String {
+    use backup_core::chunk::{ChunkId, ChunkKey};
+    use backup_core::codec::Encoder;
+    use backup_core::keys::{KeysetId, WriterKey};
+    use backup_core::repo::format::list2::{object, ListState};
+    use backup_core::repo::format::pack2::{encode_pack, IndexFile, PackInfo};
+    use backup_core::repo::ManifestV2;
+    use backup_core::sign::Signer;
+    use backup_core::source::{Entry, SourceKind};
+
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo.join("config")).unwrap()).unwrap();
+    let keyset: KeysetId = config["keyset"].as_str().unwrap().parse().unwrap();
+    let newest = find_files(&repo.join("keyring")).pop().unwrap();
+    let text = std::fs::read_to_string(newest).unwrap();
+    let body = text.rsplit_once("offsite-signature").unwrap().0;
+    let keyring: serde_json::Value = serde_json::from_str(body).unwrap();
+    let generation = keyring["generations"].as_array().unwrap().last().unwrap().clone();
+    let data: age::x25519::Recipient = generation["data_recipient"].as_str().unwrap().parse().unwrap();
+    let meta: age::x25519::Recipient =
+        generation["metadata_recipient"].as_str().unwrap().parse().unwrap();
+
+    let attacker = WriterKey::generate();
+    let signer = Signer::writer(&attacker, keyset);
+    let bytes = std::fs::read(forged_db).unwrap();
+    let guess = ChunkKey(rand_bytes()); // the attacker has no chunk-id key
+    let chunks: Vec<(ChunkId, u32)> = bytes
+        .chunks(4096)
+        .map(|p| (ChunkId::keyed(&guess, p), p.len() as u32))
+        .collect();
+    let name = hex::encode(rand_bytes());
+    let pack = format!("packs/{}/{name}", &name[..2]);
+    let info = PackInfo::from_chunks(&pack, &chunks).unwrap();
+    let object_bytes = encode_pack(
+        &mut Encoder::new(3).unwrap(),
+        &bytes,
+        &info,
+        &pack,
+        &signer,
+        &data,
+        &meta,
+    )
+    .unwrap();
+    put(repo, &pack, &object_bytes);
+    let index_key = format!("index/{}", &hex::encode(rand_bytes())[..32]);
+    let index = IndexFile::new(&index_key, vec![(pack.clone(), info)]).unwrap();
+    put(repo, &index_key, &index.encode(&index_key, &signer, &meta).unwrap());
+
+    let mut state = ListState::default();
+    let entry = Entry::File {
+        path: "app.db".into(),
+        mode: 0o644,
+        size: bytes.len() as u64,
+        mtime: 0,
+    };
+    state.insert(entry, chunks.clone()).unwrap();
+    let now = chrono::Utc::now() + chrono::Duration::seconds(60);
+    let id = format!("{}-0badf00d", now.format("%Y%m%dT%H%M%SZ"));
+    put(
+        repo,
+        &format!("lists/{id}/full"),
+        &object::encode_full(&id, &state, &signer, &meta).unwrap(),
+    );
+    let manifest = ManifestV2 {
+        id: id.clone(),
+        source: "app".into(),
+        kind: SourceKind::Sqlite,
+        host: "app-server".into(),
+        writer: "app-server".into(),
+        started: now,
+        finished: now,
+        size: bytes.len() as u64,
+        files: 1,
+        chunks: chunks.len() as u64,
+        new_bytes: bytes.len() as u64,
+        uploaded_bytes: object_bytes.len() as u64,
+        list_blake3: state.list_blake3(),
+        parent: None,
+        generation: generation["n"].as_u64().unwrap() as u32,
+        keyring: keyring["serial"].as_u64().unwrap() as u32,
+        page_size: Some(4096),
+        tags: vec![],
+        tool: "offsite 0.1.0".into(),
+    };
+    put(repo, &manifest.key(), &manifest.encode(&signer, &meta).unwrap());
+    id
+}
+
+fn rand_bytes() -> [u8; 32] {
+    rand::random()
+}
+
+fn put(repo: &Path, key: &str, bytes: &[u8]) {
+    let path = repo.join(key);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_forged_snapshot_is_rejected_by_restore_verify_and_drill() {
+    let (env, _) = initialised();
+    env.make_db(&env.db(), 800);
+    env.ok(&["backup"]);
+    let forged_db = env.dir.path().join("forged.db");
+    {
+        let c = Connection::open(&forged_db).unwrap();
+        c.execute_batch(
+            "CREATE TABLE tasks(id INTEGER PRIMARY KEY, title TEXT, body TEXT, meta TEXT);
+             INSERT INTO tasks(title, body) VALUES ('forged', 'pay the attacker');",
+        )
+        .unwrap();
+    }
+    let forged = forge_newest_snapshot(&env.repo(), &forged_db);
+
+    // restore --latest: the genuine snapshot, with a warning naming the forgery.
+    let to = env.dir.path().join("latest.db");
+    let (code, out) = restore_to(&env, &to, &[], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(dump(&to), dump(&env.db()), "the genuine rows, not the forged ones");
+    assert!(out.contains(&format!("skipping snapshots/{forged}")), "{out}");
+    assert!(out.contains("not a signer of this key set"), "{out}");
+
+    // Asked for by id: refused, nothing written.
+    let by_id = env.dir.path().join("forged-out.db");
+    let (code, out) = restore_to(&env, &by_id, &["--snapshot", &forged], &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("is not trusted"), "{out}");
+    assert!(!by_id.exists());
+    assert!(leftovers(env.dir.path()).is_empty());
+
+    let (code, out, err) = env.run(&["verify"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(format!("{out}{err}").contains("FORGED"), "{out}{err}");
+
+    let (code, out, err) = env.run(&["drill"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(format!("{out}{err}").contains("rejected objects"), "{out}{err}");
 }

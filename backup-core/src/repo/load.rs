@@ -161,12 +161,8 @@ impl Repository {
     /// every choice of the newest ([`super::regular`]).
     pub async fn snapshot_list(&self, ids: &MetadataKey) -> Result<SnapshotList> {
         if let Some(keys) = self.keyset() {
+            // snapshots_v2 warns of each rejected one.
             let listed = self.snapshots_v2(keys).await?;
-            for s in &listed.snapshots {
-                if let crate::keyset::Trust::Rejected { reason } = &s.trust {
-                    tracing::warn!("skipping {}{}: {reason}", SNAPSHOTS, s.manifest.id);
-                }
-            }
             return Ok(SnapshotList {
                 manifests: listed.snapshots.iter().map(Manifest::from_v2).collect(),
                 unreadable: listed.unreadable,
