@@ -473,6 +473,24 @@ impl Run<'_> {
             path: &spec.path,
             reason,
         };
+        let opts = BackupOptions {
+            tags: vec![PRE_RESTORE_TAG.to_string()],
+            ..pre.options.clone()
+        };
+        if repo.keyset().is_some() {
+            // Format 2: signed with the key set the restore opened (the
+            // owner's identity signs; a recipient who is not the owner
+            // cannot, and the snapshot is skipped with that reason).
+            let stored = crate::backup::backup_many_v2(&[repo], spec, &opts).await;
+            return match stored.and_then(|mut r| r.remove(0)) {
+                Ok(s) => Some(s.manifest.id),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no pre-restore snapshot");
+                    self.observer.event(skipped(NoPreRestore::Failed(&e)));
+                    None
+                }
+            };
+        }
         let keys = match &pre.keys {
             Ok(keys) => keys,
             Err(e) => {
@@ -480,10 +498,6 @@ impl Run<'_> {
                 self.observer.event(skipped(NoPreRestore::NoKeys(&**e)));
                 return None;
             }
-        };
-        let opts = BackupOptions {
-            tags: vec![PRE_RESTORE_TAG.to_string()],
-            ..pre.options.clone()
         };
         match repo.backup(keys, spec, &opts).await {
             Ok(s) => Some(s.manifest.id),
