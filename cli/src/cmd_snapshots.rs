@@ -43,13 +43,25 @@ pub async fn snapshots(
         .max()
         .unwrap_or(0)
         .max(12);
+    // Format 2 snapshots say who signed them (docs/design/format-v2.md, 3.3).
+    let signed = list.iter().any(|(_, m)| m.trust.is_some());
+    let by = |m: &Manifest| match signed {
+        true => format!(" {:<12}", output::signed_by(m)),
+        false => String::new(),
+    };
     println!(
-        "{:<26} {:<12} {:<width$} {:<25} {:>10} {:>10}  tags",
-        "ID", "SOURCE", "TARGETS", "TIME", "SIZE", "NEW"
+        "{:<26} {:<12} {:<width$} {:<25} {:>10} {:>10}{}  tags",
+        "ID",
+        "SOURCE",
+        "TARGETS",
+        "TIME",
+        "SIZE",
+        "NEW",
+        if signed { " SIGNED BY   " } else { "" }
     );
     for (held, m) in list {
         println!(
-            "{:<26} {:<12} {:<width$} {:<25} {:>10} {:>10}  {}",
+            "{:<26} {:<12} {:<width$} {:<25} {:>10} {:>10}{}  {}",
             m.id,
             m.source,
             held_by(&held),
@@ -58,6 +70,7 @@ pub async fn snapshots(
                 .format("%Y-%m-%d %H:%M:%S %z"),
             output::bytes(m.size),
             output::bytes(m.new_bytes),
+            by(m),
             m.tags
                 .iter()
                 .map(String::as_str)

@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backup_core::backup::Progress;
+use backup_core::keyset::Trust;
 use backup_core::repo::Manifest;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
@@ -248,6 +249,33 @@ pub(crate) struct Done {
 }
 
 pub(crate) fn snapshot_json(m: &Manifest, target: &str) -> serde_json::Value {
+    let mut v = snapshot_fields(m, target);
+    if let Some(trust) = &m.trust {
+        v["trust"] = trust_json(trust);
+    }
+    v
+}
+
+/// A format 2 snapshot's trust: `{"state": "signed", "writer": NAME}` or
+/// `{"state": "rejected", "reason": ...}`.
+pub(crate) fn trust_json(trust: &Trust) -> serde_json::Value {
+    match trust {
+        Trust::Signed { writer } => json!({"state": "signed", "writer": writer}),
+        Trust::Unsigned => json!({"state": "unsigned"}),
+        Trust::Rejected { reason } => json!({"state": "rejected", "reason": reason}),
+    }
+}
+
+/// Who signed a snapshot, for a table: "-" for format 1.
+pub(crate) fn signed_by(m: &Manifest) -> String {
+    match &m.trust {
+        None | Some(Trust::Unsigned) => "-".into(),
+        Some(Trust::Signed { writer }) => writer.clone(),
+        Some(Trust::Rejected { .. }) => "REJECTED".into(),
+    }
+}
+
+fn snapshot_fields(m: &Manifest, target: &str) -> serde_json::Value {
     json!({
         "id": m.id,
         "source": m.source,

@@ -272,10 +272,22 @@ fn forge_newest_snapshot(repo: &Path, forged_db: &Path) -> String {
     let text = std::fs::read_to_string(newest).unwrap();
     let body = text.rsplit_once("offsite-signature").unwrap().0;
     let keyring: serde_json::Value = serde_json::from_str(body).unwrap();
-    let generation = keyring["generations"].as_array().unwrap().last().unwrap().clone();
-    let data: age::x25519::Recipient = generation["data_recipient"].as_str().unwrap().parse().unwrap();
-    let meta: age::x25519::Recipient =
-        generation["metadata_recipient"].as_str().unwrap().parse().unwrap();
+    let generation = keyring["generations"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    let data: age::x25519::Recipient = generation["data_recipient"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let meta: age::x25519::Recipient = generation["metadata_recipient"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
 
     let attacker = WriterKey::generate();
     let signer = Signer::writer(&attacker, keyset);
@@ -301,7 +313,11 @@ fn forge_newest_snapshot(repo: &Path, forged_db: &Path) -> String {
     put(repo, &pack, &object_bytes);
     let index_key = format!("index/{}", &hex::encode(rand_bytes())[..32]);
     let index = IndexFile::new(&index_key, vec![(pack.clone(), info)]).unwrap();
-    put(repo, &index_key, &index.encode(&index_key, &signer, &meta).unwrap());
+    put(
+        repo,
+        &index_key,
+        &index.encode(&index_key, &signer, &meta).unwrap(),
+    );
 
     let mut state = ListState::default();
     let entry = Entry::File {
@@ -339,7 +355,11 @@ fn forge_newest_snapshot(repo: &Path, forged_db: &Path) -> String {
         tags: vec![],
         tool: "offsite 0.1.0".into(),
     };
-    put(repo, &manifest.key(), &manifest.encode(&signer, &meta).unwrap());
+    put(
+        repo,
+        &manifest.key(),
+        &manifest.encode(&signer, &meta).unwrap(),
+    );
     id
 }
 
@@ -373,8 +393,15 @@ fn a_forged_snapshot_is_rejected_by_restore_verify_and_drill() {
     let to = env.dir.path().join("latest.db");
     let (code, out) = restore_to(&env, &to, &[], &[]);
     assert_eq!(code, 0, "{out}");
-    assert_eq!(dump(&to), dump(&env.db()), "the genuine rows, not the forged ones");
-    assert!(out.contains(&format!("skipping snapshots/{forged}")), "{out}");
+    assert_eq!(
+        dump(&to),
+        dump(&env.db()),
+        "the genuine rows, not the forged ones"
+    );
+    assert!(
+        out.contains(&format!("skipping snapshots/{forged}")),
+        "{out}"
+    );
     assert!(out.contains("not a signer of this key set"), "{out}");
 
     // Asked for by id: refused, nothing written.
@@ -385,11 +412,26 @@ fn a_forged_snapshot_is_rejected_by_restore_verify_and_drill() {
     assert!(!by_id.exists());
     assert!(leftovers(env.dir.path()).is_empty());
 
+    let listed = snapshots(&env);
+    let trust = |id: &str| listed.iter().find(|s| s["id"] == id).unwrap()["trust"].clone();
+    assert_eq!(trust(&forged)["state"], "rejected", "{listed:?}");
+    let genuine = listed.iter().find(|s| s["id"] != forged.as_str()).unwrap();
+    assert_eq!(genuine["trust"]["state"], "signed", "{listed:?}");
+    assert_eq!(genuine["trust"]["writer"], "owner", "{listed:?}");
+    let table = env.ok(&["snapshots"]);
+    assert!(
+        table.contains("SIGNED BY") && table.contains("REJECTED"),
+        "{table}"
+    );
+
     let (code, out, err) = env.run(&["verify"]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(format!("{out}{err}").contains("FORGED"), "{out}{err}");
 
     let (code, out, err) = env.run(&["drill"]);
     assert_eq!(code, 1, "{out}{err}");
-    assert!(format!("{out}{err}").contains("rejected objects"), "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains("rejected objects"),
+        "{out}{err}"
+    );
 }
