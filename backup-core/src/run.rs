@@ -81,7 +81,8 @@ pub enum RunEvent {
     Stored {
         source: String,
         target: String,
-        summary: BackupSummary,
+        /// Boxed: a manifest is large beside the other events.
+        summary: Box<BackupSummary>,
     },
     /// `source` is `None` for a target that could not be opened: every
     /// source's part on it failed.
@@ -418,7 +419,7 @@ impl SourcePart<'_> {
                 Ok(summary) => self.observer.event(RunEvent::Stored {
                     source: self.name().to_string(),
                     target: target.clone(),
-                    summary,
+                    summary: Box::new(summary),
                 }),
                 Err(error) => {
                     report.failed += 1;

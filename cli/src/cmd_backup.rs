@@ -157,7 +157,7 @@ impl Observer for Printer {
                 source,
                 target,
                 summary,
-            } => self.stored(&mut state, &source, &target, summary),
+            } => self.stored(&mut state, &source, &target, *summary),
             RunEvent::Failed {
                 source,
                 target,
