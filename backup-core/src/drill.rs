@@ -38,8 +38,8 @@ use serde::Serialize;
 use crate::backup::Progress;
 use crate::error::{Error, Result};
 use crate::keys::Identities;
-use crate::lock::{Lock, LockWait};
 use crate::keyset::{KeySet, Trust};
+use crate::lock::{Lock, LockWait};
 use crate::repo::{regular, Manifest, Repository, SnapshotsV2};
 use crate::restore::RestoreOptions;
 use crate::source::{sqlite, SourceKind};
@@ -216,7 +216,15 @@ async fn drill_locked(
     let to = chosen_steps(&mut report, &chosen, opts.max_age, now, scratch);
     let clock = Instant::now();
     let restored = repo.restore(ids, newest, &to, &restore_options(opts)).await;
-    checks_after(&mut report, chosen.kind, restored, clock.elapsed(), &to, opts).await;
+    checks_after(
+        &mut report,
+        chosen.kind,
+        restored,
+        clock.elapsed(),
+        &to,
+        opts,
+    )
+    .await;
     Ok(report)
 }
 
@@ -255,7 +263,15 @@ async fn drill_v2(
     let restored = repo
         .restore_v2(keys, newest, &to, &restore_options(opts))
         .await;
-    checks_after(&mut report, chosen.kind, restored, clock.elapsed(), &to, opts).await;
+    checks_after(
+        &mut report,
+        chosen.kind,
+        restored,
+        clock.elapsed(),
+        &to,
+        opts,
+    )
+    .await;
     Ok(report)
 }
 

@@ -96,7 +96,10 @@ async fn forged_snapshots_and_index_files_are_faults() {
     let repo = opened(&v2, false).await;
     let keys = repo.keyset().unwrap();
     let all = repo.snapshots_v2(keys).await.unwrap();
-    let listed = all.snapshots.iter().find(|s| s.manifest.id == forged.manifest.id);
+    let listed = all
+        .snapshots
+        .iter()
+        .find(|s| s.manifest.id == forged.manifest.id);
     let Some(Trust::Rejected { reason }) = listed.map(|s| &s.trust) else {
         panic!("the forged snapshot is not rejected");
     };
@@ -132,7 +135,10 @@ async fn a_damaged_pack_is_a_fault_under_read_data_only() {
     let packs = repo.list("packs/").await.unwrap();
     assert!(!packs.is_empty());
     v2.mem.tamper(&packs[0].key, |d| d[40] ^= 0xff);
-    assert!(verify(&repo, false).await.ok(), "structure alone reads no data");
+    assert!(
+        verify(&repo, false).await.ok(),
+        "structure alone reads no data"
+    );
     let report = verify(&repo, true).await;
     assert!(!report.ok());
     assert!(
@@ -155,7 +161,10 @@ async fn drill_restores_the_newest_signed_snapshot_and_fails_on_a_forgery() {
         .await
         .unwrap();
     assert!(report.passed, "{report:?}");
-    assert_eq!(report.snapshot.as_deref(), Some(newest.manifest.id.as_str()));
+    assert_eq!(
+        report.snapshot.as_deref(),
+        Some(newest.manifest.id.as_str())
+    );
 
     let forged = write(
         &v2.repo,
@@ -168,7 +177,10 @@ async fn drill_restores_the_newest_signed_snapshot_and_fails_on_a_forgery() {
         .await
         .unwrap();
     assert!(!report.passed);
-    assert_eq!(report.snapshot.as_deref(), Some(newest.manifest.id.as_str()));
+    assert_eq!(
+        report.snapshot.as_deref(),
+        Some(newest.manifest.id.as_str())
+    );
     let failed: Vec<&str> = report.failures().iter().map(|s| s.step).collect();
     assert_eq!(failed, vec!["rejected_objects"], "{report:?}");
     assert!(report.failures()[0].detail.contains(&forged.manifest.key()));

@@ -24,8 +24,8 @@
 //! Never: count a rejected object as intact, use a chunk from an index
 //! file that did not verify, or report damage that was not read.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use futures::stream::{self, StreamExt, TryStreamExt};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::{
     check_chunks, count, is_damage, summarize, ChunkChecks, DataCheck, ReadData, SnapshotCheck,
@@ -87,7 +87,9 @@ pub(super) async fn verify(
     if let Some(ids) = &data_ids {
         read_data(repo, keys, ids, opts, &mut checked, &packs, &mut report).await?;
     }
-    report.snapshots.extend(checked.into_iter().map(|c| c.check));
+    report
+        .snapshots
+        .extend(checked.into_iter().map(|c| c.check));
     for s in all.snapshots.iter().filter(|s| mine(&s.manifest.source)) {
         if let Some(fault) = forged(s.manifest.key(), &s.trust) {
             report.snapshots.push(SnapshotCheck {
@@ -143,7 +145,10 @@ async fn check_snapshot(
                 checks.chunk(*id, *len);
                 if let Some(loc) = index.get(id).filter(|l| l.len == *len) {
                     let pack = index.packs[loc.pack as usize].clone();
-                    needs.entry(pack).or_default().push((*id, loc.offset, loc.len));
+                    needs
+                        .entry(pack)
+                        .or_default()
+                        .push((*id, loc.offset, loc.len));
                 }
             }
             let chunks = checks.chunks;
