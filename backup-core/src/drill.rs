@@ -6,6 +6,11 @@
 //! restored copy, and compares the restore time with the recovery time
 //! objective.
 //!
+//! On format 2 (a repository opened with its key set) the newest *signed*
+//! snapshot is restored, and every snapshot of the source whose signature
+//! is refused fails a step of its own (`rejected_objects`), so a forgery
+//! alerts like a failed restore while the genuine data is still drilled.
+//!
 //! Every check becomes a [`Step`] in a [`DrillReport`], passed or failed; a
 //! failed check is a result, not an error, so the caller can print and send
 //! the whole report. [`Error`] is returned only when the drill could not be
@@ -23,7 +28,7 @@
 //! Never: restore anywhere but the scratch directory, or open the restored
 //! copy for writing after the restore's own checks.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,8 +38,9 @@ use serde::Serialize;
 use crate::backup::Progress;
 use crate::error::{Error, Result};
 use crate::keys::Identities;
+use crate::keyset::{KeySet, Trust};
 use crate::lock::{Lock, LockWait};
-use crate::repo::{regular, Manifest, Repository};
+use crate::repo::{regular, Manifest, Repository, SnapshotsV2};
 use crate::restore::RestoreOptions;
 use crate::source::{sqlite, SourceKind};
 use crate::status::human;
@@ -96,7 +102,7 @@ fn restore_options(opts: &DrillOptions) -> RestoreOptions {
 #[derive(Debug, Clone, Serialize)]
 pub struct Step {
     /// `snapshot_exists`, `snapshot_age`, `restore`, `integrity_check`,
-    /// `smoke_query` or `rto`.
+    /// `smoke_query`, `rto`, or (format 2) `rejected_objects`.
     pub step: &'static str,
     pub passed: bool,
     /// What was found, in words.
@@ -187,6 +193,9 @@ async fn drill_locked(
     scratch: &Path,
     now: DateTime<Utc>,
 ) -> Result<DrillReport> {
+    if let Some(keys) = repo.keyset() {
+        return drill_v2(repo, keys, source, opts, scratch, now).await;
+    }
     let mut report = DrillReport::empty(source, opts.rto_target);
     enter(opts, "snapshot_exists");
     // What `restore --latest` would restore: pre-restore snapshots save a
@@ -194,52 +203,171 @@ async fn drill_locked(
     let all = repo.snapshots(ids).await?;
     let snapshots: Vec<&Manifest> = regular(&all, Some(source)).collect();
     let Some(newest) = snapshots.first().copied() else {
+        no_snapshot(&mut report, repo, source);
+        return Ok(report);
+    };
+    let chosen = Chosen {
+        id: &newest.id,
+        finished: newest.finished,
+        size: newest.size,
+        kind: newest.kind,
+        of: snapshots.len(),
+    };
+    let to = chosen_steps(&mut report, &chosen, opts.max_age, now, scratch);
+    let clock = Instant::now();
+    let restored = repo.restore(ids, newest, &to, &restore_options(opts)).await;
+    checks_after(
+        &mut report,
+        chosen.kind,
+        restored,
+        clock.elapsed(),
+        &to,
+        opts,
+    )
+    .await;
+    Ok(report)
+}
+
+/// The drill of a format 2 repository, with the keys it was opened with:
+/// the newest signed snapshot of `source` is restored (`stage_v2`, then
+/// put in place in the scratch directory) and checked as in format 1, and
+/// a failed step `rejected_objects` names every rejected snapshot of the
+/// source, so a forgery fails the drill even when the genuine data restores.
+async fn drill_v2(
+    repo: &Repository,
+    keys: &KeySet,
+    source: &str,
+    opts: &DrillOptions,
+    scratch: &Path,
+    now: DateTime<Utc>,
+) -> Result<DrillReport> {
+    let mut report = DrillReport::empty(source, opts.rto_target);
+    enter(opts, "snapshot_exists");
+    let all = repo.snapshots_v2(keys).await?;
+    let signed = all.regular_signed(Some(source)).count();
+    rejected_step(&mut report, &all, source);
+    let Some(newest) = all.latest_signed(Some(source)) else {
+        no_snapshot(&mut report, repo, source);
+        return Ok(report);
+    };
+    let m = &newest.manifest;
+    let chosen = Chosen {
+        id: &m.id,
+        finished: m.finished,
+        size: m.size,
+        kind: m.kind,
+        of: signed,
+    };
+    let to = chosen_steps(&mut report, &chosen, opts.max_age, now, scratch);
+    let clock = Instant::now();
+    let restored = repo
+        .restore_v2(keys, newest, &to, &restore_options(opts))
+        .await;
+    checks_after(
+        &mut report,
+        chosen.kind,
+        restored,
+        clock.elapsed(),
+        &to,
+        opts,
+    )
+    .await;
+    Ok(report)
+}
+
+/// The failed step `rejected_objects` when `source` has snapshots whose
+/// signature is refused, each named with its reason.
+fn rejected_step(report: &mut DrillReport, all: &SnapshotsV2, source: &str) {
+    let rejected: Vec<String> = (all.snapshots.iter())
+        .filter(|s| s.manifest.source == source && !s.trust.is_signed())
+        .map(|s| match &s.trust {
+            Trust::Rejected { reason } => format!("{}: {reason}", s.manifest.key()),
+            _ => format!("{}: it is not signed", s.manifest.key()),
+        })
+        .collect();
+    if !rejected.is_empty() {
         report.push(
-            "snapshot_exists",
+            "rejected_objects",
             false,
             format!(
-                "no snapshot of source {source:?} in {}: nothing to restore",
-                repo.describe()
+                "{} forged or unsigned snapshots of {source}, not restored: {}",
+                rejected.len(),
+                rejected.join("; ")
             ),
             None,
         );
-        return Ok(report);
-    };
-    report.snapshot = Some(newest.id.clone());
-    report.snapshot_time = Some(newest.finished);
-    report.snapshot_size = Some(newest.size);
+    }
+}
+
+/// The snapshot a drill restores, whichever its format.
+struct Chosen<'a> {
+    id: &'a str,
+    finished: DateTime<Utc>,
+    size: u64,
+    kind: SourceKind,
+    /// How many snapshots of the source it was chosen among.
+    of: usize,
+}
+
+/// The failed `snapshot_exists` step: nothing to restore.
+fn no_snapshot(report: &mut DrillReport, repo: &Repository, source: &str) {
+    report.push(
+        "snapshot_exists",
+        false,
+        format!(
+            "no snapshot of source {source:?} in {}: nothing to restore",
+            repo.describe()
+        ),
+        None,
+    );
+}
+
+/// The `snapshot_exists` and `snapshot_age` steps for `chosen`; returns
+/// where in `scratch` it is restored.
+fn chosen_steps(
+    report: &mut DrillReport,
+    chosen: &Chosen<'_>,
+    max_age: Option<Duration>,
+    now: DateTime<Utc>,
+    scratch: &Path,
+) -> PathBuf {
+    report.snapshot = Some(chosen.id.to_string());
+    report.snapshot_time = Some(chosen.finished);
+    report.snapshot_size = Some(chosen.size);
     report.push(
         "snapshot_exists",
         true,
         format!(
-            "{} ({} bytes, {} snapshots of {source})",
-            newest.id,
-            newest.size,
-            snapshots.len()
+            "{} ({} bytes, {} snapshots of {})",
+            chosen.id, chosen.size, chosen.of, report.source
         ),
         None,
     );
-    age_step(&mut report, newest, opts.max_age, now);
-
-    let to = scratch.join(match newest.kind {
+    age_step(report, chosen.finished, max_age, now);
+    scratch.join(match chosen.kind {
         SourceKind::Sqlite => "restored.db",
         SourceKind::Duckdb => "restored.duckdb",
         SourceKind::Files => "restored",
-    });
-    let clock = Instant::now();
-    let restored = repo.restore(ids, newest, &to, &restore_options(opts)).await;
-    let elapsed = clock.elapsed();
-    if !restore_step(&mut report, newest.kind, restored, elapsed) {
-        return Ok(report);
-    }
+    })
+}
 
+/// The steps after the restore of `to`: restore, integrity, smoke query, rto.
+async fn checks_after(
+    report: &mut DrillReport,
+    kind: SourceKind,
+    restored: Result<crate::restore::RestoreSummary>,
+    elapsed: Duration,
+    to: &Path,
+    opts: &DrillOptions,
+) {
+    if !restore_step(report, kind, restored, elapsed) {
+        return;
+    }
     if let Some(q) = &opts.query {
         enter(opts, "smoke_query");
-        query_step(&mut report, newest.kind, &to, q).await;
+        query_step(report, kind, to, q).await;
     }
-
-    rto_step(&mut report, opts.rto_target, elapsed);
-    Ok(report)
+    rto_step(report, opts.rto_target, elapsed);
 }
 
 /// The restore and integrity steps; returns whether the drill goes on.
@@ -314,11 +442,11 @@ fn rto_step(report: &mut DrillReport, target: Option<Duration>, elapsed: Duratio
 
 fn age_step(
     report: &mut DrillReport,
-    newest: &Manifest,
+    finished: DateTime<Utc>,
     max_age: Option<Duration>,
     now: DateTime<Utc>,
 ) {
-    let age = (now - newest.finished).to_std().unwrap_or_default();
+    let age = (now - finished).to_std().unwrap_or_default();
     let age_text = format!("{} old", human(age));
     match max_age {
         Some(max) => report.push(

@@ -40,7 +40,7 @@ use std::sync::Arc;
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::backup::Progress;
-use crate::chunk::ChunkId;
+use crate::chunk::{ChunkHasher, ChunkId};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::keys::{Identities, MetadataKey};
@@ -48,6 +48,8 @@ use crate::lock::{Lock, LockWait};
 use crate::repo::format::{Damage, DamagedPack, Index, ListItem};
 use crate::repo::{Manifest, Repository, PACKS, SNAPSHOTS};
 use crate::restore::RestoreOptions;
+
+mod v2;
 
 /// Packs read at once by `read_data_subset`.
 const READ_CONCURRENCY: usize = 4;
@@ -260,7 +262,10 @@ pub(crate) async fn verify(
 ) -> Result<VerifyReport> {
     // A prune running meanwhile would make packs vanish under us.
     let lock = Lock::acquire_for_reading(repo, "verify", opts.lock_wait).await?;
-    let result = verify_locked(repo, ids, opts).await;
+    let result = match repo.keyset() {
+        Some(keys) => v2::verify(repo, keys, opts).await,
+        None => verify_locked(repo, ids, opts).await,
+    };
     Lock::release_optional(lock).await;
     result
 }
@@ -439,43 +444,15 @@ async fn check_structure(
     packs: &HashMap<String, u64>,
 ) -> Result<Vec<String>> {
     let list = repo.chunk_list(m, None).await?;
-    let mut problems = Vec::new();
-    let mut chunks = 0u64;
-    let mut reported_packs = HashSet::new();
-    let mut damaged: HashMap<u32, u64> = HashMap::new();
+    let mut checks = ChunkChecks::new(index, packs);
     list.read(ids, |item| {
-        let ListItem::Chunk(id, len) = item else {
-            return Ok(());
-        };
-        chunks += 1;
-        match index.get(&id) {
-            None => problems.push(format!("chunk {id} is not in any index file")),
-            Some(loc) if loc.len != len => problems.push(format!(
-                "chunk {id}: the list says {len} bytes, the index {}",
-                loc.len
-            )),
-            Some(loc) => {
-                let pack = &index.packs[loc.pack as usize];
-                match packs.get(pack) {
-                    None if reported_packs.insert(pack.clone()) => {
-                        problems.push(format!("pack {pack} is missing"))
-                    }
-                    Some(0) if reported_packs.insert(pack.clone()) => {
-                        problems.push(format!("pack {pack} is empty"))
-                    }
-                    _ if loc.damaged => *damaged.entry(loc.pack).or_default() += 1,
-                    _ => {}
-                }
-            }
+        if let ListItem::Chunk(id, len) = item {
+            checks.chunk(id, len);
         }
         Ok(())
     })?;
-    for (pack, n) in damaged {
-        problems.push(format!(
-            "{n} of its chunks are damaged in pack {} and no intact copy is stored",
-            index.packs[pack as usize]
-        ));
-    }
+    let chunks = checks.chunks;
+    let mut problems = checks.problems();
     if chunks != m.chunks {
         problems.push(format!(
             "the list has {chunks} chunks, the manifest says {}",
@@ -483,6 +460,69 @@ async fn check_structure(
         ));
     }
     Ok(problems)
+}
+
+/// The structural checks of a snapshot's chunks, one at a time, against
+/// the index and the listed packs: every problem, each pack named once.
+struct ChunkChecks<'a> {
+    index: &'a Index,
+    packs: &'a HashMap<String, u64>,
+    chunks: u64,
+    problems: Vec<String>,
+    reported_packs: HashSet<String>,
+    damaged: HashMap<u32, u64>,
+}
+
+impl<'a> ChunkChecks<'a> {
+    fn new(index: &'a Index, packs: &'a HashMap<String, u64>) -> ChunkChecks<'a> {
+        ChunkChecks {
+            index,
+            packs,
+            chunks: 0,
+            problems: Vec::new(),
+            reported_packs: HashSet::new(),
+            damaged: HashMap::new(),
+        }
+    }
+
+    /// Checks chunk `id`, which the list says is `len` bytes.
+    fn chunk(&mut self, id: ChunkId, len: u32) {
+        self.chunks += 1;
+        match self.index.get(&id) {
+            None => (self.problems).push(format!("chunk {id} is not in any index file")),
+            Some(loc) if loc.len != len => self.problems.push(format!(
+                "chunk {id}: the list says {len} bytes, the index {}",
+                loc.len
+            )),
+            Some(loc) => {
+                let pack = &self.index.packs[loc.pack as usize];
+                match self.packs.get(pack) {
+                    None if self.reported_packs.insert(pack.clone()) => {
+                        self.problems.push(format!("pack {pack} is missing"))
+                    }
+                    Some(0) if self.reported_packs.insert(pack.clone()) => {
+                        self.problems.push(format!("pack {pack} is empty"))
+                    }
+                    _ if loc.damaged => *self.damaged.entry(loc.pack).or_default() += 1,
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Every problem found, damaged chunks without an intact copy last.
+    fn problems(self) -> Vec<String> {
+        let mut problems = self.problems;
+        let mut damaged: Vec<(u32, u64)> = self.damaged.into_iter().collect();
+        damaged.sort_unstable();
+        for (pack, n) in damaged {
+            problems.push(format!(
+                "{n} of its chunks are damaged in pack {} and no intact copy is stored",
+                self.index.packs[pack as usize]
+            ));
+        }
+        problems
+    }
 }
 
 /// Restores the snapshot into a temporary directory; the fault, if any.
@@ -582,7 +622,7 @@ async fn check_pack(
     let ids = ids.clone();
     tokio::task::spawn_blocking(move || {
         let bytes = raw.len() as u64;
-        let (checked, damaged) = check_chunks(&raw, &key, &ids, chunks)?;
+        let (checked, damaged) = check_chunks(&raw, &key, &ids, &ChunkHasher::Plain, chunks)?;
         Ok(PackCheck {
             key,
             chunks: checked,
@@ -594,13 +634,16 @@ async fn check_pack(
     .map_err(|e| Error::io("verify", std::io::Error::other(e.to_string())))?
 }
 
-/// Decodes a pack as a stream and checks each chunk at its offset; returns
+/// Decodes a pack's data (`raw`, a format 1 pack whole or a format 2
+/// pack's `DATA`) as a stream and checks each chunk at its offset against
+/// its id as `hasher` computes it; returns
 /// how many were checked and the ids of those that are damaged. Past a
 /// point where the pack stops decoding, every chunk is damaged.
 fn check_chunks(
     raw: &[u8],
     key: &str,
     ids: &Identities,
+    hasher: &ChunkHasher,
     mut chunks: Vec<(ChunkId, u32, u32)>,
 ) -> Result<(u64, Vec<ChunkId>)> {
     chunks.sort_unstable_by_key(|(id, off, _)| (*off, *id));
@@ -635,7 +678,7 @@ fn check_chunks(
             break;
         }
         pos = off + u64::from(*len);
-        if ChunkId::of(&buf) != *id {
+        if hasher.id(&buf) != *id {
             damaged.push(*id);
         }
     }
