@@ -387,10 +387,12 @@ fn restore_step(
             );
             // The restore refuses to put a copy in place unless the checksum
             // (and integrity_check for SQLite) passed: reaching here is the check.
+            // The checksum is the SHA-256 of the data in format 1, and in
+            // format 2 every chunk's keyed id and the list's BLAKE3.
             let what = match kind {
-                SourceKind::Sqlite => "SHA-256 and PRAGMA integrity_check ok",
-                SourceKind::Duckdb => "SHA-256 ok, and DuckDB opened it and read every table",
-                SourceKind::Files => "SHA-256 ok",
+                SourceKind::Sqlite => "checksum and PRAGMA integrity_check ok",
+                SourceKind::Duckdb => "checksum ok, and DuckDB opened it and read every table",
+                SourceKind::Files => "checksum ok",
             };
             report.push("integrity_check", true, what.into(), None);
             true

@@ -242,6 +242,9 @@ pub struct VerifyReport {
     /// do not decode, damage newly found in packs.
     pub repository_faults: Vec<String>,
     pub read_data: bool,
+    /// Format 2: `read_data` checked every chunk against its keyed id but
+    /// restored nothing (the database's own check runs on restore and drill).
+    pub chunks_only: bool,
     /// Present when packs were read with `read_data_subset`.
     pub data: Option<DataCheck>,
 }

@@ -174,6 +174,10 @@ fn print_report(target: &str, r: &VerifyReport) {
     }
     let bad = r.snapshots.iter().filter(|s| s.fault.is_some()).count();
     let what = match (&r.data, r.read_data) {
+        (_, true) if r.chunks_only => {
+            "read and checked: every chunk against its keyed id (the database's own check runs \
+             on restore and drill)"
+        }
         (_, true) => "restored and checked: every chunk, the SHA-256 and the database's own check",
         (Some(_), false) => {
             "complete: lists, index and packs present; data read only in the packs above"

@@ -431,7 +431,7 @@ fn a_forged_snapshot_is_rejected_by_restore_verify_and_drill() {
     let (code, out, err) = env.run(&["drill"]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(
-        format!("{out}{err}").contains("rejected objects"),
+        format!("{out}{err}").contains("rejected_objects"),
         "{out}{err}"
     );
 }

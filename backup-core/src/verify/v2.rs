@@ -37,7 +37,7 @@ use crate::keys::Identities;
 use crate::keyset::{KeySet, Trust};
 use crate::repo::format::pack2::PackLayout;
 use crate::repo::format::Index;
-use crate::repo::{ManifestV2, Repository, PACKS, SNAPSHOTS};
+use crate::repo::{Manifest, ManifestV2, Repository, SnapshotV2, PACKS, SNAPSHOTS};
 
 /// The prefix of every fault about a forged object.
 pub const FORGED: &str = "FORGED: ";
@@ -63,6 +63,7 @@ pub(super) async fn verify(
     };
     let mut report = VerifyReport {
         read_data: matches!(opts.data, Some(ReadData::Snapshots(_))),
+        chunks_only: true,
         ..Default::default()
     };
     // Snapshots before the index, as format 1: what a listed snapshot
@@ -94,7 +95,7 @@ pub(super) async fn verify(
         if let Some(fault) = forged(s.manifest.key(), &s.trust) {
             report.snapshots.push(SnapshotCheck {
                 id: s.manifest.id.clone(),
-                manifest: None,
+                manifest: Some(Manifest::from_v2(s)),
                 fault: Some(fault),
             });
         }
@@ -165,7 +166,12 @@ async fn check_snapshot(
     Ok(Checked {
         check: SnapshotCheck {
             id: m.id.clone(),
-            manifest: None,
+            manifest: Some(Manifest::from_v2(&SnapshotV2 {
+                manifest: m.clone(),
+                trust: Trust::Signed {
+                    writer: m.writer.clone(),
+                },
+            })),
             fault,
         },
         needs,
