@@ -857,23 +857,33 @@ async fn commit_v1(
         keys,
         &serde_json::to_vec_pretty(&manifest).expect("manifest serializes"),
     )?;
-    // `offsite unlock --all` under this run, or a lock gone stale: a prune
-    // may be deleting what this snapshot needs, so it must not appear.
-    prepared.lock.ensure_held().await?;
-    if let Err(e) = repo
-        .put_bytes(&format!("{SNAPSHOTS}{}", snap.id), body, PutMode::Create)
-        .await
-    {
-        if matches!(e, Error::TargetFull { .. }) {
-            // Nothing will ever refer to the list; its room is needed.
-            let _ = repo.delete(&list_key).await;
-        }
-        return Err(e);
-    }
+    let key = format!("{SNAPSHOTS}{}", snap.id);
+    put_manifest(repo, &prepared.lock, &key, body, &list_key).await?;
     if snap.opts.pin {
         crate::pins::write_pin(repo, keys, snap.id).await?;
     }
     Ok(manifest)
+}
+
+/// The commit point on one target, either format: the manifest `key`,
+/// create-if-absent, once `lock` is known to be still held (`offsite unlock
+/// --all` under this run, or a lock gone stale: a prune may be deleting
+/// what this snapshot needs, so it must not appear). On a full target the
+/// list object `list_key` is removed again: nothing will ever refer to it,
+/// and its room is what the next run needs.
+async fn put_manifest(
+    repo: &Repository,
+    lock: &Lock,
+    key: &str,
+    body: Bytes,
+    list_key: &str,
+) -> Result<()> {
+    lock.ensure_held().await?;
+    let stored = repo.put_bytes(key, body, PutMode::Create).await;
+    if let Err(Error::TargetFull { .. }) = &stored {
+        let _ = repo.delete(list_key).await;
+    }
+    stored
 }
 
 /// Format 2's commit: the list object (a delta against the parent, or the
@@ -928,17 +938,14 @@ async fn commit_v2(
         tool: format!("offsite {}", env!("CARGO_PKG_VERSION")),
     };
     let body = manifest.encode(signer, &metadata).map_err(encoding)?;
-    // As format 1: a lock lost under this run must not let it appear.
-    prepared.lock.ensure_held().await?;
-    if let Err(e) = repo
-        .put_bytes(&manifest.key(), Bytes::from(body), PutMode::Create)
-        .await
-    {
-        if matches!(e, Error::TargetFull { .. }) {
-            let _ = repo.delete(&list_key).await;
-        }
-        return Err(e);
-    }
+    put_manifest(
+        repo,
+        &prepared.lock,
+        &manifest.key(),
+        Bytes::from(body),
+        &list_key,
+    )
+    .await?;
     if snap.opts.pin {
         crate::pins::write_pin_v2(repo, ks, snap.id).await?;
     }
