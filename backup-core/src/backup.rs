@@ -76,7 +76,7 @@ use crate::repo::format::list2::{Delta, ListState, Named};
 use crate::repo::format::pack2::{self, IndexFile, PackInfo};
 use crate::repo::format::{self, write_index, PackContents};
 use crate::repo::{
-    path, Index, Manifest, ManifestV2, Repository, FORMAT_VERSION, INDEX, LISTS, PACKS,
+    path, CheckedAt, Index, Manifest, ManifestV2, Repository, FORMAT_VERSION, INDEX, LISTS, PACKS,
     PRE_RESTORE_TAG, SNAPSHOTS,
 };
 use crate::source::{self, Entry, SourceSpec, Visitor};
@@ -142,6 +142,11 @@ pub struct BackupOptions {
     pub source_read: Option<Arc<tokio::sync::Notify>>,
     /// How long a DuckDB source waits for its writer to close the database.
     pub lock_timeout: Duration,
+    /// SQLite sources on format 2 targets (`database_check = "backup"`):
+    /// run `PRAGMA integrity_check` on the state read, in its read
+    /// transaction, and record an ok result with the snapshot
+    /// ([`crate::repo::CheckedAt::Backup`]) so restores need not run it.
+    pub check_at_backup: bool,
 }
 
 impl Default for BackupOptions {
@@ -160,6 +165,7 @@ impl Default for BackupOptions {
             lock_wait: LockWait::default(),
             source_read: None,
             lock_timeout: source::DEFAULT_LOCK_TIMEOUT,
+            check_at_backup: false,
         }
     }
 }
@@ -261,6 +267,8 @@ struct ReadResult {
     /// What each target lacked, in the order of the targets.
     new_bytes: Vec<u64>,
     page_size: Option<u32>,
+    /// What the backup's own integrity_check said (empty: ok), if it ran.
+    integrity: Option<Vec<String>>,
 }
 
 /// The snapshot's list as the reader made it.
@@ -666,11 +674,13 @@ async fn run_pipelines(
         };
         let hasher = live[0].1.writing.hasher();
         let source_read = opts.source_read.clone();
+        // Only format 2 can record the check; format 1 groups never run it.
+        let check = opts.check_at_backup && matches!(live[0].1.writing, Writing::V2(_));
         let lock_timeout = opts.lock_timeout;
         tokio::task::spawn_blocking(move || {
             let result = read_source(
                 &spec,
-                lock_timeout,
+                (lock_timeout, check),
                 sinks,
                 pack_size,
                 (hasher, list),
@@ -949,7 +959,44 @@ async fn commit_v2(
     if snap.opts.pin {
         crate::pins::write_pin_v2(repo, ks, snap.id).await?;
     }
+    record_backup_check(repo, ks, &manifest, read.integrity.as_deref()).await;
     Ok(manifest)
+}
+
+/// After the commit, the record of the backup's own integrity_check (design
+/// 5.2). The snapshot is stored whatever the check said (it is what the
+/// database holds); a failed check is a warning and leaves no record, so
+/// every restore of it runs the check and fails it. A record that cannot
+/// be stored costs restores their check, not the backup.
+async fn record_backup_check(
+    repo: &Repository,
+    ks: &KeySet,
+    manifest: &ManifestV2,
+    integrity: Option<&[String]>,
+) {
+    match integrity {
+        None => {}
+        Some([]) => {
+            if let Err(e) = repo.record_check(ks, manifest, CheckedAt::Backup).await {
+                tracing::warn!(
+                    "{}: integrity_check ok, but it could not be recorded: {e}",
+                    manifest.id
+                );
+            }
+        }
+        Some(problems) => tracing::warn!(
+            "source {}: PRAGMA integrity_check of the state backed up as {} failed: {}; \
+             the snapshot is stored as read, with no check record",
+            manifest.source,
+            manifest.id,
+            problems
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    }
 }
 
 /// The list object of snapshot `id` on one target: `(key, encoded, parent)`.
@@ -1461,7 +1508,7 @@ impl Visitor for Collector<'_> {
 
 fn read_source(
     spec: &SourceSpec,
-    lock_timeout: Duration,
+    (lock_timeout, check): (Duration, bool),
     sinks: Vec<Sink>,
     pack_size: usize,
     (hasher, list): (ChunkHasher, ListKind),
@@ -1477,7 +1524,7 @@ fn read_source(
         files: 0,
         chunks: 0,
     };
-    let info = source::read_with(spec, lock_timeout, &mut c)?;
+    let info = source::read_with(spec, lock_timeout, check, &mut c)?;
     for sink in &mut c.sinks {
         sink.flush(pack_size);
     }
@@ -1488,5 +1535,6 @@ fn read_source(
         chunks: c.chunks,
         new_bytes: c.sinks.iter().map(|s| s.new_bytes).collect(),
         page_size: info.page_size,
+        integrity: info.integrity,
     })
 }

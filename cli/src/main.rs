@@ -316,6 +316,10 @@ pub struct RestoreArgs {
     /// DuckDB file newer than the libduckdb here; the SHA-256 of the data is still verified.
     #[arg(long)]
     pub no_database_check: bool,
+    /// Run the database check even when a signed record says it passed on this snapshot
+    /// (format 2: by default a recorded integrity_check is not run again).
+    #[arg(long, conflicts_with = "no_database_check")]
+    pub database_check: bool,
     /// Restore into a temporary directory, verify, and delete it: a check that touches nothing.
     #[arg(long, conflicts_with_all = ["to", "force"])]
     pub test: bool,

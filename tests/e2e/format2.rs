@@ -536,8 +536,7 @@ fn count_and_body_length(db: &Path) -> String {
 fn oldest_of(listed: &[serde_json::Value], source: &str) -> String {
     listed
         .iter()
-        .filter(|s| s["source"] == source)
-        .last()
+        .rfind(|s| s["source"] == source)
         .unwrap_or_else(|| panic!("no snapshot of {source}: {listed:?}"))["id"]
         .as_str()
         .unwrap()

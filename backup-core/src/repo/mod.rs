@@ -32,6 +32,7 @@
 //! `list`, writing damage records in `damage`.
 //! docs/format.md is the normative description; this module implements it.
 
+mod checks;
 mod damage;
 pub mod format;
 pub mod init;
@@ -40,6 +41,8 @@ mod load;
 mod load2;
 mod ops;
 pub mod path;
+
+pub use checks::{CheckedAt, RecordedCheck};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
