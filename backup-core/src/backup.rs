@@ -53,6 +53,12 @@
 //! manifest is unreferenced (prune removes it) and no later backup builds
 //! on it, since a parent is always a snapshot whose signed manifest exists.
 //!
+//! A migration ([`crate::migrate`]) runs the format 2 pipeline on a
+//! snapshot it replays from a format 1 repository instead of a source
+//! ([`Origin`]): the snapshot keeps its id and times, and everything
+//! above (order, commit point, crash and full-target answers) holds as for
+//! a backup; a replay that fails stops the run before its commit.
+//!
 //! Never writes to the source.
 
 use std::io::Write;
@@ -79,7 +85,7 @@ use crate::repo::{
     path, Index, Manifest, ManifestV2, Repository, FORMAT_VERSION, INDEX, LISTS, PACKS,
     PRE_RESTORE_TAG, SNAPSHOTS,
 };
-use crate::source::{self, Entry, SourceSpec, Visitor};
+use crate::source::{self, Entry, SourceInfo, SourceSpec, Visitor};
 use crate::storage::PutMode;
 
 /// Packs between two index files: bounds what an interrupted run must redo.
@@ -285,6 +291,40 @@ struct Prepared<'a> {
     progress: Arc<Progress>,
 }
 
+/// Where a run's snapshot comes from and what it is called: a backup
+/// reads its source now ([`Origin::now`]); a migration
+/// ([`crate::migrate`]) replays a snapshot read from elsewhere, keeping
+/// its id and times.
+pub(crate) struct Origin {
+    pub id: String,
+    pub started: chrono::DateTime<Utc>,
+    /// `None`: when the reading ends.
+    pub finished: Option<chrono::DateTime<Utc>>,
+    /// `None`: the source itself ([`source::read_with`]).
+    pub replay: Option<Replay>,
+}
+
+/// Feeds a snapshot's entries and chunks to the writer, as a source does;
+/// runs on a blocking thread. An error stops the run before any commit.
+pub(crate) type Replay = Box<dyn FnOnce(&mut dyn Visitor) -> Result<SourceInfo> + Send>;
+
+impl Origin {
+    /// A new snapshot of the source, taken now.
+    fn now() -> Origin {
+        let started = Utc::now();
+        Origin {
+            id: format!(
+                "{}-{:08x}",
+                started.format("%Y%m%dT%H%M%SZ"),
+                rand::random::<u32>()
+            ),
+            started,
+            finished: None,
+            replay: None,
+        }
+    }
+}
+
 /// What the targets of one run share.
 struct Snapshot<'a> {
     id: &'a str,
@@ -330,7 +370,7 @@ pub async fn backup_many(
     opts: &BackupOptions,
 ) -> Result<Vec<Result<BackupSummary>>> {
     let writings = repos.iter().map(|_| Ok(Writing::V1(keys))).collect();
-    let results = run(repos, writings, spec, opts).await?;
+    let results = run(repos, writings, spec, opts, Origin::now()).await?;
     Ok(summaries(results, |w| match w {
         Written::V1(m) => m,
         Written::V2(_) => unreachable!("a format 1 run writes format 1 manifests"),
@@ -364,6 +404,17 @@ pub async fn backup_many_v2(
     spec: &SourceSpec,
     opts: &BackupOptions,
 ) -> Result<Vec<Result<BackupSummary<ManifestV2>>>> {
+    backup_v2_from(repos, spec, opts, Origin::now()).await
+}
+
+/// [`backup_many_v2`] of the snapshot `origin` names and feeds (`spec`
+/// gives its source's name and kind).
+pub(crate) async fn backup_v2_from(
+    repos: &[&Repository],
+    spec: &SourceSpec,
+    opts: &BackupOptions,
+    origin: Origin,
+) -> Result<Vec<Result<BackupSummary<ManifestV2>>>> {
     let first = repos.iter().find_map(|r| r.keyset());
     let writings = repos
         .iter()
@@ -383,7 +434,7 @@ pub async fn backup_many_v2(
             }
         })
         .collect();
-    let results = run(repos, writings, spec, opts).await?;
+    let results = run(repos, writings, spec, opts, origin).await?;
     Ok(summaries(results, |w| match w {
         Written::V2(m) => m,
         Written::V1(_) => unreachable!("a format 2 run writes format 2 manifests"),
@@ -396,14 +447,9 @@ async fn run(
     writings: Vec<Result<Writing<'_>>>,
     spec: &SourceSpec,
     opts: &BackupOptions,
+    origin: Origin,
 ) -> Result<Vec<Result<BackupSummary<Written>>>> {
     let clock = Instant::now();
-    let started = Utc::now();
-    let id = format!(
-        "{}-{:08x}",
-        started.format("%Y%m%dT%H%M%SZ"),
-        rand::random::<u32>()
-    );
     if let Ok(meta) = std::fs::metadata(&spec.path) {
         if meta.is_file() {
             opts.progress.total.store(meta.len(), Ordering::Relaxed);
@@ -423,7 +469,7 @@ async fn run(
         .zip(&prepared)
         .filter_map(|(repo, p)| Some((*repo, p.as_ref().ok()?)))
         .collect();
-    let (committed, read_failure) = read_and_commit(&live, &id, started, spec, opts).await;
+    let (committed, read_failure) = read_and_commit(&live, origin, spec, opts).await;
     let mut committed = committed.into_iter();
     let mut results = Vec::with_capacity(repos.len());
     for ((repo, p), before) in repos.iter().zip(prepared).zip(requests_before) {
@@ -455,19 +501,18 @@ async fn run(
 /// reader's error when the source could not be read.
 async fn read_and_commit(
     live: &[(&Repository, &Prepared<'_>)],
-    id: &str,
-    started: chrono::DateTime<Utc>,
+    origin: Origin,
     spec: &SourceSpec,
     opts: &BackupOptions,
 ) -> (Vec<Result<Written>>, Option<Error>) {
     if live.is_empty() {
         return (Vec::new(), None);
     }
-    let (read, uploads) = run_pipelines(live, spec, opts).await;
+    let (read, uploads) = run_pipelines(live, spec, opts, origin.replay).await;
     let snapshot = Snapshot {
-        id,
-        started,
-        finished: Utc::now(),
+        id: &origin.id,
+        started: origin.started,
+        finished: origin.finished.unwrap_or_else(Utc::now),
         spec,
         opts,
     };
@@ -641,6 +686,7 @@ async fn run_pipelines(
     live: &[(&Repository, &Prepared<'_>)],
     spec: &SourceSpec,
     opts: &BackupOptions,
+    replay: Option<Replay>,
 ) -> (Result<ReadResult>, Vec<Result<u64>>) {
     let mut sinks = Vec::new();
     let mut queues = Vec::new();
@@ -669,7 +715,7 @@ async fn run_pipelines(
         let lock_timeout = opts.lock_timeout;
         tokio::task::spawn_blocking(move || {
             let result = read_source(
-                &spec,
+                (&spec, replay),
                 lock_timeout,
                 sinks,
                 pack_size,
@@ -1460,7 +1506,7 @@ impl Visitor for Collector<'_> {
 }
 
 fn read_source(
-    spec: &SourceSpec,
+    (spec, replay): (&SourceSpec, Option<Replay>),
     lock_timeout: Duration,
     sinks: Vec<Sink>,
     pack_size: usize,
@@ -1477,7 +1523,10 @@ fn read_source(
         files: 0,
         chunks: 0,
     };
-    let info = source::read_with(spec, lock_timeout, &mut c)?;
+    let info = match replay {
+        Some(replay) => replay(&mut c)?,
+        None => source::read_with(spec, lock_timeout, &mut c)?,
+    };
     for sink in &mut c.sinks {
         sink.flush(pack_size);
     }
