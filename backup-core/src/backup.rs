@@ -332,6 +332,12 @@ struct Snapshot<'a> {
     finished: chrono::DateTime<Utc>,
     spec: &'a SourceSpec,
     opts: &'a BackupOptions,
+    /// How the list object is put: create-if-absent for a new id; a
+    /// replayed snapshot's id is not new, and a list object an interrupted
+    /// run left under it (no manifest names it, so nothing uses it) is
+    /// replaced. Its key names the parent, so the same key means the same
+    /// list.
+    list_mode: PutMode,
 }
 
 /// Backs up one source to one repository (see [`backup_many`]).
@@ -508,6 +514,10 @@ async fn read_and_commit(
     if live.is_empty() {
         return (Vec::new(), None);
     }
+    let list_mode = match origin.replay {
+        Some(_) => PutMode::Overwrite,
+        None => PutMode::Create,
+    };
     let (read, uploads) = run_pipelines(live, spec, opts, origin.replay).await;
     let snapshot = Snapshot {
         id: &origin.id,
@@ -515,6 +525,7 @@ async fn read_and_commit(
         finished: origin.finished.unwrap_or_else(Utc::now),
         spec,
         opts,
+        list_mode,
     };
     match read {
         // The reader stopped because every upload had failed: those
@@ -954,7 +965,7 @@ async fn commit_v2(
         .expect("a format 2 target has a lineage");
     let (list_key, body, parent) = list_object(repo, lineage, snap.id, state, signer, &metadata)?;
     let list_len = body.len() as u64;
-    repo.put_bytes(&list_key, Bytes::from(body), PutMode::Create)
+    repo.put_bytes(&list_key, Bytes::from(body), snap.list_mode)
         .await?;
     let Trust::Signed { writer } = ks.trust(signer.public(), snap.finished) else {
         return Err(Error::Key(format!(
