@@ -177,10 +177,10 @@ pub(super) fn prepare(staging: &Path, entries: &[Entry], layout: Layout) -> Resu
     for (entry, dest) in entries.iter().zip(&paths) {
         match entry {
             // create_dir, not create_dir_all: it fails on anything already there.
-            Entry::Dir { .. } => std::fs::create_dir(&dest).map_err(|e| io(&dest, e))?,
+            Entry::Dir { .. } => std::fs::create_dir(dest).map_err(|e| io(dest, e))?,
             Entry::File { size, .. } => {
-                let f = create_new(&dest).map_err(|e| io(&dest, e))?;
-                f.set_len(*size).map_err(|e| io(&dest, e))?;
+                let f = create_new(dest).map_err(|e| io(dest, e))?;
+                f.set_len(*size).map_err(|e| io(dest, e))?;
             }
             Entry::Symlink { .. } => {}
         }
