@@ -53,6 +53,12 @@
 //! manifest is unreferenced (prune removes it) and no later backup builds
 //! on it, since a parent is always a snapshot whose signed manifest exists.
 //!
+//! A migration ([`crate::migrate`]) runs the format 2 pipeline on a
+//! snapshot it replays from a format 1 repository instead of a source
+//! ([`Origin`]): the snapshot keeps its id and times, and everything
+//! above (order, commit point, crash and full-target answers) holds as for
+//! a backup; a replay that fails stops the run before its commit.
+//!
 //! Never writes to the source.
 
 use std::io::Write;
@@ -79,7 +85,7 @@ use crate::repo::{
     path, CheckedAt, Index, Manifest, ManifestV2, Repository, FORMAT_VERSION, INDEX, LISTS, PACKS,
     PRE_RESTORE_TAG, SNAPSHOTS,
 };
-use crate::source::{self, Entry, SourceSpec, Visitor};
+use crate::source::{self, Entry, SourceInfo, SourceSpec, Visitor};
 use crate::storage::PutMode;
 
 /// Packs between two index files: bounds what an interrupted run must redo.
@@ -293,6 +299,40 @@ struct Prepared<'a> {
     progress: Arc<Progress>,
 }
 
+/// Where a run's snapshot comes from and what it is called: a backup
+/// reads its source now ([`Origin::now`]); a migration
+/// ([`crate::migrate`]) replays a snapshot read from elsewhere, keeping
+/// its id and times.
+pub(crate) struct Origin {
+    pub id: String,
+    pub started: chrono::DateTime<Utc>,
+    /// `None`: when the reading ends.
+    pub finished: Option<chrono::DateTime<Utc>>,
+    /// `None`: the source itself ([`source::read_with`]).
+    pub replay: Option<Replay>,
+}
+
+/// Feeds a snapshot's entries and chunks to the writer, as a source does;
+/// runs on a blocking thread. An error stops the run before any commit.
+pub(crate) type Replay = Box<dyn FnOnce(&mut dyn Visitor) -> Result<SourceInfo> + Send>;
+
+impl Origin {
+    /// A new snapshot of the source, taken now.
+    fn now() -> Origin {
+        let started = Utc::now();
+        Origin {
+            id: format!(
+                "{}-{:08x}",
+                started.format("%Y%m%dT%H%M%SZ"),
+                rand::random::<u32>()
+            ),
+            started,
+            finished: None,
+            replay: None,
+        }
+    }
+}
+
 /// What the targets of one run share.
 struct Snapshot<'a> {
     id: &'a str,
@@ -300,6 +340,12 @@ struct Snapshot<'a> {
     finished: chrono::DateTime<Utc>,
     spec: &'a SourceSpec,
     opts: &'a BackupOptions,
+    /// How the list object is put: create-if-absent for a new id; a
+    /// replayed snapshot's id is not new, and a list object an interrupted
+    /// run left under it (no manifest names it, so nothing uses it) is
+    /// replaced. Its key names the parent, so the same key means the same
+    /// list.
+    list_mode: PutMode,
 }
 
 /// Backs up one source to one repository (see [`backup_many`]).
@@ -338,7 +384,7 @@ pub async fn backup_many(
     opts: &BackupOptions,
 ) -> Result<Vec<Result<BackupSummary>>> {
     let writings = repos.iter().map(|_| Ok(Writing::V1(keys))).collect();
-    let results = run(repos, writings, spec, opts).await?;
+    let results = run(repos, writings, spec, opts, Origin::now()).await?;
     Ok(summaries(results, |w| match w {
         Written::V1(m) => m,
         Written::V2(_) => unreachable!("a format 1 run writes format 1 manifests"),
@@ -372,6 +418,17 @@ pub async fn backup_many_v2(
     spec: &SourceSpec,
     opts: &BackupOptions,
 ) -> Result<Vec<Result<BackupSummary<ManifestV2>>>> {
+    backup_v2_from(repos, spec, opts, Origin::now()).await
+}
+
+/// [`backup_many_v2`] of the snapshot `origin` names and feeds (`spec`
+/// gives its source's name and kind).
+pub(crate) async fn backup_v2_from(
+    repos: &[&Repository],
+    spec: &SourceSpec,
+    opts: &BackupOptions,
+    origin: Origin,
+) -> Result<Vec<Result<BackupSummary<ManifestV2>>>> {
     let first = repos.iter().find_map(|r| r.keyset());
     let writings = repos
         .iter()
@@ -391,7 +448,7 @@ pub async fn backup_many_v2(
             }
         })
         .collect();
-    let results = run(repos, writings, spec, opts).await?;
+    let results = run(repos, writings, spec, opts, origin).await?;
     Ok(summaries(results, |w| match w {
         Written::V2(m) => m,
         Written::V1(_) => unreachable!("a format 2 run writes format 2 manifests"),
@@ -404,14 +461,9 @@ async fn run(
     writings: Vec<Result<Writing<'_>>>,
     spec: &SourceSpec,
     opts: &BackupOptions,
+    origin: Origin,
 ) -> Result<Vec<Result<BackupSummary<Written>>>> {
     let clock = Instant::now();
-    let started = Utc::now();
-    let id = format!(
-        "{}-{:08x}",
-        started.format("%Y%m%dT%H%M%SZ"),
-        rand::random::<u32>()
-    );
     if let Ok(meta) = std::fs::metadata(&spec.path) {
         if meta.is_file() {
             opts.progress.total.store(meta.len(), Ordering::Relaxed);
@@ -431,7 +483,7 @@ async fn run(
         .zip(&prepared)
         .filter_map(|(repo, p)| Some((*repo, p.as_ref().ok()?)))
         .collect();
-    let (committed, read_failure) = read_and_commit(&live, &id, started, spec, opts).await;
+    let (committed, read_failure) = read_and_commit(&live, origin, spec, opts).await;
     let mut committed = committed.into_iter();
     let mut results = Vec::with_capacity(repos.len());
     for ((repo, p), before) in repos.iter().zip(prepared).zip(requests_before) {
@@ -463,21 +515,25 @@ async fn run(
 /// reader's error when the source could not be read.
 async fn read_and_commit(
     live: &[(&Repository, &Prepared<'_>)],
-    id: &str,
-    started: chrono::DateTime<Utc>,
+    origin: Origin,
     spec: &SourceSpec,
     opts: &BackupOptions,
 ) -> (Vec<Result<Written>>, Option<Error>) {
     if live.is_empty() {
         return (Vec::new(), None);
     }
-    let (read, uploads) = run_pipelines(live, spec, opts).await;
+    let list_mode = match origin.replay {
+        Some(_) => PutMode::Overwrite,
+        None => PutMode::Create,
+    };
+    let (read, uploads) = run_pipelines(live, spec, opts, origin.replay).await;
     let snapshot = Snapshot {
-        id,
-        started,
-        finished: Utc::now(),
+        id: &origin.id,
+        started: origin.started,
+        finished: origin.finished.unwrap_or_else(Utc::now),
         spec,
         opts,
+        list_mode,
     };
     match read {
         // The reader stopped because every upload had failed: those
@@ -649,6 +705,7 @@ async fn run_pipelines(
     live: &[(&Repository, &Prepared<'_>)],
     spec: &SourceSpec,
     opts: &BackupOptions,
+    replay: Option<Replay>,
 ) -> (Result<ReadResult>, Vec<Result<u64>>) {
     let mut sinks = Vec::new();
     let mut queues = Vec::new();
@@ -679,7 +736,7 @@ async fn run_pipelines(
         let lock_timeout = opts.lock_timeout;
         tokio::task::spawn_blocking(move || {
             let result = read_source(
-                &spec,
+                (&spec, replay),
                 (lock_timeout, check),
                 sinks,
                 pack_size,
@@ -918,7 +975,7 @@ async fn commit_v2(
         .expect("a format 2 target has a lineage");
     let (list_key, body, parent) = list_object(repo, lineage, snap.id, state, signer, &metadata)?;
     let list_len = body.len() as u64;
-    repo.put_bytes(&list_key, Bytes::from(body), PutMode::Create)
+    repo.put_bytes(&list_key, Bytes::from(body), snap.list_mode)
         .await?;
     let Trust::Signed { writer } = ks.trust(signer.public(), snap.finished) else {
         return Err(Error::Key(format!(
@@ -1507,7 +1564,7 @@ impl Visitor for Collector<'_> {
 }
 
 fn read_source(
-    spec: &SourceSpec,
+    (spec, replay): (&SourceSpec, Option<Replay>),
     (lock_timeout, check): (Duration, bool),
     sinks: Vec<Sink>,
     pack_size: usize,
@@ -1524,7 +1581,10 @@ fn read_source(
         files: 0,
         chunks: 0,
     };
-    let info = source::read_with(spec, lock_timeout, check, &mut c)?;
+    let info = match replay {
+        Some(replay) => replay(&mut c)?,
+        None => source::read_with(spec, lock_timeout, check, &mut c)?,
+    };
     for sink in &mut c.sinks {
         sink.flush(pack_size);
     }

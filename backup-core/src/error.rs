@@ -69,6 +69,8 @@ pub enum Error {
     /// Key administration on a format 1 repository, which has no keyring.
     #[error("{target} holds a format 1 repository, which has no keyring: key and writer commands work on format 2 repositories, made by `offsite init`")]
     NotFormat2 { target: String },
+    #[error("{target} does not hold a format 1 repository: migrate moves a format 1 repository to format 2")]
+    NotFormat1 { target: String },
     #[error(
         "{target} holds a format 2 repository, which this host cannot open without its keys: \
          set encryption.owner_key (or encryption.identity_file to the owner's identity), and \

@@ -72,6 +72,7 @@ mod tree;
 
 pub use in_use::check_not_in_use;
 pub(crate) use tree::open as open_staged;
+pub(crate) use tree::restored_paths;
 use tree::Layout;
 
 #[derive(Debug, Clone)]

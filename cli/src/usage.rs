@@ -34,7 +34,7 @@ pub fn is_usage(e: &anyhow::Error) -> bool {
             c.is::<Usage>()
                 || matches!(
                     c.downcast_ref::<Error>(),
-                    Some(Error::Key(_) | Error::NoFormat2Keys { .. })
+                    Some(Error::Key(_) | Error::NoFormat2Keys { .. } | Error::NotFormat1 { .. })
                 )
         })
 }

@@ -12,6 +12,7 @@ mod full_disk;
 mod hooks;
 mod hygiene;
 mod keys;
+mod migrate;
 mod monitor;
 mod one_run;
 mod pre_restore;
