@@ -77,6 +77,17 @@ pub enum Error {
          encryption.writer_key_file to back up or encryption.identity_file to restore"
     )]
     NoFormat2Keys { target: String },
+    /// A format 2 repository opened to list its snapshots (status, pin)
+    /// by a host that holds no metadata key M: format 1's metadata
+    /// identity derived from the recipients is gone (design 2.1, open
+    /// question 3).
+    #[error(
+        "{target} holds a format 2 repository, whose snapshot list only its writers and \
+         recipients can read (the recipients alone no longer do): set \
+         encryption.writer_key_file to a writer key the owner added (with \
+         encryption.owner_key), or encryption.identity_file to a recipient's identity"
+    )]
+    NoMetadataKey { target: String },
     /// A format 2 keyring or key bundle refused, or a key change refused.
     #[error(transparent)]
     Keyring(#[from] crate::keyring::KeyringError),

@@ -14,7 +14,7 @@ use crate::support::*;
 
 /// A format 2 repository made by `offsite init` (the config's identity is
 /// the owner), and the owner key it printed.
-fn initialised() -> (Env, String) {
+pub(crate) fn initialised() -> (Env, String) {
     let env = Env::new();
     let (code, out, err) = env.run(&["init"]);
     assert_eq!(code, 0, "{out}{err}");
@@ -112,7 +112,7 @@ fn key_add_then_the_new_identity_restores() {
 
 /// Decrypts a stored object (or the DATA part of a pack) with `identity`
 /// using the real age and zstd: whether it opens.
-fn opens_with(identity: &Path, object: &[u8], scratch: &Path) -> bool {
+pub(crate) fn opens_with(identity: &Path, object: &[u8], scratch: &Path) -> bool {
     std::fs::write(scratch, object).unwrap();
     let out = Command::new("age")
         .arg("-d")
@@ -255,7 +255,7 @@ fn key_remove_then_the_removed_identity_cannot_read_new_snapshots() {
 /// owner never authorised, and encrypts to the current generation's public
 /// data and metadata recipients, which anyone can read from the keyring.
 /// Returns the forged snapshot's id.
-fn forge_newest_snapshot(repo: &Path, forged_db: &Path) -> String {
+pub(crate) fn forge_newest_snapshot(repo: &Path, forged_db: &Path) -> String {
     use backup_core::chunk::{ChunkId, ChunkKey};
     use backup_core::codec::Encoder;
     use backup_core::keys::{KeysetId, WriterKey};

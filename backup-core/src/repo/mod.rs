@@ -391,6 +391,20 @@ impl Repository {
         Self::open_any(storage).await?.with_access(access).await
     }
 
+    /// [`Repository::open_with`] for what lists snapshots and writes only
+    /// unsigned metadata (status, pin): that needs a metadata key M, which
+    /// a writer key or a recipient's identity holds, so a format 2
+    /// repository without `access` is [`Error::NoMetadataKey`], saying so.
+    pub async fn open_to_list(
+        storage: Arc<dyn Storage>,
+        access: Option<&Access>,
+    ) -> Result<Repository> {
+        match Self::open_with(storage, access).await {
+            Err(Error::NoFormat2Keys { target }) => Err(Error::NoMetadataKey { target }),
+            other => other,
+        }
+    }
+
     /// This repository as `access` opens it: format 1 as it is, format 2
     /// with its key set.
     async fn with_access(self, access: Option<&Access>) -> Result<Repository> {

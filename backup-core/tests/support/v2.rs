@@ -25,7 +25,7 @@ use backup_core::repo::format::list2::object::{encode_delta, encode_full};
 use backup_core::repo::format::list2::{Delta, ListState, Named};
 use backup_core::repo::format::pack2::{encode_pack, IndexFile, PackInfo};
 use backup_core::repo::init::init;
-use backup_core::repo::{ManifestV2, Repository};
+use backup_core::repo::{Access, ManifestV2, Repository};
 use backup_core::sign::Signer;
 use backup_core::source::{Entry, SourceKind};
 use backup_core::storage::memory::MemoryStorage;
@@ -106,6 +106,23 @@ impl V2 {
     /// A signer of this key set's id that the keyring does not list.
     pub fn stranger(&self) -> Signer {
         Signer::writer(&WriterKey::generate(), self.owner_keys.id().clone())
+    }
+
+    /// The repository opened with the owner's identity (or the writer's
+    /// key), as a host configured with it opens it.
+    pub async fn opened(&self, as_writer: bool) -> Repository {
+        let holding = match as_writer {
+            true => Holding::Writer(self.writer.clone()),
+            false => holding(self.owner.identity()),
+        };
+        let access = Access {
+            trust: self.owner.public(),
+            holding,
+            memory: None,
+        };
+        Repository::open_with(self.mem.clone(), Some(&access))
+            .await
+            .unwrap()
     }
 }
 
