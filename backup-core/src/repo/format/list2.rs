@@ -145,7 +145,7 @@ impl ListHash {
 
 impl fmt::Display for ListHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
+        f.write_str(crate::chunk::hex32(&self.0, &mut [0; 64]))
     }
 }
 
