@@ -29,14 +29,17 @@ pub fn mistake(message: impl Into<String>) -> anyhow::Error {
 pub fn is_usage(e: &anyhow::Error) -> bool {
     // `downcast_ref` also finds a `Usage` added as context; `chain` finds
     // errors that are the source of another.
-    e.downcast_ref::<Usage>().is_some()
-        || e.chain().any(|c| {
-            c.is::<Usage>()
-                || matches!(
-                    c.downcast_ref::<Error>(),
-                    Some(Error::Key(_) | Error::NoFormat2Keys { .. })
-                )
-        })
+    e.downcast_ref::<Usage>().is_some() || e.chain().any(is_config_error)
+}
+
+/// True when `c` itself (not its causes) is a usage or configuration
+/// mistake, for callers that walk an error chain of their own.
+pub fn is_config_error(c: &(dyn std::error::Error + 'static)) -> bool {
+    c.is::<Usage>()
+        || matches!(
+            c.downcast_ref::<Error>(),
+            Some(Error::Key(_) | Error::NoFormat2Keys { .. })
+        )
 }
 
 /// The process exit code for a failed command.

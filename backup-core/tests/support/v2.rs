@@ -25,7 +25,7 @@ use backup_core::repo::format::list2::object::{encode_delta, encode_full};
 use backup_core::repo::format::list2::{Delta, ListState, Named};
 use backup_core::repo::format::pack2::{encode_pack, IndexFile, PackInfo};
 use backup_core::repo::init::init;
-use backup_core::repo::{ManifestV2, Repository};
+use backup_core::repo::{Access, ManifestV2, Repository};
 use backup_core::sign::Signer;
 use backup_core::source::{Entry, SourceKind};
 use backup_core::storage::memory::MemoryStorage;
@@ -101,6 +101,18 @@ impl V2 {
     /// its key holds).
     pub fn writer_signer(&self) -> Signer {
         Signer::writer(&self.writer, self.owner_keys.id().clone())
+    }
+
+    /// `storage` (this repository, or a copy of it) opened with the keys
+    /// `holding` gives, trusting this repository's owner.
+    pub async fn open_as(&self, storage: Arc<dyn Storage>, holding: Holding) -> Repository {
+        let trust = self.owner.public();
+        let access = Access {
+            trust,
+            holding,
+            memory: None,
+        };
+        Repository::open_with(storage, Some(&access)).await.unwrap()
     }
 
     /// A signer of this key set's id that the keyring does not list.
