@@ -13,6 +13,7 @@ use backup_core::each::{
 use std::path::Path;
 
 use backup_core::repo::{Access, Repository};
+use backup_core::storage::Storage;
 use serde_json::json;
 
 use crate::config::{Config, TargetConfig};
@@ -49,22 +50,24 @@ pub(crate) async fn open_targets(
     chosen: Vec<&TargetConfig>,
     access: Option<&Access>,
 ) -> Vec<PlannedTarget> {
-    let mut planned = Vec::with_capacity(chosen.len());
-    for t in chosen {
-        let repo = match targets::open(t) {
-            Ok(storage) => match access {
-                Some(access) => Repository::open_with(storage, Some(access)).await,
-                None => Repository::open(storage).await,
-            }
-            .map_err(|e| on_target(&t.name, e)),
-            Err(e) => Err(shared(e)),
-        };
-        planned.push(PlannedTarget {
-            name: t.name.clone(),
-            repo,
-        });
-    }
-    planned
+    open_each(chosen, async |storage| match access {
+        Some(access) => Repository::open_with(storage, Some(access)).await,
+        None => Repository::open(storage).await,
+    })
+    .await
+}
+
+/// The chosen targets for a command built for format 2 that writes
+/// (prune): format 2 ones opened with `access` ([`Purpose::Write`]'s), and
+/// without it refused with what to configure ([`Repository::open_with`]).
+pub(crate) async fn open_writable_targets(
+    chosen: Vec<&TargetConfig>,
+    access: Option<&Access>,
+) -> Vec<PlannedTarget> {
+    open_each(chosen, async |storage| {
+        Repository::open_with(storage, access).await
+    })
+    .await
 }
 
 /// The chosen targets opened as format 2 repositories, for the key
@@ -73,12 +76,19 @@ pub(crate) async fn planned_v2_targets(
     cfg: &Config,
     name: Option<&str>,
 ) -> Result<Vec<PlannedTarget>> {
-    let mut planned = Vec::new();
-    for t in chosen_targets(cfg, name)? {
+    Ok(open_each(chosen_targets(cfg, name)?, Repository::open_v2).await)
+}
+
+/// Each target's store opened with `open`, in order; a failure is that
+/// target's, named.
+async fn open_each(
+    chosen: Vec<&TargetConfig>,
+    open: impl AsyncFn(Arc<dyn Storage>) -> backup_core::Result<Repository>,
+) -> Vec<PlannedTarget> {
+    let mut planned = Vec::with_capacity(chosen.len());
+    for t in chosen {
         let repo = match targets::open(t) {
-            Ok(storage) => Repository::open_v2(storage)
-                .await
-                .map_err(|e| on_target(&t.name, e)),
+            Ok(storage) => open(storage).await.map_err(|e| on_target(&t.name, e)),
             Err(e) => Err(shared(e)),
         };
         planned.push(PlannedTarget {
@@ -86,7 +96,7 @@ pub(crate) async fn planned_v2_targets(
             repo,
         });
     }
-    Ok(planned)
+    planned
 }
 
 /// An error of the binary's as the engine's shared error, causes kept.

@@ -14,7 +14,7 @@ use crate::support::*;
 
 /// A format 2 repository made by `offsite init` (the config's identity is
 /// the owner), and the owner key it printed.
-fn initialised() -> (Env, String) {
+pub(crate) fn initialised() -> (Env, String) {
     let env = Env::new();
     let (code, out, err) = env.run(&["init"]);
     assert_eq!(code, 0, "{out}{err}");
@@ -28,7 +28,7 @@ fn initialised() -> (Env, String) {
 }
 
 /// Changes about 1% of the rows.
-fn touch_rows(db: &Path) {
+pub(crate) fn touch_rows(db: &Path) {
     let c = Connection::open(db).unwrap();
     c.execute(
         "UPDATE tasks SET body = body || ' changed' WHERE id % 97 = 0",
