@@ -206,17 +206,34 @@ async fn prune_locked(
         junk_manifests: junk(&listed.unreadable),
         rejected: Vec::new(),
         lists: dead_lists(repo, &manifests, &removed, &kept).await?,
-        pins: pins
-            .iter()
-            .filter(|id| !manifests.iter().any(|m| &m.id == *id))
-            .map(|id| format!("{PINS}{id}"))
-            .collect(),
+        pins: orphan_pins(&pins, |id| manifests.iter().any(|m| m.id == id)),
     };
+    finish(repo, IndexWriter::V1(keys), lock, report, step1, plan).await
+}
+
+/// The pins of snapshots that are not there (`exists` says which are).
+fn orphan_pins(pins: &HashSet<String>, exists: impl Fn(&str) -> bool) -> Vec<String> {
+    (pins.iter())
+        .filter(|id| !exists(id))
+        .map(|id| format!("{PINS}{id}"))
+        .collect()
+}
+
+/// Counts what the plan deletes into `report` and, unless it is a dry
+/// run's, carries it out.
+async fn finish(
+    repo: &Repository,
+    writer: IndexWriter<'_>,
+    lock: &Lock,
+    mut report: PruneReport,
+    step1: Step1,
+    plan: PackPlan,
+) -> Result<PruneReport> {
     count(&mut report, &step1, &plan);
-    if opts.dry_run {
+    if report.dry_run {
         return Ok(report);
     }
-    execute(repo, IndexWriter::V1(keys), lock, step1, plan).await?;
+    execute(repo, writer, lock, step1, plan).await?;
     Ok(report)
 }
 

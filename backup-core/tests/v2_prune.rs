@@ -27,7 +27,7 @@ use backup_core::verify::{ReadData, VerifyOptions};
 use backup_core::Error;
 use chrono::{DateTime, Duration, Utc};
 use support::v2::{file, holding, put_manifest, write, Seal, Snap, V2};
-use support::{copy_of, keep_last, DiesAfter, Wrapped};
+use support::{add_tasks as add_rows, copy_of, keep_last, DiesAfter, Wrapped};
 
 /// `storage` opened as the owner (who restores) or as the writer (a
 /// backup host, which prunes too).
@@ -52,23 +52,6 @@ fn policy(last: u64, daily: u64) -> PruneOptions {
         },
         ..Default::default()
     }
-}
-
-/// Adds `rows` rows of random text from `from` on to the database `db`.
-fn add_rows(db: &Path, from: usize, rows: usize) {
-    support::add_rows(
-        db,
-        "CREATE TABLE IF NOT EXISTS tasks(id INTEGER PRIMARY KEY, title TEXT, body TEXT)",
-        "INSERT INTO tasks(id, title, body) VALUES (?1, ?2, ?3)",
-        from..from + rows,
-        |i| {
-            (
-                i as i64,
-                format!("task {i}"),
-                hex::encode(rand::random::<[u8; 48]>()),
-            )
-        },
-    );
 }
 
 /// `n` backups of a SQLite database of 20,000 rows (about 540 pages),

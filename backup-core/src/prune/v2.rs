@@ -77,15 +77,14 @@ use std::collections::{BTreeMap, HashSet};
 use bytes::Bytes;
 
 use super::{
-    count, decide, execute, junk, plan_over, IndexView, IndexWriter, PruneOptions, PruneReport,
-    Step1,
+    decide, finish, junk, orphan_pins, plan_over, IndexView, IndexWriter, PruneOptions,
+    PruneReport, Step1,
 };
 use crate::backup::encoding;
 use crate::chunk::ChunkId;
 use crate::error::{Error, Result};
 use crate::keyset::{KeySet, Trust};
 use crate::lock::Lock;
-use crate::pins::PINS;
 use crate::repo::format::list2::object::{encode_delta, encode_full, ListKey};
 use crate::repo::format::list2::{Delta, ListState, Named};
 use crate::repo::path::{self, ListObject, Plan, FULL_BYTES_PER_CHUNK};
@@ -151,17 +150,9 @@ async fn prune_locked(
         junk_manifests: junk(&all.unreadable),
         rejected: forged,
         lists: dead_lists(repo, &paths.objects).await?,
-        pins: (pins.iter())
-            .filter(|id| !signed.iter().any(|m| &m.id == *id))
-            .map(|id| format!("{PINS}{id}"))
-            .collect(),
+        pins: orphan_pins(&pins, |id| signed.iter().any(|m| m.id == id)),
     };
-    count(&mut report, &step1, &plan);
-    if opts.dry_run {
-        return Ok(report);
-    }
-    execute(repo, IndexWriter::V2(ks), lock, step1, plan).await?;
-    Ok(report)
+    finish(repo, IndexWriter::V2(ks), lock, report, step1, plan).await
 }
 
 /// The manifests that are not signed and provably never will be, with

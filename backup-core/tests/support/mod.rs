@@ -155,6 +155,24 @@ pub fn add_rows<P: rusqlite::Params>(
     tx.commit().unwrap();
 }
 
+/// Adds `rows` rows from id `from` on to a `tasks` table (made if needed):
+/// rows of random hex (compresses to about half, like real data).
+pub fn add_tasks(path: &Path, from: usize, rows: usize) {
+    add_rows(
+        path,
+        "CREATE TABLE IF NOT EXISTS tasks(id INTEGER PRIMARY KEY, title TEXT, body TEXT)",
+        "INSERT INTO tasks(id, title, body) VALUES (?1, ?2, ?3)",
+        from..from + rows,
+        |i| {
+            (
+                i as i64,
+                format!("task {i}"),
+                hex::encode(rand::random::<[u8; 48]>()),
+            )
+        },
+    );
+}
+
 /// Every row of a `tasks(id, title, body, ...)` table, by id.
 pub fn dump_tasks(path: &Path) -> Vec<(i64, String, String)> {
     let c = Connection::open(path).unwrap();
