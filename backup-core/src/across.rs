@@ -183,11 +183,14 @@ pub struct PinChange {
 }
 
 /// Pins the snapshot `asked` names (an id, or a prefix or suffix of one) on
-/// every listed target that holds it. Fails when it names no snapshot, or
-/// more than one on a target; a failed pin names its target.
+/// every listed target that holds it: format 1 ones with `keys` (the
+/// recipients; `None` when none are configured, which fails there),
+/// format 2 ones with their key set, signed snapshots only. Fails when it
+/// names no snapshot, or more than one on a target; a failed pin names its
+/// target.
 pub async fn pin(
     listings: &[Listing],
-    keys: &Keys,
+    keys: Option<&Keys>,
     asked: &str,
 ) -> Result<Vec<PinChange>, PinError> {
     let mut done = Vec::new();
@@ -197,9 +200,7 @@ pub async fn pin(
             Err(Error::SnapshotNotFound(_)) => continue,
             Err(e) => return Err(at(&l.target, e)),
         };
-        let changed = l
-            .repo
-            .pin(keys, &id, LockWait::default())
+        let changed = pin_one(&l.repo, keys, &id)
             .await
             .map_err(|e| at(&l.target, e))?;
         done.push(PinChange {
@@ -212,6 +213,15 @@ pub async fn pin(
         return Err(Error::SnapshotNotFound(format!("id {asked}")).into());
     }
     Ok(done)
+}
+
+/// Pins `id` on one repository, as its format says.
+async fn pin_one(repo: &Repository, keys: Option<&Keys>, id: &str) -> Result<bool, Error> {
+    match (repo.keyset(), keys) {
+        (Some(_), _) => repo.pin_v2(id, LockWait::default()).await,
+        (None, Some(keys)) => repo.pin(keys, id, LockWait::default()).await,
+        (None, None) => Err(crate::keys::no_recipients()),
+    }
 }
 
 /// Removes the pin `asked` names from every opened target that has it

@@ -53,6 +53,12 @@
 //! manifest is unreferenced (prune removes it) and no later backup builds
 //! on it, since a parent is always a snapshot whose signed manifest exists.
 //!
+//! A migration ([`crate::migrate`]) runs the format 2 pipeline on a
+//! snapshot it replays from a format 1 repository instead of a source
+//! ([`Origin`]): the snapshot keeps its id and times, and everything
+//! above (order, commit point, crash and full-target answers) holds as for
+//! a backup; a replay that fails stops the run before its commit.
+//!
 //! Never writes to the source.
 
 use std::io::Write;
@@ -76,10 +82,10 @@ use crate::repo::format::list2::{Delta, ListState, Named};
 use crate::repo::format::pack2::{self, IndexFile, PackInfo};
 use crate::repo::format::{self, write_index, PackContents};
 use crate::repo::{
-    path, Index, Manifest, ManifestV2, Repository, FORMAT_VERSION, INDEX, LISTS, PACKS,
+    path, CheckedAt, Index, Manifest, ManifestV2, Repository, FORMAT_VERSION, INDEX, LISTS, PACKS,
     PRE_RESTORE_TAG, SNAPSHOTS,
 };
-use crate::source::{self, Entry, SourceSpec, Visitor};
+use crate::source::{self, Entry, SourceInfo, SourceSpec, Visitor};
 use crate::storage::PutMode;
 
 /// Packs between two index files: bounds what an interrupted run must redo.
@@ -142,6 +148,11 @@ pub struct BackupOptions {
     pub source_read: Option<Arc<tokio::sync::Notify>>,
     /// How long a DuckDB source waits for its writer to close the database.
     pub lock_timeout: Duration,
+    /// SQLite sources on format 2 targets (`database_check = "backup"`):
+    /// run `PRAGMA integrity_check` on the state read, in its read
+    /// transaction, and record an ok result with the snapshot
+    /// ([`crate::repo::CheckedAt::Backup`]) so restores need not run it.
+    pub check_at_backup: bool,
 }
 
 impl Default for BackupOptions {
@@ -160,6 +171,7 @@ impl Default for BackupOptions {
             lock_wait: LockWait::default(),
             source_read: None,
             lock_timeout: source::DEFAULT_LOCK_TIMEOUT,
+            check_at_backup: false,
         }
     }
 }
@@ -261,6 +273,8 @@ struct ReadResult {
     /// What each target lacked, in the order of the targets.
     new_bytes: Vec<u64>,
     page_size: Option<u32>,
+    /// What the backup's own integrity_check said (empty: ok), if it ran.
+    integrity: Option<Vec<String>>,
 }
 
 /// The snapshot's list as the reader made it.
@@ -285,6 +299,40 @@ struct Prepared<'a> {
     progress: Arc<Progress>,
 }
 
+/// Where a run's snapshot comes from and what it is called: a backup
+/// reads its source now ([`Origin::now`]); a migration
+/// ([`crate::migrate`]) replays a snapshot read from elsewhere, keeping
+/// its id and times.
+pub(crate) struct Origin {
+    pub id: String,
+    pub started: chrono::DateTime<Utc>,
+    /// `None`: when the reading ends.
+    pub finished: Option<chrono::DateTime<Utc>>,
+    /// `None`: the source itself ([`source::read_with`]).
+    pub replay: Option<Replay>,
+}
+
+/// Feeds a snapshot's entries and chunks to the writer, as a source does;
+/// runs on a blocking thread. An error stops the run before any commit.
+pub(crate) type Replay = Box<dyn FnOnce(&mut dyn Visitor) -> Result<SourceInfo> + Send>;
+
+impl Origin {
+    /// A new snapshot of the source, taken now.
+    fn now() -> Origin {
+        let started = Utc::now();
+        Origin {
+            id: format!(
+                "{}-{:08x}",
+                started.format("%Y%m%dT%H%M%SZ"),
+                rand::random::<u32>()
+            ),
+            started,
+            finished: None,
+            replay: None,
+        }
+    }
+}
+
 /// What the targets of one run share.
 struct Snapshot<'a> {
     id: &'a str,
@@ -292,6 +340,12 @@ struct Snapshot<'a> {
     finished: chrono::DateTime<Utc>,
     spec: &'a SourceSpec,
     opts: &'a BackupOptions,
+    /// How the list object is put: create-if-absent for a new id; a
+    /// replayed snapshot's id is not new, and a list object an interrupted
+    /// run left under it (no manifest names it, so nothing uses it) is
+    /// replaced. Its key names the parent, so the same key means the same
+    /// list.
+    list_mode: PutMode,
 }
 
 /// Backs up one source to one repository (see [`backup_many`]).
@@ -330,7 +384,7 @@ pub async fn backup_many(
     opts: &BackupOptions,
 ) -> Result<Vec<Result<BackupSummary>>> {
     let writings = repos.iter().map(|_| Ok(Writing::V1(keys))).collect();
-    let results = run(repos, writings, spec, opts).await?;
+    let results = run(repos, writings, spec, opts, Origin::now()).await?;
     Ok(summaries(results, |w| match w {
         Written::V1(m) => m,
         Written::V2(_) => unreachable!("a format 1 run writes format 1 manifests"),
@@ -364,6 +418,17 @@ pub async fn backup_many_v2(
     spec: &SourceSpec,
     opts: &BackupOptions,
 ) -> Result<Vec<Result<BackupSummary<ManifestV2>>>> {
+    backup_v2_from(repos, spec, opts, Origin::now()).await
+}
+
+/// [`backup_many_v2`] of the snapshot `origin` names and feeds (`spec`
+/// gives its source's name and kind).
+pub(crate) async fn backup_v2_from(
+    repos: &[&Repository],
+    spec: &SourceSpec,
+    opts: &BackupOptions,
+    origin: Origin,
+) -> Result<Vec<Result<BackupSummary<ManifestV2>>>> {
     let first = repos.iter().find_map(|r| r.keyset());
     let writings = repos
         .iter()
@@ -383,7 +448,7 @@ pub async fn backup_many_v2(
             }
         })
         .collect();
-    let results = run(repos, writings, spec, opts).await?;
+    let results = run(repos, writings, spec, opts, origin).await?;
     Ok(summaries(results, |w| match w {
         Written::V2(m) => m,
         Written::V1(_) => unreachable!("a format 2 run writes format 2 manifests"),
@@ -396,14 +461,9 @@ async fn run(
     writings: Vec<Result<Writing<'_>>>,
     spec: &SourceSpec,
     opts: &BackupOptions,
+    origin: Origin,
 ) -> Result<Vec<Result<BackupSummary<Written>>>> {
     let clock = Instant::now();
-    let started = Utc::now();
-    let id = format!(
-        "{}-{:08x}",
-        started.format("%Y%m%dT%H%M%SZ"),
-        rand::random::<u32>()
-    );
     if let Ok(meta) = std::fs::metadata(&spec.path) {
         if meta.is_file() {
             opts.progress.total.store(meta.len(), Ordering::Relaxed);
@@ -423,7 +483,7 @@ async fn run(
         .zip(&prepared)
         .filter_map(|(repo, p)| Some((*repo, p.as_ref().ok()?)))
         .collect();
-    let (committed, read_failure) = read_and_commit(&live, &id, started, spec, opts).await;
+    let (committed, read_failure) = read_and_commit(&live, origin, spec, opts).await;
     let mut committed = committed.into_iter();
     let mut results = Vec::with_capacity(repos.len());
     for ((repo, p), before) in repos.iter().zip(prepared).zip(requests_before) {
@@ -455,21 +515,25 @@ async fn run(
 /// reader's error when the source could not be read.
 async fn read_and_commit(
     live: &[(&Repository, &Prepared<'_>)],
-    id: &str,
-    started: chrono::DateTime<Utc>,
+    origin: Origin,
     spec: &SourceSpec,
     opts: &BackupOptions,
 ) -> (Vec<Result<Written>>, Option<Error>) {
     if live.is_empty() {
         return (Vec::new(), None);
     }
-    let (read, uploads) = run_pipelines(live, spec, opts).await;
+    let list_mode = match origin.replay {
+        Some(_) => PutMode::Overwrite,
+        None => PutMode::Create,
+    };
+    let (read, uploads) = run_pipelines(live, spec, opts, origin.replay).await;
     let snapshot = Snapshot {
-        id,
-        started,
-        finished: Utc::now(),
+        id: &origin.id,
+        started: origin.started,
+        finished: origin.finished.unwrap_or_else(Utc::now),
         spec,
         opts,
+        list_mode,
     };
     match read {
         // The reader stopped because every upload had failed: those
@@ -641,6 +705,7 @@ async fn run_pipelines(
     live: &[(&Repository, &Prepared<'_>)],
     spec: &SourceSpec,
     opts: &BackupOptions,
+    replay: Option<Replay>,
 ) -> (Result<ReadResult>, Vec<Result<u64>>) {
     let mut sinks = Vec::new();
     let mut queues = Vec::new();
@@ -666,11 +731,13 @@ async fn run_pipelines(
         };
         let hasher = live[0].1.writing.hasher();
         let source_read = opts.source_read.clone();
+        // Only format 2 can record the check; format 1 groups never run it.
+        let check = opts.check_at_backup && matches!(live[0].1.writing, Writing::V2(_));
         let lock_timeout = opts.lock_timeout;
         tokio::task::spawn_blocking(move || {
             let result = read_source(
-                &spec,
-                lock_timeout,
+                (&spec, replay),
+                (lock_timeout, check),
                 sinks,
                 pack_size,
                 (hasher, list),
@@ -908,7 +975,7 @@ async fn commit_v2(
         .expect("a format 2 target has a lineage");
     let (list_key, body, parent) = list_object(repo, lineage, snap.id, state, signer, &metadata)?;
     let list_len = body.len() as u64;
-    repo.put_bytes(&list_key, Bytes::from(body), PutMode::Create)
+    repo.put_bytes(&list_key, Bytes::from(body), snap.list_mode)
         .await?;
     let Trust::Signed { writer } = ks.trust(signer.public(), snap.finished) else {
         return Err(Error::Key(format!(
@@ -949,7 +1016,44 @@ async fn commit_v2(
     if snap.opts.pin {
         crate::pins::write_pin_v2(repo, ks, snap.id).await?;
     }
+    record_backup_check(repo, ks, &manifest, read.integrity.as_deref()).await;
     Ok(manifest)
+}
+
+/// After the commit, the record of the backup's own integrity_check (design
+/// 5.2). The snapshot is stored whatever the check said (it is what the
+/// database holds); a failed check is a warning and leaves no record, so
+/// every restore of it runs the check and fails it. A record that cannot
+/// be stored costs restores their check, not the backup.
+async fn record_backup_check(
+    repo: &Repository,
+    ks: &KeySet,
+    manifest: &ManifestV2,
+    integrity: Option<&[String]>,
+) {
+    match integrity {
+        None => {}
+        Some([]) => {
+            if let Err(e) = repo.record_check(ks, manifest, CheckedAt::Backup).await {
+                tracing::warn!(
+                    "{}: integrity_check ok, but it could not be recorded: {e}",
+                    manifest.id
+                );
+            }
+        }
+        Some(problems) => tracing::warn!(
+            "source {}: PRAGMA integrity_check of the state backed up as {} failed: {}; \
+             the snapshot is stored as read, with no check record",
+            manifest.source,
+            manifest.id,
+            problems
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    }
 }
 
 /// The list object of snapshot `id` on one target: `(key, encoded, parent)`.
@@ -1470,8 +1574,8 @@ impl Visitor for Collector<'_> {
 }
 
 fn read_source(
-    spec: &SourceSpec,
-    lock_timeout: Duration,
+    (spec, replay): (&SourceSpec, Option<Replay>),
+    (lock_timeout, check): (Duration, bool),
     sinks: Vec<Sink>,
     pack_size: usize,
     (hasher, list): (ChunkHasher, ListKind),
@@ -1487,7 +1591,10 @@ fn read_source(
         files: 0,
         chunks: 0,
     };
-    let info = source::read_with(spec, lock_timeout, &mut c)?;
+    let info = match replay {
+        Some(replay) => replay(&mut c)?,
+        None => source::read_with(spec, lock_timeout, check, &mut c)?,
+    };
     for sink in &mut c.sinks {
         sink.flush(pack_size);
     }
@@ -1498,5 +1605,6 @@ fn read_source(
         chunks: c.chunks,
         new_bytes: c.sinks.iter().map(|s| s.new_bytes).collect(),
         page_size: info.page_size,
+        integrity: info.integrity,
     })
 }

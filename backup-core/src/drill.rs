@@ -92,7 +92,12 @@ fn enter(opts: &DrillOptions, step: &'static str) {
 /// The drill's restore: the defaults, counting into the progress if any.
 fn restore_options(opts: &DrillOptions) -> RestoreOptions {
     enter(opts, "restore");
-    let mut ro = RestoreOptions::default();
+    // A drill proves the database opens: it runs integrity_check even
+    // where a record says it passed (and, as the owner, records it).
+    let mut ro = RestoreOptions {
+        force_database_check: true,
+        ..RestoreOptions::default()
+    };
     if let Some(p) = &opts.progress {
         ro.progress = p.restored.clone();
     }

@@ -69,12 +69,25 @@ pub enum Error {
     /// Key administration on a format 1 repository, which has no keyring.
     #[error("{target} holds a format 1 repository, which has no keyring: key and writer commands work on format 2 repositories, made by `offsite init`")]
     NotFormat2 { target: String },
+    #[error("{target} does not hold a format 1 repository: migrate moves a format 1 repository to format 2")]
+    NotFormat1 { target: String },
     #[error(
         "{target} holds a format 2 repository, which this host cannot open without its keys: \
          set encryption.owner_key (or encryption.identity_file to the owner's identity), and \
          encryption.writer_key_file to back up or encryption.identity_file to restore"
     )]
     NoFormat2Keys { target: String },
+    /// A format 2 repository opened to list its snapshots (status, pin)
+    /// by a host that holds no metadata key M: format 1's metadata
+    /// identity derived from the recipients is gone (design 2.1, open
+    /// question 3).
+    #[error(
+        "{target} holds a format 2 repository, whose snapshot list only its writers and \
+         recipients can read (the recipients alone no longer do): set \
+         encryption.writer_key_file to a writer key the owner added (with \
+         encryption.owner_key), or encryption.identity_file to a recipient's identity"
+    )]
+    NoMetadataKey { target: String },
     /// A format 2 keyring or key bundle refused, or a key change refused.
     #[error(transparent)]
     Keyring(#[from] crate::keyring::KeyringError),

@@ -11,8 +11,8 @@
 //! decide the order and what a failure means. Printing and progress display
 //! belong to the caller. Format 2 (in development, docs/design/format-v2.md)
 //! adds [`sign`], [`keys::v2`], [`keys::bundle`], [`keyring`], [`keyadmin`]
-//! (key changes) and [`repo::init`] (`offsite init`); backups, restores
-//! and the other operations do not use format 2 yet.
+//! (key changes), [`repo::init`] (`offsite init`) and [`migrate`] (a
+//! format 1 repository moved to format 2).
 
 pub mod across;
 pub mod backup;
@@ -28,6 +28,7 @@ pub mod keyring;
 pub mod keys;
 pub mod keyset;
 pub mod lock;
+pub mod migrate;
 pub mod pins;
 pub mod process;
 pub mod prune;

@@ -31,7 +31,13 @@
 //! chunk written matched its keyed id and the list of ids and lengths
 //! matched `list_blake3`, which the signed manifest commits to, so the
 //! staged bytes are the snapshot's. The database's own check runs as in
-//! format 1. Other targets are not asked for chunks yet (fallbacks are
+//! format 1, except when a signed check record (`repo::checks`) says
+//! integrity_check returned ok on exactly this snapshot (its
+//! `list_blake3`): then the restored file is, chunk for chunk, the content
+//! that was checked, and the check is not run again unless forced
+//! (`force_database_check`). A restore whose own check passed records it
+//! when the host can sign (the owner's identity); a record that cannot be
+//! read or written costs a check, never the restore. Other targets are not asked for chunks yet (fallbacks are
 //! format 1's), and damage found is not recorded (format 1's records need
 //! format 1's metadata recipient): a format 2 restore with no intact copy
 //! of a chunk fails with the pack named.
@@ -55,7 +61,9 @@ pub use crate::fetch::{Fallback, FetchedElsewhere};
 use crate::keys::Identities;
 use crate::keyset::{KeySet, Trust};
 use crate::repo::format::{DamagedPack, ListItem};
-use crate::repo::{ChunkList, Manifest, ManifestV2, Repository, SnapshotV2};
+use crate::repo::{
+    CheckedAt, ChunkList, Manifest, ManifestV2, RecordedCheck, Repository, SnapshotV2,
+};
 use crate::source::{duckdb_lib, sqlite, Entry, SourceKind};
 
 mod in_use;
@@ -64,6 +72,7 @@ mod tree;
 
 pub use in_use::check_not_in_use;
 pub(crate) use tree::open as open_staged;
+pub(crate) use tree::restored_paths;
 use tree::Layout;
 
 #[derive(Debug, Clone)]
@@ -77,6 +86,9 @@ pub struct RestoreOptions {
     /// opening it). Off only when the user asks (`--no-database-check`):
     /// the checksum is verified in any case.
     pub check_database: bool,
+    /// Run the check even when a signed record says it returned ok on this
+    /// snapshot (format 2, `--database-check`).
+    pub force_database_check: bool,
     /// Other targets' repositories, asked by chunk id for chunks that are
     /// damaged or missing in the one restored from (see [`crate::fetch`]).
     pub fallbacks: Vec<Fallback>,
@@ -89,6 +101,7 @@ impl Default for RestoreOptions {
             concurrency: 4,
             progress: Arc::new(Progress::default()),
             check_database: true,
+            force_database_check: false,
             fallbacks: Vec::new(),
         }
     }
@@ -108,6 +121,11 @@ pub struct RestoreSummary {
     pub damage_recorded: Option<String>,
     /// Chunks taken from fallback targets instead.
     pub fetched_elsewhere: Vec<FetchedElsewhere>,
+    /// The signed record that made the database check unnecessary (format
+    /// 2: integrity_check returned ok on exactly these bytes).
+    pub recorded_check: Option<RecordedCheck>,
+    /// The check record this restore wrote after its own check passed.
+    pub check_recorded: Option<String>,
 }
 
 #[derive(Default)]
@@ -173,6 +191,8 @@ pub struct Staged {
     damaged: Vec<DamagedPack>,
     damage_recorded: Option<String>,
     fetched_elsewhere: Vec<FetchedElsewhere>,
+    recorded_check: Option<RecordedCheck>,
+    check_recorded: Option<String>,
 }
 
 impl Staged {
@@ -197,6 +217,8 @@ impl Staged {
                 damaged: std::mem::take(&mut this.damaged),
                 damage_recorded: this.damage_recorded.take(),
                 fetched_elsewhere: std::mem::take(&mut this.fetched_elsewhere),
+                recorded_check: this.recorded_check.take(),
+                check_recorded: this.check_recorded.take(),
             })
         })
         .await
@@ -237,6 +259,7 @@ pub(crate) async fn stage(
         sha256: Some(&manifest.sha256),
         packs: fetch::Packs::V1,
         fallbacks: &opts.fallbacks,
+        recorded: None,
     };
     stage_plan(repo, ids, &snapshot, index, plan, started).await
 }
@@ -279,8 +302,65 @@ pub(crate) async fn stage_v2(
         sha256: None,
         packs: fetch::Packs::v2(keys.chunk_key()),
         fallbacks: &[],
+        recorded: usable_record(repo, keys, manifest, opts).await,
     };
-    stage_plan(repo, &ids, &snapshot, index, plan.done(), started).await
+    let mut staged = stage_plan(repo, &ids, &snapshot, index, plan.done(), started).await?;
+    staged.check_recorded = record_own_check(repo, keys, manifest, &staged, opts).await;
+    Ok(staged)
+}
+
+/// A signed record of an ok integrity_check of `manifest`'s SQLite
+/// snapshot that lets this restore skip its own (design 5.2), unless the
+/// check is off or forced. A record that cannot be read costs the check,
+/// never the restore.
+async fn usable_record(
+    repo: &Repository,
+    keys: &KeySet,
+    manifest: &ManifestV2,
+    opts: &RestoreOptions,
+) -> Option<RecordedCheck> {
+    if manifest.kind != SourceKind::Sqlite || !opts.check_database || opts.force_database_check {
+        return None;
+    }
+    repo.recorded_check(keys, manifest)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(
+                "cannot read the check records of {}: {e}; checking",
+                manifest.id
+            );
+            None
+        })
+}
+
+/// After this restore's own integrity_check passed, records it when the
+/// host can sign (the owner's identity), so later restores of the snapshot
+/// skip it. Failing to record is a warning: the restore is good.
+async fn record_own_check(
+    repo: &Repository,
+    keys: &KeySet,
+    manifest: &ManifestV2,
+    staged: &Staged,
+    opts: &RestoreOptions,
+) -> Option<String> {
+    let ran = manifest.kind == SourceKind::Sqlite && opts.check_database;
+    if !ran || staged.recorded_check.is_some() || keys.signer().is_none() {
+        return None;
+    }
+    if opts.force_database_check
+        && usable_record(repo, keys, manifest, &RestoreOptions::default())
+            .await
+            .is_some()
+    {
+        return None; // one record is enough
+    }
+    match repo.record_check(keys, manifest, CheckedAt::Restore).await {
+        Ok(key) => Some(key),
+        Err(e) => {
+            tracing::warn!("integrity_check ok, but it could not be recorded: {e}");
+            None
+        }
+    }
 }
 
 /// The data identities and manifest of `snapshot`, when it may be restored.
@@ -361,6 +441,9 @@ struct Snapshot<'a> {
     sha256: Option<&'a str>,
     packs: fetch::Packs,
     fallbacks: &'a [Fallback],
+    /// A signed record that integrity_check passed on these bytes: the
+    /// check is not run again.
+    recorded: Option<RecordedCheck>,
 }
 
 /// Lays out, fetches and verifies a planned snapshot in the staging path.
@@ -402,7 +485,7 @@ async fn stage_plan(
     let staged = staging.path.clone();
     let check = Check {
         kind: snapshot.kind,
-        database: opts.check_database,
+        database: opts.check_database && snapshot.recorded.is_none(),
         label: to.to_path_buf(),
     };
     let entries = plan.entries;
@@ -430,6 +513,8 @@ async fn stage_plan(
         damaged: fetched.damaged,
         damage_recorded: fetched.recorded,
         fetched_elsewhere: fetched.elsewhere,
+        recorded_check: snapshot.recorded.clone(),
+        check_recorded: None,
     })
 }
 

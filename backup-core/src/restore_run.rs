@@ -70,6 +70,8 @@ pub struct RestoreRunOptions {
     pub force: bool,
     /// The database's own check; the checksum is verified in any case.
     pub check_database: bool,
+    /// Run it even when a signed record says it passed on the snapshot.
+    pub force_database_check: bool,
     /// Restore into a temporary directory and remove it: a check only.
     pub test: bool,
     /// `None`: no snapshot of what a restore replaces.
@@ -417,6 +419,7 @@ impl Run<'_> {
             force: opts.force,
             progress: progress.clone(),
             check_database: opts.check_database,
+            force_database_check: opts.force_database_check,
             fallbacks: self
                 .plan
                 .fallbacks

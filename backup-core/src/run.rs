@@ -110,11 +110,13 @@ pub trait Observer: Send + Sync {
     fn event(&self, event: RunEvent);
 }
 
-/// A source of the run and how long a DuckDB one waits for its writer.
+/// A source of the run, how long a DuckDB one waits for its writer, and
+/// whether its backup runs the database check (`database_check = "backup"`).
 #[derive(Debug, Clone)]
 pub struct PlannedSource {
     pub spec: SourceSpec,
     pub lock_timeout: Duration,
+    pub check_at_backup: bool,
 }
 
 /// Everything a run needs, resolved from the configuration.
@@ -371,6 +373,7 @@ impl SourcePart<'_> {
             progress,
             source_read: Some(read_done.clone()),
             lock_timeout: self.source.lock_timeout,
+            check_at_backup: self.source.check_at_backup,
             ..self.options.clone()
         };
         let run = backup_by_format(self.repos, self.keys, &self.source.spec, &opts);

@@ -4,6 +4,12 @@
 //!
 //! Works from the manifests and an object listing only, so it needs the
 //! recipients (the metadata identity), never the identity that decrypts data.
+//! On format 2 that is a metadata key M (a writer key or a recipient's
+//! identity), and only signed snapshots count ([`Manifest::is_trusted`]):
+//! a rejected manifest is one someone with write access to the target
+//! added, so it is neither a backup (counted, summed) nor the newest one (a
+//! forged newer snapshot must not hide a stale real one from `max_age`);
+//! [`rejected`] lists them, for the warning.
 //!
 //! Never: read pack contents or change the repository.
 
@@ -81,7 +87,9 @@ pub fn source_status(
     limits: &Thresholds,
     now: DateTime<Utc>,
 ) -> SourceStatus {
-    let mine: Vec<&Manifest> = snapshots.iter().filter(|m| m.source == source).collect();
+    let mine: Vec<&Manifest> = (snapshots.iter())
+        .filter(|m| m.source == source && m.is_trusted())
+        .collect();
     // A pre-restore snapshot saves a file being replaced, maybe a damaged
     // one: it says nothing about whether backups run, nor how big they are.
     let regular: Vec<&Manifest> = crate::repo::regular(snapshots, Some(source)).collect();
@@ -134,6 +142,15 @@ pub fn source_status(
         newest,
         breaches,
     }
+}
+
+/// The ids of the format 2 snapshots whose manifests are rejected (not
+/// signed by anyone the keyring trusts for them), in the order given.
+pub fn rejected(snapshots: &[Manifest]) -> Vec<String> {
+    (snapshots.iter())
+        .filter(|m| !m.is_trusted())
+        .map(|m| m.id.clone())
+        .collect()
 }
 
 /// Whole seconds in humantime's style ("1day 2h 3m 4s").

@@ -217,7 +217,7 @@ async fn drills_and_status_of_an_unopened_target_fail_there_only() {
         thresholds: Default::default(),
     }];
     let targets = vec![planned("local", repo), unopened("down")];
-    let run = status_all(targets, &ids, &watched, chrono::Utc::now()).await;
+    let run = status_all(targets, Some(&*ids), &watched, chrono::Utc::now()).await;
     assert!(!run.ok());
     assert_eq!(
         run.breaches(),

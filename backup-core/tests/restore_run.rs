@@ -167,6 +167,7 @@ impl Fixture {
             options: RestoreRunOptions {
                 force: true,
                 check_database: true,
+                force_database_check: false,
                 test: false,
                 pre_restore: Some(PreRestore {
                     keys: Ok(keys),

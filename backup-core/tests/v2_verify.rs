@@ -6,11 +6,11 @@ mod support;
 
 use backup_core::drill::DrillOptions;
 use backup_core::error::Error;
-use backup_core::keyset::{Holding, Trust};
-use backup_core::repo::{Access, Repository};
+use backup_core::keyset::Trust;
+use backup_core::repo::Repository;
 use backup_core::verify::{ReadData, VerifyOptions, VerifyReport};
 use chrono::{DateTime, Duration, Utc};
-use support::v2::{file, holding, write, Seal, Snap, V2};
+use support::v2::{file, write, Seal, Snap, V2};
 
 fn at(minutes: i64) -> DateTime<Utc> {
     "2026-12-01T10:00:00Z".parse::<DateTime<Utc>>().unwrap() + Duration::minutes(minutes)
@@ -22,18 +22,7 @@ fn files(text: &str) -> Vec<support::v2::FileData> {
 
 /// `v2`'s repository opened with the owner's identity (or the writer's key).
 async fn opened(v2: &V2, as_writer: bool) -> Repository {
-    let holding = match as_writer {
-        true => Holding::Writer(v2.writer.clone()),
-        false => holding(v2.owner.identity()),
-    };
-    let access = Access {
-        trust: v2.owner.public(),
-        holding,
-        memory: None,
-    };
-    Repository::open_with(v2.mem.clone(), Some(&access))
-        .await
-        .unwrap()
+    v2.opened(as_writer).await
 }
 
 async fn verify(repo: &Repository, read_data: bool) -> VerifyReport {

@@ -12,7 +12,7 @@ use backup_core::repo::{Access, Repository};
 use backup_core::run::{self, Hook, Observer, Plan, PlannedSource, PlannedTarget, RunEvent};
 use serde_json::json;
 
-use crate::config::Config;
+use crate::config::{Config, DatabaseCheckSetting};
 use crate::errors::hint_in;
 use crate::hooks::ConfigHooks;
 use crate::notify::{self, Event, EventKind};
@@ -98,8 +98,12 @@ async fn plan(
 ) -> Result<Plan> {
     let mut sources = Vec::new();
     for spec in source_specs(cfg, source)? {
-        let lock_timeout = cfg.source(&spec.name)?.lock_timeout();
-        sources.push(PlannedSource { spec, lock_timeout });
+        let source = cfg.source(&spec.name)?;
+        sources.push(PlannedSource {
+            lock_timeout: source.lock_timeout(),
+            check_at_backup: source.database_check == DatabaseCheckSetting::Backup,
+            spec,
+        });
     }
     let mut planned = Vec::new();
     for t in chosen_targets(cfg, target)? {

@@ -130,8 +130,8 @@ fn outcome(run: &PruneRun) -> Result<()> {
     };
     let errors = run.outcomes.iter().filter_map(|o| o.result.as_ref().err());
     let config = errors
-        .flat_map(|e| std::iter::successors(Some(e.error()), |c| c.source()))
-        .any(crate::usage::is_config_error);
+        .into_iter()
+        .any(|e| crate::usage::is_mistake(e.error()));
     match config {
         true => Err(crate::usage::mistake(failed)),
         false => Err(anyhow!(failed)),

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{anyhow, Context, Result};
 use backup_core::backup::BackupOptions;
 use backup_core::error::chain_text;
-use backup_core::repo::{Selector, PRE_RESTORE_TAG};
+use backup_core::repo::{RecordedCheck, Selector, PRE_RESTORE_TAG};
 use backup_core::restore::{Fallback, RestoreSummary};
 use backup_core::restore_run::{
     self, NoPreRestore, Outcome, PlannedRestore, PreRestore, RestoreError, RestoreEvent,
@@ -209,6 +209,7 @@ async fn plan(
         options: RestoreRunOptions {
             force: args.force,
             check_database: !args.no_database_check,
+            force_database_check: args.database_check,
             test: args.test,
             pre_restore,
         },
@@ -329,7 +330,11 @@ fn restored_json(restored: &Restored, args: &RestoreArgs) -> serde_json::Value {
         "pre_restore_snapshot": restored.pre_restore,
         "seconds": summary.duration.as_secs_f64(),
         "verified": true,
-        "database_check": !args.no_database_check,
+        "database_check": !args.no_database_check && summary.recorded_check.is_none(),
+        "recorded_check": summary.recorded_check.as_ref().map(|r| json!({
+            "where": r.at.as_str(), "host": r.host, "signer": r.signer, "checked": r.checked,
+        })),
+        "check_recorded": summary.check_recorded,
         "fetched_elsewhere": summary.fetched_elsewhere.iter().map(|f| json!({
             "target": f.from, "chunks": f.chunks, "bytes": f.bytes,
         })).collect::<Vec<_>>(),
@@ -346,10 +351,16 @@ fn restored_lines(restored: &Restored, args: &RestoreArgs) -> Vec<String> {
         SourceKind::Duckdb => "checksum and DuckDB open",
         SourceKind::Files => "checksum",
     };
+    let recorded = summary.recorded_check.as_ref().map(recorded_words);
     let (checks, skipped) = if args.no_database_check {
-        ("checksum", " (database check skipped: --no-database-check)")
+        (
+            "checksum",
+            " (database check skipped: --no-database-check)".to_string(),
+        )
+    } else if let Some(words) = recorded {
+        ("checksum", words)
     } else {
-        (checks, "")
+        (checks, String::new())
     };
     let taken = manifest
         .finished
@@ -373,6 +384,11 @@ fn restored_lines(restored: &Restored, args: &RestoreArgs) -> Vec<String> {
         "restored {what} to {} in {took}; {checks} verified{skipped}",
         summary.path.display()
     ));
+    if let Some(key) = &summary.check_recorded {
+        lines.push(format!(
+            "recorded the integrity_check as {key}: later restores of this snapshot need not run it"
+        ));
+    }
     if let Some(id) = &restored.pre_restore {
         lines.push(format!(
             "the replaced file was first backed up as snapshot {id} (tag {PRE_RESTORE_TAG})"
@@ -382,6 +398,20 @@ fn restored_lines(restored: &Restored, args: &RestoreArgs) -> Vec<String> {
         lines.push(format!("kept the previous file as {}", p.display()));
     }
     lines
+}
+
+/// Why integrity_check did not run again, in words.
+fn recorded_words(r: &RecordedCheck) -> String {
+    format!(
+        "; integrity_check ok at {} on {} ({}, signed by {}), and the restored bytes are \
+         those it checked (keyed BLAKE3 ids); --database-check runs it again",
+        r.at.as_str(),
+        r.host,
+        r.checked
+            .with_timezone(&Local)
+            .format("%Y-%m-%d %H:%M:%S %z"),
+        r.signer
+    )
 }
 
 /// What a restore had to work around, in words.

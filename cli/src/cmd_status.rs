@@ -2,14 +2,20 @@
 //! the `[status]` thresholds, for people (a table), scripts (`--json`), cron
 //! (exit 1 when a threshold is breached) and Prometheus (a node_exporter
 //! textfile). Reads manifests and object listings only, so a backup host
-//! with just the recipients can run it.
+//! with just the recipients can run it on format 1; format 2 needs a
+//! metadata key (the writer key or an identity), and counts signed
+//! snapshots only (see `backup_core::status`). A target this host's
+//! configuration cannot read is reported like any unreadable one, and the
+//! command then exits 2 (a mistake to fix, not an outage).
 
 use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use backup_core::each::status::{status_all, Copies, StatusRun, Watched};
+use backup_core::each::{SharedError, TargetError};
 use backup_core::status::SourceStatus;
+use backup_core::Error;
 use chrono::{DateTime, Local, Utc};
 use serde::Serialize;
 use serde_json::json;
@@ -17,8 +23,8 @@ use serde_json::json;
 use crate::config::Config;
 use crate::notify::{self, Event, EventKind};
 use crate::output;
-use crate::per_target::planned_targets;
-use crate::resolve::metadata_key;
+use crate::per_target::planned_listing_targets;
+use crate::resolve::metadata_key_if_any;
 use crate::state::DrillRecord;
 
 /// One target's repository, or why it could not be read.
@@ -27,6 +33,11 @@ pub struct TargetStatus {
     pub target: String,
     pub location: Option<String>,
     pub repository_bytes: Option<u64>,
+    /// The repository format (1 or 2), when it could be read.
+    pub format: Option<u32>,
+    /// Format 2: the snapshots whose manifests are rejected (forged, or
+    /// signed by no one the keyring trusts), by id; never counted.
+    pub rejected_snapshots: Vec<String>,
     pub error: Option<String>,
 }
 
@@ -53,6 +64,13 @@ pub struct Report {
     pub copies: Vec<Copies>,
     /// Every breach, as "source @ target: what".
     pub breaches: Vec<String>,
+    /// What is not a breach but needs saying (a format 1 target, rejected
+    /// snapshots), one sentence each.
+    pub warnings: Vec<String>,
+    /// A target this host's configuration cannot read, as the command's
+    /// error (exit 2), returned once the report is out.
+    #[serde(skip)]
+    pub mistake: Option<anyhow::Error>,
 }
 
 /// Every target's status for every source, and the breaches: the engine's
@@ -63,8 +81,8 @@ pub async fn check(cfg: &Config) -> Result<Report> {
             "no [[sources]] in the config: status reports on sources",
         ));
     }
-    let ids = metadata_key(cfg)?;
-    let targets = planned_targets(cfg, None).await?;
+    let ids = metadata_key_if_any(cfg)?;
+    let targets = planned_listing_targets(cfg, None).await?;
     let watched: Vec<Watched> = cfg
         .sources
         .iter()
@@ -73,8 +91,9 @@ pub async fn check(cfg: &Config) -> Result<Report> {
             thresholds: cfg.thresholds(&s.name),
         })
         .collect();
-    let run = status_all(targets, &ids, &watched, Utc::now()).await;
+    let run = status_all(targets, ids.as_ref(), &watched, Utc::now()).await;
     let mut report = Report::from(&run);
+    report.mistake = mistake(&run);
     let records = crate::state::dir(cfg);
     for row in &mut report.sources {
         let source = &row.status.source;
@@ -98,6 +117,8 @@ impl From<&StatusRun> for Report {
                         target: target.clone(),
                         location: Some(h.location.clone()),
                         repository_bytes: Some(h.repository_bytes),
+                        format: Some(h.format),
+                        rejected_snapshots: h.rejected.clone(),
                         error: None,
                     });
                     sources.extend(h.sources.iter().map(|s| Row {
@@ -112,6 +133,8 @@ impl From<&StatusRun> for Report {
                     target,
                     location: None,
                     repository_bytes: None,
+                    format: None,
+                    rejected_snapshots: Vec::new(),
                     error: Some(e.chain()),
                 }),
             }
@@ -124,14 +147,48 @@ impl From<&StatusRun> for Report {
             sources,
             copies: run.copies(),
             breaches,
+            warnings: run.warnings(),
+            mistake: None,
         }
+    }
+}
+
+/// The first target this host's configuration cannot read (no key for
+/// it), as the command's error: typed, so its exit code and hint are the
+/// engine's.
+fn mistake(run: &StatusRun) -> Option<anyhow::Error> {
+    run.outcomes.iter().find_map(|o| match &o.result {
+        Err(TargetError::Unavailable(e)) if crate::usage::is_mistake(e.as_ref()) => {
+            Some(anyhow::Error::new(Unopened(e.clone())))
+        }
+        Err(TargetError::Failed(Error::Key(m))) => Some(
+            anyhow::Error::new(Error::Key(m.clone())).context(format!("target {:?}", o.target)),
+        ),
+        _ => None,
+    })
+}
+
+/// A target that could not be opened with this configuration; its error
+/// is the cause, whole.
+#[derive(Debug)]
+struct Unopened(SharedError);
+
+impl std::fmt::Display for Unopened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("status cannot read every target with this configuration")
+    }
+}
+
+impl std::error::Error for Unopened {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
     }
 }
 
 pub async fn run(cfg: &Config, as_json: bool, prometheus: Option<&Path>) -> Result<()> {
     notify::start(&cfg.notify, EventKind::Status).await;
     let report = check(cfg).await;
-    let report = match report {
+    let mut report = match report {
         Ok(r) => r,
         Err(e) => {
             let mut ev = Event::new(EventKind::Status, false);
@@ -150,7 +207,13 @@ pub async fn run(cfg: &Config, as_json: bool, prometheus: Option<&Path>) -> Resu
     } else {
         print_table(&report);
     }
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
     send_events(cfg, &report).await;
+    if let Some(e) = report.mistake.take() {
+        return Err(e);
+    }
     if !report.ok {
         bail!(
             "{} status check(s) failed: {}",
@@ -417,6 +480,14 @@ fn target_families(out: &mut String, targets: &[TargetStatus]) {
         "1 when the target's repository could be read, else 0.",
         per_target(targets, |t| Some(u8::from(t.error.is_none()).to_string())),
     );
+    family(
+        out,
+        "offsite_rejected_snapshots",
+        "Format 2: manifests in the target's repository not signed by its owner or an authorised writer (never counted as backups).",
+        per_target(targets, |t| {
+            (t.format == Some(2)).then(|| t.rejected_snapshots.len().to_string())
+        }),
+    );
 }
 
 #[cfg(test)]
@@ -437,12 +508,16 @@ mod tests {
                     target: "local".into(),
                     location: Some("/r".into()),
                     repository_bytes: Some(4096),
+                    format: Some(2),
+                    rejected_snapshots: vec!["forged".into()],
                     error: None,
                 },
                 TargetStatus {
                     target: "b\"2".into(),
                     location: None,
                     repository_bytes: None,
+                    format: None,
+                    rejected_snapshots: Vec::new(),
                     error: Some("down".into()),
                 },
             ],
@@ -467,6 +542,8 @@ mod tests {
                 last_drill: None,
             }],
             breaches: vec!["target b\"2: down".into()],
+            warnings: Vec::new(),
+            mistake: None,
         };
         let text = prometheus_text(&report);
         for line in [
@@ -478,9 +555,11 @@ mod tests {
             "offsite_target_up{target=\"b\\\"2\"} 0",
             "offsite_status_ok{source=\"app\",target=\"local\"} 1",
             "offsite_status_timestamp_seconds 1795428000",
+            "offsite_rejected_snapshots{target=\"local\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
         assert!(!text.contains("offsite_repository_bytes{target=\"b"));
+        assert!(!text.contains("offsite_rejected_snapshots{target=\"b"));
     }
 }

@@ -92,9 +92,24 @@ pub struct SourceConfig {
     /// ("30s", "5m"); see [`SourceConfig::lock_timeout`].
     #[serde(rename = "lock_timeout")]
     pub lock_timeout_setting: Option<String>,
+    /// When SQLite's integrity_check runs on this source's snapshots
+    /// (format 2): at the first restore (the default), or at every backup.
+    #[serde(default)]
+    pub database_check: DatabaseCheckSetting,
     /// Where hooks run: the config file's directory.
     #[serde(skip)]
     pub hook_dir: Option<PathBuf>,
+}
+
+/// `database_check` of a source (docs/cli.md, "Database check").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatabaseCheckSetting {
+    /// The first restore (or drill) runs it and, as the owner, records it.
+    #[default]
+    Restore,
+    /// Every backup runs it on the state it read and records an ok result.
+    Backup,
 }
 
 /// A target: its name and kind, plus the backend's own settings, which are

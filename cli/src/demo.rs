@@ -74,6 +74,7 @@ pub async fn run(dir: &Path) -> Result<()> {
         // The demo's own scratch copy: moving it aside is enough.
         no_pre_restore_snapshot: true,
         no_database_check: false,
+        database_check: false,
         test: false,
         target: None,
         identity: None,

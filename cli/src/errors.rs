@@ -69,9 +69,12 @@ pub(crate) fn hint_in(e: &(dyn std::error::Error + 'static)) -> Option<String> {
         Error::DuckdbVersion { .. } => "install a libduckdb at least as new as the DuckDB that wrote the database (set OFFSITE_LIBDUCKDB=/path/to/libduckdb.so), or restore without this check with --no-database-check (the SHA-256 of the data is still verified); nothing at the destination was changed".into(),
         Error::CannotReplace { .. } => "nothing at the destination was changed: fix the cause and run the restore again, or restore to another path with --to".into(),
         Error::PruneBlocked { .. } => "nothing was deleted; `offsite verify` shows which snapshots are damaged".into(),
+        Error::NotFormat1 { .. } => "name the format 1 target with --from (`offsite targets check` and `offsite snapshots` show what each target holds)".into(),
         Error::NotFormat2 { .. } => "key and writer commands need a format 2 repository (in development): create one on an empty target with `offsite init --target NAME`".into(),
-        Error::Untrusted { .. } => "offsite restores only snapshots signed by the repository's owner or a writer it authorised, and wrote nothing: restore another snapshot (`offsite snapshots` shows who signed each), and check who can write to this target".into(),
+        Error::Untrusted { .. } => "offsite uses only snapshots signed by the repository's owner or a writer it authorised, and wrote nothing: choose another snapshot (`offsite snapshots` shows who signed each), and check who can write to this target".into(),
         Error::NoFormat2Keys { .. } => "`offsite keygen` and `offsite init` print the owner key where the owner identity is; a backup host gets a writer key with `offsite writer keygen`, which the owner adds with `offsite writer add`".into(),
+        // Design, open question 3: no holder kind gets M alone yet.
+        Error::NoMetadataKey { .. } => "a monitoring host can hold a writer key of its own: `offsite writer keygen -o FILE` there, then `offsite writer add NAME offsite-writer1...` where the owner identity is (a writer key can also sign backups)".into(),
         Error::Keyring(k) => return keyring_hint(k),
         Error::Io { .. } | Error::NotPinned(_) => return None,
     })

@@ -25,6 +25,7 @@ mod cmd_drill;
 mod cmd_init;
 mod cmd_key;
 mod cmd_keygen;
+mod cmd_migrate;
 mod cmd_pin;
 mod cmd_prune;
 mod cmd_repair;
@@ -132,6 +133,8 @@ enum Command {
         #[arg(long)]
         target: Option<String>,
     },
+    /// Move a format 1 repository to a new format 2 one (same snapshot ids, signed by the owner); needs the owner identity.
+    Migrate(cmd_migrate::MigrateArgs),
     /// The recipients of format 2 repositories (in development): list, add, remove.
     Key {
         #[command(subcommand)]
@@ -253,7 +256,7 @@ impl Command {
             Command::Restore(a) => a.json,
             Command::Key { command } => command.json(),
             Command::Writer { command } => command.stdout_is_product(),
-            Command::Init { .. } => false,
+            Command::Init { .. } | Command::Migrate(_) => false,
             Command::Prune(a) => a.json,
             Command::Verify(a) => a.json,
             Command::Pin(_) | Command::Unpin(_) | Command::Unlock(_) => false,
@@ -316,6 +319,10 @@ pub struct RestoreArgs {
     /// DuckDB file newer than the libduckdb here; the SHA-256 of the data is still verified.
     #[arg(long)]
     pub no_database_check: bool,
+    /// Run the database check even when a signed record says it passed on this snapshot
+    /// (format 2: by default a recorded integrity_check is not run again).
+    #[arg(long, conflicts_with = "no_database_check")]
+    pub database_check: bool,
     /// Restore into a temporary directory, verify, and delete it: a check that touches nothing.
     #[arg(long, conflicts_with_all = ["to", "force"])]
     pub test: bool,
@@ -482,6 +489,7 @@ async fn with_config(
             notify::around(&cfg.notify, notify::EventKind::Prune, prune).await
         }
         Command::Init { target } => cmd_init::run(cfg, target.as_deref()).await,
+        Command::Migrate(args) => cmd_migrate::run(cfg, &args).await,
         Command::Key { command } => cmd_key::run(cfg, &command).await,
         Command::Writer { command } => cmd_writer::run(cfg, &command).await,
         Command::Pin(args) => cmd_pin::pin(cfg, &args).await,

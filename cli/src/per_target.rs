@@ -1,5 +1,5 @@
 //! The binary's side of a per-target command (prune, unlock, verify, drill,
-//! status): the chosen targets opened into the engine's
+//! status, pin): the chosen targets opened into the engine's
 //! [`PlannedTarget`]s, and each target's report or failure printed as the
 //! engine tells of it. What the outcomes mean is the engine's
 //! ([`backup_core::each`]); nothing here counts failures.
@@ -42,6 +42,45 @@ pub(crate) async fn planned_readable_targets(
     Ok(open_targets(chosen_targets(cfg, name)?, access.as_ref()).await)
 }
 
+/// [`planned_targets`] for the commands that list snapshots and write only
+/// unsigned metadata (status, pin): format 2 targets are opened with the
+/// writer key or the identity ([`Purpose::List`]); with neither, each is
+/// its target's failure saying what to configure
+/// ([`Repository::open_to_list`]).
+pub(crate) async fn planned_listing_targets(
+    cfg: &Config,
+    name: Option<&str>,
+) -> Result<Vec<PlannedTarget>> {
+    let chosen = chosen_targets(cfg, name)?;
+    // A format 1 backup host may name an identity file it does not hold
+    // here (status needs only the recipients there): keys that cannot be
+    // read fail the format 2 targets only, with why.
+    let (access, unreadable) = match access(cfg, Purpose::List, None) {
+        Ok(access) => (access, None),
+        Err(e) if crate::usage::is_usage(&e) => return Err(e),
+        Err(e) => (None, Some(format!("{e:#}"))),
+    };
+    let mut planned = open_each(chosen, |s| Repository::open_to_list(s, access.as_ref())).await;
+    for t in planned.iter_mut().filter(|t| needs_keys(&t.repo)) {
+        if let Some(why) = &unreadable {
+            t.repo = Err(shared(anyhow::anyhow!("target {:?}: {why}", t.name)));
+        }
+    }
+    Ok(planned)
+}
+
+/// Whether a target failed only for want of a metadata key.
+fn needs_keys(repo: &Result<Repository, SharedError>) -> bool {
+    let Err(e) = repo else { return false };
+    let first: &(dyn std::error::Error + 'static) = e.as_ref();
+    std::iter::successors(Some(first), |c| c.source()).any(|c| {
+        matches!(
+            c.downcast_ref(),
+            Some(backup_core::Error::NoMetadataKey { .. })
+        )
+    })
+}
+
 /// Opens each target's repository: format 2 ones with `access` when it is
 /// given (else they are refused as not supported by that command yet). The
 /// errors are as they come: opening the backend names the target already,
@@ -50,9 +89,11 @@ pub(crate) async fn open_targets(
     chosen: Vec<&TargetConfig>,
     access: Option<&Access>,
 ) -> Vec<PlannedTarget> {
-    open_each(chosen, async |storage| match access {
-        Some(access) => Repository::open_with(storage, Some(access)).await,
-        None => Repository::open(storage).await,
+    open_each(chosen, |storage| async move {
+        match access {
+            Some(access) => Repository::open_with(storage, Some(access)).await,
+            None => Repository::open(storage).await,
+        }
     })
     .await
 }
@@ -64,10 +105,7 @@ pub(crate) async fn open_writable_targets(
     chosen: Vec<&TargetConfig>,
     access: Option<&Access>,
 ) -> Vec<PlannedTarget> {
-    open_each(chosen, async |storage| {
-        Repository::open_with(storage, access).await
-    })
-    .await
+    open_each(chosen, |storage| Repository::open_with(storage, access)).await
 }
 
 /// The chosen targets opened as format 2 repositories, for the key
@@ -79,12 +117,15 @@ pub(crate) async fn planned_v2_targets(
     Ok(open_each(chosen_targets(cfg, name)?, Repository::open_v2).await)
 }
 
-/// Each target's store opened with `open`, in order; a failure is that
-/// target's, named.
-async fn open_each(
+/// Each chosen target's backend opened, then its repository with `open`,
+/// in order; a failure is that target's, named.
+async fn open_each<F>(
     chosen: Vec<&TargetConfig>,
-    open: impl AsyncFn(Arc<dyn Storage>) -> backup_core::Result<Repository>,
-) -> Vec<PlannedTarget> {
+    open: impl Fn(Arc<dyn Storage>) -> F,
+) -> Vec<PlannedTarget>
+where
+    F: std::future::Future<Output = backup_core::Result<Repository>>,
+{
     let mut planned = Vec::with_capacity(chosen.len());
     for t in chosen {
         let repo = match targets::open(t) {

@@ -45,6 +45,15 @@ pub(crate) fn metadata_key(cfg: &Config) -> Result<MetadataKey> {
     }
 }
 
+/// [`metadata_key`] when this host configures recipients or an identity;
+/// `None` on a format 2 host that holds only a writer key (whose key set
+/// reads format 2 metadata; format 1 targets then fail).
+pub(crate) fn metadata_key_if_any(cfg: &Config) -> Result<Option<MetadataKey>> {
+    let configured =
+        !cfg.encryption.recipients.is_empty() || cfg.encryption.identity_file.is_some();
+    configured.then(|| metadata_key(cfg)).transpose()
+}
+
 /// One `age1...` recipient given on the command line or in the config.
 pub(crate) fn recipient(text: &str) -> Result<age::x25519::Recipient> {
     text.trim().parse().map_err(|e: &str| {
@@ -100,6 +109,10 @@ pub(crate) enum Purpose {
     Write,
     /// Restore, verify and drill read data: the identity (or `--identity`).
     Read,
+    /// Status and pin list snapshots and write unsigned metadata (pins):
+    /// they need a metadata key M, which the writer key (when one is
+    /// configured) or the identity holds.
+    List,
 }
 
 /// How this host opens format 2 repositories for `purpose`, or `None`
@@ -112,7 +125,9 @@ pub(crate) fn access(
 ) -> Result<Option<Access>> {
     let has_identity = identity.is_some() || cfg.encryption.identity_file.is_some();
     let holding = match (&cfg.encryption.writer_key_file, purpose) {
-        (Some(path), Purpose::Write) => Holding::Writer(WriterKey::from_file(path)?),
+        (Some(path), Purpose::Write | Purpose::List) => {
+            Holding::Writer(WriterKey::from_file(path)?)
+        }
         _ if has_identity => Holding::Identities(identities(cfg, identity)?),
         _ => return Ok(None),
     };

@@ -29,16 +29,26 @@ pub fn mistake(message: impl Into<String>) -> anyhow::Error {
 pub fn is_usage(e: &anyhow::Error) -> bool {
     // `downcast_ref` also finds a `Usage` added as context; `chain` finds
     // errors that are the source of another.
-    e.downcast_ref::<Usage>().is_some() || e.chain().any(is_config_error)
+    e.downcast_ref::<Usage>().is_some() || e.chain().any(is_one)
 }
 
-/// True when `c` itself (not its causes) is a usage or configuration
-/// mistake, for callers that walk an error chain of their own.
-pub fn is_config_error(c: &(dyn std::error::Error + 'static)) -> bool {
+/// [`is_usage`] for an error outside an anyhow chain (a target's failure
+/// in a per-target report): it or one of its causes is a mistake.
+pub fn is_mistake(e: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(e), |c| c.source()).any(is_one)
+}
+
+/// Whether this one error (not its causes) is a usage or configuration mistake.
+fn is_one(c: &(dyn std::error::Error + 'static)) -> bool {
     c.is::<Usage>()
         || matches!(
             c.downcast_ref::<Error>(),
-            Some(Error::Key(_) | Error::NoFormat2Keys { .. })
+            Some(
+                Error::Key(_)
+                    | Error::NoFormat2Keys { .. }
+                    | Error::NoMetadataKey { .. }
+                    | Error::NotFormat1 { .. }
+            )
         )
 }
 

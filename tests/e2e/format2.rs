@@ -112,7 +112,7 @@ fn key_add_then_the_new_identity_restores() {
 
 /// Decrypts a stored object (or the DATA part of a pack) with `identity`
 /// using the real age and zstd: whether it opens.
-fn opens_with(identity: &Path, object: &[u8], scratch: &Path) -> bool {
+pub(crate) fn opens_with(identity: &Path, object: &[u8], scratch: &Path) -> bool {
     std::fs::write(scratch, object).unwrap();
     let out = Command::new("age")
         .arg("-d")
@@ -255,7 +255,7 @@ fn key_remove_then_the_removed_identity_cannot_read_new_snapshots() {
 /// owner never authorised, and encrypts to the current generation's public
 /// data and metadata recipients, which anyone can read from the keyring.
 /// Returns the forged snapshot's id.
-fn forge_newest_snapshot(repo: &Path, forged_db: &Path) -> String {
+pub(crate) fn forge_newest_snapshot(repo: &Path, forged_db: &Path) -> String {
     use backup_core::chunk::{ChunkId, ChunkKey};
     use backup_core::codec::Encoder;
     use backup_core::keys::{KeysetId, WriterKey};
@@ -434,4 +434,111 @@ fn a_forged_snapshot_is_rejected_by_restore_verify_and_drill() {
         format!("{out}{err}").contains("rejected_objects"),
         "{out}{err}"
     );
+}
+
+/// tests/fixtures/repo-v2 was written once by the first offsite that wrote
+/// format 2 (scripts/make-fixture-v2.sh says how) and is never regenerated:
+/// if this fails, the format changed incompatibly. Its newest snapshots
+/// restore with the owner's identity and with a recipient added by `key
+/// add`; the older (pinned, full-list) ones too; the identity removed
+/// between them cannot read the newer ones.
+#[test]
+fn a_repository_written_by_format_v2_still_restores() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/repo-v2");
+    let scratch = tempfile::tempdir().unwrap();
+    let repo = scratch.path().join("repo");
+    for f in find_files(&fixture.join("repo")) {
+        let dest = repo.join(f.strip_prefix(fixture.join("repo")).unwrap());
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(&f, dest).unwrap();
+    }
+    let owner = std::fs::read_to_string(fixture.join("owner-key.txt")).unwrap();
+    let expected = std::fs::read_to_string(fixture.join("expected.txt")).unwrap();
+    for identity in ["key.txt", "key2.txt"] {
+        let env = fixture_env(&repo, &fixture.join(identity), owner.trim());
+        let listed = snapshots(&env);
+        assert_eq!(listed.len(), 4, "two snapshots of each source: {listed:?}");
+        assert!(
+            listed.iter().all(|s| s["trust"]["writer"] == "app-1"),
+            "{listed:?}"
+        );
+        let to = env.dir.path().join("app.db");
+        let (code, out) = restore_to(&env, &to, &[], &[]);
+        assert_eq!(code, 0, "{identity}: {out}");
+        assert_eq!(integrity(&to), "ok");
+        assert_eq!(count_and_body_length(&to), expected.trim(), "{identity}");
+
+        let oldest = oldest_of(&listed, "app");
+        let older = env.dir.path().join("older.db");
+        let (code, out) = restore_to(&env, &older, &["--snapshot", &oldest], &[]);
+        assert_eq!(code, 0, "{identity}: {out}");
+        assert_eq!(integrity(&older), "ok");
+        assert_eq!(dump_count(&older), 2000);
+
+        let files = env.dir.path().join("files");
+        let (code, out, err) = env.run(&[
+            "restore",
+            "--source",
+            "files",
+            "--latest",
+            "--to",
+            files.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{identity}: {out}{err}");
+        let read = |p: &str| std::fs::read_to_string(files.join(p)).unwrap();
+        assert_eq!(read("docs/note.txt"), "second version\n");
+        assert_eq!(read("keep.txt"), "unchanged\n");
+        assert_eq!(
+            std::fs::read_link(files.join("link")).unwrap(),
+            Path::new("docs/note.txt")
+        );
+    }
+    let env = fixture_env(&repo, &fixture.join("removed.txt"), owner.trim());
+    let to = env.dir.path().join("by-removed.db");
+    let (code, out) = restore_to(&env, &to, &[], &[]);
+    assert_ne!(
+        code, 0,
+        "the removed identity read the newest snapshot: {out}"
+    );
+    assert!(out.contains("is a recipient of this repository"), "{out}");
+    assert!(!to.exists());
+}
+
+/// An environment whose config reads the fixture copy at `repo` with
+/// `identity`, trusting `owner`.
+fn fixture_env(repo: &Path, identity: &Path, owner: &str) -> Env {
+    let env = Env::with_target(repo.to_str().unwrap());
+    std::fs::write(
+        env.dir.path().join("offsite.toml"),
+        format!(
+            "state_dir = \"state\"\n[encryption]\nidentity_file = \"{}\"\nowner_key = \"{owner}\"\n\
+             [[sources]]\nname = \"app\"\nkind = \"sqlite\"\npath = \"unused.db\"\n\
+             [[sources]]\nname = \"files\"\nkind = \"files\"\npath = \"unused\"\n\
+             [[targets]]\nname = \"fixture\"\nkind = \"local\"\npath = \"{}\"\n",
+            identity.display(),
+            repo.display()
+        ),
+    )
+    .unwrap();
+    env
+}
+
+fn count_and_body_length(db: &Path) -> String {
+    let c = Connection::open(db).unwrap();
+    let (n, sum): (i64, i64) = c
+        .query_row("SELECT count(*), sum(length(body)) FROM tasks", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    format!("{n} {sum}")
+}
+
+fn oldest_of(listed: &[serde_json::Value], source: &str) -> String {
+    listed
+        .iter()
+        .rfind(|s| s["source"] == source)
+        .unwrap_or_else(|| panic!("no snapshot of {source}: {listed:?}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }

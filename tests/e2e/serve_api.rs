@@ -291,14 +291,19 @@ fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
 }
 
 /// The JSON schema of a 2xx answer of `method path`.
-fn answer_schema<'a>(doc: &'a Value, path: &str, method: &str, status: &str) -> &'a Value {
+pub(crate) fn answer_schema<'a>(
+    doc: &'a Value,
+    path: &str,
+    method: &str,
+    status: &str,
+) -> &'a Value {
     let op = &doc["paths"][path][method];
     let content = &op["responses"][status]["content"]["application/json"];
     resolve(doc, &content["schema"])
 }
 
 /// `value`'s keys are the schema's properties, with every required one.
-fn assert_fits(doc: &Value, schema: &Value, value: &Value, what: &str) {
+pub(crate) fn assert_fits(doc: &Value, schema: &Value, value: &Value, what: &str) {
     let schema = resolve(doc, schema);
     let (schema, value) = match schema["type"].as_str() {
         Some("array") => (resolve(doc, &schema["items"]), &value[0]),

@@ -2,14 +2,19 @@
 //! means: the breaches of the thresholds (a target that cannot be read is
 //! one) and on how many targets each source's newest snapshot is.
 //!
-//! Reads manifests and object listings only (see [`crate::status`]).
+//! Reads manifests and object listings only (see [`crate::status`]): a
+//! format 2 target with its key set's metadata keys, a format 1 one with
+//! the metadata key given. What is not a breach but needs saying (a format
+//! 1 target, rejected snapshots) is in [`StatusRun::warnings`].
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::{each, Outcomes, PlannedTarget};
+use crate::error::Result;
 use crate::keys::MetadataKey;
-use crate::status::{source_status, Newest, SourceStatus, Thresholds};
+use crate::repo::{Manifest, Repository};
+use crate::status::{rejected, source_status, Newest, SourceStatus, Thresholds};
 
 /// A source whose backups are checked, and its limits.
 #[derive(Debug, Clone)]
@@ -24,6 +29,10 @@ pub struct TargetHealth {
     /// Where the repository is, in words.
     pub location: String,
     pub repository_bytes: u64,
+    /// The repository format (1 or 2).
+    pub format: u32,
+    /// Format 2: the snapshots whose manifests are rejected, by id.
+    pub rejected: Vec<String>,
     /// One per watched source, in their order.
     pub sources: Vec<SourceStatus>,
 }
@@ -82,6 +91,24 @@ impl StatusRun {
         self.breaches().is_empty()
     }
 
+    /// What every readable target should tell its owner without being a
+    /// breach: a format 1 repository (design 6.1) and rejected snapshots.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (target, h) in self.outcomes.reports() {
+            if h.format == 1 {
+                out.push(format!(
+                    "target {target} is format 1 (unsigned snapshots, fixed recipients): \
+                     `offsite migrate --to NEW`"
+                ));
+            }
+            if !h.rejected.is_empty() {
+                out.push(rejected_warning(target, &h.rejected));
+            }
+        }
+        out
+    }
+
     /// Per source, on how many targets its newest snapshot is.
     pub fn copies(&self) -> Vec<Copies> {
         self.sources.iter().map(|s| self.copies_of(s)).collect()
@@ -122,6 +149,19 @@ impl StatusRun {
     }
 }
 
+/// What rejected snapshots on `target` mean, and that status left them out.
+fn rejected_warning(target: &str, ids: &[String]) -> String {
+    format!(
+        "target {target}: {} rejected snapshot{} ({}): not signed by the repository's owner or \
+         a writer it authorised, so someone with write access to the target added objects \
+         offsite will never use; status counts signed snapshots only (`offsite verify` \
+         reports each)",
+        ids.len(),
+        if ids.len() == 1 { "" } else { "s" },
+        ids.join(", ")
+    )
+}
+
 /// `source`'s newest snapshot on a target.
 fn newest_of<'a>(health: &'a TargetHealth, source: &str) -> Option<&'a Newest> {
     health
@@ -132,21 +172,24 @@ fn newest_of<'a>(health: &'a TargetHealth, source: &str) -> Option<&'a Newest> {
 }
 
 /// Reads each target's snapshots and size and checks every watched source
-/// against its thresholds as of `now`.
+/// against its thresholds as of `now`. `ids` reads format 1 targets
+/// (`None`: this host has no recipients nor identity, and they fail).
 pub async fn status_all(
     targets: Vec<PlannedTarget>,
-    ids: &MetadataKey,
+    ids: Option<&MetadataKey>,
     sources: &[Watched],
     now: DateTime<Utc>,
 ) -> StatusRun {
     let outcomes = each(
         targets,
         async |_, repo| {
-            let snapshots = repo.snapshots(ids).await?;
+            let snapshots = listed(repo, ids).await?;
             let repository_bytes = repo.stored_bytes().await?;
             Ok(TargetHealth {
                 location: repo.describe(),
                 repository_bytes,
+                format: repo.config().version(),
+                rejected: rejected(&snapshots),
                 sources: sources
                     .iter()
                     .map(|w| source_status(&snapshots, &w.source, &w.thresholds, now))
@@ -160,5 +203,14 @@ pub async fn status_all(
         time: now,
         sources: sources.iter().map(|w| w.source.clone()).collect(),
         outcomes,
+    }
+}
+
+/// `repo`'s snapshots, newest first: a format 2 one's with its key set.
+async fn listed(repo: &Repository, ids: Option<&MetadataKey>) -> Result<Vec<Manifest>> {
+    match (repo.keyset(), ids) {
+        (Some(keys), _) => repo.snapshots(&keys.metadata_key()).await,
+        (None, Some(ids)) => repo.snapshots(ids).await,
+        (None, None) => Err(crate::keys::no_recipients()),
     }
 }

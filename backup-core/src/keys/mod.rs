@@ -49,11 +49,7 @@ impl Keys {
     /// Parses `age1...` recipients. At least one is required.
     pub fn from_recipients(list: &[String]) -> Result<Keys> {
         if list.is_empty() {
-            return Err(Error::Key(
-                "no recipients configured: set encryption.recipients to at least one age \
-                 public key (age1...), e.g. the one `offsite keygen` prints"
-                    .into(),
-            ));
+            return Err(no_recipients());
         }
         let mut parsed = Vec::new();
         let mut canonical = Vec::new();
@@ -111,6 +107,15 @@ impl Keys {
             source: "recipients (metadata only)".into(),
         }
     }
+}
+
+/// What a format 1 write (backup, pin) without recipients fails with.
+pub(crate) fn no_recipients() -> Error {
+    Error::Key(
+        "no recipients configured: set encryption.recipients to at least one age public key \
+         (age1...), e.g. the one `offsite keygen` prints"
+            .into(),
+    )
 }
 
 fn identity_from_bytes(secret: &[u8; 32]) -> x25519::Identity {

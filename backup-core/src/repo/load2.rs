@@ -249,6 +249,27 @@ impl Repository {
         Ok(out)
     }
 
+    /// Snapshot `id` (a full id) of this format 2 repository with its
+    /// trust, its one manifest read and judged as [`Repository::snapshots_v2`]
+    /// judges each: [`Error::SnapshotNotFound`] when there is none,
+    /// [`Error::Corrupt`] when it does not decode or parse.
+    pub async fn snapshot_v2(&self, keys: &KeySet, id: &str) -> Result<SnapshotV2> {
+        let key = format!("{SNAPSHOTS}{id}");
+        let raw = match self.get_bytes(&key).await {
+            Ok(raw) => raw,
+            Err(Error::Storage { cause, .. }) if cause.is_not_found() => {
+                return Err(Error::SnapshotNotFound(format!("id {id}")))
+            }
+            Err(e) => return Err(e),
+        };
+        judge_manifest(&key, &raw, &keys.metadata_key(), &keys.verifier(), keys).map_err(|u| {
+            Error::Corrupt {
+                key: u.key,
+                message: u.message,
+            }
+        })
+    }
+
     /// The index of this format 2 repository: every index file that
     /// decodes and verifies, merged with format 1's damage preference.
     /// Index files that vanish while read (a prune rewrote them) make the

@@ -32,6 +32,7 @@
 //! `list`, writing damage records in `damage`.
 //! docs/format.md is the normative description; this module implements it.
 
+mod checks;
 mod damage;
 pub mod format;
 pub mod init;
@@ -40,6 +41,8 @@ mod load;
 mod load2;
 mod ops;
 pub mod path;
+
+pub use checks::{CheckedAt, RecordedCheck};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -386,6 +389,20 @@ impl Repository {
         access: Option<&Access>,
     ) -> Result<Repository> {
         Self::open_any(storage).await?.with_access(access).await
+    }
+
+    /// [`Repository::open_with`] for what lists snapshots and writes only
+    /// unsigned metadata (status, pin): that needs a metadata key M, which
+    /// a writer key or a recipient's identity holds, so a format 2
+    /// repository without `access` is [`Error::NoMetadataKey`], saying so.
+    pub async fn open_to_list(
+        storage: Arc<dyn Storage>,
+        access: Option<&Access>,
+    ) -> Result<Repository> {
+        match Self::open_with(storage, access).await {
+            Err(Error::NoFormat2Keys { target }) => Err(Error::NoMetadataKey { target }),
+            other => other,
+        }
     }
 
     /// This repository as `access` opens it: format 1 as it is, format 2

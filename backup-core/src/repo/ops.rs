@@ -118,6 +118,12 @@ impl Repository {
         crate::pins::pin(self, keys, id, wait).await
     }
 
+    /// [`Repository::pin`] for a format 2 repository opened with its key
+    /// set: a signed snapshot only ([`crate::pins::pin_v2`]).
+    pub async fn pin_v2(&self, id: &str, wait: LockWait) -> Result<bool> {
+        crate::pins::pin_v2(self, id, wait).await
+    }
+
     /// Lets retention decide about snapshot `id` again; `false` if it was
     /// not pinned.
     pub async fn unpin(&self, id: &str) -> Result<bool> {

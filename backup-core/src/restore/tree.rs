@@ -173,26 +173,36 @@ pub(super) fn prepare(staging: &Path, entries: &[Entry], layout: Layout) -> Resu
     if layout == Layout::Tree {
         std::fs::create_dir(staging).map_err(|e| io(staging, e))?;
     }
-    let mut paths = Vec::with_capacity(entries.len());
-    for (i, entry) in entries.iter().enumerate() {
-        let dest = match layout {
-            Layout::Tree => staging.join(path_of(entry)),
-            _ if i == 0 => staging.to_path_buf(),
-            // A DuckDB .wal (checked above): beside the staged database.
-            _ => super::with_suffix(staging, ".wal"),
-        };
+    let paths = placed(staging, entries, layout);
+    for (entry, dest) in entries.iter().zip(&paths) {
         match entry {
             // create_dir, not create_dir_all: it fails on anything already there.
-            Entry::Dir { .. } => std::fs::create_dir(&dest).map_err(|e| io(&dest, e))?,
+            Entry::Dir { .. } => std::fs::create_dir(dest).map_err(|e| io(dest, e))?,
             Entry::File { size, .. } => {
-                let f = create_new(&dest).map_err(|e| io(&dest, e))?;
-                f.set_len(*size).map_err(|e| io(&dest, e))?;
+                let f = create_new(dest).map_err(|e| io(dest, e))?;
+                f.set_len(*size).map_err(|e| io(dest, e))?;
             }
             Entry::Symlink { .. } => {}
         }
-        paths.push(dest);
     }
     Ok(paths)
+}
+
+/// Where each entry lies under `root` when a snapshot is laid out there
+/// as `layout` says (the staging path, or the destination once in place).
+fn placed(root: &Path, entries: &[Entry], layout: Layout) -> Vec<PathBuf> {
+    let at = |(i, entry)| match layout {
+        Layout::Tree => root.join(path_of(entry)),
+        _ if i == 0 => root.to_path_buf(),
+        // A DuckDB .wal (checked above): beside the staged database.
+        _ => super::with_suffix(root, ".wal"),
+    };
+    entries.iter().enumerate().map(at).collect()
+}
+
+/// Where each entry of a snapshot of `kind` lies once restored to `to`.
+pub(crate) fn restored_paths(to: &Path, kind: SourceKind, entries: &[Entry]) -> Vec<PathBuf> {
+    placed(to, entries, Layout::of(kind, entries))
 }
 
 fn create_new(path: &Path) -> std::io::Result<File> {

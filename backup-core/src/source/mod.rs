@@ -73,6 +73,9 @@ pub trait Visitor {
 pub struct SourceInfo {
     /// SQLite page size, for SQLite sources.
     pub page_size: Option<u32>,
+    /// What `PRAGMA integrity_check` said of the state read (empty: ok),
+    /// when it was asked for and the source is SQLite.
+    pub integrity: Option<Vec<String>>,
 }
 
 /// How long a DuckDB source waits for a writer to close the database, unless configured.
@@ -80,17 +83,19 @@ pub const DEFAULT_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_
 
 /// Reads `spec` into `visitor`. Blocking: run it on a blocking thread.
 pub fn read(spec: &SourceSpec, visitor: &mut dyn Visitor) -> Result<SourceInfo> {
-    read_with(spec, DEFAULT_LOCK_TIMEOUT, visitor)
+    read_with(spec, DEFAULT_LOCK_TIMEOUT, false, visitor)
 }
 
-/// Like [`read`], waiting up to `lock_timeout` for a DuckDB writer.
+/// Like [`read`], waiting up to `lock_timeout` for a DuckDB writer, and
+/// with `integrity_check` running SQLite's check on the very state read.
 pub fn read_with(
     spec: &SourceSpec,
     lock_timeout: std::time::Duration,
+    integrity_check: bool,
     visitor: &mut dyn Visitor,
 ) -> Result<SourceInfo> {
     match spec.kind {
-        SourceKind::Sqlite => sqlite::read(&spec.path, visitor),
+        SourceKind::Sqlite => sqlite::read(&spec.path, integrity_check, visitor),
         SourceKind::Files => files::read(&spec.path, visitor).map(|()| SourceInfo::default()),
         SourceKind::Duckdb => duckdb::read(&spec.path, lock_timeout, visitor),
     }

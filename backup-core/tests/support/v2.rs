@@ -119,6 +119,23 @@ impl V2 {
     pub fn stranger(&self) -> Signer {
         Signer::writer(&WriterKey::generate(), self.owner_keys.id().clone())
     }
+
+    /// The repository opened with the owner's identity (or the writer's
+    /// key), as a host configured with it opens it.
+    pub async fn opened(&self, as_writer: bool) -> Repository {
+        let holding = match as_writer {
+            true => Holding::Writer(self.writer.clone()),
+            false => holding(self.owner.identity()),
+        };
+        let access = Access {
+            trust: self.owner.public(),
+            holding,
+            memory: None,
+        };
+        Repository::open_with(self.mem.clone(), Some(&access))
+            .await
+            .unwrap()
+    }
 }
 
 fn opts() -> AdminOptions {

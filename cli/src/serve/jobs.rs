@@ -387,6 +387,7 @@ async fn restore(state: &AppState, r: &JobRequest, test: bool) -> Result<Done> {
         force: !test,
         no_pre_restore_snapshot: false,
         no_database_check: false,
+        database_check: false,
         test,
         target: None,
         identity: None,
