@@ -249,7 +249,7 @@ enum PackSeal {
 
 /// A format 2 error while encoding an object this run writes: the
 /// format's error names the object.
-fn encoding(e: impl std::fmt::Display) -> Error {
+pub(crate) fn encoding(e: impl std::fmt::Display) -> Error {
     Error::io("format 2", std::io::Error::other(e.to_string()))
 }
 
@@ -1265,6 +1265,16 @@ async fn remove_unindexed(repo: &Repository, packs: &[PackContents]) {
             tracing::warn!(key, error = %e, "could not remove a pack no index names; prune will");
         }
     }
+}
+
+/// A format 2 index file naming `packs`, signed with `ks`'s signer: what
+/// prune writes for the live packs of the index files it deletes.
+pub(crate) async fn write_index_v2(
+    repo: &Repository,
+    ks: &KeySet,
+    packs: &[PackContents],
+) -> Result<u64> {
+    write_index_file(repo, Writing::V2(ks), packs).await
 }
 
 /// Writes one index file naming `packs` (format 2: signed, sealed to M).

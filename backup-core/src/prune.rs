@@ -36,6 +36,14 @@
 //!
 //! The whole run holds the exclusive lock (see [`crate::lock`]), so no backup
 //! is between loading the index and writing its manifest meanwhile.
+//!
+//! Format 2 repositories are pruned by [`v2`] with the same steps, order
+//! and rules, over signed objects only, and with the shortcut list objects
+//! that keep every kept snapshot's path short.
+
+mod v2;
+
+pub(crate) use v2::prune as prune_v2;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -45,6 +53,7 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use crate::chunk::ChunkId;
 use crate::error::{Error, Result};
 use crate::keys::{Keys, MetadataKey};
+use crate::keyset::KeySet;
 use crate::lock::{Lock, LockKind, LockWait};
 use crate::pins::PINS;
 use crate::repo::format::{write_index, ListItem, PackContents};
@@ -121,6 +130,12 @@ pub struct PruneReport {
     pub damage_records_deleted: u64,
     /// Chunks kept snapshots use whose every copy is recorded as damaged.
     pub damaged_chunks: u64,
+    /// Format 2: shortcut list objects written so that every kept
+    /// snapshot's path is short and made of kept snapshots.
+    pub shortcuts_written: u64,
+    /// Format 2: objects whose signature does not count and never can
+    /// (manifests, index files), removed: (key, why).
+    pub rejected_deleted: Vec<(String, String)>,
 }
 
 impl PruneReport {
@@ -137,27 +152,28 @@ pub(crate) async fn prune(
     opts: &PruneOptions,
 ) -> Result<PruneReport> {
     repo.check_keys(keys)?;
-    // A dry run changes nothing, so it only needs backups and other prunes
-    // to stand still (a shared lock); neither waits for the other.
-    let operation = if opts.dry_run {
-        "prune --dry-run"
-    } else {
-        "prune"
-    };
+    let lock = lock(repo, opts.dry_run).await?;
+    let result = prune_locked(repo, keys, opts, &lock).await;
+    lock.release().await;
+    result
+}
+
+/// The lock a prune holds: exclusive, or shared for a dry run (it changes
+/// nothing, so it only needs backups and other prunes to stand still);
+/// taken without waiting.
+async fn lock(repo: &Repository, dry_run: bool) -> Result<Lock> {
+    let operation = if dry_run { "prune --dry-run" } else { "prune" };
     let no_wait = LockWait {
         wait: std::time::Duration::ZERO,
         poll: std::time::Duration::ZERO,
     };
     // A dry run deletes nothing: a shared lock keeps only deleters away.
-    let kind = if opts.dry_run {
+    let kind = if dry_run {
         LockKind::Shared
     } else {
         LockKind::Exclusive
     };
-    let lock = Lock::acquire(repo, kind, operation, no_wait).await?;
-    let result = prune_locked(repo, keys, opts, &lock).await;
-    lock.release().await;
-    result
+    Lock::acquire(repo, kind, operation, no_wait).await
 }
 
 async fn prune_locked(
@@ -188,18 +204,36 @@ async fn prune_locked(
             .map(|id| format!("{SNAPSHOTS}{id}"))
             .collect(),
         junk_manifests: junk(&listed.unreadable),
+        rejected: Vec::new(),
         lists: dead_lists(repo, &manifests, &removed, &kept).await?,
-        pins: pins
-            .iter()
-            .filter(|id| !manifests.iter().any(|m| &m.id == *id))
-            .map(|id| format!("{PINS}{id}"))
-            .collect(),
+        pins: orphan_pins(&pins, |id| manifests.iter().any(|m| m.id == id)),
     };
+    finish(repo, IndexWriter::V1(keys), lock, report, step1, plan).await
+}
+
+/// The pins of snapshots that are not there (`exists` says which are).
+fn orphan_pins(pins: &HashSet<String>, exists: impl Fn(&str) -> bool) -> Vec<String> {
+    (pins.iter())
+        .filter(|id| !exists(id))
+        .map(|id| format!("{PINS}{id}"))
+        .collect()
+}
+
+/// Counts what the plan deletes into `report` and, unless it is a dry
+/// run's, carries it out.
+async fn finish(
+    repo: &Repository,
+    writer: IndexWriter<'_>,
+    lock: &Lock,
+    mut report: PruneReport,
+    step1: Step1,
+    plan: PackPlan,
+) -> Result<PruneReport> {
     count(&mut report, &step1, &plan);
-    if opts.dry_run {
+    if report.dry_run {
         return Ok(report);
     }
-    execute(repo, keys, lock, step1, plan).await?;
+    execute(repo, writer, lock, step1, plan).await?;
     Ok(report)
 }
 
@@ -257,6 +291,8 @@ fn decide<'m>(
 struct Step1 {
     manifests: Vec<String>,
     junk_manifests: Vec<String>,
+    /// Format 2: manifests whose signature never counts, and why.
+    rejected: Vec<(String, String)>,
     lists: Vec<String>,
     pins: Vec<String>,
 }
@@ -307,30 +343,62 @@ fn count(report: &mut PruneReport, step1: &Step1, plan: &PackPlan) {
         .cloned()
         .collect();
     report.junk_deleted.sort();
+    report.rejected_deleted = (step1.rejected.iter())
+        .chain(&plan.rejected_index)
+        .cloned()
+        .collect();
+    report.rejected_deleted.sort();
+}
+
+/// How the new index files are written: format 1's encrypted to the
+/// recipients, format 2's signed by the key set's signer.
+#[derive(Clone, Copy)]
+enum IndexWriter<'a> {
+    V1(&'a Keys),
+    V2(&'a KeySet),
+}
+
+impl IndexWriter<'_> {
+    async fn write(self, repo: &Repository, batch: &[PackContents]) -> Result<()> {
+        match self {
+            IndexWriter::V1(keys) => {
+                let body = Repository::encode_metadata(keys, &write_index(batch))?;
+                let key = format!("{INDEX}{}", hex::encode(rand::random::<[u8; 16]>()));
+                repo.put_bytes(&key, body, PutMode::Create).await
+            }
+            IndexWriter::V2(ks) => crate::backup::write_index_v2(repo, ks, batch)
+                .await
+                .map(drop),
+        }
+    }
 }
 
 /// The deletions, in the order of the module doc; the lock is asked for
 /// before each step that removes what others may need.
 async fn execute(
     repo: &Repository,
-    keys: &Keys,
+    writer: IndexWriter<'_>,
     lock: &Lock,
     step1: Step1,
     plan: PackPlan,
 ) -> Result<()> {
     lock.ensure_held().await?;
     delete_all(repo, step1.manifests).await?;
+    delete_all(repo, step1.rejected.into_iter().map(|(k, _)| k).collect()).await?;
     delete_all(repo, step1.junk_manifests).await?;
     delete_all(repo, step1.lists).await?;
     delete_all(repo, step1.pins).await?;
     for batch in plan.new_index.chunks(PACKS_PER_INDEX) {
-        let body = Repository::encode_metadata(keys, &write_index(batch))?;
-        let key = format!("{INDEX}{}", hex::encode(rand::random::<[u8; 16]>()));
-        repo.put_bytes(&key, body, PutMode::Create).await?;
+        writer.write(repo, batch).await?;
     }
     lock.ensure_held().await?;
     delete_all(repo, plan.dirty_index).await?;
     delete_all(repo, plan.junk_index).await?;
+    delete_all(
+        repo,
+        plan.rejected_index.into_iter().map(|(k, _)| k).collect(),
+    )
+    .await?;
     delete_all(repo, plan.dead_packs.into_iter().map(|(k, _)| k).collect()).await?;
     delete_all(repo, plan.dead_records).await?;
     delete_all(repo, plan.junk_records).await?;
@@ -452,6 +520,8 @@ struct PackPlan {
     new_index: Vec<PackContents>,
     /// Index files and damage records that are junk.
     junk_index: Vec<String>,
+    /// Format 2: index files whose signature does not count, and why.
+    rejected_index: Vec<(String, String)>,
     junk_records: Vec<String>,
     /// Damage records naming no live pack.
     dead_records: Vec<String>,
@@ -465,14 +535,41 @@ struct PackPlan {
 
 /// Every pack's chunks (once each, whichever index files name them), and
 /// which packs each index file names.
+#[derive(Default)]
 struct IndexView {
     packs: HashMap<String, HashMap<ChunkId, (u32, u32)>>,
     files: Vec<(String, Vec<String>)>,
 }
 
+impl IndexView {
+    /// One index file, `key`, that names `file`'s packs.
+    fn add(&mut self, key: &str, file: &[PackContents]) {
+        let packs = file.iter().map(|(p, _)| p.clone()).collect();
+        self.files.push((key.to_string(), packs));
+        for (pack, chunks) in file {
+            let entry = self.packs.entry(pack.clone()).or_default();
+            for (id, off, len) in chunks {
+                entry.insert(*id, (*off, *len));
+            }
+        }
+    }
+}
+
 async fn plan_packs(
     repo: &Repository,
     ids: &MetadataKey,
+    live: &HashSet<ChunkId>,
+) -> Result<PackPlan> {
+    let (view, index) = read_view(repo, ids).await?;
+    plan_over(repo, &view, &index, live).await
+}
+
+/// What happens to packs, index files and damage records, given the index
+/// (`view`, and `index` for its damage records and junk) and the live chunks.
+async fn plan_over(
+    repo: &Repository,
+    view: &IndexView,
+    index: &Index,
     live: &HashSet<ChunkId>,
 ) -> Result<PackPlan> {
     let sizes: HashMap<String, u64> = repo
@@ -481,7 +578,6 @@ async fn plan_packs(
         .into_iter()
         .map(|m| (m.key, m.size))
         .collect();
-    let (view, index) = read_view(repo, ids).await?;
     let damage = &index.damage;
     let mut plan = PackPlan {
         dead_packs: Vec::new(),
@@ -495,6 +591,7 @@ async fn plan_packs(
             .into_iter()
             .filter(|k| k.starts_with(DAMAGED))
             .collect(),
+        rejected_index: Vec::new(),
         dead_records: Vec::new(),
         live_packs: 0,
         live_pack_bytes: 0,
@@ -503,9 +600,9 @@ async fn plan_packs(
         unused_chunk_bytes: 0,
         damaged_chunks: 0,
     };
-    let intact = intact_copies(repo, &view, &sizes, live, damage)?;
+    let intact = intact_copies(repo, view, &sizes, live, damage)?;
     plan.damaged_chunks = (live.len() - intact.len()) as u64;
-    let live_packs = mark_live(&mut plan, &view, &sizes, live, damage, &intact);
+    let live_packs = mark_live(&mut plan, view, &sizes, live, damage, &intact);
     for (key, size) in &sizes {
         if !live_packs.contains(key.as_str()) {
             plan.dead_packs.push((key.clone(), *size));
@@ -518,30 +615,16 @@ async fn plan_packs(
         }
     }
     plan.dead_records.sort();
-    rewrite_index(&mut plan, &view, &live_packs);
+    rewrite_index(&mut plan, view, &live_packs);
     Ok(plan)
 }
 
 /// The index as prune needs it: every pack's chunks and which packs each
 /// index file names, read the one way every reader reads the index.
 async fn read_view(repo: &Repository, ids: &MetadataKey) -> Result<(IndexView, Index)> {
-    let mut view = IndexView {
-        packs: HashMap::new(),
-        files: Vec::new(),
-    };
+    let mut view = IndexView::default();
     let index = repo
-        .load_index_with(ids, &[], |key, file| {
-            view.files.push((
-                key.to_string(),
-                file.iter().map(|(p, _)| p.clone()).collect(),
-            ));
-            for (pack, chunks) in file {
-                let entry = view.packs.entry(pack.clone()).or_default();
-                for (id, off, len) in chunks {
-                    entry.insert(*id, (*off, *len));
-                }
-            }
-        })
+        .load_index_with(ids, &[], |key, file| view.add(key, file))
         .await?;
     Ok((view, index))
 }

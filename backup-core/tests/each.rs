@@ -88,7 +88,7 @@ async fn a_target_that_cannot_be_opened_fails_only_its_part() {
     let heard = Heard::default();
     let run = prune_all(
         vec![unopened("down"), planned("local", repo)],
-        &keys,
+        Some(&keys),
         &keep_last(1),
         &heard,
     )
@@ -138,7 +138,7 @@ async fn a_failing_storage_on_one_of_two_targets_is_named_by_the_verdict() {
 
     let run = prune_all(
         vec![planned("a", healthy.clone()), planned("b", broken.clone())],
-        &keys,
+        Some(&keys),
         &keep_last(1),
         &Quiet,
     )

@@ -23,8 +23,8 @@ use rusqlite::Connection;
 
 mod support;
 use support::{
-    add_rows, data_dir, files, first_pack, flip_middle_byte, keep_last, keypair, keys_under,
-    memory_repo, pack_size, snapshot_ids, sqlite, Wrapped, Wrapper,
+    add_rows, copy_of, data_dir, files, first_pack, flip_middle_byte, keep_last, keypair,
+    keys_under, memory_repo, pack_size, snapshot_ids, sqlite, DiesAfter, Wrapped, Wrapper,
 };
 
 fn small_packs() -> BackupOptions {
@@ -525,62 +525,6 @@ async fn prune_keeps_damaged_copies_only_as_last_copies_and_drops_their_records(
     assert!(repo.verify(&ids, &read).await.unwrap().ok());
 }
 
-/// A process killed mid-prune: after `after` writes and deletes (locks
-/// aside, which a killed run's successor clears as stale), every later one
-/// fails, as nothing more reaches the target.
-#[derive(Debug)]
-struct DiesAfter {
-    inner: Arc<dyn Storage>,
-    after: usize,
-    done: std::sync::atomic::AtomicUsize,
-}
-
-impl DiesAfter {
-    fn step(&self, key: &str) -> Result<(), StorageError> {
-        if key.starts_with("locks/") {
-            return Ok(());
-        }
-        let n = self.done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        if n >= self.after {
-            return Err(StorageError::new(ErrorKind::Other, key, "killed"));
-        }
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl Wrapper for DiesAfter {
-    fn inner(&self) -> &dyn Storage {
-        self.inner.as_ref()
-    }
-    async fn put(
-        &self,
-        key: &str,
-        body: ByteStream,
-        mode: PutMode,
-    ) -> Result<ObjectMeta, StorageError> {
-        self.step(key)?;
-        self.inner.put(key, body, mode).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        self.step(key)?;
-        self.inner.delete(key).await
-    }
-    fn describe(&self) -> String {
-        "dies after some steps".into()
-    }
-}
-
-/// A copy of every object of `from`.
-async fn copy_of(from: &MemoryStorage) -> Arc<MemoryStorage> {
-    let to = Arc::new(MemoryStorage::default());
-    for key in from.keys() {
-        let body = collect_bytes(from.get(&key).await.unwrap()).await.unwrap();
-        put(&to, &key, body).await;
-    }
-    to
-}
-
 /// Prune cut off after each of its writes and deletes in turn: every
 /// snapshot still listed restores, the ones the rules keep are all there,
 /// and the next prune finishes the job to the same result as an
@@ -623,11 +567,7 @@ async fn prune_killed_after_any_step_loses_nothing_and_the_next_one_finishes() {
 
     for after in 0..mutations {
         let copy = copy_of(&base).await;
-        let dying = Arc::new(Wrapped(DiesAfter {
-            inner: copy.clone(),
-            after,
-            done: Default::default(),
-        }));
+        let dying = Arc::new(Wrapped(DiesAfter::new(copy.clone(), after)));
         let dying_repo = Repository::open(dying).await.unwrap();
         assert!(
             dying_repo.prune(&keys, &keep_last(2)).await.is_err(),

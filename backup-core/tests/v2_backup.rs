@@ -27,6 +27,7 @@ use backup_core::sign::Signer;
 use backup_core::storage::memory::MemoryStorage;
 use backup_core::storage::testing::FaultyStorage;
 use backup_core::storage::{RetryPolicy, Storage};
+use support::add_tasks as add_rows;
 use support::v2::{holding, identity, object};
 
 /// A format 2 repository with an owner and the writer "app-1", and a
@@ -111,23 +112,6 @@ fn admin() -> AdminOptions {
 fn opts() -> BackupOptions {
     // Several packs per backup, so index files are written mid-run too.
     support::pack_size(256 << 10)
-}
-
-/// Rows of random hex (compresses to about half, like real data).
-fn add_rows(path: &Path, from: usize, rows: usize) {
-    support::add_rows(
-        path,
-        "CREATE TABLE IF NOT EXISTS tasks(id INTEGER PRIMARY KEY, title TEXT, body TEXT)",
-        "INSERT INTO tasks(id, title, body) VALUES (?1, ?2, ?3)",
-        from..from + rows,
-        |i| {
-            (
-                i as i64,
-                format!("task {i}"),
-                hex::encode(rand::random::<[u8; 48]>()),
-            )
-        },
-    );
 }
 
 /// Rewrites the body of `n` random rows of `rows`.

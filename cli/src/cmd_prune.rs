@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
-use backup_core::each::prune::{prune_all, unlock_all, UnlockReport};
+use backup_core::each::prune::{prune_all, unlock_all, PruneRun, UnlockReport};
 use backup_core::prune::{PruneOptions, PruneReport, Verdict};
 use chrono::Local;
 use clap::Args;
@@ -15,8 +15,8 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::output::{self, Done};
-use crate::per_target::{planned_targets, TargetPrinter};
-use crate::resolve::keys;
+use crate::per_target::{open_writable_targets, planned_targets, TargetPrinter};
+use crate::resolve::{access, chosen_targets, keys, Purpose};
 
 #[derive(Args)]
 pub struct PruneArgs {
@@ -103,15 +103,39 @@ pub(crate) async fn prune_report(
                 .unwrap_or_default()
         )));
     }
-    // Prune writes index files, which are encrypted to the recipients.
-    let keys = keys(cfg).context("prune needs encryption.recipients")?;
-    let targets = planned_targets(cfg, args.target.as_deref()).await?;
+    // Prune writes index files: on format 1 encrypted to the recipients,
+    // on format 2 signed with this host's writer key or the owner's
+    // identity (the keys a backup uses).
+    let keys = match cfg.encryption.recipients.is_empty() {
+        true => None,
+        false => Some(keys(cfg).context("prune needs encryption.recipients")?),
+    };
+    let access = access(cfg, Purpose::Write, None)?;
+    let chosen = chosen_targets(cfg, args.target.as_deref())?;
+    let targets = open_writable_targets(chosen, access.as_ref()).await;
     let printer = TargetPrinter::new(args.json, show_report, None);
-    let run = prune_all(targets, &keys, &opts, &printer).await;
+    let run = prune_all(targets, keys.as_ref(), &opts, &printer).await;
     Ok(Done {
         json: printer.results(),
-        result: run.failure_summary().map_or(Ok(()), |f| Err(anyhow!(f))),
+        result: outcome(&run),
     })
+}
+
+/// The command's result: exit 2 when a target failed for what the
+/// configuration lacks (format 2 keys, a key that can sign, the
+/// recipients), else 1 when any target failed.
+fn outcome(run: &PruneRun) -> Result<()> {
+    let Some(failed) = run.failure_summary() else {
+        return Ok(());
+    };
+    let errors = run.outcomes.iter().filter_map(|o| o.result.as_ref().err());
+    let config = errors
+        .into_iter()
+        .any(|e| crate::usage::is_mistake(e.error()));
+    match config {
+        true => Err(crate::usage::mistake(failed)),
+        false => Err(anyhow!(failed)),
+    }
 }
 
 /// One target's report: its JSON entry with `--json`, else printed; with a
@@ -184,6 +208,15 @@ fn print_report(target: &str, r: &PruneReport) {
         r.packs_kept,
         output::bytes(r.pack_bytes_kept),
     );
+    if r.shortcuts_written > 0 {
+        let verb = if r.dry_run { "would write" } else { "wrote" };
+        let s = if r.shortcuts_written == 1 { "" } else { "s" };
+        println!(
+            "  {verb} {} shortcut list{s}, so that every kept snapshot's path of lists is short \
+             and made of kept snapshots",
+            r.shortcuts_written
+        );
+    }
     if r.partly_used_packs > 0 {
         println!(
             "  {} partly used packs ({}) still hold {} of unused data (before compression); \
@@ -200,6 +233,9 @@ fn print_report(target: &str, r: &PruneReport) {
 fn print_repository_state(r: &PruneReport, verb: &str) {
     for key in &r.junk_deleted {
         println!("  {verb} {key}: it does not decode (empty, damaged or not offsite's)");
+    }
+    for (key, why) in &r.rejected_deleted {
+        println!("  {verb} {key}: FORGED, its signature never counts ({why})");
     }
     if r.damage_records_deleted > 0 {
         println!(
@@ -249,10 +285,14 @@ fn report_json(target: &str, r: &PruneReport) -> serde_json::Value {
             "packs": r.packs_deleted,
             "pack_bytes": r.pack_bytes_deleted,
             "junk": r.junk_deleted,
+            "rejected": r.rejected_deleted.iter()
+                .map(|(key, reason)| json!({"key": key, "reason": reason}))
+                .collect::<Vec<_>>(),
             "damage_records": r.damage_records_deleted,
         },
         "damaged_chunks": r.damaged_chunks,
         "index_files_written": r.index_files_written,
+        "shortcut_lists_written": r.shortcuts_written,
         "packs_kept": r.packs_kept,
         "pack_bytes_kept": r.pack_bytes_kept,
         "partly_used": {

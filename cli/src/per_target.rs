@@ -98,6 +98,16 @@ pub(crate) async fn open_targets(
     .await
 }
 
+/// The chosen targets for a command built for format 2 that writes
+/// (prune): format 2 ones opened with `access` ([`Purpose::Write`]'s), and
+/// without it refused with what to configure ([`Repository::open_with`]).
+pub(crate) async fn open_writable_targets(
+    chosen: Vec<&TargetConfig>,
+    access: Option<&Access>,
+) -> Vec<PlannedTarget> {
+    open_each(chosen, |storage| Repository::open_with(storage, access)).await
+}
+
 /// The chosen targets opened as format 2 repositories, for the key
 /// commands ([`Repository::open_v2`]); a format 1 one is its target's failure.
 pub(crate) async fn planned_v2_targets(

@@ -28,7 +28,7 @@ pub(crate) fn initialised() -> (Env, String) {
 }
 
 /// Changes about 1% of the rows.
-fn touch_rows(db: &Path) {
+pub(crate) fn touch_rows(db: &Path) {
     let c = Connection::open(db).unwrap();
     c.execute(
         "UPDATE tasks SET body = body || ' changed' WHERE id % 97 = 0",

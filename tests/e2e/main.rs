@@ -8,6 +8,7 @@ mod cloud;
 mod daemon;
 mod duckdb;
 mod format2;
+mod format2_prune;
 mod format2_status;
 mod full_disk;
 mod hooks;

@@ -5,6 +5,7 @@
 //! the same, since each repository is independent.
 
 use super::{each_observed, Outcomes, PlannedTarget, TargetObserver};
+use crate::error::Error;
 use crate::keys::Keys;
 use crate::lock::LockInfo;
 use crate::prune::{PruneOptions, PruneReport};
@@ -31,15 +32,24 @@ fn failed_on(what: &str, failed: usize) -> Option<String> {
 }
 
 /// Prunes each target in turn; `observer` hears of each as it is done.
+/// Format 2 targets (opened with their key set) are pruned with it;
+/// format 1 ones need `keys` (the recipients), and without them fail.
 pub async fn prune_all(
     targets: Vec<PlannedTarget>,
-    keys: &Keys,
+    keys: Option<&Keys>,
     opts: &PruneOptions,
     observer: &dyn TargetObserver<PruneReport>,
 ) -> PruneRun {
     let outcomes = each_observed(
         targets,
-        async |_, repo| repo.prune(keys, opts).await,
+        async |name, repo| match (repo.keyset(), keys) {
+            (Some(_), _) => repo.prune_v2(opts).await,
+            (None, Some(keys)) => repo.prune(keys, opts).await,
+            (None, None) => Err(Error::Key(format!(
+                "prune on target {name:?} (format 1) writes index files encrypted to the \
+                 recipients: set encryption.recipients"
+            ))),
+        },
         observer,
     )
     .await;

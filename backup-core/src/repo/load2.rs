@@ -46,7 +46,7 @@ use super::format::list2::{ListState, Named};
 use super::format::manifest2::{self, ManifestError, ManifestV2};
 use super::format::pack2::{IndexFile, PackFormatError};
 use super::format::sealed::{SealedError, WINDOW_LOG_MAX};
-use super::format::Index;
+use super::format::{Index, PackContents};
 use super::load::{newest_first, warn_skipped, Cause, Dated, Unreadable, EMPTY, INDEX_ROUNDS};
 use super::path::{self, ListObject};
 use super::{id_matches, Repository, Selector, INDEX, LISTS, PRE_RESTORE_TAG, SNAPSHOTS};
@@ -275,6 +275,17 @@ impl Repository {
     /// Index files that vanish while read (a prune rewrote them) make the
     /// listing be read again, as in format 1.
     pub async fn index_v2(&self, keys: &KeySet) -> Result<IndexV2> {
+        self.index_v2_with(keys, |_, _| {}).await
+    }
+
+    /// [`Repository::index_v2`], handing each index file that verifies,
+    /// whole, to `each` with its key (prune needs to know which packs each
+    /// file names).
+    pub async fn index_v2_with(
+        &self,
+        keys: &KeySet,
+        mut each: impl FnMut(&str, &[PackContents]),
+    ) -> Result<IndexV2> {
         let ids = keys.metadata_key();
         let verifier = keys.verifier();
         let (damage, mut unreadable) = self.read_damage(&ids).await?;
@@ -300,7 +311,11 @@ impl Repository {
                     continue;
                 };
                 match IndexFile::decode(&key, &raw, ids.iter(), &verifier) {
-                    Ok((file, _)) => out.index.merge(&file.contents()),
+                    Ok((file, _)) => {
+                        let contents = file.contents();
+                        each(&key, &contents);
+                        out.index.merge(&contents);
+                    }
                     Err(e) => match refusal(&key, &raw, index_sealed(&e), e.to_string()) {
                         Refusal::Rejected(reason) => out.rejected.push((key.clone(), reason)),
                         Refusal::Unreadable(u) => unreadable.push(u),
@@ -332,12 +347,33 @@ impl Repository {
     /// required to equal the manifest's; a path whose objects fail is retried without them.
     /// Error (Error::Corrupt naming the snapshot) when no path works.
     pub async fn list_state(&self, keys: &KeySet, manifest: &ManifestV2) -> Result<ListState> {
-        let listed: Vec<ObjectMeta> = self.list(LISTS).await?;
-        let objects: Vec<ListObject> = (listed.iter())
+        let objects: Vec<ListObject> = (self.list(LISTS).await?.iter())
             .filter_map(|m| ListObject::from_key(&m.key, m.size))
             .collect();
-        let sizes: HashMap<String, ObjectMeta> =
-            listed.into_iter().map(|m| (m.key.clone(), m)).collect();
+        let (state, _) = self.list_state_among(keys, manifest, &objects).await?;
+        Ok(state)
+    }
+
+    /// [`Repository::list_state`] over `objects` only (a listing of
+    /// `lists/`, perhaps narrowed: prune plans over the objects that join
+    /// kept snapshots), and the path that rebuilt the state.
+    pub async fn list_state_among(
+        &self,
+        keys: &KeySet,
+        manifest: &ManifestV2,
+        objects: &[ListObject],
+    ) -> Result<(ListState, path::Plan)> {
+        let sizes: HashMap<String, ObjectMeta> = (objects.iter())
+            .map(|o| {
+                (
+                    o.key(),
+                    ObjectMeta {
+                        key: o.key(),
+                        size: o.size,
+                    },
+                )
+            })
+            .collect();
         let mut walk = Walk {
             repo: self,
             keys,
@@ -349,10 +385,10 @@ impl Repository {
             skip: HashSet::new(),
             failures: Vec::new(),
         };
-        while let Some(plan) = path::plan(&objects, &manifest.id, &walk.skip) {
+        while let Some(plan) = path::plan(objects, &manifest.id, &walk.skip) {
             let keys: Vec<String> = plan.objects.iter().map(ListObject::key).collect();
             if let Some(state) = walk.try_path(&keys).await? {
-                return Ok(state);
+                return Ok((state, plan));
             }
         }
         let tried = match walk.failures.as_slice() {

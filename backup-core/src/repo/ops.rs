@@ -89,6 +89,12 @@ impl Repository {
         crate::prune::prune(self, keys, opts).await
     }
 
+    /// Prunes a format 2 repository with the key set it was opened with
+    /// ([`crate::prune`]'s format 2 part).
+    pub async fn prune_v2(&self, opts: &PruneOptions) -> Result<PruneReport> {
+        crate::prune::prune_v2(self, opts).await
+    }
+
     /// Checks that every snapshot is restorable ([`crate::verify`]).
     pub async fn verify(&self, key: &MetadataKey, opts: &VerifyOptions) -> Result<VerifyReport> {
         crate::verify::verify(self, key, opts).await

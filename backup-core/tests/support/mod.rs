@@ -26,7 +26,9 @@ use backup_core::repo::Repository;
 use backup_core::retention::Policy;
 use backup_core::source::{SourceKind, SourceSpec};
 use backup_core::storage::memory::MemoryStorage;
-use backup_core::storage::{ByteStream, ObjectMeta, PutMode, Storage, StorageError};
+use backup_core::storage::{
+    bytes_stream, collect_bytes, ByteStream, ErrorKind, ObjectMeta, PutMode, Storage, StorageError,
+};
 use futures::stream::BoxStream;
 use rusqlite::Connection;
 
@@ -153,6 +155,24 @@ pub fn add_rows<P: rusqlite::Params>(
     tx.commit().unwrap();
 }
 
+/// Adds `rows` rows from id `from` on to a `tasks` table (made if needed):
+/// rows of random hex (compresses to about half, like real data).
+pub fn add_tasks(path: &Path, from: usize, rows: usize) {
+    add_rows(
+        path,
+        "CREATE TABLE IF NOT EXISTS tasks(id INTEGER PRIMARY KEY, title TEXT, body TEXT)",
+        "INSERT INTO tasks(id, title, body) VALUES (?1, ?2, ?3)",
+        from..from + rows,
+        |i| {
+            (
+                i as i64,
+                format!("task {i}"),
+                hex::encode(rand::random::<[u8; 48]>()),
+            )
+        },
+    );
+}
+
 /// Every row of a `tasks(id, title, body, ...)` table, by id.
 pub fn dump_tasks(path: &Path) -> Vec<(i64, String, String)> {
     let c = Connection::open(path).unwrap();
@@ -250,4 +270,69 @@ impl<W: Wrapper> Storage for Wrapped<W> {
     fn describe(&self) -> String {
         self.0.describe()
     }
+}
+
+/// A process killed mid-prune: after `after` writes and deletes (locks
+/// aside, which a killed run's successor clears as stale), every later one
+/// fails, as nothing more reaches the target.
+#[derive(Debug)]
+pub struct DiesAfter {
+    inner: Arc<dyn Storage>,
+    after: usize,
+    done: std::sync::atomic::AtomicUsize,
+}
+
+impl DiesAfter {
+    pub fn new(inner: Arc<dyn Storage>, after: usize) -> DiesAfter {
+        DiesAfter {
+            inner,
+            after,
+            done: Default::default(),
+        }
+    }
+
+    fn step(&self, key: &str) -> Result<(), StorageError> {
+        if key.starts_with("locks/") {
+            return Ok(());
+        }
+        let n = self.done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if n >= self.after {
+            return Err(StorageError::new(ErrorKind::Other, key, "killed"));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Wrapper for DiesAfter {
+    fn inner(&self) -> &dyn Storage {
+        self.inner.as_ref()
+    }
+    async fn put(
+        &self,
+        key: &str,
+        body: ByteStream,
+        mode: PutMode,
+    ) -> Result<ObjectMeta, StorageError> {
+        self.step(key)?;
+        self.inner.put(key, body, mode).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.step(key)?;
+        self.inner.delete(key).await
+    }
+    fn describe(&self) -> String {
+        "dies after some steps".into()
+    }
+}
+
+/// A copy of every object of `from`.
+pub async fn copy_of(from: &MemoryStorage) -> Arc<MemoryStorage> {
+    let to = Arc::new(MemoryStorage::default());
+    for key in from.keys() {
+        let body = collect_bytes(from.get(&key).await.unwrap()).await.unwrap();
+        let body = bytes_stream(body);
+        to.put(&key, body, PutMode::Create).await.unwrap();
+    }
+    to
 }

@@ -103,6 +103,18 @@ impl V2 {
         Signer::writer(&self.writer, self.owner_keys.id().clone())
     }
 
+    /// `storage` (this repository, or a copy of it) opened with the keys
+    /// `holding` gives, trusting this repository's owner.
+    pub async fn open_as(&self, storage: Arc<dyn Storage>, holding: Holding) -> Repository {
+        let trust = self.owner.public();
+        let access = Access {
+            trust,
+            holding,
+            memory: None,
+        };
+        Repository::open_with(storage, Some(&access)).await.unwrap()
+    }
+
     /// A signer of this key set's id that the keyring does not list.
     pub fn stranger(&self) -> Signer {
         Signer::writer(&WriterKey::generate(), self.owner_keys.id().clone())
