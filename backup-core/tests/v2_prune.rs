@@ -19,7 +19,7 @@ use backup_core::chunk::ChunkId;
 use backup_core::keyset::Holding;
 use backup_core::prune::{PruneOptions, PruneReport};
 use backup_core::repo::path::{self, ListObject};
-use backup_core::repo::{ManifestV2, Repository, LISTS, PACKS, SNAPSHOTS};
+use backup_core::repo::{CheckedAt, ManifestV2, Repository, LISTS, PACKS, SNAPSHOTS};
 use backup_core::restore::RestoreOptions;
 use backup_core::retention::Policy;
 use backup_core::storage::memory::MemoryStorage;
@@ -162,7 +162,19 @@ async fn prune_keeps_every_kept_snapshot_restorable_and_chains_short() {
         "the test needs dead packs"
     );
 
+    let ks = writer.keyset().unwrap();
+    for (m, _) in &made {
+        writer.record_check(ks, m, CheckedAt::Backup).await.unwrap();
+    }
     let report = writer.prune_v2(&policy(2, 1)).await.unwrap();
+    let checks: BTreeSet<String> = (v2.mem.keys().into_iter())
+        .filter_map(|k| Some(k.strip_prefix("checks/")?.split_once('/')?.0.to_string()))
+        .collect();
+    let kept_ids: BTreeSet<String> = kept.iter().map(|m| m.id.clone()).collect();
+    assert_eq!(
+        checks, kept_ids,
+        "check records of removed snapshots go with them"
+    );
     let verdicts: Vec<(&str, bool)> = (report.snapshots.iter())
         .map(|v| (v.manifest.id.as_str(), v.keep))
         .collect();

@@ -18,7 +18,8 @@
 //! - Live chunks are the chunk ids of the kept snapshots' rebuilt states.
 //! - The deletion order is format 1's, step by step: manifests of removed
 //!   snapshots, forged manifests, junk manifests, list objects on no kept
-//!   path, pins of snapshots that are not signed; new signed index files
+//!   path and check records of snapshots not kept, pins of snapshots that
+//!   are not signed; new signed index files
 //!   naming only live packs, then the old index files that named dead packs
 //!   and the rejected ones; dead packs; damage records of deleted packs.
 //!
@@ -89,7 +90,7 @@ use crate::repo::format::list2::object::{encode_delta, encode_full, ListKey};
 use crate::repo::format::list2::{Delta, ListState, Named};
 use crate::repo::path::{self, ListObject, Plan, FULL_BYTES_PER_CHUNK};
 use crate::repo::{
-    Cause, IndexV2, Manifest, ManifestV2, Repository, SnapshotsV2, LISTS, SNAPSHOTS,
+    Cause, IndexV2, Manifest, ManifestV2, Repository, SnapshotsV2, CHECKS, LISTS, SNAPSHOTS,
 };
 use crate::sign::Signer;
 use crate::storage::{ErrorKind, PutMode};
@@ -149,7 +150,11 @@ async fn prune_locked(
             .collect(),
         junk_manifests: junk(&all.unreadable),
         rejected: forged,
-        lists: dead_lists(repo, &paths.objects).await?,
+        lists: [
+            dead_lists(repo, &paths.objects).await?,
+            dead_checks(repo, &kept).await?,
+        ]
+        .concat(),
         pins: orphan_pins(&pins, |id| signed.iter().any(|m| m.id == id)),
     };
     finish(repo, IndexWriter::V2(ks), lock, report, step1, plan).await
@@ -201,6 +206,25 @@ async fn dead_lists(repo: &Repository, kept: &HashSet<String>) -> Result<Vec<Str
     let mut dead: Vec<String> = (repo.list(LISTS).await?.into_iter())
         .map(|m| m.key)
         .filter(|k| ListKey::parse(k).is_some() && !kept.contains(k))
+        .collect();
+    dead.sort();
+    Ok(dead)
+}
+
+/// Check records (`checks/<id>/...`) of every snapshot prune does not keep
+/// (removed, forged, or a name that is no record's): once its manifest is
+/// gone a record vouches for nothing. Deleted with the list objects, after
+/// the manifests.
+async fn dead_checks(repo: &Repository, kept: &[&ManifestV2]) -> Result<Vec<String>> {
+    let ids: HashSet<&str> = kept.iter().map(|m| m.id.as_str()).collect();
+    let of_kept = |key: &str| {
+        (key.strip_prefix(CHECKS)
+            .and_then(|rest| rest.split_once('/')))
+        .is_some_and(|(id, _)| ids.contains(id))
+    };
+    let mut dead: Vec<String> = (repo.list(CHECKS).await?.into_iter())
+        .map(|m| m.key)
+        .filter(|k| !of_kept(k))
         .collect();
     dead.sort();
     Ok(dead)
