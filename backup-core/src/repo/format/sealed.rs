@@ -49,7 +49,7 @@ pub fn encode(
     metadata: &dyn age::Recipient,
 ) -> Result<Vec<u8>, SealedError> {
     let signed = signer.seal(key, body)?;
-    codec::encode(&signed, &[metadata], crate::repo::METADATA_LEVEL)
+    codec::encode(&signed, &[metadata], crate::repo::SIGNED_METADATA_LEVEL)
         .map_err(|e| Error::io(format!("encoding {key}"), e).into())
 }
 
