@@ -12,35 +12,19 @@ use backup_core::backup::{backup_many_v2, BackupOptions};
 use backup_core::keyset::Holding;
 use backup_core::repo::{Access, CheckedAt, ManifestV2, Repository};
 use backup_core::restore::{RestoreOptions, RestoreSummary};
-use backup_core::source::SourceKind;
 use chrono::{DateTime, Duration, Utc};
-use support::v2::{file, put, write, Seal, Snap, V2};
+use support::v2::{put, sqlite_snap, write, Seal, V2};
 
 fn at(minutes: i64) -> DateTime<Utc> {
     "2026-12-01T10:00:00Z".parse::<DateTime<Utc>>().unwrap() + Duration::minutes(minutes)
 }
 
 fn database(dir: &Path, name: &str, rows: usize) -> Vec<u8> {
-    let db = dir.join(name);
-    support::add_rows(
-        &db,
-        "CREATE TABLE IF NOT EXISTS tasks(id INTEGER PRIMARY KEY, title TEXT, body TEXT)",
-        "INSERT INTO tasks VALUES (?1, ?2, ?3)",
-        0..rows,
-        |i| (i as i64, format!("task {i}"), "x".repeat(i % 500)),
-    );
-    std::fs::read(&db).unwrap()
+    support::v2::database(dir, name, rows).1
 }
 
 async fn sqlite_snapshot(v2: &V2, bytes: &[u8], finished: DateTime<Utc>) -> ManifestV2 {
-    let mut snap = Snap::new(
-        "app",
-        finished,
-        vec![file("app.db", bytes, 4096)],
-        Seal::of(&v2.writer_keys),
-    );
-    snap.kind = SourceKind::Sqlite;
-    snap.page_size = Some(4096);
+    let snap = sqlite_snap(bytes, finished, Seal::of(&v2.writer_keys));
     write(&v2.repo, &v2.writer_keys, snap).await.manifest
 }
 

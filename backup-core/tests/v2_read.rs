@@ -8,7 +8,6 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
 
 use backup_core::error::Error;
 use backup_core::keyset::Trust;
@@ -16,9 +15,12 @@ use backup_core::repo::format::list2::{Delta, ListState, Named};
 use backup_core::repo::path::{self, ListObject};
 use backup_core::repo::{Selector, SnapshotsV2};
 use backup_core::restore::RestoreOptions;
-use backup_core::source::{Entry, SourceKind};
+use backup_core::source::Entry;
 use chrono::{DateTime, Duration, Utc};
-use support::v2::{file, object, put, put_manifest, snapshot_id, write, Seal, Snap, Written, V2};
+use support::v2::{
+    database, file, object, put, put_manifest, snapshot_id, sqlite_snap, write, Seal, Snap,
+    Written, V2,
+};
 
 fn at(minutes: i64) -> DateTime<Utc> {
     "2026-12-01T10:00:00Z".parse::<DateTime<Utc>>().unwrap() + Duration::minutes(minutes)
@@ -439,29 +441,6 @@ async fn a_damaged_shortcut_falls_back_to_another_path() {
         v2.repo.list_state(keys, &s3.manifest).await.unwrap(),
         s3.state
     );
-}
-
-/// A SQLite database of `rows` rows at `dir/name`, and its bytes.
-fn database(dir: &Path, name: &str, rows: usize) -> (PathBuf, Vec<u8>) {
-    let db = dir.join(name);
-    support::add_rows(
-        &db,
-        "CREATE TABLE IF NOT EXISTS tasks(id INTEGER PRIMARY KEY, title TEXT, body TEXT)",
-        "INSERT INTO tasks VALUES (?1, ?2, ?3)",
-        0..rows,
-        |i| (i as i64, format!("task {i}"), "x".repeat(i % 700)),
-    );
-    let bytes = std::fs::read(&db).unwrap();
-    (db, bytes)
-}
-
-/// A snapshot of a SQLite database's bytes, page by page, as a backup
-/// of source `app` lists it.
-fn sqlite_snap(bytes: &[u8], finished: DateTime<Utc>, seal: Seal) -> Snap {
-    let mut snap = Snap::new("app", finished, vec![file("app.db", bytes, 4096)], seal);
-    snap.kind = SourceKind::Sqlite;
-    snap.page_size = Some(4096);
-    snap
 }
 
 /// A v2 SQLite snapshot written by a writer restores with the owner's

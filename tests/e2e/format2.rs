@@ -447,11 +447,7 @@ fn a_repository_written_by_format_v2_still_restores() {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/repo-v2");
     let scratch = tempfile::tempdir().unwrap();
     let repo = scratch.path().join("repo");
-    for f in find_files(&fixture.join("repo")) {
-        let dest = repo.join(f.strip_prefix(fixture.join("repo")).unwrap());
-        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-        std::fs::copy(&f, dest).unwrap();
-    }
+    copy_tree(&fixture.join("repo"), &repo);
     let owner = std::fs::read_to_string(fixture.join("owner-key.txt")).unwrap();
     let expected = std::fs::read_to_string(fixture.join("expected.txt")).unwrap();
     for identity in ["key.txt", "key2.txt"] {

@@ -527,11 +527,7 @@ fn a_repository_written_by_format_v1_still_restores() {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/repo-v1");
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
-    for f in find_files(&fixture.join("repo")) {
-        let dest = repo.join(f.strip_prefix(fixture.join("repo")).unwrap());
-        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-        std::fs::copy(&f, dest).unwrap();
-    }
+    copy_tree(&fixture.join("repo"), &repo);
     let cfg = dir.path().join("offsite.toml");
     std::fs::write(
         &cfg,

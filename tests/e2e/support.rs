@@ -212,6 +212,16 @@ pub fn dump_count(path: &Path) -> i64 {
         .unwrap()
 }
 
+/// Copies every file under `from` to the same place under `to` (a committed
+/// fixture repository into a scratch directory).
+pub fn copy_tree(from: &Path, to: &Path) {
+    for f in find_files(from) {
+        let dest = to.join(f.strip_prefix(from).unwrap());
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(&f, dest).unwrap();
+    }
+}
+
 pub fn find_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir) {

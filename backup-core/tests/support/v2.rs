@@ -432,3 +432,26 @@ pub fn object(mem: &MemoryStorage, key: &str) -> Vec<u8> {
     mem.tamper(key, |d| out = Some(d.clone()));
     out.unwrap_or_else(|| panic!("{key} is not stored"))
 }
+
+/// A SQLite database of `rows` rows at `dir/name`, and its bytes.
+pub fn database(dir: &std::path::Path, name: &str, rows: usize) -> (std::path::PathBuf, Vec<u8>) {
+    let db = dir.join(name);
+    super::add_rows(
+        &db,
+        "CREATE TABLE IF NOT EXISTS tasks(id INTEGER PRIMARY KEY, title TEXT, body TEXT)",
+        "INSERT INTO tasks VALUES (?1, ?2, ?3)",
+        0..rows,
+        |i| (i as i64, format!("task {i}"), "x".repeat(i % 700)),
+    );
+    let bytes = std::fs::read(&db).unwrap();
+    (db, bytes)
+}
+
+/// A snapshot of a SQLite database's bytes, page by page, as a backup
+/// of source `app` lists it.
+pub fn sqlite_snap(bytes: &[u8], finished: DateTime<Utc>, seal: Seal) -> Snap {
+    let mut snap = Snap::new("app", finished, vec![file("app.db", bytes, 4096)], seal);
+    snap.kind = SourceKind::Sqlite;
+    snap.page_size = Some(4096);
+    snap
+}
