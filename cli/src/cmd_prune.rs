@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::output::{self, Done};
-use crate::per_target::{open_writable_targets, planned_targets, TargetPrinter};
+use crate::per_target::{open_writable_targets, planned_lock_targets, TargetPrinter};
 use crate::resolve::{access, chosen_targets, keys, Purpose};
 
 #[derive(Args)]
@@ -304,7 +304,7 @@ fn report_json(target: &str, r: &PruneReport) -> serde_json::Value {
 }
 
 pub async fn unlock(cfg: &Config, args: &UnlockArgs) -> Result<()> {
-    let targets = planned_targets(cfg, args.target.as_deref()).await?;
+    let targets = planned_lock_targets(cfg, args.target.as_deref()).await?;
     let printer = TargetPrinter::new(false, show_unlock, None);
     let run = unlock_all(targets, args.all, &printer).await;
     if let Some(failed) = run.failure_summary() {

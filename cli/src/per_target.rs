@@ -22,15 +22,16 @@ use crate::output::Bar;
 use crate::resolve::{access, chosen_targets, Purpose};
 use crate::targets;
 
-/// The chosen targets, each opened (or why not), in config order.
-pub(crate) async fn planned_targets(
+/// The chosen targets, each opened (or why not), in config order, for
+/// `offsite unlock`: either format, no keys ([`Repository::open_for_locks`]).
+pub(crate) async fn planned_lock_targets(
     cfg: &Config,
     name: Option<&str>,
 ) -> Result<Vec<PlannedTarget>> {
-    Ok(open_targets(chosen_targets(cfg, name)?, None).await)
+    Ok(open_each(chosen_targets(cfg, name)?, Repository::open_for_locks).await)
 }
 
-/// [`planned_targets`] for the commands built for format 2 too (restore,
+/// The chosen targets for the commands built for format 2 too (restore,
 /// snapshots, verify, drill): format 2 targets are opened with this host's
 /// keys for reading ([`Purpose::Read`]).
 pub(crate) async fn planned_readable_targets(
@@ -42,7 +43,7 @@ pub(crate) async fn planned_readable_targets(
     Ok(open_targets(chosen_targets(cfg, name)?, access.as_ref()).await)
 }
 
-/// [`planned_targets`] for the commands that list snapshots and write only
+/// The chosen targets for the commands that list snapshots and write only
 /// unsigned metadata (status, pin): format 2 targets are opened with the
 /// writer key or the identity ([`Purpose::List`]); with neither, each is
 /// its target's failure saying what to configure

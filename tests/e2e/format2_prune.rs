@@ -94,3 +94,29 @@ fn prune_without_format_2_keys_says_what_to_configure() {
     assert!(err.contains("encryption.owner_key"), "{err}");
     assert_eq!(lists(&env).len(), 2, "nothing deleted");
 }
+
+/// `offsite unlock` needs no keys on a format 2 target either: a lock left
+/// by a run on another host is shown, kept without `--all`, removed with it.
+#[test]
+fn unlock_on_a_format_2_target_shows_and_removes_locks() {
+    let (env, _) = initialised();
+    let locks = env.repo().join("locks");
+    std::fs::create_dir_all(&locks).unwrap();
+    let now = chrono::Utc::now().to_rfc3339();
+    std::fs::write(
+        locks.join("20261203T000000Z-live"),
+        format!(
+            r#"{{"host": "db-2", "pid": 4242, "created": "{now}", "refreshed": "{now}", "operation": "backup"}}"#
+        ),
+    )
+    .unwrap();
+    let out = env.ok(&["unlock"]);
+    assert!(out.contains("still locked by backup on host db-2"), "{out}");
+    assert_eq!(find_files(&locks).len(), 1);
+    let out = env.ok(&["unlock", "--all"]);
+    assert!(
+        out.contains("removed the lock of backup on host db-2"),
+        "{out}"
+    );
+    assert!(find_files(&locks).is_empty());
+}

@@ -442,6 +442,13 @@ impl Repository {
         self.keyset.as_deref()
     }
 
+    /// Opens a repository of either format for lock administration only
+    /// (`offsite unlock`): locks are plaintext JSON in both formats and need
+    /// no keys. Nothing but `locks/` may be read or written through it.
+    pub async fn open_for_locks(storage: Arc<dyn Storage>) -> Result<Repository> {
+        Self::open_any(storage).await
+    }
+
     /// Reads and parses `config`, whatever format it declares.
     async fn open_any(storage: Arc<dyn Storage>) -> Result<Repository> {
         let stats = Arc::new(RequestStats::default());
