@@ -19,7 +19,10 @@
 //! record that cannot be stored, on a full target say, costs the next
 //! restore its check, nothing else). Records are written create-if-absent
 //! under a fresh name, so two hosts checking at once both land and nothing
-//! is overwritten; a half-written object is one a reader skips.
+//! is overwritten; a half-written object is one a reader skips. They are
+//! written without a lock: one that lands after a prune removed its
+//! snapshot vouches for nothing (no manifest names its list) and the next
+//! prune deletes it with the other records of snapshots it does not keep.
 
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
