@@ -77,6 +77,21 @@ pub enum Error {
          encryption.writer_key_file to back up or encryption.identity_file to restore"
     )]
     NoFormat2Keys { target: String },
+    /// A backup to an empty target on a host that cannot create a format 2
+    /// repository: that takes the owner's identity, which signs the first
+    /// keyring (design 2.5).
+    #[error(
+        "{target} holds no repository yet, and this host cannot create one: a format 2 \
+         repository is created by its owner, whose identity this host does not hold"
+    )]
+    NoOwnerToCreate { target: String },
+    /// A restore, verify or drill of a format 1 repository, whose snapshots
+    /// nobody signed, without the override (design 3.5).
+    #[error(
+        "{target} holds a format 1 repository, whose snapshots are not signed: anyone with \
+         write access to it could have written them"
+    )]
+    UnsignedFormat1 { target: String },
     /// A format 2 repository opened to list its snapshots (status, pin)
     /// by a host that holds no metadata key M: format 1's metadata
     /// identity derived from the recipients is gone (design 2.1, open

@@ -352,7 +352,7 @@ impl Keyring {
         };
         if let Some(memory) = memory {
             memory.check(&keyset, body.serial, &target)?;
-            memory.remember(&keyset, body.serial, &hash)?;
+            memory.remember(&keyset, body.serial, &hash);
         }
         for w in &warnings {
             tracing::warn!("{target}: passing over {w}");
@@ -412,6 +412,25 @@ async fn candidate(
     Ok((body, blake3::hash(&raw).to_hex().to_string()))
 }
 
+/// The key set and hash of `raw`, the object `keyring/00000001` of a
+/// target without `config` (an init killed before its last put), when it
+/// is a valid first keyring that `owner` signed; `None` otherwise. The key
+/// set is read from the body before the signature is checked, because the
+/// signature binds it (sign.rs): a body naming another key set does not
+/// verify under the one it names unless the owner signed exactly that.
+pub(crate) fn first_signed_by(owner: &OwnerPublic, raw: &[u8]) -> Option<(KeysetId, String)> {
+    let key = keyring_key(1);
+    let text = std::str::from_utf8(raw).ok()?;
+    let json = text.trim_end_matches('\n').rsplit_once('\n')?.0;
+    let claimed: KeyringBody = serde_json::from_str(json).ok()?;
+    let keyset: KeysetId = claimed.keyset.parse().ok()?;
+    let verifier = Verifier::new(keyset.clone(), [SignerPublic::Owner(*owner)]);
+    let body = verified_body(&verifier, &key, raw).ok()?;
+    let first = body.serial == 1 && body.owner == owner.to_string();
+    (first && body.keyset == keyset.as_str())
+        .then(|| (keyset, blake3::hash(raw).to_hex().to_string()))
+}
+
 /// The body of a signed keyring object, parsed and validated.
 fn verified_body(verifier: &Verifier, key: &str, raw: &[u8]) -> Result<KeyringBody, KeyringError> {
     let (body, _) = verifier.open(key, raw)?;
@@ -466,7 +485,7 @@ pub async fn publish(
             Ok(()) if repo.get_bytes(&key).await? == sealed => {
                 let hash = blake3::hash(&sealed).to_hex().to_string();
                 if let Some(memory) = memory {
-                    memory.remember(&keyset, next.serial, &hash)?;
+                    memory.remember(&keyset, next.serial, &hash);
                 }
                 return Ok(Keyring {
                     body: next,
@@ -534,7 +553,15 @@ impl KeysetMemory {
         let path = self.path(keyset);
         let raw = match std::fs::read(&path) {
             Ok(raw) => raw,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            // A state "directory" that is not one remembers nothing.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                return Ok(None)
+            }
             Err(e) => return Err(Error::io(path.display().to_string(), e)),
         };
         let r: Remembered = serde_json::from_slice(&raw).map_err(|e| Error::Corrupt {
@@ -556,8 +583,21 @@ impl KeysetMemory {
         }
     }
 
-    /// Records `serial` when it is higher than what is remembered.
-    pub fn remember(&self, keyset: &KeysetId, serial: u64, hash: &str) -> Result<()> {
+    /// Records `serial` when it is higher than what is remembered. A
+    /// memory that cannot be written is a warning, not the operation's
+    /// failure: what was just checked stays checked, and only a later
+    /// rollback to below `serial` would go unnoticed on this host.
+    pub fn remember(&self, keyset: &KeysetId, serial: u64, hash: &str) {
+        if let Err(e) = self.try_remember(keyset, serial, hash) {
+            tracing::warn!(
+                "{}; this host will not notice a rollback of key set {keyset} to below \
+                 serial {serial}",
+                crate::error::chain_text(&e)
+            );
+        }
+    }
+
+    fn try_remember(&self, keyset: &KeysetId, serial: u64, hash: &str) -> Result<()> {
         if self.serial(keyset)?.is_some_and(|s| s >= serial) {
             return Ok(());
         }

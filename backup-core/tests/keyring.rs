@@ -655,3 +655,54 @@ async fn an_add_that_lost_its_lock_publishes_nothing() {
     assert!(matches!(e, Error::Locked { .. }), "{e:?}");
     assert_eq!(r.keyring().await.unwrap().serial(), 1, "published anyway");
 }
+
+/// An init killed after any of its puts (bundles, then the keyring, then
+/// `config`) leaves no repository, and the next init of that target by the
+/// same owner makes a whole one: it writes the missing `config` for the
+/// keyring that was published (which stays as it was), or a new key set
+/// beside bundles no keyring names. Another owner's half-made target is
+/// refused, nothing written.
+#[tokio::test]
+async fn an_interrupted_init_is_finished_by_the_next() {
+    let _guard = no_fail_points();
+    let (owner, other) = (Owner::new(identity()), Owner::new(identity()));
+    let recipient = NamedRecipient {
+        name: "laptop".into(),
+        recipient: identity().to_public(),
+    };
+    for after in 0..4 {
+        let mem = Arc::new(MemoryStorage::default());
+        let dying: Arc<dyn Storage> =
+            Arc::new(Wrapped(support::DiesAfter::new(mem.clone(), after)));
+        let recipients = std::slice::from_ref(&recipient);
+        init(&[dying], &owner, recipients, None).await.unwrap_err();
+        assert!(Repository::open_v2(mem.clone()).await.is_err(), "{after}");
+        let published = support_get_opt(&mem, &keyring_key(1)).await;
+
+        let stranger = init(&[mem.clone() as Arc<dyn Storage>], &other, &[], None).await;
+        if after == 3 {
+            let e = keyring_error(stranger.unwrap_err());
+            assert!(matches!(e, KeyringError::Refused { .. }), "{e:?}");
+        } else {
+            // Only bundles: nobody's repository yet, so anyone may create one.
+            assert!(published.is_none());
+            stranger.unwrap();
+            continue;
+        }
+        let keyset = init(&[mem.clone() as Arc<dyn Storage>], &owner, recipients, None)
+            .await
+            .unwrap();
+        let repo = Repository::open_v2(mem.clone()).await.unwrap();
+        assert_eq!(repo.config().keyset(), Some(&keyset));
+        assert_eq!(support_get_opt(&mem, &keyring_key(1)).await, published);
+        let keyring = Keyring::open(&repo, &owner.public(), None).await.unwrap();
+        assert_eq!(keyring.body.recipients.len(), 2);
+    }
+}
+
+async fn support_get_opt(mem: &MemoryStorage, key: &str) -> Option<Vec<u8>> {
+    match mem.get(key).await {
+        Ok(_) => Some(support_get(mem, key).await),
+        Err(_) => None,
+    }
+}

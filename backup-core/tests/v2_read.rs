@@ -549,3 +549,44 @@ async fn a_forged_newest_snapshot_is_skipped_by_latest_and_refused_by_id() {
     assert!(std::fs::read(&to).unwrap() == genuine_db);
     assert_eq!(support::integrity(&to), "ok");
 }
+
+/// A signed list is trusted for who wrote it, never for where it writes: a
+/// stolen writer key signs a list whose file lies under its own symlink to
+/// a directory outside; the restore refuses it and nothing outside changes.
+#[tokio::test]
+async fn a_signed_list_that_writes_through_a_symlink_is_refused() {
+    let v2 = V2::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("pwned"), b"precious").unwrap();
+    let writer = &v2.writer_keys;
+    let hostile = vec![
+        (
+            Entry::Symlink {
+                path: "lnk".into(),
+                target: outside.display().to_string(),
+            },
+            vec![],
+        ),
+        file("lnk/pwned", b"pwned by a signed list", 8),
+    ];
+    write(
+        &v2.repo,
+        writer,
+        Snap::new("tree", at(0), hostile, Seal::of(writer)),
+    )
+    .await;
+    let keys = &v2.owner_keys;
+    let all = v2.repo.snapshots_v2(keys).await.unwrap();
+    let chosen = all.latest_signed(Some("tree")).unwrap();
+    let to = dir.path().join("restored");
+    let e = v2
+        .repo
+        .restore_v2(keys, chosen, &to, &RestoreOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::UnsafeEntry { .. }), "{e:?}");
+    assert_eq!(std::fs::read(outside.join("pwned")).unwrap(), b"precious");
+    assert!(!to.exists(), "nothing restored");
+}

@@ -5,20 +5,21 @@
 
 use std::sync::{Arc, Mutex};
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use backup_core::backup::BackupOptions;
 use backup_core::error::chain_text;
-use backup_core::repo::{Access, Repository};
+use backup_core::repo::{Access, Creator, NewFormat, Repository};
 use backup_core::run::{self, Hook, Observer, Plan, PlannedSource, PlannedTarget, RunEvent};
 use serde_json::json;
 
-use crate::config::{Config, DatabaseCheckSetting};
+use crate::cmd_init::{creating_owner, named_recipients};
+use crate::config::{Config, DatabaseCheckSetting, RepoFormat, TargetConfig};
 use crate::errors::hint_in;
 use crate::hooks::ConfigHooks;
 use crate::notify::{self, Event, EventKind};
 use crate::output::{self, Bar};
 use crate::output::{snapshot_json, Done};
-use crate::per_target::shared;
+use crate::per_target::{config_failure, failed, shared};
 use crate::resolve::{access, chosen_targets, keys, source_specs, Purpose};
 use crate::targets;
 
@@ -64,6 +65,7 @@ pub(crate) async fn backup_report(
         access.as_ref(),
     )
     .await?;
+    let config = config_failure(&plan.targets);
     notify::start(&cfg.notify, EventKind::Backup).await;
     let observer = Printer {
         as_json,
@@ -82,7 +84,9 @@ pub(crate) async fn backup_report(
     notify::finish(&cfg.notify, EventKind::Backup, report.ok(), &summary).await;
     Ok(Done {
         json: serde_json::Value::Array(state.results),
-        result: report.failure_summary().map_or(Ok(()), |f| Err(anyhow!(f))),
+        result: report
+            .failure_summary()
+            .map_or(Ok(()), |f| Err(failed(f, config))),
     })
 }
 
@@ -105,21 +109,7 @@ async fn plan(
             spec,
         });
     }
-    let mut planned = Vec::new();
-    for t in chosen_targets(cfg, target)? {
-        let repo = match targets::open(t) {
-            Ok(storage) => Repository::open_or_init_with(storage, keys, access)
-                .await
-                .map_err(|e| {
-                    shared(anyhow::Error::from(e).context(format!("target {:?}", t.name)))
-                }),
-            Err(e) => Err(shared(e)),
-        };
-        planned.push(PlannedTarget {
-            name: t.name.clone(),
-            repo,
-        });
-    }
+    let planned = planned_targets(cfg, target, keys, access).await?;
     Ok(Plan {
         sources,
         targets: planned,
@@ -279,5 +269,61 @@ impl Printer {
         if hook == Hook::Before {
             eprintln!("  hint: the source was not backed up; fix the command or its exit status (run it by hand with sh -c)");
         }
+    }
+}
+
+/// The chosen targets opened for this backup ([`Repository::open_for_backup`]),
+/// in config order; a target that cannot be opened is its own failure.
+async fn planned_targets(
+    cfg: &Config,
+    target: Option<&str>,
+    keys: Option<&backup_core::keys::Keys>,
+    access: Option<&Access>,
+) -> Result<Vec<PlannedTarget>> {
+    let owner = creating_owner(access);
+    let recipients = named_recipients(cfg)?;
+    let creator = owner.as_ref().map(|owner| Creator {
+        owner,
+        recipients: &recipients,
+    });
+    let chosen = chosen_targets(cfg, target)?;
+    // A backend that does not open is its target's failure; the others'
+    // repositories come back from the engine in the same order.
+    let (mut storages, mut broken) = (Vec::new(), Vec::new());
+    for t in &chosen {
+        match targets::open(t) {
+            Ok(storage) => {
+                storages.push((storage, new_format(t)));
+                broken.push(None);
+            }
+            Err(e) => broken.push(Some(shared(e))),
+        }
+    }
+    let mut repos = Repository::open_for_backup(&storages, keys, access, creator)
+        .await
+        .into_iter();
+    let mut planned = Vec::new();
+    for (t, broken) in chosen.into_iter().zip(broken) {
+        let repo = match broken {
+            Some(e) => Err(e),
+            None => repos
+                .next()
+                .expect("one result per opened target")
+                .map_err(|e| {
+                    shared(anyhow::Error::from(e).context(format!("target {:?}", t.name)))
+                }),
+        };
+        planned.push(PlannedTarget {
+            name: t.name.clone(),
+            repo,
+        });
+    }
+    Ok(planned)
+}
+
+fn new_format(t: &TargetConfig) -> NewFormat {
+    match t.format {
+        RepoFormat::V1 => NewFormat::V1,
+        RepoFormat::V2 => NewFormat::V2,
     }
 }

@@ -22,6 +22,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use crate::config::Config;
 use crate::notify::{self, EventKind};
 use crate::ops_config::parse_cron;
+use crate::per_target::Unsigned;
 use crate::{cmd_backup, cmd_drill, cmd_prune, cmd_status, cmd_verify};
 
 struct Job {
@@ -57,7 +58,7 @@ impl Signals {
 pub async fn run_job(cfg: &Config, config_path: &Path, job: &str) -> Result<()> {
     match job {
         "backup" => cmd_backup::backup(cfg, None, None, Vec::new(), false, false).await,
-        "drill" => cmd_drill::run(cfg, None, None, None, false).await,
+        "drill" => cmd_drill::run(cfg, None, None, None, Unsigned::AS_CONFIGURED, false).await,
         "status" => cmd_status::run(cfg, false, None).await,
         "prune" => {
             let args = cmd_prune::PruneArgs {
@@ -80,6 +81,7 @@ pub async fn run_job(cfg: &Config, config_path: &Path, job: &str) -> Result<()> 
                 read_data: false,
                 read_data_subset: None,
                 identity: None,
+                allow_unsigned: false,
                 json: false,
             };
             notify::around(

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use backup_core::drill::{DrillProgress, DrillReport};
 use backup_core::each::drill::{drill_all, failed_steps, DrillRun, PlannedDrill};
 use backup_core::each::{TargetEvent, TargetObserver};
@@ -25,7 +25,7 @@ use chrono::Utc;
 use crate::config::Config;
 use crate::notify::{self, EventKind};
 use crate::output::{Bar, Done, Sample, STEP_AND_BYTES};
-use crate::per_target::open_targets;
+use crate::per_target::{config_failure, failed, open_targets, Unsigned};
 use crate::resolve::{access, chosen_targets, identities, Purpose};
 
 pub async fn run(
@@ -33,9 +33,10 @@ pub async fn run(
     source: Option<&str>,
     target: Option<&str>,
     identity: Option<&Path>,
+    unsigned: Unsigned,
     as_json: bool,
 ) -> Result<()> {
-    let done = drill_report(cfg, source, target, identity, as_json).await?;
+    let done = drill_report(cfg, source, target, identity, unsigned, as_json).await?;
     if as_json {
         println!("{}", serde_json::to_string_pretty(&done.json)?);
     }
@@ -49,6 +50,7 @@ pub(crate) async fn drill_report(
     source: Option<&str>,
     target: Option<&str>,
     identity: Option<&Path>,
+    unsigned: Unsigned,
     as_json: bool,
 ) -> Result<Done> {
     let sources = planned_drills(cfg, source)?;
@@ -56,7 +58,18 @@ pub(crate) async fn drill_report(
     let ids = identities(cfg, identity).context("a drill restores data")?;
     notify::start(&cfg.notify, EventKind::Drill).await;
     let access = access(cfg, Purpose::Read, identity)?;
-    let targets = open_targets(chosen, access.as_ref()).await;
+    let mut targets = open_targets(chosen, access.as_ref()).await;
+    unsigned.apply(cfg, &mut targets);
+    let config = config_failure(&targets);
+    // A target that did not open fails its drills with the cause as text;
+    // what to do about it is said here, once per target.
+    for t in &targets {
+        if let Err(e) = &t.repo {
+            if let Some(hint) = crate::errors::hint_in(e.as_ref()) {
+                eprintln!("target {:?}: hint: {hint}", t.name);
+            }
+        }
+    }
     let printer = Printer {
         as_json,
         bar: Mutex::default(),
@@ -67,7 +80,9 @@ pub(crate) async fn drill_report(
     send_events(cfg, &report).await;
     Ok(Done {
         json,
-        result: report.failure_summary().map_or(Ok(()), |f| Err(anyhow!(f))),
+        result: report
+            .failure_summary()
+            .map_or(Ok(()), |f| Err(failed(f, config))),
     })
 }
 

@@ -40,7 +40,7 @@ pub fn keygen(output: Option<&Path>) -> Result<()> {
     let identity: age::x25519::Identity = line.parse().map_err(|e: &str| anyhow::anyhow!(e))?;
     // On stderr: stdout stays the recipient alone, which scripts read.
     eprintln!(
-        "owner key, for encryption.owner_key on other hosts (format 2, in development): {}",
+        "owner key, for encryption.owner_key on other hosts (format 2): {}",
         OwnerKey::from_identity(&identity).public()
     );
     Ok(())

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use backup_core::each::prune::{prune_all, unlock_all, PruneRun, UnlockReport};
 use backup_core::prune::{PruneOptions, PruneReport, Verdict};
 use chrono::Local;
@@ -132,10 +132,7 @@ fn outcome(run: &PruneRun) -> Result<()> {
     let config = errors
         .into_iter()
         .any(|e| crate::usage::is_mistake(e.error()));
-    match config {
-        true => Err(crate::usage::mistake(failed)),
-        false => Err(anyhow!(failed)),
-    }
+    Err(crate::per_target::failed(failed, config))
 }
 
 /// One target's report: its JSON entry with `--json`, else printed; with a

@@ -30,7 +30,7 @@ use crate::errors::hint_in;
 use crate::hooks::ConfigHooks;
 use crate::output::{self, Bar};
 use crate::output::{snapshot_json, Done};
-use crate::per_target::{planned_readable_targets, shared};
+use crate::per_target::{planned_readable_targets, shared, Unsigned};
 use crate::resolve::{identities, keys, parse_time};
 use crate::{targets, usage, RestoreArgs};
 
@@ -189,8 +189,11 @@ async fn plan(
     sources: Vec<PlannedRestore>,
     selector: Selector,
 ) -> Result<RestorePlan> {
-    let targets =
-        planned_readable_targets(cfg, args.target.as_deref(), args.identity.as_deref()).await?;
+    let unsigned = Unsigned::Refused {
+        allow_unsigned: args.allow_unsigned,
+    };
+    let identity = args.identity.as_deref();
+    let targets = planned_readable_targets(cfg, args.target.as_deref(), identity, unsigned).await?;
     let fallbacks = fallbacks(cfg);
     let pre_restore = (!args.no_pre_restore_snapshot).then(|| PreRestore {
         keys: keys(cfg).map_err(shared),

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::output::{self, snapshot_json};
-use crate::per_target::planned_readable_targets;
+use crate::per_target::{planned_readable_targets, Unsigned};
 use crate::resolve::metadata_key;
 use backup_core::across::{self, Listings, Pins};
 use backup_core::error::chain_text;
@@ -109,7 +109,7 @@ async fn listings(
         cfg.source(s)?;
     }
     let ids = metadata_key(cfg)?;
-    let targets = planned_readable_targets(cfg, target, None).await?;
+    let targets = planned_readable_targets(cfg, target, None, Unsigned::Listed).await?;
     let found = across::list(&targets, &ids, Pins::Read).await?;
     warn_passed_over(&found);
     Ok(found.listings)

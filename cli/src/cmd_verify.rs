@@ -20,7 +20,9 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::output::{Bar, Done, Sample, STEP, STEP_AND_BYTES};
-use crate::per_target::{planned_readable_targets, StartBar, TargetPrinter};
+use crate::per_target::{
+    config_failure, failed, planned_readable_targets, StartBar, TargetPrinter, Unsigned,
+};
 use crate::resolve::{identities, keys};
 
 #[derive(Args)]
@@ -45,6 +47,10 @@ pub struct VerifyArgs {
     /// Identity file, for --read-data [default: encryption.identity_file]
     #[arg(long, short = 'i')]
     pub identity: Option<PathBuf>,
+    /// Use a format 1 target's snapshots, which nobody signed (anyone with write access
+    /// to it could have written them) [default: the target's allow_unsigned]
+    #[arg(long)]
+    pub allow_unsigned: bool,
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
@@ -70,12 +76,16 @@ pub(crate) async fn verify_report(cfg: &Config, args: &VerifyArgs) -> Result<Don
         source: args.source.clone(),
         ..Default::default()
     };
-    let targets = planned_readable_targets(cfg, args.target.as_deref(), None).await?;
+    let unsigned = Unsigned::Refused {
+        allow_unsigned: args.allow_unsigned,
+    };
+    let targets = planned_readable_targets(cfg, args.target.as_deref(), None, unsigned).await?;
     let printer = TargetPrinter::new(args.json, show_report, Some(start_bar(opts.data.is_some())));
+    let config = config_failure(&targets);
     let run = verify_all(targets, &ids, &opts, &printer).await;
     let result = match run.verdict() {
         Err(e @ VerifyFailure::Damaged(_)) => Err(anyhow!(e)).context("verify found damage"),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(failed(e, config)),
         Ok(()) => Ok(()),
     };
     Ok(Done {

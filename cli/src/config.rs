@@ -112,12 +112,44 @@ pub enum DatabaseCheckSetting {
     Backup,
 }
 
+/// `format` of a target: what a backup makes of it when it is empty.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "u32")]
+pub enum RepoFormat {
+    /// Unsigned snapshots and fixed recipients (docs/format.md, format 1).
+    V1,
+    /// Signed snapshots and changeable keys; created by its owner.
+    #[default]
+    V2,
+}
+
+impl TryFrom<u32> for RepoFormat {
+    type Error = String;
+
+    fn try_from(n: u32) -> Result<Self, String> {
+        match n {
+            1 => Ok(RepoFormat::V1),
+            2 => Ok(RepoFormat::V2),
+            n => Err(format!(
+                "format = {n}: offsite makes format 1 or 2 repositories (2, the default, \
+                 unless the stock-tools script or `offsite repair` must work on it)"
+            )),
+        }
+    }
+}
+
 /// A target: its name and kind, plus the backend's own settings, which are
 /// checked by that backend's config type.
 #[derive(Debug, Deserialize)]
 pub struct TargetConfig {
     pub name: String,
     pub kind: String,
+    /// The format a backup makes of this target when it is empty.
+    #[serde(default)]
+    pub format: RepoFormat,
+    /// Format 1 only: restore, verify and drill use its unsigned snapshots.
+    #[serde(default)]
+    pub allow_unsigned: bool,
     #[serde(flatten)]
     pub settings: BTreeMap<String, serde_json::Value>,
 }

@@ -75,6 +75,7 @@ pub async fn run(dir: &Path) -> Result<()> {
         no_pre_restore_snapshot: true,
         no_database_check: false,
         database_check: false,
+        allow_unsigned: false,
         test: false,
         target: None,
         identity: None,

@@ -70,9 +70,11 @@ pub(crate) fn hint_in(e: &(dyn std::error::Error + 'static)) -> Option<String> {
         Error::CannotReplace { .. } => "nothing at the destination was changed: fix the cause and run the restore again, or restore to another path with --to".into(),
         Error::PruneBlocked { .. } => "nothing was deleted; `offsite verify` shows which snapshots are damaged".into(),
         Error::NotFormat1 { .. } => "name the format 1 target with --from (`offsite targets check` and `offsite snapshots` show what each target holds)".into(),
-        Error::NotFormat2 { .. } => "key and writer commands need a format 2 repository (in development): create one on an empty target with `offsite init --target NAME`".into(),
+        Error::NotFormat2 { .. } => "key and writer commands need a format 2 repository: move this one to format 2 with `offsite migrate --from TARGET --to NEW`, or create one on an empty target with `offsite init --target NAME` (or a backup where the owner identity is)".into(),
         Error::Untrusted { .. } => "offsite uses only snapshots signed by the repository's owner or a writer it authorised, and wrote nothing: choose another snapshot (`offsite snapshots` shows who signed each), and check who can write to this target".into(),
         Error::NoFormat2Keys { .. } => "`offsite keygen` and `offsite init` print the owner key where the owner identity is; a backup host gets a writer key with `offsite writer keygen`, which the owner adds with `offsite writer add`".into(),
+        Error::NoOwnerToCreate { .. } => "create it where the owner identity is (`offsite init --target NAME`), then give this host a writer key: `offsite writer keygen -o FILE` here and `offsite writer add NAME offsite-writer1...` there, and set encryption.writer_key_file and encryption.owner_key here; or set format = 1 on the target for an unsigned format 1 repository".into(),
+        Error::UnsignedFormat1 { .. } => "pass --allow-unsigned (or set allow_unsigned = true on the target) to use it anyway, or move it to format 2 with `offsite migrate --from TARGET --to NEW`; nothing was changed".into(),
         // Design, open question 3: no holder kind gets M alone yet.
         Error::NoMetadataKey { .. } => "a monitoring host can hold a writer key of its own: `offsite writer keygen -o FILE` there, then `offsite writer add NAME offsite-writer1...` where the owner identity is (a writer key can also sign backups)".into(),
         Error::Keyring(k) => return keyring_hint(k),
@@ -83,7 +85,8 @@ pub(crate) fn hint_in(e: &(dyn std::error::Error + 'static)) -> Option<String> {
 fn keyring_hint(e: &backup_core::keyring::KeyringError) -> Option<String> {
     use backup_core::keyring::KeyringError as K;
     Some(match e {
-        K::RolledBack { .. } | K::NoneTrusted { .. } | K::ForgedBundle { .. } | K::Squatted { .. } => {
+        K::NoneTrusted { .. } => "this host trusts the owner key in encryption.owner_key, or without it the one derived from the identity: restoring with an identity that is not the owner's needs encryption.owner_key set to the repository's owner key (`offsite init` printed it; `offsite keygen` prints it where the owner identity is). If that is right, someone with write access to the target may have changed it: nothing was changed here".into(),
+        K::RolledBack { .. } | K::ForgedBundle { .. } | K::Squatted { .. } => {
             "someone with write access to the target may have changed it: nothing was changed here; check the target's contents and who can write to it, or use another target".into()
         }
         K::Contended { .. } => "another admin changed the keys at the same time: run the command again".into(),

@@ -55,6 +55,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use per_target::Unsigned;
 
 #[derive(Parser)]
 #[command(
@@ -127,7 +128,7 @@ enum Command {
     Unlock(cmd_prune::UnlockArgs),
     /// Check that every snapshot is complete (--read-data: restorable, byte for byte).
     Verify(cmd_verify::VerifyArgs),
-    /// Create a format 2 repository (in development) with a new key set on every (or one) empty target; needs the owner identity.
+    /// Create a format 2 repository with a new key set on every (or one) empty target; needs the owner identity.
     Init {
         /// Create it on this target only [default: every target]
         #[arg(long)]
@@ -135,12 +136,12 @@ enum Command {
     },
     /// Move a format 1 repository to a new format 2 one (same snapshot ids, signed by the owner); needs the owner identity.
     Migrate(cmd_migrate::MigrateArgs),
-    /// The recipients of format 2 repositories (in development): list, add, remove.
+    /// The recipients of format 2 repositories: list, add, remove.
     Key {
         #[command(subcommand)]
         command: cmd_key::KeyCommand,
     },
-    /// Backup hosts' writer keys of format 2 repositories (in development): keygen, list, add, remove.
+    /// Backup hosts' writer keys of format 2 repositories: keygen, list, add, remove.
     Writer {
         #[command(subcommand)]
         command: cmd_writer::WriterCommand,
@@ -161,6 +162,10 @@ enum Command {
         /// Identity file [default: encryption.identity_file]
         #[arg(long, short = 'i')]
         identity: Option<PathBuf>,
+        /// Use a format 1 target's snapshots, which nobody signed (anyone with write access
+        /// to it could have written them) [default: the target's allow_unsigned]
+        #[arg(long)]
+        allow_unsigned: bool,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -323,6 +328,10 @@ pub struct RestoreArgs {
     /// (format 2: by default a recorded integrity_check is not run again).
     #[arg(long, conflicts_with = "no_database_check")]
     pub database_check: bool,
+    /// Use a format 1 target's snapshots, which nobody signed (anyone with write access
+    /// to it could have written them) [default: the target's allow_unsigned]
+    #[arg(long)]
+    pub allow_unsigned: bool,
     /// Restore into a temporary directory, verify, and delete it: a check that touches nothing.
     #[arg(long, conflicts_with_all = ["to", "force"])]
     pub test: bool,
@@ -503,10 +512,12 @@ async fn with_config(
             source,
             target,
             identity,
+            allow_unsigned,
             json,
         } => {
             let (source, target) = (source.as_deref(), target.as_deref());
-            cmd_drill::run(cfg, source, target, identity.as_deref(), json).await
+            let unsigned = Unsigned::Refused { allow_unsigned };
+            cmd_drill::run(cfg, source, target, identity.as_deref(), unsigned, json).await
         }
         Command::Status { json, prometheus } => {
             cmd_status::run(cfg, json, prometheus.as_deref()).await

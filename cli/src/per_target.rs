@@ -31,16 +31,61 @@ pub(crate) async fn planned_lock_targets(
     Ok(open_each(chosen_targets(cfg, name)?, Repository::open_for_locks).await)
 }
 
-/// The chosen targets for the commands built for format 2 too (restore,
+/// The chosen targets for the commands that read snapshots (restore,
 /// snapshots, verify, drill): format 2 targets are opened with this host's
-/// keys for reading ([`Purpose::Read`]).
+/// keys for reading ([`Purpose::Read`]); format 1 ones as `unsigned` says.
 pub(crate) async fn planned_readable_targets(
     cfg: &Config,
     name: Option<&str>,
     identity: Option<&Path>,
+    unsigned: Unsigned,
 ) -> Result<Vec<PlannedTarget>> {
     let access = access(cfg, Purpose::Read, identity)?;
-    Ok(open_targets(chosen_targets(cfg, name)?, access.as_ref()).await)
+    let mut planned = open_targets(chosen_targets(cfg, name)?, access.as_ref()).await;
+    unsigned.apply(cfg, &mut planned);
+    Ok(planned)
+}
+
+/// What a reading command does with a format 1 target, whose snapshots
+/// nobody signed (docs/design/format-v2.md, 3.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unsigned {
+    /// Lists them (`offsite snapshots`): a listing restores nothing.
+    Listed,
+    /// Restore, verify and drill use them only with `--allow-unsigned`
+    /// (`true` here) or `allow_unsigned = true` on the target; every other
+    /// format 1 target is its failure ([`backup_core::Error::UnsignedFormat1`]),
+    /// nothing read. The same rule stops a downgrade: a bucket writer who
+    /// puts a format 1 `config` and forged objects there is refused.
+    Refused { allow_unsigned: bool },
+}
+
+impl Unsigned {
+    /// As each target's `allow_unsigned` says (scheduled and served jobs).
+    pub(crate) const AS_CONFIGURED: Unsigned = Unsigned::Refused {
+        allow_unsigned: false,
+    };
+
+    pub(crate) fn apply(self, cfg: &Config, planned: &mut [PlannedTarget]) {
+        let Unsigned::Refused { allow_unsigned } = self else {
+            return;
+        };
+        for t in planned {
+            let allowed = allow_unsigned
+                || cfg
+                    .targets
+                    .iter()
+                    .any(|c| c.name == t.name && c.allow_unsigned);
+            let unsigned = match &t.repo {
+                Ok(repo) if repo.config().version() == 1 && !allowed => repo.describe(),
+                _ => continue,
+            };
+            t.repo = Err(on_target(
+                &t.name,
+                backup_core::Error::UnsignedFormat1 { target: unsigned },
+            ));
+        }
+    }
 }
 
 /// The chosen targets for the commands that list snapshots and write only
@@ -68,6 +113,25 @@ pub(crate) async fn planned_listing_targets(
         }
     }
     Ok(planned)
+}
+
+/// Whether a target could not be opened for what the configuration lacks
+/// or says ([`crate::usage::is_mistake`]): the command then fails with
+/// exit 2, as prune does, whatever the other targets did.
+pub(crate) fn config_failure(targets: &[PlannedTarget]) -> bool {
+    let mistake = |t: &PlannedTarget| match &t.repo {
+        Err(e) => crate::usage::is_mistake(e.as_ref()),
+        Ok(_) => false,
+    };
+    targets.iter().any(mistake)
+}
+
+/// A failed command's error: a usage mistake (exit 2) when `config`.
+pub(crate) fn failed(summary: impl std::fmt::Display, config: bool) -> anyhow::Error {
+    match config {
+        true => crate::usage::mistake(summary.to_string()),
+        false => anyhow::anyhow!("{summary}"),
+    }
 }
 
 /// Whether a target failed only for want of a metadata key.

@@ -101,6 +101,8 @@ mod tests {
         TargetConfig {
             name: "t".into(),
             kind: kind.into(),
+            format: Default::default(),
+            allow_unsigned: false,
             settings: serde_json::from_value(settings).unwrap(),
         }
     }

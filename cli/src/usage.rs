@@ -47,6 +47,8 @@ fn is_one(c: &(dyn std::error::Error + 'static)) -> bool {
                 Error::Key(_)
                     | Error::NoFormat2Keys { .. }
                     | Error::NoMetadataKey { .. }
+                    | Error::NoOwnerToCreate { .. }
+                    | Error::UnsignedFormat1 { .. }
                     | Error::NotFormat1 { .. }
             )
         )

@@ -31,13 +31,6 @@ fn with_forgery() -> (Env, String, String, String) {
     (env, owner, genuine, forged)
 }
 
-/// Rewrites the config's `[encryption]` lines with `edit`.
-fn edit_config(env: &Env, edit: impl FnOnce(String) -> String) {
-    let path = env.dir.path().join("offsite.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, edit(text)).unwrap();
-}
-
 fn without_identity(text: String) -> String {
     text.replace("identity_file = \"key.txt\"\n", "")
 }
@@ -93,7 +86,7 @@ fn status_on_format_2_counts_signed_snapshots_only() {
 #[test]
 fn a_forged_newer_snapshot_does_not_hide_a_stale_backup_from_max_age() {
     let (env, _, genuine, _) = with_forgery();
-    edit_config(&env, |t| t + "\n[status]\nmax_age = \"1s\"\n");
+    env.edit_config(|t| t + "\n[status]\nmax_age = \"1s\"\n");
     std::thread::sleep(std::time::Duration::from_secs(2));
     let (code, out, err) = env.run(&["status"]);
     assert_eq!(code, 1, "{out}{err}");
@@ -109,7 +102,7 @@ fn a_forged_newer_snapshot_does_not_hide_a_stale_backup_from_max_age() {
 fn status_without_a_metadata_key_says_what_to_configure() {
     let (env, _, _, _) = with_forgery();
     // Only the recipients, as a format 1 monitoring host has them.
-    edit_config(&env, without_identity);
+    env.edit_config(without_identity);
     let (code, out, err) = env.run(&["status"]);
     assert_eq!(code, 2, "a configuration mistake: {out}{err}");
     assert!(
@@ -128,7 +121,7 @@ fn status_without_a_metadata_key_says_what_to_configure() {
     assert_eq!(json(&out)["targets"][0]["format"], serde_json::Value::Null);
 
     // An identity file named but not here: the format 2 target says so.
-    edit_config(&env, |t| {
+    env.edit_config(|t| {
         t.replace(
             "[encryption]\n",
             "[encryption]\nidentity_file = \"gone.txt\"\n",
@@ -160,7 +153,7 @@ fn add_writer(env: &Env, name: &str) -> String {
 fn a_host_with_a_writer_key_runs_status_and_pins() {
     let (env, owner, genuine, forged) = with_forgery();
     add_writer(&env, "monitor");
-    edit_config(&env, |t| {
+    env.edit_config(|t| {
         without_identity(t).replace(
             "[encryption]\n",
             &format!("[encryption]\nwriter_key_file = \"monitor.key\"\nowner_key = \"{owner}\"\n"),
@@ -237,7 +230,7 @@ fn pin_and_unpin_on_format_2_take_signed_snapshots_only() {
 
 #[test]
 fn status_names_a_format_1_target_once() {
-    let env = Env::new();
+    let env = Env::new().format_1();
     env.make_db(&env.db(), 100);
     env.ok(&["backup"]);
     let (code, out, err) = env.run(&["status"]);

@@ -10,6 +10,7 @@ mod duckdb;
 mod format2;
 mod format2_prune;
 mod format2_status;
+mod format_default;
 mod full_disk;
 mod hooks;
 mod hygiene;
@@ -340,11 +341,14 @@ fn wrong_or_missing_identity_fails_with_a_hint() {
         "-i",
         other.to_str().unwrap(),
     ]);
+    // Format 2: with no owner_key pinned, the identity is taken for the
+    // owner's, and the keyring says otherwise.
     assert_eq!(code, 1);
     assert!(
-        err.contains("none of the given identities") && err.contains("hint:"),
+        err.contains("has no keyring this host can trust") && err.contains("hint:"),
         "{err}"
     );
+    assert!(err.contains("encryption.owner_key"), "{err}");
     let (code, _, err) = env.run(&[
         "restore",
         "--source",
@@ -540,19 +544,25 @@ fn a_repository_written_by_format_v1_still_restores() {
     )
     .unwrap();
     let to = dir.path().join("r.db");
-    let out = Command::new(bin())
-        .args([
+    let restore = |extra: &[&str]| {
+        let mut args = vec![
             "--config",
             cfg.to_str().unwrap(),
             "restore",
             "--source",
             "app",
-            "--latest",
-            "--to",
-            to.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+        ];
+        args.extend_from_slice(&["--latest", "--to", to.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        Command::new(bin()).args(args).output().unwrap()
+    };
+    // Nobody signed format 1 snapshots: restoring them is the user's choice.
+    let refused = restore(&[]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{err}");
+    assert!(err.contains("--allow-unsigned"), "{err}");
+    assert!(!to.exists());
+    let out = restore(&["--allow-unsigned"]);
     assert!(
         out.status.success(),
         "{}",

@@ -17,6 +17,7 @@ fn two_targets() -> Env {
             new.display()
         )
     })
+    .format_1()
 }
 
 #[test]

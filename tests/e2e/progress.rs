@@ -63,7 +63,11 @@ fn verify_and_drill_show_progress_on_a_terminal_only() {
         all.contains("verify local: "),
         "no progress line in {all:?}"
     );
-    assert!(all.contains("local: all 1 snapshots restored"), "{all:?}");
+    // Format 2 reads every chunk against its keyed id ("read and checked").
+    assert!(
+        all.contains("local: all 1 snapshots read and checked"),
+        "{all:?}"
+    );
     let (code, all) = on_a_terminal(&env, &["drill"]);
     assert_eq!(code, 0, "{all}");
     // (The result line is "drill app @ local: PASSED ...": a step is progress.)

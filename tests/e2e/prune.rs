@@ -111,7 +111,8 @@ fn prune_refuses_without_retention_and_bad_retention_settings_exit_2() {
 
 #[test]
 fn prune_with_recipients_only_keeps_by_rule_and_pin_and_deletes_the_rest() {
-    let env = Env::new();
+    // Format 1: prune with the recipients alone (format2_prune.rs has format 2's).
+    let env = Env::new().format_1();
     // Several packs, most holding only rows the second backup no longer has.
     env.make_db(&env.db(), 20_000);
     let out = env.ok(&["backup", "--tag", "pre-migration", "--pin"]);
@@ -302,7 +303,8 @@ fn locks_of_live_runs_block_prune_and_stale_ones_are_cleared() {
 
 #[test]
 fn verify_reports_corrupt_missing_and_truncated_objects() {
-    let env = Env::new();
+    // Format 1's objects (v2_verify.rs covers format 2's).
+    let env = Env::new().format_1();
     env.make_db(&env.db(), 3_000);
     env.ok(&["backup"]);
     let out = env.ok(&["verify", "--read-data"]);

@@ -97,7 +97,8 @@ fn a_junk_object_under_snapshots_is_skipped_reported_and_pruned() {
 
 #[test]
 fn an_empty_manifest_left_by_an_older_release_hides_no_other_snapshot() {
-    let env = Env::new();
+    // The older release wrote format 1.
+    let env = Env::new().format_1();
     append_config(&env, "\n[retention]\nkeep_last = 5\n");
     env.make_db(&env.db(), 2_000);
     env.ok(&["backup"]);
@@ -286,7 +287,8 @@ fn a_truncated_index_file_contributes_nothing_and_breaks_only_what_needs_it() {
 
 #[test]
 fn a_damaged_pack_is_recorded_by_verify_and_the_next_backup_stores_it_again() {
-    let env = Env::new();
+    // Damage records are format 1's (docs/cli.md, Format 2 keys).
+    let env = Env::new().format_1();
     env.make_db(&env.db(), 3_000);
     env.ok(&["backup"]);
     let first = snapshots(&env)[0]["id"].as_str().unwrap().to_string();
@@ -322,7 +324,8 @@ fn a_damaged_pack_is_recorded_by_verify_and_the_next_backup_stores_it_again() {
 
 #[test]
 fn a_restore_or_drill_that_meets_damage_records_it_too() {
-    let env = Env::new();
+    // Damage records are format 1's (docs/cli.md, Format 2 keys).
+    let env = Env::new().format_1();
     env.make_db(&env.db(), 3_000);
     env.ok(&["backup"]);
     let pack = find_files(&env.repo().join("packs"))[0].clone();
@@ -344,7 +347,8 @@ fn a_restore_or_drill_that_meets_damage_records_it_too() {
 
 #[test]
 fn read_data_subset_parts_together_read_every_pack_once() {
-    let env = Env::new();
+    // Damage records are format 1's (docs/cli.md, Format 2 keys).
+    let env = Env::new().format_1();
     env.make_db(&env.db(), 40_000);
     env.ok(&["backup"]);
     let all = keys(&env, "packs");
@@ -404,12 +408,14 @@ fn read_data_subset_parts_together_read_every_pack_once() {
 
 #[test]
 fn restore_takes_what_one_target_lost_from_another_and_says_so() {
-    let env = Env::new();
+    // Fetching chunks from another target is format 1's (docs/cli.md).
+    let env = Env::new().format_1();
     let second = env.dir.path().join("repo2");
     append_config(
         &env,
         &format!(
-            "\n[[targets]]\nname = \"second\"\nkind = \"local\"\npath = \"{}\"\n",
+            "\n[[targets]]\nname = \"second\"\nkind = \"local\"\nformat = 1\n\
+             allow_unsigned = true\npath = \"{}\"\n",
             second.display()
         ),
     );

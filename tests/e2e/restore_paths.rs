@@ -19,7 +19,10 @@ fn a_list_that_writes_through_a_symlink_is_refused_and_nothing_outside_changes()
             "[[sources]]\nname = \"tree\"\nkind = \"files\"\npath = \"{}\"\n",
             tree.display()
         )
-    });
+    })
+    // The crafted list is format 1's, which anyone holding the recipients
+    // can write (format 2's signed one: backup-core's v2_read.rs).
+    .format_1();
     env.ok(&["backup", "--source", "tree"]);
     let outside = env.dir.path().join("outside");
     std::fs::create_dir(&outside).unwrap();

@@ -2,7 +2,8 @@
 //! real `age` and `zstd` (scripts/install-test-deps.sh installs them): every
 //! kind of snapshot restores and checks out, and a list that would write
 //! outside the output, or a kind the script does not know, is refused with
-//! nothing written.
+//! nothing written. The script reads format 1 (the format 2 one is not
+//! built yet), so every repository here is made with `format = 1`.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -62,7 +63,7 @@ fn newest(env: &Env, source: &str) -> String {
 #[test]
 fn a_sqlite_snapshot_restores_with_stock_tools() {
     require_tools();
-    let env = Env::new();
+    let env = Env::new().format_1();
     env.make_db(&env.db(), 5_000);
     env.ok(&["backup"]);
     Connection::open(env.db())
@@ -96,7 +97,8 @@ fn a_duckdb_snapshot_restores_with_its_wal_with_stock_tools() {
     require_tools();
     let env = Env::with_sources(|_| {
         "[[sources]]\nname = \"analytics\"\nkind = \"duckdb\"\npath = \"analytics.duckdb\"\n".into()
-    });
+    })
+    .format_1();
     let db = env.dir.path().join("analytics.duckdb");
     {
         let mut d = Database::open(&db, false).unwrap();
@@ -195,6 +197,7 @@ fn files_env() -> Env {
     Env::with_sources(|_| {
         "[[sources]]\nname = \"tree\"\nkind = \"files\"\npath = \"tree\"\n".into()
     })
+    .format_1()
 }
 
 #[test]
@@ -239,7 +242,8 @@ fn hostile_lists_and_unknown_kinds_are_refused_with_nothing_written() {
         std::fs::create_dir(dir.join("small")).unwrap();
         std::fs::write(dir.join("small/a.txt"), b"hello").unwrap();
         "[[sources]]\nname = \"small\"\nkind = \"files\"\npath = \"small\"\n".into()
-    });
+    })
+    .format_1();
     env.ok(&["backup", "--source", "small"]);
     let id = newest(&env, "small");
     let list_key = format!("lists/{id}");
@@ -325,7 +329,7 @@ fn hostile_lists_and_unknown_kinds_are_refused_with_nothing_written() {
 #[test]
 fn the_script_skips_junk_index_files_and_damaged_copies() {
     require_tools();
-    let env = Env::new();
+    let env = Env::new().format_1();
     env.make_db(&env.db(), 3_000);
     env.ok(&["backup"]);
     let first = newest(&env, "app");

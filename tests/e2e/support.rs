@@ -141,6 +141,26 @@ impl Env {
         )
     }
 
+    /// Rewrites the config file with `edit`.
+    pub fn edit_config(&self, edit: impl FnOnce(String) -> String) {
+        let path = self.dir.path().join("offsite.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, edit(text)).unwrap();
+    }
+
+    /// Makes the target of this config (`name = "local"`) one that backups
+    /// make format 1 (`format = 1`) and restores trust (`allow_unsigned`),
+    /// for the tests of what only format 1 has.
+    pub fn format_1(self) -> Env {
+        self.edit_config(|t| {
+            t.replace(
+                "name = \"local\"\nkind = \"local\"\n",
+                "name = \"local\"\nkind = \"local\"\nformat = 1\nallow_unsigned = true\n",
+            )
+        });
+        self
+    }
+
     /// Runs offsite and insists on success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let (code, out, err) = self.run(args);

@@ -4,11 +4,16 @@
 //! key; every target gets the same bundles (owner and recipients) and the
 //! same owner-signed `keyring/00000001`, and its own `config`.
 //!
-//! `config` is written last on each target: a repository exists once its
-//! config does, so an init killed before that leaves no repository, only
-//! objects that make the target non-empty (the next init says so, and the
-//! user empties it). An init never writes to a target that holds anything,
-//! and never overwrites: every put is create-if-absent.
+//! `config` is written last on each target, after the bundles and then the
+//! keyring: a repository exists once its config does, so an init killed
+//! before that leaves no repository. The next init (or backup) of that
+//! one target finishes it: when the keyring is there and this owner signed
+//! it, only the config is missing, and it is written for that key set;
+//! when only bundles are there, no keyring names them and a new init goes
+//! on beside them. An init never writes to a target that holds anything
+//! else, and never overwrites: every put is create-if-absent, so two hosts
+//! creating one target at once cannot mix key sets (the first keyring
+//! decides; the other's put of it fails).
 
 use std::sync::Arc;
 
@@ -16,14 +21,16 @@ use age::x25519;
 use bytes::Bytes;
 use chrono::Utc;
 
-use super::{store_checked, Format, RepoConfig, CONFIG_KEY};
+use super::{store_checked, Format, RepoConfig, Repository, CONFIG_KEY, KEYRING, KEYS};
 use crate::error::{Error, Result};
 use crate::keyadmin::Owner;
 use crate::keyring::{self, Generation, KeyringBody, KeyringError, KeysetMemory, RecipientEntry};
 use crate::keys::bundle::{bundle_key, Bundle, GenerationKeys, Holder};
 use crate::keys::v2::{chunk_id_key, chunk_key_check, KeysetId};
 use crate::sign::Signer;
-use crate::storage::{bytes_stream, list_all, PutMode, RetryPolicy, Storage};
+use crate::storage::{
+    bytes_stream, collect_bytes, list_all, ObjectMeta, PutMode, RetryPolicy, Storage,
+};
 
 /// One recipient to give a bundle at init: its name and key.
 #[derive(Debug, Clone)]
@@ -42,6 +49,11 @@ pub async fn init(
     memory: Option<&KeysetMemory>,
 ) -> Result<KeysetId> {
     let retry = RetryPolicy::default();
+    if let [one] = targets {
+        if let Some(keyset) = resume(one.as_ref(), &retry, owner, memory).await? {
+            return Ok(keyset);
+        }
+    }
     for storage in targets {
         ensure_empty(storage.as_ref(), &retry).await?;
     }
@@ -53,13 +65,7 @@ pub async fn init(
         for (key, body) in &objects {
             put(storage.as_ref(), &retry, key, body.clone()).await?;
         }
-        let config = RepoConfig {
-            id: hex::encode(rand::random::<[u8; 16]>()),
-            created: Utc::now(),
-            format: Format::V2 {
-                keyset: keyset.clone(),
-            },
-        };
+        let config = new_config(&keyset);
         put(
             storage.as_ref(),
             &retry,
@@ -69,21 +75,141 @@ pub async fn init(
         .await?;
     }
     if let Some(memory) = memory {
-        memory.remember(&keyset, 1, &keyring_hash)?;
+        memory.remember(&keyset, 1, &keyring_hash);
     }
     Ok(keyset)
 }
 
-async fn ensure_empty(storage: &dyn Storage, retry: &RetryPolicy) -> Result<()> {
+/// Makes the empty target `storage` a repository of `from`'s key set (a
+/// target added beside existing ones): every keyring and bundle of `from`
+/// copied as it is, bundles first and keyrings in serial order, then a
+/// `config` naming the key set. Signed, and encrypted to their holders,
+/// they mean the same on any target, so nothing is signed or decrypted
+/// here and a backup host with only a writer key can add a target. A copy
+/// killed half-way is finished by the next join: an object already there
+/// is accepted only when it is byte for byte the one copied.
+pub async fn join(from: &Repository, storage: &dyn Storage) -> Result<()> {
+    let retry = RetryPolicy::default();
+    let keyset = from
+        .config()
+        .keyset()
+        .cloned()
+        .ok_or_else(|| Error::NotFormat2 {
+            target: from.describe(),
+        })?;
     let target = storage.describe();
-    let existing = retry
+    let present = listed(storage, &retry).await?;
+    if let Some(other) = present
+        .iter()
+        .find(|o| !o.key.starts_with(KEYS) && !o.key.starts_with(KEYRING))
+    {
+        let reason = format!(
+            "it is not empty ({} objects, e.g. {}): a repository is made only on an empty target",
+            present.len(),
+            other.key
+        );
+        return Err(KeyringError::Refused { target, reason }.into());
+    }
+    let mut copied = from.list(KEYS).await?;
+    let mut keyrings = from.list(KEYRING).await?;
+    keyrings.sort_by(|a, b| a.key.cmp(&b.key));
+    copied.extend(keyrings);
+    for object in copied {
+        let body = from.get_bytes(&object.key).await?;
+        if present.iter().any(|o| o.key == object.key) {
+            let there = retry
+                .run(|| async { collect_bytes(storage.get(&object.key).await?).await })
+                .await
+                .map_err(|e| Error::Storage {
+                    target: target.clone(),
+                    cause: e,
+                })?;
+            if there != body {
+                let reason = format!("{} there differs from the copy being made", object.key);
+                return Err(KeyringError::Refused { target, reason }.into());
+            }
+            continue;
+        }
+        put(storage, &retry, &object.key, body).await?;
+    }
+    put(
+        storage,
+        &retry,
+        CONFIG_KEY,
+        new_config(&keyset).to_json().into(),
+    )
+    .await
+}
+
+/// Finishes the init a kill interrupted on `storage` (module doc): no
+/// `config`, nothing but bundles and one first keyring, which `owner`
+/// signed. Its bundles were all written before it, so what is missing is
+/// the `config` of its key set, written here. `None` when the target is
+/// not such a half-made repository.
+async fn resume(
+    storage: &dyn Storage,
+    retry: &RetryPolicy,
+    owner: &Owner,
+    memory: Option<&KeysetMemory>,
+) -> Result<Option<KeysetId>> {
+    let existing = listed(storage, retry).await?;
+    let first = keyring::keyring_key(1);
+    let only_keys = existing
+        .iter()
+        .all(|o| o.key == first || o.key.starts_with(KEYS));
+    if !only_keys || !existing.iter().any(|o| o.key == first) {
+        return Ok(None);
+    }
+    let raw = retry
+        .run(|| async { collect_bytes(storage.get(&first).await?).await })
+        .await
+        .map_err(|e| Error::Storage {
+            target: storage.describe(),
+            cause: e,
+        })?;
+    let Some((keyset, hash)) = keyring::first_signed_by(&owner.public(), &raw) else {
+        return Ok(None);
+    };
+    put(
+        storage,
+        retry,
+        CONFIG_KEY,
+        new_config(&keyset).to_json().into(),
+    )
+    .await?;
+    if let Some(memory) = memory {
+        memory.remember(&keyset, 1, &hash);
+    }
+    Ok(Some(keyset))
+}
+
+async fn listed(storage: &dyn Storage, retry: &RetryPolicy) -> Result<Vec<ObjectMeta>> {
+    retry
         .run(|| list_all(storage, ""))
         .await
         .map_err(|e| Error::Storage {
-            target: target.clone(),
+            target: storage.describe(),
             cause: e,
-        })?;
-    if let Some(first) = existing.first() {
+        })
+}
+
+fn new_config(keyset: &KeysetId) -> RepoConfig {
+    RepoConfig {
+        id: hex::encode(rand::random::<[u8; 16]>()),
+        created: Utc::now(),
+        format: Format::V2 {
+            keyset: keyset.clone(),
+        },
+    }
+}
+
+/// Refuses a target that holds anything but bundles: those are what an
+/// init killed before its keyring leaves, named by no keyring, so a new
+/// init beside them is sound (their keys were never used).
+async fn ensure_empty(storage: &dyn Storage, retry: &RetryPolicy) -> Result<()> {
+    let target = storage.describe();
+    let existing = listed(storage, retry).await?;
+    if let Some(first) = existing.iter().find(|o| !o.key.starts_with(KEYS)) {
         let reason = format!(
             "it is not empty ({} objects, e.g. {}): offsite init makes a repository only on an \
              empty target",

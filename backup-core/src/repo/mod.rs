@@ -34,6 +34,7 @@
 
 mod checks;
 mod damage;
+mod for_backup;
 pub mod format;
 pub mod init;
 mod list;
@@ -43,6 +44,7 @@ mod ops;
 pub mod path;
 
 pub use checks::{CheckedAt, RecordedCheck};
+pub use for_backup::{Creator, NewFormat};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -488,36 +490,6 @@ impl Repository {
             other => other?,
         };
         repo.check_keys(keys)?;
-        Ok(repo)
-    }
-
-    /// What a backup opens a target with: a format 2 repository with its
-    /// key set from `access`; a format 1 one checked against `keys`; an
-    /// empty target made a format 1 repository for `keys` (format 2 ones
-    /// are made by `offsite init`). Each missing key is an error saying
-    /// what to configure.
-    pub async fn open_or_init_with(
-        storage: Arc<dyn Storage>,
-        keys: Option<&Keys>,
-        access: Option<&Access>,
-    ) -> Result<Repository> {
-        let no_recipients = || {
-            Error::Key(
-                "no recipients configured: set encryption.recipients to at least one age \
-                 public key (age1...), e.g. the one `offsite keygen` prints"
-                    .into(),
-            )
-        };
-        let repo = match Self::open_any(storage.clone()).await {
-            Ok(repo) if repo.config.keyset().is_some() => return repo.with_access(access).await,
-            Ok(repo) => repo,
-            Err(Error::NotARepository { target, .. }) => {
-                Self::init_v1(storage, keys.ok_or_else(no_recipients)?, target).await?
-            }
-            Err(e) => return Err(e),
-        };
-        let repo = repo.format_1_only()?;
-        repo.check_keys(keys.ok_or_else(no_recipients)?)?;
         Ok(repo)
     }
 

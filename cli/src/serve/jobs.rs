@@ -25,6 +25,7 @@ use super::{off_thread, ApiError, AppState};
 use crate::notify::{self, EventKind};
 use crate::ops_config::Scope;
 use crate::output::{self, Displays, Done};
+use crate::per_target::Unsigned;
 use crate::{cmd_backup, cmd_drill, cmd_prune, cmd_restore, cmd_verify, RestoreArgs};
 
 /// Finished jobs kept for polling; the oldest are forgotten first.
@@ -358,6 +359,7 @@ async fn run(state: &AppState, r: &JobRequest) -> Result<Done> {
                 read_data: false,
                 read_data_subset: None,
                 identity: None,
+                allow_unsigned: false,
                 json: true,
             };
             notified(
@@ -367,7 +369,9 @@ async fn run(state: &AppState, r: &JobRequest) -> Result<Done> {
             )
             .await
         }
-        Kind::Drill => cmd_drill::drill_report(cfg, source, None, None, true).await,
+        Kind::Drill => {
+            cmd_drill::drill_report(cfg, source, None, None, Unsigned::AS_CONFIGURED, true).await
+        }
         Kind::RestoreTest => restore(state, r, true).await,
         Kind::Restore => restore(state, r, false).await,
     }
@@ -388,6 +392,7 @@ async fn restore(state: &AppState, r: &JobRequest, test: bool) -> Result<Done> {
         no_pre_restore_snapshot: false,
         no_database_check: false,
         database_check: false,
+        allow_unsigned: false,
         test,
         target: None,
         identity: None,
