@@ -287,8 +287,15 @@ fn a_truncated_index_file_contributes_nothing_and_breaks_only_what_needs_it() {
 
 #[test]
 fn a_damaged_pack_is_recorded_by_verify_and_the_next_backup_stores_it_again() {
-    // Damage records are format 1's (docs/cli.md, Format 2 keys).
-    let env = Env::new().format_1();
+    damage_found_by_verify_is_stored_again(Env::new());
+}
+
+#[test]
+fn on_format_1_a_damaged_pack_is_recorded_by_verify_and_stored_again() {
+    damage_found_by_verify_is_stored_again(Env::new().format_1());
+}
+
+fn damage_found_by_verify_is_stored_again(env: Env) {
     env.make_db(&env.db(), 3_000);
     env.ok(&["backup"]);
     let first = snapshots(&env)[0]["id"].as_str().unwrap().to_string();
@@ -324,8 +331,15 @@ fn a_damaged_pack_is_recorded_by_verify_and_the_next_backup_stores_it_again() {
 
 #[test]
 fn a_restore_or_drill_that_meets_damage_records_it_too() {
-    // Damage records are format 1's (docs/cli.md, Format 2 keys).
-    let env = Env::new().format_1();
+    damage_met_by_restore_is_recorded(Env::new());
+}
+
+#[test]
+fn on_format_1_a_restore_or_drill_that_meets_damage_records_it_too() {
+    damage_met_by_restore_is_recorded(Env::new().format_1());
+}
+
+fn damage_met_by_restore_is_recorded(env: Env) {
     env.make_db(&env.db(), 3_000);
     env.ok(&["backup"]);
     let pack = find_files(&env.repo().join("packs"))[0].clone();

@@ -35,16 +35,13 @@ impl Repository {
     /// the record is encrypted to the repository's metadata recipient (every
     /// backup host reads it) and to the identities' own recipients.
     pub async fn record_damage(&self, ids: &Identities, found: &[DamagedPack]) -> Result<String> {
-        let metadata = x25519::Recipient::from_str(self.metadata_recipient()?).map_err(|e| {
-            Error::NotARepository {
-                target: self.describe(),
-                message: format!("config: metadata_recipient: {e}"),
-            }
-        })?;
-        let mut recipients: Vec<x25519::Recipient> = ids.recipients().to_vec();
-        recipients.push(metadata);
-        recipients.sort_by_key(|r| r.to_string());
-        recipients.dedup_by_key(|r| r.to_string());
+        let recipients = match self.keyset() {
+            // Format 2: to the current metadata recipient M, which every
+            // holder of the key set reads. Unsigned, like pins: a forged
+            // record only makes backups store those chunks again.
+            Some(keys) => vec![keys.metadata_recipient()],
+            None => self.v1_damage_recipients(ids)?,
+        };
         let refs: Vec<&dyn age::Recipient> = recipients
             .iter()
             .map(|r| r as &dyn age::Recipient)
@@ -57,6 +54,22 @@ impl Repository {
         self.put_bytes(&key, Bytes::from(body), PutMode::Create)
             .await?;
         Ok(key)
+    }
+
+    /// Format 1's damage record recipients: the metadata recipient (every
+    /// backup host reads it) and the finder's own.
+    fn v1_damage_recipients(&self, ids: &Identities) -> Result<Vec<x25519::Recipient>> {
+        let metadata = x25519::Recipient::from_str(self.metadata_recipient()?).map_err(|e| {
+            Error::NotARepository {
+                target: self.describe(),
+                message: format!("config: metadata_recipient: {e}"),
+            }
+        })?;
+        let mut recipients: Vec<x25519::Recipient> = ids.recipients().to_vec();
+        recipients.push(metadata);
+        recipients.sort_by_key(|r| r.to_string());
+        recipients.dedup_by_key(|r| r.to_string());
+        Ok(recipients)
     }
 
     /// Records the part of `found` that `known` does not name yet, warning

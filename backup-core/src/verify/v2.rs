@@ -18,8 +18,9 @@
 //! set's data identities, and each needed chunk checked against its keyed
 //! id. A writer's key set has no data identities: that is a clear error
 //! before anything is read. Damage found is reported (for the pack, and
-//! for each snapshot that uses a damaged chunk) but not recorded: this
-//! module writes nothing to the repository.
+//! for each snapshot that uses a damaged chunk) and recorded as format 1
+//! records it (`damaged/`, to the metadata recipient M), so that the next
+//! backup stores those chunks again; that record is all this module writes.
 //!
 //! Never: count a rejected object as intact, use a chunk from an index
 //! file that did not verify, or report damage that was not read.
@@ -36,7 +37,7 @@ use crate::error::{Error, Result};
 use crate::keys::Identities;
 use crate::keyset::{KeySet, Trust};
 use crate::repo::format::pack2::PackLayout;
-use crate::repo::format::Index;
+use crate::repo::format::{Damage, Index};
 use crate::repo::{Manifest, ManifestV2, Repository, SnapshotV2, PACKS, SNAPSHOTS};
 
 /// The prefix of every fault about a forged object.
@@ -86,7 +87,11 @@ pub(super) async fn verify(
         count(&opts.progress, |p| &p.snapshots_done, 1);
     }
     if let Some(ids) = &data_ids {
-        read_data(repo, keys, ids, opts, &mut checked, &packs, &mut report).await?;
+        let found = Found {
+            listed: &packs,
+            known: &index.index.damage,
+        };
+        read_data(repo, keys, ids, opts, &mut checked, found, &mut report).await?;
     }
     report
         .snapshots
@@ -178,18 +183,29 @@ async fn check_snapshot(
     })
 }
 
+/// What `read_data` reads against: the packs listed (and their sizes) and
+/// the damage already recorded.
+#[derive(Clone, Copy)]
+struct Found<'a> {
+    listed: &'a HashMap<String, u64>,
+    known: &'a Damage,
+}
+
 /// Reads the packs the structurally intact snapshots need (all of them, or
 /// the part `ReadData::Packs` names) and checks their chunks; a damaged
-/// chunk is a fault of its pack and of each snapshot that needs it.
+/// chunk is a fault of its pack and of each snapshot that needs it, and is
+/// recorded (unless a record names it already) so that the next backup
+/// stores it again.
 async fn read_data(
     repo: &Repository,
     keys: &KeySet,
     ids: &Identities,
     opts: &VerifyOptions,
     checked: &mut [Checked],
-    listed: &HashMap<String, u64>,
+    found: Found<'_>,
     report: &mut VerifyReport,
 ) -> Result<()> {
+    let listed = found.listed;
     let (Some(data), progress) = (&opts.data, &opts.progress) else {
         return Ok(());
     };
@@ -250,6 +266,7 @@ async fn read_data(
         }
     }
     check.damaged.sort();
+    check.recorded = repo.note_damage(ids, found.known, &check.damaged).await;
     for c in checked.iter_mut().filter(|c| c.check.fault.is_none()) {
         let bad = (c.needs.values().flatten())
             .filter(|(id, _, _)| damaged_ids.contains(id))
