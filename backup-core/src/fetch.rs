@@ -43,16 +43,19 @@ use crate::error::{Error, Result};
 use crate::keys::Identities;
 use crate::repo::format::pack2::PackLayout;
 use crate::repo::format::DamagedPack;
-use crate::repo::{Index, Location, Repository};
+use crate::repo::{Access, Index, Location, Repository};
 use crate::storage::Storage;
 
 /// Another target's repository to fetch chunks from when the one being
-/// restored lacks an intact copy. Opened only when needed.
+/// restored lacks an intact copy. Opened only when needed, with `access`
+/// when it holds format 2; used only when it is of the restored
+/// repository's format and key set (chunk ids are keyed per key set).
 #[derive(Debug, Clone)]
 pub struct Fallback {
     /// The target's name, for messages.
     pub name: String,
     pub storage: Arc<dyn Storage>,
+    pub access: Option<Access>,
 }
 
 /// Chunks a restore took from a fallback.
@@ -224,7 +227,7 @@ pub(crate) async fn fetch_all(
         if left.is_empty() {
             break;
         }
-        match from_fallback(fallback, ids, left.clone(), sink).await {
+        match from_fallback(repo, fallback, ids, left.clone(), sink).await {
             Ok((rest, got)) => {
                 tracing::info!(
                     "{} chunks damaged or missing on {} were fetched from target {}",
@@ -258,27 +261,38 @@ pub(crate) async fn fetch_all(
 /// Fetches `wants` from one fallback; returns what is still missing and
 /// what was taken from it.
 async fn from_fallback(
+    restored: &Repository,
     fallback: &Fallback,
     ids: &Identities,
     wants: Vec<Want>,
     sink: &Sink<'_>,
 ) -> Result<(Vec<Want>, FetchedElsewhere)> {
-    let repo = Repository::open(fallback.storage.clone()).await?;
-    let index = repo.load_index(ids).await?;
+    let storage = fallback.storage.clone();
+    let repo = Repository::open_with(storage, fallback.access.as_ref()).await?;
+    let mut got = FetchedElsewhere {
+        from: fallback.name.clone(),
+        chunks: 0,
+        bytes: 0,
+    };
+    if repo.config().keyset() != restored.config().keyset() {
+        tracing::debug!(
+            "target {} is of another format or key set: its chunk ids are not these",
+            fallback.name
+        );
+        return Ok((wants, got));
+    }
+    let index = match repo.keyset() {
+        Some(keys) => repo.index_v2(keys).await?.index,
+        None => repo.load_index(ids).await?,
+    };
     let placed = place(wants, |id| index.get(id).filter(|l| !l.damaged));
     let Index { packs, damage, .. } = index;
     let round = fetch_packs(&repo, ids, &packs, placed.packs, sink).await?;
     repo.note_damage(ids, &damage, &round.damaged).await;
     let mut left = placed.left;
     left.extend(round.failed);
-    Ok((
-        left,
-        FetchedElsewhere {
-            from: fallback.name.clone(),
-            chunks: round.chunks,
-            bytes: round.bytes,
-        },
-    ))
+    (got.chunks, got.bytes) = (round.chunks, round.bytes);
+    Ok((left, got))
 }
 
 /// What one round of packs did.

@@ -282,9 +282,6 @@ pub(crate) async fn stage_v2(
 ) -> Result<Staged> {
     let (ids, manifest) = restorable_v2(keys, snapshot)?;
     let started = Started::at(to, opts, manifest.size)?;
-    if !opts.fallbacks.is_empty() {
-        tracing::debug!("format 2 restore: fallback targets are not asked for chunks");
-    }
     let index = repo.index_v2(keys).await?.index;
     let mut plan = PlanBuilder::default();
     for node in repo.list_state(keys, manifest).await?.nodes() {
@@ -301,7 +298,7 @@ pub(crate) async fn stage_v2(
         list_key: &key,
         sha256: None,
         packs: fetch::Packs::v2(keys.chunk_key()),
-        fallbacks: &[],
+        fallbacks: &opts.fallbacks,
         recorded: usable_record(repo, keys, manifest, opts).await,
     };
     let mut staged = stage_plan(repo, &ids, &snapshot, index, plan.done(), started).await?;

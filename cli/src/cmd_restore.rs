@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{anyhow, Context, Result};
 use backup_core::backup::BackupOptions;
 use backup_core::error::chain_text;
-use backup_core::repo::{RecordedCheck, Selector, PRE_RESTORE_TAG};
+use backup_core::repo::{Access, RecordedCheck, Selector, PRE_RESTORE_TAG};
 use backup_core::restore::{Fallback, RestoreSummary};
 use backup_core::restore_run::{
     self, NoPreRestore, Outcome, PlannedRestore, PreRestore, RestoreError, RestoreEvent,
@@ -31,7 +31,7 @@ use crate::hooks::ConfigHooks;
 use crate::output::{self, Bar};
 use crate::output::{snapshot_json, Done};
 use crate::per_target::{planned_readable_targets, shared, Unsigned};
-use crate::resolve::{identities, keys, parse_time};
+use crate::resolve::{access, identities, keys, parse_time, Purpose};
 use crate::{targets, usage, RestoreArgs};
 
 pub async fn restore(cfg: &Config, args: &RestoreArgs) -> Result<()> {
@@ -164,13 +164,14 @@ fn destination(source: &SourceConfig, to: Option<&Path>) -> Result<PathBuf> {
 
 /// Every configured target that can be opened, as a fallback for damaged
 /// or missing chunks (the engine leaves out the one restored from).
-fn fallbacks(cfg: &Config) -> Vec<Fallback> {
+fn fallbacks(cfg: &Config, access: Option<&Access>) -> Vec<Fallback> {
     let mut fallbacks = Vec::new();
     for t in &cfg.targets {
         match targets::open(t) {
             Ok(storage) => fallbacks.push(Fallback {
                 name: t.name.clone(),
                 storage,
+                access: access.cloned(),
             }),
             Err(e) => {
                 tracing::warn!(target = %t.name, error = %format!("{e:#}"), "not usable as a fallback for damaged chunks");
@@ -194,7 +195,7 @@ async fn plan(
     };
     let identity = args.identity.as_deref();
     let targets = planned_readable_targets(cfg, args.target.as_deref(), identity, unsigned).await?;
-    let fallbacks = fallbacks(cfg);
+    let fallbacks = fallbacks(cfg, access(cfg, Purpose::Read, identity)?.as_ref());
     let pre_restore = (!args.no_pre_restore_snapshot).then(|| PreRestore {
         keys: keys(cfg).map_err(shared),
         options: BackupOptions {

@@ -422,14 +422,21 @@ fn read_data_subset_parts_together_read_every_pack_once() {
 
 #[test]
 fn restore_takes_what_one_target_lost_from_another_and_says_so() {
-    // Fetching chunks from another target is format 1's (docs/cli.md).
-    let env = Env::new().format_1();
+    // Both targets are made in one run, so they share one key set.
+    restore_takes_from_another(Env::new(), "");
+}
+
+#[test]
+fn on_format_1_restore_takes_what_one_target_lost_from_another() {
+    restore_takes_from_another(Env::new().format_1(), "format = 1\nallow_unsigned = true\n");
+}
+
+fn restore_takes_from_another(env: Env, second_settings: &str) {
     let second = env.dir.path().join("repo2");
     append_config(
         &env,
         &format!(
-            "\n[[targets]]\nname = \"second\"\nkind = \"local\"\nformat = 1\n\
-             allow_unsigned = true\npath = \"{}\"\n",
+            "\n[[targets]]\nname = \"second\"\nkind = \"local\"\n{second_settings}path = \"{}\"\n",
             second.display()
         ),
     );
