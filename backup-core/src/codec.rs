@@ -207,6 +207,44 @@ pub fn decode<'a>(
     Ok(out)
 }
 
+/// The object `data` (of `key`) encrypted again, to `recipient` alone:
+/// its age layer decrypted with `identities` and the same bytes (the zstd
+/// frame, so the plaintext and any signature in it are unchanged)
+/// encrypted anew. Checked before it is returned: the new object decrypts
+/// with `check` to exactly those bytes.
+pub(crate) fn reencrypt<'a>(
+    data: &'a [u8],
+    identities: impl Iterator<Item = &'a dyn age::Identity>,
+    recipient: &dyn age::Recipient,
+    check: &dyn age::Identity,
+    key: &str,
+) -> Result<Vec<u8>> {
+    let inner = decrypt_all(data, identities, key)?;
+    let encryptor = age::Encryptor::with_recipients(std::iter::once(recipient))
+        .map_err(|e| Error::io(format!("encrypting {key}"), io::Error::other(e.to_string())))?;
+    let mut out = Vec::with_capacity(data.len());
+    let mut writer = encryptor
+        .wrap_output(&mut out)
+        .map_err(|e| Error::io(format!("encrypting {key}"), e))?;
+    writer
+        .write_all(&inner)
+        .and_then(|()| writer.finish().map(drop))
+        .map_err(|e| Error::io(format!("encrypting {key}"), e))?;
+    if decrypt_all(&out, std::iter::once(check), key)? != inner {
+        return Err(Error::Corrupt {
+            key: key.to_string(),
+            message: "encrypted again, it does not decrypt to the same bytes".into(),
+        });
+    }
+    Ok(out)
+}
+
+/// Whether the age layer of `data` opens with `identity` (its header names
+/// it); reads the whole object to check its integrity too.
+pub(crate) fn opens_with(data: &[u8], identity: &dyn age::Identity, key: &str) -> bool {
+    decrypt_all(data, std::iter::once(identity), key).is_ok()
+}
+
 /// age decryption alone (for passphrase-protected identity files).
 pub(crate) fn decrypt_all<'a>(
     data: &'a [u8],

@@ -153,6 +153,14 @@ impl KeySet {
         Some(Identities::from_x25519(ids, &self.describe_holder()))
     }
 
+    /// The current generation's identities: its data identity D (`None`
+    /// for a writer) and its metadata identity M (`offsite key rewrite`
+    /// tells current objects from older ones by them).
+    pub fn current_identities(&self) -> (Option<&x25519::Identity>, &x25519::Identity) {
+        let g = self.current_keys();
+        (g.data.as_ref(), &g.metadata)
+    }
+
     /// The current generation's metadata recipient (M), for new metadata.
     pub fn metadata_recipient(&self) -> x25519::Recipient {
         self.current_keys().metadata.to_public()

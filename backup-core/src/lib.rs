@@ -37,6 +37,7 @@ pub mod repo;
 pub mod restore;
 pub mod restore_run;
 pub mod retention;
+pub mod rewrite;
 pub mod run;
 pub mod sign;
 pub mod source;

@@ -1,4 +1,4 @@
-//! `offsite key list | add RECIPIENT | remove RECIPIENT` on format 2
+//! `offsite key list | add RECIPIENT | remove RECIPIENT | rewrite` on format 2
 //! repositories (docs/design/format-v2.md, 2.6): each acts on every
 //! configured target (or `--target`) through `each::each` and reports per
 //! target; a target it could not change fails the command (exit 1). The
@@ -8,12 +8,13 @@ use anyhow::{bail, Result};
 use backup_core::each::{each, Outcome, Outcomes};
 use backup_core::keyadmin::{self, KeyChange};
 use backup_core::keyring::Keyring;
+use backup_core::rewrite::{self, RewriteOptions, RewriteReport};
 use clap::Subcommand;
 use serde_json::json;
 
 use crate::config::Config;
-use crate::per_target::{planned_v2_targets, print_target_failure};
-use crate::resolve;
+use crate::per_target::{open_targets, planned_v2_targets, print_target_failure};
+use crate::resolve::{self, Purpose};
 
 #[derive(Subcommand)]
 pub enum KeyCommand {
@@ -42,6 +43,15 @@ pub enum KeyCommand {
         /// The recipient (age1...) to remove.
         recipient: String,
         /// Change this target only [default: every target]
+        #[arg(long)]
+        target: Option<String>,
+    },
+    /// Encrypt every object of an older key generation again to the current one, so removed identities read nothing stored.
+    Rewrite {
+        /// Read every object and say what would be encrypted again; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Rewrite this target only [default: every target]
         #[arg(long)]
         target: Option<String>,
     },
@@ -99,6 +109,49 @@ pub async fn run(cfg: &Config, command: &KeyCommand) -> Result<()> {
             print_remove_note(&outcomes);
             all_done(&outcomes, "key remove")
         }
+        KeyCommand::Rewrite { dry_run, target } => rewrite(cfg, target.as_deref(), *dry_run).await,
+    }
+}
+
+/// `key rewrite`: needs the owner's identity (exit 2 without it), which
+/// holds every generation's keys; each target opened with it.
+async fn rewrite(cfg: &Config, target: Option<&str>, dry_run: bool) -> Result<()> {
+    resolve::owner(cfg)?;
+    let access = resolve::access(cfg, Purpose::Read, None)?;
+    let targets = open_targets(resolve::chosen_targets(cfg, target)?, access.as_ref()).await;
+    let opts = RewriteOptions {
+        dry_run,
+        lock_wait: resolve::admin_options(cfg).lock_wait,
+    };
+    let outcomes = each(
+        targets,
+        async |_, repo| rewrite::rewrite(repo, &opts).await,
+        print_rewrite,
+    )
+    .await;
+    all_done(&outcomes, "key rewrite")
+}
+
+fn print_rewrite(o: &Outcome<RewriteReport>) {
+    let r = match &o.result {
+        Ok(r) => r,
+        Err(e) => return print_target_failure(false, &mut Vec::new(), &o.target, e),
+    };
+    let verb = if r.dry_run {
+        "would encrypt again"
+    } else {
+        "encrypted again"
+    };
+    println!(
+        "{}: {verb} {} objects ({}) to generation {}; {} were current already",
+        o.target,
+        r.rewritten,
+        crate::output::bytes(r.rewritten_bytes),
+        r.generation,
+        r.current
+    );
+    for u in &r.unreadable {
+        eprintln!("warning: {}: left as it is, no key opens it: {u}", o.target);
     }
 }
 

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::output::{self, Done};
-use crate::per_target::{open_writable_targets, planned_lock_targets, TargetPrinter};
+use crate::per_target::{open_targets, planned_lock_targets, TargetPrinter};
 use crate::resolve::{access, chosen_targets, keys, Purpose};
 
 #[derive(Args)]
@@ -112,7 +112,7 @@ pub(crate) async fn prune_report(
     };
     let access = access(cfg, Purpose::Write, None)?;
     let chosen = chosen_targets(cfg, args.target.as_deref())?;
-    let targets = open_writable_targets(chosen, access.as_ref()).await;
+    let targets = open_targets(chosen, access.as_ref()).await;
     let printer = TargetPrinter::new(args.json, show_report, None);
     let run = prune_all(targets, keys.as_ref(), &opts, &printer).await;
     Ok(Done {

@@ -51,7 +51,7 @@ pub(crate) fn hint_in(e: &(dyn std::error::Error + 'static)) -> Option<String> {
         Error::SnapshotNotFound(_) | Error::AmbiguousSnapshot(..) => "list the snapshots with `offsite snapshots --source NAME`".into(),
         Error::NotARepository { .. } => "point the target at an empty directory or prefix, or at an existing offsite repository".into(),
         Error::UnsupportedVersion { .. } => "upgrade offsite to a version that reads this repository".into(),
-        Error::FormatNotSupportedYet { .. } => "this offsite backs up to and restores from format 1 repositories only (format 2 is in development, docs/design/format-v2.md): use an offsite release that supports format 2, or another target".into(),
+        Error::FormatNotSupportedYet { .. } => "this operation reads format 1 repositories only; `offsite snapshots` and `offsite restore` read both formats".into(),
         Error::Key(_) => "recipients look like age1...; identity files hold AGE-SECRET-KEY-1... lines (create one with `offsite keygen -o FILE`)".into(),
         Error::TargetFull { .. } => FULL_HINT.into(),
         Error::ShortWrite { .. } => "the target took less than it was sent without reporting an error: check its disk or service (`offsite targets check`) and run again; nothing refers to the incomplete object, and earlier snapshots are intact".into(),

@@ -146,27 +146,11 @@ fn needs_keys(repo: &Result<Repository, SharedError>) -> bool {
     })
 }
 
-/// Opens each target's repository: format 2 ones with `access` when it is
-/// given (else they are refused as not supported by that command yet). The
-/// errors are as they come: opening the backend names the target already,
-/// the engine's own error is kept as it is so that [`hint_in`] finds it.
+/// Opens each target's repository: format 2 ones with `access` (without
+/// it, each says what to configure: [`Repository::open_with`]). The errors
+/// are as they come: opening the backend names the target already, the
+/// engine's own error is kept as it is so that [`hint_in`] finds it.
 pub(crate) async fn open_targets(
-    chosen: Vec<&TargetConfig>,
-    access: Option<&Access>,
-) -> Vec<PlannedTarget> {
-    open_each(chosen, |storage| async move {
-        match access {
-            Some(access) => Repository::open_with(storage, Some(access)).await,
-            None => Repository::open(storage).await,
-        }
-    })
-    .await
-}
-
-/// The chosen targets for a command built for format 2 that writes
-/// (prune): format 2 ones opened with `access` ([`Purpose::Write`]'s), and
-/// without it refused with what to configure ([`Repository::open_with`]).
-pub(crate) async fn open_writable_targets(
     chosen: Vec<&TargetConfig>,
     access: Option<&Access>,
 ) -> Vec<PlannedTarget> {

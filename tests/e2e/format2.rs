@@ -167,8 +167,11 @@ fn bundle_identities(bundle: &Path, holder: &Path, out: &Path) {
     std::fs::write(out, lines.join("\n") + "\n").unwrap();
 }
 
-#[test]
-fn key_remove_then_the_removed_identity_cannot_read_new_snapshots() {
+/// A repository where "colleague" was added, a backup made, its bundle
+/// saved (as `old-keys.txt`, the identities in it), then removed. Returns
+/// the env, the owner key, the colleague's recipient and identity file,
+/// and the objects stored before the removal.
+fn with_a_removed_colleague() -> (Env, String, String, std::path::PathBuf, Vec<String>) {
     let (env, owner) = initialised();
     let colleague = another_identity(&env, "colleague.txt");
     let colleague_id = env.dir.path().join("colleague.txt");
@@ -194,6 +197,22 @@ fn key_remove_then_the_removed_identity_cannot_read_new_snapshots() {
     bundle_identities(&saved, &colleague_id, &old_keys);
 
     env.ok(&["key", "remove", &colleague]);
+    (env, owner, colleague, colleague_id, before)
+}
+
+/// Whether a stored object (both parts of a pack) opens with `identity`.
+fn any_part_opens(repo: &Path, key: &str, identity: &Path, scratch: &Path) -> bool {
+    let raw = std::fs::read(repo.join(key)).unwrap();
+    let data = encrypted_part(repo, key);
+    let meta = &raw[data.len()..raw.len() - if key.starts_with("packs/") { 24 } else { 0 }];
+    opens_with(identity, &data, scratch)
+        || (!meta.is_empty() && opens_with(identity, meta, scratch))
+}
+
+#[test]
+fn key_remove_then_the_removed_identity_cannot_read_new_snapshots() {
+    let (env, owner, _, colleague_id, before) = with_a_removed_colleague();
+    let old_keys = env.dir.path().join("old-keys.txt");
     touch_rows(&env.db());
     env.ok(&["backup"]);
 
@@ -248,6 +267,125 @@ fn key_remove_then_the_removed_identity_cannot_read_new_snapshots() {
     let (code, out) = restore_to(&env, &by_owner, &[], &[]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(dump(&by_owner), dump(&env.db()));
+}
+
+/// The objects of `repo` that are encrypted to a generation's keys.
+fn encrypted_objects(repo: &Path) -> Vec<String> {
+    let prefixes = [
+        "snapshots/",
+        "lists/",
+        "index/",
+        "packs/",
+        "checks/",
+        "pins/",
+        "damaged/",
+    ];
+    keys_under(repo)
+        .into_iter()
+        .filter(|k| prefixes.iter().any(|p| k.starts_with(p)))
+        .collect()
+}
+
+#[test]
+fn key_rewrite_leaves_nothing_a_removed_identity_can_read() {
+    let (env, _, _, _, before) = with_a_removed_colleague();
+    let old_keys = env.dir.path().join("old-keys.txt");
+    touch_rows(&env.db());
+    env.ok(&["backup"]);
+    let ids: Vec<String> = snapshots(&env)
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    env.ok(&["pin", &ids[1]]);
+    let scratch = env.dir.path().join("scratch");
+    let readable = |env: &Env| -> Vec<String> {
+        encrypted_objects(&env.repo())
+            .into_iter()
+            .filter(|k| any_part_opens(&env.repo(), k, &old_keys, &scratch))
+            .collect()
+    };
+    let open_before = readable(&env);
+    assert!(open_before.len() >= 4, "{open_before:?} of {before:?}");
+
+    // --dry-run counts and writes nothing.
+    let stored = |env: &Env| -> Vec<(String, Vec<u8>)> {
+        (keys_under(&env.repo()).into_iter())
+            .map(|k| (k.clone(), std::fs::read(env.repo().join(&k)).unwrap()))
+            .collect()
+    };
+    let untouched = stored(&env);
+    let out = env.ok(&["key", "rewrite", "--dry-run"]);
+    assert!(
+        out.contains(&format!(
+            "would encrypt again {} objects",
+            open_before.len()
+        )),
+        "{out}"
+    );
+    assert!(stored(&env) == untouched, "a dry run wrote something");
+
+    let out = env.ok(&["key", "rewrite"]);
+    assert!(
+        out.contains(&format!("encrypted again {} objects", open_before.len())),
+        "{out}"
+    );
+    assert_eq!(
+        readable(&env),
+        Vec::<String>::new(),
+        "old keys still open these"
+    );
+    let names = |v: &[(String, Vec<u8>)]| v.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        names(&stored(&env)),
+        names(&untouched),
+        "the same objects, re-keyed"
+    );
+    let out = env.ok(&["key", "rewrite"]);
+    assert!(
+        out.contains("encrypted again 0 objects"),
+        "a second run finds nothing: {out}"
+    );
+
+    // Everything still reads and restores, old snapshot and new.
+    env.ok(&["verify", "--read-data"]);
+    for (id, name) in [(&ids[0], "new.db"), (&ids[1], "old.db")] {
+        let to = env.dir.path().join(name);
+        let (code, out) = restore_to(&env, &to, &["--snapshot", id], &[]);
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(integrity(&to), "ok");
+    }
+    assert_eq!(
+        dump(&env.dir.path().join("new.db")),
+        dump(&env.db()),
+        "the newest snapshot is the database"
+    );
+}
+
+#[test]
+fn an_interrupted_key_rewrite_resumes() {
+    let (env, _, _, _, _) = with_a_removed_colleague();
+    let old_keys = env.dir.path().join("old-keys.txt");
+    let scratch = env.dir.path().join("scratch");
+    let (code, out, err) = env.run_with(
+        &["key", "rewrite"],
+        &[("OFFSITE_FAILPOINTS", "rewrite.put=kill@3")],
+    );
+    assert_ne!(code, 0, "the fail-point stops it: {out}{err}");
+    let to = env.dir.path().join("midway.db");
+    let (code, out) = restore_to(&env, &to, &[], &[]);
+    assert_eq!(code, 0, "half re-keyed, everything reads: {out}");
+    assert_eq!(dump(&to), dump(&env.db()));
+    let out = env.ok(&["key", "rewrite"]);
+    assert!(
+        !out.contains("encrypted again 0 objects"),
+        "the rest is done: {out}"
+    );
+    let left: Vec<String> = encrypted_objects(&env.repo())
+        .into_iter()
+        .filter(|k| any_part_opens(&env.repo(), k, &old_keys, &scratch))
+        .collect();
+    assert_eq!(left, Vec::<String>::new());
+    env.ok(&["verify", "--read-data"]);
 }
 
 /// What an attacker holds: the public keyring (plaintext) and write

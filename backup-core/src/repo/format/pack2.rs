@@ -346,6 +346,17 @@ fn footer(key: &str, meta_len: u64) -> Result<String> {
     Ok(format!("{FOOTER_PREFIX}{meta_len:08}\n"))
 }
 
+/// The v2 pack object `key` made of an encoded `DATA` and `META`, with its
+/// footer (what `offsite key rewrite` writes after encrypting both anew).
+pub fn assemble(key: &str, data: &[u8], meta: &[u8]) -> Result<Vec<u8>> {
+    let footer = footer(key, meta.len() as u64)?;
+    let mut object = Vec::with_capacity(data.len() + meta.len() + footer.len());
+    object.extend_from_slice(data);
+    object.extend_from_slice(meta);
+    object.extend_from_slice(footer.as_bytes());
+    Ok(object)
+}
+
 /// Where the parts of a v2 pack object lie, from its size and its footer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PackLayout {
