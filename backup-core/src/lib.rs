@@ -9,10 +9,11 @@
 //! every source to every target), [`restore_run`] (a whole `offsite restore`,
 //! hooks included) and [`each`] (the other operations on every target)
 //! decide the order and what a failure means. Printing and progress display
-//! belong to the caller. Format 2 (in development, docs/design/format-v2.md)
-//! adds [`sign`], [`keys::v2`], [`keys::bundle`], [`keyring`], [`keyadmin`]
-//! (key changes), [`repo::init`] (`offsite init`) and [`migrate`] (a
-//! format 1 repository moved to format 2).
+//! belong to the caller. Format 2 (the default for new repositories,
+//! docs/format.md) adds [`sign`], [`keys::v2`], [`keys::bundle`],
+//! [`keyring`], [`keyadmin`] (key changes), [`repo::init`] (`offsite
+//! init`, and a backup's creation of a repository), [`rewrite`] (`offsite
+//! key rewrite`) and [`migrate`] (a format 1 repository moved to format 2).
 
 pub mod across;
 pub mod backup;

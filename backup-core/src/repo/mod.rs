@@ -1,4 +1,4 @@
-//! The repository: format version 1, as laid out on any target.
+//! The repository, as laid out on any target: format version 1 below.
 //!
 //! ```text
 //! config                      plaintext JSON: format, version, id, metadata recipient
@@ -10,12 +10,13 @@
 //! locks/<random>              prune's lock
 //! ```
 //!
-//! Format 2 (in development, docs/design/format-v2.md) adds `keyring/`,
-//! `keys/` and `checks/`. Its `config` parses here ([`Format::V2`]), but
-//! [`Repository::open`] refuses it: every operation of this build is
-//! format 1's, and a backup to an empty target creates format 1. Only
-//! `init` creates a format 2 repository, and only key administration
-//! opens one ([`Repository::open_v2`]). Format 2's list objects (full list,
+//! Format 2 (docs/format.md; what a backup makes of an empty target,
+//! `for_backup`) adds `keyring/`, `keys/` and `checks/`. Its `config`
+//! parses here ([`Format::V2`]); [`Repository::open_with`] opens either
+//! format (format 2 with the host's [`Access`]), [`Repository::open`] only
+//! format 1, and key administration uses [`Repository::open_v2`]. `init`
+//! creates a format 2 repository (or joins a target to a key set).
+//! Format 2's list objects (full list,
 //! delta, `list_blake3`) are in `format::list2` (their sealed objects in
 //! `format::list2::object`), the planning of which of them to read in
 //! `path`; its packs with their signed trailers and its index files in
