@@ -112,6 +112,8 @@ pub struct PruneReport {
     pub lists_deleted: u64,
     /// Pins whose snapshot no longer exists.
     pub pins_deleted: u64,
+    /// Format 2: key bundles no keyring names.
+    pub bundles_deleted: u64,
     pub index_files_deleted: u64,
     pub index_files_written: u64,
     pub packs_deleted: u64,
@@ -207,6 +209,7 @@ async fn prune_locked(
         rejected: Vec::new(),
         lists: dead_lists(repo, &manifests, &removed, &kept).await?,
         pins: orphan_pins(&pins, |id| manifests.iter().any(|m| m.id == id)),
+        bundles: Vec::new(),
     };
     finish(repo, IndexWriter::V1(keys), lock, report, step1, plan).await
 }
@@ -295,6 +298,8 @@ struct Step1 {
     rejected: Vec<(String, String)>,
     lists: Vec<String>,
     pins: Vec<String>,
+    /// Format 2: key bundles the keyring does not name.
+    bundles: Vec<String>,
 }
 
 /// Lists of removed snapshots, and lists no manifest names (interrupted
@@ -324,6 +329,7 @@ async fn dead_lists(
 fn count(report: &mut PruneReport, step1: &Step1, plan: &PackPlan) {
     report.lists_deleted = step1.lists.len() as u64;
     report.pins_deleted = step1.pins.len() as u64;
+    report.bundles_deleted = step1.bundles.len() as u64;
     report.index_files_deleted = plan.dirty_index.len() as u64;
     report.index_files_written = plan.new_index.chunks(PACKS_PER_INDEX).count() as u64;
     report.packs_deleted = plan.dead_packs.len() as u64;
@@ -388,6 +394,7 @@ async fn execute(
     delete_all(repo, step1.junk_manifests).await?;
     delete_all(repo, step1.lists).await?;
     delete_all(repo, step1.pins).await?;
+    delete_all(repo, step1.bundles).await?;
     for batch in plan.new_index.chunks(PACKS_PER_INDEX) {
         writer.write(repo, batch).await?;
     }

@@ -476,3 +476,44 @@ async fn a_v2_prune_killed_after_any_step_loses_nothing_and_the_next_one_finishe
         }
     }
 }
+
+/// Bundles no keyring names (a killed `key add` or init leaves one; a
+/// copy of a real one under another name is the same) are deleted; the
+/// named ones stay, and owner and writer still open the repository.
+#[tokio::test]
+async fn prune_deletes_key_bundles_the_keyring_does_not_name() {
+    use backup_core::storage::{bytes_stream, PutMode, Storage};
+    let v2 = V2::new().await;
+    let writer = opened(&v2, v2.mem.clone(), false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let made = backups(&writer, dir.path(), 1, &[]).await;
+    let named: BTreeSet<String> = (v2.mem.keys().into_iter())
+        .filter(|k| k.starts_with("keys/"))
+        .collect();
+    let copy = backup_core::storage::collect_bytes(
+        v2.mem.get(named.iter().next().unwrap()).await.unwrap(),
+    )
+    .await
+    .unwrap();
+    let stray = "keys/0001/0123456789abcdef0123456789abcdef-00000000";
+    (v2.mem.put(stray, bytes_stream(copy), PutMode::Create).await).unwrap();
+
+    let dry = writer
+        .prune_v2(&PruneOptions {
+            dry_run: true,
+            ..policy(5, 0)
+        })
+        .await
+        .unwrap();
+    assert_eq!(dry.bundles_deleted, 1);
+    assert!(v2.mem.keys().contains(&stray.to_string()), "a dry run deletes nothing");
+    let report = writer.prune_v2(&policy(5, 0)).await.unwrap();
+    assert_eq!(report.bundles_deleted, 1);
+    let left: BTreeSet<String> = (v2.mem.keys().into_iter())
+        .filter(|k| k.starts_with("keys/"))
+        .collect();
+    assert_eq!(left, named);
+    let owner = opened(&v2, v2.mem.clone(), true).await;
+    restores(&owner, &made[0].0, &made[0].1).await;
+    opened(&v2, v2.mem.clone(), false).await;
+}

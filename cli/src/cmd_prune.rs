@@ -205,6 +205,12 @@ fn print_report(target: &str, r: &PruneReport) {
         r.packs_kept,
         output::bytes(r.pack_bytes_kept),
     );
+    if r.bundles_deleted > 0 {
+        println!(
+            "  {verb} {} key bundles no keyring names",
+            r.bundles_deleted
+        );
+    }
     if r.shortcuts_written > 0 {
         let verb = if r.dry_run { "would write" } else { "wrote" };
         let s = if r.shortcuts_written == 1 { "" } else { "s" };
@@ -278,6 +284,7 @@ fn report_json(target: &str, r: &PruneReport) -> serde_json::Value {
             "snapshots": removed,
             "lists": r.lists_deleted,
             "pins": r.pins_deleted,
+            "key_bundles": r.bundles_deleted,
             "index_files": r.index_files_deleted,
             "packs": r.packs_deleted,
             "pack_bytes": r.pack_bytes_deleted,

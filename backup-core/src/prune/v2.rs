@@ -19,7 +19,7 @@
 //! - The deletion order is format 1's, step by step: manifests of removed
 //!   snapshots, forged manifests, junk manifests, list objects on no kept
 //!   path and check records of snapshots not kept, pins of snapshots that
-//!   are not signed; new signed index files
+//!   are not signed, key bundles the keyring does not name; new signed index files
 //!   naming only live packs, then the old index files that named dead packs
 //!   and the rejected ones; dead packs; damage records of deleted packs.
 //!
@@ -90,7 +90,7 @@ use crate::repo::format::list2::object::{encode_delta, encode_full, ListKey};
 use crate::repo::format::list2::{Delta, ListState, Named};
 use crate::repo::path::{self, ListObject, Plan, FULL_BYTES_PER_CHUNK};
 use crate::repo::{
-    Cause, IndexV2, Manifest, ManifestV2, Repository, SnapshotsV2, CHECKS, LISTS, SNAPSHOTS,
+    Cause, IndexV2, Manifest, ManifestV2, Repository, SnapshotsV2, CHECKS, KEYS, LISTS, SNAPSHOTS,
 };
 use crate::sign::Signer;
 use crate::storage::{ErrorKind, PutMode};
@@ -156,6 +156,7 @@ async fn prune_locked(
         ]
         .concat(),
         pins: orphan_pins(&pins, |id| signed.iter().any(|m| m.id == id)),
+        bundles: unnamed_bundles(repo, ks).await?,
     };
     finish(repo, IndexWriter::V2(ks), lock, report, step1, plan).await
 }
@@ -228,6 +229,25 @@ async fn dead_checks(repo: &Repository, kept: &[&ManifestV2]) -> Result<Vec<Stri
         .collect();
     dead.sort();
     Ok(dead)
+}
+
+/// Key bundles the verified keyring does not name: a holder's bundles of
+/// older generations, those a killed `key add`, `key remove` or init left,
+/// a removed holder's that `key remove` could not delete. No reader uses
+/// them (a holder opens the bundle its keyring names), and a key change
+/// that is writing a bundle holds a lock that keeps prune out, so none is
+/// about to be named. Deleted after the pins.
+async fn unnamed_bundles(repo: &Repository, ks: &KeySet) -> Result<Vec<String>> {
+    let body = &ks.keyring().body;
+    let named: HashSet<&str> = (body.recipients.iter().map(|r| r.bundle.as_str()))
+        .chain(body.writers.iter().filter_map(|w| w.bundle.as_deref()))
+        .collect();
+    let mut unnamed: Vec<String> = (repo.list(KEYS).await?.into_iter())
+        .map(|m| m.key)
+        .filter(|k| !named.contains(k.as_str()))
+        .collect();
+    unnamed.sort();
+    Ok(unnamed)
 }
 
 /// The index as prune needs it, from signed index files only.
