@@ -1,0 +1,478 @@
+//! scripts/restore-without-offsite-v2.py against format 2 repositories
+//! offsite wrote, with the real `age`, `zstd`, `b3sum` and `openssl`
+//! (scripts/install-test-deps.sh installs them): snapshots of every kind
+//! restore and check out (a SQLite delta, a tree with modes and links, a
+//! DuckDB database with its WAL), a second recipient restores with the
+//! owner key, the format 1 script hands a format 2 repository over, and a
+//! snapshot forged without the keys, or a list signed by the owner that
+//! would write outside the output, is refused with nothing written.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use backup_core::source::duckdb_lib::Database;
+use rusqlite::Connection;
+
+use crate::format2::{forge_newest_snapshot, initialised, touch_rows};
+use crate::keys::another_identity;
+use crate::stock_tools::{duckdb_rows, make_tree, tree};
+use crate::support::*;
+
+/// Every tool the script calls: a missing one fails the test saying how to
+/// install it.
+fn require_tools() {
+    let tools = [
+        ("python3", "--version", "apt-get install python3"),
+        ("age", "--version", "apt-get install age"),
+        ("age-keygen", "--version", "apt-get install age"),
+        ("zstd", "--version", "apt-get install zstd"),
+        ("b3sum", "--version", "apt-get install b3sum"),
+        ("openssl", "version", "apt-get install openssl"),
+    ];
+    for (tool, arg, how) in tools {
+        let found = Command::new(tool).arg(arg).output().is_ok();
+        assert!(
+            found,
+            "`{tool}` is not installed: run scripts/install-test-deps.sh ({how})"
+        );
+    }
+}
+
+fn scripts() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts")
+}
+
+/// The v2 script on `env`'s repository: snapshot `id`, identity `key`, to `out`.
+fn script(env: &Env, id: &str, key: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut cmd = Command::new("python3");
+    cmd.arg(scripts().join("restore-without-offsite-v2.py"))
+        .arg(env.repo())
+        .arg(id)
+        .arg(key)
+        .arg(out)
+        .args(extra);
+    output_within(&mut cmd, COMMAND_LIMIT)
+}
+
+fn text(r: &Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&r.stdout),
+        String::from_utf8_lossy(&r.stderr)
+    )
+}
+
+fn script_ok(env: &Env, id: &str, key: &Path, out: &Path, extra: &[&str]) -> String {
+    let r = script(env, id, key, out, extra);
+    let all = text(&r);
+    assert!(r.status.success(), "{all}");
+    assert!(
+        all.contains(&format!("restored {id}")) && all.contains("signatures verified"),
+        "{all}"
+    );
+    all
+}
+
+fn ids_of(env: &Env, source: &str) -> Vec<String> {
+    snapshots(env)
+        .iter()
+        .filter(|s| s["source"] == source)
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn assert_format_2(env: &Env) {
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.repo().join("config")).unwrap()).unwrap();
+    assert_eq!(config["version"], 2, "{config}");
+}
+
+/// Nothing at `out`, nor a `.partial` of it, nor anything else the script
+/// leaves behind in the test directory.
+fn assert_nothing_written(env: &Env, out: &Path) {
+    assert!(!out.exists(), "{}", out.display());
+    let partial: Vec<String> = std::fs::read_dir(env.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("partial"))
+        .collect();
+    assert!(partial.is_empty(), "{partial:?}");
+}
+
+fn make_duckdb(db: &Path) {
+    {
+        let mut d = Database::open(db, false).unwrap();
+        d.execute(
+            "CREATE TABLE events(id INTEGER PRIMARY KEY, name VARCHAR);
+             INSERT INTO events SELECT i, 'event ' || i FROM range(5000) t(i);",
+        )
+        .unwrap();
+    }
+    // Work that is only in the WAL, as a killed application leaves it.
+    let mut w = Database::open(db, false).unwrap();
+    w.execute(
+        "SET wal_autocheckpoint = '1TB'; PRAGMA disable_checkpoint_on_shutdown;
+         INSERT INTO events VALUES (99999, 'only in the wal');",
+    )
+    .unwrap();
+}
+
+#[test]
+fn stock_tools_restore_v2_snapshots_of_every_kind() {
+    require_tools();
+    let env = Env::with_sources(|_| {
+        "[[sources]]\nname = \"tree\"\nkind = \"files\"\npath = \"tree\"\n\n\
+         [[sources]]\nname = \"analytics\"\nkind = \"duckdb\"\npath = \"analytics.duckdb\"\n"
+            .into()
+    });
+    let src = make_tree(env.dir.path());
+    let duck = env.dir.path().join("analytics.duckdb");
+    make_duckdb(&duck);
+    assert!(env.dir.path().join("analytics.duckdb.wal").exists());
+    let duck_before = duckdb_rows(&duck);
+    env.make_db(&env.db(), 5_000);
+    env.ok(&["backup"]);
+    let older_db = dump(&env.db());
+    touch_rows(&env.db());
+    env.ok(&["backup", "--source", "app"]);
+    assert_format_2(&env);
+
+    // SQLite: the newest snapshot is a delta from the first.
+    let app = ids_of(&env, "app");
+    let (newest, oldest) = (&app[0], &app[1]);
+    assert!(
+        env.repo()
+            .join(format!("lists/{newest}/d-{oldest}"))
+            .exists(),
+        "the second backup is a delta"
+    );
+    let out = env.dir.path().join("by-hand.db");
+    let said = script_ok(&env, newest, &env.key(), &out, &[]);
+    assert!(
+        said.contains(&format!("lists/{oldest}/full -> lists/{newest}/d-{oldest}")),
+        "rebuilt along the chain: {said}"
+    );
+    assert_eq!(integrity(&out), "ok");
+    assert_eq!(dump(&out), dump(&env.db()));
+    let first = env.dir.path().join("first.db");
+    script_ok(&env, oldest, &env.key(), &first, &[]);
+    assert_eq!(dump(&first), older_db, "the older state, not the newest");
+    // An existing output is never replaced.
+    let again = script(&env, newest, &env.key(), &out, &[]);
+    assert!(!again.status.success() && text(&again).contains("exists"));
+    assert_eq!(dump(&out), dump(&env.db()));
+
+    // Files: modes, mtimes, links, a read-only directory.
+    let out = env.dir.path().join("by-hand-tree");
+    script_ok(&env, &ids_of(&env, "tree")[0], &env.key(), &out, &[]);
+    let (want, got) = (tree(&src), tree(&out));
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    for (path, w) in &want {
+        assert_eq!(&got[path], w, "{path}");
+    }
+    for root in [&out, &src] {
+        std::fs::set_permissions(
+            root.join("readonly"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+    }
+
+    // DuckDB: the database and its WAL, its own file.
+    let out = env.dir.path().join("by-hand.duckdb");
+    script_ok(&env, &ids_of(&env, "analytics")[0], &env.key(), &out, &[]);
+    assert!(env.dir.path().join("by-hand.duckdb.wal").exists());
+    let rows = duckdb_rows(&out);
+    assert!(rows
+        .iter()
+        .any(|r| r[1].as_deref() == Some("only in the wal")));
+    assert_eq!(rows, duck_before);
+}
+
+#[test]
+fn stock_tools_restore_v2_with_a_second_recipients_identity() {
+    require_tools();
+    let (env, owner) = initialised();
+    let colleague = another_identity(&env, "colleague.txt");
+    env.ok(&["key", "add", &colleague, "--name", "colleague"]);
+    env.make_db(&env.db(), 800);
+    env.ok(&["backup"]);
+    let id = ids_of(&env, "app").remove(0);
+    let identity = env.dir.path().join("colleague.txt");
+
+    // Without the owner key, the colleague's identity cannot check the keyring.
+    let out = env.dir.path().join("by-colleague.db");
+    let r = script(&env, &id, &identity, &out, &[]);
+    assert!(!r.status.success(), "{}", text(&r));
+    assert!(
+        text(&r).contains("not the owner's") && text(&r).contains("--owner-key"),
+        "{}",
+        text(&r)
+    );
+    assert_nothing_written(&env, &out);
+
+    script_ok(&env, &id, &identity, &out, &["--owner-key", &owner]);
+    assert_eq!(integrity(&out), "ok");
+    assert_eq!(dump(&out), dump(&env.db()));
+
+    // A wrong owner key is refused: the keyring is not signed by it.
+    let (other, other_owner) = initialised();
+    drop(other);
+    let wrong = env.dir.path().join("wrong-owner.db");
+    let r = script(&env, &id, &identity, &wrong, &["--owner-key", &other_owner]);
+    assert!(!r.status.success(), "{}", text(&r));
+    assert!(
+        text(&r).contains("not a signer of this key set"),
+        "{}",
+        text(&r)
+    );
+    assert_nothing_written(&env, &wrong);
+}
+
+#[test]
+fn stock_tools_refuse_a_forged_v2_snapshot() {
+    require_tools();
+    let (env, _) = initialised();
+    env.make_db(&env.db(), 800);
+    env.ok(&["backup"]);
+    let genuine = ids_of(&env, "app").remove(0);
+    let forged_db = env.dir.path().join("forged.db");
+    Connection::open(&forged_db)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE tasks(id INTEGER PRIMARY KEY, title TEXT, body TEXT, meta TEXT);
+             INSERT INTO tasks(title, body) VALUES ('forged', 'pay the attacker');",
+        )
+        .unwrap();
+    let forged = forge_newest_snapshot(&env.repo(), &forged_db);
+
+    let out = env.dir.path().join("forged-out.db");
+    let r = script(&env, &forged, &env.key(), &out, &[]);
+    assert!(!r.status.success(), "{}", text(&r));
+    assert!(
+        text(&r).contains(&format!("snapshots/{forged} is signed by"))
+            && text(&r).contains("not a signer of this key set"),
+        "{}",
+        text(&r)
+    );
+    assert_nothing_written(&env, &out);
+
+    // Unauthenticated, the forgery still fails, at its chunk ids (the
+    // attacker has no chunk-id key), and the script says it checked nothing.
+    let r = script(&env, &forged, &env.key(), &out, &["--no-signatures"]);
+    assert!(!r.status.success(), "{}", text(&r));
+    assert!(
+        text(&r).contains("UNAUTHENTICATED") && text(&r).contains("keyed BLAKE3 id"),
+        "{}",
+        text(&r)
+    );
+    assert_nothing_written(&env, &out);
+
+    // The genuine snapshot beside it restores; the forged index file is
+    // passed over by name.
+    let good = env.dir.path().join("genuine.db");
+    let said = script_ok(&env, &genuine, &env.key(), &good, &[]);
+    assert!(
+        said.contains("skipping index/") && said.contains("not a signer"),
+        "{said}"
+    );
+    assert_eq!(dump(&good), dump(&env.db()));
+
+    // The owner's keyring with one byte of whitespace added: the same JSON
+    // and the owner's signer, so only the Ed25519 check (openssl) refuses it.
+    let ring = env.repo().join("keyring/00000001");
+    let signed = std::fs::read_to_string(&ring).unwrap();
+    let changed = signed.replacen("\"format\": ", "\"format\":  ", 1);
+    assert_ne!(changed, signed);
+    std::fs::write(&ring, changed).unwrap();
+    let again = env.dir.path().join("changed-keyring.db");
+    let r = script(&env, &genuine, &env.key(), &again, &[]);
+    assert!(!r.status.success(), "{}", text(&r));
+    assert!(
+        text(&r).contains("keyring/00000001: the signature by")
+            && text(&r).contains("does not match"),
+        "{}",
+        text(&r)
+    );
+    assert_nothing_written(&env, &again);
+    std::fs::write(&ring, signed).unwrap();
+}
+
+#[test]
+fn stock_tools_v1_script_hands_a_v2_repository_over() {
+    require_tools();
+    let env = Env::new();
+    env.make_db(&env.db(), 1_000);
+    env.ok(&["backup"]);
+    assert_format_2(&env);
+    let id = ids_of(&env, "app").remove(0);
+    let out = env.dir.path().join("by-v1-script.db");
+    let r = output_within(
+        Command::new("sh")
+            .arg(scripts().join("restore-without-offsite.sh"))
+            .arg(env.repo())
+            .arg(&id)
+            .arg(env.key())
+            .arg(&out),
+        COMMAND_LIMIT,
+    );
+    let all = text(&r);
+    assert!(r.status.success(), "{all}");
+    assert!(
+        all.contains("list_blake3") && all.contains("signatures verified"),
+        "the format 2 script restored it: {all}"
+    );
+    assert_eq!(integrity(&out), "ok");
+    assert_eq!(dump(&out), dump(&env.db()));
+}
+
+/// The owner's signing key and the current metadata recipient, read from
+/// the repository's newest keyring and `env`'s identity: what it takes to
+/// write a list and a manifest the script trusts.
+fn owner_signer(
+    env: &Env,
+) -> (
+    backup_core::sign::Signer,
+    age::x25519::Recipient,
+    serde_json::Value,
+) {
+    use backup_core::keys::{KeysetId, OwnerKey};
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.repo().join("config")).unwrap()).unwrap();
+    let keyset: KeysetId = config["keyset"].as_str().unwrap().parse().unwrap();
+    let newest = find_files(&env.repo().join("keyring")).pop().unwrap();
+    let text = std::fs::read_to_string(newest).unwrap();
+    let keyring: serde_json::Value =
+        serde_json::from_str(text.rsplit_once("offsite-signature").unwrap().0).unwrap();
+    let meta = keyring["generations"].as_array().unwrap().last().unwrap()["metadata_recipient"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let line = std::fs::read_to_string(env.key()).unwrap();
+    let line = line
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-1"))
+        .unwrap();
+    let identity: age::x25519::Identity = line.parse().unwrap();
+    let signer = backup_core::sign::Signer::owner(&OwnerKey::from_identity(&identity), keyset);
+    (signer, meta, keyring)
+}
+
+/// Lists signed by the owner (so every signature holds) that would write
+/// outside the output, through a link, or a name with a newline: refused
+/// before anything is written.
+#[test]
+fn stock_tools_v2_refuse_hostile_paths_even_when_signed() {
+    use backup_core::chunk::{ChunkId, ChunkKey};
+    use backup_core::repo::format::list2::{object, ListState};
+    use backup_core::repo::ManifestV2;
+    use backup_core::source::{Entry, SourceKind};
+
+    require_tools();
+    let env = Env::new();
+    env.make_db(&env.db(), 100);
+    env.ok(&["backup"]);
+    let (signer, meta, keyring) = owner_signer(&env);
+    let outside = env.dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let o = outside.display().to_string();
+    let chunk = (ChunkId::keyed(&ChunkKey([7; 32]), b"hello"), 5u32);
+    let file = |p: &str| {
+        let e = Entry::File {
+            path: p.into(),
+            mode: 0o644,
+            size: 5,
+            mtime: 0,
+        };
+        (e, vec![chunk])
+    };
+    let link = |p: &str, t: &str| {
+        let e = Entry::Symlink {
+            path: p.into(),
+            target: t.into(),
+        };
+        (e, vec![])
+    };
+    let dir = |p: &str| {
+        let e = Entry::Dir {
+            path: p.into(),
+            mode: 0o755,
+        };
+        (e, vec![])
+    };
+    let crafted = vec![
+        vec![file("../evil")],
+        vec![file(&format!("{o}/evil"))],
+        vec![file("a/./b")],
+        vec![link("lnk", &o), file("lnk/pwned")],
+        vec![dir("d"), link("d/l", &o), file("d/l/pwned")],
+        vec![file("x"), file("x/pwned")],
+        vec![file("new\nline")],
+    ];
+    let start = chrono::Utc::now() + chrono::Duration::seconds(60);
+    for (i, entries) in crafted.into_iter().enumerate() {
+        let mut state = ListState::default();
+        let what = format!("{entries:?}");
+        for (entry, chunks) in entries {
+            state.insert(entry, chunks).unwrap();
+        }
+        let when = start + chrono::Duration::seconds(i as i64);
+        let id = format!("{}-0000000{i}", when.format("%Y%m%dT%H%M%SZ"));
+        put(
+            &env.repo(),
+            &format!("lists/{id}/full"),
+            &object::encode_full(&id, &state, &signer, &meta).unwrap(),
+        );
+        let manifest = ManifestV2 {
+            id: id.clone(),
+            source: "app".into(),
+            kind: SourceKind::Files,
+            host: "h".into(),
+            writer: "owner".into(),
+            started: when,
+            finished: when,
+            size: 5,
+            files: 1,
+            chunks: 1,
+            new_bytes: 0,
+            uploaded_bytes: 0,
+            list_blake3: state.list_blake3(),
+            parent: None,
+            generation: keyring["generation"].as_u64().unwrap() as u32,
+            keyring: keyring["serial"].as_u64().unwrap() as u32,
+            page_size: None,
+            tags: vec![],
+            tool: "offsite test".into(),
+        };
+        put(
+            &env.repo(),
+            &manifest.key(),
+            &manifest.encode(&signer, &meta).unwrap(),
+        );
+        let to = env.dir.path().join(format!("out{i}"));
+        let r = script(&env, &id, &env.key(), &to, &[]);
+        let all = text(&r);
+        assert!(!r.status.success(), "{what}: {all}");
+        assert!(
+            all.contains("unsafe") || all.contains("control character"),
+            "{what}: {all}"
+        );
+        assert!(
+            std::fs::read_dir(&outside).unwrap().next().is_none(),
+            "{what}"
+        );
+        assert!(!env.dir.path().join("evil").exists(), "{what}");
+        assert_nothing_written(&env, &to);
+    }
+}
+
+fn put(repo: &Path, key: &str, bytes: &[u8]) {
+    let path = repo.join(key);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
