@@ -41,6 +41,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -909,8 +910,12 @@ def load_damage(ctx):
         except (Refuse, UnicodeDecodeError) as e:
             warn(f"skipping {key}: it does not decode ({e})")
             continue
+        lines = text.splitlines()
+        if not lines or lines[0] not in ("offsite-damaged 1", "offsite-damaged 2"):
+            warn(f"skipping {key}: it is not a damage record")
+            continue
         pack = None
-        for line in text.splitlines():
+        for line in lines[1:]:
             if line.startswith("P "):
                 pack = line[2:]
             elif HEX64.match(line) and pack:
@@ -1003,7 +1008,11 @@ def plan_pieces(ctx, state, files):
     wanted = {c[0] for p in files for c in state[p][1]}
     missing = [c for c in wanted if c not in where]
     if missing:
+        before = set(data_len)
         add_trailers(ctx, missing, where, data_len)
+        found = sum(1 for c in missing if c in where)
+        print(f"index: {len(missing)} chunks are in no signed index file; {found} found in the "
+              f"signed trailers of {len(set(data_len) - before)} packs")
     damaged = load_damage(ctx)
     by_pack = {}
     for number, path in enumerate(files):
@@ -1013,7 +1022,9 @@ def plan_pieces(ctx, state, files):
             if not copies:
                 raise Refuse(f"chunk {cid} of {path} is in no index file or pack trailer "
                              "(the repository copy is incomplete, or was pruned meanwhile)")
-            copies = sorted(copies, key=lambda c: (c[0], cid) in damaged)
+            # A copy whose pack is there and that no damage record names first.
+            copies = sorted(copies, key=lambda c: (not os.path.isfile(ctx.path(c[0])),
+                                                   (c[0], cid) in damaged))
             pack, off, have = copies[0]
             if have != length:
                 raise Refuse(f"chunk {cid}: the list says {length} bytes, the index {have}")
@@ -1231,6 +1242,7 @@ def read_manifest(ctx, snap, ring):
         raise Refuse(f"{key}: not a format 2 manifest: it is not exactly as offsite writes it")
     if m["format"] != "offsite-snapshot" or m["version"] != 2:
         raise Refuse(f"{key}: not a format 2 manifest")
+    check_manifest_types(m, key)
     if m["id"] != snap:
         raise Refuse(f"{key} holds the manifest of snapshot {m['id']}: a manifest is stored "
                      "under its own id")
@@ -1250,6 +1262,35 @@ def read_manifest(ctx, snap, ring):
     return m, signer
 
 
+def check_manifest_types(m, key):
+    """The field rules of manifest2.rs that JSON alone does not give."""
+    def is_int(v, lo, hi):
+        return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+    for f in ("size", "files", "chunks", "new_bytes", "uploaded_bytes"):
+        if not is_int(m[f], 0, 2**64 - 1):
+            raise Refuse(f"{key}: {f} is not a count")
+    for f in ("id", "source", "kind", "host", "writer", "started", "finished", "tool"):
+        if not isinstance(m[f], str):
+            raise Refuse(f"{key}: {f} is not a string")
+    if not isinstance(m["tags"], list) or not all(isinstance(t, str) for t in m["tags"]):
+        raise Refuse(f"{key}: tags is not a list of strings")
+    if not is_snapshot_id(m["id"]):
+        raise Refuse(f"{key}: id is not a snapshot id (<%Y%m%dT%H%M%SZ>-<8 hex>)")
+    parent = m["parent"]
+    if parent is not None and (not isinstance(parent, str) or not is_snapshot_id(parent)
+                               or parent == m["id"]):
+        raise Refuse(f"{key}: parent is not another snapshot's id")
+    if not is_int(m["keyring"], 1, 99_999_999):
+        raise Refuse(f"{key}: keyring is not a serial from 1 to 99999999")
+    page = m["page_size"]
+    if m["kind"] == "sqlite":
+        ok = is_int(page, 512, 65536) and page & (page - 1) == 0
+    else:
+        ok = page is None
+    if not ok:
+        raise Refuse(f"{key}: page_size is not a SQLite page size (or is set for another kind)")
+
+
 def restore(args, work):
     ctx = Context(args, work)
     output = Output(os.path.abspath(args.output))
@@ -1258,6 +1299,9 @@ def restore(args, work):
     if not os.path.isfile(ctx.path(f"snapshots/{args.snapshot}")):
         raise Refuse(f"no snapshot {args.snapshot} in {args.repo} (see: ls {args.repo}/snapshots/)")
     output.refuse_existing()
+    if not os.path.isdir(os.path.dirname(output.out)):
+        raise Refuse(f"{os.path.dirname(output.out)} is not a directory: create it first "
+                     "(nothing was written)")
     ctx.keyset = read_config(ctx)
     ids = identity_lines(args.identity)
     if args.owner_key is not None:
@@ -1316,12 +1360,17 @@ def main():
             "anyone with write access to the repository could have forged what it writes.")
     if args.no_signatures:
         warn(loud)
+    # SystemExit unwinds like any exception, so what was written is removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = tempfile.mkdtemp(prefix="offsite-v2-restore-")
     try:
         require_tools(not args.no_signatures)
         manifest = restore(args, work)
     except Refuse as e:
         warn(str(e))
+        sys.exit(1)
+    except OSError as e:
+        warn(f"{e}; nothing was put in place")
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

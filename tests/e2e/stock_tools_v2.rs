@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 use backup_core::source::duckdb_lib::Database;
 use rusqlite::Connection;
 
-use crate::format2::{forge_newest_snapshot, initialised, touch_rows};
+use crate::format2::{count_and_body_length, forge_newest_snapshot, initialised, touch_rows};
 use crate::keys::another_identity;
 use crate::stock_tools::{duckdb_rows, make_tree, tree};
 use crate::support::*;
@@ -45,9 +45,13 @@ fn scripts() -> PathBuf {
 
 /// The v2 script on `env`'s repository: snapshot `id`, identity `key`, to `out`.
 fn script(env: &Env, id: &str, key: &Path, out: &Path, extra: &[&str]) -> Output {
+    script_in(&env.repo(), id, key, out, extra)
+}
+
+fn script_in(repo: &Path, id: &str, key: &Path, out: &Path, extra: &[&str]) -> Output {
     let mut cmd = Command::new("python3");
     cmd.arg(scripts().join("restore-without-offsite-v2.py"))
-        .arg(env.repo())
+        .arg(repo)
         .arg(id)
         .arg(key)
         .arg(out)
@@ -64,7 +68,10 @@ fn text(r: &Output) -> String {
 }
 
 fn script_ok(env: &Env, id: &str, key: &Path, out: &Path, extra: &[&str]) -> String {
-    let r = script(env, id, key, out, extra);
+    ok_output(script(env, id, key, out, extra), id)
+}
+
+fn ok_output(r: Output, id: &str) -> String {
     let all = text(&r);
     assert!(r.status.success(), "{all}");
     assert!(
@@ -328,6 +335,75 @@ fn stock_tools_v1_script_hands_a_v2_repository_over() {
     );
     assert_eq!(integrity(&out), "ok");
     assert_eq!(dump(&out), dump(&env.db()));
+}
+
+/// Without index files (a backup killed before its first one, or lost),
+/// chunks are found in the signed trailers of the packs; an index file that
+/// does not decode is passed over by name.
+#[test]
+fn stock_tools_v2_restore_from_pack_trailers_without_index_files() {
+    require_tools();
+    let env = Env::new();
+    env.make_db(&env.db(), 1_500);
+    env.ok(&["backup"]);
+    let id = ids_of(&env, "app").remove(0);
+    for f in find_files(&env.repo().join("index")) {
+        std::fs::remove_file(f).unwrap();
+    }
+    std::fs::write(env.repo().join("index").join("0".repeat(32)), b"not age").unwrap();
+    let out = env.dir.path().join("from-trailers.db");
+    let said = script_ok(&env, &id, &env.key(), &out, &[]);
+    assert!(
+        said.contains("skipping index/00000000000000000000000000000000"),
+        "{said}"
+    );
+    assert!(said.contains("found in the signed trailers"), "{said}");
+    assert_eq!(integrity(&out), "ok");
+    assert_eq!(dump(&out), dump(&env.db()));
+}
+
+/// tests/fixtures/repo-v2, written once by the first offsite that wrote
+/// format 2, restores by hand with the owner's identity and with the second
+/// recipient's (given the owner key); the removed recipient is told so.
+#[test]
+fn stock_tools_v2_restore_the_v2_fixture() {
+    require_tools();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/repo-v2");
+    let owner = std::fs::read_to_string(fixture.join("owner-key.txt")).unwrap();
+    let expected = std::fs::read_to_string(fixture.join("expected.txt")).unwrap();
+    let newest_app = "20261203T054800Z-76522884";
+    let scratch = tempfile::tempdir().unwrap();
+    for (identity, extra) in [
+        ("key.txt", vec![]),
+        ("key2.txt", vec!["--owner-key", owner.trim()]),
+    ] {
+        let out = scratch.path().join(format!("{identity}.db"));
+        let r = script_in(
+            &fixture.join("repo"),
+            newest_app,
+            &fixture.join(identity),
+            &out,
+            &extra,
+        );
+        ok_output(r, newest_app);
+        assert_eq!(integrity(&out), "ok");
+        assert_eq!(count_and_body_length(&out), expected.trim(), "{identity}");
+    }
+    let out = scratch.path().join("removed.db");
+    let r = script_in(
+        &fixture.join("repo"),
+        newest_app,
+        &fixture.join("removed.txt"),
+        &out,
+        &["--owner-key", owner.trim()],
+    );
+    assert!(!r.status.success(), "{}", text(&r));
+    assert!(
+        text(&r).contains("was removed from the repository"),
+        "{}",
+        text(&r)
+    );
+    assert!(!out.exists());
 }
 
 /// The owner's signing key and the current metadata recipient, read from
