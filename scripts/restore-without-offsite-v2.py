@@ -123,43 +123,60 @@ def age_public(identity_text):
     return run(["age-keygen", "-y"], (identity_text + "\n").encode(), "age-keygen").decode().strip()
 
 
-def decode_object(work, raw, identity_file, what, limit):
-    """`age -d -i IDENTITY | zstd -d` of `raw`, refused beyond `limit` bytes of
-    plaintext (a hostile object is not decompressed without end) and when
-    its zstd window is over 8 MiB, as offsite refuses it."""
-    src = os.path.join(work, "object")
-    with open(src, "wb") as f:
-        f.write(raw)
+def age_zstd(src, identity_file, sink, limit):
+    """Streams `age -d -i IDENTITY SRC | zstd -d` into `sink` (a callable),
+    stopping after `limit` bytes; (bytes, too large, age error, zstd error),
+    an error being None when that tool succeeded. The zstd window is capped
+    at 8 MiB, as offsite caps it for signed metadata."""
     age = subprocess.Popen(["age", "-d", "-i", identity_file, src],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     zstd = subprocess.Popen(["zstd", "-d", "-q", "-c", "--memory=8MB"], stdin=age.stdout,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     age.stdout.close()
-    out = zstd.stdout.read(limit + 1)
-    too_large = len(out) > limit
-    if too_large:
-        zstd.kill()
+    total, too_large = 0, False
+    while True:
+        block = zstd.stdout.read(min(1 << 20, limit + 1 - total))
+        if not block:
+            break
+        if total + len(block) > limit:
+            too_large = True
+            zstd.kill()
+            break
+        sink(block)
+        total += len(block)
     zstd.stdout.close()
     zerr = zstd.stderr.read().decode(errors="replace").strip()
     zstd.wait()
     aerr = age.stderr.read().decode(errors="replace").strip()
     age.wait()
+    return (total, too_large, aerr if age.returncode else None,
+            zerr if zstd.returncode and not too_large else None)
+
+
+def decode_object(work, raw, identity_file, what, limit):
+    """The plaintext of the object `raw`, refused beyond `limit` bytes (a
+    hostile object is not decompressed without end) or when it does not
+    decode."""
+    src = os.path.join(work, "object")
+    with open(src, "wb") as f:
+        f.write(raw)
+    out = []
+    _, too_large, aerr, zerr = age_zstd(src, identity_file, out.append, limit)
     if too_large:
         raise Refuse(f"{what} decodes to more than {limit} bytes, more than such an object "
                      "can honestly hold: refused unread")
-    if age.returncode != 0:
+    if aerr is not None:
         raise Refuse(f"{what}: age cannot decrypt it ({aerr})")
-    if zstd.returncode != 0:
+    if zerr is not None:
         raise Refuse(f"{what}: zstd cannot decompress it ({zerr})")
-    return out
+    return b"".join(out)
 
 
-def decode_to_file(raw_path, start, length, identity_file, dest, what, limit):
-    """Decodes bytes [start, start+length) of file `raw_path` into `dest`;
-    refused when the plaintext is longer than `limit`."""
+def decode_to_file(raw_path, length, identity_file, dest, what, limit):
+    """Decodes the first `length` bytes of file `raw_path` (a pack's DATA) into
+    `dest`: (bytes decoded, the error when it broke off, else None)."""
     cut = dest + ".enc"
     with open(raw_path, "rb") as f, open(cut, "wb") as o:
-        f.seek(start)
         left = length
         while left:
             block = f.read(min(left, 1 << 20))
@@ -167,36 +184,14 @@ def decode_to_file(raw_path, start, length, identity_file, dest, what, limit):
                 raise Refuse(f"{what} is shorter than its footer says")
             o.write(block)
             left -= len(block)
-    age = subprocess.Popen(["age", "-d", "-i", identity_file, cut],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    zstd = subprocess.Popen(["zstd", "-d", "-q", "-c", "--memory=8MB"], stdin=age.stdout,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    age.stdout.close()
-    total, too_large = 0, False
     with open(dest, "wb") as o:
-        while True:
-            block = zstd.stdout.read(1 << 20)
-            if not block:
-                break
-            total += len(block)
-            if total > limit:
-                too_large = True
-                zstd.kill()
-                break
-            o.write(block)
-    zstd.stdout.close()
-    zerr = zstd.stderr.read().decode(errors="replace").strip()
-    zstd.wait()
-    aerr = age.stderr.read().decode(errors="replace").strip()
-    age.wait()
+        total, too_large, aerr, zerr = age_zstd(cut, identity_file, o.write, limit)
     os.unlink(cut)
     if too_large:
         raise Refuse(f"{what}: its data decodes to more bytes than its index names")
-    if age.returncode != 0:
-        raise Refuse(f"{what}: age cannot decrypt its data ({aerr})")
-    if zstd.returncode != 0:
-        raise Refuse(f"{what}: zstd cannot decompress its data ({zerr})")
-    return total
+    error = (f"age: {aerr}" if aerr is not None else f"zstd: {zerr}" if zerr is not None
+             else None)
+    return total, error
 
 
 # ---------------------------------------------------------------- bech32 (BIP 173)
@@ -1048,9 +1043,13 @@ def fetch_pack(ctx, pack, pieces, data_len, chunk_key, dests):
     keyed id, and only then copies it into the files."""
     data, _ = pack_layout(ctx, pack)
     decoded = os.path.join(ctx.work, "pack.data")
-    got = decode_to_file(ctx.path(pack), 0, data, ctx.data_ids, decoded, pack, data_len[pack])
-    if got != data_len[pack]:
+    got, error = decode_to_file(ctx.path(pack), data, ctx.data_ids, decoded, pack, data_len[pack])
+    if error is None and got != data_len[pack]:
         raise Refuse(f"{pack}: its data decodes to {got} bytes, its index says {data_len[pack]}")
+    if error is not None:
+        raise Refuse(f"{pack} is damaged: its data does not decode ({error}); this script "
+                     "reads one copy of each chunk (the best the index files and damage "
+                     "records name), offsite restore tries the others and other targets")
     scratch = os.path.join(ctx.work, "pieces")
     os.mkdir(scratch)
     with open(decoded, "rb") as src:

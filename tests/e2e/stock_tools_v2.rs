@@ -362,6 +362,33 @@ fn stock_tools_v2_restore_from_pack_trailers_without_index_files() {
     assert_eq!(dump(&out), dump(&env.db()));
 }
 
+/// A pack whose data no longer decodes (one flipped byte) is refused,
+/// naming it, with nothing written.
+#[test]
+fn stock_tools_v2_refuse_a_damaged_pack() {
+    require_tools();
+    let env = Env::new();
+    env.make_db(&env.db(), 3_000);
+    env.ok(&["backup"]);
+    let id = ids_of(&env, "app").remove(0);
+    let packs = find_files(&env.repo().join("packs"));
+    assert_eq!(packs.len(), 1);
+    let mut data = std::fs::read(&packs[0]).unwrap();
+    let mid = data.len() / 2; // inside DATA: the trailer is a few KiB at the end
+    data[mid] ^= 0x20;
+    std::fs::write(&packs[0], data).unwrap();
+    let out = env.dir.path().join("by-hand.db");
+    let r = script(&env, &id, &env.key(), &out, &[]);
+    assert!(!r.status.success(), "{}", text(&r));
+    let name = packs[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        text(&r).contains(&name) && text(&r).contains("is damaged"),
+        "{}",
+        text(&r)
+    );
+    assert_nothing_written(&env, &out);
+}
+
 /// tests/fixtures/repo-v2, written once by the first offsite that wrote
 /// format 2, restores by hand with the owner's identity and with the second
 /// recipient's (given the owner key); the removed recipient is told so.
