@@ -774,32 +774,55 @@ def rebuild_list(ctx, manifest):
             tried = "; ".join(failures) or "no list object leads to it"
             raise Refuse(f"snapshots/{manifest['id']}: no path of list objects rebuilds its "
                          f"list: {tried}")
-        held, state, failed = None, None, None
-        for key in path:
-            try:
-                if key not in decoded:
-                    decoded[key] = read_list_object(ctx, key, finished)
-                obj = decoded[key]
-                if obj[0] == "full":
-                    if held is not None:
-                        raise Refuse(f"{key}: a full list in the middle of a path")
-                    held, state = obj[1], obj[2]
-                else:
-                    if held is None:
-                        raise Refuse(f"{key}: a path must start at a full list")
-                    held, state = apply_delta(held, state, obj[1], key)
-            except Refuse as e:
-                failed = (key, str(e))
-                break
+        state, failed = try_path(ctx, path, finished, decoded, manifest["list_blake3"])
         if failed is None:
-            full = write_full(state)
-            if b3_hash(full).hex() == manifest["list_blake3"]:
-                print(f"list: {' -> '.join(path)} (list_blake3 {manifest['list_blake3']})")
-                return state
-            failed = (path[-1], "the list it leads to is not the manifest's list_blake3")
+            print(f"list: {' -> '.join(path)} (list_blake3 {manifest['list_blake3']})")
+            return state
         warn(f"skipping {failed[0]} for snapshot {manifest['id']}: {failed[1]}; trying another path")
         failures.append(f"{failed[0]}: {failed[1]}")
         skip.add(failed[0])
+
+
+def walk(ctx, path, finished, decoded):
+    """Yields (key, held, state) after each object of `path`, decoding those
+    not held in `decoded` yet; a Refuse names the object that failed."""
+    held = state = None
+    for key in path:
+        try:
+            if key not in decoded:
+                decoded[key] = read_list_object(ctx, key, finished)
+            obj = decoded[key]
+            if obj[0] == "full":
+                if held is not None:
+                    raise Refuse("a full list in the middle of a path")
+                held, state = obj[1], obj[2]
+            else:
+                if held is None:
+                    raise Refuse("a path must start at a full list")
+                held, state = apply_delta(held, state, obj[1], key)
+        except Refuse as e:
+            e.key = key
+            raise
+        yield key, held, state
+
+
+def try_path(ctx, path, finished, decoded, want):
+    """(state, None) when `path` rebuilds the list whose BLAKE3 is `want`;
+    else (None, (object at fault, why)): the one that failed, or on a
+    mismatch the first whose result is not the list it claims, else the
+    last (as load2.rs's culprit)."""
+    state = None
+    try:
+        for _, _, state in walk(ctx, path, finished, decoded):
+            pass
+    except Refuse as e:
+        return None, (e.key, str(e))
+    if b3_hash(write_full(state)).hex() == want:
+        return state, None
+    for key, held, at in walk(ctx, path, finished, decoded):
+        if b3_hash(write_full(at)).hex() != held[1]:
+            return None, (key, "the list it leads to is not the one it claims")
+    return None, (path[-1], "the list it leads to is not the manifest's list_blake3")
 
 
 def check_paths(state, kind):

@@ -165,6 +165,19 @@ fn stock_tools_restore_v2_snapshots_of_every_kind() {
     let first = env.dir.path().join("first.db");
     script_ok(&env, oldest, &env.key(), &first, &[]);
     assert_eq!(dump(&first), older_db, "the older state, not the newest");
+    // A junk shortcut is the cheapest path: it is passed over by name and
+    // the chain rebuilds the list.
+    let junk = env.repo().join(format!("lists/{newest}/full"));
+    std::fs::write(&junk, b"not age").unwrap();
+    let again = env.dir.path().join("past-junk.db");
+    let said = script_ok(&env, newest, &env.key(), &again, &[]);
+    assert!(
+        said.contains(&format!("skipping lists/{newest}/full"))
+            && said.contains(&format!("lists/{oldest}/full -> lists/{newest}/d-{oldest}")),
+        "{said}"
+    );
+    assert_eq!(dump(&again), dump(&env.db()));
+    std::fs::remove_file(junk).unwrap();
     // An existing output is never replaced.
     let again = script(&env, newest, &env.key(), &out, &[]);
     assert!(!again.status.success() && text(&again).contains("exists"));
