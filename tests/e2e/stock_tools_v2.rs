@@ -446,20 +446,19 @@ fn stock_tools_v2_restore_the_v2_fixture() {
     assert!(!out.exists());
 }
 
-/// The owner's signing key and the current metadata recipient, read from
-/// the repository's newest keyring and `env`'s identity: what it takes to
-/// write a list and a manifest the script trusts.
-fn owner_signer(
+/// The key set, the current metadata recipient and the newest keyring of
+/// `env`'s repository: public, what it takes (with a signing key) to write
+/// a list and a manifest.
+fn keyring_now(
     env: &Env,
 ) -> (
-    backup_core::sign::Signer,
+    backup_core::keys::KeysetId,
     age::x25519::Recipient,
     serde_json::Value,
 ) {
-    use backup_core::keys::{KeysetId, OwnerKey};
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(env.repo().join("config")).unwrap()).unwrap();
-    let keyset: KeysetId = config["keyset"].as_str().unwrap().parse().unwrap();
+    let keyset = config["keyset"].as_str().unwrap().parse().unwrap();
     let newest = find_files(&env.repo().join("keyring")).pop().unwrap();
     let text = std::fs::read_to_string(newest).unwrap();
     let keyring: serde_json::Value =
@@ -469,14 +468,132 @@ fn owner_signer(
         .unwrap()
         .parse()
         .unwrap();
+    (keyset, meta, keyring)
+}
+
+/// The owner's signer, from `env`'s identity.
+fn owner_signer(env: &Env) -> backup_core::sign::Signer {
     let line = std::fs::read_to_string(env.key()).unwrap();
     let line = line
         .lines()
         .find(|l| l.starts_with("AGE-SECRET-KEY-1"))
         .unwrap();
     let identity: age::x25519::Identity = line.parse().unwrap();
-    let signer = backup_core::sign::Signer::owner(&OwnerKey::from_identity(&identity), keyset);
-    (signer, meta, keyring)
+    let owner = backup_core::keys::OwnerKey::from_identity(&identity);
+    backup_core::sign::Signer::owner(&owner, keyring_now(env).0)
+}
+
+/// Stores snapshot `id` of `state` (a full list and a manifest finished
+/// `when`), both signed by `signer`, encrypted to the current M.
+fn put_signed_snapshot(
+    env: &Env,
+    id: &str,
+    when: chrono::DateTime<chrono::Utc>,
+    state: &backup_core::repo::format::list2::ListState,
+    kind: backup_core::source::SourceKind,
+    signer: &backup_core::sign::Signer,
+) {
+    use backup_core::repo::format::list2::object;
+    let (_, meta, keyring) = keyring_now(env);
+    put(
+        &env.repo(),
+        &format!("lists/{id}/full"),
+        &object::encode_full(id, state, signer, &meta).unwrap(),
+    );
+    let sqlite = kind == backup_core::source::SourceKind::Sqlite;
+    let manifest = backup_core::repo::ManifestV2 {
+        id: id.to_string(),
+        source: "app".into(),
+        kind,
+        host: "h".into(),
+        writer: "w".into(),
+        started: when,
+        finished: when,
+        size: 5,
+        files: 1,
+        chunks: 1,
+        new_bytes: 0,
+        uploaded_bytes: 0,
+        list_blake3: state.list_blake3(),
+        parent: None,
+        generation: keyring["generation"].as_u64().unwrap() as u32,
+        keyring: keyring["serial"].as_u64().unwrap() as u32,
+        page_size: sqlite.then_some(4096),
+        tags: vec![],
+        tool: "offsite test".into(),
+    };
+    put(
+        &env.repo(),
+        &manifest.key(),
+        &manifest.encode(signer, &meta).unwrap(),
+    );
+}
+
+fn snapshot_id(when: chrono::DateTime<chrono::Utc>, suffix: &str) -> String {
+    format!("{}-{suffix}", when.format("%Y%m%dT%H%M%SZ"))
+}
+
+/// A writer removed by the owner: what it signs claiming to be finished
+/// after its removal is refused; what it signed before still counts.
+#[test]
+fn stock_tools_v2_refuse_what_a_removed_writer_signed_after_its_removal() {
+    use backup_core::chunk::{ChunkId, ChunkKey};
+    use backup_core::repo::format::list2::ListState;
+    use backup_core::source::{Entry, SourceKind};
+
+    require_tools();
+    let (env, _) = initialised();
+    env.make_db(&env.db(), 100);
+    env.ok(&["backup"]);
+    let wkey = env.dir.path().join("app-1.key");
+    let out = Command::new(bin())
+        .args(["writer", "keygen", "-o", wkey.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let public = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    env.ok(&["writer", "add", "app-1", &public]);
+    env.ok(&["writer", "remove", "app-1"]);
+    let writer = backup_core::keys::WriterKey::from_file(&wkey).unwrap();
+    let signer = backup_core::sign::Signer::writer(&writer, keyring_now(&env).0);
+
+    let mut state = ListState::default();
+    let entry = Entry::File {
+        path: "app.db".into(),
+        mode: 0o644,
+        size: 5,
+        mtime: 0,
+    };
+    let chunk = (ChunkId::keyed(&ChunkKey([7; 32]), b"hello"), 5u32);
+    state.insert(entry, vec![chunk]).unwrap();
+    let now = chrono::Utc::now();
+    let after = now + chrono::Duration::seconds(60);
+    let late = snapshot_id(after, "0000000a");
+    put_signed_snapshot(&env, &late, after, &state, SourceKind::Sqlite, &signer);
+    let out = env.dir.path().join("late.db");
+    let r = script(&env, &late, &env.key(), &out, &[]);
+    assert!(!r.status.success(), "{}", text(&r));
+    assert!(
+        text(&r).contains("signed by writer app-1 after it was removed"),
+        "{}",
+        text(&r)
+    );
+    assert_nothing_written(&env, &out);
+
+    // Finished before the removal: trusted, so the script goes on to the
+    // data (which this made-up snapshot does not have).
+    let before = now - chrono::Duration::seconds(3600);
+    let early = snapshot_id(before, "0000000b");
+    put_signed_snapshot(&env, &early, before, &state, SourceKind::Sqlite, &signer);
+    let out = env.dir.path().join("early.db");
+    let r = script(&env, &early, &env.key(), &out, &[]);
+    assert!(!r.status.success(), "{}", text(&r));
+    assert!(
+        text(&r).contains("signed by offsite-writer1") && text(&r).contains("is in no index file"),
+        "{}",
+        text(&r)
+    );
+    assert_nothing_written(&env, &out);
 }
 
 /// Lists signed by the owner (so every signature holds) that would write
@@ -485,15 +602,14 @@ fn owner_signer(
 #[test]
 fn stock_tools_v2_refuse_hostile_paths_even_when_signed() {
     use backup_core::chunk::{ChunkId, ChunkKey};
-    use backup_core::repo::format::list2::{object, ListState};
-    use backup_core::repo::ManifestV2;
+    use backup_core::repo::format::list2::ListState;
     use backup_core::source::{Entry, SourceKind};
 
     require_tools();
     let env = Env::new();
     env.make_db(&env.db(), 100);
     env.ok(&["backup"]);
-    let (signer, meta, keyring) = owner_signer(&env);
+    let signer = owner_signer(&env);
     let outside = env.dir.path().join("outside");
     std::fs::create_dir(&outside).unwrap();
     let o = outside.display().to_string();
@@ -538,38 +654,8 @@ fn stock_tools_v2_refuse_hostile_paths_even_when_signed() {
             state.insert(entry, chunks).unwrap();
         }
         let when = start + chrono::Duration::seconds(i as i64);
-        let id = format!("{}-0000000{i}", when.format("%Y%m%dT%H%M%SZ"));
-        put(
-            &env.repo(),
-            &format!("lists/{id}/full"),
-            &object::encode_full(&id, &state, &signer, &meta).unwrap(),
-        );
-        let manifest = ManifestV2 {
-            id: id.clone(),
-            source: "app".into(),
-            kind: SourceKind::Files,
-            host: "h".into(),
-            writer: "owner".into(),
-            started: when,
-            finished: when,
-            size: 5,
-            files: 1,
-            chunks: 1,
-            new_bytes: 0,
-            uploaded_bytes: 0,
-            list_blake3: state.list_blake3(),
-            parent: None,
-            generation: keyring["generation"].as_u64().unwrap() as u32,
-            keyring: keyring["serial"].as_u64().unwrap() as u32,
-            page_size: None,
-            tags: vec![],
-            tool: "offsite test".into(),
-        };
-        put(
-            &env.repo(),
-            &manifest.key(),
-            &manifest.encode(&signer, &meta).unwrap(),
-        );
+        let id = snapshot_id(when, &format!("0000000{i}"));
+        put_signed_snapshot(&env, &id, when, &state, SourceKind::Files, &signer);
         let to = env.dir.path().join(format!("out{i}"));
         let r = script(&env, &id, &env.key(), &to, &[]);
         let all = text(&r);
