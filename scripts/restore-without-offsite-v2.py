@@ -37,6 +37,7 @@ and leaves OUTPUT absent.
 
 import argparse
 import calendar
+import datetime
 import json
 import os
 import re
@@ -340,8 +341,11 @@ def is_snapshot_id(s):
     m = SNAPSHOT_ID.match(s)
     if not m:
         return False
-    y, mo, d, h, mi, sec = (int(g) for g in m.groups())
-    return 1 <= mo <= 12 and 1 <= d <= 31 and h < 24 and mi < 60 and sec < 60
+    try:
+        datetime.datetime(*(int(g) for g in m.groups()))
+    except ValueError:
+        return False
+    return True
 
 
 def canon_int(s, lo, hi):
@@ -1091,10 +1095,15 @@ def fetch_pack(ctx, pack, pieces, data_len, chunk_key, dests):
                              f"{have}): the pack is damaged; offsite restore tries other copies "
                              "and targets")
         index = {cid: names[n] for n, cid in enumerate(unique)}
-        for cid, _, length, number, at in pieces:
-            with open(index[cid], "rb") as f, open(dests[number], "r+b") as o:
-                o.seek(at)
-                o.write(f.read())
+        outs = {n: open(dests[n], "r+b") for n in {p[3] for p in pieces}}
+        try:
+            for cid, _, _, number, at in pieces:
+                with open(index[cid], "rb") as f:
+                    outs[number].seek(at)
+                    outs[number].write(f.read())
+        finally:
+            for o in outs.values():
+                o.close()
     shutil.rmtree(scratch)
     os.unlink(decoded)
 
@@ -1144,40 +1153,40 @@ def create(path):
     os.close(fd)
 
 
-def write_snapshot(ctx, state, layout, files, by_pack, data_len, chunk_key, output):
-    dests = []
+def destinations(state, layout, files, output):
+    """Where each file goes, by number; creates the directories (private
+    until their modes are set at the end) and returns them with their modes."""
     if layout == "tree":
         os.mkdir(output.partial)
     os.umask(0o077)
+    dests, dirs = [], []
     for number, path in enumerate(files):
         if layout == "tree":
-            dests.append(None)
+            dests.append(os.path.join(output.partial, path))
         elif layout == "duckdb" and number == 1:
             dests.append(output.wal_partial)
         else:
             dests.append(output.partial)
-    dirs = []
     for path in sorted(state, key=canon_key):
         entry = state[path][0]
         if entry[0] == "D":
             os.mkdir(os.path.join(output.partial, path), 0o700)
             dirs.append((entry[1], os.path.join(output.partial, path)))
-        elif entry[0] == "F" and layout == "tree":
-            dests[files.index(path)] = os.path.join(output.partial, path)
+    return dests, dirs
+
+
+def set_metadata(state, files, dests, dirs, output):
+    """Sizes checked, then modes and mtimes, links, directory modes."""
     for number, path in enumerate(files):
-        create(dests[number])
-        os.truncate(dests[number], state[path][0][2])
-    for pack in sorted(by_pack):
-        fetch_pack(ctx, pack, by_pack[pack], data_len, chunk_key, dests)
-    for number, path in enumerate(files):
-        entry = state[path][0]
-        if os.path.getsize(dests[number]) != entry[2]:
-            raise Refuse(f"{dests[number]} has {os.path.getsize(dests[number])} bytes, the list says {entry[2]}")
+        _, mode, size, mtime, _ = state[path][0]
+        have = os.path.getsize(dests[number])
+        if have != size:
+            raise Refuse(f"{dests[number]} has {have} bytes, the list says {size}")
         # Mode 0 and mtime 0 mean "not recorded", as for offsite itself.
-        if entry[3] > 0:
-            os.utime(dests[number], (os.stat(dests[number]).st_atime, entry[3]))
-        if entry[1] & 0o7777:
-            os.chmod(dests[number], entry[1] & 0o7777)
+        if mtime > 0:
+            os.utime(dests[number], (os.stat(dests[number]).st_atime, mtime))
+        if mode & 0o7777:
+            os.chmod(dests[number], mode & 0o7777)
     # Links after every file, so no write ever goes through one.
     for path in sorted(state, key=canon_key):
         entry = state[path][0]
@@ -1188,7 +1197,18 @@ def write_snapshot(ctx, state, layout, files, by_pack, data_len, chunk_key, outp
             os.symlink(entry[2], link)
     # Directories last and deepest first, so a read-only one is set after everything in it.
     for mode, d in reversed(dirs):
-        os.chmod(d, (mode & 0o7777) if mode & 0o7777 else 0o755)
+        if mode & 0o7777:
+            os.chmod(d, mode & 0o7777)
+
+
+def write_snapshot(ctx, state, layout, files, by_pack, data_len, chunk_key, output):
+    dests, dirs = destinations(state, layout, files, output)
+    for number, path in enumerate(files):
+        create(dests[number])
+        os.truncate(dests[number], state[path][0][2])
+    for pack in sorted(by_pack):
+        fetch_pack(ctx, pack, by_pack[pack], data_len, chunk_key, dests)
+    set_metadata(state, files, dests, dirs, output)
 
 
 def finish(output, layout):
