@@ -1333,9 +1333,9 @@ def check_manifest_types(m, key):
         raise Refuse(f"{key}: page_size is not a SQLite page size (or is set for another kind)")
 
 
-def restore(args, work):
-    ctx = Context(args, work)
-    output = Output(os.path.abspath(args.output))
+def refuse_early(args, ctx, output):
+    """What can be refused before any key is used: a bad snapshot id, an
+    output in the way, a missing output directory."""
     if not re.fullmatch(r"[^/.][^/]*", args.snapshot):
         raise Refuse(f"{args.snapshot} is not a snapshot id (see: ls {args.repo}/snapshots/)")
     if not os.path.isfile(ctx.path(f"snapshots/{args.snapshot}")):
@@ -1344,35 +1344,46 @@ def restore(args, work):
     if not os.path.isdir(os.path.dirname(output.out)):
         raise Refuse(f"{os.path.dirname(output.out)} is not a directory: create it first "
                      "(nothing was written)")
-    ctx.keyset = read_config(ctx)
-    ids = identity_lines(args.identity)
+
+
+def open_keys(ctx, args, ids):
+    """Steps 1 and 2: the owner key (given, or derived from the identity),
+    the keyring it signed, and the checked bundle of the first identity
+    the keyring lists. Sets the verifiers and scratch identities of `ctx`;
+    returns the keyring and the chunk key K."""
     if args.owner_key is not None:
-        owner = bech32_encode("offsite-owner", bech32_decode(args.owner_key, "offsite-owner", 32,
-                                                             "--owner-key"))
-        ctx.owners = {owner}
+        owner = bech32_decode(args.owner_key, "offsite-owner", 32, "--owner-key")
+        ctx.owners = {bech32_encode("offsite-owner", owner)}
     elif ctx.verify:
         ctx.owners = {owner_public_of(i) for i in ids}
-    ctx.owner_verifier = Verifier(work, ctx.keyset, ctx.owners, ctx.verify)
-
+    ctx.owner_verifier = Verifier(ctx.work, ctx.keyset, ctx.owners, ctx.verify)
     ring = open_keyring(ctx)
-    print(f"keyring: keyring/{ring['serial']:08}, {'signed by ' + ring['owner'] if ctx.verify else 'NOT VERIFIED'}")
+    signed = f"signed by {ring['owner']}" if ctx.verify else "NOT VERIFIED"
+    print(f"keyring: keyring/{ring['serial']:08}, {signed}")
     ctx.owners = {ring["owner"]} if ctx.verify else set()
     ctx.writers = {w.get("key"): w for w in ring["writers"]}
-    ctx.verifier = Verifier(work, ctx.keyset, set(ctx.owners) | set(ctx.writers), ctx.verify)
-    bundle_ids, chunk_key = None, None
+    ctx.verifier = Verifier(ctx.work, ctx.keyset, ctx.owners | set(ctx.writers), ctx.verify)
     for identity in ids:
         try:
-            bundle_ids, chunk_key = open_bundle(ctx, ring, identity)
-            break
+            ctx.meta_ids, chunk_key = open_bundle(ctx, ring, identity)
+            ctx.data_ids = ctx.meta_ids
+            return ring, chunk_key
         except Refuse as e:
             if identity == ids[-1]:
                 raise
             warn(str(e))
-    ctx.meta_ids = ctx.data_ids = bundle_ids
 
+
+def restore(args, work):
+    ctx = Context(args, work)
+    output = Output(os.path.abspath(args.output))
+    refuse_early(args, ctx, output)
+    ctx.keyset = read_config(ctx)
+    ring, chunk_key = open_keys(ctx, args, identity_lines(args.identity))
     manifest, signer = read_manifest(ctx, args.snapshot, ring)
+    signed = f"signed by {signer}" if ctx.verify else "NOT VERIFIED"
     print(f"manifest: snapshots/{args.snapshot} ({manifest['kind']} of {manifest['source']}), "
-          f"{'signed by ' + signer if ctx.verify else 'NOT VERIFIED'}")
+          f"{signed}")
     state = rebuild_list(ctx, manifest)
     layout = check_paths(state, manifest["kind"])
     files = [p for p in sorted(state, key=canon_key) if state[p][0][0] == "F"]
