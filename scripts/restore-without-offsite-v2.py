@@ -1068,44 +1068,57 @@ def keyed_ids(chunk_key, pieces):
 def fetch_pack(ctx, pack, pieces, data_len, chunk_key, dests):
     """Decodes one pack's DATA, checks every chunk wanted from it against its
     keyed id, and only then copies it into the files."""
-    data, _ = pack_layout(ctx, pack)
-    decoded = os.path.join(ctx.work, "pack.data")
-    got, error = decode_to_file(ctx.path(pack), data, ctx.data_ids, decoded, pack, data_len[pack])
-    if error is None and got != data_len[pack]:
-        raise Refuse(f"{pack}: its data decodes to {got} bytes, its index says {data_len[pack]}")
-    if error is not None:
-        raise Refuse(f"{pack} is damaged: its data does not decode ({error}); this script "
-                     "reads one copy of each chunk (the best the index files and damage "
-                     "records name), offsite restore tries the others and other targets")
-    scratch = os.path.join(ctx.work, "pieces")
-    os.mkdir(scratch)
+    decoded = decode_pack_data(ctx, pack, data_len[pack])
     with open(decoded, "rb") as src:
         unique = {}
         for cid, off, length, _, _ in pieces:
             unique.setdefault(cid, (off, length))
+        check_chunks(ctx, pack, src, unique, chunk_key)
+        # The decoded DATA is this run's private file, unchanged since the check.
+        outs = {n: open(dests[n], "r+b") for n in {p[3] for p in pieces}}
+        try:
+            for _, off, length, number, at in pieces:
+                src.seek(off)
+                outs[number].seek(at)
+                outs[number].write(src.read(length))
+        finally:
+            for o in outs.values():
+                o.close()
+    os.unlink(decoded)
+
+
+def decode_pack_data(ctx, pack, want):
+    """The file holding pack's decoded DATA, exactly `want` bytes."""
+    data, _ = pack_layout(ctx, pack)
+    decoded = os.path.join(ctx.work, "pack.data")
+    got, error = decode_to_file(ctx.path(pack), data, ctx.data_ids, decoded, pack, want)
+    if error is not None:
+        raise Refuse(f"{pack} is damaged: its data does not decode ({error}); this script "
+                     "reads one copy of each chunk (the best the index files and damage "
+                     "records name), offsite restore tries the others and other targets")
+    if got != want:
+        raise Refuse(f"{pack}: its data decodes to {got} bytes, its index says {want}")
+    return decoded
+
+
+def check_chunks(ctx, pack, src, unique, chunk_key):
+    """Each chunk {id: (offset, length)} of the decoded DATA `src`, cut into
+    a piece file, against its keyed BLAKE3 id (b3sum --keyed)."""
+    scratch = tempfile.mkdtemp(prefix="pieces-", dir=ctx.scratch)
+    try:
         names = []
-        for n, (cid, (off, length)) in enumerate(unique.items()):
+        for n, (off, length) in enumerate(unique.values()):
             src.seek(off)
             names.append(os.path.join(scratch, str(n)))
             with open(names[-1], "wb") as f:
                 f.write(src.read(length))
-        for (cid, _), have in zip(unique.items(), keyed_ids(chunk_key, names)):
+        for cid, have in zip(unique, keyed_ids(chunk_key, names)):
             if have != cid:
                 raise Refuse(f"chunk {cid} in {pack} does not match its keyed BLAKE3 id (it is "
                              f"{have}): the pack is damaged; offsite restore tries other copies "
                              "and targets")
-        index = {cid: names[n] for n, cid in enumerate(unique)}
-        outs = {n: open(dests[n], "r+b") for n in {p[3] for p in pieces}}
-        try:
-            for cid, _, _, number, at in pieces:
-                with open(index[cid], "rb") as f:
-                    outs[number].seek(at)
-                    outs[number].write(f.read())
-        finally:
-            for o in outs.values():
-                o.close()
-    shutil.rmtree(scratch)
-    os.unlink(decoded)
+    finally:
+        shutil.rmtree(scratch)
 
 
 # ---------------------------------------------------------------- writing
@@ -1225,9 +1238,23 @@ def finish(output, layout):
 # ---------------------------------------------------------------- the restore
 
 
+def scratch_dir(work):
+    """Where chunk pieces are cut for b3sum: a RAM disk when there is one
+    (thousands of small files a pack; one pack's worth at a time), else the
+    work directory. Either way a private directory of this run."""
+    for d in (os.environ.get("XDG_RUNTIME_DIR"), "/dev/shm"):
+        if d and os.path.isdir(d) and os.access(d, os.W_OK | os.X_OK):
+            try:
+                return tempfile.mkdtemp(prefix="offsite-v2-restore-", dir=d)
+            except OSError:
+                continue
+    return work
+
+
 class Context:
-    def __init__(self, args, work):
+    def __init__(self, args, work, scratch):
         self.repo, self.work, self.verify = args.repo, work, not args.no_signatures
+        self.scratch = scratch
         self.identity_file = args.identity
         self.owner_key_given = args.owner_key is not None
         self.keyset = None
@@ -1374,8 +1401,8 @@ def open_keys(ctx, args, ids):
             warn(str(e))
 
 
-def restore(args, work):
-    ctx = Context(args, work)
+def restore(args, work, scratch):
+    ctx = Context(args, work, scratch)
     output = Output(os.path.abspath(args.output))
     refuse_early(args, ctx, output)
     ctx.keyset = read_config(ctx)
@@ -1416,9 +1443,10 @@ def main():
     # SystemExit unwinds like any exception, so what was written is removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = tempfile.mkdtemp(prefix="offsite-v2-restore-")
+    scratch = scratch_dir(work)
     try:
         require_tools(not args.no_signatures)
-        manifest = restore(args, work)
+        manifest = restore(args, work, scratch)
     except Refuse as e:
         warn(str(e))
         sys.exit(1)
@@ -1429,6 +1457,7 @@ def main():
         sys.exit(130)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     how = "UNAUTHENTICATED (--no-signatures)" if args.no_signatures else "signatures verified"
     print(f"restored {manifest['id']} ({manifest['kind']}) to {args.output} "
           f"(list_blake3 {manifest['list_blake3']}, {how})")
