@@ -239,6 +239,18 @@ fn stock_tools_restore_v2_with_a_second_recipients_identity() {
     assert_eq!(integrity(&out), "ok");
     assert_eq!(dump(&out), dump(&env.db()));
 
+    // Without the owner key and without checking signatures: restored, and
+    // said to be unauthenticated.
+    let unchecked = env.dir.path().join("unchecked.db");
+    let r = script(&env, &id, &identity, &unchecked, &["--no-signatures"]);
+    assert!(r.status.success(), "{}", text(&r));
+    assert!(
+        text(&r).contains("UNAUTHENTICATED") && !text(&r).contains("signatures verified"),
+        "{}",
+        text(&r)
+    );
+    assert_eq!(dump(&unchecked), dump(&env.db()));
+
     // A wrong owner key is refused: the keyring is not signed by it.
     let (other, other_owner) = initialised();
     drop(other);
