@@ -495,22 +495,26 @@ fn owner_signer(env: &Env) -> backup_core::sign::Signer {
     backup_core::sign::Signer::owner(&owner, keyring_now(env).0)
 }
 
-/// Stores snapshot `id` of `state` (a full list and a manifest finished
-/// `when`), both signed by `signer`, encrypted to the current M.
+/// Stores snapshot `id` whose full list body is `list` (a manifest
+/// finished `when` and the list), both signed by `signer`, encrypted to
+/// the current M.
 fn put_signed_snapshot(
     env: &Env,
     id: &str,
     when: chrono::DateTime<chrono::Utc>,
-    state: &backup_core::repo::format::list2::ListState,
+    list: Vec<u8>,
     kind: backup_core::source::SourceKind,
     signer: &backup_core::sign::Signer,
 ) {
-    use backup_core::repo::format::list2::object;
+    use backup_core::repo::format::list2::ListHash;
+    use backup_core::repo::format::sealed;
     let (_, meta, keyring) = keyring_now(env);
+    let list_blake3 = ListHash::of(&list);
+    let key = format!("lists/{id}/full");
     put(
         &env.repo(),
-        &format!("lists/{id}/full"),
-        &object::encode_full(id, state, signer, &meta).unwrap(),
+        &key,
+        &sealed::encode(&key, list, signer, &meta).unwrap(),
     );
     let sqlite = kind == backup_core::source::SourceKind::Sqlite;
     let manifest = backup_core::repo::ManifestV2 {
@@ -526,7 +530,7 @@ fn put_signed_snapshot(
         chunks: 1,
         new_bytes: 0,
         uploaded_bytes: 0,
-        list_blake3: state.list_blake3(),
+        list_blake3,
         parent: None,
         generation: keyring["generation"].as_u64().unwrap() as u32,
         keyring: keyring["serial"].as_u64().unwrap() as u32,
@@ -581,7 +585,14 @@ fn stock_tools_v2_refuse_what_a_removed_writer_signed_after_its_removal() {
     let now = chrono::Utc::now();
     let after = now + chrono::Duration::seconds(60);
     let late = snapshot_id(after, "0000000a");
-    put_signed_snapshot(&env, &late, after, &state, SourceKind::Sqlite, &signer);
+    put_signed_snapshot(
+        &env,
+        &late,
+        after,
+        state.write_full(),
+        SourceKind::Sqlite,
+        &signer,
+    );
     let out = env.dir.path().join("late.db");
     let r = script(&env, &late, &env.key(), &out, &[]);
     assert!(!r.status.success(), "{}", text(&r));
@@ -596,7 +607,14 @@ fn stock_tools_v2_refuse_what_a_removed_writer_signed_after_its_removal() {
     // data (which this made-up snapshot does not have).
     let before = now - chrono::Duration::seconds(3600);
     let early = snapshot_id(before, "0000000b");
-    put_signed_snapshot(&env, &early, before, &state, SourceKind::Sqlite, &signer);
+    put_signed_snapshot(
+        &env,
+        &early,
+        before,
+        state.write_full(),
+        SourceKind::Sqlite,
+        &signer,
+    );
     let out = env.dir.path().join("early.db");
     let r = script(&env, &early, &env.key(), &out, &[]);
     assert!(!r.status.success(), "{}", text(&r));
@@ -609,8 +627,8 @@ fn stock_tools_v2_refuse_what_a_removed_writer_signed_after_its_removal() {
 }
 
 /// Lists signed by the owner (so every signature holds) that would write
-/// outside the output, through a link, or a name with a newline: refused
-/// before anything is written.
+/// outside the output, through a link or a file, a name with a newline, or
+/// one path twice: refused before anything is written.
 #[test]
 fn stock_tools_v2_refuse_hostile_paths_even_when_signed() {
     use backup_core::chunk::{ChunkId, ChunkKey};
@@ -658,22 +676,34 @@ fn stock_tools_v2_refuse_hostile_paths_even_when_signed() {
         vec![file("x"), file("x/pwned")],
         vec![file("new\nline")],
     ];
+    let mut bodies: Vec<(String, Vec<u8>)> = crafted
+        .into_iter()
+        .map(|entries| {
+            let mut state = ListState::default();
+            let what = format!("{entries:?}");
+            for (entry, chunks) in entries {
+                state.insert(entry, chunks).unwrap();
+            }
+            (what, state.write_full())
+        })
+        .collect();
+    // A path twice, which no state can hold: only a body written by hand.
+    let twice = format!(
+        "offsite-list 2\nF 644 5 0 a\n{} 5\nF 644 5 0 a\n{} 5\n",
+        chunk.0, chunk.0
+    );
+    bodies.push(("a twice".into(), twice.into_bytes()));
     let start = chrono::Utc::now() + chrono::Duration::seconds(60);
-    for (i, entries) in crafted.into_iter().enumerate() {
-        let mut state = ListState::default();
-        let what = format!("{entries:?}");
-        for (entry, chunks) in entries {
-            state.insert(entry, chunks).unwrap();
-        }
+    for (i, (what, body)) in bodies.into_iter().enumerate() {
         let when = start + chrono::Duration::seconds(i as i64);
         let id = snapshot_id(when, &format!("0000000{i}"));
-        put_signed_snapshot(&env, &id, when, &state, SourceKind::Files, &signer);
+        put_signed_snapshot(&env, &id, when, body, SourceKind::Files, &signer);
         let to = env.dir.path().join(format!("out{i}"));
         let r = script(&env, &id, &env.key(), &to, &[]);
         let all = text(&r);
         assert!(!r.status.success(), "{what}: {all}");
         assert!(
-            all.contains("unsafe") || all.contains("control character"),
+            all.contains("unsafe") || all.contains("control character") || all.contains("repeated"),
             "{what}: {all}"
         );
         assert!(
