@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the tests need, when it is missing. Idempotent and quiet.
 #
-# - apt: the age and zstd command-line tools (the stock-tools restore test),
-#   openssl (format 2's signatures must verify with `openssl pkeyutl`)
+# - apt: the age and zstd command-line tools (the stock-tools restore tests),
+#   b3sum (the format 2 stock-tools restore checks keyed chunk ids and
+#   list_blake3 with it), openssl (format 2's signatures must verify with
+#   `openssl pkeyutl`)
 #   and sqlite3 (the benchmark's reference pipeline); python3 (its sqlite3
 #   module plays the application in the restore tests: a writer, a killed
 #   app); python3-pip and python3-venv when pip is not there; zsh, fish and
@@ -33,7 +35,7 @@ apt_install() {
 
 # 1. Command-line tools.
 need=()
-for tool in age zstd openssl sqlite3 zsh fish; do
+for tool in age zstd b3sum openssl sqlite3 zsh fish; do
   command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
 command -v groff >/dev/null 2>&1 || need+=(groff-base)

@@ -19,7 +19,22 @@
 # is written under OUTPUT.partial (OUTPUT.wal.partial) and renamed into place
 # only once the SHA-256 of the whole snapshot matches its manifest. Any failure
 # exits non-zero, removes what it wrote, and leaves OUTPUT absent.
+#
+# A format 2 repository (its config says "version": 2) is handed over, with
+# the same arguments, to restore-without-offsite-v2.py beside this script
+# (Python 3, age, zstd, b3sum, openssl; it also takes --owner-key and
+# --no-signatures): format 2 is signed, and checking that needs more than
+# a POSIX shell.
 set -eu
+if [ $# -ge 1 ] && [ -f "$1/config" ] \
+  && grep -Eq '"version"[[:space:]]*:[[:space:]]*2[[:space:]]*[,}]' "$1/config"; then
+  v2="$(dirname -- "$0")/restore-without-offsite-v2.py"
+  command -v python3 >/dev/null 2>&1 || {
+    echo "restore-without-offsite: $1 is a format 2 repository, restored by $v2, which needs python3 (apt-get install python3)" >&2
+    exit 1
+  }
+  exec python3 "$v2" "$@"
+fi
 [ $# -eq 4 ] || { echo "usage: $0 REPO_DIR SNAPSHOT_ID IDENTITY_FILE OUTPUT" >&2; exit 2; }
 repo=$1 snap=$2 key=$3 out=$4
 export LC_ALL=C

@@ -657,7 +657,7 @@ fn fixture_env(repo: &Path, identity: &Path, owner: &str) -> Env {
     env
 }
 
-fn count_and_body_length(db: &Path) -> String {
+pub(crate) fn count_and_body_length(db: &Path) -> String {
     let c = Connection::open(db).unwrap();
     let (n, sum): (i64, i64) = c
         .query_row("SELECT count(*), sum(length(body)) FROM tasks", [], |r| {

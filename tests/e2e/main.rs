@@ -1,6 +1,6 @@
 //! End-to-end tests: the real `offsite` binary, real SQLite databases, a real
 //! local target, and for the format procedure the real `age` and `zstd` tools
-//! (stock_tools.rs).
+//! (stock_tools.rs), with `b3sum` and `openssl` for format 2 (stock_tools_v2.rs).
 
 mod apps;
 mod cli_conventions;
@@ -32,6 +32,7 @@ mod restore_paths;
 mod serve;
 mod serve_api;
 mod stock_tools;
+mod stock_tools_v2;
 mod support;
 mod targets;
 mod temp_cleanup;

@@ -2,8 +2,9 @@
 //! real `age` and `zstd` (scripts/install-test-deps.sh installs them): every
 //! kind of snapshot restores and checks out, and a list that would write
 //! outside the output, or a kind the script does not know, is refused with
-//! nothing written. The script reads format 1 (the format 2 one is not
-//! built yet), so every repository here is made with `format = 1`.
+//! nothing written. These are the format 1 script's own tests, so every
+//! repository here is made with `format = 1`; format 2 (the Python script
+//! it hands over to) is tested in stock_tools_v2.rs.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -86,7 +87,7 @@ fn a_sqlite_snapshot_restores_with_stock_tools() {
     assert_eq!(dump(&out), dump(&env.db()));
 }
 
-fn duckdb_rows(path: &Path) -> Vec<Vec<Option<String>>> {
+pub(crate) fn duckdb_rows(path: &Path) -> Vec<Vec<Option<String>>> {
     let mut db = Database::open(path, true).unwrap();
     db.query("SELECT id::VARCHAR, name FROM events ORDER BY id")
         .unwrap()
@@ -138,7 +139,7 @@ fn a_duckdb_snapshot_restores_with_its_wal_with_stock_tools() {
 
 /// Everything a tree holds, by relative path: kind, mode, mtime of files,
 /// contents or link target.
-fn tree(root: &Path) -> BTreeMap<String, (char, u32, i64, Vec<u8>)> {
+pub(crate) fn tree(root: &Path) -> BTreeMap<String, (char, u32, i64, Vec<u8>)> {
     fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, (char, u32, i64, Vec<u8>)>) {
         for e in std::fs::read_dir(dir).unwrap() {
             let p = e.unwrap().path();
@@ -164,7 +165,7 @@ fn tree(root: &Path) -> BTreeMap<String, (char, u32, i64, Vec<u8>)> {
     out
 }
 
-fn make_tree(dir: &Path) -> PathBuf {
+pub(crate) fn make_tree(dir: &Path) -> PathBuf {
     let t = dir.join("tree");
     let file = |rel: &str, data: &[u8], mode: u32| {
         let p = t.join(rel);
