@@ -506,7 +506,10 @@ async fn prune_deletes_key_bundles_the_keyring_does_not_name() {
         .await
         .unwrap();
     assert_eq!(dry.bundles_deleted, 1);
-    assert!(v2.mem.keys().contains(&stray.to_string()), "a dry run deletes nothing");
+    assert!(
+        v2.mem.keys().contains(&stray.to_string()),
+        "a dry run deletes nothing"
+    );
     let report = writer.prune_v2(&policy(5, 0)).await.unwrap();
     assert_eq!(report.bundles_deleted, 1);
     let left: BTreeSet<String> = (v2.mem.keys().into_iter())
