@@ -37,6 +37,9 @@ path = "app.db"
 name = "local"
 kind = "local"
 path = "repo"
+# The format 1 rows: format 2 is what a backup makes by default.
+format = 1
+allow_unsigned = true
 TOML
 # The same source to a format 2 repository (signed, keyed chunk ids, delta
 # lists), made by `offsite init` with the same identity as its owner.
