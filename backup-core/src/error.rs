@@ -85,6 +85,14 @@ pub enum Error {
          repository is created by its owner, whose identity this host does not hold"
     )]
     NoOwnerToCreate { target: String },
+    /// A backup did not create a repository on the empty `target` because
+    /// `other`, which may hold the key set it must join, could not be read
+    /// (a new key set there would split the targets for good).
+    #[error(
+        "{target} holds no repository yet, and it is not created while {other} cannot be \
+         read: a new repository joins the key set of the other targets"
+    )]
+    CreationWaits { target: String, other: String },
     /// A restore, verify or drill of a format 1 repository, whose snapshots
     /// nobody signed, without the override (design 3.5).
     #[error(

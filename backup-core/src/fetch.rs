@@ -281,9 +281,17 @@ async fn from_fallback(
         );
         return Ok((wants, got));
     }
-    let index = match repo.keyset() {
-        Some(keys) => repo.index_v2(keys).await?.index,
-        None => repo.load_index(ids).await?,
+    // Format 2: the fallback's own keys. One key set's targets share the
+    // chunk-id key, but each target's later generations are its own.
+    let own;
+    let (index, ids) = match repo.keyset() {
+        Some(keys) => {
+            own = keys.data().ok_or_else(|| {
+                Error::Key("a writer key cannot read another target's packs".into())
+            })?;
+            (repo.index_v2(keys).await?.index, &own)
+        }
+        None => (repo.load_index(ids).await?, ids),
     };
     let placed = place(wants, |id| index.get(id).filter(|l| !l.damaged));
     let Index { packs, damage, .. } = index;

@@ -36,7 +36,7 @@ use crate::keys::bundle::{bundle_key, Bundle, GenerationKeys, Holder};
 use crate::keys::v2::{holder_id, OwnerKey, OwnerPublic, WriterPublic};
 use crate::keys::Identities;
 use crate::lock::{Lock, LockKind, LockWait};
-use crate::repo::{Repository, KEYS};
+use crate::repo::{Repository, KEYRING, KEYS};
 use crate::storage::PutMode;
 
 /// The owner: its age identity (which opens its bundle) and the signing
@@ -549,4 +549,81 @@ async fn write_bundle(repo: &Repository, bundle: &Bundle, key: &str) -> Result<(
     crate::failpoint::hit("keys.bundle").map_err(|e| Error::io(format!("writing {key}"), e))?;
     repo.put_bytes(key, Bytes::from(sealed), PutMode::Create)
         .await
+}
+
+/// Makes `to`, a target of `from`'s key set, hold `from`'s keyring chain
+/// and bundles: after a key change made on `from`, or for a target that
+/// missed one (it was down). One key set's targets then hold the very same
+/// keyrings and generation keys, so a host's memory of the newest serial
+/// holds for each of them and a restore can take chunks from any of them.
+/// What `to` lacks is copied as it is ([`init::copy_keys`]: signed, and
+/// encrypted to their holders, the objects mean the same anywhere), under
+/// the lock the change took (`exclusive` for a removal: no backup on `to`
+/// runs with the old generation meanwhile); then, as `key remove` does,
+/// bundles `from` no longer holds (and `to`'s newest keyring does not
+/// name) are deleted under the exclusive lock. Refused, nothing written, when the two hold different
+/// objects under one name (their keys diverged: earlier releases changed
+/// each target on its own). The new keyring is checked as every open
+/// checks it, against `owner`, and remembered.
+pub async fn bring_level(
+    from: &Repository,
+    to: &Repository,
+    owner: &Owner,
+    exclusive: bool,
+    opts: &AdminOptions,
+) -> Result<KeyChange> {
+    if from.config().keyset() != to.config().keyset() {
+        let reason = format!("it is of another key set than {}", from.describe());
+        return Err(refused(&to.describe(), reason));
+    }
+    // The locks the change took on `from`: a removal's exclusive one waits
+    // for running backups, as `key remove` does.
+    let lock = match exclusive {
+        true => Lock::acquire_waiting(to, "key change", opts.lock_wait).await?,
+        false => Lock::acquire(to, LockKind::Shared, "key change", opts.lock_wait).await?,
+    };
+    let result = level_locked(from, to, owner, exclusive, opts).await;
+    lock.release().await;
+    result
+}
+
+async fn level_locked(
+    from: &Repository,
+    to: &Repository,
+    owner: &Owner,
+    exclusive: bool,
+    opts: &AdminOptions,
+) -> Result<KeyChange> {
+    let mut present = to.list(KEYRING).await?;
+    present.extend(to.list(KEYS).await?);
+    let copied = crate::repo::init::copy_keys(from, to.storage().as_ref(), &present).await?;
+    let keyring = Keyring::open(to, &owner.public(), opts.memory.as_ref()).await?;
+    let mut deleted = Vec::new();
+    if exclusive {
+        // What `from` no longer holds: the removed holder's bundles, which
+        // its removal deleted there (never one the keyring names: that
+        // one `from` holds, and it was just checked by the open above).
+        let kept: Vec<String> = (from.list(KEYS).await?.into_iter())
+            .map(|m| m.key)
+            .collect();
+        let named = |key: &str| {
+            let body = &keyring.body;
+            body.recipients.iter().any(|r| r.bundle == key)
+                || body
+                    .writers
+                    .iter()
+                    .any(|w| w.bundle.as_deref() == Some(key))
+        };
+        for meta in to.list(KEYS).await? {
+            if !kept.contains(&meta.key) && !named(&meta.key) {
+                to.delete(&meta.key).await?;
+                deleted.push(meta.key);
+            }
+        }
+    }
+    Ok(KeyChange {
+        keyring,
+        changed: copied > 0,
+        deleted,
+    })
 }

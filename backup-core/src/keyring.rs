@@ -142,6 +142,12 @@ pub fn keyring_key(serial: u64) -> String {
 }
 
 /// The serial a `keyring/` object's name gives, if it is a keyring name.
+/// The highest serial named under `keyring/` on `repo` (verified or not).
+pub async fn highest_listed(repo: &Repository) -> Result<Option<u64>> {
+    let listed = repo.list(KEYRING).await?;
+    Ok(listed.iter().filter_map(|m| serial_of(&m.key)).max())
+}
+
 fn serial_of(key: &str) -> Option<u64> {
     let digits = key.strip_prefix(KEYRING)?;
     let all_digits = digits.len() == 8 && digits.bytes().all(|b| b.is_ascii_digit());

@@ -122,6 +122,25 @@ impl KeySet {
         &self.keyset
     }
 
+    /// Refuses to go on when `repo` lists a keyring serial above the one
+    /// these keys were opened with: a key change landed since (the target
+    /// was opened before the caller's lock was taken), so what these keys
+    /// say is current may not be. For operations that act on "current"
+    /// (prune deleting bundles no keyring names, key rewrite): run again.
+    pub async fn ensure_current(&self, repo: &Repository, operation: &str) -> Result<()> {
+        let ours = self.keyring.serial();
+        match crate::keyring::highest_listed(repo).await? {
+            Some(newer) if newer > ours => Err(Error::Keyring(KeyringError::Refused {
+                target: repo.describe(),
+                reason: format!(
+                    "keyring/{newer:08} appeared after this host read serial {ours}: the keys \
+                     changed while {operation} waited; run it again"
+                ),
+            })),
+            _ => Ok(()),
+        }
+    }
+
     pub fn keyring(&self) -> &Keyring {
         &self.keyring
     }

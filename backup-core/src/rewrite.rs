@@ -15,10 +15,15 @@
 //! an object atomically (a reader gets the old object or the new one, both
 //! readable by every current holder) and because the new object is checked
 //! before it is written (it decrypts with the current key to the same
-//! bytes) and after (it is read back and compared).
+//! bytes) and after (it is read back and compared; an overwrite that did
+//! not land whole is written again, and failing that the old bytes are put
+//! back, so a full target or a short write never leaves the only copy bad).
+//! The keys are checked to be the newest after the lock is taken: a key
+//! change since the target was opened makes it stop and say to run again.
+//! Objects larger than any offsite writes (1 GiB) are left, never held.
 //!
-//! It holds the exclusive lock, so no backup, prune or verify runs
-//! meanwhile. Killed at any point, it leaves every object readable (old
+//! It holds the exclusive lock (`--dry-run` a shared one), so no backup,
+//! prune or verify runs meanwhile. Killed at any point, it leaves every object readable (old
 //! or new): a second run skips what already opens with the current keys
 //! and does the rest. An object no key held opens (junk, or damaged) is
 //! reported and left for `offsite prune` and `offsite verify`.
@@ -42,6 +47,13 @@ use crate::storage::{ObjectMeta, PutMode};
 
 /// Objects handled at once (each is held whole: a pack is a few MiB).
 const CONCURRENCY: usize = 4;
+
+/// The largest object encrypted again (a pack is a few MiB; a full list of
+/// a database of many GiB is the largest metadata): bigger ones are left.
+const MAX_OBJECT: u64 = 1 << 30;
+
+/// Tries of an overwrite, and of putting the old bytes back.
+const ATTEMPTS: usize = 3;
 
 /// The prefixes whose objects are encrypted to a generation's keys.
 const ENCRYPTED: [&str; 7] = [PACKS, SNAPSHOTS, LISTS, INDEX, CHECKS, PINS, DAMAGED];
@@ -89,9 +101,13 @@ pub async fn rewrite(repo: &Repository, opts: &RewriteOptions) -> Result<Rewrite
                 .into(),
         ));
     }
-    let lock = Lock::acquire_waiting(repo, "key rewrite", opts.lock_wait).await?;
-    let result = rewrite_locked(repo, keys, opts, &lock).await;
-    lock.release().await;
+    // A dry run writes nothing: a shared lock, so backups go on meanwhile.
+    let lock = match opts.dry_run {
+        true => Lock::acquire_for_reading(repo, "key rewrite --dry-run", opts.lock_wait).await?,
+        false => Some(Lock::acquire_waiting(repo, "key rewrite", opts.lock_wait).await?),
+    };
+    let result = rewrite_locked(repo, keys, opts, lock.as_ref()).await;
+    Lock::release_optional(lock).await;
     result
 }
 
@@ -99,8 +115,11 @@ async fn rewrite_locked(
     repo: &Repository,
     keys: &KeySet,
     opts: &RewriteOptions,
-    lock: &Lock,
+    lock: Option<&Lock>,
 ) -> Result<RewriteReport> {
+    // Opened before the lock: a `key remove` since would make "current"
+    // an older generation than the newest.
+    keys.ensure_current(repo, "key rewrite").await?;
     let mut report = RewriteReport {
         generation: keys.generation(),
         dry_run: opts.dry_run,
@@ -126,7 +145,9 @@ async fn rewrite_locked(
                 Done::Unreadable(why) => report.unreadable.push(format!("{key}: {why}")),
             }
         }
-        lock.ensure_held().await?;
+        if let Some(lock) = lock {
+            lock.ensure_held().await?;
+        }
     }
     report.unreadable.sort();
     Ok(report)
@@ -135,6 +156,14 @@ async fn rewrite_locked(
 /// Encrypts object `key` again when it is of an older generation.
 async fn one(repo: &Repository, keys: &KeySet, meta: &ObjectMeta, dry_run: bool) -> Result<Done> {
     let key = meta.key.as_str();
+    // Each object is held whole (twice, while it is encrypted again): one
+    // larger than offsite writes is junk, never downloaded.
+    if meta.size > MAX_OBJECT {
+        return Ok(Done::Unreadable(format!(
+            "{} bytes, more than offsite writes in one object",
+            meta.size
+        )));
+    }
     // Gone since it was listed (a pin removed meanwhile): nothing to do.
     let Some(raw) = repo.get_listed_or_gone(meta).await? else {
         return Ok(Done::Current);
@@ -151,18 +180,50 @@ async fn one(repo: &Repository, keys: &KeySet, meta: &ObjectMeta, dry_run: bool)
     };
     if !dry_run {
         crate::failpoint::hit("rewrite.put").map_err(|e| Error::io("rewriting", e))?;
-        let new = Bytes::from(new);
-        repo.put_bytes(key, new.clone(), PutMode::Overwrite).await?;
-        if repo.get_bytes(key).await? != new {
-            return Err(Error::Corrupt {
-                key: key.to_string(),
-                message: "read back after it was encrypted again, it differs from what was \
-                          written; run `offsite key rewrite` again"
-                    .into(),
-            });
+        replace(repo, key, Bytes::from(new), raw).await?;
+    }
+    Ok(Done::Rewritten(meta.size))
+}
+
+/// Overwrites `key` with `new` and reads it back. An overwrite that did
+/// not land whole (a short write, a read-back that differs) leaves a bad
+/// object where the only copy was: it is written again, and when that
+/// keeps failing the old bytes `old` are put back before the error is
+/// returned, so the object is never left unreadable.
+async fn replace(repo: &Repository, key: &str, new: Bytes, old: Bytes) -> Result<()> {
+    let mut last = None;
+    for _ in 0..ATTEMPTS {
+        match put_and_check(repo, key, &new).await {
+            Ok(()) => return Ok(()),
+            Err(e) => last = Some(e),
         }
     }
-    Ok(Done::Rewritten(raw.len() as u64))
+    let error = last.expect("at least one attempt");
+    for _ in 0..ATTEMPTS {
+        if put_and_check(repo, key, &old).await.is_ok() {
+            return Err(error);
+        }
+    }
+    Err(Error::Corrupt {
+        key: key.to_string(),
+        message: format!(
+            "encrypting it again failed ({}), and so did putting the old bytes back: the \
+             object may be unreadable; restore it from a copy of the bucket or another target",
+            crate::error::chain_text(&error)
+        ),
+    })
+}
+
+async fn put_and_check(repo: &Repository, key: &str, body: &Bytes) -> Result<()> {
+    repo.put_bytes(key, body.clone(), PutMode::Overwrite)
+        .await?;
+    if repo.get_bytes(key).await? != *body {
+        return Err(Error::Corrupt {
+            key: key.to_string(),
+            message: "read back after it was written, it differs from what was written".into(),
+        });
+    }
+    Ok(())
 }
 
 /// A metadata object encrypted to the current M, or `None` when it is so

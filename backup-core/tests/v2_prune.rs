@@ -520,3 +520,26 @@ async fn prune_deletes_key_bundles_the_keyring_does_not_name() {
     restores(&owner, &made[0].0, &made[0].1).await;
     opened(&v2, v2.mem.clone(), false).await;
 }
+
+/// A key change that lands after prune opened the target (its keyring is
+/// then not the newest) stops the prune before it deletes anything: the
+/// bundles the newer keyring names are not "unnamed".
+#[tokio::test]
+async fn prune_stops_when_the_keys_changed_after_it_opened_the_target() {
+    let v2 = V2::new().await;
+    let writer = opened(&v2, v2.mem.clone(), false).await;
+    let dir = tempfile::tempdir().unwrap();
+    backups(&writer, dir.path(), 2, &[]).await;
+    let newcomer = support::v2::identity().to_public();
+    let opts = backup_core::keyadmin::AdminOptions::default();
+    backup_core::keyadmin::add_recipient(&v2.repo, &v2.owner, &newcomer, "late", &opts)
+        .await
+        .unwrap();
+    let before = v2.mem.keys();
+    let e = writer.prune_v2(&policy(1, 0)).await.unwrap_err();
+    assert!(e.to_string().contains("run it again"), "{e}");
+    assert_eq!(v2.mem.keys(), before, "nothing deleted");
+    let fresh = opened(&v2, v2.mem.clone(), false).await;
+    let report = fresh.prune_v2(&policy(1, 0)).await.unwrap();
+    assert_eq!(report.bundles_deleted, 0, "the new bundle is named");
+}

@@ -299,7 +299,13 @@ async fn planned_targets(
             Err(e) => broken.push(Some(shared(e))),
         }
     }
-    let mut repos = Repository::open_for_backup(&storages, keys, access, creator)
+    // The configured targets not chosen (`--target`) may hold the key set
+    // a new repository must join.
+    let others: Vec<_> = (cfg.targets.iter())
+        .filter(|t| !chosen.iter().any(|c| c.name == t.name))
+        .filter_map(|t| targets::open(t).ok())
+        .collect();
+    let mut repos = Repository::open_for_backup(&storages, &others, keys, access, creator)
         .await
         .into_iter();
     let mut planned = Vec::new();

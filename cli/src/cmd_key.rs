@@ -5,9 +5,10 @@
 //! work is `backup_core::keyadmin`'s; this resolves the config and prints.
 
 use anyhow::{bail, Result};
-use backup_core::each::{each, Outcome, Outcomes};
-use backup_core::keyadmin::{self, KeyChange};
-use backup_core::keyring::Keyring;
+use backup_core::each::{each, Outcome, Outcomes, PlannedTarget};
+use backup_core::keyadmin::{self, AdminOptions, KeyChange, Owner};
+use backup_core::keyring::{self, Keyring};
+use backup_core::repo::Repository;
 use backup_core::rewrite::{self, RewriteOptions, RewriteReport};
 use clap::Subcommand;
 use serde_json::json;
@@ -77,9 +78,12 @@ pub async fn run(cfg: &Config, command: &KeyCommand) -> Result<()> {
                 .unwrap_or_else(|| recipient.chars().take(12).collect());
             let (owner, opts) = (resolve::owner(cfg)?, resolve::admin_options(cfg));
             let targets = planned_v2_targets(cfg, target.as_deref()).await?;
-            let outcomes = each(
+            let outcomes = change_each(
                 targets,
-                async |_, repo| keyadmin::add_recipient(repo, &owner, &parsed, &name, &opts).await,
+                &owner,
+                &opts,
+                false,
+                async |repo| keyadmin::add_recipient(repo, &owner, &parsed, &name, &opts).await,
                 |o| {
                     print_change(
                         o,
@@ -94,9 +98,12 @@ pub async fn run(cfg: &Config, command: &KeyCommand) -> Result<()> {
         KeyCommand::Remove { recipient, target } => {
             let (owner, opts) = (resolve::owner(cfg)?, resolve::admin_options(cfg));
             let targets = planned_v2_targets(cfg, target.as_deref()).await?;
-            let outcomes = each(
+            let outcomes = change_each(
                 targets,
-                async |_, repo| keyadmin::remove_recipient(repo, &owner, recipient, &opts).await,
+                &owner,
+                &opts,
+                true,
+                async |repo| keyadmin::remove_recipient(repo, &owner, recipient, &opts).await,
                 |o| {
                     print_change(
                         o,
@@ -251,6 +258,58 @@ pub(crate) fn print_remove_note<R>(outcomes: &Outcomes<R>) {
              can still read everything written before (see `offsite key rewrite` in docs/cli.md)."
         );
     }
+}
+
+/// Runs a key change on every target, once per key set: on the target of
+/// that key set with the newest keyring (another may have missed a
+/// change), then brings the key set's other targets level with it
+/// ([`keyadmin::bring_level`], under the lock the change takes:
+/// `exclusive` for a removal), so one key set's targets keep the very
+/// same keyrings and keys. Each target's outcome is handed to `done`.
+pub(crate) async fn change_each(
+    targets: Vec<PlannedTarget>,
+    owner: &Owner,
+    opts: &AdminOptions,
+    exclusive: bool,
+    mut change: impl AsyncFnMut(&Repository) -> backup_core::Result<KeyChange>,
+    done: impl FnMut(&Outcome<KeyChange>),
+) -> Outcomes<KeyChange> {
+    let mut primaries: Vec<Repository> = Vec::new();
+    each(
+        newest_first(targets).await,
+        async |_, repo| {
+            let same = |p: &&Repository| p.config().keyset() == repo.config().keyset();
+            if let Some(from) = primaries.iter().find(same) {
+                return keyadmin::bring_level(from, repo, owner, exclusive, opts).await;
+            }
+            let made = change(repo).await;
+            if made.is_ok() {
+                primaries.push(repo.clone());
+            }
+            made
+        },
+        done,
+    )
+    .await
+}
+
+/// `targets` with those whose newest listed keyring serial is highest
+/// first (stable: config order otherwise); unopened ones last.
+async fn newest_first(targets: Vec<PlannedTarget>) -> Vec<PlannedTarget> {
+    let mut ranked = Vec::with_capacity(targets.len());
+    for t in targets {
+        let serial = match &t.repo {
+            Ok(repo) => keyring::highest_listed(repo)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(0),
+            Err(_) => 0,
+        };
+        ranked.push((std::cmp::Reverse(serial), t));
+    }
+    ranked.sort_by_key(|(serial, _)| *serial);
+    ranked.into_iter().map(|(_, t)| t).collect()
 }
 
 /// An error naming the targets that failed, if any did.

@@ -12,7 +12,7 @@ use backup_core::keys::{WriterKey, WriterPublic};
 use clap::Subcommand;
 use serde_json::json;
 
-use crate::cmd_key::{all_done, print_change, print_remove_note, print_writers};
+use crate::cmd_key::{all_done, change_each, print_change, print_remove_note, print_writers};
 use crate::cmd_keygen::write_private;
 use crate::config::Config;
 use crate::per_target::{planned_v2_targets, print_target_failure};
@@ -101,9 +101,12 @@ pub async fn run(cfg: &Config, command: &WriterCommand) -> Result<()> {
                 .map_err(|e| crate::usage::mistake(format!("{e}")))?;
             let (owner, opts) = (resolve::owner(cfg)?, resolve::admin_options(cfg));
             let targets = planned_v2_targets(cfg, target.as_deref()).await?;
-            let outcomes = each(
+            let outcomes = change_each(
                 targets,
-                async |_, repo| keyadmin::add_writer(repo, &owner, name, &key, &opts).await,
+                &owner,
+                &opts,
+                false,
+                async |repo| keyadmin::add_writer(repo, &owner, name, &key, &opts).await,
                 |o| {
                     print_change(
                         o,
@@ -126,9 +129,12 @@ pub async fn run(cfg: &Config, command: &WriterCommand) -> Result<()> {
                 .transpose()?;
             let (owner, opts) = (resolve::owner(cfg)?, resolve::admin_options(cfg));
             let targets = planned_v2_targets(cfg, target.as_deref()).await?;
-            let outcomes = each(
+            let outcomes = change_each(
                 targets,
-                async |_, repo| keyadmin::remove_writer(repo, &owner, name, since, &opts).await,
+                &owner,
+                &opts,
+                true,
+                async |repo| keyadmin::remove_writer(repo, &owner, name, since, &opts).await,
                 |o| {
                     print_change(
                         o,

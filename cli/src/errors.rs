@@ -74,6 +74,7 @@ pub(crate) fn hint_in(e: &(dyn std::error::Error + 'static)) -> Option<String> {
         Error::Untrusted { .. } => "offsite uses only snapshots signed by the repository's owner or a writer it authorised, and wrote nothing: choose another snapshot (`offsite snapshots` shows who signed each), and check who can write to this target".into(),
         Error::NoFormat2Keys { .. } => "`offsite keygen` and `offsite init` print the owner key where the owner identity is; a backup host gets a writer key with `offsite writer keygen`, which the owner adds with `offsite writer add`".into(),
         Error::NoOwnerToCreate { .. } => "create it where the owner identity is (`offsite init --target NAME`), then give this host a writer key: `offsite writer keygen -o FILE` here and `offsite writer add NAME offsite-writer1...` there, and set encryption.writer_key_file and encryption.owner_key here; or set format = 1 on the target for an unsigned format 1 repository".into(),
+        Error::CreationWaits { .. } => "run the backup again when that target can be read (`offsite targets check`); the other targets were backed up".into(),
         Error::UnsignedFormat1 { .. } => "pass --allow-unsigned (or set allow_unsigned = true on the target) to use it anyway, or move it to format 2 with `offsite migrate --from TARGET --to NEW`; nothing was changed".into(),
         // Design, open question 3: no holder kind gets M alone yet.
         Error::NoMetadataKey { .. } => "a monitoring host can hold a writer key of its own: `offsite writer keygen -o FILE` there, then `offsite writer add NAME offsite-writer1...` where the owner identity is (a writer key can also sign backups)".into(),
@@ -86,7 +87,8 @@ fn keyring_hint(e: &backup_core::keyring::KeyringError) -> Option<String> {
     use backup_core::keyring::KeyringError as K;
     Some(match e {
         K::NoneTrusted { .. } => "this host trusts the owner key in encryption.owner_key, or without it the one derived from the identity: restoring with an identity that is not the owner's needs encryption.owner_key set to the repository's owner key (`offsite init` printed it; `offsite keygen` prints it where the owner identity is). If that is right, someone with write access to the target may have changed it: nothing was changed here".into(),
-        K::RolledBack { .. } | K::ForgedBundle { .. } | K::Squatted { .. } => {
+        K::RolledBack { .. } => "if this target could not be reached during a key change (key or writer add or remove), run that command again: it brings the target level with the others of its key set. Otherwise someone with write access may have changed it: nothing was changed here; check the target's contents and who can write to it, or use another target".into(),
+        K::ForgedBundle { .. } | K::Squatted { .. } => {
             "someone with write access to the target may have changed it: nothing was changed here; check the target's contents and who can write to it, or use another target".into()
         }
         K::Contended { .. } => "another admin changed the keys at the same time: run the command again".into(),

@@ -476,3 +476,44 @@ fn restore_takes_from_another(env: Env, second_settings: &str) {
         "nothing was wrong with the second target"
     );
 }
+
+#[test]
+fn after_a_key_remove_restore_still_takes_what_one_target_lost_from_another() {
+    // Each target starts its own new generation on `key remove`: a
+    // fallback's packs are read with that target's own keys.
+    let env = Env::new();
+    let second = env.dir.path().join("repo2");
+    append_config(
+        &env,
+        &format!(
+            "\n[[targets]]\nname = \"second\"\nkind = \"local\"\npath = \"{}\"\n",
+            second.display()
+        ),
+    );
+    env.make_db(&env.db(), 5_000);
+    env.ok(&["backup"]);
+    let colleague = crate::keys::another_identity(&env, "colleague.txt");
+    env.ok(&["key", "add", &colleague]);
+    env.ok(&["key", "remove", &colleague]);
+    let before = find_files(&env.repo().join("packs"));
+    Connection::open(env.db())
+        .unwrap()
+        .execute(
+            "UPDATE tasks SET body = body || ' after' WHERE id % 3 = 0",
+            [],
+        )
+        .unwrap();
+    env.ok(&["backup"]);
+    let new: Vec<PathBuf> = (find_files(&env.repo().join("packs")).into_iter())
+        .filter(|p| !before.contains(p))
+        .collect();
+    assert!(!new.is_empty());
+    for p in &new {
+        flip_middle_byte(p);
+    }
+    let (code, out, err, to) = restore(&env, &["--target", "local"], "r.db");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("from target second"), "{out}");
+    assert_eq!(dump(&to), dump(&env.db()));
+    assert_eq!(integrity(&to), "ok");
+}

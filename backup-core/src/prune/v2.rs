@@ -116,6 +116,9 @@ async fn prune_locked(
     opts: &PruneOptions,
     lock: &Lock,
 ) -> Result<PruneReport> {
+    // The target was opened before the lock: a key change that landed
+    // since would make "the bundles the keyring names" the wrong set.
+    ks.ensure_current(repo, "prune").await?;
     let all = repo.snapshots_v2(ks).await?;
     let forged = forged_manifests(&all, ks)?;
     let signed: Vec<Manifest> = (all.snapshots.iter())
@@ -236,7 +239,8 @@ async fn dead_checks(repo: &Repository, kept: &[&ManifestV2]) -> Result<Vec<Stri
 /// a removed holder's that `key remove` could not delete. No reader uses
 /// them (a holder opens the bundle its keyring names), and a key change
 /// that is writing a bundle holds a lock that keeps prune out, so none is
-/// about to be named. Deleted after the pins.
+/// about to be named; `ks` is the newest keyring, checked after the lock
+/// was taken ([`KeySet::ensure_current`]). Deleted after the pins.
 async fn unnamed_bundles(repo: &Repository, ks: &KeySet) -> Result<Vec<String>> {
     let body = &ks.keyring().body;
     let named: HashSet<&str> = (body.recipients.iter().map(|r| r.bundle.as_str()))

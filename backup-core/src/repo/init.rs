@@ -82,7 +82,7 @@ pub async fn init(
 
 /// Makes the empty target `storage` a repository of `from`'s key set (a
 /// target added beside existing ones): every keyring and bundle of `from`
-/// copied as it is, bundles first and keyrings in serial order, then a
+/// copied as it is, bundles first and keyrings newest first, then a
 /// `config` naming the key set. Signed, and encrypted to their holders,
 /// they mean the same on any target, so nothing is signed or decrypted
 /// here and a backup host with only a writer key can add a target. A copy
@@ -110,10 +110,37 @@ pub async fn join(from: &Repository, storage: &dyn Storage) -> Result<()> {
         );
         return Err(KeyringError::Refused { target, reason }.into());
     }
-    let mut copied = from.list(KEYS).await?;
+    copy_keys(from, storage, &present).await?;
+    put(
+        storage,
+        &retry,
+        CONFIG_KEY,
+        new_config(&keyset).to_json().into(),
+    )
+    .await
+}
+
+/// Copies every keyring and bundle of `from` that `storage` lacks (of
+/// `present`, what `storage` holds), as it is; an object there already
+/// must be byte for byte `from`'s, else the two diverged and nothing more
+/// is copied. Returns how many objects were copied.
+pub async fn copy_keys(
+    from: &Repository,
+    storage: &dyn Storage,
+    present: &[ObjectMeta],
+) -> Result<u64> {
+    let retry = RetryPolicy::default();
+    let target = storage.describe();
+    // Keyrings listed before bundles: a key change writes its bundles
+    // before the keyring that names them, so every bundle a listed keyring
+    // names is in the later listing. Keyrings are copied newest first: a
+    // copy killed part-way never leaves `keyring/00000001` alone beside
+    // bundles, which `resume` would take for a killed init of serial 1.
     let mut keyrings = from.list(KEYRING).await?;
-    keyrings.sort_by(|a, b| a.key.cmp(&b.key));
+    keyrings.sort_by(|a, b| b.key.cmp(&a.key));
+    let mut copied = from.list(KEYS).await?;
     copied.extend(keyrings);
+    let mut count = 0;
     for object in copied {
         let body = from.get_bytes(&object.key).await?;
         if present.iter().any(|o| o.key == object.key) {
@@ -125,20 +152,25 @@ pub async fn join(from: &Repository, storage: &dyn Storage) -> Result<()> {
                     cause: e,
                 })?;
             if there != body {
-                let reason = format!("{} there differs from the copy being made", object.key);
-                return Err(KeyringError::Refused { target, reason }.into());
+                let reason = format!(
+                    "{} there differs from {}'s: the two targets' keys diverged (or another \
+                     key set was begun there); empty a target that holds no snapshots and run \
+                     again, or keep the targets apart",
+                    object.key,
+                    from.describe()
+                );
+                return Err(KeyringError::Refused {
+                    target: target.clone(),
+                    reason,
+                }
+                .into());
             }
             continue;
         }
         put(storage, &retry, &object.key, body).await?;
+        count += 1;
     }
-    put(
-        storage,
-        &retry,
-        CONFIG_KEY,
-        new_config(&keyset).to_json().into(),
-    )
-    .await
+    Ok(count)
 }
 
 /// Finishes the init a kill interrupted on `storage` (module doc): no
@@ -170,6 +202,11 @@ async fn resume(
     let Some((keyset, hash)) = keyring::first_signed_by(&owner.public(), &raw) else {
         return Ok(None);
     };
+    // A host that trusted a later serial of this key set knows more keys
+    // changed since: a lone first keyring is then a replay, not a kill.
+    if memory.is_some_and(|m| m.serial(&keyset).ok().flatten() > Some(1)) {
+        return Ok(None);
+    }
     put(
         storage,
         retry,
@@ -211,8 +248,8 @@ async fn ensure_empty(storage: &dyn Storage, retry: &RetryPolicy) -> Result<()> 
     let existing = listed(storage, retry).await?;
     if let Some(first) = existing.iter().find(|o| !o.key.starts_with(KEYS)) {
         let reason = format!(
-            "it is not empty ({} objects, e.g. {}): offsite init makes a repository only on an \
-             empty target",
+            "it is not empty ({} objects, e.g. {}): a repository is made only on an empty \
+             target",
             existing.len(),
             first.key
         );
