@@ -606,16 +606,8 @@ async fn level_locked(
         let kept: Vec<String> = (from.list(KEYS).await?.into_iter())
             .map(|m| m.key)
             .collect();
-        let named = |key: &str| {
-            let body = &keyring.body;
-            body.recipients.iter().any(|r| r.bundle == key)
-                || body
-                    .writers
-                    .iter()
-                    .any(|w| w.bundle.as_deref() == Some(key))
-        };
         for meta in to.list(KEYS).await? {
-            if !kept.contains(&meta.key) && !named(&meta.key) {
+            if !kept.contains(&meta.key) && !keyring.body.names_bundle(&meta.key) {
                 to.delete(&meta.key).await?;
                 deleted.push(meta.key);
             }

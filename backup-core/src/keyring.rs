@@ -203,6 +203,16 @@ impl KeyringBody {
     }
 
     /// Checks every rule of 2.2 that one object can break; `key` names it.
+    /// Whether `key` is the bundle this keyring names for a recipient or a
+    /// writer (the one a holder opens; any other bundle is used by nobody).
+    pub fn names_bundle(&self, key: &str) -> bool {
+        self.recipients.iter().any(|r| r.bundle == key)
+            || self
+                .writers
+                .iter()
+                .any(|w| w.bundle.as_deref() == Some(key))
+    }
+
     pub fn validate(&self, key: &str) -> Result<(), KeyringError> {
         self.check().map_err(|reason| KeyringError::Malformed {
             key: key.to_string(),

@@ -243,12 +243,9 @@ async fn dead_checks(repo: &Repository, kept: &[&ManifestV2]) -> Result<Vec<Stri
 /// was taken ([`KeySet::ensure_current`]). Deleted after the pins.
 async fn unnamed_bundles(repo: &Repository, ks: &KeySet) -> Result<Vec<String>> {
     let body = &ks.keyring().body;
-    let named: HashSet<&str> = (body.recipients.iter().map(|r| r.bundle.as_str()))
-        .chain(body.writers.iter().filter_map(|w| w.bundle.as_deref()))
-        .collect();
     let mut unnamed: Vec<String> = (repo.list(KEYS).await?.into_iter())
         .map(|m| m.key)
-        .filter(|k| !named.contains(k.as_str()))
+        .filter(|k| !body.names_bundle(k))
         .collect();
     unnamed.sort();
     Ok(unnamed)
