@@ -331,6 +331,21 @@ impl Origin {
             replay: None,
         }
     }
+
+    /// A snapshot of the state `replay` feeds, which held at `at` (the
+    /// replicator's base, read in its held transaction).
+    pub(crate) fn replaying(at: chrono::DateTime<Utc>, replay: Replay) -> Origin {
+        Origin {
+            id: format!(
+                "{}-{:08x}",
+                at.format("%Y%m%dT%H%M%SZ"),
+                rand::random::<u32>()
+            ),
+            started: at,
+            finished: None,
+            replay: Some(replay),
+        }
+    }
 }
 
 /// What the targets of one run share.

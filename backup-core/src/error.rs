@@ -168,6 +168,9 @@ pub enum Error {
     /// The destination cannot be replaced safely as it is; nothing was changed.
     #[error("cannot replace {path}: {reason}")]
     CannotReplace { path: PathBuf, reason: String },
+    /// Replication could not go on (no target stored its base, say).
+    #[error("replication: {0}")]
+    Replication(String),
     /// Like [`Error::Storage`]: the cause is in the message only.
     #[error("{context}: {cause}")]
     Io {

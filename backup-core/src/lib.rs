@@ -34,6 +34,7 @@ pub mod pins;
 pub mod process;
 pub mod prune;
 pub mod repair;
+pub mod replicate;
 pub mod repo;
 pub mod restore;
 pub mod restore_run;

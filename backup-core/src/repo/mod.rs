@@ -445,6 +445,11 @@ impl Repository {
         self.keyset.as_deref()
     }
 
+    /// [`Repository::keyset`], shared.
+    pub fn keyset_arc(&self) -> Option<Arc<KeySet>> {
+        self.keyset.clone()
+    }
+
     /// Opens a repository of either format for lock administration only
     /// (`offsite unlock`): locks are plaintext JSON in both formats and need
     /// no keys. Nothing but `locks/` may be read or written through it.

@@ -66,8 +66,24 @@ pub(crate) fn has_sqlite_header(path: &Path) -> bool {
 
 pub fn read(path: &Path, integrity_check: bool, visitor: &mut dyn Visitor) -> Result<SourceInfo> {
     let conn = open_read_only(path)?;
+    conn.execute_batch("BEGIN")
+        .map_err(|e| sql_error(path, e))?;
+    let info = read_in(&conn, path, integrity_check, visitor)?;
+    conn.execute_batch("COMMIT")
+        .map_err(|e| sql_error(path, e))?;
+    Ok(info)
+}
+
+/// [`read`] on `conn`, which is inside a read transaction (begun or not
+/// yet by a first read): the replicator's held transaction
+/// ([`crate::replicate`]) reads its base snapshot this way.
+pub fn read_in(
+    conn: &Connection,
+    path: &Path,
+    integrity_check: bool,
+    visitor: &mut dyn Visitor,
+) -> Result<SourceInfo> {
     let err = |e| sql_error(path, e);
-    conn.execute_batch("BEGIN").map_err(err)?;
     // The first read starts the read transaction: from here on every statement
     // sees the same committed state.
     let (page_size, page_count): (u32, i64) = conn
@@ -133,9 +149,8 @@ pub fn read(path: &Path, integrity_check: bool, visitor: &mut dyn Visitor) -> Re
     // just read (design 5.2), at the cost of holding the transaction (and
     // so the WAL's checkpoint) that much longer.
     let integrity = integrity_check
-        .then(|| check_rows(&conn).map_err(err))
+        .then(|| check_rows(conn).map_err(err))
         .transpose()?;
-    conn.execute_batch("COMMIT").map_err(err)?;
     Ok(SourceInfo {
         page_size: Some(page_size),
         integrity,

@@ -1,0 +1,725 @@
+//! Continuous replication (`offsite replicate`): every `sync_interval`, the
+//! pages a SQLite database's committed transactions changed go to every
+//! target as one signed, encrypted replica object, on top of a base
+//! snapshot; restore replays them to any second (docs/replication.md).
+//!
+//! How a run goes. [`wal::Follower`] holds a read transaction on the
+//! database and, at each interval's boundary, moves it to the current state
+//! and reads exactly the changed pages from the WAL (O(pages changed)).
+//! The run starts with a base: an ordinary format 2 snapshot read inside
+//! that held transaction, so its state is the follower's position exactly,
+//! deduplicated and uploaded as any backup. Each step with changes becomes
+//! one level 0 object `replica/<base>/0/<n>-<n>-<at>`; the steps of every
+//! 30 s and every 5 min window are merged (the newest copy of each page)
+//! into level 1 and level 2 objects from a local spool, so a restore reads
+//! a few dozen objects whatever the number of steps ([`levels`]). A new base
+//! is taken every `base_every` (an hour), when the WAL cannot be followed
+//! (a restart, VACUUM of a large database, the file replaced), when a
+//! target fell too far behind, and at every start.
+//!
+//! Uploads run per target, in order, beside the stepping: a slow or failing
+//! target is retried (backoff up to 30 s) and lags alone; past
+//! [`MAX_QUEUED_BYTES`] its queue is dropped and the next base brings it
+//! back. Idle (no commit), a step uploads nothing.
+//!
+//! What if the process is killed, the disk or target fills, or a write is
+//! short? Objects are put create-if-absent and each stands alone (signed,
+//! its pages hashed), so a killed upload leaves nothing or a whole object;
+//! a chain is only ever read up to its first missing step, so a lost tail
+//! costs at most the steps not yet stored, never an earlier point. A failed
+//! upload is retried, never reported as replicated; the status file
+//! (`replicate-<source>.json` in the state directory) says what each target
+//! holds. A restart takes a new base (its held transaction is gone, so
+//! frames may have been checkpointed unseen): the old chain stays
+//! restorable up to its last stored step. The database is never written
+//! (see [`wal`]).
+//!
+//! Never: report a step as replicated before a target stored it, upload a
+//! step that was not read between two exact positions, or block the
+//! application's writers for more than the moment around a boundary.
+
+pub mod levels;
+pub mod object;
+pub mod restore;
+pub mod wal;
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::backup::{BackupOptions, Origin};
+use crate::chunk::ChunkId;
+use crate::error::{Error, Result};
+use crate::keyset::KeySet;
+use crate::repo::Repository;
+use crate::source::{SourceKind, SourceSpec};
+use crate::storage::PutMode;
+use object::{Meta, ReplicaKey};
+use wal::{Change, Follower, Step};
+
+/// The most bytes waiting for one target before its queue is dropped and
+/// a new base brings it back.
+pub const MAX_QUEUED_BYTES: usize = 256 << 20;
+
+/// How a replication runs.
+#[derive(Debug, Clone)]
+pub struct ReplicateOptions {
+    pub sync_interval: Duration,
+    /// A new base snapshot at least this often.
+    pub base_every: Duration,
+    /// Merge windows of levels 1, 2, ...
+    pub levels: Vec<Duration>,
+    /// The WAL size past which the replicator checkpoints (PASSIVE).
+    pub wal_limit: u64,
+    /// How long before a boundary the writer lock is asked for.
+    pub lead: Duration,
+    /// Where the merge spools and the status file go.
+    pub state_dir: PathBuf,
+    /// Databases not in WAL mode: a snapshot at most this often.
+    pub fallback_interval: Duration,
+    pub backup: BackupOptions,
+}
+
+impl Default for ReplicateOptions {
+    fn default() -> Self {
+        ReplicateOptions {
+            sync_interval: Duration::from_secs(1),
+            base_every: Duration::from_secs(3600),
+            levels: vec![Duration::from_secs(30), Duration::from_secs(300)],
+            wal_limit: 4 << 20,
+            lead: Duration::from_millis(2),
+            state_dir: std::env::temp_dir(),
+            fallback_interval: Duration::from_secs(60),
+            backup: BackupOptions::default(),
+        }
+    }
+}
+
+/// What a run reports as it goes.
+#[derive(Debug)]
+pub enum ReplicaEvent<'a> {
+    /// Following the WAL (`wal`), or snapshots only (not in WAL mode).
+    Started { source: &'a str, wal: bool },
+    /// A base snapshot was taken (`failed`: targets that did not store it).
+    Base {
+        source: &'a str,
+        snapshot: &'a str,
+        reason: &'a str,
+        failed: Vec<(String, String)>,
+    },
+    Stopped { source: &'a str },
+}
+
+/// One target's replication state, as the status file shows it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TargetStatus {
+    pub target: String,
+    /// The instant of the newest state this target holds (base or step).
+    pub replicated_at: Option<DateTime<Utc>>,
+    /// Seconds between the newest state read and the newest stored (0 when
+    /// all is stored).
+    pub lag_seconds: f64,
+    pub queued: usize,
+    pub queued_bytes: usize,
+    pub uploaded_bytes: u64,
+    pub requests: u64,
+    pub last_error: Option<String>,
+    #[serde(skip)]
+    needs_base: bool,
+}
+
+/// The status file's content.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub source: String,
+    pub pid: u32,
+    pub mode: &'static str,
+    pub base: Option<String>,
+    pub started: DateTime<Utc>,
+    pub updated: DateTime<Utc>,
+    /// The instant of the newest state read from the database.
+    pub read_at: Option<DateTime<Utc>>,
+    pub steps: u64,
+    pub targets: Vec<TargetStatus>,
+}
+
+/// Where the status file of `source` is kept.
+pub fn status_path(state_dir: &Path, source: &str) -> PathBuf {
+    state_dir.join(format!("replicate-{source}.json"))
+}
+
+/// An object on its way to the targets.
+#[derive(Debug)]
+struct Upload {
+    key: String,
+    bytes: Bytes,
+    at: DateTime<Utc>,
+}
+
+/// Replicates `spec` (a SQLite source) to `repos` (format 2 targets of one
+/// key set, each able to sign) until `stop` turns true.
+pub async fn replicate(
+    spec: &SourceSpec,
+    repos: Vec<Arc<Repository>>,
+    names: Vec<String>,
+    opts: &ReplicateOptions,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    events: &(dyn Fn(ReplicaEvent<'_>) + Sync),
+) -> Result<()> {
+    if spec.kind != SourceKind::Sqlite {
+        return Err(Error::Source {
+            path: spec.path.clone(),
+            message: format!(
+                "source {:?} is {}: replication follows SQLite databases only",
+                spec.name, spec.kind
+            ),
+        });
+    }
+    let keys = shared_keys(&repos)?;
+    std::fs::create_dir_all(&opts.state_dir)
+        .map_err(|e| Error::io(format!("creating {}", opts.state_dir.display()), e))?;
+    let wal = wal::is_wal_mode(&spec.path)?;
+    events(ReplicaEvent::Started {
+        source: &spec.name,
+        wal,
+    });
+    let mut run = Run::new(spec, repos, names, keys, opts, wal);
+    let result = match wal {
+        true => run.follow(&mut stop, events).await,
+        false => run.snapshots(&mut stop, events).await,
+    };
+    run.finish().await;
+    events(ReplicaEvent::Stopped { source: &spec.name });
+    result
+}
+
+/// The key set the targets share; each must be able to sign.
+fn shared_keys(repos: &[Arc<Repository>]) -> Result<Arc<KeySet>> {
+    let mut first: Option<Arc<KeySet>> = None;
+    for repo in repos {
+        let ks = repo.keyset_arc().ok_or_else(|| Error::NoFormat2Keys {
+            target: repo.describe(),
+        })?;
+        ks.require_signer("replicate")?;
+        match &first {
+            Some(f) if f.chunk_key() != ks.chunk_key() => {
+                return Err(Error::Key(format!(
+                    "{} belongs to another key set than the other targets: replicate it in a \
+                     run of its own",
+                    repo.describe()
+                )))
+            }
+            Some(_) => {}
+            None => first = Some(ks),
+        }
+    }
+    first.ok_or_else(|| Error::Key("no target to replicate to".into()))
+}
+
+/// One source's replication.
+struct Run<'a> {
+    spec: &'a SourceSpec,
+    repos: Vec<Arc<Repository>>,
+    keys: Arc<KeySet>,
+    opts: &'a ReplicateOptions,
+    status: Arc<Mutex<Status>>,
+    senders: Vec<tokio::sync::mpsc::UnboundedSender<Upload>>,
+    uploaders: Vec<tokio::task::JoinHandle<()>>,
+    follower: Option<Arc<Mutex<Follower>>>,
+    base: Option<(String, DateTime<Utc>)>,
+    step: u64,
+    windows: levels::Windows,
+}
+
+impl<'a> Run<'a> {
+    fn new(
+        spec: &'a SourceSpec,
+        repos: Vec<Arc<Repository>>,
+        names: Vec<String>,
+        keys: Arc<KeySet>,
+        opts: &'a ReplicateOptions,
+        wal: bool,
+    ) -> Run<'a> {
+        let now = Utc::now();
+        let status = Arc::new(Mutex::new(Status {
+            source: spec.name.clone(),
+            pid: std::process::id(),
+            mode: if wal { "wal" } else { "snapshots" },
+            base: None,
+            started: now,
+            updated: now,
+            read_at: None,
+            steps: 0,
+            targets: (names.iter())
+                .map(|n| TargetStatus {
+                    target: n.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+        }));
+        let mut senders = Vec::new();
+        let mut uploaders = Vec::new();
+        for (n, repo) in repos.iter().enumerate() {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            senders.push(tx);
+            uploaders.push(tokio::spawn(upload_loop(
+                repo.clone(),
+                n,
+                rx,
+                status.clone(),
+            )));
+        }
+        let windows = levels::Windows::new(&opts.state_dir, &spec.name, &opts.levels);
+        Run {
+            spec,
+            repos,
+            keys,
+            opts,
+            status,
+            senders,
+            uploaders,
+            follower: None,
+            base: None,
+            step: 0,
+            windows,
+        }
+    }
+
+    /// The WAL way: a base, then a step at every boundary.
+    async fn follow(
+        &mut self,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+        events: &(dyn Fn(ReplicaEvent<'_>) + Sync),
+    ) -> Result<()> {
+        let mut reason = "start".to_string();
+        loop {
+            if self.follower.is_none() || self.base.is_none() {
+                match self.rebase(&reason, events).await {
+                    Ok(()) => {}
+                    // No target took it (each is told in the event): again.
+                    Err(Error::Replication(_)) if !*stop.borrow() => continue,
+                    Err(Error::Replication(_)) => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            }
+            let boundary = next_boundary(Utc::now(), self.opts.sync_interval);
+            let wait = (boundary - Utc::now()).to_std().unwrap_or_default();
+            let wait = wait.saturating_sub(self.opts.lead + Duration::from_millis(3));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => {}
+            }
+            if *stop.borrow() {
+                return Ok(());
+            }
+            let step = self.step_at(boundary).await?;
+            if let Some(why) = self.take(step)? {
+                reason = why;
+                self.base = None;
+                continue;
+            }
+            self.publish_windows(false)?;
+            if let Some(why) = self.base_due() {
+                reason = why;
+                self.base = None;
+            }
+            self.write_status();
+        }
+    }
+
+    /// Moves the follower to `boundary`, then keeps the WAL bounded.
+    async fn step_at(&mut self, boundary: DateTime<Utc>) -> Result<Vec<Step>> {
+        let follower = self.follower.clone().expect("following");
+        let lead = self.opts.lead;
+        blocking(move || {
+            let mut f = follower.lock().expect("follower");
+            let mut steps = vec![f.step(Some(boundary), lead)?];
+            if let Some(step) = f.maintain()? {
+                steps.push(step);
+            }
+            Ok(steps)
+        })
+        .await
+    }
+
+    /// Queues the changes of `steps`; the reason for a new base when the
+    /// WAL was lost.
+    fn take(&mut self, steps: Vec<Step>) -> Result<Option<String>> {
+        for step in steps {
+            match step {
+                Step::Same { at, .. } => self.status().read_at = Some(at),
+                Step::Changed(change) => self.queue_step(change)?,
+                Step::Lost(why) => return Ok(Some(why)),
+            }
+        }
+        Ok(None)
+    }
+
+    fn queue_step(&mut self, change: Change) -> Result<()> {
+        // A step lands in the merge window of its own instant.
+        self.publish_windows_by(change.at, false)?;
+        let (base, _) = self.base.clone().expect("a base");
+        self.step += 1;
+        let key = ReplicaKey {
+            base,
+            level: 0,
+            first: self.step,
+            last: self.step,
+            at: change.at,
+        };
+        let plain: Vec<u8> = change.pages.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+        let runs = object::runs_of(change.pages.iter().map(|(n, _)| *n));
+        self.publish(&key, runs, change.size_pages, change.page_size, &plain)?;
+        if let Err(e) = self.windows.add(self.step, &change) {
+            tracing::warn!("replication spool: {e}; merged levels skipped for now");
+            self.windows.reset();
+        }
+        let mut status = self.status();
+        status.read_at = Some(change.at);
+        status.steps += 1;
+        Ok(())
+    }
+
+    /// Encodes one object and queues it for every target that holds the base.
+    fn publish(
+        &self,
+        key: &ReplicaKey,
+        runs: Vec<(u32, u32)>,
+        size_pages: u32,
+        page_size: u32,
+        plain: &[u8],
+    ) -> Result<()> {
+        let meta = Meta {
+            source: self.spec.name.clone(),
+            key: key.clone(),
+            page_size,
+            size_pages,
+            runs,
+            data: ChunkId::keyed(&self.keys.chunk_key(), plain),
+        };
+        let signer = self.keys.require_signer("replicate")?;
+        let bytes = object::encode(
+            &meta,
+            plain,
+            signer,
+            &self.keys.data_recipient()?,
+            &self.keys.metadata_recipient(),
+            self.opts.backup.compression_level,
+        )?;
+        let bytes = Bytes::from(bytes);
+        let mut status = self.status();
+        for (n, tx) in self.senders.iter().enumerate() {
+            let t = &mut status.targets[n];
+            if t.needs_base {
+                continue;
+            }
+            t.queued += 1;
+            t.queued_bytes += bytes.len();
+            let _ = tx.send(Upload {
+                key: key.to_key(),
+                bytes: bytes.clone(),
+                at: key.at,
+            });
+        }
+        Ok(())
+    }
+
+    /// Publishes the merged windows that ended by now (all with `all`).
+    fn publish_windows(&mut self, all: bool) -> Result<()> {
+        self.publish_windows_by(Utc::now(), all)
+    }
+
+    fn publish_windows_by(&mut self, now: DateTime<Utc>, all: bool) -> Result<()> {
+        let Some((base, _)) = self.base.clone() else {
+            return Ok(());
+        };
+        for merged in self.windows.close(now, all) {
+            let merged = match merged {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!("replication spool: {e}; this window is not merged");
+                    continue;
+                }
+            };
+            let key = ReplicaKey {
+                base: base.clone(),
+                level: merged.level,
+                first: merged.first,
+                last: merged.last,
+                at: merged.at,
+            };
+            self.publish(&key, merged.runs, merged.size_pages, merged.page_size, &merged.pages)?;
+        }
+        Ok(())
+    }
+
+    /// Why a new base is due now, if it is.
+    fn base_due(&self) -> Option<String> {
+        let (_, taken) = self.base.as_ref()?;
+        let age = (Utc::now() - *taken).to_std().unwrap_or_default();
+        if age >= self.opts.base_every {
+            return Some("the base is old".into());
+        }
+        let status = self.status();
+        let lagging = status.targets.iter().find(|t| t.needs_base);
+        // A dropped target is brought back, at most every few minutes.
+        (lagging.is_some() && age >= Duration::from_secs(120))
+            .then(|| format!("target {} fell behind", lagging.expect("some").target))
+    }
+
+    /// Takes a new base: (re)opens the follower when needed and backs up
+    /// its held state to every target.
+    async fn rebase(
+        &mut self,
+        reason: &str,
+        events: &(dyn Fn(ReplicaEvent<'_>) + Sync),
+    ) -> Result<()> {
+        self.publish_windows(true)?;
+        self.windows.reset();
+        let path = self.spec.path.clone();
+        let limit = self.opts.wal_limit;
+        let reopen = self.follower.is_none() || reason != "the base is old";
+        if reopen {
+            self.follower = None;
+            let f = blocking(move || Follower::open(&path, limit)).await?;
+            self.follower = Some(Arc::new(Mutex::new(f)));
+        }
+        let follower = self.follower.clone().expect("opened");
+        let at = follower.lock().expect("follower").at();
+        let origin = Origin::replaying(at, {
+            let follower = follower.clone();
+            let path = self.spec.path.clone();
+            Box::new(move |visitor| {
+                let f = follower.lock().expect("follower");
+                crate::source::sqlite::read_in(f.held(), &path, false, visitor)
+            })
+        });
+        let id = origin.id.clone();
+        let repos: Vec<&Repository> = self.repos.iter().map(|r| r.as_ref()).collect();
+        let mut opts = self.opts.backup.clone();
+        opts.tags.push(BASE_TAG.into());
+        let results = crate::backup::backup_v2_from(&repos, self.spec, &opts, origin).await?;
+        let mut failed = Vec::new();
+        let mut any = false;
+        {
+            let mut status = self.status();
+            for (n, r) in results.into_iter().enumerate() {
+                let t = &mut status.targets[n];
+                match r {
+                    Ok(_) => {
+                        any = true;
+                        t.needs_base = false;
+                        t.replicated_at = Some(at);
+                        t.requests += 1;
+                    }
+                    Err(e) => {
+                        t.needs_base = true;
+                        t.last_error = Some(crate::error::chain_text(&e));
+                        failed.push((t.target.clone(), crate::error::chain_text(&e)));
+                    }
+                }
+            }
+            status.base = Some(id.clone());
+            status.read_at = Some(at);
+        }
+        events(ReplicaEvent::Base {
+            source: &self.spec.name,
+            snapshot: &id,
+            reason,
+            failed: failed.clone(),
+        });
+        if !any {
+            // No target could take it: wait and try again rather than spin.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            return Err(Error::Replication(format!(
+                "no target stored the base snapshot: {}",
+                failed
+                    .iter()
+                    .map(|(t, e)| format!("{t}: {e}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )));
+        }
+        self.base = Some((id, at));
+        self.step = 0;
+        self.write_status();
+        Ok(())
+    }
+
+    /// Databases not in WAL mode: a snapshot whenever the file changed, at
+    /// most every `fallback_interval`.
+    async fn snapshots(
+        &mut self,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+        events: &(dyn Fn(ReplicaEvent<'_>) + Sync),
+    ) -> Result<()> {
+        let mut last: Option<Vec<u8>> = None;
+        loop {
+            let now = file_state(&self.spec.path);
+            if now.is_some() && now != last {
+                let repos: Vec<&Repository> = self.repos.iter().map(|r| r.as_ref()).collect();
+                let results = crate::backup::backup_many_v2(&repos, self.spec, &self.opts.backup).await?;
+                let failed = (results.iter().zip(self.status().targets.iter()))
+                    .filter_map(|(r, t)| {
+                        r.as_ref()
+                            .err()
+                            .map(|e| (t.target.clone(), crate::error::chain_text(e)))
+                    })
+                    .collect();
+                let id = (results.iter().find_map(|r| r.as_ref().ok()))
+                    .map(|s| s.manifest.id.clone())
+                    .unwrap_or_default();
+                events(ReplicaEvent::Base {
+                    source: &self.spec.name,
+                    snapshot: &id,
+                    reason: "the database changed (not in WAL mode)",
+                    failed,
+                });
+                last = now;
+            }
+            self.write_status();
+            tokio::select! {
+                _ = tokio::time::sleep(self.opts.fallback_interval) => {}
+                _ = stop.changed() => {}
+            }
+            if *stop.borrow() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn status(&self) -> std::sync::MutexGuard<'_, Status> {
+        self.status.lock().expect("status")
+    }
+
+    fn write_status(&self) {
+        let path = status_path(&self.opts.state_dir, &self.spec.name);
+        let mut status = self.status();
+        status.updated = Utc::now();
+        let read_at = status.read_at;
+        for t in &mut status.targets {
+            t.lag_seconds = match (read_at, t.replicated_at, t.queued) {
+                (_, _, 0) => 0.0,
+                (Some(r), Some(s), _) => (r - s).num_milliseconds().max(0) as f64 / 1000.0,
+                _ => 0.0,
+            };
+        }
+        let text = serde_json::to_vec_pretty(&*status).expect("status serializes");
+        drop(status);
+        let tmp = path.with_extension("json.tmp");
+        let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::debug!("cannot write {}: {e}", path.display());
+        }
+    }
+
+    /// Stops: merged windows are published and what is queued gets a few
+    /// seconds to land.
+    async fn finish(&mut self) {
+        if let Err(e) = self.publish_windows(true) {
+            tracing::warn!("{e}");
+        }
+        self.senders.clear();
+        let drain = futures::future::join_all(self.uploaders.drain(..));
+        if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+            tracing::warn!("some replica objects were not stored before stopping");
+        }
+        self.write_status();
+    }
+}
+
+/// The tag every base snapshot carries.
+pub const BASE_TAG: &str = "replica-base";
+
+/// The next multiple of `interval` since the epoch after `now`.
+pub fn next_boundary(now: DateTime<Utc>, interval: Duration) -> DateTime<Utc> {
+    let step = interval.as_millis().max(1) as i64;
+    let ms = now.timestamp_millis();
+    DateTime::from_timestamp_millis((ms / step + 1) * step).expect("in range")
+}
+
+/// The database file's change counter and size (rollback mode changes
+/// both on every commit).
+fn file_state(path: &Path) -> Option<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).ok()?;
+    let mut header = [0u8; 100];
+    f.read_exact_at(&mut header, 0).ok()?;
+    let mut state = header[24..28].to_vec();
+    state.extend_from_slice(&f.metadata().ok()?.len().to_le_bytes());
+    Some(state)
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::io("replication thread", std::io::Error::other(e.to_string())))?
+}
+
+/// Stores `rx`'s objects on `repo` in order, retrying each until it lands.
+async fn upload_loop(
+    repo: Arc<Repository>,
+    n: usize,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Upload>,
+    status: Arc<Mutex<Status>>,
+) {
+    let mut queue: VecDeque<Upload> = VecDeque::new();
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        if queue.is_empty() {
+            match rx.recv().await {
+                Some(u) => queue.push_back(u),
+                None => return,
+            }
+        }
+        while let Ok(u) = rx.try_recv() {
+            queue.push_back(u);
+        }
+        let up = queue.front().expect("one");
+        let stored = match repo.put_bytes(&up.key, up.bytes.clone(), PutMode::Create).await {
+            Ok(()) => Ok(()),
+            Err(Error::Storage { cause, .. }) if cause.kind == crate::storage::ErrorKind::AlreadyExists => Ok(()), // a retry of one that landed
+            Err(e) => Err(crate::error::chain_text(&e)),
+        };
+        let failed = {
+            let mut s = status.lock().expect("status");
+            let t = &mut s.targets[n];
+            t.requests += 1;
+            match stored {
+                Ok(()) => {
+                    let up = queue.pop_front().expect("one");
+                    t.queued = t.queued.saturating_sub(1);
+                    t.queued_bytes = t.queued_bytes.saturating_sub(up.bytes.len());
+                    t.uploaded_bytes += up.bytes.len() as u64;
+                    t.replicated_at = Some(t.replicated_at.map_or(up.at, |r| r.max(up.at)));
+                    t.last_error = None;
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!("replicating to {}: {e}; retrying", repo.describe());
+                    t.last_error = Some(e);
+                    if t.queued_bytes > MAX_QUEUED_BYTES {
+                        // Too far behind: drop the chain here; a new base brings it back.
+                        queue.clear();
+                        t.queued = 0;
+                        t.queued_bytes = 0;
+                        t.needs_base = true;
+                    }
+                    true
+                }
+            }
+        };
+        match failed {
+            false => backoff = Duration::from_millis(500),
+            true => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}

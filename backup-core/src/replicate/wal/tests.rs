@@ -1,0 +1,203 @@
+//! The follower against a real SQLite under a concurrent writer: the image
+//! built from a base and the steps must equal the database, whatever
+//! checkpoints the writer runs meanwhile.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use super::*;
+
+fn pages_of(conn: &Connection) -> Vec<u8> {
+    let mut stmt = conn
+        .prepare("SELECT data FROM sqlite_dbpage ORDER BY pgno")
+        .unwrap();
+    let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0)).unwrap();
+    rows.flat_map(|r| r.unwrap()).collect()
+}
+
+fn current(path: &Path) -> Vec<u8> {
+    let conn = crate::source::sqlite::open_read_only(path).unwrap();
+    conn.execute_batch("BEGIN").unwrap();
+    let pages = pages_of(&conn);
+    conn.execute_batch("COMMIT").unwrap();
+    pages
+}
+
+fn apply(image: &mut Vec<u8>, change: &Change) {
+    let size = change.page_size as usize;
+    image.resize(change.size_pages as usize * size, 0);
+    for (pgno, data) in &change.pages {
+        let at = (*pgno as usize - 1) * size;
+        image[at..at + size].copy_from_slice(data);
+    }
+}
+
+fn new_db(dir: &Path) -> (PathBuf, Connection) {
+    let path = dir.join("app.db");
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200)
+         INSERT INTO t(v) SELECT randomblob(300) FROM n;",
+    )
+    .unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    (path, conn)
+}
+
+/// Follows `follower` into `image` once; panics on a lost WAL.
+fn follow(follower: &mut Follower, image: &mut Vec<u8>, gated: bool) {
+    let boundary = gated.then(|| Utc::now() + chrono::Duration::milliseconds(4));
+    let mut steps = vec![follower.step(boundary, Duration::from_millis(2)).unwrap()];
+    steps.extend(follower.maintain().unwrap());
+    for step in steps {
+        match step {
+            Step::Changed(c) => apply(image, &c),
+            Step::Same { .. } => {}
+            Step::Lost(why) => panic!("lost the WAL: {why}"),
+        }
+    }
+}
+
+#[test]
+fn the_steps_rebuild_the_database_under_writes_and_every_checkpoint_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, writer) = new_db(dir.path());
+    let mut follower = Follower::open(&path, 256 << 10).unwrap();
+    let mut image = pages_of(follower.held());
+    let stop = Arc::new(AtomicBool::new(false));
+    let app = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let modes = ["PASSIVE", "FULL", "RESTART", "TRUNCATE"];
+            let mut done = [0usize; 4];
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                writer
+                    .execute(
+                        "UPDATE t SET v = randomblob(300 + ?1 % 50) WHERE id = 1 + abs(random()) % 200",
+                        [n as i64],
+                    )
+                    .unwrap();
+                if n % 7 == 0 {
+                    writer
+                        .execute("INSERT INTO t(v) VALUES (randomblob(2000))", [])
+                        .unwrap();
+                }
+                if n % 40 == 0 {
+                    writer.execute("DELETE FROM t WHERE id % 9 = 0 AND id > 200", []).unwrap();
+                }
+                if n % 25 == 0 {
+                    let m = (n / 25) as usize % 4;
+                    // Refused only while the follower's own runs: a retry passes.
+                    let sql = format!("PRAGMA wal_checkpoint({})", modes[m]);
+                    let refused = (0..3)
+                        .take_while(|_| {
+                            let busy: i64 = writer.query_row(&sql, [], |r| r.get(0)).unwrap();
+                            busy != 0 && {
+                                std::thread::sleep(Duration::from_millis(10));
+                                true
+                            }
+                        })
+                        .count();
+                    assert!(refused < 3, "the application's {} checkpoint was refused", modes[m]);
+                    done[m] += 1;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            done
+        })
+    };
+    let mut biggest_wal = 0;
+    let started = Instant::now();
+    let mut round = 0;
+    while started.elapsed() < Duration::from_secs(6) {
+        round += 1;
+        follow(&mut follower, &mut image, round % 2 == 0);
+        biggest_wal = biggest_wal.max(follower.wal_size());
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let done = app.join().unwrap();
+    follow(&mut follower, &mut image, false);
+    assert!(done.iter().all(|d| *d > 0), "every checkpoint mode ran: {done:?}");
+    assert_eq!(image.len(), current(&path).len());
+    assert!(image == current(&path), "the followed image differs from the database");
+    assert!(biggest_wal < 8 << 20, "the WAL grew to {biggest_wal} bytes");
+}
+
+#[test]
+fn a_replaced_database_or_a_vacuum_is_never_followed_wrongly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, writer) = new_db(dir.path());
+    let mut follower = Follower::open(&path, 4 << 20).unwrap();
+    let mut image = pages_of(follower.held());
+    writer.execute("DELETE FROM t WHERE id % 2 = 0", []).unwrap();
+    writer.execute_batch("VACUUM").unwrap();
+    match follower.step(None, Duration::ZERO).unwrap() {
+        Step::Changed(c) => apply(&mut image, &c),
+        Step::Lost(_) => image = pages_of(follower.held()),
+        Step::Same { .. } => panic!("a VACUUM changed nothing?"),
+    }
+    assert!(image == current(&path));
+
+    // Another database put at the path (as a restore does).
+    std::fs::create_dir_all(dir.path().join("o")).unwrap();
+    let replacement = dir.path().join("o").join("app.db");
+    let c = Connection::open(&replacement).unwrap();
+    c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE x(a); INSERT INTO x VALUES (1);")
+        .unwrap();
+    drop(c);
+    std::fs::rename(&replacement, &path).unwrap();
+    assert!(matches!(
+        follower.step(None, Duration::ZERO).unwrap(),
+        Step::Lost(_)
+    ));
+}
+
+#[test]
+fn an_idle_database_steps_to_the_same_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _writer) = new_db(dir.path());
+    let mut follower = Follower::open(&path, 4 << 20).unwrap();
+    for _ in 0..3 {
+        let boundary = Utc::now() + chrono::Duration::milliseconds(5);
+        match follower.step(Some(boundary), Duration::from_millis(2)).unwrap() {
+            Step::Same { at, exact } => {
+                assert!(exact, "the writer lock was free");
+                assert_eq!(at, boundary);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_database_not_in_wal_mode_is_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch("CREATE TABLE a(b)")
+        .unwrap();
+    assert!(!is_wal_mode(&path).unwrap());
+    let e = Follower::open(&path, 1 << 20).err().expect("refused");
+    assert!(e.to_string().contains("not in WAL mode"), "{e}");
+}
+
+#[test]
+fn checksums_are_sqlites() {
+    // A WAL header written by SQLite itself checks.
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _w) = new_db(dir.path());
+    let mut header = [0u8; 32];
+    File::open(wal_path(&path))
+        .unwrap()
+        .read_exact_at(&mut header, 0)
+        .unwrap();
+    let parsed = Header::parse(&header).expect("SQLite's own header checks");
+    assert_eq!(parsed.page_size, 4096);
+    header[20] ^= 1;
+    assert!(Header::parse(&header).is_none());
+}
