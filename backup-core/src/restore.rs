@@ -64,6 +64,7 @@ use crate::repo::format::{DamagedPack, ListItem};
 use crate::repo::{
     CheckedAt, ChunkList, Manifest, ManifestV2, RecordedCheck, Repository, SnapshotV2,
 };
+use crate::replicate::restore::ReplayPlan;
 use crate::source::{duckdb_lib, sqlite, Entry, SourceKind};
 
 mod in_use;
@@ -92,6 +93,9 @@ pub struct RestoreOptions {
     /// Other targets' repositories, asked by chunk id for chunks that are
     /// damaged or missing in the one restored from (see [`crate::fetch`]).
     pub fallbacks: Vec<Fallback>,
+    /// Replica objects applied on top of the (base) snapshot before the
+    /// check (format 2, [`crate::replicate::restore`]).
+    pub replay: Option<ReplayPlan>,
 }
 
 impl Default for RestoreOptions {
@@ -103,6 +107,7 @@ impl Default for RestoreOptions {
             check_database: true,
             force_database_check: false,
             fallbacks: Vec::new(),
+            replay: None,
         }
     }
 }
@@ -126,6 +131,17 @@ pub struct RestoreSummary {
     pub recorded_check: Option<RecordedCheck>,
     /// The check record this restore wrote after its own check passed.
     pub check_recorded: Option<String>,
+    /// The replicated state restored on top of the snapshot, if any.
+    pub replayed: Option<Replayed>,
+}
+
+/// What a restore replayed on top of its base snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replayed {
+    /// The instant the restored state holds.
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub steps: u64,
+    pub objects: usize,
 }
 
 #[derive(Default)]
@@ -193,6 +209,7 @@ pub struct Staged {
     fetched_elsewhere: Vec<FetchedElsewhere>,
     recorded_check: Option<RecordedCheck>,
     check_recorded: Option<String>,
+    replayed: Option<Replayed>,
 }
 
 impl Staged {
@@ -219,6 +236,7 @@ impl Staged {
                 fetched_elsewhere: std::mem::take(&mut this.fetched_elsewhere),
                 recorded_check: this.recorded_check.take(),
                 check_recorded: this.check_recorded.take(),
+                replayed: this.replayed.take(),
             })
         })
         .await
@@ -260,6 +278,7 @@ pub(crate) async fn stage(
         packs: fetch::Packs::V1,
         fallbacks: &opts.fallbacks,
         recorded: None,
+        replay: None,
     };
     stage_plan(repo, ids, &snapshot, index, plan, started).await
 }
@@ -291,6 +310,17 @@ pub(crate) async fn stage_v2(
         }
     }
     let key = manifest.key();
+    let replay = opts.replay.as_ref().map(|plan| Replay {
+        keys,
+        plan,
+        source: &manifest.source,
+        page_size: manifest.page_size,
+    });
+    let recorded = match replay {
+        // The replayed state is not the snapshot's: its check must run.
+        Some(_) => None,
+        None => usable_record(repo, keys, manifest, opts).await,
+    };
     let snapshot = Snapshot {
         id: &manifest.id,
         kind: manifest.kind,
@@ -299,10 +329,13 @@ pub(crate) async fn stage_v2(
         sha256: None,
         packs: fetch::Packs::v2(keys.chunk_key()),
         fallbacks: &opts.fallbacks,
-        recorded: usable_record(repo, keys, manifest, opts).await,
+        recorded,
+        replay,
     };
     let mut staged = stage_plan(repo, &ids, &snapshot, index, plan.done(), started).await?;
-    staged.check_recorded = record_own_check(repo, keys, manifest, &staged, opts).await;
+    if snapshot.replay.is_none() {
+        staged.check_recorded = record_own_check(repo, keys, manifest, &staged, opts).await;
+    }
     Ok(staged)
 }
 
@@ -441,6 +474,17 @@ struct Snapshot<'a> {
     /// A signed record that integrity_check passed on these bytes: the
     /// check is not run again.
     recorded: Option<RecordedCheck>,
+    /// Replica objects to apply before the check.
+    replay: Option<Replay<'a>>,
+}
+
+/// A replay to apply to a staged base (format 2).
+#[derive(Clone, Copy)]
+struct Replay<'a> {
+    keys: &'a KeySet,
+    plan: &'a ReplayPlan,
+    source: &'a str,
+    page_size: Option<u32>,
 }
 
 /// Lays out, fetches and verifies a planned snapshot in the staging path.
@@ -478,6 +522,21 @@ async fn stage_plan(
         concurrency: opts.concurrency,
     };
     let fetched = fetch::fetch_all(repo, ids, index, plan.wants, snapshot.fallbacks, &sink).await?;
+    let replayed = match snapshot.replay {
+        Some(r) => {
+            let file = files.first().ok_or_else(|| {
+                Error::Verification("a replicated snapshot holds no database file".into())
+            })?;
+            crate::replicate::restore::apply(repo, r.keys, r.plan, r.source, r.page_size, file)
+                .await?;
+            r.plan.at().map(|at| Replayed {
+                at,
+                steps: r.plan.steps(),
+                objects: r.plan.objects.len(),
+            })
+        }
+        None => None,
+    };
 
     let staged = staging.path.clone();
     let check = Check {
@@ -512,6 +571,7 @@ async fn stage_plan(
         fetched_elsewhere: fetched.elsewhere,
         recorded_check: snapshot.recorded.clone(),
         check_recorded: None,
+        replayed,
     })
 }
 

@@ -46,6 +46,8 @@ use crate::backup::{BackupOptions, Progress};
 use crate::each::{PlannedTarget, SharedError};
 use crate::error::{chain_text, Error};
 use crate::keys::{Identities, Keys};
+use crate::replicate::restore::ReplayPlan;
+use crate::replicate::BASE_TAG;
 use crate::repo::{newest_first, select, Manifest, Repository, Selector, PRE_RESTORE_TAG};
 use crate::restore::{check_not_in_use, stage, Fallback, RestoreOptions, RestoreSummary, Staged};
 use crate::run::{run_hook, Hook, Hooks};
@@ -283,6 +285,8 @@ struct Chosen {
     target: String,
     repo: Repository,
     manifest: Manifest,
+    /// Replica objects to apply on top (the manifest is their base).
+    replay: Option<ReplayPlan>,
 }
 
 struct Run<'a> {
@@ -323,20 +327,30 @@ impl Run<'_> {
     }
 
     /// The snapshot the selector picks across the readable targets.
+    /// A replicated point (a base and its replica objects) is taken when it
+    /// is newer than the snapshot chosen otherwise.
     async fn choose(&self, source: &str) -> Result<Chosen, RestoreError> {
         let listings = self.listings(source).await?;
         let lists: Vec<&[Manifest]> = listings.iter().map(|l| l.snapshots.as_slice()).collect();
-        let (i, manifest) =
-            choose(&lists, source, &self.plan.selector).map_err(|error| RestoreError::Choice {
-                targets: listings.iter().map(|l| l.target.clone()).collect(),
-                error,
-            })?;
-        let manifest = manifest.clone();
+        let regular = choose(&lists, source, &self.plan.selector);
+        let replicated = replicated_point(&listings, source, &self.plan.selector).await;
+        let (i, manifest, replay) = match (regular, replicated) {
+            (Ok((_, m)), Some((j, base, plan, point))) if point > m.started => (j, base, Some(plan)),
+            (Ok((i, m)), _) => (i, m.clone(), None),
+            (Err(_), Some((j, base, plan, _))) => (j, base, Some(plan)),
+            (Err(error), None) => {
+                return Err(RestoreError::Choice {
+                    targets: listings.iter().map(|l| l.target.clone()).collect(),
+                    error,
+                })
+            }
+        };
         let chosen = listings.into_iter().nth(i).expect("index of a listing");
         Ok(Chosen {
             target: chosen.target,
             repo: chosen.repo,
             manifest,
+            replay,
         })
     }
 
@@ -427,6 +441,7 @@ impl Run<'_> {
                 .filter(|f| f.name != chosen.target)
                 .cloned()
                 .collect(),
+            replay: chosen.replay.clone(),
             ..Default::default()
         };
         self.observer.event(RestoreEvent::Downloading {
@@ -529,6 +544,48 @@ fn is_source_path(source_path: &Path, to: &Path) -> bool {
         }
     }
     false
+}
+
+/// The newest replicated point of `source` that `sel` allows, across the
+/// format 2 listings: (listing, base, replay, the point's instant). A time
+/// given to the second means the end of that second (the state of every
+/// transaction committed in it). A target whose objects cannot be listed
+/// is passed over with a warning.
+async fn replicated_point(
+    listings: &[Listing],
+    source: &str,
+    sel: &Selector,
+) -> Option<(usize, Manifest, ReplayPlan, chrono::DateTime<chrono::Utc>)> {
+    use chrono::Timelike;
+    let until = match sel {
+        Selector::Id(_) => return None,
+        Selector::Latest => None,
+        Selector::At(t) if t.nanosecond() == 0 => Some(*t + chrono::Duration::seconds(1)),
+        Selector::At(t) => Some(*t),
+    };
+    let mut best: Option<(usize, Manifest, ReplayPlan, chrono::DateTime<chrono::Utc>)> = None;
+    for (i, listing) in listings.iter().enumerate() {
+        if listing.repo.keyset().is_none() {
+            continue;
+        }
+        let base = (listing.snapshots.iter())
+            .filter(|m| m.source == source && m.tags.iter().any(|t| t == BASE_TAG))
+            .filter(|m| until.is_none_or(|u| m.started <= u))
+            .max_by_key(|m| m.started);
+        let Some(base) = base else { continue };
+        let plan = match crate::replicate::restore::plan(&listing.repo, &base.id, until).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(target = %listing.target, "cannot list replica objects: {e}");
+                continue;
+            }
+        };
+        let point = plan.at().unwrap_or(base.started);
+        if best.as_ref().is_none_or(|b| point > b.3) {
+            best = Some((i, base.clone(), plan, point));
+        }
+    }
+    best
 }
 
 /// The snapshot of `source` that `sel` picks across the targets' lists

@@ -274,7 +274,7 @@ impl Printer {
 
 /// The chosen targets opened for this backup ([`Repository::open_for_backup`]),
 /// in config order; a target that cannot be opened is its own failure.
-async fn planned_targets(
+pub(crate) async fn planned_targets(
     cfg: &Config,
     target: Option<&str>,
     keys: Option<&backup_core::keys::Keys>,

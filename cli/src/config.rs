@@ -39,6 +39,9 @@ pub struct Config {
     pub notify: Vec<NotifyConfig>,
     #[serde(default)]
     pub schedule: ScheduleSettings,
+    /// Continuous replication (`offsite replicate`; the daemon runs it).
+    #[serde(default)]
+    pub replicate: Option<crate::cmd_replicate::ReplicateSettings>,
     /// `offsite serve`'s API; the daemon serves it too when it is set.
     #[serde(default)]
     pub serve: Option<ServeSettings>,
@@ -442,6 +445,9 @@ impl Config {
             }
         }
         self.validate_monitoring()?;
+        if let Some(r) = &self.replicate {
+            r.validate()?;
+        }
         Ok(())
     }
 

@@ -78,6 +78,7 @@ pub(crate) fn hint_in(e: &(dyn std::error::Error + 'static)) -> Option<String> {
         Error::UnsignedFormat1 { .. } => "pass --allow-unsigned (or set allow_unsigned = true on the target) to use it anyway, or move it to format 2 with `offsite migrate --from TARGET --to NEW`; nothing was changed".into(),
         // Design, open question 3: no holder kind gets M alone yet.
         Error::NoMetadataKey { .. } => "a monitoring host can hold a writer key of its own: `offsite writer keygen -o FILE` there, then `offsite writer add NAME offsite-writer1...` where the owner identity is (a writer key can also sign backups)".into(),
+        Error::Replication(_) => "check the targets (`offsite targets check`); replication tries again on its own while it runs".into(),
         Error::Keyring(k) => return keyring_hint(k),
         Error::Io { .. } | Error::NotPinned(_) => return None,
     })

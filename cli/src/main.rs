@@ -29,6 +29,7 @@ mod cmd_migrate;
 mod cmd_pin;
 mod cmd_prune;
 mod cmd_repair;
+mod cmd_replicate;
 mod cmd_restore;
 mod cmd_snapshots;
 mod cmd_status;
@@ -179,8 +180,14 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         prometheus: Option<PathBuf>,
     },
-    /// Run the [schedule] jobs at their cron times until SIGTERM or SIGINT.
+    /// Run the [schedule] jobs at their cron times (and [replicate]) until SIGTERM or SIGINT.
     Daemon,
+    /// Replicate the SQLite sources continuously (about a second of data loss at most) until SIGTERM or SIGINT.
+    Replicate {
+        /// Replicate this source only [default: every SQLite source]
+        #[arg(long)]
+        source: Option<String>,
+    },
     /// Serve the JSON API (docs/api.md) on [serve] listen until SIGTERM or SIGINT.
     Serve {
         #[command(subcommand)]
@@ -265,7 +272,10 @@ impl Command {
             Command::Prune(a) => a.json,
             Command::Verify(a) => a.json,
             Command::Pin(_) | Command::Unpin(_) | Command::Unlock(_) => false,
-            Command::Daemon | Command::Demo { .. } | Command::Serve { command: None } => false,
+            Command::Daemon
+            | Command::Replicate { .. }
+            | Command::Demo { .. }
+            | Command::Serve { command: None } => false,
         }
     }
 }
@@ -523,6 +533,7 @@ async fn with_config(
             cmd_status::run(cfg, json, prometheus.as_deref()).await
         }
         Command::Daemon => cmd_daemon::run(cfg, config_path).await,
+        Command::Replicate { source } => cmd_replicate::run(cfg, source.as_deref()).await,
         _ => unreachable!("without_config runs the commands that read no config file"),
     }
 }

@@ -319,6 +319,12 @@ impl<'a> Run<'a> {
             }
             let step = self.step_at(boundary).await?;
             if let Some(why) = self.take(step)? {
+                if why == wal::YIELDED {
+                    if let Some(f) = self.follower.take() {
+                        f.lock().expect("follower").let_go();
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
                 reason = why;
                 self.base = None;
                 continue;

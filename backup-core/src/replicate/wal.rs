@@ -150,7 +150,19 @@ pub struct Follower {
     /// The cumulative checksum after `position.frame` (or the WAL header's).
     checksum: Option<(u32, u32)>,
     wal_limit: u64,
+    /// Since when the writer lock could not be had at a boundary.
+    gate_missed: Option<Instant>,
 }
+
+/// How long the writer lock may stay out of reach at every boundary before
+/// the follower lets go of its readers: an application checkpoint of mode
+/// FULL, RESTART or TRUNCATE holds that lock while it waits for readers,
+/// and must not wait on us.
+pub const YIELD_AFTER: Duration = Duration::from_secs(2);
+
+/// What [`Step::Lost`] says when the follower let go for the application.
+pub const YIELDED: &str = "the application held the writer lock for long (its own checkpoint?): \
+                           the replicator let go of the database for it";
 
 impl Follower {
     /// Opens `path` (which must be in WAL mode) and holds a read transaction
@@ -188,9 +200,17 @@ impl Follower {
             at,
             checksum: None,
             wal_limit,
+            gate_missed: None,
         };
         follower.checksum = follower.checksum_at(position)?;
         Ok(follower)
+    }
+
+    /// Ends both read transactions, so nothing of this follower holds the
+    /// WAL any more (before it is dropped for an application's checkpoint).
+    pub fn let_go(&mut self) {
+        let _ = self.spare.execute_batch("COMMIT");
+        let _ = self.held.execute_batch("COMMIT");
     }
 
     /// The held read transaction's connection: a full snapshot read through
@@ -220,6 +240,19 @@ impl Follower {
             Some(b) => self.take_gate(b, lead),
             None => false,
         };
+        if boundary.is_some() {
+            match gated {
+                true => self.gate_missed = None,
+                false => {
+                    let since = *self.gate_missed.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= YIELD_AFTER {
+                        // The caller drops this follower (all its readers)
+                        // and takes a new base.
+                        return Ok(Step::Lost(YIELDED.into()));
+                    }
+                }
+            }
+        }
         let begun = begin(&self.path, &self.spare);
         let at = Utc::now();
         if gated {
@@ -500,15 +533,31 @@ fn file_id(path: &Path) -> Result<(u64, u64)> {
 fn begin(path: &Path, conn: &Connection) -> Result<Position> {
     let err = |e: rusqlite::Error| source_error(path, e);
     conn.execute_batch("BEGIN").map_err(err)?;
-    let page_size: u32 = conn
+    let (page_size, page_count): (u32, u32) = conn
         .query_row(
-            "SELECT page_size FROM pragma_page_size, (SELECT count(*) FROM sqlite_master)",
+            "SELECT page_size, page_count FROM pragma_page_size, pragma_page_count, \
+             (SELECT count(*) FROM sqlite_master)",
             [],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .map_err(err)?;
     // The first read began the transaction; this is its snapshot.
-    let raw = snapshot(conn).map_err(|e| source_error(path, e))?;
+    let raw = match snapshot(conn) {
+        Ok(raw) => raw,
+        // SQLite has no snapshot to give while its WAL never held a frame:
+        // the state is the database file alone, and the first frames will
+        // come with a salt this position does not have (read from frame 1,
+        // as after a restart).
+        Err(SnapshotError::NoFrames) => {
+            return Ok(Position {
+                salt: [0; 8],
+                frame: 0,
+                pages: page_count,
+                page_size,
+            })
+        }
+        Err(SnapshotError::Failed(e)) => return Err(source_error(path, e)),
+    };
     let position = Position {
         frame: u32::from_ne_bytes(raw[16..20].try_into().expect("4 bytes")),
         pages: u32::from_ne_bytes(raw[20..24].try_into().expect("4 bytes")),
@@ -523,19 +572,29 @@ fn begin(path: &Path, conn: &Connection) -> Result<Position> {
     Ok(position)
 }
 
+enum SnapshotError {
+    /// SQLITE_ERROR in a read transaction of a WAL database: its WAL has
+    /// never held a frame (SQLite's `sqlite3WalSnapshotGet` refuses then).
+    NoFrames,
+    Failed(String),
+}
+
 /// `sqlite3_snapshot_get` of `conn`'s read transaction: the WAL index
 /// header it began with (docs: sqlite.org/walformat.html, "the WAL-index
 /// header": mxFrame at 16, nPage at 20, the salts at 32).
-fn snapshot(conn: &Connection) -> std::result::Result<[u8; 48], String> {
+fn snapshot(conn: &Connection) -> std::result::Result<[u8; 48], SnapshotError> {
     use rusqlite::ffi;
     let mut snap: *mut ffi::sqlite3_snapshot = std::ptr::null_mut();
     // Safety: the handle is live for the call, "main" is NUL-terminated,
     // and a returned snapshot is copied out and freed here.
     let rc = unsafe { ffi::sqlite3_snapshot_get(conn.handle(), c"main".as_ptr(), &mut snap) };
+    if rc == ffi::SQLITE_ERROR {
+        return Err(SnapshotError::NoFrames);
+    }
     if rc != ffi::SQLITE_OK || snap.is_null() {
-        return Err(format!(
+        return Err(SnapshotError::Failed(format!(
             "sqlite3_snapshot_get failed ({rc}): is the database in WAL mode?"
-        ));
+        )));
     }
     let raw = unsafe { (*snap).hidden };
     unsafe { ffi::sqlite3_snapshot_free(snap) };
