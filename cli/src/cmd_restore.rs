@@ -344,6 +344,9 @@ fn restored_json(restored: &Restored, args: &RestoreArgs) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "damaged_chunks": summary.damaged.iter().map(|(_, c)| c.len()).sum::<usize>(),
         "damage_recorded": summary.damage_recorded,
+        "replicated": summary.replayed.as_ref().map(|r| json!({
+            "at": r.at, "steps": r.steps, "objects": r.objects,
+        })),
     })
 }
 
@@ -370,13 +373,23 @@ fn restored_lines(restored: &Restored, args: &RestoreArgs) -> Vec<String> {
         .finished
         .with_timezone(&Local)
         .format("%Y-%m-%d %H:%M:%S %z");
-    let what = format!(
-        "{} ({} of {}, taken {}) from {tname}",
-        manifest.id,
-        output::bytes(manifest.size),
-        manifest.source,
-        taken
-    );
+    let what = match &summary.replayed {
+        Some(r) => format!(
+            "{} as of {} (replicated: base {} and {} step(s) in {} object(s)) from {tname}",
+            manifest.source,
+            r.at.with_timezone(&Local).format("%Y-%m-%d %H:%M:%S%.3f %z"),
+            manifest.id,
+            r.steps,
+            r.objects
+        ),
+        None => format!(
+            "{} ({} of {}, taken {}) from {tname}",
+            manifest.id,
+            output::bytes(manifest.size),
+            manifest.source,
+            taken
+        ),
+    };
     let took = output::duration(summary.duration);
     if args.test {
         lines.push(format!(

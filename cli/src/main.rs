@@ -310,13 +310,15 @@ pub struct RestoreArgs {
     /// (a rebuilt server in one command); with --latest or --at.
     #[arg(long, conflicts_with_all = ["snapshot", "to"])]
     pub all: bool,
-    /// The newest snapshot.
+    /// The newest snapshot, or the last replicated transaction when that is newer.
     #[arg(long)]
     pub latest: bool,
     /// A snapshot id (or a unique part of one).
     #[arg(long)]
     pub snapshot: Option<String>,
-    /// The newest snapshot taken at or before TIME (RFC 3339, or "YYYY-MM-DD[ HH:MM[:SS]]" local time).
+    /// The newest snapshot taken at or before TIME (RFC 3339, or "YYYY-MM-DD[ HH:MM[:SS]]" local
+    /// time); with replication, the state of the last transaction committed at or before it
+    /// (a time to the second means the end of that second).
     #[arg(long)]
     pub at: Option<String>,
     /// Where to write the database file (or directory, for file sources)
