@@ -60,11 +60,11 @@ use crate::fetch::{self, Want};
 pub use crate::fetch::{Fallback, FetchedElsewhere};
 use crate::keys::Identities;
 use crate::keyset::{KeySet, Trust};
+use crate::replicate::restore::ReplayPlan;
 use crate::repo::format::{DamagedPack, ListItem};
 use crate::repo::{
     CheckedAt, ChunkList, Manifest, ManifestV2, RecordedCheck, Repository, SnapshotV2,
 };
-use crate::replicate::restore::ReplayPlan;
 use crate::source::{duckdb_lib, sqlite, Entry, SourceKind};
 
 mod in_use;

@@ -335,7 +335,9 @@ impl Run<'_> {
         let regular = choose(&lists, source, &self.plan.selector);
         let replicated = replicated_point(&listings, source, &self.plan.selector).await;
         let (i, manifest, replay) = match (regular, replicated) {
-            (Ok((_, m)), Some((j, base, plan, point))) if point > m.started => (j, base, Some(plan)),
+            (Ok((_, m)), Some((j, base, plan, point))) if point > m.started => {
+                (j, base, Some(plan))
+            }
             (Ok((i, m)), _) => (i, m.clone(), None),
             (Err(_), Some((j, base, plan, _))) => (j, base, Some(plan)),
             (Err(error), None) => {

@@ -36,14 +36,18 @@ impl ReplicateSettings {
         if !(0.1..=3600.0).contains(&interval) {
             bail!("replicate.sync_interval must be between 100ms and 1h");
         }
-        if self.base_every.is_some_and(|b| b.0.as_secs_f64() < 60.0 * interval.max(1.0)) {
+        if self
+            .base_every
+            .is_some_and(|b| b.0.as_secs_f64() < 60.0 * interval.max(1.0))
+        {
             bail!("replicate.base_every must be at least a minute (and 60 sync intervals)");
         }
         Ok(())
     }
 
     pub fn max_lag(&self) -> std::time::Duration {
-        self.max_lag.map_or(std::time::Duration::from_secs(60), |d| d.0)
+        self.max_lag
+            .map_or(std::time::Duration::from_secs(60), |d| d.0)
     }
 }
 
@@ -58,9 +62,10 @@ pub async fn run(cfg: &Config, source: Option<&str>) -> Result<()> {
         )
     })?;
     let opts = ReplicateOptions {
-        sync_interval: settings.sync_interval.map_or(std::time::Duration::from_secs(1), |d| d.0),
-        base_every: (settings.base_every)
-            .map_or(std::time::Duration::from_secs(3600), |d| d.0),
+        sync_interval: settings
+            .sync_interval
+            .map_or(std::time::Duration::from_secs(1), |d| d.0),
+        base_every: (settings.base_every).map_or(std::time::Duration::from_secs(3600), |d| d.0),
         state_dir,
         backup: backup_core::backup::BackupOptions {
             pack_size: cfg.backup.pack_size_mib << 20,
@@ -99,7 +104,10 @@ pub async fn run(cfg: &Config, source: Option<&str>) -> Result<()> {
 /// The SQLite sources to replicate (`name`: that one, which must be SQLite).
 fn sqlite_sources(cfg: &Config, name: Option<&str>) -> Result<Vec<SourceSpec>> {
     let specs = source_specs(cfg, name)?;
-    if let Some(s) = specs.iter().find(|s| s.kind != SourceKind::Sqlite && name.is_some()) {
+    if let Some(s) = specs
+        .iter()
+        .find(|s| s.kind != SourceKind::Sqlite && name.is_some())
+    {
         return Err(crate::usage::mistake(format!(
             "source {:?} is {}: offsite replicate follows SQLite databases; back it up with \
              offsite backup",

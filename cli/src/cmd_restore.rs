@@ -377,7 +377,8 @@ fn restored_lines(restored: &Restored, args: &RestoreArgs) -> Vec<String> {
         Some(r) => format!(
             "{} as of {} (replicated: base {} and {} step(s) in {} object(s)) from {tname}",
             manifest.source,
-            r.at.with_timezone(&Local).format("%Y-%m-%d %H:%M:%S%.3f %z"),
+            r.at.with_timezone(&Local)
+                .format("%Y-%m-%d %H:%M:%S%.3f %z"),
             manifest.id,
             r.steps,
             r.objects

@@ -22,6 +22,7 @@ mod pre_restore;
 mod progress;
 mod prune;
 mod repair;
+mod replicate;
 mod repostate;
 mod requests;
 mod restore_all;

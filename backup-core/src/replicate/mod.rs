@@ -104,7 +104,10 @@ impl Default for ReplicateOptions {
 #[derive(Debug)]
 pub enum ReplicaEvent<'a> {
     /// Following the WAL (`wal`), or snapshots only (not in WAL mode).
-    Started { source: &'a str, wal: bool },
+    Started {
+        source: &'a str,
+        wal: bool,
+    },
     /// A base snapshot was taken (`failed`: targets that did not store it).
     Base {
         source: &'a str,
@@ -112,7 +115,9 @@ pub enum ReplicaEvent<'a> {
         reason: &'a str,
         failed: Vec<(String, String)>,
     },
-    Stopped { source: &'a str },
+    Stopped {
+        source: &'a str,
+    },
 }
 
 /// One target's replication state, as the status file shows it.
@@ -378,7 +383,11 @@ impl<'a> Run<'a> {
             last: self.step,
             at: change.at,
         };
-        let plain: Vec<u8> = change.pages.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+        let plain: Vec<u8> = change
+            .pages
+            .iter()
+            .flat_map(|(_, p)| p.iter().copied())
+            .collect();
         let runs = object::runs_of(change.pages.iter().map(|(n, _)| *n));
         self.publish(&key, runs, change.size_pages, change.page_size, &plain)?;
         if let Err(e) = self.windows.add(self.step, &change) {
@@ -459,7 +468,13 @@ impl<'a> Run<'a> {
                 last: merged.last,
                 at: merged.at,
             };
-            self.publish(&key, merged.runs, merged.size_pages, merged.page_size, &merged.pages)?;
+            self.publish(
+                &key,
+                merged.runs,
+                merged.size_pages,
+                merged.page_size,
+                &merged.pages,
+            )?;
         }
         Ok(())
     }
@@ -569,7 +584,8 @@ impl<'a> Run<'a> {
             let now = file_state(&self.spec.path);
             if now.is_some() && now != last {
                 let repos: Vec<&Repository> = self.repos.iter().map(|r| r.as_ref()).collect();
-                let results = crate::backup::backup_many_v2(&repos, self.spec, &self.opts.backup).await?;
+                let results =
+                    crate::backup::backup_many_v2(&repos, self.spec, &self.opts.backup).await?;
                 let failed = (results.iter().zip(self.status().targets.iter()))
                     .filter_map(|(r, t)| {
                         r.as_ref()
@@ -632,7 +648,10 @@ impl<'a> Run<'a> {
         }
         self.senders.clear();
         let drain = futures::future::join_all(self.uploaders.drain(..));
-        if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), drain)
+            .await
+            .is_err()
+        {
             tracing::warn!("some replica objects were not stored before stopping");
         }
         self.write_status();
@@ -687,9 +706,16 @@ async fn upload_loop(
             queue.push_back(u);
         }
         let up = queue.front().expect("one");
-        let stored = match repo.put_bytes(&up.key, up.bytes.clone(), PutMode::Create).await {
+        let stored = match repo
+            .put_bytes(&up.key, up.bytes.clone(), PutMode::Create)
+            .await
+        {
             Ok(()) => Ok(()),
-            Err(Error::Storage { cause, .. }) if cause.kind == crate::storage::ErrorKind::AlreadyExists => Ok(()), // a retry of one that landed
+            Err(Error::Storage { cause, .. })
+                if cause.kind == crate::storage::ErrorKind::AlreadyExists =>
+            {
+                Ok(())
+            } // a retry of one that landed
             Err(e) => Err(crate::error::chain_text(&e)),
         };
         let failed = {

@@ -109,7 +109,11 @@ impl Meta {
         let mut s = String::new();
         let at = self.key.at.to_rfc3339_opts(SecondsFormat::Millis, true);
         let _ = writeln!(s, "{HEADER}");
-        let _ = writeln!(s, "source {}", serde_json::Value::from(self.source.as_str()));
+        let _ = writeln!(
+            s,
+            "source {}",
+            serde_json::Value::from(self.source.as_str())
+        );
         let _ = writeln!(s, "base {}", self.key.base);
         let _ = writeln!(s, "level {}", self.key.level);
         let _ = writeln!(s, "steps {} {}", self.key.first, self.key.last);
@@ -125,7 +129,9 @@ impl Meta {
 
     fn parse(key: &ReplicaKey, body: &[u8]) -> std::result::Result<Meta, String> {
         let text = std::str::from_utf8(body).map_err(|_| "META is not UTF-8")?;
-        let text = text.strip_suffix('\n').ok_or("META does not end with a newline")?;
+        let text = text
+            .strip_suffix('\n')
+            .ok_or("META does not end with a newline")?;
         let mut lines = text.split('\n');
         let mut field = |name: &str| {
             lines
@@ -156,7 +162,10 @@ impl Meta {
         if said != expected {
             return Err("META is about another object than its key".into());
         }
-        let number = |s: String| s.parse::<u32>().map_err(|_| format!("{s:?} is not a number"));
+        let number = |s: String| {
+            s.parse::<u32>()
+                .map_err(|_| format!("{s:?} is not a number"))
+        };
         let page_size = number(field("page_size")?)?;
         let size_pages = number(field("size")?)?;
         let data = ChunkId::parse(&field("data")?).ok_or("META's data hash is not 64 hex")?;
@@ -263,14 +272,17 @@ pub fn open_meta<'a>(
         .and_then(|f| f.strip_suffix(b"\n"))
         .filter(|d| d.len() == 8 && d.iter().all(u8::is_ascii_digit))
         .ok_or_else(|| corrupt(&name, "its footer is not `offsite-repl 2 ` and 8 digits"))?;
-    let meta_len: usize = std::str::from_utf8(digits).expect("digits").parse().expect("8 digits");
+    let meta_len: usize = std::str::from_utf8(digits)
+        .expect("digits")
+        .parse()
+        .expect("8 digits");
     if meta_len == 0 || meta_len >= rest.len() {
         return Err(corrupt(&name, "its footer names no room for DATA"));
     }
     let (data, meta) = rest.split_at(rest.len() - meta_len);
     let limit = meta_len.saturating_mul(256).saturating_add(1024);
-    let (body, signer) = sealed::decode(&name, meta, identities, verifier, limit)
-        .map_err(|e| corrupt(&name, e))?;
+    let (body, signer) =
+        sealed::decode(&name, meta, identities, verifier, limit).map_err(|e| corrupt(&name, e))?;
     let meta = Meta::parse(key, &body).map_err(|e| corrupt(&name, e))?;
     Ok((meta, signer, data))
 }

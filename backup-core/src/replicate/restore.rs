@@ -138,7 +138,9 @@ fn apply_one(
         }
     }
     if meta.source != source || page_size.is_some_and(|p| p != meta.page_size) {
-        return Err(refuse("it is of another source or page size than its base".into()));
+        return Err(refuse(
+            "it is of another source or page size than its base".into(),
+        ));
     }
     let data_ids = keys
         .data()

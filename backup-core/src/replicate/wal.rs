@@ -29,10 +29,14 @@
 //! is the state at every instant the lock was held, so taking the lock a
 //! moment before a second's boundary and the snapshot after it gives the
 //! state at that boundary exactly. Writers wait for the lock for that
-//! moment (a few milliseconds); when the lock cannot be had in time (the
+//! moment (a few milliseconds). When the lock cannot be had in time (the
 //! application holds a long write transaction, or its own FULL/RESTART/
 //! TRUNCATE checkpoint holds the lock while waiting for readers), the
-//! snapshot is taken without it and labelled with the instant it began.
+//! position is read just before the boundary and again after it: the same
+//! position means no commit crossed the boundary, and the state is still
+//! the boundary's exactly; else the snapshot is labelled with the instant
+//! it began (exact for that instant, up to an interval late for the
+//! boundary).
 //!
 //! Bounded WAL. Holding a reader forever would keep the WAL from ever
 //! starting over; so when the WAL has grown past its limit, [`Follower`]
@@ -106,7 +110,10 @@ pub struct Change {
 #[derive(Debug)]
 pub enum Step {
     /// Nothing committed since the last step (the state holds at `at`).
-    Same { at: DateTime<Utc>, exact: bool },
+    Same {
+        at: DateTime<Utc>,
+        exact: bool,
+    },
     Changed(Change),
     /// The WAL can no longer be followed from the held state; a full
     /// snapshot must be taken (the held reader is at the current state).
@@ -170,8 +177,10 @@ impl Follower {
     /// follower checkpoints.
     pub fn open(path: &Path, wal_limit: u64) -> Result<Follower> {
         let rw = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let gate = open_conn(path, rw)?;
-        let checkpointer = open_conn(path, rw)?;
+        // The gate never waits inside SQLite: it tries, and its caller
+        // decides how long (see take_gate).
+        let gate = open_conn(path, rw, Duration::ZERO)?;
+        let checkpointer = open_conn(path, rw, Duration::from_millis(5))?;
         let held = crate::source::sqlite::open_read_only(path)?;
         let spare = crate::source::sqlite::open_read_only(path)?;
         let mode: String = gate
@@ -236,14 +245,14 @@ impl Follower {
         if let Some(why) = self.replaced() {
             return Ok(Step::Lost(why));
         }
-        let gated = match boundary {
+        let gate = match boundary {
             Some(b) => self.take_gate(b, lead),
-            None => false,
+            None => Gate::Missed,
         };
         if boundary.is_some() {
-            match gated {
-                true => self.gate_missed = None,
-                false => {
+            match gate {
+                Gate::Held => self.gate_missed = None,
+                Gate::Before(_) | Gate::Missed => {
                     let since = *self.gate_missed.get_or_insert_with(Instant::now);
                     if since.elapsed() >= YIELD_AFTER {
                         // The caller drops this follower (all its readers)
@@ -255,12 +264,22 @@ impl Follower {
         }
         let begun = begin(&self.path, &self.spare);
         let at = Utc::now();
-        if gated {
+        if gate == Gate::Held {
             let _ = self.gate.execute_batch("ROLLBACK");
         }
         let next = begun?;
-        let exact = gated && boundary.is_some_and(|b| at >= b);
-        let at = if exact { boundary.expect("gated") } else { at };
+        let same = |p: &Position| (p.salt, p.frame, p.pages) == (next.salt, next.frame, next.pages);
+        let exact = boundary.is_some_and(|b| at >= b)
+            && match &gate {
+                Gate::Held => true,
+                Gate::Before(p) => same(p),
+                Gate::Missed => false,
+            };
+        let at = if exact {
+            boundary.expect("a boundary")
+        } else {
+            at
+        };
         let found = self.changes(next);
         // The older transaction ends only now: until the pages were read,
         // it kept their frames in the WAL.
@@ -302,26 +321,34 @@ impl Follower {
     }
 
     /// Takes the writer lock, waiting until `lead` before `boundary` to
-    /// ask and at most until `boundary` to get it; holds it past the
-    /// boundary. False when it could not be had in time.
-    fn take_gate(&self, boundary: DateTime<Utc>, lead: Duration) -> bool {
+    /// ask and at most until just before it to get it; holds it past the
+    /// boundary. When it cannot be had (the application holds it: a write,
+    /// or its own checkpoint), the position just before the boundary is
+    /// read instead: a snapshot after the boundary at the same position
+    /// saw no commit across it.
+    fn take_gate(&self, boundary: DateTime<Utc>, lead: Duration) -> Gate {
         let until = |t: DateTime<Utc>| (t - Utc::now()).to_std().unwrap_or_default();
         let lead = chrono::Duration::from_std(lead).unwrap_or_default();
         std::thread::sleep(until(boundary - lead));
-        let deadline = Instant::now() + until(boundary) + Duration::from_millis(2);
-        let got = loop {
-            match self.gate.execute_batch("BEGIN IMMEDIATE") {
-                Ok(()) => break true,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_micros(200))
-                }
-                Err(_) => break false,
+        let last_try = boundary - chrono::Duration::microseconds(300);
+        loop {
+            if self.gate.execute_batch("BEGIN IMMEDIATE").is_ok() {
+                std::thread::sleep(until(boundary));
+                return Gate::Held;
             }
-        };
-        if got {
-            std::thread::sleep(until(boundary));
+            if Utc::now() >= last_try {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
         }
-        got
+        let before = Utc::now();
+        let position = begin(&self.path, &self.gate).ok();
+        let _ = self.gate.execute_batch("COMMIT");
+        std::thread::sleep(until(boundary));
+        match position {
+            Some(p) if before < boundary && Utc::now() >= boundary => Gate::Before(p),
+            _ => Gate::Missed,
+        }
     }
 
     /// The frames between the held position and `next`, read and checked.
@@ -392,7 +419,9 @@ impl Follower {
                 .read_exact_at(&mut frame, offset)
                 .map_err(|e| source_error(&self.path, format!("reading the WAL: {e}")))?;
             if frame[8..16] != header.salt {
-                return Ok(Found::Lost(format!("WAL frame {n} is of another generation")));
+                return Ok(Found::Lost(format!(
+                    "WAL frame {n} is of another generation"
+                )));
             }
             checksum = wal_checksum(header.big_endian, &frame[..8], checksum);
             checksum = wal_checksum(header.big_endian, &frame[FRAME_HEADER as usize..], checksum);
@@ -408,7 +437,9 @@ impl Follower {
             }
         }
         if last_commit != next.pages {
-            return Ok(Found::Lost("the last frame read is not the commit seen".into()));
+            return Ok(Found::Lost(
+                "the last frame read is not the commit seen".into(),
+            ));
         }
         let mut pages = Vec::with_capacity(newest.len());
         for (pgno, offset) in newest {
@@ -459,11 +490,12 @@ impl Follower {
             return Ok(None);
         }
         self.checkpoint();
-        self.gate
-            .busy_timeout(Duration::from_millis(5))
-            .map_err(|e| source_error(&self.path, e))?;
-        if self.gate.execute_batch("BEGIN IMMEDIATE").is_err() {
-            return Ok(None); // the application writes; next time
+        let deadline = Instant::now() + Duration::from_millis(5);
+        while self.gate.execute_batch("BEGIN IMMEDIATE").is_err() {
+            if Instant::now() >= deadline {
+                return Ok(None); // the application writes; next time
+            }
+            std::thread::sleep(Duration::from_micros(200));
         }
         let step = self.step(None, Duration::ZERO);
         // Still under the lock (step rolled back only a gate it took
@@ -488,13 +520,23 @@ impl Follower {
     }
 
     fn checkpoint(&self) {
-        if let Err(e) = self
-            .checkpointer
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        if let Err(e) =
+            self.checkpointer
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
         {
             tracing::debug!("PASSIVE checkpoint: {e}");
         }
     }
+}
+
+/// How a step's boundary was kept (see [`Follower::take_gate`]).
+#[derive(Debug, PartialEq, Eq)]
+enum Gate {
+    /// The writer lock was held across it.
+    Held,
+    /// The position read just before it.
+    Before(Position),
+    Missed,
 }
 
 enum Found {
@@ -506,15 +548,14 @@ enum Found {
     Lost(String),
 }
 
-fn open_conn(path: &Path, flags: OpenFlags) -> Result<Connection> {
+fn open_conn(path: &Path, flags: OpenFlags, busy: Duration) -> Result<Connection> {
     let conn = Connection::open_with_flags(path, flags).map_err(|e| source_error(path, e))?;
     conn.set_db_config(
         rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
         true,
     )
     .map_err(|e| source_error(path, e))?;
-    conn.busy_timeout(Duration::from_millis(5))
-        .map_err(|e| source_error(path, e))?;
+    conn.busy_timeout(busy).map_err(|e| source_error(path, e))?;
     Ok(conn)
 }
 
@@ -567,7 +608,10 @@ fn begin(path: &Path, conn: &Connection) -> Result<Position> {
     let stored = u16::from_ne_bytes(raw[14..16].try_into().expect("2 bytes"));
     let stored = if stored == 1 { 65536 } else { stored as u32 };
     if stored != page_size {
-        return Err(source_error(path, "the WAL snapshot disagrees on the page size"));
+        return Err(source_error(
+            path,
+            "the WAL snapshot disagrees on the page size",
+        ));
     }
     Ok(position)
 }

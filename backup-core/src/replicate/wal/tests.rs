@@ -94,15 +94,25 @@ fn the_steps_rebuild_the_database_under_writes_and_every_checkpoint_mode() {
                         .unwrap();
                 }
                 if n % 40 == 0 {
-                    writer.execute("DELETE FROM t WHERE id % 9 = 0 AND id > 200", []).unwrap();
+                    writer
+                        .execute("DELETE FROM t WHERE id % 9 = 0 AND id > 200", [])
+                        .unwrap();
                 }
                 if n % 25 == 0 {
                     let m = (n / 25) as usize % 4;
                     let sql = format!("PRAGMA wal_checkpoint({})", modes[m]);
                     let t0 = Instant::now();
                     let busy: i64 = writer.query_row(&sql, [], |r| r.get(0)).unwrap();
-                    assert!(t0.elapsed() < Duration::from_secs(5), "{sql} waited {:?}", t0.elapsed());
-                    assert_eq!(busy, 0, "the application's {} checkpoint was refused", modes[m]);
+                    assert!(
+                        t0.elapsed() < Duration::from_secs(5),
+                        "{sql} waited {:?}",
+                        t0.elapsed()
+                    );
+                    assert_eq!(
+                        busy, 0,
+                        "the application's {} checkpoint was refused",
+                        modes[m]
+                    );
                     done[m] += 1;
                 }
                 std::thread::sleep(Duration::from_millis(2));
@@ -122,9 +132,15 @@ fn the_steps_rebuild_the_database_under_writes_and_every_checkpoint_mode() {
     stop.store(true, Ordering::Relaxed);
     let done = app.join().unwrap();
     follow(&mut follower, &mut image, false);
-    assert!(done.iter().all(|d| *d > 0), "every checkpoint mode ran: {done:?}");
+    assert!(
+        done.iter().all(|d| *d > 0),
+        "every checkpoint mode ran: {done:?}"
+    );
     assert_eq!(image.len(), current(&path).len());
-    assert!(image == current(&path), "the followed image differs from the database");
+    assert!(
+        image == current(&path),
+        "the followed image differs from the database"
+    );
     assert!(biggest_wal < 4 << 20, "the WAL grew to {biggest_wal} bytes");
 }
 
@@ -142,11 +158,16 @@ fn the_follower_keeps_the_wal_bounded_when_the_application_never_checkpoints() {
                 .execute("INSERT INTO t(v) VALUES (randomblob(3000))", [])
                 .unwrap();
         }
-        writer.execute("DELETE FROM t WHERE id % 3 = 0 AND id > 200", []).unwrap();
+        writer
+            .execute("DELETE FROM t WHERE id % 3 = 0 AND id > 200", [])
+            .unwrap();
         follow(&mut follower, &mut image, round % 3 == 0);
         biggest = biggest.max(std::fs::metadata(wal_path(&path)).unwrap().len());
     }
-    assert!(image == current(&path), "the followed image differs from the database");
+    assert!(
+        image == current(&path),
+        "the followed image differs from the database"
+    );
     // 150 rounds wrote about 12 MiB of frames; the file stays near the limit.
     assert!(biggest < 1 << 20, "the WAL file grew to {biggest} bytes");
 }
@@ -157,7 +178,9 @@ fn a_replaced_database_or_a_vacuum_is_never_followed_wrongly() {
     let (path, writer) = new_db(dir.path());
     let mut follower = Follower::open(&path, 4 << 20).unwrap();
     let mut image = pages_of(follower.held());
-    writer.execute("DELETE FROM t WHERE id % 2 = 0", []).unwrap();
+    writer
+        .execute("DELETE FROM t WHERE id % 2 = 0", [])
+        .unwrap();
     writer.execute_batch("VACUUM").unwrap();
     match follower.step(None, Duration::ZERO).unwrap() {
         Step::Changed(c) => apply(&mut image, &c),
@@ -187,7 +210,10 @@ fn an_idle_database_steps_to_the_same_state() {
     let mut follower = Follower::open(&path, 4 << 20).unwrap();
     for _ in 0..3 {
         let boundary = Utc::now() + chrono::Duration::milliseconds(5);
-        match follower.step(Some(boundary), Duration::from_millis(2)).unwrap() {
+        match follower
+            .step(Some(boundary), Duration::from_millis(2))
+            .unwrap()
+        {
             Step::Same { at, exact } => {
                 assert!(exact, "the writer lock was free");
                 assert_eq!(at, boundary);
@@ -232,12 +258,14 @@ fn a_database_whose_wal_never_held_a_frame_is_followed() {
     let path = dir.path().join("fresh.db");
     {
         let c = Connection::open(&path).unwrap();
-        c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE a(b);").unwrap();
+        c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE a(b);")
+            .unwrap();
     } // closed: SQLite folds and removes the WAL
     let mut follower = Follower::open(&path, 4 << 20).unwrap();
     let mut image = pages_of(follower.held());
     let w = Connection::open(&path).unwrap();
-    w.execute("INSERT INTO a VALUES (randomblob(5000))", []).unwrap();
+    w.execute("INSERT INTO a VALUES (randomblob(5000))", [])
+        .unwrap();
     follow(&mut follower, &mut image, true);
     w.execute("INSERT INTO a VALUES (1)", []).unwrap();
     follow(&mut follower, &mut image, false);

@@ -1,0 +1,327 @@
+//! `offsite replicate` end to end: a steady writer commits while the
+//! replicator runs against a local target and moto's S3; restores at random
+//! seconds must each equal the state committed by the end of that second
+//! (every commit is recorded with the time it returned) and pass
+//! integrity_check. Then kill -9 of the replicator mid-run: the next run
+//! goes on and nothing restorable is lost.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use backend_objstore::testing::start_moto;
+use chrono::{Local, TimeZone};
+use rusqlite::Connection;
+
+use crate::support::*;
+
+const CREDS: [(&str, &str); 2] = [
+    ("AWS_ACCESS_KEY_ID", "repl-access-key"),
+    ("AWS_SECRET_ACCESS_KEY", "repl-secret-key"),
+];
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// A writer committing one numbered row at a time, every few milliseconds,
+/// with a bigger update and the application's own checkpoint now and then;
+/// `log` gets (the time COMMIT returned, n) of every commit.
+fn writer(
+    db: &Path,
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<Vec<(f64, i64)>>>,
+) -> std::thread::JoinHandle<()> {
+    let db = db.to_path_buf();
+    std::thread::spawn(move || {
+        let c = Connection::open(&db).unwrap();
+        c.busy_timeout(Duration::from_secs(10)).unwrap();
+        let mut seed = (now() * 1e6) as u64 | 1;
+        let mut n: i64 = log.lock().unwrap().last().map_or(0, |l| l.1);
+        while !stop.load(Ordering::Relaxed) {
+            n += 1;
+            c.execute_batch("BEGIN IMMEDIATE").unwrap();
+            c.execute(
+                "INSERT INTO log(n, body) VALUES (?1, randomblob(200 + ?1 % 300))",
+                [n],
+            )
+            .unwrap();
+            if n % 50 == 0 {
+                c.execute(
+                    "UPDATE log SET body = randomblob(250) WHERE n % 11 = ?1 % 11",
+                    [n],
+                )
+                .unwrap();
+            }
+            c.execute_batch("COMMIT").unwrap();
+            log.lock().unwrap().push((now(), n));
+            if n % 120 == 0 {
+                let _: i64 = c
+                    .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+                    .unwrap();
+            }
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            std::thread::sleep(Duration::from_millis(5 + seed % 60));
+        }
+    })
+}
+
+fn start_replicator(env: &Env) -> Child {
+    Command::new(bin())
+        .arg("--config")
+        .arg(env.dir.path().join("offsite.toml"))
+        .arg("replicate")
+        .envs(CREDS)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn stop_replicator(mut child: Child) -> String {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "offsite replicate did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "offsite replicate failed:\n{text}");
+    text
+}
+
+fn replicated_env(moto_port: u16) -> Env {
+    let env = Env::new();
+    env.edit_config(|t| {
+        format!(
+            "{t}\n[[targets]]\nname = \"remote\"\nkind = \"s3\"\nbucket = \"offsite-repl\"\n\
+             prefix = \"hosts/web-1\"\nendpoint = \"http://127.0.0.1:{moto_port}\"\n\
+             region = \"us-east-1\"\nallow_http = true\n\n[replicate]\nsync_interval = \"1s\"\n"
+        )
+    });
+    let c = Connection::open(env.db()).unwrap();
+    c.execute_batch(
+        "PRAGMA journal_mode=WAL;
+         CREATE TABLE log(id INTEGER PRIMARY KEY, n INTEGER NOT NULL, body BLOB);",
+    )
+    .unwrap();
+    env
+}
+
+/// The row numbers of a restored copy (all of them, in order).
+fn restored_rows(path: &Path) -> Vec<i64> {
+    let c = Connection::open(path).unwrap();
+    let mut stmt = c.prepare("SELECT n FROM log ORDER BY n").unwrap();
+    let rows = stmt.query_map([], |r| r.get(0)).unwrap();
+    rows.map(|r| r.unwrap()).collect()
+}
+
+/// Restores `source` as of the end of second `second` (Unix time) from
+/// `target` and checks it against the commits.
+fn check_second(env: &Env, second: i64, target: &str, log: &[(f64, i64)], n: usize) {
+    let boundary = (second + 1) as f64;
+    let expected = log
+        .iter()
+        .filter(|(t, _)| *t < boundary)
+        .map(|l| l.1)
+        .max()
+        .unwrap_or(0);
+    let at = Local
+        .timestamp_opt(second, 0)
+        .unwrap()
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string();
+    let to = env.dir.path().join(format!("restored-{n}.db"));
+    let (code, out, err) = env.run_with(
+        &[
+            "restore",
+            "--source",
+            "app",
+            "--at",
+            &at,
+            "--target",
+            target,
+            "--to",
+            to.to_str().unwrap(),
+            "--json",
+        ],
+        &CREDS,
+    );
+    assert_eq!(code, 0, "restore --at {at:?} from {target}:\n{out}\n{err}");
+    let report = json(&out);
+    assert!(
+        !report["replicated"].is_null() || expected == 0,
+        "restore --at {at:?} used no replica objects: {out}"
+    );
+    assert_eq!(integrity(&to), "ok");
+    let rows = restored_rows(&to);
+    if rows != (1..=expected).collect::<Vec<_>>() && std::env::var("REPL_DEBUG").is_ok() {
+        let mut keys: Vec<String> = find_files(&env.repo().join("replica"))
+            .iter()
+            .map(|p| p.strip_prefix(env.repo()).unwrap().display().to_string())
+            .collect();
+        keys.sort();
+        let times: Vec<&(f64, i64)> = log
+            .iter()
+            .filter(|(t, _)| (*t - boundary).abs() < 1.5)
+            .collect();
+        eprintln!("second {second} boundary {boundary}\n{out}\nkeys {keys:#?}\nsnapshots {}\ncommits near {times:?}\nrestored max {:?}", env.ok(&["snapshots"]), rows.last());
+    }
+    assert_eq!(
+        rows,
+        (1..=expected).collect::<Vec<_>>(),
+        "restore --at {at:?} from {target} is not the state committed by the end of that second"
+    );
+}
+
+/// Seconds of `[from, to)` to restore at: no commit returned within 5 ms
+/// after the second's end, where SQLite made it visible before it
+/// returned (the test cannot tell which side of the boundary it is on).
+fn seconds(from: i64, to: i64, log: &[(f64, i64)], count: usize) -> Vec<i64> {
+    let clear = |s: &i64| {
+        let b = (*s + 1) as f64;
+        !log.iter().any(|(t, _)| *t >= b && *t < b + 0.005)
+    };
+    let mut all: Vec<i64> = (from..to).filter(clear).collect();
+    let mut seed = (now() * 1e3) as u64 | 1;
+    let mut chosen = Vec::new();
+    while chosen.len() < count && !all.is_empty() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        chosen.push(all.remove(seed as usize % all.len()));
+    }
+    chosen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restores_at_twenty_random_seconds_equal_the_committed_state() {
+    let moto = start_moto("offsite-repl").await;
+    tokio::task::block_in_place(|| {
+        let env = replicated_env(moto.port);
+        let (stop, log) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(Mutex::new(Vec::new())),
+        );
+        let replicator = start_replicator(&env);
+        std::thread::sleep(Duration::from_secs(2));
+        let started = now().ceil() as i64;
+        let app = writer(&env.db(), stop.clone(), log.clone());
+        std::thread::sleep(Duration::from_secs(26));
+        stop.store(true, Ordering::Relaxed);
+        app.join().unwrap();
+        let ended = now().floor() as i64;
+        std::thread::sleep(Duration::from_millis(2500));
+        let printed = stop_replicator(replicator);
+        assert!(printed.contains("following its WAL"), "{printed}");
+        let log = log.lock().unwrap().clone();
+        assert!(log.len() > 300, "the writer committed {} times", log.len());
+
+        let chosen = seconds(started, ended, &log, 20);
+        assert_eq!(chosen.len(), 20);
+        for (n, second) in chosen.iter().enumerate() {
+            let target = if n % 2 == 0 { "local" } else { "remote" };
+            check_second(&env, *second, target, &log, n);
+        }
+        // The last replicated transaction, from each target.
+        for target in ["local", "remote"] {
+            let to = env.dir.path().join(format!("latest-{target}.db"));
+            let out = env.run_with(
+                &[
+                    "restore",
+                    "--source",
+                    "app",
+                    "--latest",
+                    "--target",
+                    target,
+                    "--to",
+                    to.to_str().unwrap(),
+                ],
+                &CREDS,
+            );
+            assert_eq!(out.0, 0, "{out:?}");
+            assert!(out.1.contains("replicated: base"), "{}", out.1);
+            assert_eq!(
+                restored_rows(&to),
+                (1..=log.last().unwrap().1).collect::<Vec<_>>()
+            );
+        }
+        // Merged levels exist, so restores do not read one object per step.
+        let level1 = find_files(&env.repo().join("replica"))
+            .into_iter()
+            .filter(|p| p.parent().unwrap().ends_with("1"))
+            .count();
+        assert!(level1 > 0, "no level 1 objects were written");
+    });
+}
+
+#[test]
+fn a_killed_replicator_loses_nothing_it_stored_and_the_next_run_goes_on() {
+    let env = Env::new();
+    env.edit_config(|t| format!("{t}\n[replicate]\nsync_interval = \"1s\"\n"));
+    let c = Connection::open(env.db()).unwrap();
+    c.execute_batch(
+        "PRAGMA journal_mode=WAL;
+         CREATE TABLE log(id INTEGER PRIMARY KEY, n INTEGER NOT NULL, body BLOB);",
+    )
+    .unwrap();
+    drop(c);
+    let (stop, log) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(Mutex::new(Vec::new())),
+    );
+    let app = writer(&env.db(), stop.clone(), log.clone());
+    let mut first = start_replicator(&env);
+    std::thread::sleep(Duration::from_millis(6300));
+    first.kill().unwrap(); // SIGKILL, mid-interval
+    first.wait().unwrap();
+    let killed_at = now().floor() as i64;
+    std::thread::sleep(Duration::from_millis(1500));
+    let second = start_replicator(&env);
+    std::thread::sleep(Duration::from_secs(6));
+    stop.store(true, Ordering::Relaxed);
+    app.join().unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let printed = stop_replicator(second);
+    assert!(printed.contains("base snapshot"), "{printed}");
+    let log = log.lock().unwrap().clone();
+    // A second the first run had stored, and one of the second run.
+    let before = seconds(killed_at - 4, killed_at - 1, &log, 1);
+    let after = seconds(killed_at + 4, now().floor() as i64 - 3, &log, 1);
+    for (n, s) in before.iter().chain(&after).enumerate() {
+        check_second(&env, *s, "local", &log, n);
+    }
+    let to = env.dir.path().join("latest.db");
+    env.ok(&[
+        "restore",
+        "--source",
+        "app",
+        "--latest",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        restored_rows(&to),
+        (1..=log.last().unwrap().1).collect::<Vec<_>>()
+    );
+    env.ok(&["verify"]);
+}
