@@ -79,6 +79,11 @@ pub struct PruneOptions {
     pub default_policy: Policy,
     /// Per-source policies; each replaces the default entirely.
     pub policies: HashMap<String, Policy>,
+    /// Replication (format 2): base snapshots whose replica chain reaches
+    /// into this window are kept, whatever the policy says, so that every
+    /// second of it can be restored; the replica objects of removed bases
+    /// are deleted with them.
+    pub replica_window: Option<std::time::Duration>,
 }
 
 impl PruneOptions {
@@ -193,7 +198,7 @@ async fn prune_locked(
         dry_run: opts.dry_run,
         ..Default::default()
     };
-    let removed = decide(&manifests, &pins, opts, &mut report);
+    let removed = decide(&manifests, &pins, &HashSet::new(), opts, &mut report);
     let kept: Vec<&Manifest> = manifests
         .iter()
         .filter(|m| !removed.contains(m.id.as_str()))
@@ -245,6 +250,7 @@ async fn finish(
 fn decide<'m>(
     manifests: &'m [Manifest],
     pins: &HashSet<String>,
+    replica_bases: &HashSet<String>,
     opts: &PruneOptions,
     report: &mut PruneReport,
 ) -> HashSet<&'m str> {
@@ -271,7 +277,11 @@ fn decide<'m>(
             })
             .collect();
         let by_id: HashMap<&str, &Manifest> = members.iter().map(|m| (m.id.as_str(), *m)).collect();
-        for d in retention::apply(policy, &candidates, &chrono::Local, Utc::now()) {
+        for mut d in retention::apply(policy, &candidates, &chrono::Local, Utc::now()) {
+            if replica_bases.contains(&d.id) {
+                d.keep = true;
+                d.reasons.push("replica base".into());
+            }
             if !d.keep {
                 removed.insert(by_id[d.id.as_str()].id.as_str());
             }

@@ -1,6 +1,8 @@
 //! `offsite daemon`: runs the `[schedule]` jobs (backup, prune, verify,
 //! drill, status) at their cron times, one at a time, until SIGTERM or
-//! SIGINT; with a `[serve]` section it also serves the API (serve/). A failing job is logged (and notified by the job itself) and the
+//! SIGINT; with a `[serve]` section it also serves the API (serve/), and
+//! with `[replicate]` it replicates the SQLite sources all along
+//! (`offsite replicate`). A failing job is logged (and notified by the job itself) and the
 //! daemon carries on; a job whose time passed while another ran starts right
 //! after it, once, however many of its times were missed.
 //!
@@ -104,6 +106,24 @@ fn next_after(cron: &Cron, after: &DateTime<Local>, name: &str) -> Result<DateTi
 /// (each stops on the signal as it would alone; the daemon exits once both
 /// have). An API that cannot start stops the daemon before any job runs.
 pub async fn run(cfg: &Config, config_path: &Path) -> Result<()> {
+    if cfg.replicate.is_none() {
+        return scheduled_and_served(cfg, config_path).await;
+    }
+    // `[replicate]`: replication runs beside the jobs, until the signal; a
+    // replication that cannot run stops the daemon (its supervisor says so).
+    tokio::try_join!(
+        async {
+            crate::cmd_replicate::run(cfg, None)
+                .await
+                .map_err(|e| e.context("offsite daemon: [replicate]"))
+        },
+        scheduled_and_served(cfg, config_path)
+    )
+    .map(|_| ())
+}
+
+/// The schedule, and with `[serve]` the API.
+async fn scheduled_and_served(cfg: &Config, config_path: &Path) -> Result<()> {
     if cfg.serve.is_none() {
         return schedule(cfg, config_path).await;
     }
@@ -139,6 +159,9 @@ async fn schedule(cfg: &Config, config_path: &Path) -> Result<()> {
         let cron = parse_cron(&format!("schedule.{name}"), expr)?;
         let next = next_after(&cron, &now, name)?;
         jobs.push(Job { name, cron, next });
+    }
+    if jobs.is_empty() && cfg.replicate.is_some() {
+        return Ok(()); // the daemon replicates only
     }
     if jobs.is_empty() {
         return Err(crate::usage::mistake(

@@ -64,6 +64,7 @@ fn options(cfg: &Config, source: Option<&str>, dry_run: bool) -> Result<PruneOpt
         source: source.map(str::to_string),
         default_policy,
         policies,
+        replica_window: cfg.replicate.as_ref().map(|r| r.retention()),
     })
 }
 

@@ -28,6 +28,9 @@ pub struct ReplicateSettings {
     pub base_every: Option<HumanDuration>,
     /// `offsite status` alerts when a target's replication lags more [default: 1m].
     pub max_lag: Option<HumanDuration>,
+    /// Every second of this window stays restorable: prune keeps the base
+    /// snapshots whose replica objects reach into it [default: 24h].
+    pub retention: Option<HumanDuration>,
 }
 
 impl ReplicateSettings {
@@ -43,6 +46,11 @@ impl ReplicateSettings {
             bail!("replicate.base_every must be at least a minute (and 60 sync intervals)");
         }
         Ok(())
+    }
+
+    pub fn retention(&self) -> std::time::Duration {
+        self.retention
+            .map_or(std::time::Duration::from_secs(24 * 3600), |d| d.0)
     }
 
     pub fn max_lag(&self) -> std::time::Duration {

@@ -64,6 +64,8 @@ pub struct Report {
     pub copies: Vec<Copies>,
     /// Every breach, as "source @ target: what".
     pub breaches: Vec<String>,
+    /// With `[replicate]`: each SQLite source's replication per target.
+    pub replication: Vec<crate::status_replication::ReplicationRow>,
     /// What is not a breach but needs saying (a format 1 target, rejected
     /// snapshots), one sentence each.
     pub warnings: Vec<String>,
@@ -102,6 +104,10 @@ pub async fn check(cfg: &Config) -> Result<Report> {
             .as_deref()
             .and_then(|dir| crate::state::last_drill(dir, source, &row.target));
     }
+    let (rows, breaches) = crate::status_replication::check(cfg, Utc::now());
+    report.ok &= breaches.is_empty();
+    report.breaches.extend(breaches);
+    report.replication = rows;
     Ok(report)
 }
 
@@ -147,6 +153,7 @@ impl From<&StatusRun> for Report {
             sources,
             copies: run.copies(),
             breaches,
+            replication: Vec::new(),
             warnings: run.warnings(),
             mistake: None,
         }
@@ -259,6 +266,7 @@ async fn send_events(cfg: &Config, report: &Report) {
 fn print_table(report: &Report) {
     print_rows(report);
     print_targets_and_copies(report);
+    crate::status_replication::print(&report.replication);
     for r in &report.sources {
         if let Some(d) = &r.last_drill {
             print_last_drill(d);
@@ -356,7 +364,7 @@ fn print_last_drill(d: &DrillRecord) {
 }
 
 /// A Prometheus label value, escaped as the text format requires.
-fn label(v: &str) -> String {
+pub(crate) fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
@@ -368,6 +376,7 @@ pub fn prometheus_text(report: &Report) -> String {
     let mut out = String::new();
     source_families(&mut out, &report.sources);
     target_families(&mut out, &report.targets);
+    crate::status_replication::families(&mut out, &report.replication);
     family(
         &mut out,
         "offsite_status_timestamp_seconds",
@@ -542,6 +551,21 @@ mod tests {
                 last_drill: None,
             }],
             breaches: vec!["target b\"2: down".into()],
+            replication: vec![crate::status_replication::ReplicationRow {
+                source: "app".into(),
+                target: "local".into(),
+                ok: true,
+                running: true,
+                mode: Some("wal".into()),
+                lag_seconds: Some(0.5),
+                replicated_at: Some(time),
+                uploaded_bytes: 1234,
+                requests: 7,
+                bytes_per_hour: 1234.0,
+                requests_per_hour: 7.0,
+                max_lag_seconds: 60.0,
+                last_error: None,
+            }],
             warnings: Vec::new(),
             mistake: None,
         };
@@ -556,6 +580,11 @@ mod tests {
             "offsite_status_ok{source=\"app\",target=\"local\"} 1",
             "offsite_status_timestamp_seconds 1795428000",
             "offsite_rejected_snapshots{target=\"local\"} 1",
+            "# TYPE offsite_replication_lag_seconds gauge",
+            "offsite_replication_lag_seconds{source=\"app\",target=\"local\"} 0.5",
+            "offsite_replication_last_replicated_timestamp_seconds{source=\"app\",target=\"local\"} 1795428000",
+            "offsite_replication_running{source=\"app\",target=\"local\"} 1",
+            "offsite_replication_requests_total{source=\"app\",target=\"local\"} 7",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

@@ -49,6 +49,7 @@ mod per_target;
 mod resolve;
 mod serve;
 mod state;
+mod status_replication;
 mod targets;
 mod usage;
 
@@ -180,7 +181,7 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         prometheus: Option<PathBuf>,
     },
-    /// Run the [schedule] jobs at their cron times (and [replicate]) until SIGTERM or SIGINT.
+    /// Run the [schedule] jobs at their cron times (and [replicate], [serve]) until SIGTERM or SIGINT.
     Daemon,
     /// Replicate the SQLite sources continuously (about a second of data loss at most) until SIGTERM or SIGINT.
     Replicate {

@@ -189,7 +189,13 @@ fn check_second(env: &Env, second: i64, target: &str, log: &[(f64, i64)], n: usi
     assert_eq!(
         rows,
         (1..=expected).collect::<Vec<_>>(),
-        "restore --at {at:?} from {target} is not the state committed by the end of that second"
+        "restore --at {at:?} from {target} is not the state committed by the end of that second \
+         (it restored the state at {}, of {} step(s); commits around the boundary: {:?})",
+        report["replicated"]["at"],
+        report["replicated"]["steps"],
+        log.iter()
+            .filter(|(t, _)| (*t - boundary).abs() < 0.3)
+            .collect::<Vec<_>>()
     );
 }
 
@@ -227,6 +233,25 @@ async fn restores_at_twenty_random_seconds_equal_the_committed_state() {
         let started = now().ceil() as i64;
         let app = writer(&env.db(), stop.clone(), log.clone());
         std::thread::sleep(Duration::from_secs(26));
+        // While it runs, status shows each target's lag, and Prometheus has it.
+        let prom = env.dir.path().join("offsite.prom");
+        let (code, out, err) = env.run_with(
+            &["status", "--json", "--prometheus", prom.to_str().unwrap()],
+            &CREDS,
+        );
+        assert_eq!(code, 0, "status:\n{out}\n{err}");
+        let rows = json(&out)["replication"].as_array().unwrap().clone();
+        assert_eq!(rows.len(), 2, "{out}");
+        for r in &rows {
+            assert_eq!(r["running"], true, "{r}");
+            assert!(r["lag_seconds"].as_f64().unwrap() < 5.0, "{r}");
+            assert!(r["requests"].as_u64().unwrap() > 10, "{r}");
+        }
+        let metrics = std::fs::read_to_string(&prom).unwrap();
+        assert!(
+            metrics.contains("offsite_replication_lag_seconds{source=\"app\",target=\"remote\"}"),
+            "{metrics}"
+        );
         stop.store(true, Ordering::Relaxed);
         app.join().unwrap();
         let ended = now().floor() as i64;
@@ -324,4 +349,92 @@ fn a_killed_replicator_loses_nothing_it_stored_and_the_next_run_goes_on() {
         (1..=log.last().unwrap().1).collect::<Vec<_>>()
     );
     env.ok(&["verify"]);
+
+    // A replicator that stopped updating its status is an alert.
+    let file = env.state().join("replicate-app.json");
+    let mut status: serde_json::Value = json(&std::fs::read_to_string(&file).unwrap());
+    status["updated"] = serde_json::Value::from("2026-01-01T00:00:00Z");
+    std::fs::write(&file, status.to_string()).unwrap();
+    let (code, out, err) = env.run(&["status"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        out.contains("STOPPED") && err.contains("replication stopped"),
+        "{out}\n{err}"
+    );
+}
+
+#[test]
+fn the_daemon_replicates_when_the_config_says_replicate() {
+    let env = Env::new();
+    env.edit_config(|t| format!("{t}\n[replicate]\nsync_interval = \"1s\"\n"));
+    env.make_db(&env.db(), 50);
+    let mut daemon = Command::new(bin())
+        .arg("--config")
+        .arg(env.dir.path().join("offsite.toml"))
+        .arg("daemon")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let c = Connection::open(env.db()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !env.state().join("replicate-app.json").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not start replicating"
+        );
+        assert!(daemon.try_wait().unwrap().is_none(), "the daemon exited");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    c.execute("UPDATE tasks SET title = 'replicated' WHERE id = 7", [])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let printed = stop_replicator(daemon);
+    assert!(printed.contains("base snapshot"), "{printed}");
+    daemon = Command::new("true").spawn().unwrap();
+    daemon.wait().unwrap();
+    let to = env.dir.path().join("r.db");
+    env.ok(&[
+        "restore",
+        "--source",
+        "app",
+        "--latest",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    let title: String = Connection::open(&to)
+        .unwrap()
+        .query_row("SELECT title FROM tasks WHERE id = 7", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(title, "replicated");
+}
+
+#[test]
+fn a_database_not_in_wal_mode_is_replicated_by_snapshots_and_says_so() {
+    let env = Env::new();
+    env.edit_config(|t| format!("{t}\n[replicate]\nsync_interval = \"1s\"\n"));
+    let c = Connection::open(env.db()).unwrap();
+    c.execute_batch("CREATE TABLE t(a); INSERT INTO t VALUES (1);")
+        .unwrap();
+    drop(c);
+    let replicator = start_replicator(&env);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while env.ok(&["snapshots", "--json"]).trim() == "[]" {
+        assert!(Instant::now() < deadline, "no snapshot was taken");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let printed = stop_replicator(replicator);
+    assert!(printed.contains("is not in WAL mode"), "{printed}");
+    assert!(printed.contains("journal_mode=WAL"), "{printed}");
+    let to = env.dir.path().join("r.db");
+    env.ok(&[
+        "restore",
+        "--source",
+        "app",
+        "--latest",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_eq!(integrity(&to), "ok");
 }

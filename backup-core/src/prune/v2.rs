@@ -130,7 +130,9 @@ async fn prune_locked(
         dry_run: opts.dry_run,
         ..Default::default()
     };
-    let removed: HashSet<String> = (decide(&signed, &pins, opts, &mut report).into_iter())
+    let chains = crate::replicate::restore::chains(repo).await?;
+    let bases = replica_bases(&signed, &chains, opts);
+    let removed: HashSet<String> = (decide(&signed, &pins, &bases, opts, &mut report).into_iter())
         .map(str::to_string)
         .collect();
     let kept: Vec<&ManifestV2> = all.signed().filter(|m| !removed.contains(&m.id)).collect();
@@ -156,6 +158,7 @@ async fn prune_locked(
         lists: [
             dead_lists(repo, &paths.objects).await?,
             dead_checks(repo, &kept).await?,
+            dead_replicas(&chains, &kept),
         ]
         .concat(),
         pins: orphan_pins(&pins, |id| signed.iter().any(|m| m.id == id)),
@@ -203,6 +206,45 @@ fn forged_manifests(all: &SnapshotsV2, ks: &KeySet) -> Result<Vec<(String, Strin
         forged.push((m.key(), reason));
     }
     Ok(forged)
+}
+
+/// The base snapshots whose replica chain reaches into the replication
+/// window (its newest point, or the base itself, no older than it).
+fn replica_bases(
+    signed: &[Manifest],
+    chains: &BTreeMap<String, crate::replicate::restore::Chain>,
+    opts: &PruneOptions,
+) -> HashSet<String> {
+    let Some(window) = opts.replica_window else {
+        return HashSet::new();
+    };
+    let since = chrono::Utc::now() - chrono::Duration::from_std(window).unwrap_or_default();
+    (signed.iter())
+        .filter(|m| m.tags.iter().any(|t| t == crate::replicate::BASE_TAG))
+        .filter(|m| {
+            let newest = chains
+                .get(&m.id)
+                .map_or(m.started, |c| c.newest.max(m.started));
+            newest >= since
+        })
+        .map(|m| m.id.clone())
+        .collect()
+}
+
+/// The replica objects of bases prune does not keep (removed, forged, or
+/// gone): no restore can use them. Deleted with the list objects, after
+/// the manifests, so a killed prune leaves only objects without a base.
+fn dead_replicas(
+    chains: &BTreeMap<String, crate::replicate::restore::Chain>,
+    kept: &[&ManifestV2],
+) -> Vec<String> {
+    let ids: HashSet<&str> = kept.iter().map(|m| m.id.as_str()).collect();
+    let mut dead: Vec<String> = (chains.iter())
+        .filter(|(base, _)| !ids.contains(base.as_str()))
+        .flat_map(|(_, c)| c.keys.iter().cloned())
+        .collect();
+    dead.sort();
+    dead
 }
 
 /// The list objects (keys of format 2's two forms) on no kept path.

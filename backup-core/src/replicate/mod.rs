@@ -50,7 +50,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::backup::{BackupOptions, Origin};
 use crate::chunk::ChunkId;
@@ -121,7 +121,7 @@ pub enum ReplicaEvent<'a> {
 }
 
 /// One target's replication state, as the status file shows it.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TargetStatus {
     pub target: String,
     /// The instant of the newest state this target holds (base or step).
@@ -138,12 +138,15 @@ pub struct TargetStatus {
     needs_base: bool,
 }
 
-/// The status file's content.
-#[derive(Debug, Clone, Serialize)]
+/// The status file's content (rewritten after every step and base).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     pub source: String,
     pub pid: u32,
-    pub mode: &'static str,
+    /// `wal` (following the WAL) or `snapshots` (not in WAL mode).
+    pub mode: String,
+    /// The interval, in seconds, the run steps at.
+    pub sync_interval_seconds: f64,
     pub base: Option<String>,
     pub started: DateTime<Utc>,
     pub updated: DateTime<Utc>,
@@ -156,6 +159,13 @@ pub struct Status {
 /// Where the status file of `source` is kept.
 pub fn status_path(state_dir: &Path, source: &str) -> PathBuf {
     state_dir.join(format!("replicate-{source}.json"))
+}
+
+/// The status file of `source`, if one was written (`None` also for one
+/// that does not parse: it says nothing reliable).
+pub fn read_status(state_dir: &Path, source: &str) -> Option<Status> {
+    let text = std::fs::read(status_path(state_dir, source)).ok()?;
+    serde_json::from_slice(&text).ok()
 }
 
 /// An object on its way to the targets.
@@ -254,7 +264,8 @@ impl<'a> Run<'a> {
         let status = Arc::new(Mutex::new(Status {
             source: spec.name.clone(),
             pid: std::process::id(),
-            mode: if wal { "wal" } else { "snapshots" },
+            mode: if wal { "wal" } else { "snapshots" }.into(),
+            sync_interval_seconds: opts.sync_interval.as_secs_f64(),
             base: None,
             started: now,
             updated: now,
@@ -596,6 +607,19 @@ impl<'a> Run<'a> {
                 let id = (results.iter().find_map(|r| r.as_ref().ok()))
                     .map(|s| s.manifest.id.clone())
                     .unwrap_or_default();
+                {
+                    let mut status = self.status();
+                    for (r, t) in results.iter().zip(status.targets.iter_mut()) {
+                        match r {
+                            Ok(s) => t.replicated_at = Some(s.manifest.started),
+                            Err(e) => t.last_error = Some(crate::error::chain_text(e)),
+                        }
+                        t.requests += r.as_ref().map_or(0, |s| s.requests);
+                    }
+                    status.read_at = results
+                        .iter()
+                        .find_map(|r| r.as_ref().ok().map(|s| s.manifest.started));
+                }
                 events(ReplicaEvent::Base {
                     source: &self.spec.name,
                     snapshot: &id,

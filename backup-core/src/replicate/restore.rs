@@ -71,6 +71,30 @@ pub fn choose(mut keys: Vec<ReplicaKey>, until: Option<DateTime<Utc>>) -> Vec<Re
     chosen
 }
 
+/// One base's replica objects on a target.
+#[derive(Debug, Clone, Default)]
+pub struct Chain {
+    /// Their keys.
+    pub keys: Vec<String>,
+    /// The newest instant any of them holds.
+    pub newest: DateTime<Utc>,
+}
+
+/// Every base's replica objects on `repo` (keys that do not parse are left
+/// out: no reader uses them).
+pub async fn chains(repo: &Repository) -> Result<std::collections::BTreeMap<String, Chain>> {
+    let mut chains: std::collections::BTreeMap<String, Chain> = Default::default();
+    for meta in repo.list(REPLICA).await? {
+        let Some(key) = ReplicaKey::parse(&meta.key) else {
+            continue;
+        };
+        let chain = chains.entry(key.base.clone()).or_default();
+        chain.newest = chain.newest.max(key.at);
+        chain.keys.push(meta.key);
+    }
+    Ok(chains)
+}
+
 /// The replay of base `base` on `repo` up to `until`.
 pub async fn plan(
     repo: &Repository,

@@ -88,6 +88,9 @@ pub struct Position {
     /// The database's size in pages in that state.
     pub pages: u32,
     pub page_size: u32,
+    /// SQLite's count of commits (the WAL index's `iChange`), which a
+    /// checkpoint or a restart of the WAL leaves as it is.
+    pub commits: u32,
 }
 
 /// The state of the database as one step found it.
@@ -268,7 +271,9 @@ impl Follower {
             let _ = self.gate.execute_batch("ROLLBACK");
         }
         let next = begun?;
-        let same = |p: &Position| (p.salt, p.frame, p.pages) == (next.salt, next.frame, next.pages);
+        // No commit between the two reads (a checkpoint, even one that
+        // started the WAL over, changes no state).
+        let same = |p: &Position| (p.commits, p.pages) == (next.commits, next.pages);
         let exact = boundary.is_some_and(|b| at >= b)
             && match &gate {
                 Gate::Held => true,
@@ -595,6 +600,7 @@ fn begin(path: &Path, conn: &Connection) -> Result<Position> {
                 frame: 0,
                 pages: page_count,
                 page_size,
+                commits: 0,
             })
         }
         Err(SnapshotError::Failed(e)) => return Err(source_error(path, e)),
@@ -604,6 +610,7 @@ fn begin(path: &Path, conn: &Connection) -> Result<Position> {
         pages: u32::from_ne_bytes(raw[20..24].try_into().expect("4 bytes")),
         salt: raw[32..40].try_into().expect("8 bytes"),
         page_size,
+        commits: u32::from_ne_bytes(raw[8..12].try_into().expect("4 bytes")),
     };
     let stored = u16::from_ne_bytes(raw[14..16].try_into().expect("2 bytes"));
     let stored = if stored == 1 { 65536 } else { stored as u32 };
@@ -625,7 +632,7 @@ enum SnapshotError {
 
 /// `sqlite3_snapshot_get` of `conn`'s read transaction: the WAL index
 /// header it began with (docs: sqlite.org/walformat.html, "the WAL-index
-/// header": mxFrame at 16, nPage at 20, the salts at 32).
+/// header": iChange at 8, mxFrame at 16, nPage at 20, the salts at 32).
 fn snapshot(conn: &Connection) -> std::result::Result<[u8; 48], SnapshotError> {
     use rusqlite::ffi;
     let mut snap: *mut ffi::sqlite3_snapshot = std::ptr::null_mut();

@@ -88,17 +88,17 @@ fn the_steps_rebuild_the_database_under_writes_and_every_checkpoint_mode() {
                         [n as i64],
                     )
                     .unwrap();
-                if n % 7 == 0 {
+                if n.is_multiple_of(7) {
                     writer
                         .execute("INSERT INTO t(v) VALUES (randomblob(2000))", [])
                         .unwrap();
                 }
-                if n % 40 == 0 {
+                if n.is_multiple_of(40) {
                     writer
                         .execute("DELETE FROM t WHERE id % 9 = 0 AND id > 200", [])
                         .unwrap();
                 }
-                if n % 25 == 0 {
+                if n.is_multiple_of(25) {
                     let m = (n / 25) as usize % 4;
                     let sql = format!("PRAGMA wal_checkpoint({})", modes[m]);
                     let t0 = Instant::now();
