@@ -420,7 +420,13 @@ fn a_database_not_in_wal_mode_is_replicated_by_snapshots_and_says_so() {
     drop(c);
     let replicator = start_replicator(&env);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while env.ok(&["snapshots", "--json"]).trim() == "[]" {
+    // Its status file says when the snapshot landed (listing the target
+    // meanwhile would race the replicator's creation of the repository).
+    let landed = || {
+        std::fs::read_to_string(env.state().join("replicate-app.json"))
+            .is_ok_and(|t| json(&t)["targets"][0]["replicated_at"].is_string())
+    };
+    while !landed() {
         assert!(Instant::now() < deadline, "no snapshot was taken");
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -437,4 +443,78 @@ fn a_database_not_in_wal_mode_is_replicated_by_snapshots_and_says_so() {
         to.to_str().unwrap(),
     ]);
     assert_eq!(integrity(&to), "ok");
+}
+
+/// Runs `offsite replicate` for about `secs` seconds while a row changes
+/// every 200 ms, then stops it.
+fn replicate_for(env: &Env, secs: u64) {
+    let replicator = start_replicator(env);
+    let c = Connection::open(env.db()).unwrap();
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    for i in 0..secs * 5 {
+        c.execute(
+            "UPDATE tasks SET title = ?1 WHERE id = 3",
+            [format!("edit {i}")],
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    stop_replicator(replicator);
+}
+
+#[test]
+fn prune_keeps_the_bases_the_replication_window_needs_and_deletes_the_others_chains() {
+    let env = Env::new();
+    env.edit_config(|t| {
+        format!("{t}\n[retention]\nkeep_last = 1\n\n[replicate]\nsync_interval = \"1s\"\nretention = \"1h\"\n")
+    });
+    env.make_db(&env.db(), 100);
+    replicate_for(&env, 3);
+    replicate_for(&env, 3); // a second run: a second base and chain
+    let bases = || {
+        let mut ids: Vec<String> = snapshots(&env)
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let chain_of = |id: &str| find_files(&env.repo().join("replica").join(id)).len();
+    let both = bases();
+    assert_eq!(both.len(), 2, "{both:?}");
+    assert!(chain_of(&both[0]) > 0 && chain_of(&both[1]) > 0);
+
+    // Both chains are in the window: `last = 1` alone would drop the older.
+    let out = env.ok(&["prune"]);
+    assert!(out.contains("replica base"), "{out}");
+    assert_eq!(bases(), both);
+
+    // Out of the window, the older base goes, and its chain with it.
+    env.edit_config(|t| t.replace("retention = \"1h\"", "retention = \"1s\""));
+    std::thread::sleep(Duration::from_secs(2));
+    env.ok(&["prune"]);
+    assert_eq!(bases(), vec![both[1].clone()]);
+    assert_eq!(
+        chain_of(&both[0]),
+        0,
+        "the removed base's replica objects are gone"
+    );
+    assert!(chain_of(&both[1]) > 0, "the kept base's chain is kept");
+    let to = env.dir.path().join("r.db");
+    let out = env.ok(&[
+        "restore",
+        "--source",
+        "app",
+        "--latest",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert!(out.contains("replicated: base"), "{out}");
+    let title: String = Connection::open(&to)
+        .unwrap()
+        .query_row("SELECT title FROM tasks WHERE id = 3", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(title, "edit 14");
+    env.ok(&["verify"]);
 }

@@ -543,11 +543,12 @@ impl<'a> Run<'a> {
             for (n, r) in results.into_iter().enumerate() {
                 let t = &mut status.targets[n];
                 match r {
-                    Ok(_) => {
+                    Ok(s) => {
                         any = true;
                         t.needs_base = false;
                         t.replicated_at = Some(at);
-                        t.requests += 1;
+                        t.requests += s.requests;
+                        t.uploaded_bytes += s.manifest.uploaded_bytes;
                     }
                     Err(e) => {
                         t.needs_base = true;
