@@ -127,6 +127,20 @@ fn replicated_env(moto_port: u16) -> Env {
     env
 }
 
+/// `restore --latest` of the source to `<name>.db`: its path and what it printed.
+fn restore_latest(env: &Env, name: &str) -> (std::path::PathBuf, String) {
+    let to = env.dir.path().join(format!("{name}.db"));
+    let out = env.ok(&[
+        "restore",
+        "--source",
+        "app",
+        "--latest",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    (to, out)
+}
+
 /// The row numbers of a restored copy (all of them, in order).
 fn restored_rows(path: &Path) -> Vec<i64> {
     let c = Connection::open(path).unwrap();
@@ -335,15 +349,7 @@ fn a_killed_replicator_loses_nothing_it_stored_and_the_next_run_goes_on() {
     for (n, s) in before.iter().chain(&after).enumerate() {
         check_second(&env, *s, "local", &log, n);
     }
-    let to = env.dir.path().join("latest.db");
-    env.ok(&[
-        "restore",
-        "--source",
-        "app",
-        "--latest",
-        "--to",
-        to.to_str().unwrap(),
-    ]);
+    let (to, _) = restore_latest(&env, "latest");
     assert_eq!(
         restored_rows(&to),
         (1..=log.last().unwrap().1).collect::<Vec<_>>()
@@ -368,7 +374,7 @@ fn the_daemon_replicates_when_the_config_says_replicate() {
     let env = Env::new();
     env.edit_config(|t| format!("{t}\n[replicate]\nsync_interval = \"1s\"\n"));
     env.make_db(&env.db(), 50);
-    let mut daemon = Command::new(bin())
+    let daemon = Command::new(bin())
         .arg("--config")
         .arg(env.dir.path().join("offsite.toml"))
         .arg("daemon")
@@ -392,17 +398,7 @@ fn the_daemon_replicates_when_the_config_says_replicate() {
     std::thread::sleep(Duration::from_millis(2500));
     let printed = stop_replicator(daemon);
     assert!(printed.contains("base snapshot"), "{printed}");
-    daemon = Command::new("true").spawn().unwrap();
-    daemon.wait().unwrap();
-    let to = env.dir.path().join("r.db");
-    env.ok(&[
-        "restore",
-        "--source",
-        "app",
-        "--latest",
-        "--to",
-        to.to_str().unwrap(),
-    ]);
+    let (to, _) = restore_latest(&env, "r");
     let title: String = Connection::open(&to)
         .unwrap()
         .query_row("SELECT title FROM tasks WHERE id = 7", [], |r| r.get(0))
@@ -433,15 +429,7 @@ fn a_database_not_in_wal_mode_is_replicated_by_snapshots_and_says_so() {
     let printed = stop_replicator(replicator);
     assert!(printed.contains("is not in WAL mode"), "{printed}");
     assert!(printed.contains("journal_mode=WAL"), "{printed}");
-    let to = env.dir.path().join("r.db");
-    env.ok(&[
-        "restore",
-        "--source",
-        "app",
-        "--latest",
-        "--to",
-        to.to_str().unwrap(),
-    ]);
+    let (to, _) = restore_latest(&env, "r");
     assert_eq!(integrity(&to), "ok");
 }
 
@@ -501,15 +489,7 @@ fn prune_keeps_the_bases_the_replication_window_needs_and_deletes_the_others_cha
         "the removed base's replica objects are gone"
     );
     assert!(chain_of(&both[1]) > 0, "the kept base's chain is kept");
-    let to = env.dir.path().join("r.db");
-    let out = env.ok(&[
-        "restore",
-        "--source",
-        "app",
-        "--latest",
-        "--to",
-        to.to_str().unwrap(),
-    ]);
+    let (to, out) = restore_latest(&env, "r");
     assert!(out.contains("replicated: base"), "{out}");
     let title: String = Connection::open(&to)
         .unwrap()

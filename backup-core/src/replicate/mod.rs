@@ -333,7 +333,13 @@ impl<'a> Run<'a> {
             if *stop.borrow() {
                 return Ok(());
             }
-            let step = self.step_at(boundary).await?;
+            let step = match self.step_at(boundary).await {
+                Ok(step) => step,
+                // The database could not be read this time (locked, gone,
+                // replaced): start over from a new base, which says why
+                // if it cannot be taken either.
+                Err(e) => vec![Step::Lost(crate::error::chain_text(&e))],
+            };
             if let Some(why) = self.take(step)? {
                 if why == wal::YIELDED {
                     if let Some(f) = self.follower.take() {

@@ -285,7 +285,11 @@ impl Follower {
         } else {
             at
         };
-        let found = self.changes(next);
+        // A failure to read the frames must never leave the position moved
+        // past pages not reported: it is a lost WAL (a new base follows).
+        let found = self
+            .changes(next)
+            .or_else(|e| Ok::<_, Error>(Found::Lost(format!("reading the WAL failed: {e}"))));
         // The older transaction ends only now: until the pages were read,
         // it kept their frames in the WAL.
         let _ = self.held.execute_batch("COMMIT");
