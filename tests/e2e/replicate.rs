@@ -374,7 +374,7 @@ fn the_daemon_replicates_when_the_config_says_replicate() {
     let env = Env::new();
     env.edit_config(|t| format!("{t}\n[replicate]\nsync_interval = \"1s\"\n"));
     env.make_db(&env.db(), 50);
-    let daemon = Command::new(bin())
+    let mut daemon = Command::new(bin())
         .arg("--config")
         .arg(env.dir.path().join("offsite.toml"))
         .arg("daemon")
