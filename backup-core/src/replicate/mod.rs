@@ -389,8 +389,10 @@ impl<'a> Run<'a> {
     }
 
     fn queue_step(&mut self, change: Change) -> Result<()> {
-        // A step lands in the merge window of its own instant.
-        self.publish_windows_by(change.at, false)?;
+        // A step lands in the merge window of its own instant; the windows
+        // it closes are queued after it, so that the step (the RPO) does
+        // not wait behind their bigger objects.
+        let closed = self.windows.close(change.at, false);
         let (base, _) = self.base.clone().expect("a base");
         self.step += 1;
         let key = ReplicaKey {
@@ -407,6 +409,7 @@ impl<'a> Run<'a> {
             .collect();
         let runs = object::runs_of(change.pages.iter().map(|(n, _)| *n));
         self.publish(&key, runs, change.size_pages, change.page_size, &plain)?;
+        self.publish_merged(closed)?;
         if let Err(e) = self.windows.add(self.step, &change) {
             tracing::warn!("replication spool: {e}; merged levels skipped for now");
             self.windows.reset();
@@ -463,14 +466,16 @@ impl<'a> Run<'a> {
 
     /// Publishes the merged windows that ended by now (all with `all`).
     fn publish_windows(&mut self, all: bool) -> Result<()> {
-        self.publish_windows_by(Utc::now(), all)
+        let closed = self.windows.close(Utc::now(), all);
+        self.publish_merged(closed)
     }
 
-    fn publish_windows_by(&mut self, now: DateTime<Utc>, all: bool) -> Result<()> {
+    /// Queues the merged objects of closed windows.
+    fn publish_merged(&self, closed: Vec<std::io::Result<levels::Merged>>) -> Result<()> {
         let Some((base, _)) = self.base.clone() else {
             return Ok(());
         };
-        for merged in self.windows.close(now, all) {
+        for merged in closed {
             let merged = match merged {
                 Ok(m) => m,
                 Err(e) => {
