@@ -73,19 +73,44 @@ fn writer(
     })
 }
 
-fn start_replicator(env: &Env) -> Child {
-    Command::new(bin())
-        .arg("--config")
-        .arg(env.dir.path().join("offsite.toml"))
-        .arg("replicate")
-        .envs(CREDS)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+/// A running `offsite` child, killed if a test fails before it stops it.
+struct Running(Option<Child>);
+
+impl Running {
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("running")
+    }
 }
 
-fn stop_replicator(mut child: Child) -> String {
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn start(env: &Env, command: &str) -> Running {
+    Running(Some(
+        Command::new(bin())
+            .arg("--config")
+            .arg(env.dir.path().join("offsite.toml"))
+            .arg(command)
+            .envs(CREDS)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ))
+}
+
+fn start_replicator(env: &Env) -> Running {
+    start(env, "replicate")
+}
+
+fn stop_replicator(mut running: Running) -> String {
+    let mut child = running.0.take().expect("running");
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -331,8 +356,8 @@ fn a_killed_replicator_loses_nothing_it_stored_and_the_next_run_goes_on() {
     let app = writer(&env.db(), stop.clone(), log.clone());
     let mut first = start_replicator(&env);
     std::thread::sleep(Duration::from_millis(6300));
-    first.kill().unwrap(); // SIGKILL, mid-interval
-    first.wait().unwrap();
+    first.child().kill().unwrap(); // SIGKILL, mid-interval
+    first.child().wait().unwrap();
     let killed_at = now().floor() as i64;
     std::thread::sleep(Duration::from_millis(1500));
     let second = start_replicator(&env);
@@ -374,14 +399,7 @@ fn the_daemon_replicates_when_the_config_says_replicate() {
     let env = Env::new();
     env.edit_config(|t| format!("{t}\n[replicate]\nsync_interval = \"1s\"\n"));
     env.make_db(&env.db(), 50);
-    let mut daemon = Command::new(bin())
-        .arg("--config")
-        .arg(env.dir.path().join("offsite.toml"))
-        .arg("daemon")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut daemon = start(&env, "daemon");
     let c = Connection::open(env.db()).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !env.state().join("replicate-app.json").exists() {
@@ -389,7 +407,10 @@ fn the_daemon_replicates_when_the_config_says_replicate() {
             Instant::now() < deadline,
             "the daemon did not start replicating"
         );
-        assert!(daemon.try_wait().unwrap().is_none(), "the daemon exited");
+        assert!(
+            daemon.child().try_wait().unwrap().is_none(),
+            "the daemon exited"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(1500));
