@@ -45,11 +45,14 @@ pub struct Merged {
 struct Window {
     level: u8,
     span: Duration,
-    path: PathBuf,
+    /// Spools are `<stem><window end>.spool`: each window its own file, so
+    /// a closed window is merged while the next one fills.
+    stem: PathBuf,
     open: Option<Open>,
 }
 
 struct Open {
+    path: PathBuf,
     spool: File,
     len: u64,
     ends: DateTime<Utc>,
@@ -72,10 +75,20 @@ impl Windows {
             .map(|(n, span)| Window {
                 level: n as u8 + 1,
                 span: *span,
-                path: state_dir.join(format!("replicate-{source}-l{}.spool", n + 1)),
+                stem: state_dir.join(format!("replicate-{source}-l{}-", n + 1)),
                 open: None,
             })
             .collect();
+        // Spools a killed run left are only stale.
+        let prefix = format!("replicate-{source}-l");
+        if let Ok(dir) = std::fs::read_dir(state_dir) {
+            for e in dir.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&prefix) && name.ends_with(".spool") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         Windows { windows }
     }
 
@@ -84,10 +97,15 @@ impl Windows {
     pub fn add(&mut self, n: u64, change: &Change) -> std::io::Result<()> {
         for w in &mut self.windows {
             if w.open.is_none() {
+                let ends = super::next_boundary(change.at, w.span);
+                let mut name = w.stem.clone().into_os_string();
+                name.push(format!("{}.spool", ends.timestamp()));
+                let path = PathBuf::from(name);
                 w.open = Some(Open {
-                    spool: spool_file(&w.path)?,
+                    spool: spool_file(&path)?,
+                    path,
                     len: 0,
-                    ends: super::next_boundary(change.at, w.span),
+                    ends,
                     first: n,
                     last: n,
                     at: change.at,
@@ -98,7 +116,7 @@ impl Windows {
             }
             let open = w.open.as_mut().expect("opened");
             if open.page_size != change.page_size || n != open.last + 1 && n != open.first {
-                w.open = None; // cannot be merged: the level below serves
+                drop_open(&mut w.open); // cannot be merged: the level below serves
                 continue;
             }
             let mut pages = Vec::with_capacity(change.pages.len() * change.page_size as usize);
@@ -113,15 +131,16 @@ impl Windows {
             open.size_pages = change.size_pages;
             open.newest.retain(|p, _| *p <= change.size_pages);
             if open.newest.len() > MAX_PAGES as usize {
-                w.open = None;
+                drop_open(&mut w.open);
             }
         }
         Ok(())
     }
 
-    /// The windows that ended by `now` (every open one with `all`), merged.
-    /// A window of a single step is not published (its step is the object).
-    pub fn close(&mut self, now: DateTime<Utc>, all: bool) -> Vec<std::io::Result<Merged>> {
+    /// The windows that ended by `now` (every open one with `all`), to be
+    /// merged ([`Closed::merge`], which may run elsewhere). A window of a
+    /// single step is not published (its step is the object).
+    pub fn close(&mut self, now: DateTime<Utc>, all: bool) -> Vec<Closed> {
         let mut out = Vec::new();
         for w in &mut self.windows {
             let ended = w.open.as_ref().is_some_and(|o| all || now >= o.ends);
@@ -129,8 +148,14 @@ impl Windows {
                 continue;
             }
             let open = w.open.take().expect("open");
-            if open.last > open.first {
-                out.push(merge(w.level, open));
+            match open.last > open.first {
+                true => out.push(Closed {
+                    level: w.level,
+                    open,
+                }),
+                false => {
+                    let _ = std::fs::remove_file(&open.path);
+                }
             }
         }
         out
@@ -139,9 +164,31 @@ impl Windows {
     /// Drops every open window (a new base starts new ones).
     pub fn reset(&mut self) {
         for w in &mut self.windows {
-            w.open = None;
-            let _ = std::fs::remove_file(&w.path);
+            drop_open(&mut w.open);
         }
+    }
+}
+
+/// A window that ended, its pages still in its spool.
+pub struct Closed {
+    level: u8,
+    open: Open,
+}
+
+impl Closed {
+    /// The newest copy of every page the window's steps changed; the spool
+    /// is removed.
+    pub fn merge(self) -> std::io::Result<Merged> {
+        let path = self.open.path.clone();
+        let merged = merge(self.level, self.open);
+        let _ = std::fs::remove_file(&path);
+        merged
+    }
+}
+
+fn drop_open(open: &mut Option<Open>) {
+    if let Some(o) = open.take() {
+        let _ = std::fs::remove_file(&o.path);
     }
 }
 

@@ -236,14 +236,92 @@ fn shared_keys(repos: &[Arc<Repository>]) -> Result<Arc<KeySet>> {
     first.ok_or_else(|| Error::Key("no target to replicate to".into()))
 }
 
+/// Encodes replica objects and queues them for every target that holds
+/// the current base; cloned into the threads that merge closed windows.
+#[derive(Clone)]
+struct Publisher {
+    source: String,
+    keys: Arc<KeySet>,
+    level: i32,
+    status: Arc<Mutex<Status>>,
+    senders: Vec<tokio::sync::mpsc::UnboundedSender<Upload>>,
+}
+
+impl Publisher {
+    fn publish(
+        &self,
+        key: &ReplicaKey,
+        runs: Vec<(u32, u32)>,
+        size_pages: u32,
+        page_size: u32,
+        plain: &[u8],
+    ) -> Result<()> {
+        let meta = Meta {
+            source: self.source.clone(),
+            key: key.clone(),
+            page_size,
+            size_pages,
+            runs,
+            data: ChunkId::keyed(&self.keys.chunk_key(), plain),
+        };
+        let signer = self.keys.require_signer("replicate")?;
+        let bytes = object::encode(
+            &meta,
+            plain,
+            signer,
+            &self.keys.data_recipient()?,
+            &self.keys.metadata_recipient(),
+            self.level,
+        )?;
+        let bytes = Bytes::from(bytes);
+        let mut status = self.status.lock().expect("status");
+        for (n, tx) in self.senders.iter().enumerate() {
+            let t = &mut status.targets[n];
+            if t.needs_base {
+                continue;
+            }
+            t.queued += 1;
+            t.queued_bytes += bytes.len();
+            let _ = tx.send(Upload {
+                key: key.to_key(),
+                bytes: bytes.clone(),
+                at: key.at,
+            });
+        }
+        Ok(())
+    }
+
+    /// Merges a closed window and publishes it on a blocking thread, so
+    /// the steps go on meanwhile (a 5 min window can take longer to
+    /// encode than an interval).
+    fn publish_closed(&self, base: String, closed: levels::Closed) {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let published = closed.merge().map_err(|e| e.to_string()).and_then(|m| {
+                let key = ReplicaKey {
+                    base,
+                    level: m.level,
+                    first: m.first,
+                    last: m.last,
+                    at: m.at,
+                };
+                (this.publish(&key, m.runs, m.size_pages, m.page_size, &m.pages))
+                    .map_err(|e| crate::error::chain_text(&e))
+            });
+            if let Err(e) = published {
+                tracing::warn!("replication: a merged window is not stored ({e}); its steps are");
+            }
+        });
+    }
+}
+
 /// One source's replication.
 struct Run<'a> {
     spec: &'a SourceSpec,
     repos: Vec<Arc<Repository>>,
-    keys: Arc<KeySet>,
     opts: &'a ReplicateOptions,
     status: Arc<Mutex<Status>>,
-    senders: Vec<tokio::sync::mpsc::UnboundedSender<Upload>>,
+    publisher: Publisher,
     uploaders: Vec<tokio::task::JoinHandle<()>>,
     follower: Option<Arc<Mutex<Follower>>>,
     base: Option<(String, DateTime<Utc>)>,
@@ -291,13 +369,19 @@ impl<'a> Run<'a> {
             )));
         }
         let windows = levels::Windows::new(&opts.state_dir, &spec.name, &opts.levels);
+        let publisher = Publisher {
+            source: spec.name.clone(),
+            keys: keys.clone(),
+            level: opts.backup.compression_level,
+            status: status.clone(),
+            senders,
+        };
         Run {
             spec,
             repos,
-            keys,
             opts,
             status,
-            senders,
+            publisher,
             uploaders,
             follower: None,
             base: None,
@@ -408,8 +492,8 @@ impl<'a> Run<'a> {
             .flat_map(|(_, p)| p.iter().copied())
             .collect();
         let runs = object::runs_of(change.pages.iter().map(|(n, _)| *n));
-        self.publish(&key, runs, change.size_pages, change.page_size, &plain)?;
-        self.publish_merged(closed)?;
+        (self.publisher).publish(&key, runs, change.size_pages, change.page_size, &plain)?;
+        self.publish_merged(closed);
         if let Err(e) = self.windows.add(self.step, &change) {
             tracing::warn!("replication spool: {e}; merged levels skipped for now");
             self.windows.reset();
@@ -420,85 +504,21 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Encodes one object and queues it for every target that holds the base.
-    fn publish(
-        &self,
-        key: &ReplicaKey,
-        runs: Vec<(u32, u32)>,
-        size_pages: u32,
-        page_size: u32,
-        plain: &[u8],
-    ) -> Result<()> {
-        let meta = Meta {
-            source: self.spec.name.clone(),
-            key: key.clone(),
-            page_size,
-            size_pages,
-            runs,
-            data: ChunkId::keyed(&self.keys.chunk_key(), plain),
-        };
-        let signer = self.keys.require_signer("replicate")?;
-        let bytes = object::encode(
-            &meta,
-            plain,
-            signer,
-            &self.keys.data_recipient()?,
-            &self.keys.metadata_recipient(),
-            self.opts.backup.compression_level,
-        )?;
-        let bytes = Bytes::from(bytes);
-        let mut status = self.status();
-        for (n, tx) in self.senders.iter().enumerate() {
-            let t = &mut status.targets[n];
-            if t.needs_base {
-                continue;
-            }
-            t.queued += 1;
-            t.queued_bytes += bytes.len();
-            let _ = tx.send(Upload {
-                key: key.to_key(),
-                bytes: bytes.clone(),
-                at: key.at,
-            });
-        }
-        Ok(())
-    }
-
     /// Publishes the merged windows that ended by now (all with `all`).
     fn publish_windows(&mut self, all: bool) -> Result<()> {
         let closed = self.windows.close(Utc::now(), all);
-        self.publish_merged(closed)
+        self.publish_merged(closed);
+        Ok(())
     }
 
-    /// Queues the merged objects of closed windows.
-    fn publish_merged(&self, closed: Vec<std::io::Result<levels::Merged>>) -> Result<()> {
-        let Some((base, _)) = self.base.clone() else {
-            return Ok(());
+    /// Queues the merged objects of closed windows (merged elsewhere).
+    fn publish_merged(&self, closed: Vec<levels::Closed>) {
+        let Some((base, _)) = &self.base else {
+            return;
         };
-        for merged in closed {
-            let merged = match merged {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!("replication spool: {e}; this window is not merged");
-                    continue;
-                }
-            };
-            let key = ReplicaKey {
-                base: base.clone(),
-                level: merged.level,
-                first: merged.first,
-                last: merged.last,
-                at: merged.at,
-            };
-            self.publish(
-                &key,
-                merged.runs,
-                merged.size_pages,
-                merged.page_size,
-                &merged.pages,
-            )?;
+        for c in closed {
+            self.publisher.publish_closed(base.clone(), c);
         }
-        Ok(())
     }
 
     /// Why a new base is due now, if it is.
@@ -682,7 +702,9 @@ impl<'a> Run<'a> {
         if let Err(e) = self.publish_windows(true) {
             tracing::warn!("{e}");
         }
-        self.senders.clear();
+        // The uploaders end once every sender is gone: this one's, and
+        // those of merges still running.
+        self.publisher.senders.clear();
         let drain = futures::future::join_all(self.uploaders.drain(..));
         if tokio::time::timeout(Duration::from_secs(10), drain)
             .await
