@@ -166,6 +166,14 @@ fn restore_latest(env: &Env, name: &str) -> (std::path::PathBuf, String) {
     (to, out)
 }
 
+/// The title of task `id` in a restored copy.
+fn title_of(path: &Path, id: i64) -> String {
+    Connection::open(path)
+        .unwrap()
+        .query_row("SELECT title FROM tasks WHERE id = ?1", [id], |r| r.get(0))
+        .unwrap()
+}
+
 /// The row numbers of a restored copy (all of them, in order).
 fn restored_rows(path: &Path) -> Vec<i64> {
     let c = Connection::open(path).unwrap();
@@ -420,11 +428,7 @@ fn the_daemon_replicates_when_the_config_says_replicate() {
     let printed = stop_replicator(daemon);
     assert!(printed.contains("base snapshot"), "{printed}");
     let (to, _) = restore_latest(&env, "r");
-    let title: String = Connection::open(&to)
-        .unwrap()
-        .query_row("SELECT title FROM tasks WHERE id = 7", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(title, "replicated");
+    assert_eq!(title_of(&to, 7), "replicated");
 }
 
 #[test]
@@ -512,10 +516,6 @@ fn prune_keeps_the_bases_the_replication_window_needs_and_deletes_the_others_cha
     assert!(chain_of(&both[1]) > 0, "the kept base's chain is kept");
     let (to, out) = restore_latest(&env, "r");
     assert!(out.contains("replicated: base"), "{out}");
-    let title: String = Connection::open(&to)
-        .unwrap()
-        .query_row("SELECT title FROM tasks WHERE id = 3", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(title, "edit 14");
+    assert_eq!(title_of(&to, 3), "edit 14");
     env.ok(&["verify"]);
 }

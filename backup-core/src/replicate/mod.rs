@@ -325,6 +325,8 @@ struct Run<'a> {
     uploaders: Vec<tokio::task::JoinHandle<()>>,
     follower: Option<Arc<Mutex<Follower>>>,
     base: Option<(String, DateTime<Utc>)>,
+    /// When the last base was stored.
+    last_base: Option<std::time::Instant>,
     step: u64,
     windows: levels::Windows,
 }
@@ -385,6 +387,7 @@ impl<'a> Run<'a> {
             uploaders,
             follower: None,
             base: None,
+            last_base: None,
             step: 0,
             windows,
         }
@@ -425,11 +428,21 @@ impl<'a> Run<'a> {
                 Err(e) => vec![Step::Lost(crate::error::chain_text(&e))],
             };
             if let Some(why) = self.take(step)? {
-                if why == wal::YIELDED {
-                    if let Some(f) = self.follower.take() {
-                        f.lock().expect("follower").let_go();
-                    }
-                    tokio::time::sleep(Duration::from_millis(250)).await;
+                // Let go of the database (a new base reopens it), and wait
+                // a little when the last base was just taken: a WAL lost at
+                // every step must not turn into a full read every second.
+                if let Some(f) = self.follower.take() {
+                    f.lock().expect("follower").let_go();
+                }
+                let gap = self.last_base.map_or(Duration::ZERO, |t| {
+                    MIN_REBASE_GAP.saturating_sub(t.elapsed())
+                });
+                tokio::select! {
+                    _ = tokio::time::sleep(gap.max(Duration::from_millis(250))) => {}
+                    _ = stop.changed() => {}
+                }
+                if *stop.borrow() {
+                    return Ok(());
                 }
                 reason = why;
                 self.base = None;
@@ -610,6 +623,7 @@ impl<'a> Run<'a> {
             )));
         }
         self.base = Some((id, at));
+        self.last_base = Some(std::time::Instant::now());
         self.step = 0;
         self.write_status();
         Ok(())
@@ -715,6 +729,9 @@ impl<'a> Run<'a> {
         self.write_status();
     }
 }
+
+/// The least time between two bases that a lost WAL causes.
+const MIN_REBASE_GAP: Duration = Duration::from_secs(5);
 
 /// The tag every base snapshot carries.
 pub const BASE_TAG: &str = "replica-base";
