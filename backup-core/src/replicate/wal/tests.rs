@@ -130,6 +130,14 @@ fn the_steps_rebuild_the_database_under_writes_and_every_checkpoint_mode() {
         std::thread::sleep(Duration::from_millis(30));
     }
     stop.store(true, Ordering::Relaxed);
+    // The follower keeps moving until the application is done, as the
+    // replicator does: a FULL/RESTART/TRUNCATE checkpoint the application
+    // is in waits for the follower's next move, so joining without moving
+    // would wait out its busy timeout.
+    while !app.is_finished() {
+        follow(&mut follower, &mut image, false);
+        std::thread::sleep(Duration::from_millis(30));
+    }
     let done = app.join().unwrap();
     follow(&mut follower, &mut image, false);
     assert!(
