@@ -10,6 +10,11 @@
 //! snapshot is restored, and every snapshot of the source whose signature
 //! is refused fails a step of its own (`rejected_objects`), so a forgery
 //! alerts like a failed restore while the genuine data is still drilled.
+//! A replicated source is drilled as `restore --latest` would restore it:
+//! when replica objects reach past the newest snapshot, the newest signed
+//! base is restored with them replayed (every object verified, the
+//! replayed copy checked), so a damaged or forged replica object fails the
+//! drill before a restore at 3 a.m. meets it.
 //!
 //! Every check becomes a [`Step`] in a [`DrillReport`], passed or failed; a
 //! failed check is a result, not an error, so the caller can print and send
@@ -40,7 +45,9 @@ use crate::error::{Error, Result};
 use crate::keys::Identities;
 use crate::keyset::{KeySet, Trust};
 use crate::lock::{Lock, LockWait};
-use crate::repo::{regular, Manifest, Repository, SnapshotsV2};
+use crate::replicate::restore::ReplayPlan;
+use crate::replicate::BASE_TAG;
+use crate::repo::{regular, Manifest, Repository, SnapshotV2, SnapshotsV2};
 use crate::restore::RestoreOptions;
 use crate::source::{sqlite, SourceKind};
 use crate::status::human;
@@ -217,6 +224,7 @@ async fn drill_locked(
         size: newest.size,
         kind: newest.kind,
         of: snapshots.len(),
+        replica: None,
     };
     let to = chosen_steps(&mut report, &chosen, opts.max_age, now, scratch);
     let clock = Instant::now();
@@ -255,19 +263,28 @@ async fn drill_v2(
         no_snapshot(&mut report, repo, source);
         return Ok(report);
     };
-    let m = &newest.manifest;
+    let mut ro = restore_options(opts);
+    let replicated = replicated_latest(repo, &all, source, newest).await?;
+    let (drilled, replica) = match replicated {
+        Some((base, plan, point)) => {
+            let replica = Some((plan.objects.len(), point));
+            ro.replay = Some(plan);
+            (base, replica)
+        }
+        None => (newest, None),
+    };
+    let m = &drilled.manifest;
     let chosen = Chosen {
         id: &m.id,
-        finished: m.finished,
+        finished: replica.map_or(m.finished, |r| r.1),
         size: m.size,
         kind: m.kind,
         of: signed,
+        replica,
     };
     let to = chosen_steps(&mut report, &chosen, opts.max_age, now, scratch);
     let clock = Instant::now();
-    let restored = repo
-        .restore_v2(keys, newest, &to, &restore_options(opts))
-        .await;
+    let restored = repo.restore_v2(keys, drilled, &to, &ro).await;
     checks_after(
         &mut report,
         chosen.kind,
@@ -278,6 +295,28 @@ async fn drill_v2(
     )
     .await;
     Ok(report)
+}
+
+/// What `restore --latest` takes over `newest` for a replicated source:
+/// the newest signed base, the replay of its replica objects and the
+/// instant they reach, when that is after `newest` began.
+async fn replicated_latest<'a>(
+    repo: &Repository,
+    all: &'a SnapshotsV2,
+    source: &str,
+    newest: &'a SnapshotV2,
+) -> Result<Option<(&'a SnapshotV2, ReplayPlan, DateTime<Utc>)>> {
+    let base = (all.regular_signed(Some(source)))
+        .filter(|s| s.manifest.tags.iter().any(|t| t == BASE_TAG))
+        .max_by_key(|s| s.manifest.started);
+    let Some(base) = base else {
+        return Ok(None);
+    };
+    let plan = crate::replicate::restore::plan(repo, &base.manifest.id, None).await?;
+    Ok(match plan.at() {
+        Some(point) if point > newest.manifest.started => Some((base, plan, point)),
+        _ => None,
+    })
 }
 
 /// The failed step `rejected_objects` when `source` has snapshots whose
@@ -312,6 +351,8 @@ struct Chosen<'a> {
     kind: SourceKind,
     /// How many snapshots of the source it was chosen among.
     of: usize,
+    /// The replica objects replayed on it and the instant they reach.
+    replica: Option<(usize, DateTime<Utc>)>,
 }
 
 /// The failed `snapshot_exists` step: nothing to restore.
@@ -339,11 +380,18 @@ fn chosen_steps(
     report.snapshot = Some(chosen.id.to_string());
     report.snapshot_time = Some(chosen.finished);
     report.snapshot_size = Some(chosen.size);
+    let replayed = match chosen.replica {
+        Some((objects, point)) => format!(
+            ", with {objects} replica objects replayed to {}",
+            point.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        ),
+        None => String::new(),
+    };
     report.push(
         "snapshot_exists",
         true,
         format!(
-            "{} ({} bytes, {} snapshots of {})",
+            "{} ({} bytes, {} snapshots of {}){replayed}",
             chosen.id, chosen.size, chosen.of, report.source
         ),
         None,

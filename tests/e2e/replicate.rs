@@ -519,3 +519,43 @@ fn prune_keeps_the_bases_the_replication_window_needs_and_deletes_the_others_cha
     assert_eq!(title_of(&to, 3), "edit 14");
     env.ok(&["verify"]);
 }
+
+/// The drill restores what `restore --latest` would: the base with its
+/// replica objects replayed (the smoke query sees the last replicated
+/// edit, which no snapshot holds); a damaged replica object fails it.
+#[test]
+fn the_drill_replays_the_replica_objects_and_fails_on_a_damaged_one() {
+    let env = Env::new();
+    env.edit_config(|t| {
+        format!(
+            "{t}\n[replicate]\nsync_interval = \"1s\"\n\n[drill]\n\
+             query = \"SELECT count(*) FROM tasks WHERE id = 3 AND title = 'edit 14'\"\n\
+             min_rows = 1\n"
+        )
+    });
+    env.make_db(&env.db(), 100);
+    replicate_for(&env, 3);
+    let all = json(&env.ok(&["drill", "--json"]));
+    assert_eq!(all["passed"], true, "{all:#}");
+    let report = &all["drills"][0];
+    assert_eq!(report["query_value"], 1, "{report}");
+    let steps = report["steps"].as_array().unwrap();
+    let detail =
+        |name: &str| (steps.iter().find(|s| s["step"] == name)).map(|s| s["detail"].to_string());
+    let exists = detail("snapshot_exists").expect("a snapshot_exists step");
+    assert!(exists.contains("replica objects replayed to"), "{exists}");
+    assert!(detail("smoke_query").is_some(), "{report}");
+
+    // Flip a byte in the middle of every replica object.
+    let objects = find_files(&env.repo().join("replica"));
+    assert!(!objects.is_empty());
+    for path in &objects {
+        let mut bytes = std::fs::read(path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x40;
+        std::fs::write(path, bytes).unwrap();
+    }
+    let (code, out, err) = env.run(&["drill"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("[FAIL] restore"), "{out}{err}");
+}
