@@ -134,7 +134,13 @@ impl LocalStorage {
                         ));
                     }
                 }
-                std::fs::create_dir(&root).map_err(|e| io_error(&describe, e))?;
+                match std::fs::create_dir(&root) {
+                    Ok(()) => {}
+                    // Another job (a backup beside the replicator) made it
+                    // a moment ago: it is the directory wanted.
+                    Err(e) if e.kind() == IoKind::AlreadyExists && root.is_dir() => {}
+                    Err(e) => return Err(io_error(&describe, e)),
+                }
                 let parent = root.parent().filter(|p| !p.as_os_str().is_empty());
                 sync_dir_blocking(parent.unwrap_or(Path::new(".")));
             }

@@ -517,3 +517,31 @@ fn after_a_key_remove_restore_still_takes_what_one_target_lost_from_another() {
     assert_eq!(dump(&to), dump(&env.db()));
     assert_eq!(integrity(&to), "ok");
 }
+
+/// Two jobs starting on a new, empty target at the same moment (a manual
+/// backup beside the daemon's, or beside `offsite replicate`) both
+/// succeed, into one repository: neither fails on the other's directory,
+/// key set or config. Before the fix, one of two failed 5 times in 6.
+#[test]
+fn two_backups_creating_one_new_repository_at_once_both_succeed() {
+    let env = Env::new();
+    env.make_db(&env.db(), 50);
+    for round in 0..4 {
+        let _ = std::fs::remove_dir_all(env.repo());
+        let runs: Vec<(i32, String, String)> = std::thread::scope(|s| {
+            let jobs: Vec<_> = (0..2).map(|_| s.spawn(|| env.run(&["backup"]))).collect();
+            jobs.into_iter().map(|j| j.join().unwrap()).collect()
+        });
+        for (code, out, err) in &runs {
+            assert_eq!(*code, 0, "round {round}: {out}{err}");
+        }
+        let listed = snapshots(&env);
+        assert_eq!(listed.len(), 2, "round {round}: {listed:?}");
+        assert!(
+            listed.iter().all(|s| s["trust"]["state"] == "signed"),
+            "{listed:?}"
+        );
+        env.ok(&["verify"]);
+    }
+    env.ok(&["restore", "--source", "app", "--latest", "--test"]);
+}

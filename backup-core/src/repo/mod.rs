@@ -471,7 +471,9 @@ impl Repository {
             Err(e) if e.is_not_found() => {
                 return Err(Error::NotARepository {
                     target,
-                    message: "no config object; run a backup to create one".into(),
+                    message: "no config object; run a backup to create one, or try again in a few \
+                              seconds if one is being created this moment"
+                        .into(),
                 })
             }
             Err(e) => return Err(Error::Storage { target, cause: e }),
