@@ -761,6 +761,43 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         .map_err(|e| Error::io("replication thread", std::io::Error::other(e.to_string())))?
 }
 
+/// What storing one replica object came to.
+enum Stored {
+    Yes,
+    /// Not stored this time (the reason); tried again.
+    Retry(String),
+    /// Its key holds another object (junk, or one planted there): this
+    /// chain cannot go on past it on this target.
+    Taken(String),
+}
+
+/// Stores `up` once. A key that already exists counts as stored only when
+/// it holds exactly these bytes (a retry of a put that landed); anything
+/// else there is never taken for our step.
+async fn store_one(repo: &Repository, up: &Upload) -> Stored {
+    let error = match repo
+        .put_bytes(&up.key, up.bytes.clone(), PutMode::Create)
+        .await
+    {
+        Ok(()) => return Stored::Yes,
+        Err(e) => e,
+    };
+    let taken = matches!(&error, Error::Storage { cause, .. }
+        if cause.kind == crate::storage::ErrorKind::AlreadyExists);
+    if !taken {
+        return Stored::Retry(crate::error::chain_text(&error));
+    }
+    match repo.get_bytes(&up.key).await {
+        Ok(there) if there == up.bytes => Stored::Yes,
+        Ok(_) => Stored::Taken(format!(
+            "{} already holds another object (junk, or one planted there): \
+             that step is not stored there; a new base starts a new chain",
+            up.key
+        )),
+        Err(e) => Stored::Retry(crate::error::chain_text(&e)),
+    }
+}
+
 /// Stores `rx`'s objects on `repo` in order, retrying each until it lands.
 async fn upload_loop(
     repo: Arc<Repository>,
@@ -780,25 +817,13 @@ async fn upload_loop(
         while let Ok(u) = rx.try_recv() {
             queue.push_back(u);
         }
-        let up = queue.front().expect("one");
-        let stored = match repo
-            .put_bytes(&up.key, up.bytes.clone(), PutMode::Create)
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(Error::Storage { cause, .. })
-                if cause.kind == crate::storage::ErrorKind::AlreadyExists =>
-            {
-                Ok(())
-            } // a retry of one that landed
-            Err(e) => Err(crate::error::chain_text(&e)),
-        };
+        let stored = store_one(&repo, queue.front().expect("one")).await;
         let failed = {
             let mut s = status.lock().expect("status");
             let t = &mut s.targets[n];
             t.requests += 1;
             match stored {
-                Ok(()) => {
+                Stored::Yes => {
                     let up = queue.pop_front().expect("one");
                     t.queued = t.queued.saturating_sub(1);
                     t.queued_bytes = t.queued_bytes.saturating_sub(up.bytes.len());
@@ -807,15 +832,19 @@ async fn upload_loop(
                     t.last_error = None;
                     false
                 }
-                Err(e) => {
+                Stored::Taken(e) => {
+                    tracing::warn!("replicating to {}: {e}", repo.describe());
+                    // The steps after it could never be read past the gap.
+                    drop_chain(t, &mut queue, e);
+                    false
+                }
+                Stored::Retry(e) => {
                     tracing::warn!("replicating to {}: {e}; retrying", repo.describe());
-                    t.last_error = Some(e);
                     if t.queued_bytes > MAX_QUEUED_BYTES {
                         // Too far behind: drop the chain here; a new base brings it back.
-                        queue.clear();
-                        t.queued = 0;
-                        t.queued_bytes = 0;
-                        t.needs_base = true;
+                        drop_chain(t, &mut queue, e);
+                    } else {
+                        t.last_error = Some(e);
                     }
                     true
                 }
@@ -828,5 +857,102 @@ async fn upload_loop(
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }
+    }
+}
+
+/// Gives up this target's chain: what is queued is dropped and the next
+/// base brings the target back (`why` stays as its last error).
+fn drop_chain(t: &mut TargetStatus, queue: &mut VecDeque<Upload>, why: String) {
+    queue.clear();
+    t.queued = 0;
+    t.queued_bytes = 0;
+    t.needs_base = true;
+    t.last_error = Some(why);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{generate_identity, Keys};
+    use crate::storage::memory::MemoryStorage;
+
+    async fn repo() -> Arc<Repository> {
+        let (_, recipient) = generate_identity();
+        let keys = Keys::from_recipients(&[recipient]).unwrap();
+        let storage = Arc::new(MemoryStorage::default());
+        Arc::new(Repository::open_or_init(storage, &keys).await.unwrap())
+    }
+
+    fn status() -> Arc<Mutex<Status>> {
+        Arc::new(Mutex::new(Status {
+            source: "app".into(),
+            pid: 1,
+            mode: "wal".into(),
+            sync_interval_seconds: 1.0,
+            base: None,
+            started: Utc::now(),
+            updated: Utc::now(),
+            read_at: None,
+            steps: 0,
+            targets: vec![TargetStatus {
+                target: "t".into(),
+                queued: 2,
+                ..TargetStatus::default()
+            }],
+        }))
+    }
+
+    fn upload(key: &str, body: &'static [u8]) -> Upload {
+        Upload {
+            key: key.into(),
+            bytes: Bytes::from_static(body),
+            at: Utc::now(),
+        }
+    }
+
+    /// Runs the upload loop over `uploads` until it has handled them all.
+    async fn run(repo: &Arc<Repository>, uploads: Vec<Upload>) -> TargetStatus {
+        let status = status();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        for u in uploads {
+            tx.send(u).unwrap();
+        }
+        drop(tx);
+        upload_loop(repo.clone(), 0, rx, status.clone()).await;
+        let t = status.lock().unwrap().targets[0].clone();
+        t
+    }
+
+    #[tokio::test]
+    async fn a_key_holding_another_object_is_never_counted_as_stored() {
+        let repo = repo().await;
+        let key = "replica/b/0/1-1-x";
+        (repo.put_bytes(key, Bytes::from_static(b"planted"), PutMode::Create))
+            .await
+            .unwrap();
+        let t = run(
+            &repo,
+            vec![upload(key, b"ours"), upload("replica/b/0/2-2-y", b"next")],
+        )
+        .await;
+        assert!(t.needs_base, "the chain is dropped for a new base");
+        assert_eq!(t.uploaded_bytes, 0);
+        assert_eq!(t.replicated_at, None);
+        let why = t.last_error.unwrap();
+        assert!(why.contains("already holds another object"), "{why}");
+        assert_eq!(&repo.get_bytes(key).await.unwrap()[..], b"planted");
+    }
+
+    #[tokio::test]
+    async fn a_retry_of_a_put_that_landed_is_stored() {
+        let repo = repo().await;
+        let key = "replica/b/0/1-1-x";
+        (repo.put_bytes(key, Bytes::from_static(b"ours"), PutMode::Create))
+            .await
+            .unwrap();
+        let t = run(&repo, vec![upload(key, b"ours")]).await;
+        assert!(!t.needs_base);
+        assert_eq!(t.uploaded_bytes, 4);
+        assert!(t.replicated_at.is_some() && t.last_error.is_none());
     }
 }
