@@ -412,7 +412,7 @@ impl<'a> Run<'a> {
             }
             let boundary = next_boundary(Utc::now(), self.opts.sync_interval);
             let wait = (boundary - Utc::now()).to_std().unwrap_or_default();
-            let wait = wait.saturating_sub(self.opts.lead + Duration::from_millis(3));
+            let wait = wait.saturating_sub(self.opts.lead + WAKE_EARLY);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.changed() => {}
@@ -760,6 +760,15 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         .await
         .map_err(|e| Error::io("replication thread", std::io::Error::other(e.to_string())))?
 }
+
+/// How long before a boundary's lead the loop wakes: the step's own
+/// thread then sleeps precisely to the lead (see `Follower::take_gate`).
+/// Waking only a few ms early let a busy machine (a timer fired late, the
+/// blocking thread scheduled late) miss the writer lock at the boundary,
+/// and that second's state was then labelled a moment after it; 30 ms
+/// absorbs such delays and costs nothing (the lock is still taken `lead`
+/// before the boundary).
+const WAKE_EARLY: Duration = Duration::from_millis(30);
 
 /// What storing one replica object came to.
 enum Stored {

@@ -162,7 +162,13 @@ pub struct Follower {
     wal_limit: u64,
     /// Since when the writer lock could not be had at a boundary.
     gate_missed: Option<Instant>,
+    /// How much earlier than `lead` the gate asks, learned from late
+    /// wake-ups (see `take_gate`).
+    slack: Duration,
 }
+
+/// The most the gate asks for the writer lock ahead of its lead.
+const MAX_SLACK: Duration = Duration::from_millis(20);
 
 /// How long the writer lock may stay out of reach at every boundary before
 /// the follower lets go of its readers: an application checkpoint of mode
@@ -213,6 +219,7 @@ impl Follower {
             checksum: None,
             wal_limit,
             gate_missed: None,
+            slack: Duration::ZERO,
         };
         follower.checksum = follower.checksum_at(position)?;
         Ok(follower)
@@ -332,31 +339,53 @@ impl Follower {
     /// Takes the writer lock, waiting until `lead` before `boundary` to
     /// ask and at most until just before it to get it; holds it past the
     /// boundary. When it cannot be had (the application holds it: a write,
-    /// or its own checkpoint), the position just before the boundary is
-    /// read instead: a snapshot after the boundary at the same position
-    /// saw no commit across it.
-    fn take_gate(&self, boundary: DateTime<Utc>, lead: Duration) -> Gate {
+    /// or its own checkpoint), the newest position read wholly before the
+    /// boundary is kept instead: a snapshot after the boundary at the same
+    /// position saw no commit across it. Every instant is taken *after*
+    /// the call it dates (a lock got, a read done), so a late thread (a
+    /// busy machine) can only make the result `Missed`, never a state of
+    /// after the boundary labelled as the boundary's.
+    ///
+    /// A busy machine wakes the thread late, sometimes past the boundary;
+    /// so a late wake-up makes the next ask earlier (twice as late, up to
+    /// [`MAX_SLACK`]), and each timely one halves that again: on a quiet
+    /// machine the lock is held about `lead`.
+    fn take_gate(&mut self, boundary: DateTime<Utc>, lead: Duration) -> Gate {
         let until = |t: DateTime<Utc>| (t - Utc::now()).to_std().unwrap_or_default();
-        let lead = chrono::Duration::from_std(lead).unwrap_or_default();
-        std::thread::sleep(until(boundary - lead));
+        let lead = chrono::Duration::from_std(lead + self.slack).unwrap_or_default();
+        let wake = boundary - lead;
+        std::thread::sleep(until(wake));
+        let late = (Utc::now() - wake).to_std().unwrap_or_default();
+        self.slack = match late > Duration::from_micros(300) {
+            true => (late * 2).max(self.slack / 2).min(MAX_SLACK),
+            false => self.slack / 2,
+        };
         let last_try = boundary - chrono::Duration::microseconds(300);
+        let mut before = None;
         loop {
             if self.gate.execute_batch("BEGIN IMMEDIATE").is_ok() {
-                std::thread::sleep(until(boundary));
-                return Gate::Held;
+                if Utc::now() < boundary {
+                    std::thread::sleep(until(boundary));
+                    return Gate::Held;
+                }
+                // Got only after the boundary: commits may have come between.
+                let _ = self.gate.execute_batch("ROLLBACK");
+                break;
+            }
+            let read = begin(&self.path, &self.gate);
+            let _ = self.gate.execute_batch("COMMIT");
+            if let (Ok(p), true) = (read, Utc::now() < boundary) {
+                before = Some(p);
             }
             if Utc::now() >= last_try {
                 break;
             }
             std::thread::sleep(Duration::from_micros(200));
         }
-        let before = Utc::now();
-        let position = begin(&self.path, &self.gate).ok();
-        let _ = self.gate.execute_batch("COMMIT");
         std::thread::sleep(until(boundary));
-        match position {
-            Some(p) if before < boundary && Utc::now() >= boundary => Gate::Before(p),
-            _ => Gate::Missed,
+        match before {
+            Some(p) => Gate::Before(p),
+            None => Gate::Missed,
         }
     }
 
