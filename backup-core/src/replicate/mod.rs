@@ -328,6 +328,11 @@ struct Run<'a> {
     /// When the last base was stored.
     last_base: Option<std::time::Instant>,
     step: u64,
+    /// The changes of the follower's last upkeep (taken just after a
+    /// boundary, so the WAL can start over): they go out with the next
+    /// boundary's step, so that a target gets one level 0 object per
+    /// interval.
+    held: Option<Change>,
     windows: levels::Windows,
 }
 
@@ -389,6 +394,7 @@ impl<'a> Run<'a> {
             base: None,
             last_base: None,
             step: 0,
+            held: None,
             windows,
         }
     }
@@ -425,7 +431,7 @@ impl<'a> Run<'a> {
                 // The database could not be read this time (locked, gone,
                 // replaced): start over from a new base, which says why
                 // if it cannot be taken either.
-                Err(e) => vec![Step::Lost(crate::error::chain_text(&e))],
+                Err(e) => (Step::Lost(crate::error::chain_text(&e)), None),
             };
             if let Some(why) = self.take(step)? {
                 // Let go of the database (a new base reopens it), and wait
@@ -450,6 +456,7 @@ impl<'a> Run<'a> {
             }
             self.publish_windows(false)?;
             if let Some(why) = self.base_due() {
+                self.queue_held()?;
                 reason = why;
                 self.base = None;
             }
@@ -457,32 +464,46 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Moves the follower to `boundary`, then keeps the WAL bounded.
-    async fn step_at(&mut self, boundary: DateTime<Utc>) -> Result<Vec<Step>> {
+    /// Moves the follower to `boundary`, then keeps the WAL bounded: the
+    /// boundary's step and the upkeep's, if one was taken.
+    async fn step_at(&mut self, boundary: DateTime<Utc>) -> Result<(Step, Option<Step>)> {
         let follower = self.follower.clone().expect("following");
         let lead = self.opts.lead;
         blocking(move || {
             let mut f = follower.lock().expect("follower");
-            let mut steps = vec![f.step(Some(boundary), lead)?];
-            if let Some(step) = f.maintain()? {
-                steps.push(step);
-            }
-            Ok(steps)
+            let step = f.step(Some(boundary), lead)?;
+            Ok((step, f.maintain()?))
         })
         .await
     }
 
-    /// Queues the changes of `steps`; the reason for a new base when the
-    /// WAL was lost.
-    fn take(&mut self, steps: Vec<Step>) -> Result<Option<String>> {
-        for step in steps {
-            match step {
-                Step::Same { at, .. } => self.status().read_at = Some(at),
-                Step::Changed(change) => self.queue_step(change)?,
-                Step::Lost(why) => return Ok(Some(why)),
-            }
+    /// Queues the boundary's changes (with the held upkeep's) and holds the
+    /// upkeep's; the reason for a new base when the WAL was lost.
+    fn take(&mut self, (step, upkeep): (Step, Option<Step>)) -> Result<Option<String>> {
+        let (alone, step) = step.after(self.held.take());
+        if let Some(held) = alone {
+            self.queue_step(held)?;
+        }
+        match step {
+            Step::Same { at, .. } => self.status().read_at = Some(at),
+            Step::Changed(change) => self.queue_step(change)?,
+            Step::Lost(why) => return Ok(Some(why)),
+        }
+        match upkeep {
+            Some(Step::Changed(change)) => self.held = Some(change),
+            Some(Step::Lost(why)) => return Ok(Some(why)),
+            Some(Step::Same { .. }) | None => {}
         }
         Ok(None)
+    }
+
+    /// Queues the held upkeep's changes as a step of their own (before a
+    /// new base or the stop, which do not wait for the next boundary).
+    fn queue_held(&mut self) -> Result<()> {
+        match self.held.take() {
+            Some(held) if self.base.is_some() => self.queue_step(held),
+            _ => Ok(()),
+        }
     }
 
     fn queue_step(&mut self, change: Change) -> Result<()> {
@@ -713,6 +734,9 @@ impl<'a> Run<'a> {
     /// Stops: merged windows are published and what is queued gets a few
     /// seconds to land.
     async fn finish(&mut self) {
+        if let Err(e) = self.queue_held() {
+            tracing::warn!("{e}");
+        }
         if let Err(e) = self.publish_windows(true) {
             tracing::warn!("{e}");
         }

@@ -109,6 +109,31 @@ pub struct Change {
     pub exact: bool,
 }
 
+impl Change {
+    /// These changes followed by `next`'s, as one step from this step's
+    /// starting state to `next`'s state: `next`'s copy of a page wins, and
+    /// pages past `next`'s size are dropped. Both back when the page size
+    /// differs (they cannot be one object).
+    pub fn then(self, next: Change) -> Result<Change, (Change, Change)> {
+        if self.page_size != next.page_size {
+            return Err((self, next));
+        }
+        let size = next.size_pages;
+        let mut pages = Vec::with_capacity(self.pages.len() + next.pages.len());
+        let mut older = self.pages.into_iter().peekable();
+        for (n, page) in next.pages {
+            while let Some(o) = older.next_if(|(m, _)| *m < n) {
+                pages.push(o);
+            }
+            older.next_if(|(m, _)| *m == n);
+            pages.push((n, page));
+        }
+        pages.extend(older);
+        pages.retain(|(n, _)| *n <= size);
+        Ok(Change { pages, ..next })
+    }
+}
+
 /// What one step of the [`Follower`] found.
 #[derive(Debug)]
 pub enum Step {
@@ -121,6 +146,27 @@ pub enum Step {
     /// The WAL can no longer be followed from the held state; a full
     /// snapshot must be taken (the held reader is at the current state).
     Lost(String),
+}
+
+impl Step {
+    /// This boundary's step with the changes `held` from the upkeep after
+    /// the last boundary put in front of it, so that it runs from the last
+    /// published state; first, the held changes alone when they cannot be
+    /// one object with it (the page size changed). A lost WAL drops them:
+    /// a new base follows.
+    pub fn after(self, held: Option<Change>) -> (Option<Change>, Step) {
+        match (held, self) {
+            (None, step) | (Some(_), step @ Step::Lost(_)) => (None, step),
+            // Nothing since the upkeep: its state is the boundary's.
+            (Some(held), Step::Same { at, exact }) => {
+                (None, Step::Changed(Change { at, exact, ..held }))
+            }
+            (Some(held), Step::Changed(next)) => match held.then(next) {
+                Ok(both) => (None, Step::Changed(both)),
+                Err((held, next)) => (Some(held), Step::Changed(next)),
+            },
+        }
+    }
 }
 
 fn source_error(path: &Path, message: impl std::fmt::Display) -> Error {

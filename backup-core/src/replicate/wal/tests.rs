@@ -45,13 +45,22 @@ fn new_db(dir: &Path) -> (PathBuf, Connection) {
     (path, conn)
 }
 
-/// Follows `follower` into `image` once; panics on a lost WAL, except
-/// when the follower let go for the application (then it is opened anew
-/// and the image is its base, as the replicator takes a new base).
-fn follow(follower: &mut Follower, image: &mut Vec<u8>, gated: bool) {
+/// Follows `follower` into `image` once, as the replicator does: the
+/// upkeep's changes are `held` and go out with the next boundary's step.
+/// Panics on a lost WAL, except when the follower let go for the
+/// application (then it is opened anew and the image is its base, as the
+/// replicator takes a new base).
+fn follow(follower: &mut Follower, image: &mut Vec<u8>, held: &mut Option<Change>, gated: bool) {
     let boundary = gated.then(|| Utc::now() + chrono::Duration::milliseconds(4));
-    let mut steps = vec![follower.step(boundary, Duration::from_millis(2)).unwrap()];
-    steps.extend(follower.maintain().unwrap());
+    let step = follower.step(boundary, Duration::from_millis(2)).unwrap();
+    let (alone, step) = step.after(held.take());
+    let mut steps: Vec<Step> = alone.map(Step::Changed).into_iter().collect();
+    steps.push(step);
+    match follower.maintain().unwrap() {
+        Some(Step::Changed(c)) => *held = Some(c),
+        Some(other) => steps.push(other),
+        None => {}
+    }
     for step in steps {
         match step {
             Step::Changed(c) => apply(image, &c),
@@ -61,10 +70,21 @@ fn follow(follower: &mut Follower, image: &mut Vec<u8>, gated: bool) {
                 std::thread::sleep(Duration::from_millis(250));
                 *follower = Follower::open(&follower.path.clone(), follower.wal_limit).unwrap();
                 *image = pages_of(follower.held());
+                *held = None;
             }
             Step::Lost(why) => panic!("lost the WAL: {why}"),
         }
     }
+}
+
+/// The image with the held upkeep's changes (what the replicator
+/// publishes when it stops).
+fn settled(image: &[u8], held: &Option<Change>) -> Vec<u8> {
+    let mut image = image.to_vec();
+    if let Some(c) = held {
+        apply(&mut image, c);
+    }
+    image
 }
 
 #[test]
@@ -73,6 +93,7 @@ fn the_steps_rebuild_the_database_under_writes_and_every_checkpoint_mode() {
     let (path, writer) = new_db(dir.path());
     let mut follower = Follower::open(&path, 4 << 20).unwrap();
     let mut image = pages_of(follower.held());
+    let mut held = None;
     let stop = Arc::new(AtomicBool::new(false));
     let app = {
         let stop = stop.clone();
@@ -125,7 +146,7 @@ fn the_steps_rebuild_the_database_under_writes_and_every_checkpoint_mode() {
     let mut round = 0;
     while started.elapsed() < Duration::from_secs(6) {
         round += 1;
-        follow(&mut follower, &mut image, round % 2 == 0);
+        follow(&mut follower, &mut image, &mut held, round % 2 == 0);
         biggest_wal = biggest_wal.max(follower.wal_size());
         std::thread::sleep(Duration::from_millis(30));
     }
@@ -135,15 +156,16 @@ fn the_steps_rebuild_the_database_under_writes_and_every_checkpoint_mode() {
     // is in waits for the follower's next move, so joining without moving
     // would wait out its busy timeout.
     while !app.is_finished() {
-        follow(&mut follower, &mut image, false);
+        follow(&mut follower, &mut image, &mut held, false);
         std::thread::sleep(Duration::from_millis(30));
     }
     let done = app.join().unwrap();
-    follow(&mut follower, &mut image, false);
+    follow(&mut follower, &mut image, &mut held, false);
     assert!(
         done.iter().all(|d| *d > 0),
         "every checkpoint mode ran: {done:?}"
     );
+    let image = settled(&image, &held);
     assert_eq!(image.len(), current(&path).len());
     assert!(
         image == current(&path),
@@ -159,6 +181,7 @@ fn the_follower_keeps_the_wal_bounded_when_the_application_never_checkpoints() {
     writer.execute_batch("PRAGMA wal_autocheckpoint=0").unwrap();
     let mut follower = Follower::open(&path, 256 << 10).unwrap();
     let mut image = pages_of(follower.held());
+    let mut held = None;
     let mut biggest = 0;
     for round in 0..150 {
         for _ in 0..5 {
@@ -169,15 +192,88 @@ fn the_follower_keeps_the_wal_bounded_when_the_application_never_checkpoints() {
         writer
             .execute("DELETE FROM t WHERE id % 3 = 0 AND id > 200", [])
             .unwrap();
-        follow(&mut follower, &mut image, round % 3 == 0);
+        follow(&mut follower, &mut image, &mut held, round % 3 == 0);
         biggest = biggest.max(std::fs::metadata(wal_path(&path)).unwrap().len());
     }
     assert!(
-        image == current(&path),
+        settled(&image, &held) == current(&path),
         "the followed image differs from the database"
     );
     // 150 rounds wrote about 12 MiB of frames; the file stays near the limit.
     assert!(biggest < 1 << 20, "the WAL file grew to {biggest} bytes");
+}
+
+#[test]
+fn the_upkeeps_changes_go_out_with_the_next_boundarys_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, writer) = new_db(dir.path());
+    writer.execute_batch("PRAGMA wal_autocheckpoint=0").unwrap();
+    let mut follower = Follower::open(&path, 128 << 10).unwrap();
+    let mut image = pages_of(follower.held());
+    let mut held = None;
+    let stop = Arc::new(AtomicBool::new(false));
+    let app = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0i64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                writer
+                    .execute(
+                        "INSERT INTO t(v) VALUES (randomblob(1000 + ?1 % 3000))",
+                        [n],
+                    )
+                    .unwrap();
+                writer
+                    .execute(
+                        "UPDATE t SET v = randomblob(200) WHERE id = 1 + ?1 % 200",
+                        [n],
+                    )
+                    .unwrap();
+                if n % 30 == 0 {
+                    writer
+                        .execute("DELETE FROM t WHERE id % 4 = 0 AND id > 200", [])
+                        .unwrap();
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let (started, mut upkeeps) = (Instant::now(), 0);
+    let mut round = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        round += 1;
+        follow(&mut follower, &mut image, &mut held, round % 2 == 0);
+        upkeeps += held.is_some() as usize;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    app.join().unwrap();
+    follow(&mut follower, &mut image, &mut held, false);
+    // Upkeeps took changes the writer made after a boundary, and each went
+    // out in front of the next step: the image is the database's.
+    assert!(upkeeps >= 5, "only {upkeeps} upkeeps took changes");
+    assert!(settled(&image, &held) == current(&path));
+}
+
+#[test]
+fn a_held_change_then_the_next_is_one_step_to_the_next_state() {
+    let change = |pages: &[(u32, u8)], size_pages, page_size| Change {
+        pages: pages.iter().map(|(n, b)| (*n, vec![*b; 4])).collect(),
+        size_pages,
+        page_size,
+        at: Utc::now(),
+        exact: true,
+    };
+    let held = change(&[(1, 1), (3, 3), (5, 5), (7, 7)], 7, 4);
+    let next = change(&[(2, 20), (3, 30), (6, 60)], 6, 4);
+    let at = next.at;
+    let both = held.then(next).unwrap();
+    let pages: Vec<(u32, u8)> = both.pages.iter().map(|(n, p)| (*n, p[0])).collect();
+    assert_eq!(pages, [(1, 1), (2, 20), (3, 30), (5, 5), (6, 60)]);
+    assert_eq!((both.size_pages, both.at), (6, at));
+    let other = change(&[(1, 9)], 1, 8);
+    assert!(change(&[(1, 1)], 1, 4).then(other).is_err());
 }
 
 #[test]
@@ -271,11 +367,12 @@ fn a_database_whose_wal_never_held_a_frame_is_followed() {
     } // closed: SQLite folds and removes the WAL
     let mut follower = Follower::open(&path, 4 << 20).unwrap();
     let mut image = pages_of(follower.held());
+    let mut held = None;
     let w = Connection::open(&path).unwrap();
     w.execute("INSERT INTO a VALUES (randomblob(5000))", [])
         .unwrap();
-    follow(&mut follower, &mut image, true);
+    follow(&mut follower, &mut image, &mut held, true);
     w.execute("INSERT INTO a VALUES (1)", []).unwrap();
-    follow(&mut follower, &mut image, false);
-    assert!(image == current(&path));
+    follow(&mut follower, &mut image, &mut held, false);
+    assert!(settled(&image, &held) == current(&path));
 }
