@@ -23,7 +23,11 @@
 #    state (--at its last replicated second), page cache dropped before each
 #    when run as root;
 # 6. one `sqlite3 .backup | zstd -3 -T0 | age` of the database (its CPU, for
-#    the cost of a snapshot every minute).
+#    the cost of a snapshot every minute);
+# 7. restic as it would be run once a minute (restic cannot read a live SQLite
+#    database consistently, so a `sqlite3 .backup` copy first): its first
+#    backup, then, after DURATION seconds of the same writer, the next one (the
+#    cost of a minute), then ROUNDS restores of it, page cache dropped.
 #
 # A commit counts as stored when a replica object whose instant (its key's
 # `at`, UTC, ms) is at or after the moment COMMIT returned exists on the
@@ -41,7 +45,8 @@ SYNC=${SYNC:-NORMAL}   # the writer's PRAGMA synchronous (NORMAL or FULL)
 OUT=${BENCH_DIR:-$PWD/bench-out}/replicate
 rm -rf "$OUT"; mkdir -p "$OUT"
 
-for tool in sqlite3 zstd age python3 /usr/bin/time; do
+command -v restic >/dev/null || { apt-get update -qq >/dev/null; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq restic >/dev/null; }
+for tool in sqlite3 zstd age restic python3 /usr/bin/time; do
   command -v "$tool" >/dev/null || { echo "bench-replicate: $tool is needed (scripts/install-test-deps.sh installs it)" >&2; exit 1; }
 done
 cargo build --release -q -p offsite
@@ -189,7 +194,27 @@ rm -f "$OUT"/restored-*.db
 measure pipeline sh -c "sqlite3 '$DB' \".backup '$OUT/pipe.db'\" && zstd -3 -T0 -q -c '$OUT/pipe.db' | age -r '$REC' > '$OUT/pipe.db.zst.age'"
 facts pipe_bytes "$(stat -c %s "$OUT/pipe.db.zst.age")"
 rm -f "$OUT/pipe.db"
-command -v restic >/dev/null || echo "restic is not installed: no restic figures" >&2
+
+# 7. restic, a snapshot a minute.
+echo "restic: a first backup, ${DURATION} s of writes, the next backup, restores..." >&2
+export RESTIC_PASSWORD=bench RESTIC_REPOSITORY=$OUT/restic RESTIC_CACHE_DIR=$OUT/restic-cache
+restic init -q > /dev/null
+RDB=$OUT/restic-copy.db
+restic_bytes() { du -sb "$OUT/restic" | cut -f1; }
+restic_packs() { find "$OUT/restic/data" -type f | wc -l; }
+measure restic_first sh -c "sqlite3 '$DB' \".backup '$RDB'\" && restic backup -q '$RDB'"
+facts restic_first_bytes "$(restic_bytes)"
+RB0=$(restic_bytes); RP0=$(restic_packs)
+python3 scripts/repl-writer.py "$DB" --duration "$DURATION" --rate "$RATE" --synchronous "$SYNC" --out "$OUT/writer-restic.csv" --seed 9
+measure restic_next sh -c "sqlite3 '$DB' \".backup '$RDB'\" && restic backup -q '$RDB'"
+facts restic_next_bytes "$(( $(restic_bytes) - RB0 ))"
+facts restic_next_packs "$(( $(restic_packs) - RP0 ))"
+for r in $(seq "$ROUNDS"); do
+  rm -rf "$OUT/restic-restore"
+  measure restic_restore restic restore latest -q --target "$OUT/restic-restore"
+done
+cmp "$RDB" "$OUT/restic-restore$RDB"
+rm -rf "$OUT/restic-restore" "$RDB"
 
 python3 - "$OUT" "$DBSIZE" "$DURATION" "$RATE" "$(nproc)" "$SYNC" <<'PY' | tee "$OUT/results.md"
 import bisect, datetime, json, statistics, sys
@@ -341,6 +366,17 @@ print(f"\nsqlite3 .backup | zstd -3 -T0 | age, once: {pipe[0]:.1f} s, CPU {pc:.1
       f"({100 * pc / 60:.0f}% of one core), {f['pipe_bytes'] * 60 / 2**30:.1f} GiB and 60 objects per hour, "
       f"RPO up to a minute. The replicator: {cpu_w * 60:.1f} CPU-minutes per hour ({100 * cpu_w:.1f}% of one core) "
       f"at {rate:.0f} commits/s.")
+rf, rn = times["restic_first"][0], times["restic_next"][0]
+rrs = statistics.median(t[0] for t in times["restic_restore"])
+print(f"\nrestic (a `sqlite3 .backup` copy, then `restic backup` of it), same run: the first {rf[0]:.1f} s, "
+      f"CPU {rf[2]:.1f} s, {f['restic_first_bytes']/2**20:.0f} MiB; the next after {duration:.0f} s of the writer "
+      f"{rn[0]:.1f} s, CPU {rn[2]:.1f} s, {f['restic_next_bytes']/2**20:.1f} MiB in {f['restic_next_packs']:.0f} pack(s). "
+      f"One a minute: {100 * rn[2] / 60:.0f}% of one core ({rn[2] / (cpu_w * 60):.1f}x the replicator's), "
+      f"{f['restic_next_bytes'] * 60 / 2**20:.0f} MiB and about {f['restic_next_packs'] * 60:.0f} packs an hour "
+      f"(plus index and snapshot files), RPO up to a minute. Restore (median of {len(times['restic_restore'])}, "
+      f"no integrity check): {rrs:.2f} s, peak RSS {max(t[1] for t in times['restic_restore']):.0f} MiB; "
+      f"offsite's replicated restore {statistics.median(rr):.2f} s = {statistics.median(rr) / rrs:.2f}x restic's, "
+      f"its snapshot restore {statistics.median(rs):.2f} s = {statistics.median(rs) / rrs:.2f}x.")
 print("\nraw timings (s, peak RSS MiB, CPU s):")
 for k, v in times.items():
     for s, m, c in v:
