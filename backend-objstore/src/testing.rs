@@ -44,6 +44,43 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Makes `cmd`'s child start with only stdin, stdout and stderr.
+///
+/// Tests run in parallel threads of one process, and a library that opens
+/// files without `O_CLOEXEC` (libduckdb does) leaks each such descriptor
+/// into every child another thread spawns meanwhile: a long-lived child
+/// (a server, `offsite daemon`) then holds a test's database open, and
+/// `restore` rightly refuses to replace a file another process has open.
+/// Marking every descriptor above 2 close-on-exec in the child, after
+/// the fork, ends that without touching the parent's descriptors.
+#[cfg(target_os = "linux")]
+pub fn without_inherited_fds(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    const CLOSE_RANGE_CLOEXEC: libc::c_long = 1 << 2;
+    // SAFETY: the closure makes one async-signal-safe system call and
+    // touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            let r = libc::syscall(
+                libc::SYS_close_range,
+                3,
+                libc::c_uint::MAX,
+                CLOSE_RANGE_CLOEXEC,
+            );
+            if r == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        })
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn without_inherited_fds(cmd: &mut Command) -> &mut Command {
+    cmd
+}
+
 /// An emulator running as a child process; killed on drop.
 pub struct ChildServer {
     child: Child,
@@ -58,7 +95,7 @@ impl ChildServer {
     pub fn spawn(name: &str, program: &str, args: &[String], port: u16) -> Self {
         let log = std::env::temp_dir().join(format!("offsite-{name}-{port}.log"));
         let log_file = File::create(&log).expect("creating an emulator log file");
-        let child = Command::new(program)
+        let child = without_inherited_fds(&mut Command::new(program))
             .args(args)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log file handle"))

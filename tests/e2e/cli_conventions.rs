@@ -10,7 +10,7 @@ use crate::support::*;
 
 /// Runs the binary with no OFFSITE_* variable of the caller's environment.
 fn offsite(args: &[&str], dir: &Path) -> std::process::Output {
-    let mut cmd = Command::new(bin());
+    let mut cmd = offsite_command();
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy()
             .to_ascii_uppercase()
@@ -290,7 +290,7 @@ fn config_shows_the_resolved_settings_and_where_they_came_from_without_secrets()
     let dir = tempfile::tempdir().unwrap();
     let path = config_with_secrets(dir.path());
     let run = |args: &[&str]| {
-        let mut cmd = Command::new(bin());
+        let mut cmd = offsite_command();
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy()
                 .to_ascii_uppercase()
@@ -399,7 +399,7 @@ fn config_lookup_is_flag_then_variable_then_working_directory_and_the_error_list
     write(&var, 2);
     write(&local, 3);
     let level = |args: &[&str], var_value: Option<&Path>| {
-        let mut cmd = Command::new(bin());
+        let mut cmd = offsite_command();
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy()
                 .to_ascii_uppercase()

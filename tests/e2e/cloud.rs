@@ -250,7 +250,7 @@ async fn rebuilt_server_restores_from_s3_with_only_config_identity_and_credentia
     )
     .unwrap();
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(bin())
+        let out = offsite_command()
             .args(args)
             .current_dir(&home)
             .env_clear()

@@ -11,7 +11,7 @@ const DEADLINE: Duration = Duration::from_secs(180);
 
 fn spawn_daemon(env: &Env) -> Child {
     let log = std::fs::File::create(env.dir.path().join("daemon.log")).unwrap();
-    Command::new(bin())
+    offsite_command()
         .arg("--config")
         .arg(env.dir.path().join("offsite.toml"))
         .arg("daemon")

@@ -185,7 +185,7 @@ fn a_restore_without_libduckdb_stops_before_touching_the_destination() {
     make_duckdb(&env.dir.path().join("analytics.duckdb"));
     env.ok(&["backup", "--source", "analytics"]);
     let to = env.dir.path().join("restored.duckdb");
-    let out = std::process::Command::new(bin())
+    let out = offsite_command()
         .arg("--config")
         .arg(env.dir.path().join("offsite.toml"))
         .args(["restore", "--source", "analytics", "--latest", "--to"])

@@ -6,7 +6,6 @@
 //! told what to configure (exit 2), and a format 1 target is named once.
 
 use std::path::Path;
-use std::process::Command;
 
 use rusqlite::Connection;
 
@@ -139,7 +138,7 @@ fn status_without_a_metadata_key_says_what_to_configure() {
 /// its public key.
 fn add_writer(env: &Env, name: &str) -> String {
     let key = env.dir.path().join(format!("{name}.key"));
-    let out = Command::new(bin())
+    let out = offsite_command()
         .args(["writer", "keygen", "-o", key.to_str().unwrap()])
         .output()
         .unwrap();

@@ -1,12 +1,12 @@
 //! Configuration and process hygiene through the binary: stray `OFFSITE_*`
 //! variables, a closed stdout, and exit code 2 for usage mistakes.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use crate::support::*;
 
 fn run_with_env(env: &Env, args: &[&str], vars: &[(&str, &str)]) -> (i32, String, String) {
-    let out = Command::new(bin())
+    let out = offsite_command()
         .arg("--config")
         .arg(env.dir.path().join("offsite.toml"))
         .args(args)
@@ -118,7 +118,7 @@ fn a_hook_that_runs_offsite_works() {
 /// Runs offsite with its stdout a pipe whose reader is already gone, as
 /// `offsite snapshots | head -1` is once head has exited.
 fn run_with_closed_stdout(env: &Env, args: &[&str]) -> (i32, String) {
-    let mut child = Command::new(bin())
+    let mut child = offsite_command()
         .arg("--config")
         .arg(env.dir.path().join("offsite.toml"))
         .args(args)
@@ -159,7 +159,7 @@ fn a_closed_stdout_ends_the_command_quietly() {
     assert_eq!(snapshots(&env).len(), 2, "the backup was stored");
 
     // Where the output is the product (an identity), losing it is a failure.
-    let mut child = Command::new(bin())
+    let mut child = offsite_command()
         .arg("keygen")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -176,7 +176,7 @@ fn a_closed_stdout_ends_the_command_quietly() {
         .write(true)
         .open("/dev/full")
         .unwrap();
-    let out = Command::new(bin())
+    let out = offsite_command()
         .arg("--config")
         .arg(env.dir.path().join("offsite.toml"))
         .arg("snapshots")
@@ -248,7 +248,7 @@ fn usage_mistakes_exit_2_and_failures_exit_1() {
     // An operation that fails is exit 1 whatever its message looks like.
     let dir = tempfile::tempdir().unwrap();
     for name in ["config file.db", "invalid config.db"] {
-        let out = Command::new(bin())
+        let out = offsite_command()
             .args(["repair", name])
             .current_dir(dir.path())
             .output()
@@ -275,4 +275,36 @@ fn usage_mistakes_exit_2_and_failures_exit_1() {
     let (code, _, err) = env.run(&["backup"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("age1notakey"), "{err}");
+}
+
+/// A descriptor the test process opened without `O_CLOEXEC` (as libduckdb
+/// opens its files) reaches a plain child but not one the tests start the
+/// binary or a server with: otherwise a daemon another test started keeps
+/// this test's database open and its restore is refused as "in use".
+#[test]
+fn children_of_the_tests_inherit_no_stray_descriptor() {
+    use std::os::fd::FromRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("held-open.db");
+    std::fs::write(&path, b"x").unwrap();
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a plain open(2) of a valid C string; the fd is owned below.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY) };
+    assert!(fd > 2, "open failed");
+    // SAFETY: fd was just opened and is owned by nothing else.
+    let _owned = unsafe { std::fs::File::from_raw_fd(fd) };
+    let fds_of = |cmd: &mut std::process::Command| {
+        let out = cmd.args(["-l", "/proc/self/fd"]).output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let plain = fds_of(&mut std::process::Command::new("ls"));
+    assert!(
+        plain.contains("held-open.db"),
+        "the leak this guards against: {plain}"
+    );
+    let mut guarded = std::process::Command::new("ls");
+    backend_objstore::testing::without_inherited_fds(&mut guarded);
+    let guarded = fds_of(&mut guarded);
+    assert!(!guarded.contains("held-open.db"), "{guarded}");
 }

@@ -2,14 +2,12 @@
 //! `offsite init`, `key list | add | remove`, `writer keygen | add | list`,
 //! with real age keys and a local target.
 
-use std::process::Command;
-
 use crate::support::*;
 
 /// A fresh identity file in `env`'s directory; returns its recipient.
 pub(crate) fn another_identity(env: &Env, name: &str) -> String {
     let path = env.dir.path().join(name);
-    let out = Command::new(bin())
+    let out = offsite_command()
         .args(["keygen", "-o", path.to_str().unwrap()])
         .output()
         .unwrap();
@@ -61,7 +59,7 @@ fn key_commands_list_add_remove() {
 
     // a writer key, authorised
     let wkey = env.dir.path().join("writer.key");
-    let out = Command::new(bin())
+    let out = offsite_command()
         .args(["writer", "keygen", "-o", wkey.to_str().unwrap()])
         .output()
         .unwrap();

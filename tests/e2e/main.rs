@@ -40,7 +40,6 @@ mod temp_cleanup;
 mod webdriver;
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -291,7 +290,7 @@ fn files_source_roundtrip() {
 fn keygen_writes_a_private_identity_and_refuses_to_overwrite() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("k.txt");
-    let out = Command::new(bin())
+    let out = offsite_command()
         .args(["keygen", "-o", key.to_str().unwrap()])
         .output()
         .unwrap();
@@ -310,7 +309,7 @@ fn keygen_writes_a_private_identity_and_refuses_to_overwrite() {
         std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    let again = Command::new(bin())
+    let again = offsite_command()
         .args(["keygen", "-o", key.to_str().unwrap()])
         .output()
         .unwrap();
@@ -328,7 +327,7 @@ fn wrong_or_missing_identity_fails_with_a_hint() {
     env.make_db(&env.db(), 500);
     env.ok(&["backup"]);
     let other = env.dir.path().join("other-key.txt");
-    Command::new(bin())
+    offsite_command()
         .args(["keygen", "-o", other.to_str().unwrap()])
         .output()
         .unwrap();
@@ -491,13 +490,13 @@ fn bad_sources_targets_and_configs_are_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("offsite.toml");
         std::fs::write(&path, cfg).unwrap();
-        let out = Command::new(bin()).args(["--config", path.to_str().unwrap(), "backup"]).output().unwrap();
+        let out = offsite_command().args(["--config", path.to_str().unwrap(), "backup"]).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{cfg}");
         assert!(err.contains(needle), "config {cfg:?} gave {err}");
         assert_eq!(out.status.code(), Some(2), "{err}");
     }
-    let out = Command::new(bin())
+    let out = offsite_command()
         .args(["--config", "/nonexistent/offsite.toml", "backup"])
         .output()
         .unwrap();
@@ -510,7 +509,7 @@ fn demo_runs_the_main_job_on_the_embedded_default() {
     let dir = tempfile::tempdir().unwrap();
     let demo = dir.path().join("demo");
     for _ in 0..2 {
-        let out = Command::new(bin())
+        let out = offsite_command()
             .args(["demo", "--dir", demo.to_str().unwrap()])
             .output()
             .unwrap();
@@ -556,7 +555,7 @@ fn a_repository_written_by_format_v1_still_restores() {
         ];
         args.extend_from_slice(&["--latest", "--to", to.to_str().unwrap()]);
         args.extend_from_slice(extra);
-        Command::new(bin()).args(args).output().unwrap()
+        offsite_command().args(args).output().unwrap()
     };
     // Nobody signed format 1 snapshots: restoring them is the user's choice.
     let refused = restore(&[]);
@@ -593,7 +592,7 @@ fn killed_backup_and_restore_leave_the_database_and_snapshots_intact() {
     let live = dump(&env.db());
 
     // Kill a backup part-way: no new snapshot, the database and the old snapshot intact.
-    let mut child = Command::new(bin())
+    let mut child = offsite_command()
         .arg("--config")
         .arg(env.dir.path().join("offsite.toml"))
         .arg("backup")
@@ -617,7 +616,7 @@ fn killed_backup_and_restore_leave_the_database_and_snapshots_intact() {
     // restore clears the leftovers and succeeds.
     let to = env.dir.path().join("r.db");
     std::fs::write(&to, b"old").unwrap();
-    let mut child = Command::new(bin())
+    let mut child = offsite_command()
         .arg("--config")
         .arg(env.dir.path().join("offsite.toml"))
         .args([

@@ -115,7 +115,7 @@ fn a_drill_on_damaged_data_fails_integrity_and_leaves_no_scratch_copy() {
 
     let tmp = env.dir.path().join("tmp");
     std::fs::create_dir(&tmp).unwrap();
-    let out = std::process::Command::new(bin())
+    let out = offsite_command()
         .arg("--config")
         .arg(env.dir.path().join("offsite.toml"))
         .args(["drill", "--json"])

@@ -93,7 +93,7 @@ impl Drop for Running {
 
 fn start(env: &Env, command: &str) -> Running {
     Running(Some(
-        Command::new(bin())
+        offsite_command()
             .arg("--config")
             .arg(env.dir.path().join("offsite.toml"))
             .arg(command)

@@ -4,7 +4,6 @@
 //! still are; `--to DIR/` for a database says it wants a file path.
 
 use std::path::Path;
-use std::process::Command;
 
 use crate::support::*;
 
@@ -22,7 +21,7 @@ fn make_uploads(dir: &Path) {
 
 /// Runs the binary with a cleared environment, as on a rebuilt server.
 fn run_bare(env: &Env, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin())
+    let out = offsite_command()
         .env_clear()
         .current_dir(env.dir.path())
         .arg("--config")

@@ -1,8 +1,6 @@
 //! Restores that replace a live database, `restore --test`, and the
 //! rebuilt-server path of docs/disaster-recovery.md.
 
-use std::process::Command;
-
 use rusqlite::Connection;
 
 use crate::support::*;
@@ -131,7 +129,7 @@ fn restore_test_verifies_and_touches_nothing() {
     env.ok(&["backup"]);
     let tmp = tempfile::tempdir().unwrap();
     let before = find_files(env.dir.path());
-    let out = Command::new(bin())
+    let out = offsite_command()
         .arg("--config")
         .arg(env.dir.path().join("offsite.toml"))
         .args(["restore", "--source", "app", "--latest", "--test", "--json"])
@@ -214,7 +212,7 @@ fn rebuilt_server_restores_with_only_config_identity_and_repository() {
     )
     .unwrap();
     let run = |args: &[&str]| {
-        let out = Command::new(bin())
+        let out = offsite_command()
             .args(args)
             .current_dir(&home)
             .env_clear()

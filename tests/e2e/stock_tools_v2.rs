@@ -562,7 +562,7 @@ fn stock_tools_v2_refuse_what_a_removed_writer_signed_after_its_removal() {
     env.make_db(&env.db(), 100);
     env.ok(&["backup"]);
     let wkey = env.dir.path().join("app-1.key");
-    let out = Command::new(bin())
+    let out = offsite_command()
         .args(["writer", "keygen", "-o", wkey.to_str().unwrap()])
         .output()
         .unwrap();

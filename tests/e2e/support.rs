@@ -12,6 +12,15 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_offsite")
 }
 
+/// A command running the binary, which inherits no descriptor of the test
+/// process but stdio (see `without_inherited_fds`: another test's open
+/// DuckDB file must not stay open in a daemon this one started).
+pub fn offsite_command() -> Command {
+    let mut cmd = Command::new(bin());
+    backend_objstore::testing::without_inherited_fds(&mut cmd);
+    cmd
+}
+
 pub struct Env {
     pub dir: tempfile::TempDir,
     target: String,
@@ -57,7 +66,7 @@ impl Env {
     fn build(target: Option<String>, extra: impl FnOnce(&Path) -> String) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("key.txt");
-        let out = Command::new(bin())
+        let out = offsite_command()
             .args(["keygen", "-o", key.to_str().unwrap()])
             .output()
             .unwrap();
@@ -127,7 +136,7 @@ impl Env {
 
     /// Like [`Env::run`], with extra environment variables for this run.
     pub fn run_with(&self, args: &[&str], vars: &[(&str, &str)]) -> (i32, String, String) {
-        let mut cmd = Command::new(bin());
+        let mut cmd = offsite_command();
         cmd.arg("--config")
             .arg(self.dir.path().join("offsite.toml"))
             .args(args)

@@ -5,7 +5,6 @@
 //! (`.offsite-tmp/`), killed between the staged upload and its copy.
 
 use std::path::Path;
-use std::process::Command;
 
 use backend_objstore::testing::{http_request, start_moto, Method};
 use rusqlite::Connection;
@@ -15,7 +14,7 @@ use crate::support::*;
 /// Runs `offsite backup` with `OFFSITE_FAILPOINTS=point`, insists that the
 /// fail-point killed it, and returns its pid.
 fn killed_backup(env: &Env, point: &str, vars: &[(&str, &str)]) -> u32 {
-    let mut child = Command::new(bin())
+    let mut child = offsite_command()
         .arg("--config")
         .arg(env.dir.path().join("offsite.toml"))
         .arg("backup")
